@@ -1,0 +1,59 @@
+//! lanpatch's wire formats, trust model and verification.
+//!
+//! This crate is pure: no I/O, no async runtime, no networking, no database. Bytes come in, typed
+//! values or typed refusals come out. Everything a node or the signer trusts passes through here.
+//!
+//! - [`types`]: validated newtypes (hashes, keys, versions, ring and file names).
+//! - [`limits::Limits`]: every size untrusted input controls.
+//! - [`signed`]: the `Envelope` / `Signed<T>` that carries signatures beside the exact signed bytes.
+//! - [`root`], [`manifest`], [`approval`]: the metadata.
+//! - [`verify`]: the numbered verification steps of docs/PROTOCOL.md.
+
+pub mod approval;
+pub mod encoding;
+pub mod limits;
+pub mod manifest;
+pub mod root;
+pub mod signed;
+pub mod types;
+pub mod verify;
+
+pub use approval::{Approval, Yank, YankAction};
+pub use encoding::DecodeError;
+pub use limits::Limits;
+pub use manifest::{
+    ChunkError, Command, FileEntry, FileHasher, ReleaseManifest, Severity, SeverityLevel, Targets, verify_chunk,
+};
+pub use root::{Role, RoleKeys, Root, fleet_id};
+pub use signed::{Envelope, Kind, Payload, SignatureEntry, SignatureError, Signed};
+pub use types::{CveId, Hash32, NameError, ProductName, PublicKey, RelPath, RingName, Tag, Timestamp, Version};
+pub use verify::{Trusted, VerifyError};
+
+/// Why a decoded payload was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("{field}: {why}")]
+    Field { field: &'static str, why: &'static str },
+    #[error("{field} is {len} bytes long, the limit is {max}")]
+    TooLong { field: &'static str, len: usize, max: usize },
+    #[error("{field} has {count} entries, the limit is {max}")]
+    TooMany { field: &'static str, count: usize, max: usize },
+    #[error("{field} is {value}, the limit is {max}")]
+    TooLarge { field: &'static str, value: u64, max: u64 },
+    #[error("trust root has no {0} role")]
+    MissingRole(Role),
+    #[error("trust root lists a {0} key twice")]
+    DuplicateKey(Role),
+    #[error("{role} threshold {threshold} is impossible with {keys} key(s)")]
+    BadThreshold { role: Role, threshold: u32, keys: usize },
+    #[error("file {path} should have {expected} chunk hashes, has {actual}")]
+    ChunkCount { path: String, expected: u64, actual: usize },
+    #[error("file {0} appears twice, or as both a file and a directory")]
+    DuplicateFile(String),
+}
+
+impl ValidationError {
+    pub fn field(field: &'static str, why: &'static str) -> Self {
+        ValidationError::Field { field, why }
+    }
+}
