@@ -1,1 +1,627 @@
-fn main() {}
+//! `lanpatch-signer`: the admin's tool for keys, trust roots, releases, approvals and yanks.
+
+mod bundle;
+mod keys;
+mod time;
+mod verify;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use lanpatch_protocol::manifest::default_chunk_size;
+use lanpatch_protocol::{
+    Approval, Command, CveId, Limits, ProductName, PublicKey, ReleaseManifest, RingName, Role, RoleKeys, Root,
+    Severity, SeverityLevel, Signed, Tag, Targets, Version, Yank, YankAction, fleet_id,
+};
+
+use crate::bundle::Bundle;
+
+#[derive(Parser)]
+#[command(name = "lanpatch-signer", version, about = "Sign and approve lanpatch releases", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create an ed25519 key pair: FILE (secret, mode 0600) and FILE.pub. Never overwrites.
+    Keygen {
+        /// Where to write the secret key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Create, sign, rotate and show trust roots.
+    #[command(subcommand)]
+    Root(RootCmd),
+    /// Package, sign and show releases.
+    #[command(subcommand)]
+    Release(ReleaseCmd),
+    /// Approve a release for a ring (or co-sign an existing approval for that ring).
+    Approve(ApproveArgs),
+    /// Withdraw a release (or co-sign an existing yank).
+    Yank(YankArgs),
+    /// Check a bundle offline against a trust root and say exactly what is wrong, or that it is valid.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct RoleFlags {
+    /// A root key (hex, or a .pub file). Repeat for each key.
+    #[arg(long = "root-key")]
+    root_keys: Vec<String>,
+    /// How many root keys must sign a new root.
+    #[arg(long)]
+    root_threshold: Option<u32>,
+    /// A release key. Repeat for each key.
+    #[arg(long = "release-key")]
+    release_keys: Vec<String>,
+    /// How many release keys must sign a manifest.
+    #[arg(long)]
+    release_threshold: Option<u32>,
+    /// An approve key. Repeat for each key.
+    #[arg(long = "approve-key")]
+    approve_keys: Vec<String>,
+    /// How many approve keys must sign an approval or yank.
+    #[arg(long)]
+    approve_threshold: Option<u32>,
+    /// When the root expires: a duration (365d) or a date.
+    #[arg(long, default_value = "365d")]
+    expires: String,
+}
+
+#[derive(Subcommand)]
+enum RootCmd {
+    /// Create version 1 of a trust root (unsigned: then `root sign` with a threshold of root keys).
+    Init {
+        #[command(flatten)]
+        roles: RoleFlags,
+        /// Where to write the root.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add one key's signature to a root file.
+    Sign {
+        /// The secret key to sign with.
+        #[arg(long)]
+        key: PathBuf,
+        /// The root file.
+        file: PathBuf,
+    },
+    /// Create the next root version from the current one. Roles given replace the current ones;
+    /// roles not given are kept. It must then be signed by a threshold of the old AND new root keys.
+    Rotate {
+        /// The current root file.
+        #[arg(long)]
+        current: PathBuf,
+        #[command(flatten)]
+        roles: RoleFlags,
+        /// Where to write the new root.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print a root's contents and signatures.
+    Show { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCmd {
+    /// Package files into a release bundle with an unsigned manifest.
+    Create(Box<CreateArgs>),
+    /// Add one key's signature to a bundle's manifest.
+    Sign {
+        /// The secret key to sign with.
+        #[arg(long)]
+        key: PathBuf,
+        /// The bundle directory.
+        bundle: PathBuf,
+    },
+    /// Print a bundle's manifest, severity data, approvals and signatures.
+    Show { bundle: PathBuf },
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// Product name (lowercase, digits, . _ -).
+    #[arg(long)]
+    product: ProductName,
+    /// Release sequence number; must be higher than every earlier release of the product.
+    #[arg(long)]
+    version: Version,
+    /// Vendor version string shown to humans, e.g. 3.0.13-1.
+    #[arg(long, default_value = "")]
+    label: String,
+    #[arg(long, default_value = "")]
+    description: String,
+    /// Take every regular file under this directory (names relative to it).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Add one file (named by its file name). Repeatable.
+    #[arg(long = "file")]
+    files: Vec<PathBuf>,
+    /// Install command, run in a directory holding the release's files, e.g. "sh install.sh".
+    #[arg(long)]
+    install: String,
+    /// Rollback command, run when install fails or on a yank with --rollback.
+    #[arg(long)]
+    rollback: Option<String>,
+    /// Detect command: exit code 0 means the release is already installed.
+    #[arg(long)]
+    detect: Option<String>,
+    /// Timeout for each command.
+    #[arg(long, default_value = "10m")]
+    timeout: String,
+    /// none, low, medium, high or critical.
+    #[arg(long, default_value = "medium")]
+    severity: SeverityLevel,
+    /// A CVE id fixed by this release. Repeatable.
+    #[arg(long = "cve")]
+    cves: Vec<CveId>,
+    /// CVSS base score, 0.0 to 10.0.
+    #[arg(long)]
+    cvss: Option<f64>,
+    /// EPSS probability, 0 to 1.
+    #[arg(long)]
+    epss: Option<f64>,
+    /// The flaw is exploited in the wild.
+    #[arg(long)]
+    known_exploited: bool,
+    /// Install at once, ignoring maintenance windows.
+    #[arg(long)]
+    urgent: bool,
+    /// Only nodes with this OS (e.g. linux). Repeatable.
+    #[arg(long = "target-os")]
+    target_os: Vec<String>,
+    /// Only nodes with this architecture (e.g. x86_64). Repeatable.
+    #[arg(long = "target-arch")]
+    target_arch: Vec<String>,
+    /// Only nodes with this tag. Repeatable.
+    #[arg(long = "target-tag")]
+    target_tags: Vec<Tag>,
+    /// Only nodes with this hostname. Repeatable.
+    #[arg(long = "target-host")]
+    target_hosts: Vec<String>,
+    /// HTTP(S) base URL the files can also be fetched from. Repeatable.
+    #[arg(long = "origin")]
+    origins: Vec<String>,
+    /// When the manifest expires.
+    #[arg(long, default_value = "90d")]
+    expires: String,
+    /// Chunk size in bytes (default: 256 KiB, more for very large releases).
+    #[arg(long)]
+    chunk_size: Option<u32>,
+    /// The bundle directory to create (must not exist).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct ApproveArgs {
+    /// The secret approve key to sign with.
+    #[arg(long)]
+    key: PathBuf,
+    /// The ring this approval is for.
+    #[arg(long)]
+    ring: RingName,
+    /// Nodes wait until this time (default: now).
+    #[arg(long)]
+    not_before: Option<String>,
+    /// After this time nodes install at once, even outside maintenance windows.
+    #[arg(long)]
+    deadline: Option<String>,
+    /// When the approval expires.
+    #[arg(long)]
+    expires: Option<String>,
+    /// Replace an existing approval for this ring instead of co-signing it.
+    #[arg(long)]
+    replace: bool,
+    bundle: PathBuf,
+}
+
+#[derive(Args)]
+struct YankArgs {
+    /// The secret approve key to sign with.
+    #[arg(long)]
+    key: PathBuf,
+    /// Also roll back nodes where the release is installed.
+    #[arg(long)]
+    rollback: bool,
+    /// Why the release is withdrawn.
+    #[arg(long)]
+    reason: Option<String>,
+    bundle: PathBuf,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The trust root. Repeat to give a rotation chain, oldest (version 1) first.
+    #[arg(long = "root", required = true)]
+    roots: Vec<PathBuf>,
+    /// Also require a valid approval for this ring.
+    #[arg(long)]
+    ring: Option<RingName>,
+    bundle: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<std::process::ExitCode> {
+    let limits = Limits::default();
+    let now = time::now();
+    match cli.cmd {
+        Cmd::Keygen { out } => {
+            let public = keys::generate(&out)?;
+            println!("secret key: {} (mode 0600, keep it offline)", out.display());
+            println!("public key: {} = {}", keys::public_path(&out).display(), public);
+        }
+        Cmd::Root(RootCmd::Init { roles, out }) => {
+            refuse_existing(&out)?;
+            let root = Root {
+                version: Version(1),
+                fleet: None,
+                expires: time::parse_time(&roles.expires, now)?,
+                roles: role_map(&roles, None)?,
+            };
+            let signed = Signed::new(root);
+            check_payload(signed.value(), &limits)?;
+            bundle::save(&out, &signed)?;
+            println!("wrote trust root version 1 to {} (unsigned)", out.display());
+            println!("fleet id: {}", fleet_id(signed.value(), &signed.envelope().payload));
+            println!("next: lanpatch-signer root sign --key <root key> {}", out.display());
+        }
+        Cmd::Root(RootCmd::Sign { key, file }) => {
+            let sk = keys::load_secret(&key)?;
+            let mut root = bundle::load::<Root>(&file, &limits)?;
+            let public = PublicKey(sk.verifying_key().to_bytes());
+            root.sign(&sk);
+            bundle::save(&file, &root)?;
+            let rk = root.value().keys(Role::Root);
+            let count = root.envelope().count_signatures(&rk);
+            println!(
+                "signed {} with {}; {} of {} required root signatures by this root's own keys",
+                file.display(),
+                public.short(),
+                count.valid,
+                rk.threshold
+            );
+            if !rk.keys.contains(&public) {
+                println!(
+                    "note: {} is not a root key of this version (fine for the old keys of a rotation)",
+                    public.short()
+                );
+            }
+        }
+        Cmd::Root(RootCmd::Rotate { current, roles, out }) => {
+            refuse_existing(&out)?;
+            let cur = bundle::load::<Root>(&current, &limits)?;
+            let c = cur.value();
+            let next = Root {
+                version: Version(c.version.0 + 1),
+                fleet: Some(fleet_id(c, &cur.envelope().payload)),
+                expires: time::parse_time(&roles.expires, now)?,
+                roles: role_map(&roles, Some(c))?,
+            };
+            let signed = Signed::new(next);
+            check_payload(signed.value(), &limits)?;
+            bundle::save(&out, &signed)?;
+            println!("wrote trust root version {} to {} (unsigned)", signed.value().version, out.display());
+            println!(
+                "it must be signed by {} of the current root keys and {} of its own",
+                c.keys(Role::Root).threshold,
+                signed.value().keys(Role::Root).threshold
+            );
+        }
+        Cmd::Root(RootCmd::Show { file }) => {
+            let root = bundle::load::<Root>(&file, &limits)?;
+            print_root(&root);
+        }
+        Cmd::Release(ReleaseCmd::Create(args)) => create_release(*args, &limits, now)?,
+        Cmd::Release(ReleaseCmd::Sign { key, bundle }) => {
+            let sk = keys::load_secret(&key)?;
+            let b = Bundle::new(&bundle);
+            let mut m = bundle::load::<ReleaseManifest>(&b.manifest_path(), &limits)?;
+            m.sign(&sk);
+            bundle::save(&b.manifest_path(), &m)?;
+            println!(
+                "signed {} {} with {}; the manifest now has {} signature(s)",
+                m.value().product,
+                m.value().version,
+                PublicKey(sk.verifying_key().to_bytes()).short(),
+                m.envelope().signatures.len()
+            );
+        }
+        Cmd::Release(ReleaseCmd::Show { bundle }) => show_release(&Bundle::new(&bundle), &limits)?,
+        Cmd::Approve(args) => approve(args, &limits, now)?,
+        Cmd::Yank(args) => yank(args, &limits, now)?,
+        Cmd::Verify(args) => {
+            let ok = verify::verify_bundle(&args.roots, &Bundle::new(&args.bundle), args.ring.as_ref(), &limits, now)?;
+            return Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) });
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn refuse_existing(path: &Path) -> Result<()> {
+    if path.exists() {
+        bail!("{} already exists; refusing to overwrite it", path.display());
+    }
+    Ok(())
+}
+
+fn check_payload<T: lanpatch_protocol::Payload>(value: &T, limits: &Limits) -> Result<()> {
+    value.validate(limits).map_err(|e| anyhow::anyhow!("{} is not valid: {e}", T::NAME))
+}
+
+/// Builds the role map from flags; roles without keys on the command line are taken from `base`.
+fn role_map(flags: &RoleFlags, base: Option<&Root>) -> Result<BTreeMap<Role, RoleKeys>> {
+    let specs = [
+        (Role::Root, &flags.root_keys, flags.root_threshold),
+        (Role::Release, &flags.release_keys, flags.release_threshold),
+        (Role::Approve, &flags.approve_keys, flags.approve_threshold),
+    ];
+    let mut map = BTreeMap::new();
+    for (role, keys, threshold) in specs {
+        let rk = if keys.is_empty() {
+            let Some(base) = base else {
+                bail!("no {role} keys given: use --{role}-key (repeatable) and --{role}-threshold");
+            };
+            let mut rk = base.keys(role);
+            if let Some(t) = threshold {
+                rk.threshold = t;
+            }
+            rk
+        } else {
+            let keys = keys.iter().map(|k| keys::parse_public(k)).collect::<Result<Vec<_>>>()?;
+            let threshold = threshold.unwrap_or(1);
+            RoleKeys { keys, threshold }
+        };
+        map.insert(role, rk);
+    }
+    Ok(map)
+}
+
+fn parse_command(what: &str, s: &str, timeout_secs: u32) -> Result<Command> {
+    let argv = shlex::split(s).with_context(|| format!("{what} command {s:?} has unbalanced quotes"))?;
+    if argv.is_empty() {
+        bail!("{what} command is empty");
+    }
+    Ok(Command { argv, timeout_secs })
+}
+
+fn create_release(a: CreateArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -> Result<()> {
+    refuse_existing(&a.out)?;
+    let mut sources = match &a.dir {
+        Some(d) => bundle::sources_from_dir(d)?,
+        None => Vec::new(),
+    };
+    for f in &a.files {
+        let name = f
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no usable file name", f.display()))?;
+        sources.push(bundle::source(f, name)?);
+    }
+    if sources.is_empty() {
+        bail!("a release needs files: give --dir DIR or --file FILE");
+    }
+    let timeout = humantime::parse_duration(&a.timeout).with_context(|| format!("bad --timeout {:?}", a.timeout))?;
+    let timeout_secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1);
+    let total: u64 = sources.iter().map(|s| s.size).sum();
+    let chunk_size = a.chunk_size.unwrap_or_else(|| default_chunk_size(total, limits));
+    let b = Bundle::new(&a.out);
+    let mut files = Vec::new();
+    for s in &sources {
+        files.push(bundle::hash_file(s, chunk_size, Some(&b.file_path(&s.name)))?);
+    }
+    let score = |what: &str, v: Option<f64>, scale: f64, max: f64| -> Result<Option<u32>> {
+        match v {
+            None => Ok(None),
+            Some(x) if (0.0..=max).contains(&x) => Ok(Some((x * scale).round() as u32)),
+            Some(x) => bail!("{what} {x} is out of range 0..={max}"),
+        }
+    };
+    let manifest = ReleaseManifest {
+        product: a.product,
+        version: a.version,
+        label: a.label,
+        description: a.description,
+        created: now,
+        expires: time::parse_time(&a.expires, now)?,
+        files,
+        install: parse_command("install", &a.install, timeout_secs)?,
+        rollback: a.rollback.as_deref().map(|c| parse_command("rollback", c, timeout_secs)).transpose()?,
+        detect: a.detect.as_deref().map(|c| parse_command("detect", c, timeout_secs)).transpose()?,
+        targets: Targets { os: a.target_os, arch: a.target_arch, tags: a.target_tags, hostnames: a.target_hosts },
+        severity: Severity {
+            level: a.severity,
+            cves: a.cves,
+            cvss_tenths: score("CVSS", a.cvss, 10.0, 10.0)?.map(|v| v as u8),
+            epss_bp: score("EPSS", a.epss, 10_000.0, 1.0)?.map(|v| v as u16),
+            known_exploited: a.known_exploited,
+        },
+        urgent: a.urgent,
+        origins: a.origins,
+    };
+    check_payload(&manifest, limits)?;
+    let signed = Signed::new(manifest);
+    bundle::save(&b.manifest_path(), &signed)?;
+    let m = signed.value();
+    println!(
+        "created {} version {} in {}: {} file(s), {} bytes, {} chunks of {} KiB",
+        m.product,
+        m.version,
+        a.out.display(),
+        m.files.len(),
+        m.total_bytes(),
+        m.total_chunks(),
+        chunk_size / 1024
+    );
+    println!("manifest hash: {}", signed.payload_hash());
+    println!("next: lanpatch-signer release sign --key <release key> {}", a.out.display());
+    Ok(())
+}
+
+fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -> Result<()> {
+    let sk = keys::load_secret(&a.key)?;
+    let b = Bundle::new(&a.bundle);
+    let m = bundle::load::<ReleaseManifest>(&b.manifest_path(), limits)?;
+    let path = b.approval_path(&a.ring);
+    let timing_given = a.not_before.is_some() || a.deadline.is_some() || a.expires.is_some();
+    let mut approval = if path.exists() && !a.replace {
+        if timing_given {
+            bail!(
+                "an approval for ring {} already exists in {}; run without --not-before/--deadline/--expires to co-sign it, or add --replace",
+                a.ring,
+                path.display()
+            );
+        }
+        let existing = bundle::load::<Approval>(&path, limits)?;
+        if existing.value().manifest != m.payload_hash() {
+            bail!("{} approves a different manifest; use --replace", path.display());
+        }
+        existing
+    } else {
+        let not_before = match &a.not_before {
+            Some(t) => time::parse_time(t, now)?,
+            None => now,
+        };
+        let deadline = a.deadline.as_deref().map(|t| time::parse_time(t, now)).transpose()?;
+        let expires = match &a.expires {
+            Some(t) => time::parse_time(t, now)?,
+            None => m.value().expires,
+        };
+        let value = Approval {
+            manifest: m.payload_hash(),
+            product: m.value().product.clone(),
+            version: m.value().version,
+            ring: a.ring.clone(),
+            issued: now,
+            not_before,
+            deadline,
+            expires,
+            forced_reason: None,
+        };
+        check_payload(&value, limits)?;
+        Signed::new(value)
+    };
+    approval.sign(&sk);
+    bundle::save(&path, &approval)?;
+    println!(
+        "approved {} {} for ring {} (not before {}{}); {} signature(s)",
+        m.value().product,
+        m.value().version,
+        a.ring,
+        time::show(approval.value().not_before),
+        approval.value().deadline.map(|d| format!(", deadline {}", time::show(d))).unwrap_or_default(),
+        approval.envelope().signatures.len()
+    );
+    Ok(())
+}
+
+fn yank(a: YankArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -> Result<()> {
+    let sk = keys::load_secret(&a.key)?;
+    let b = Bundle::new(&a.bundle);
+    let m = bundle::load::<ReleaseManifest>(&b.manifest_path(), limits)?;
+    let path = b.yank_path();
+    let mut y = if path.exists() {
+        bundle::load::<Yank>(&path, limits)?
+    } else {
+        let Some(reason) = a.reason else {
+            bail!("say why the release is withdrawn with --reason");
+        };
+        let value = Yank {
+            manifest: m.payload_hash(),
+            product: m.value().product.clone(),
+            version: m.value().version,
+            action: if a.rollback { YankAction::RollBack } else { YankAction::StopInstalls },
+            reason,
+            issued: now,
+            // A yank must outlive the release it withdraws.
+            expires: m.value().expires.max(now).plus_secs(365 * 86_400),
+        };
+        check_payload(&value, limits)?;
+        Signed::new(value)
+    };
+    y.sign(&sk);
+    bundle::save(&path, &y)?;
+    println!(
+        "yanked {} {} ({:?}); {} signature(s)",
+        m.value().product,
+        m.value().version,
+        y.value().action,
+        y.envelope().signatures.len()
+    );
+    Ok(())
+}
+
+fn print_root(root: &Signed<Root>) {
+    let r = root.value();
+    println!("trust root version {}, expires {}", r.version, time::show(r.expires));
+    println!("fleet id: {}", fleet_id(r, &root.envelope().payload));
+    for (role, rk) in &r.roles {
+        println!("  {role}: {} of {} keys", rk.threshold, rk.keys.len());
+        for k in &rk.keys {
+            println!("    {k}");
+        }
+    }
+    println!("signatures: {}", root.envelope().signatures.iter().map(|s| s.key.short()).collect::<Vec<_>>().join(", "));
+}
+
+fn show_release(b: &Bundle, limits: &Limits) -> Result<()> {
+    let signed = bundle::load::<ReleaseManifest>(&b.manifest_path(), limits)?;
+    let m = signed.value();
+    println!("{} version {} {}", m.product, m.version, m.label);
+    if !m.description.is_empty() {
+        println!("  {}", m.description);
+    }
+    println!("manifest hash: {}", signed.payload_hash());
+    println!("created {}, expires {}", time::show(m.created), time::show(m.expires));
+    let s = &m.severity;
+    println!(
+        "severity: {:?}{}{}{}{}",
+        s.level,
+        s.cvss_tenths.map(|c| format!(", CVSS {:.1}", f64::from(c) / 10.0)).unwrap_or_default(),
+        s.epss_bp.map(|e| format!(", EPSS {:.4}", f64::from(e) / 10_000.0)).unwrap_or_default(),
+        if s.known_exploited { ", known exploited" } else { "" },
+        if m.urgent { ", URGENT" } else { "" },
+    );
+    if !s.cves.is_empty() {
+        println!("CVEs: {}", s.cves.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" "));
+    }
+    println!("install: {:?} (timeout {}s)", m.install.argv, m.install.timeout_secs);
+    if let Some(c) = &m.rollback {
+        println!("rollback: {:?}", c.argv);
+    }
+    if let Some(c) = &m.detect {
+        println!("detect: {:?}", c.argv);
+    }
+    let t = &m.targets;
+    println!(
+        "targets: os {:?} arch {:?} tags {:?} hosts {:?}",
+        t.os,
+        t.arch,
+        t.tags.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        t.hostnames
+    );
+    for o in &m.origins {
+        println!("origin: {o}");
+    }
+    for f in &m.files {
+        println!("  {} {} bytes, {} chunk(s), {}", f.path, f.size, f.chunks.len(), f.hash.short());
+    }
+    println!(
+        "signatures: {}",
+        signed.envelope().signatures.iter().map(|s| s.key.short()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}

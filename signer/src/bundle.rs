@@ -1,0 +1,160 @@
+//! A release bundle on disk: the signed manifest, the files, and any approvals and yank.
+//!
+//! ```text
+//! BUNDLE/manifest.lpm            signed release manifest
+//! BUNDLE/files/<file name>       the release's files, as named in the manifest
+//! BUNDLE/approvals/<ring>.lpa    signed approvals, one per ring
+//! BUNDLE/yank.lpy                a signed yank, if the release was withdrawn
+//! ```
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use lanpatch_protocol::{FileEntry, FileHasher, Limits, Payload, RelPath, RingName, Signed};
+
+pub struct Bundle {
+    pub dir: PathBuf,
+}
+
+impl Bundle {
+    pub fn new(dir: &Path) -> Self {
+        Bundle { dir: dir.to_path_buf() }
+    }
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.join("manifest.lpm")
+    }
+    pub fn file_path(&self, name: &RelPath) -> PathBuf {
+        name.components().fold(self.dir.join("files"), |p, c| p.join(c))
+    }
+    pub fn approvals_dir(&self) -> PathBuf {
+        self.dir.join("approvals")
+    }
+    pub fn approval_path(&self, ring: &RingName) -> PathBuf {
+        self.approvals_dir().join(format!("{ring}.lpa"))
+    }
+    pub fn yank_path(&self) -> PathBuf {
+        self.dir.join("yank.lpy")
+    }
+}
+
+/// Reads and decodes a signed file of type `T` (signatures are not checked here).
+pub fn load<T: Payload>(path: &Path, limits: &Limits) -> Result<Signed<T>> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > limits.max_envelope_bytes as u64 {
+        bail!(
+            "{} is {} bytes, larger than any valid {} ({} bytes)",
+            path.display(),
+            meta.len(),
+            T::NAME,
+            limits.max_envelope_bytes
+        );
+    }
+    let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Signed::<T>::decode(&bytes, limits).with_context(|| format!("{} is not a valid {}", path.display(), T::NAME))
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves a
+/// half-written file under the real name.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("out")));
+    let mut f = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+pub fn save<T: Payload>(path: &Path, signed: &Signed<T>) -> Result<()> {
+    write_atomic(path, &signed.to_bytes())
+}
+
+/// A file to put into a release: where it is now and its name in the release.
+pub struct Source {
+    pub path: PathBuf,
+    pub name: RelPath,
+    pub executable: bool,
+    pub size: u64,
+}
+
+/// Lists the regular files under `dir`, named by their path relative to it. Symlinks and special
+/// files are refused rather than followed, so a release holds exactly what the admin sees.
+pub fn sources_from_dir(dir: &Path) -> Result<Vec<Source>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = fs::read_dir(&d)
+            .with_context(|| format!("cannot list {}", d.display()))?
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("cannot list {}", d.display()))?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let path = e.path();
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_file() {
+                let rel = path.strip_prefix(dir).context("file outside the release directory")?;
+                let rel = rel.to_str().with_context(|| format!("{} is not valid UTF-8", rel.display()))?;
+                out.push(source(&path, rel)?);
+            } else {
+                bail!("{} is a symlink or special file; a release may only contain regular files", path.display());
+            }
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub fn source(path: &Path, name: &str) -> Result<Source> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    let name: RelPath =
+        name.replace(std::path::MAIN_SEPARATOR, "/").parse().with_context(|| format!("bad file name {name:?}"))?;
+    #[cfg(unix)]
+    let executable = {
+        use std::os::unix::fs::PermissionsExt;
+        meta.permissions().mode() & 0o111 != 0
+    };
+    #[cfg(not(unix))]
+    let executable = false;
+    Ok(Source { path: path.to_path_buf(), name, executable, size: meta.len() })
+}
+
+/// Hashes a file in 1 MiB reads, copying it to `copy_to` on the way if given.
+pub fn hash_file(src: &Source, chunk_size: u32, copy_to: Option<&Path>) -> Result<FileEntry> {
+    let mut f = fs::File::open(&src.path).with_context(|| format!("cannot open {}", src.path.display()))?;
+    let mut out = match copy_to {
+        Some(p) => {
+            if let Some(parent) = p.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            Some(fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?)
+        }
+        None => None,
+    };
+    let mut hasher = FileHasher::new(chunk_size);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", src.path.display()))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some(o) = out.as_mut() {
+            o.write_all(&buf[..n])?;
+        }
+    }
+    if let Some(o) = out {
+        o.sync_all()?;
+    }
+    #[cfg(unix)]
+    if let (Some(p), true) = (copy_to, src.executable) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(hasher.finish(src.name.clone(), src.executable))
+}

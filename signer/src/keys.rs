@@ -1,0 +1,76 @@
+//! Key files. A secret key file holds one line, `lanpatch-secret-key-v1 <64 hex digits>`, and is
+//! created with mode 0600 and never overwritten; the public key sits beside it in `<file>.pub`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use ed25519_dalek::SigningKey;
+use lanpatch_protocol::PublicKey;
+
+const SECRET_PREFIX: &str = "lanpatch-secret-key-v1 ";
+
+pub fn public_path(secret: &Path) -> PathBuf {
+    let mut p = secret.as_os_str().to_owned();
+    p.push(".pub");
+    PathBuf::from(p)
+}
+
+/// Creates a new key pair. Refuses to touch existing files.
+pub fn generate(out: &Path) -> Result<PublicKey> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    let key = SigningKey::from_bytes(&seed);
+    let public = PublicKey(key.verifying_key().to_bytes());
+    let pub_path = public_path(out);
+    if pub_path.exists() {
+        bail!("{} already exists; refusing to overwrite a key", pub_path.display());
+    }
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(out).with_context(|| match out.exists() {
+        true => format!("{} already exists; refusing to overwrite a key", out.display()),
+        false => format!("cannot create {}", out.display()),
+    })?;
+    writeln!(f, "{SECRET_PREFIX}{}", hex::encode(seed)).with_context(|| format!("writing {}", out.display()))?;
+    f.sync_all()?;
+    let mut p = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&pub_path)
+        .with_context(|| format!("cannot create {}", pub_path.display()))?;
+    writeln!(p, "{}", public.to_hex())?;
+    Ok(public)
+}
+
+pub fn load_secret(path: &Path) -> Result<SigningKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    let Some(hex_part) = text.trim().strip_prefix(SECRET_PREFIX.trim_end()).map(str::trim) else {
+        bail!("{} is not a lanpatch secret key file (expected a line starting with `{SECRET_PREFIX}`)", path.display());
+    };
+    let mut seed = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut seed)
+        .with_context(|| format!("{}: the key must be 64 hex digits", path.display()))?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A public key given as 64 hex digits, or as the path of a `.pub` (or secret key) file.
+pub fn parse_public(arg: &str) -> Result<PublicKey> {
+    if let Ok(k) = arg.parse::<PublicKey>() {
+        return Ok(k);
+    }
+    let path = Path::new(arg);
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{arg:?} is neither 64 hex digits nor a readable public key file"))?;
+    if text.trim_start().starts_with(SECRET_PREFIX.trim_end()) {
+        let sk = load_secret(path)?;
+        return Ok(PublicKey(sk.verifying_key().to_bytes()));
+    }
+    text.trim().parse::<PublicKey>().with_context(|| format!("{}: expected 64 hex digits", path.display()))
+}

@@ -1,0 +1,231 @@
+//! The admin workflow through the real `lanpatch-signer` binary.
+
+use std::fs;
+use std::path::Path;
+
+use crate::support::{Run, signer};
+
+/// Three admins, a 2-of-3 trust root for every role, and a release directory.
+fn setup(dir: &Path) {
+    for admin in ["alice", "bob", "carol"] {
+        signer(dir, &["keygen", "--out", &format!("{admin}.key")]).ok();
+    }
+    let mut args: Vec<String> = ["root", "init", "--out", "root.lpr"].map(String::from).to_vec();
+    for role in ["root", "release", "approve"] {
+        for admin in ["alice", "bob", "carol"] {
+            args.extend([format!("--{role}-key"), format!("{admin}.key.pub")]);
+        }
+        args.extend([format!("--{role}-threshold"), "2".into()]);
+    }
+    signer(dir, &args).ok();
+    signer(dir, &["root", "sign", "--key", "alice.key", "root.lpr"]).ok();
+    signer(dir, &["root", "sign", "--key", "bob.key", "root.lpr"]).ok();
+    fs::create_dir_all(dir.join("release/bin")).unwrap();
+    fs::write(dir.join("release/install.sh"), "#!/bin/sh\necho installing\n").unwrap();
+    let payload: Vec<u8> = (0..600_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(dir.join("release/bin/tool"), payload).unwrap();
+}
+
+fn create_and_sign(dir: &Path) {
+    signer(
+        dir,
+        &[
+            "release",
+            "create",
+            "--product",
+            "tool",
+            "--version",
+            "3",
+            "--dir",
+            "release",
+            "--install",
+            "sh install.sh",
+            "--rollback",
+            "sh -c 'echo undo'",
+            "--severity",
+            "high",
+            "--cve",
+            "CVE-2025-0001",
+            "--cvss",
+            "8.1",
+            "--epss",
+            "0.42",
+            "--out",
+            "bundle",
+        ],
+    )
+    .ok();
+    signer(dir, &["release", "sign", "--key", "alice.key", "bundle"]).ok();
+    signer(dir, &["release", "sign", "--key", "carol.key", "bundle"]).ok();
+}
+
+fn verify(dir: &Path, ring: &str) -> Run {
+    signer(dir, &["verify", "--root", "root.lpr", "--ring", ring, "bundle"])
+}
+
+#[test]
+fn two_of_three_admins_sign_and_approve_then_verify_succeeds_and_fails_below_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    create_and_sign(dir);
+    signer(dir, &["approve", "--key", "bob.key", "--ring", "canary", "bundle"]).ok();
+    signer(dir, &["approve", "--key", "carol.key", "--ring", "canary", "bundle"]).ok();
+
+    let good = verify(dir, "canary");
+    good.ok();
+    assert!(good.stdout.lines().last() == Some("valid"), "{}", good.stdout);
+
+    // Drop carol's signature from the manifest: one release signature left, threshold is 2.
+    let limits = lanpatch_protocol::Limits::default();
+    let path = dir.join("bundle/manifest.lpm");
+    let mut m =
+        lanpatch_protocol::Signed::<lanpatch_protocol::ReleaseManifest>::decode(&fs::read(&path).unwrap(), &limits)
+            .unwrap();
+    let carol: lanpatch_protocol::PublicKey =
+        fs::read_to_string(dir.join("carol.key.pub")).unwrap().trim().parse().unwrap();
+    assert!(m.remove_signature(&carol));
+    fs::write(&path, m.to_bytes()).unwrap();
+
+    let bad = verify(dir, "canary");
+    assert_eq!(bad.code, Some(1), "{}", bad.all());
+    assert!(
+        bad.stdout.contains("release threshold not met: 1 valid signature(s) from distinct release keys, 2 required"),
+        "{}",
+        bad.stdout
+    );
+}
+
+#[test]
+fn verify_names_the_corrupted_chunk_and_the_missing_ring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    create_and_sign(dir);
+    let file = dir.join("bundle/files/bin/tool");
+    let mut bytes = fs::read(&file).unwrap();
+    bytes[300_000] ^= 0x55; // inside chunk 1 (256 KiB chunks)
+    fs::write(&file, bytes).unwrap();
+    let out = verify(dir, "broad");
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stdout.contains("FAIL  file bin/tool: chunk 1 of bin/tool does not match its signed hash"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("FAIL  no valid approval for ring broad"), "{}", out.stdout);
+}
+
+#[test]
+fn approval_by_one_admin_is_below_the_approve_threshold() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    create_and_sign(dir);
+    signer(dir, &["approve", "--key", "bob.key", "--ring", "pilot", "bundle"]).ok();
+    let out = verify(dir, "pilot");
+    assert_eq!(out.code, Some(1));
+    assert!(out.stdout.contains("approve threshold not met"), "{}", out.stdout);
+}
+
+#[test]
+fn keygen_never_overwrites_and_writes_the_secret_mode_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    signer(dir, &["keygen", "--out", "k"]).ok();
+    let before = fs::read(dir.join("k")).unwrap();
+    assert_eq!(fs::metadata(dir.join("k")).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = signer(dir, &["keygen", "--out", "k"]);
+    assert_eq!(again.code, Some(2));
+    assert!(again.stderr.contains("refusing to overwrite"), "{}", again.stderr);
+    assert_eq!(fs::read(dir.join("k")).unwrap(), before);
+}
+
+#[test]
+fn root_rotation_needs_old_and_new_root_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    create_and_sign(dir);
+    signer(dir, &["keygen", "--out", "dave.key"]).ok();
+    signer(
+        dir,
+        &[
+            "root",
+            "rotate",
+            "--current",
+            "root.lpr",
+            "--root-key",
+            "bob.key.pub",
+            "--root-key",
+            "carol.key.pub",
+            "--root-key",
+            "dave.key.pub",
+            "--root-threshold",
+            "2",
+            "--out",
+            "root2.lpr",
+        ],
+    )
+    .ok();
+    // Only new keys sign (dave + carol): the old threshold (alice, bob, carol: 2) is met only by carol.
+    signer(dir, &["root", "sign", "--key", "dave.key", "root2.lpr"]).ok();
+    signer(dir, &["root", "sign", "--key", "carol.key", "root2.lpr"]).ok();
+    let chain = |d: &Path| signer(d, &["verify", "--root", "root.lpr", "--root", "root2.lpr", "bundle"]);
+    let out = chain(dir);
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(out.stdout.contains("root threshold not met: 1 valid"), "{}", out.stdout);
+    signer(dir, &["root", "sign", "--key", "alice.key", "root2.lpr"]).ok();
+    chain(dir).ok();
+}
+
+#[test]
+fn release_create_refuses_an_invalid_product_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fs::write(dir.join("x"), "x").unwrap();
+    let out = signer(
+        dir,
+        &[
+            "release",
+            "create",
+            "--product",
+            "BAD NAME",
+            "--version",
+            "1",
+            "--file",
+            "x",
+            "--install",
+            "true",
+            "--out",
+            "b",
+        ],
+    );
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("product name"), "{}", out.stderr);
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    let tmp = tempfile::tempdir().unwrap();
+    for cmd in [
+        &["keygen"][..],
+        &["root", "init"],
+        &["root", "sign"],
+        &["root", "rotate"],
+        &["root", "show"],
+        &["release", "create"],
+        &["release", "sign"],
+        &["release", "show"],
+        &["approve"],
+        &["yank"],
+        &["verify"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let out = signer(tmp.path(), &args);
+        out.ok();
+        assert!(out.stdout.contains("Usage:"), "{cmd:?}: {}", out.stdout);
+    }
+}
