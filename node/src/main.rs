@@ -1,1 +1,120 @@
-fn main() {}
+//! `lanpatch-node`: the endpoint service, its status client and the fleet demo.
+
+mod config;
+mod control;
+mod demo;
+mod download;
+mod library;
+mod net;
+mod node;
+mod policy;
+mod ratelimit;
+mod sched;
+mod serve;
+mod store;
+mod trust;
+mod wire;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand};
+use lanpatch_protocol::control::{ControlRequest, ControlResponse};
+
+#[derive(Parser)]
+#[command(
+    name = "lanpatch-node",
+    version,
+    about = "lanpatch endpoint: fetch, verify and share signed releases on the LAN"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node service until SIGINT or SIGTERM.
+    Run {
+        /// The node's TOML config.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Ask a running node for its peers, releases and download progress.
+    Status {
+        /// The node's config (to find its control socket).
+        #[arg(long, conflicts_with = "socket")]
+        config: Option<PathBuf>,
+        /// The node's control socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Print the raw JSON status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a small fleet on this machine, publish a signed release, watch it spread.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Run { config } => {
+            let cfg = config::Config::load(&config)?;
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log));
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+            node::run(cfg, shutdown_signal()).await
+        }
+        Cmd::Status { config, socket, json } => {
+            let socket = match (config, socket) {
+                (_, Some(s)) => s,
+                (Some(c), None) => config::Config::load(&c)?.control_socket(),
+                (None, None) => bail!("give --config or --socket"),
+            };
+            match control::request(&socket, &ControlRequest::Status).await? {
+                ControlResponse::Status(st) if json => println!("{}", serde_json::to_string_pretty(&st)?),
+                ControlResponse::Status(st) => demo::print_status(&st),
+                ControlResponse::Error { message } => bail!("node refused: {message}"),
+                other => bail!("unexpected response {other:?}"),
+            }
+            Ok(())
+        }
+        Cmd::Demo(args) => demo::run(args).await,
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -10,6 +10,7 @@
 //! - [`verify`]: the numbered verification steps of docs/PROTOCOL.md.
 
 pub mod approval;
+pub mod control;
 pub mod encoding;
 pub mod limits;
 pub mod manifest;

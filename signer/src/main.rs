@@ -45,6 +45,14 @@ enum Cmd {
     Yank(YankArgs),
     /// Check a bundle offline against a trust root and say exactly what is wrong, or that it is valid.
     Verify(VerifyArgs),
+    /// Hand a signed bundle to a running node on this machine, which verifies it, seeds its files
+    /// and gossips its manifest, approvals and yank to the fleet.
+    Publish {
+        /// The node's control socket (`<data_dir>/control.sock`).
+        #[arg(long)]
+        node: PathBuf,
+        bundle: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -343,6 +351,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Cmd::Release(ReleaseCmd::Show { bundle }) => show_release(&Bundle::new(&bundle), &limits)?,
         Cmd::Approve(args) => approve(args, &limits, now)?,
         Cmd::Yank(args) => yank(args, &limits, now)?,
+        Cmd::Publish { node, bundle } => publish(&node, &bundle)?,
         Cmd::Verify(args) => {
             let ok = verify::verify_bundle(&args.roots, &Bundle::new(&args.bundle), args.ring.as_ref(), &limits, now)?;
             return Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) });
@@ -624,4 +633,33 @@ fn show_release(b: &Bundle, limits: &Limits) -> Result<()> {
         signed.envelope().signatures.iter().map(|s| s.key.short()).collect::<Vec<_>>().join(", ")
     );
     Ok(())
+}
+
+fn publish(socket: &Path, bundle: &Path) -> Result<()> {
+    use lanpatch_protocol::control::{ControlRequest, ControlResponse};
+    use std::io::{BufRead, BufReader, Write};
+    let dir = std::fs::canonicalize(bundle).with_context(|| format!("cannot find bundle {}", bundle.display()))?;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("cannot connect to {} (is the node running?)", socket.display()))?;
+    let mut line = serde_json::to_vec(&ControlRequest::Publish { bundle: dir.to_string_lossy().into_owned() })?;
+    line.push(b'\n');
+    stream.write_all(&line)?;
+    let mut resp = String::new();
+    BufReader::new(stream).read_line(&mut resp)?;
+    match serde_json::from_str::<ControlResponse>(&resp)
+        .with_context(|| format!("bad response from {}", socket.display()))?
+    {
+        ControlResponse::Published { manifest, product, version, approvals, yanked } => {
+            println!("published {product} {version} (manifest {manifest})");
+            if !approvals.is_empty() {
+                println!("approved for: {}", approvals.join(", "));
+            }
+            if yanked {
+                println!("yank published");
+            }
+            Ok(())
+        }
+        ControlResponse::Error { message } => bail!("the node refused the bundle: {message}"),
+        other => bail!("unexpected response {other:?}"),
+    }
 }

@@ -1,0 +1,138 @@
+//! `node.toml`: every setting with its default and why it exists.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use lanpatch_protocol::{RingName, Tag};
+use serde::Deserialize;
+
+/// A node's configuration. Only `data_dir` and `trust_root` are required.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Holds state.db (SQLite), blobs/, partial/, node.key and control.sock.
+    pub data_dir: PathBuf,
+    /// The trust root file this node is provisioned with (version 1 of the fleet's root, or a
+    /// later one already known to be good).
+    pub trust_root: PathBuf,
+    /// libp2p listen addresses. The default listens on every IPv4 interface on port 4717.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Peers to dial at start and whenever the connection drops, for networks mDNS cannot reach.
+    #[serde(default)]
+    pub static_peers: Vec<String>,
+    /// Discover peers on the LAN with mDNS.
+    #[serde(default = "default_true")]
+    pub mdns: bool,
+    /// The rollout ring this node belongs to.
+    #[serde(default = "default_ring")]
+    pub ring: RingName,
+    /// Free-form tags used by release targeting.
+    #[serde(default)]
+    pub tags: Vec<Tag>,
+    /// Name used for hostname targeting and in reports (default: the machine's hostname).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Upload limit in bytes per second for chunks served to peers (0 = unlimited).
+    #[serde(default)]
+    pub upload_limit: u64,
+    /// Download limit in bytes per second for chunks fetched from peers (0 = unlimited).
+    #[serde(default)]
+    pub download_limit: u64,
+    /// Most bytes the blob cache may hold; a release that does not fit is not downloaded.
+    #[serde(default = "default_quota")]
+    pub cache_quota: u64,
+    /// Chunk requests in flight to one peer at a time.
+    #[serde(default = "default_inflight")]
+    pub max_inflight_per_peer: usize,
+    /// Chunk uploads served at the same time (across all peers).
+    #[serde(default = "default_uploads")]
+    pub max_concurrent_uploads: usize,
+    /// Log filter (tracing-subscriber syntax), overridden by RUST_LOG.
+    #[serde(default = "default_log")]
+    pub log: String,
+    /// Deliberate misbehaviour, for tests of the fleet's defences only.
+    #[serde(default)]
+    pub fault_injection: FaultInjection,
+}
+
+/// Misbehaviours a test can switch on to play an attacker or a broken peer. All off by default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultInjection {
+    /// Flip a byte in every chunk this node uploads.
+    #[serde(default)]
+    pub corrupt_uploads: CorruptUploads,
+    /// Accept raw gossip from the control socket and publish it unchecked.
+    #[serde(default)]
+    pub raw_gossip: RawGossip,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CorruptUploads {
+    #[default]
+    Never,
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RawGossip {
+    #[default]
+    Refuse,
+    Allow,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["/ip4/0.0.0.0/tcp/4717".into()]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_ring() -> RingName {
+    RingName::try_from("broad".to_string()).unwrap_or_else(|_| unreachable!("valid literal"))
+}
+fn default_quota() -> u64 {
+    20 * 1024 * 1024 * 1024
+}
+fn default_inflight() -> usize {
+    4
+}
+fn default_uploads() -> usize {
+    8
+}
+fn default_log() -> String {
+    "info,libp2p_gossipsub=warn,libp2p_mdns=warn".into()
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let mut c: Config = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        // Relative paths are relative to the config file, not to wherever the node was started.
+        let base = path.parent().unwrap_or(Path::new("."));
+        if c.data_dir.is_relative() {
+            c.data_dir = base.join(&c.data_dir);
+        }
+        if c.trust_root.is_relative() {
+            c.trust_root = base.join(&c.trust_root);
+        }
+        if c.max_inflight_per_peer == 0 || c.max_concurrent_uploads == 0 {
+            anyhow::bail!("max_inflight_per_peer and max_concurrent_uploads must be at least 1");
+        }
+        Ok(c)
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.data_dir.join("control.sock")
+    }
+
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
+        })
+    }
+}

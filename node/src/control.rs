@@ -1,0 +1,233 @@
+//! The local control socket: `status`, `publish` and (for tests) raw gossip. One JSON request
+//! per line, one JSON response per line.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use lanpatch_protocol::control::{
+    ControlRequest, ControlResponse, NodeStatus, PeerStatus, Refusal, ReleaseStatus, Transfer,
+};
+use lanpatch_protocol::{Approval, ReleaseManifest, Signed, Yank};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::config::RawGossip;
+use crate::node::{self, Shared};
+use crate::trust::Checked;
+
+/// Largest request line (a raw-gossip request carries one hex envelope).
+const MAX_LINE: u64 = 4 * 1024 * 1024;
+
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    if path.exists() {
+        // A socket left by a killed node. If a live node answers on it, refuse to start twice.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another node is running with this data directory ({} answers)", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale {}", path.display()))?;
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+pub async fn serve(s: Arc<Shared>, listener: UnixListener) {
+    let mut shutdown = s.shutdown.clone();
+    loop {
+        let conn = tokio::select! {
+            _ = shutdown.changed() => break,
+            c = listener.accept() => c,
+        };
+        match conn {
+            Ok((stream, _)) => {
+                let s = s.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(&s, stream).await {
+                        tracing::debug!("control connection: {e:#}");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("control socket accept: {e}"),
+        }
+    }
+}
+
+async fn handle(s: &Arc<Shared>, stream: UnixStream) -> Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    BufReader::new(r).take(MAX_LINE).read_line(&mut line).await?;
+    let resp = match serde_json::from_str::<ControlRequest>(&line) {
+        Ok(req) => match respond(s, req).await {
+            Ok(r) => r,
+            Err(e) => ControlResponse::Error { message: format!("{e:#}") },
+        },
+        Err(e) => ControlResponse::Error { message: format!("bad request: {e}") },
+    };
+    let mut out = serde_json::to_vec(&resp)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    w.shutdown().await?;
+    Ok(())
+}
+
+async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse> {
+    match req {
+        ControlRequest::Status => Ok(ControlResponse::Status(Box::new(status(s).await?))),
+        ControlRequest::Publish { bundle } => publish(s, Path::new(&bundle)).await,
+        ControlRequest::RawGossip { hex } => {
+            if s.cfg.fault_injection.raw_gossip != RawGossip::Allow {
+                bail!("raw gossip is refused (fault_injection.raw_gossip is not \"allow\")");
+            }
+            let bytes = hex::decode(hex.trim()).context("raw gossip must be hex")?;
+            s.net.publish(bytes).await?;
+            Ok(ControlResponse::Done)
+        }
+    }
+}
+
+/// Verifies a bundle against this node's trust state, imports its files (verifying every chunk)
+/// and gossips its metadata. Nothing is gossiped unless it verified.
+async fn publish(s: &Arc<Shared>, dir: &Path) -> Result<ControlResponse> {
+    let read = |p: std::path::PathBuf| std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()));
+    let manifest_bytes = read(dir.join("manifest.lpm"))?;
+    let checked = s.trust().check(&manifest_bytes, node::now()).map_err(|e| anyhow!("manifest refused: {e}"))?;
+    let Checked::Manifest(m) = checked else { bail!("manifest.lpm does not hold a release manifest") };
+    let manifest: Signed<ReleaseManifest> = m.clone();
+    let files_dir = dir.join("files");
+    let lib = s.library.clone();
+    let entries = manifest.value().files.clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for f in &entries {
+            let src = f.path.components().fold(files_dir.clone(), |p, c| p.join(c));
+            lib.import(f, &src)?;
+        }
+        Ok(())
+    })
+    .await??;
+    node::commit(s, Checked::Manifest(m), &manifest_bytes).await?;
+    s.net.publish(manifest_bytes).await?;
+
+    let mut approvals = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("approvals")) {
+        for e in entries.flatten() {
+            let path = e.path();
+            let bytes = read(path.clone())?;
+            match node::ingest(s, &bytes, "local publish").await {
+                Ok(_) => {
+                    if let Ok(a) = Signed::<Approval>::decode(&bytes, &s.trust().limits) {
+                        approvals.push(a.value().ring.to_string());
+                    }
+                    s.net.publish(bytes).await?;
+                }
+                Err(err) => bail!("approval {} refused: {err:#}", path.display()),
+            }
+        }
+    }
+    let mut yanked = false;
+    let yank = dir.join("yank.lpy");
+    if yank.exists() {
+        let bytes = read(yank)?;
+        node::ingest(s, &bytes, "local publish").await.map_err(|e| anyhow!("yank refused: {e:#}"))?;
+        yanked = Signed::<Yank>::decode(&bytes, &s.trust().limits).is_ok();
+        s.net.publish(bytes).await?;
+    }
+    let v = manifest.value();
+    Ok(ControlResponse::Published {
+        manifest: manifest.payload_hash().to_hex(),
+        product: v.product.to_string(),
+        version: v.version.0,
+        approvals,
+        yanked,
+    })
+}
+
+async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
+    let peers = s
+        .net
+        .peers()
+        .await?
+        .into_iter()
+        .map(|p| PeerStatus { peer: p.peer.to_string(), addr: p.addr.to_string() })
+        .collect();
+    let listen = s.net.listening().await?.into_iter().map(|a| a.to_string()).collect();
+    let progress = s.progress().clone();
+    let releases = {
+        let t = s.trust();
+        let mut list: Vec<ReleaseStatus> = t
+            .manifests
+            .iter()
+            .map(|(hash, m)| {
+                let v = m.value();
+                let p = progress.get(hash).cloned().unwrap_or_default();
+                ReleaseStatus {
+                    manifest: hash.to_hex(),
+                    product: v.product.to_string(),
+                    version: v.version.0,
+                    label: v.label.clone(),
+                    severity: format!("{:?}", v.severity.level).to_lowercase(),
+                    state: if t.yanks.contains_key(hash) {
+                        "yanked".into()
+                    } else if p.state.is_empty() {
+                        "available".into()
+                    } else {
+                        p.state
+                    },
+                    detail: p.detail,
+                    total_bytes: v.total_bytes(),
+                    total_chunks: v.total_chunks(),
+                    have_chunks: p.have_chunks,
+                    resumed_chunks: p.resumed_chunks,
+                    fetched_chunks: p.fetched_chunks,
+                    bytes_from: p.bytes_from,
+                    approved_rings: t.approved_rings(hash).into_iter().map(|r| r.to_string()).collect(),
+                }
+            })
+            .collect();
+        list.sort_by(|a, b| (&a.product, a.version).cmp(&(&b.product, b.version)));
+        list
+    };
+    let recent_refusals = s
+        .store
+        .refusals(20)
+        .await?
+        .into_iter()
+        .map(|(at, source, kind, reason)| Refusal { at, source, kind, reason })
+        .collect();
+    let transfers = s
+        .store
+        .transfers()
+        .await?
+        .into_iter()
+        .map(|(peer, bytes_down, bytes_up)| Transfer { peer, bytes_down, bytes_up })
+        .collect();
+    let banned = s.banned.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|p| p.to_string()).collect();
+    let fleet = s.trust().fleet.to_hex();
+    Ok(NodeStatus {
+        peer_id: s.net.local.to_string(),
+        fleet,
+        ring: s.cfg.ring.to_string(),
+        hostname: s.facts.hostname.clone(),
+        listen,
+        peers,
+        releases,
+        refusals: s.refusals.load(std::sync::atomic::Ordering::Relaxed),
+        recent_refusals,
+        transfers,
+        banned,
+    })
+}
+
+/// Sends one request to a node's control socket and returns its response.
+pub async fn request(socket: &Path, req: &ControlRequest) -> Result<ControlResponse> {
+    let mut stream = UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("cannot connect to {} (is the node running?)", socket.display()))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    stream.write_all(&line).await?;
+    let mut resp = String::new();
+    BufReader::new(stream).take(64 * 1024 * 1024).read_line(&mut resp).await?;
+    serde_json::from_str(&resp).with_context(|| format!("bad response from {}", socket.display()))
+}

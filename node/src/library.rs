@@ -1,0 +1,251 @@
+//! The content-addressed blob store and the in-memory map of which chunks this node holds.
+//!
+//! Complete files live in `blobs/<BLAKE3 hex>`. A file being downloaded lives in
+//! `partial/<BLAKE3 hex>`, written chunk by chunk at its offset; each chunk is verified before it
+//! is written, recorded in SQLite after it is written, and only then served to peers. When every
+//! chunk is there the whole file is hashed once more and renamed into `blobs/`.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context, Result, anyhow, bail};
+use lanpatch_protocol::{FileEntry, Hash32, verify_chunk};
+
+use crate::store::Store;
+
+/// What this node holds of one file.
+#[derive(Clone, Debug)]
+pub struct FileState {
+    pub entry: FileEntry,
+    pub have: Vec<bool>,
+    pub have_count: usize,
+    pub complete: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    files: HashMap<Hash32, FileState>,
+}
+
+#[derive(Clone)]
+pub struct Library {
+    inner: Arc<RwLock<Inner>>,
+    blobs: PathBuf,
+    partial: PathBuf,
+    store: Store,
+}
+
+/// How a file was found at registration.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    /// Chunks recovered from a partial file (verified again at start-up).
+    pub resumed_chunks: usize,
+    /// Chunks whose recorded data no longer matched and will be fetched again.
+    pub dropped_chunks: usize,
+}
+
+impl Library {
+    pub fn open(data_dir: &Path, store: Store) -> Result<Library> {
+        let blobs = data_dir.join("blobs");
+        let partial = data_dir.join("partial");
+        for d in [&blobs, &partial] {
+            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+        }
+        Ok(Library { inner: Arc::default(), blobs, partial, store })
+    }
+
+    pub fn blob_path(&self, file: &Hash32) -> PathBuf {
+        self.blobs.join(file.to_hex())
+    }
+    fn partial_path(&self, file: &Hash32) -> PathBuf {
+        self.partial.join(file.to_hex())
+    }
+
+    fn read_inner(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+    fn write_inner(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes a file known: complete if its blob is in place, otherwise resumed from its chunk map.
+    /// Blocking (reads the partial file to re-verify recorded chunks); call from a blocking task.
+    pub fn register(&self, entry: &FileEntry) -> Result<Registered> {
+        if self.read_inner().files.contains_key(&entry.hash) {
+            return Ok(Registered::default());
+        }
+        let n = entry.chunks.len();
+        let blob = self.blob_path(&entry.hash);
+        let mut state = FileState { entry: entry.clone(), have: vec![false; n], have_count: 0, complete: false };
+        let mut reg = Registered::default();
+        if self.store.is_complete(entry.hash)? && blob.metadata().map(|m| m.len() == entry.size).unwrap_or(false) {
+            state.have = vec![true; n];
+            state.have_count = n;
+            state.complete = true;
+        } else {
+            let recorded = self.store.chunks(entry.hash)?;
+            if !recorded.is_empty() {
+                let mut bad = Vec::new();
+                match File::open(self.partial_path(&entry.hash)) {
+                    Ok(f) => {
+                        for idx in recorded {
+                            if read_chunk_at(&f, entry, idx).is_ok_and(|b| verify_chunk(entry, idx, &b).is_ok()) {
+                                if let Some(slot) = state.have.get_mut(idx as usize)
+                                    && !*slot
+                                {
+                                    *slot = true;
+                                    state.have_count += 1;
+                                }
+                            } else {
+                                bad.push(idx);
+                            }
+                        }
+                    }
+                    Err(_) => bad = recorded,
+                }
+                reg.resumed_chunks = state.have_count;
+                reg.dropped_chunks = bad.len();
+                if !bad.is_empty() {
+                    tracing::warn!(file = %entry.hash.short(), chunks = bad.len(), "recorded chunks failed re-verification; fetching them again");
+                    self.store.remove_chunks(entry.hash, &bad)?;
+                }
+            }
+            if n == 0 {
+                // An empty file is complete by definition.
+                File::create(&blob).with_context(|| format!("cannot create {}", blob.display()))?;
+                state.complete = true;
+            }
+        }
+        self.write_inner().files.insert(entry.hash, state);
+        Ok(reg)
+    }
+
+    pub fn file(&self, file: &Hash32) -> Option<FileState> {
+        self.read_inner().files.get(file).cloned()
+    }
+
+    /// Which chunks of `files` (in order) this node holds, as one flat list.
+    pub fn have_flat(&self, files: &[Hash32]) -> Option<Vec<bool>> {
+        let inner = self.read_inner();
+        let mut out = Vec::new();
+        for f in files {
+            out.extend_from_slice(&inner.files.get(f)?.have);
+        }
+        Some(out)
+    }
+
+    /// Reads a chunk this node holds. Blocking.
+    pub fn read_chunk(&self, file: &Hash32, idx: u32) -> Result<Option<Vec<u8>>> {
+        let Some(state) = self.file(file) else { return Ok(None) };
+        if !state.have.get(idx as usize).copied().unwrap_or(false) {
+            return Ok(None);
+        }
+        let path = if state.complete { self.blob_path(file) } else { self.partial_path(file) };
+        let f = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        read_chunk_at(&f, &state.entry, idx).map(Some)
+    }
+
+    /// Stores a chunk that the caller has verified. Blocking. Returns whether the file is now
+    /// complete (all chunks present, not yet finalized).
+    pub fn write_chunk(&self, file: &Hash32, idx: u32, bytes: &[u8]) -> Result<bool> {
+        let state = self.file(file).ok_or_else(|| anyhow!("unknown file {}", file.short()))?;
+        if state.complete || state.have.get(idx as usize).copied().unwrap_or(false) {
+            return Ok(state.complete);
+        }
+        verify_chunk(&state.entry, idx, bytes)?;
+        let (offset, _) = state.entry.chunk_range(idx).ok_or_else(|| anyhow!("no chunk {idx}"))?;
+        let path = self.partial_path(file);
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        f.write_all_at(bytes, offset).with_context(|| format!("cannot write {} (disk full?)", path.display()))?;
+        // The data is in the file before the chunk map says so; a crash in between only costs a
+        // re-fetch of this chunk.
+        self.store.add_chunk(*file, idx)?;
+        let mut inner = self.write_inner();
+        let Some(s) = inner.files.get_mut(file) else { return Ok(false) };
+        if let Some(slot) = s.have.get_mut(idx as usize)
+            && !*slot
+        {
+            *slot = true;
+            s.have_count += 1;
+        }
+        Ok(s.have_count == s.have.len())
+    }
+
+    /// Checks the whole file hash of a file whose chunks are all present and moves it into
+    /// `blobs/`. Blocking.
+    pub fn finalize(&self, file: &Hash32) -> Result<()> {
+        let state = self.file(file).ok_or_else(|| anyhow!("unknown file {}", file.short()))?;
+        if state.complete {
+            return Ok(());
+        }
+        if state.have_count != state.have.len() {
+            bail!("file {} is missing chunks", file.short());
+        }
+        let partial = self.partial_path(file);
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(File::open(&partial)?).with_context(|| format!("cannot read {}", partial.display()))?;
+        let actual: Hash32 = hasher.finalize().into();
+        if actual != *file {
+            // Cannot happen with verified chunks unless the disk lies; start over.
+            let _ = fs::remove_file(&partial);
+            self.store.reset_file(*file)?;
+            if let Some(s) = self.write_inner().files.get_mut(file) {
+                s.have.fill(false);
+                s.have_count = 0;
+            }
+            bail!("file {} hashed to {} after assembly; discarded", file.short(), actual.short());
+        }
+        File::open(&partial)?.sync_all()?;
+        fs::rename(&partial, self.blob_path(file)).context("cannot move finished file into blobs/")?;
+        self.store.complete_file(*file, state.entry.size)?;
+        if let Some(s) = self.write_inner().files.get_mut(file) {
+            s.complete = true;
+        }
+        Ok(())
+    }
+
+    /// Imports a local file (a bundle being published), verifying every chunk on the way in.
+    /// Blocking.
+    pub fn import(&self, entry: &FileEntry, src: &Path) -> Result<()> {
+        self.register(entry)?;
+        if self.file(&entry.hash).is_some_and(|s| s.complete) {
+            return Ok(());
+        }
+        let f = File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+        let len = f.metadata()?.len();
+        if len != entry.size {
+            bail!("{} is {len} bytes, the manifest says {}", src.display(), entry.size);
+        }
+        for idx in 0..entry.chunks.len() as u32 {
+            let bytes = read_chunk_at(&f, entry, idx)?;
+            verify_chunk(entry, idx, &bytes)
+                .with_context(|| format!("{} does not match the signed manifest", src.display()))?;
+            self.write_chunk(&entry.hash, idx, &bytes)?;
+        }
+        self.finalize(&entry.hash)
+    }
+
+    /// Bytes held in complete and partial files.
+    pub fn used_bytes(&self) -> u64 {
+        self.read_inner()
+            .files
+            .values()
+            .map(|f| if f.complete { f.entry.size } else { f.have_count as u64 * u64::from(f.entry.chunk_size) })
+            .sum()
+    }
+}
+
+fn read_chunk_at(f: &File, entry: &FileEntry, idx: u32) -> Result<Vec<u8>> {
+    let (offset, len) = entry.chunk_range(idx).ok_or_else(|| anyhow!("no chunk {idx} in {}", entry.path))?;
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}

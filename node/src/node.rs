@@ -1,0 +1,361 @@
+//! The node service: wires the store, the library, the network, the downloader, the chunk server
+//! and the control socket together, and owns the metadata pipeline (gossip and catalog sync in,
+//! verification, storage, download start).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow};
+use lanpatch_protocol::{Hash32, Limits, ReleaseManifest, Signed, Timestamp};
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::{Multiaddr, PeerId, identity};
+use tokio::sync::{Semaphore, watch};
+
+use crate::config::Config;
+use crate::library::Library;
+use crate::net::{self, NetEvent, NetHandle};
+use crate::policy::{Facts, targets_match};
+use crate::ratelimit::RateLimiter;
+use crate::store::Store;
+use crate::trust::{Accepted, Checked, Trust};
+
+pub fn now() -> Timestamp {
+    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+}
+
+/// Download progress of one release, for status.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    pub state: String,
+    pub detail: String,
+    pub total_chunks: usize,
+    pub have_chunks: usize,
+    pub resumed_chunks: usize,
+    pub fetched_chunks: usize,
+    pub bytes_from: BTreeMap<String, u64>,
+}
+
+/// State shared by the node's tasks.
+pub struct Shared {
+    pub cfg: Config,
+    pub facts: Facts,
+    pub store: Store,
+    pub library: Library,
+    pub trust: Mutex<Trust>,
+    pub net: NetHandle,
+    pub progress: Mutex<HashMap<Hash32, Progress>>,
+    pub downloading: Mutex<HashSet<Hash32>>,
+    pub banned: Mutex<HashSet<PeerId>>,
+    pub up_limit: RateLimiter,
+    pub down_limit: RateLimiter,
+    pub uploads: Semaphore,
+    pub refusals: AtomicU64,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    pub fn trust(&self) -> std::sync::MutexGuard<'_, Trust> {
+        self.trust.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn progress(&self) -> std::sync::MutexGuard<'_, HashMap<Hash32, Progress>> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.lock().unwrap_or_else(|p| p.into_inner()).contains(peer)
+    }
+
+    /// Logs, counts and stores a refusal. Every refused message or chunk goes through here.
+    pub async fn refuse(&self, source: String, kind: &'static str, reason: String) {
+        tracing::warn!(%source, kind, %reason, "refused");
+        self.refusals.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.store.add_refusal(now().0, source, kind, reason).await {
+            tracing::error!("cannot record refusal: {e:#}");
+        }
+    }
+
+    pub async fn ban(&self, peer: PeerId, reason: String) {
+        let first = self.banned.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
+        if first {
+            self.refuse(peer.to_string(), "peer-banned", reason).await;
+            self.net.ban(peer).await;
+        }
+    }
+}
+
+fn load_or_create_identity(cfg: &Config) -> Result<identity::Keypair> {
+    let path = cfg.data_dir.join("node.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| anyhow!("{} is not a node key: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kp = identity::Keypair::generate_ed25519();
+            let bytes = kp.to_protobuf_encoding().map_err(|e| anyhow!("encode node key: {e}"))?;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            Ok(kp)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Rebuilds the trust state from the provisioned root and the database. Stored metadata is
+/// checked again: whatever expired or no longer verifies is left out.
+fn load_trust(cfg: &Config, store: &Store, limits: &Limits) -> Result<Trust> {
+    let first = std::fs::read(&cfg.trust_root)
+        .with_context(|| format!("cannot read trust root {}", cfg.trust_root.display()))?;
+    let t = now();
+    let mut trust = Trust::new(&first, limits.clone(), t)
+        .with_context(|| format!("trust root {} refused", cfg.trust_root.display()))?;
+    let mut replay = store.roots()?;
+    replay.extend(store.manifests()?);
+    replay.extend(store.approvals()?);
+    replay.extend(store.yanks()?);
+    for bytes in replay {
+        if let Err(e) = trust.ingest(&bytes, t) {
+            tracing::debug!("stored metadata no longer accepted: {e}");
+        }
+    }
+    Ok(trust)
+}
+
+/// Runs a node until `shutdown` completes.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    let limits = Limits::default();
+    let store = Store::open(&cfg.data_dir.join("state.db"))?;
+    let library = Library::open(&cfg.data_dir, store.clone())?;
+    let keypair = load_or_create_identity(&cfg)?;
+    let trust = load_trust(&cfg, &store, &limits)?;
+    let fleet = trust.fleet;
+    let parse_addrs = |list: &[String], what: &str| -> Result<Vec<Multiaddr>> {
+        list.iter().map(|a| a.parse::<Multiaddr>().with_context(|| format!("bad {what} address {a:?}"))).collect()
+    };
+    let (net, mut net_events, swarm_task) = net::start(net::NetConfig {
+        keypair,
+        fleet,
+        listen: parse_addrs(&cfg.listen, "listen")?,
+        static_peers: parse_addrs(&cfg.static_peers, "static peer")?,
+        mdns: cfg.mdns,
+        limits,
+    })?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut control = net.control.clone();
+    let incoming = control.accept(net.protocol.clone()).map_err(|e| anyhow!("register transfer protocol: {e}"))?;
+    let shared = Arc::new(Shared {
+        facts: Facts::local(cfg.hostname(), cfg.tags.clone()),
+        up_limit: RateLimiter::new(cfg.upload_limit),
+        down_limit: RateLimiter::new(cfg.download_limit),
+        uploads: Semaphore::new(cfg.max_concurrent_uploads),
+        cfg,
+        store,
+        library,
+        trust: Mutex::new(trust),
+        net,
+        progress: Mutex::default(),
+        downloading: Mutex::default(),
+        banned: Mutex::default(),
+        refusals: AtomicU64::new(0),
+        shutdown: shutdown_rx.clone(),
+    });
+    shared.refusals.store(
+        shared
+            .store
+            .call(|c| Ok(c.query_row("SELECT count(*) FROM refusals", [], |r| r.get::<_, i64>(0))? as u64))
+            .await?,
+        Ordering::Relaxed,
+    );
+    tracing::info!(peer = %shared.net.local, fleet = %fleet.short(), ring = %shared.cfg.ring, "lanpatch-node starting");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(swarm_task.run(shutdown_rx.clone()));
+    tasks.spawn(crate::serve::serve(shared.clone(), incoming));
+    let control_listener = crate::control::bind(&shared.cfg.control_socket())?;
+    tasks.spawn(crate::control::serve(shared.clone(), control_listener));
+    // Start (or resume) downloads of what is already trusted.
+    for m in shared.trust().current_manifests() {
+        consider_download(&shared, m);
+    }
+    let s = shared.clone();
+    let mut stop = shutdown_rx.clone();
+    tasks.spawn(async move {
+        let mut resync = tokio::time::interval(Duration::from_secs(15));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = resync.tick() => {
+                    // Anti-entropy: ask one peer for its catalog now and then, in case gossip
+                    // was missed.
+                    let peers = s.net.ready_peers();
+                    if let Some(p) = peers.get((now().0 as usize) % peers.len().max(1)) {
+                        tokio::spawn(catalog_sync(s.clone(), *p));
+                    }
+                }
+                ev = net_events.recv() => match ev {
+                    Some(ev) => handle_net_event(&s, ev).await,
+                    None => break,
+                },
+            }
+        }
+    });
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    let _ = std::fs::remove_file(shared.cfg.control_socket());
+    Ok(())
+}
+
+async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
+    match ev {
+        NetEvent::Gossip { id, source, data } => {
+            let acceptance = match ingest(s, &data, &format!("gossip from {source}")).await {
+                Ok(_) => MessageAcceptance::Accept,
+                Err(_) => MessageAcceptance::Reject,
+            };
+            s.net.validation(id, source, acceptance).await;
+        }
+        NetEvent::PeerReady(peer) => {
+            tokio::spawn(catalog_sync(s.clone(), peer));
+        }
+        NetEvent::PeerGone(peer) => tracing::info!(%peer, "peer gone"),
+    }
+}
+
+/// Fetches a peer's catalog and ingests every item.
+pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
+    if s.is_banned(&peer) {
+        return;
+    }
+    match crate::download::request_catalog(&s, peer).await {
+        Ok(items) => {
+            for item in items {
+                let _ = ingest(&s, &item, &format!("catalog from {peer}")).await;
+            }
+        }
+        Err(e) => tracing::debug!(%peer, "catalog sync failed: {e:#}"),
+    }
+    if let Ok(peers) = crate::download::request_peers(&s, peer).await {
+        for (p, addrs) in peers {
+            if !s.is_banned(&p) {
+                s.net.dial(p, addrs).await;
+            }
+        }
+    }
+}
+
+/// Checks a signed message, stores it, and acts on it. Refusals are recorded with their reason.
+pub async fn ingest(s: &Arc<Shared>, bytes: &[u8], source: &str) -> Result<Accepted> {
+    let checked = s.trust().check(bytes, now());
+    match checked {
+        Ok(c) => commit(s, c, bytes).await,
+        Err(e) => {
+            s.refuse(source.to_string(), "metadata", e.to_string()).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Applies a checked message: memory, database, then follow-up work.
+pub async fn commit(s: &Arc<Shared>, checked: Checked, bytes: &[u8]) -> Result<Accepted> {
+    let manifest = match &checked {
+        Checked::Manifest(m) => Some(m.clone()),
+        _ => None,
+    };
+    let accepted = s.trust().commit(checked);
+    if !accepted.is_new() {
+        return Ok(accepted);
+    }
+    let t = now().0;
+    match &accepted {
+        Accepted::Root { version, .. } => s.store.put_root(*version, bytes.to_vec(), t).await?,
+        Accepted::Manifest { hash, .. } => {
+            if let Some(m) = manifest {
+                let v = m.value();
+                tracing::info!(product = %v.product, version = %v.version, manifest = %hash.short(), "new release");
+                s.store.put_manifest(*hash, v.product.to_string(), v.version.0, bytes.to_vec(), t).await?;
+                consider_download(s, m);
+            }
+        }
+        Accepted::Approval { manifest, ring, .. } => {
+            tracing::info!(manifest = %manifest.short(), %ring, "approval");
+            let issued = s.trust().approvals.get(&(*manifest, ring.clone())).map(|a| a.value().issued.0).unwrap_or(t);
+            s.store.put_approval(*manifest, ring.to_string(), issued, bytes.to_vec()).await?;
+        }
+        Accepted::Yank { manifest, .. } => {
+            tracing::warn!(manifest = %manifest.short(), "release yanked");
+            s.store.put_yank(*manifest, bytes.to_vec()).await?;
+            s.store.set_manifest_state(*manifest, "yanked").await?;
+            if let Some(p) = s.progress().get_mut(manifest) {
+                p.state = "yanked".into();
+            }
+        }
+    }
+    Ok(accepted)
+}
+
+/// Starts a download of `m` unless it does not target this node, is yanked, superseded, already
+/// running, or does not fit the cache quota.
+pub fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
+    let hash = m.payload_hash();
+    let v = m.value();
+    let total_chunks = v.total_chunks();
+    let set = |state: &str, detail: String| {
+        let mut p = s.progress();
+        let e = p.entry(hash).or_insert_with(|| Progress { total_chunks, ..Progress::default() });
+        e.state = state.into();
+        e.detail = detail;
+    };
+    if let Err(why) = targets_match(&v.targets, &s.facts) {
+        tracing::info!(product = %v.product, version = %v.version, "not for this node: {why}");
+        set("not-targeted", why);
+        return;
+    }
+    if s.trust().yanks.contains_key(&hash) {
+        set("yanked", String::new());
+        return;
+    }
+    let used = s.library.used_bytes();
+    if used.saturating_add(v.total_bytes()) > s.cfg.cache_quota {
+        let why = format!("needs {} bytes, cache holds {used} of a {} byte quota", v.total_bytes(), s.cfg.cache_quota);
+        tracing::warn!(product = %v.product, "not downloading: {why}");
+        set("failed", why);
+        return;
+    }
+    if !s.downloading.lock().unwrap_or_else(|p| p.into_inner()).insert(hash) {
+        return;
+    }
+    set("downloading", String::new());
+    let s2 = s.clone();
+    tokio::spawn(async move {
+        let result = crate::download::download(s2.clone(), m).await;
+        s2.downloading.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
+        let (state, detail) = match result {
+            Ok(crate::download::Outcome::Complete) => ("downloaded", String::new()),
+            Ok(crate::download::Outcome::Stopped) => return,
+            Err(e) => ("failed", format!("{e:#}")),
+        };
+        if state == "downloaded" {
+            tracing::info!(manifest = %hash.short(), "release downloaded and verified");
+        } else {
+            tracing::error!(manifest = %hash.short(), "download failed: {detail}");
+        }
+        let _ = s2.store.set_manifest_state(hash, state).await;
+        let mut p = s2.progress();
+        if let Some(e) = p.get_mut(&hash) {
+            e.state = state.into();
+            e.detail = detail;
+        }
+    });
+}

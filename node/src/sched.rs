@@ -1,0 +1,302 @@
+//! Which chunk to ask from which peer: a plain state machine over plain data, no I/O.
+//!
+//! - Rarest first: among missing chunks nobody is fetching, the ones fewest usable peers hold go
+//!   first, so rare pieces spread before the peers that hold them leave. Ties are broken by a
+//!   per-node seed, so nodes that start together fetch different chunks and can trade at once.
+//! - Per peer, at most `max_per_peer` requests are in flight. Among the holders of a chunk the
+//!   least busy peer is asked, and on a tie the one holding the fewest chunks, which spares the
+//!   seed for what only it has.
+//! - End-game: once every missing chunk is in flight, idle capacity re-requests in-flight chunks
+//!   from other peers (at most `ENDGAME_COPIES` requests per chunk), so one slow peer cannot hold
+//!   up the last chunks.
+//! - A peer that fails a request backs off for a while; a peer that sent a bad chunk is banned
+//!   and never asked again.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+pub const ENDGAME_COPIES: usize = 2;
+
+#[derive(Debug)]
+struct PeerState {
+    avail: Vec<bool>,
+    avail_count: usize,
+    inflight: usize,
+    banned: bool,
+    backoff_until_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct Scheduler<P> {
+    have: Vec<bool>,
+    missing: usize,
+    inflight: Vec<Vec<P>>,
+    peers: HashMap<P, PeerState>,
+    max_per_peer: usize,
+    seed: u64,
+}
+
+fn mix(x: u64) -> u64 {
+    // splitmix64 finalizer: a cheap, well-spread tie-breaker.
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
+    /// `have` is what this node already holds (e.g. resumed from disk).
+    pub fn new(have: Vec<bool>, max_per_peer: usize, seed: u64) -> Self {
+        let missing = have.iter().filter(|h| !**h).count();
+        let n = have.len();
+        Scheduler {
+            have,
+            missing,
+            inflight: vec![Vec::new(); n],
+            peers: HashMap::new(),
+            max_per_peer: max_per_peer.max(1),
+            seed,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.have.len()
+    }
+    pub fn missing(&self) -> usize {
+        self.missing
+    }
+    pub fn is_done(&self) -> bool {
+        self.missing == 0
+    }
+
+    /// Records what a peer holds. A map of the wrong size is ignored.
+    pub fn set_peer_have(&mut self, peer: P, avail: Vec<bool>) {
+        if avail.len() != self.have.len() {
+            return;
+        }
+        let avail_count = avail.iter().filter(|a| **a).count();
+        let e = self.peers.entry(peer).or_insert(PeerState {
+            avail: Vec::new(),
+            avail_count: 0,
+            inflight: 0,
+            banned: false,
+            backoff_until_ms: 0,
+        });
+        e.avail = avail;
+        e.avail_count = avail_count;
+    }
+
+    /// Peers the scheduler knows (with a have-map).
+    pub fn peers(&self) -> impl Iterator<Item = P> + '_ {
+        self.peers.keys().cloned()
+    }
+
+    pub fn remove_peer(&mut self, peer: &P) {
+        self.peers.remove(peer);
+        for list in &mut self.inflight {
+            list.retain(|p| p != peer);
+        }
+    }
+
+    pub fn ban(&mut self, peer: &P) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.banned = true;
+        }
+    }
+
+    pub fn is_banned(&self, peer: &P) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.banned)
+    }
+
+    fn usable(&self, p: &PeerState, now_ms: u64) -> bool {
+        !p.banned && p.backoff_until_ms <= now_ms && p.inflight < self.max_per_peer
+    }
+
+    /// Picks the requests to send now, and marks them in flight.
+    pub fn next_requests(&mut self, now_ms: u64) -> Vec<(P, usize)> {
+        let mut out = Vec::new();
+        // Rarity of every missing chunk nobody is fetching yet.
+        let mut candidates: Vec<(usize, u64, usize)> = Vec::new();
+        for c in 0..self.have.len() {
+            if self.have[c] || !self.inflight[c].is_empty() {
+                continue;
+            }
+            let holders = self.peers.values().filter(|p| !p.banned && p.avail[c]).count();
+            if holders > 0 {
+                candidates.push((holders, mix(c as u64 ^ self.seed), c));
+            }
+        }
+        candidates.sort_unstable();
+        for (_, _, c) in candidates {
+            if let Some(peer) = self.pick_peer(c, now_ms) {
+                self.assign(peer.clone(), c);
+                out.push((peer, c));
+            }
+        }
+        // End-game: everything missing is in flight; duplicate onto idle peers.
+        let unassigned = (0..self.have.len()).any(|c| !self.have[c] && self.inflight[c].is_empty());
+        if !unassigned {
+            let mut inflight_chunks: Vec<usize> =
+                (0..self.have.len()).filter(|c| !self.have[*c] && self.inflight[*c].len() < ENDGAME_COPIES).collect();
+            inflight_chunks.sort_by_key(|c| (self.inflight[*c].len(), mix(*c as u64 ^ self.seed)));
+            for c in inflight_chunks {
+                if let Some(peer) = self.pick_peer(c, now_ms) {
+                    self.assign(peer.clone(), c);
+                    out.push((peer, c));
+                }
+            }
+        }
+        out
+    }
+
+    fn pick_peer(&self, c: usize, now_ms: u64) -> Option<P> {
+        self.peers
+            .iter()
+            .filter(|(id, p)| self.usable(p, now_ms) && p.avail[c] && !self.inflight[c].contains(id))
+            .min_by(|(ia, a), (ib, b)| (a.inflight, a.avail_count, *ia).cmp(&(b.inflight, b.avail_count, *ib)))
+            .map(|(id, _)| id.clone())
+    }
+
+    fn assign(&mut self, peer: P, c: usize) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.inflight += 1;
+        }
+        self.inflight[c].push(peer);
+    }
+
+    fn release(&mut self, peer: &P, c: usize) {
+        if let Some(list) = self.inflight.get_mut(c)
+            && let Some(pos) = list.iter().position(|p| p == peer)
+        {
+            list.remove(pos);
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.inflight = p.inflight.saturating_sub(1);
+            }
+        }
+    }
+
+    /// A verified chunk arrived. Returns false if it was already held (an end-game duplicate).
+    pub fn completed(&mut self, peer: &P, c: usize) -> bool {
+        self.release(peer, c);
+        if c >= self.have.len() || self.have[c] {
+            return false;
+        }
+        self.have[c] = true;
+        self.missing -= 1;
+        true
+    }
+
+    /// A request failed (timeout, I/O, not found): the peer backs off, the chunk is free again.
+    pub fn failed(&mut self, peer: &P, c: usize, now_ms: u64, backoff_ms: u64) {
+        self.release(peer, c);
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.backoff_until_ms = now_ms + backoff_ms;
+            // It evidently does not have it (any more); do not ask again until its next map.
+            if let Some(a) = p.avail.get_mut(c) {
+                *a = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(n: usize) -> Vec<bool> {
+        vec![true; n]
+    }
+
+    #[test]
+    fn rarest_chunk_is_requested_first() {
+        let mut s = Scheduler::new(vec![false; 3], 1, 0);
+        s.set_peer_have("a", vec![true, true, false]);
+        s.set_peer_have("b", vec![true, true, true]);
+        // chunk 2 has one holder (b), chunks 0 and 1 have two: b must be asked for chunk 2.
+        let reqs = s.next_requests(0);
+        assert!(reqs.contains(&("b", 2)), "{reqs:?}");
+        assert_eq!(reqs.len(), 2);
+    }
+
+    #[test]
+    fn requests_per_peer_are_bounded() {
+        let mut s = Scheduler::new(vec![false; 100], 4, 0);
+        s.set_peer_have("a", all(100));
+        assert_eq!(s.next_requests(0).len(), 4);
+        assert_eq!(s.next_requests(0).len(), 0);
+        s.completed(&"a", s.inflight.iter().position(|l| !l.is_empty()).unwrap());
+        assert_eq!(s.next_requests(0).len(), 1);
+    }
+
+    #[test]
+    fn load_spreads_over_peers_and_spares_the_seed() {
+        let mut s = Scheduler::new(vec![false; 10], 2, 0);
+        s.set_peer_have("seed", all(10));
+        s.set_peer_have("peer", vec![true, true, true, true, false, false, false, false, false, false]);
+        let reqs = s.next_requests(0);
+        let from_peer = reqs.iter().filter(|(p, _)| *p == "peer").count();
+        assert_eq!(from_peer, 2, "{reqs:?}");
+        assert_eq!(reqs.len(), 4);
+    }
+
+    #[test]
+    fn endgame_duplicates_the_last_chunks_onto_idle_peers() {
+        let mut s = Scheduler::new(vec![true, true, false], 4, 0);
+        s.set_peer_have("slow", all(3));
+        assert_eq!(s.next_requests(0), vec![("slow", 2)]);
+        s.set_peer_have("fast", all(3));
+        assert_eq!(s.next_requests(0), vec![("fast", 2)]);
+        // At most ENDGAME_COPIES requests for one chunk.
+        s.set_peer_have("third", all(3));
+        assert!(s.next_requests(0).is_empty());
+        assert!(s.completed(&"fast", 2));
+        assert!(!s.completed(&"slow", 2), "the late duplicate is not counted twice");
+        assert!(s.is_done());
+    }
+
+    #[test]
+    fn banned_peer_is_never_asked_again_and_chunk_goes_elsewhere() {
+        let mut s = Scheduler::new(vec![false; 1], 4, 0);
+        s.set_peer_have("liar", all(1));
+        assert_eq!(s.next_requests(0), vec![("liar", 0)]);
+        s.failed(&"liar", 0, 0, 0);
+        s.ban(&"liar");
+        s.set_peer_have("liar", all(1));
+        assert!(s.next_requests(10).is_empty());
+        s.set_peer_have("honest", all(1));
+        assert_eq!(s.next_requests(10), vec![("honest", 0)]);
+    }
+
+    #[test]
+    fn failed_peer_backs_off_then_is_asked_again() {
+        let mut s = Scheduler::new(vec![false; 1], 4, 0);
+        s.set_peer_have("a", all(1));
+        assert_eq!(s.next_requests(0).len(), 1);
+        s.failed(&"a", 0, 0, 1000);
+        s.set_peer_have("a", all(1));
+        assert!(s.next_requests(500).is_empty());
+        assert_eq!(s.next_requests(1000), vec![("a", 0)]);
+    }
+
+    #[test]
+    fn different_seeds_start_on_different_chunks() {
+        let mk = |seed| {
+            let mut s = Scheduler::new(vec![false; 64], 1, seed);
+            s.set_peer_have("seed", all(64));
+            s.next_requests(0)[0].1
+        };
+        let firsts: std::collections::BTreeSet<usize> = (0..8u64).map(mk).collect();
+        assert!(firsts.len() > 4, "{firsts:?}");
+    }
+
+    #[test]
+    fn resumed_chunks_are_never_requested() {
+        let mut have = vec![false; 8];
+        have[..6].fill(true);
+        let mut s = Scheduler::new(have, 8, 0);
+        s.set_peer_have("a", all(8));
+        let mut reqs: Vec<usize> = s.next_requests(0).into_iter().map(|(_, c)| c).collect();
+        reqs.sort();
+        assert_eq!(reqs, vec![6, 7]);
+    }
+}

@@ -1,0 +1,102 @@
+//! Serving peers: chunk, have-map and catalog requests on the transfer protocol, each stream in
+//! its own task, uploads bounded by a semaphore and the upload rate limit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncWriteExt, StreamExt};
+use lanpatch_protocol::Hash32;
+use libp2p::PeerId;
+use tokio::time::timeout;
+
+use crate::config::CorruptUploads;
+use crate::node::Shared;
+use crate::wire::{self, Request, Response};
+
+pub async fn serve(s: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {
+    let mut shutdown = s.shutdown.clone();
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.changed() => break,
+            n = incoming.next() => n,
+        };
+        let Some((peer, stream)) = next else { break };
+        if s.is_banned(&peer) {
+            continue;
+        }
+        let s = s.clone();
+        tokio::spawn(async move {
+            if let Err(e) = timeout(Duration::from_secs(60), handle(&s, peer, stream))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+            {
+                tracing::debug!(%peer, "request failed: {e:#}");
+            }
+        });
+    }
+}
+
+async fn handle(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream) -> anyhow::Result<()> {
+    let req: Request = timeout(Duration::from_secs(10), wire::read_frame(&mut stream, wire::MAX_REQUEST)).await??;
+    match req {
+        Request::Chunk { file, index } => serve_chunk(s, peer, &mut stream, file, index).await?,
+        Request::Have { manifest } => {
+            let files: Option<Vec<Hash32>> =
+                s.trust().manifests.get(&manifest).map(|m| m.value().files.iter().map(|f| f.hash).collect());
+            let resp = match files.and_then(|f| s.library.have_flat(&f)) {
+                Some(have) => Response::Have { bits: wire::pack_bits(&have) },
+                None => Response::NotFound,
+            };
+            wire::write_frame(&mut stream, &resp).await?;
+        }
+        Request::Peers => {
+            let peers = s
+                .net
+                .peers()
+                .await?
+                .into_iter()
+                .filter(|p| p.peer != peer && !s.is_banned(&p.peer))
+                .take(wire::MAX_PEERS)
+                .map(|p| (p.peer.to_string(), p.listen.iter().map(|a| a.to_string()).collect()))
+                .collect();
+            wire::write_frame(&mut stream, &Response::Peers { peers }).await?;
+        }
+        Request::Catalog => {
+            let mut items = s.trust().catalog();
+            items.truncate(wire::MAX_CATALOG_ITEMS);
+            let items = items.into_iter().map(serde_bytes::ByteBuf::from).collect();
+            wire::write_frame(&mut stream, &Response::Catalog { items }).await?;
+        }
+    }
+    stream.flush().await?;
+    let _ = stream.close().await;
+    Ok(())
+}
+
+async fn serve_chunk(
+    s: &Arc<Shared>,
+    peer: PeerId,
+    stream: &mut libp2p::Stream,
+    file: Hash32,
+    index: u32,
+) -> anyhow::Result<()> {
+    let Ok(_permit) = s.uploads.try_acquire() else {
+        wire::write_frame(stream, &Response::Busy).await?;
+        return Ok(());
+    };
+    let lib = s.library.clone();
+    let data = tokio::task::spawn_blocking(move || lib.read_chunk(&file, index)).await??;
+    let Some(mut data) = data else {
+        wire::write_frame(stream, &Response::NotFound).await?;
+        return Ok(());
+    };
+    s.up_limit.acquire(data.len() as u64).await;
+    if s.cfg.fault_injection.corrupt_uploads == CorruptUploads::Always
+        && let Some(b) = data.first_mut()
+    {
+        *b ^= 0xff;
+    }
+    wire::write_chunk(stream, &data).await?;
+    let _ = s.store.add_transfer(peer.to_string(), 0, data.len() as u64).await;
+    Ok(())
+}

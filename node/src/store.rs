@@ -1,0 +1,373 @@
+//! All persistent node state in one SQLite database (WAL mode), behind one module.
+//!
+//! Every call runs on tokio's blocking pool with the connection behind a mutex, so the async code
+//! never blocks on disk. Every state change is one transaction. The schema is versioned with
+//! `PRAGMA user_version`; `MIGRATIONS[i]` moves a database from version i to i + 1.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result, anyhow};
+use lanpatch_protocol::Hash32;
+use rusqlite::{Connection, OptionalExtension, params};
+
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1
+    "CREATE TABLE roots (
+        version   INTEGER PRIMARY KEY,
+        envelope  BLOB NOT NULL,
+        received  INTEGER NOT NULL
+     );
+     CREATE TABLE manifests (
+        hash      BLOB PRIMARY KEY,
+        product   TEXT NOT NULL,
+        version   INTEGER NOT NULL,
+        envelope  BLOB NOT NULL,
+        received  INTEGER NOT NULL,
+        state     TEXT NOT NULL DEFAULT 'available'
+     );
+     CREATE INDEX manifests_product ON manifests (product, version);
+     CREATE TABLE approvals (
+        manifest  BLOB NOT NULL,
+        ring      TEXT NOT NULL,
+        issued    INTEGER NOT NULL,
+        envelope  BLOB NOT NULL,
+        PRIMARY KEY (manifest, ring)
+     );
+     CREATE TABLE yanks (
+        manifest  BLOB PRIMARY KEY,
+        envelope  BLOB NOT NULL
+     );
+     CREATE TABLE chunks (
+        file      BLOB NOT NULL,
+        idx       INTEGER NOT NULL,
+        PRIMARY KEY (file, idx)
+     ) WITHOUT ROWID;
+     CREATE TABLE complete_files (
+        file      BLOB PRIMARY KEY,
+        size      INTEGER NOT NULL
+     );
+     CREATE TABLE refusals (
+        id        INTEGER PRIMARY KEY,
+        at        INTEGER NOT NULL,
+        source    TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        reason    TEXT NOT NULL
+     );
+     CREATE TABLE transfer (
+        peer       TEXT PRIMARY KEY,
+        bytes_down INTEGER NOT NULL DEFAULT 0,
+        bytes_up   INTEGER NOT NULL DEFAULT 0
+     );",
+];
+
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut conn = Connection::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut conn)?;
+        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().map_err(|_| anyhow!("database mutex poisoned"))?;
+            f(&mut guard)
+        })
+        .await
+        .context("database task failed")?
+    }
+
+    /// Runs `f` on the current thread; for start-up code that is not async yet.
+    pub fn call_blocking<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let mut guard = self.conn.lock().map_err(|_| anyhow!("database mutex poisoned"))?;
+        f(&mut guard)
+    }
+
+    pub async fn put_root(&self, version: u64, envelope: Vec<u8>, now: u64) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO roots (version, envelope, received) VALUES (?1, ?2, ?3)",
+                params![version as i64, envelope, now as i64],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub fn roots(&self) -> Result<Vec<Vec<u8>>> {
+        self.call_blocking(|c| {
+            let mut st = c.prepare("SELECT envelope FROM roots ORDER BY version")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Stores a manifest, or adds nothing if it is already there. Returns whether it was new.
+    pub async fn put_manifest(
+        &self,
+        hash: Hash32,
+        product: String,
+        version: u64,
+        envelope: Vec<u8>,
+        now: u64,
+    ) -> Result<bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO manifests (hash, product, version, envelope, received) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![hash.0.to_vec(), product, version as i64, envelope, now as i64],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Stored manifest envelopes, lowest version first (so replaying them never looks like a
+    /// rollback).
+    pub fn manifests(&self) -> Result<Vec<Vec<u8>>> {
+        self.call_blocking(|c| {
+            let mut st = c.prepare("SELECT envelope FROM manifests ORDER BY product, version")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    pub async fn set_manifest_state(&self, hash: Hash32, state: &'static str) -> Result<()> {
+        self.call(move |c| {
+            c.execute("UPDATE manifests SET state = ?1 WHERE hash = ?2", params![state, hash.0.to_vec()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stores an approval unless a newer one (by issue time) for the same manifest and ring is
+    /// already there. Returns whether it was stored.
+    pub async fn put_approval(&self, manifest: Hash32, ring: String, issued: u64, envelope: Vec<u8>) -> Result<bool> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let existing: Option<(i64, Vec<u8>)> = tx
+                .query_row(
+                    "SELECT issued, envelope FROM approvals WHERE manifest = ?1 AND ring = ?2",
+                    params![manifest.0.to_vec(), ring],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let store = match existing {
+                None => true,
+                Some((old_issued, old_env)) => {
+                    (issued as i64) > old_issued || ((issued as i64) == old_issued && envelope.len() > old_env.len())
+                }
+            };
+            if store {
+                tx.execute(
+                    "INSERT OR REPLACE INTO approvals (manifest, ring, issued, envelope) VALUES (?1, ?2, ?3, ?4)",
+                    params![manifest.0.to_vec(), ring, issued as i64, envelope],
+                )?;
+            }
+            tx.commit()?;
+            Ok(store)
+        })
+        .await
+    }
+
+    pub fn approvals(&self) -> Result<Vec<Vec<u8>>> {
+        self.call_blocking(|c| {
+            let mut st = c.prepare("SELECT envelope FROM approvals")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    pub async fn put_yank(&self, manifest: Hash32, envelope: Vec<u8>) -> Result<bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO yanks (manifest, envelope) VALUES (?1, ?2)",
+                params![manifest.0.to_vec(), envelope],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub fn yanks(&self) -> Result<Vec<Vec<u8>>> {
+        self.call_blocking(|c| {
+            let mut st = c.prepare("SELECT envelope FROM yanks")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Records a verified chunk of a partial file (its data is already written). Blocking.
+    pub fn add_chunk(&self, file: Hash32, idx: u32) -> Result<()> {
+        self.call_blocking(|c| {
+            c.prepare_cached("INSERT OR IGNORE INTO chunks (file, idx) VALUES (?1, ?2)")?
+                .execute(params![file.0.to_vec(), idx])?;
+            Ok(())
+        })
+    }
+
+    /// Forgets every chunk of a partial file. Blocking.
+    pub fn reset_file(&self, file: Hash32) -> Result<()> {
+        self.call_blocking(|c| {
+            c.execute("DELETE FROM chunks WHERE file = ?1", params![file.0.to_vec()])?;
+            Ok(())
+        })
+    }
+
+    /// Verified chunk indices of a partial file.
+    pub fn chunks(&self, file: Hash32) -> Result<Vec<u32>> {
+        self.call_blocking(|c| {
+            let mut st = c.prepare("SELECT idx FROM chunks WHERE file = ?1")?;
+            let rows = st
+                .query_map(params![file.0.to_vec()], |r| r.get::<_, u32>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Forgets chunks that failed re-verification at start-up.
+    pub fn remove_chunks(&self, file: Hash32, indices: &[u32]) -> Result<()> {
+        self.call_blocking(|c| {
+            let tx = c.transaction()?;
+            for i in indices {
+                tx.execute("DELETE FROM chunks WHERE file = ?1 AND idx = ?2", params![file.0.to_vec(), i])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Marks a file complete (its blob is in place) and drops its chunk map. Blocking.
+    pub fn complete_file(&self, file: Hash32, size: u64) -> Result<()> {
+        self.call_blocking(|c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT OR IGNORE INTO complete_files (file, size) VALUES (?1, ?2)",
+                params![file.0.to_vec(), size as i64],
+            )?;
+            tx.execute("DELETE FROM chunks WHERE file = ?1", params![file.0.to_vec()])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    pub fn is_complete(&self, file: Hash32) -> Result<bool> {
+        self.call_blocking(|c| {
+            Ok(c.query_row("SELECT 1 FROM complete_files WHERE file = ?1", params![file.0.to_vec()], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+    }
+
+    pub async fn add_refusal(&self, now: u64, source: String, kind: &'static str, reason: String) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO refusals (at, source, kind, reason) VALUES (?1, ?2, ?3, ?4)",
+                params![now as i64, source, kind, reason],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The most recent refusals, newest first.
+    pub async fn refusals(&self, limit: u32) -> Result<Vec<(u64, String, String, String)>> {
+        self.call(move |c| {
+            let mut st = c.prepare("SELECT at, source, kind, reason FROM refusals ORDER BY id DESC LIMIT ?1")?;
+            let rows = st
+                .query_map(params![limit], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    pub async fn add_transfer(&self, peer: String, down: u64, up: u64) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO transfer (peer, bytes_down, bytes_up) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (peer) DO UPDATE SET bytes_down = bytes_down + ?2, bytes_up = bytes_up + ?3",
+                params![peer, down as i64, up as i64],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn transfers(&self) -> Result<Vec<(String, u64, u64)>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT peer, bytes_down, bytes_up FROM transfer ORDER BY peer")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version as usize > MIGRATIONS.len() {
+        anyhow::bail!(
+            "database schema version {version} is newer than this lanpatch-node understands ({})",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql).with_context(|| format!("schema migration {i} -> {}", i + 1))?;
+        tx.pragma_update(None, "user_version", (i + 1) as u32)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn chunk_map_survives_reopen_and_is_dropped_on_completion() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let file = Hash32([3; 32]);
+        {
+            let s = Store::open(&path).unwrap();
+            for i in [0, 2, 5] {
+                s.add_chunk(file, i).unwrap();
+            }
+        }
+        let s = Store::open(&path).unwrap();
+        let mut got = s.chunks(file).unwrap();
+        got.sort();
+        assert_eq!(got, vec![0, 2, 5]);
+        s.complete_file(file, 10).unwrap();
+        assert!(s.chunks(file).unwrap().is_empty());
+        assert!(s.is_complete(file).unwrap());
+    }
+
+    #[tokio::test]
+    async fn older_approval_does_not_replace_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let m = Hash32([1; 32]);
+        assert!(s.put_approval(m, "pilot".into(), 100, vec![1]).await.unwrap());
+        assert!(!s.put_approval(m, "pilot".into(), 50, vec![2]).await.unwrap());
+        assert!(s.put_approval(m, "pilot".into(), 150, vec![3]).await.unwrap());
+        assert_eq!(s.approvals().unwrap(), vec![vec![3]]);
+    }
+}

@@ -1,0 +1,183 @@
+//! What this node trusts right now: the current root, the latest manifest per product, approvals
+//! and yanks. Checking is done by `lanpatch_protocol::verify`; this module keeps the state those
+//! checks need (the current root, the highest trusted version per product) and decides what is new.
+
+use std::collections::HashMap;
+
+use lanpatch_protocol::verify::{self, Trusted};
+use lanpatch_protocol::{
+    Approval, Envelope, Hash32, Kind, Limits, ProductName, ReleaseManifest, RingName, Root, Signed, Timestamp,
+    VerifyError, Yank, fleet_id,
+};
+
+pub struct Trust {
+    pub root: Signed<Root>,
+    /// Every root accepted so far, oldest first, as envelope bytes (served to late joiners).
+    pub root_chain: Vec<Vec<u8>>,
+    pub fleet: Hash32,
+    pub limits: Limits,
+    pub manifests: HashMap<Hash32, Signed<ReleaseManifest>>,
+    pub latest: HashMap<ProductName, Trusted>,
+    pub approvals: HashMap<(Hash32, RingName), Signed<Approval>>,
+    pub yanks: HashMap<Hash32, Signed<Yank>>,
+}
+
+/// What an accepted message was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    Root { version: u64, new: bool },
+    Manifest { hash: Hash32, new: bool },
+    Approval { manifest: Hash32, ring: RingName, new: bool },
+    Yank { manifest: Hash32, new: bool },
+}
+
+impl Accepted {
+    pub fn is_new(&self) -> bool {
+        match self {
+            Accepted::Root { new, .. }
+            | Accepted::Manifest { new, .. }
+            | Accepted::Approval { new, .. }
+            | Accepted::Yank { new, .. } => *new,
+        }
+    }
+}
+
+/// A checked message not yet applied to the state (so a caller can do work, such as importing
+/// files, between checking and committing).
+pub enum Checked {
+    KnownRoot,
+    Root(Signed<Root>, Vec<u8>),
+    Manifest(Signed<ReleaseManifest>),
+    Approval(Signed<Approval>),
+    Yank(Signed<Yank>),
+}
+
+impl Trust {
+    /// Starts from the provisioned root (steps R1 to R3 of docs/PROTOCOL.md).
+    pub fn new(first_root: &[u8], limits: Limits, now: Timestamp) -> Result<Trust, VerifyError> {
+        let root = verify::verify_first_root(first_root, &limits, now)?;
+        let fleet = fleet_id(root.value(), &root.envelope().payload);
+        Ok(Trust {
+            root,
+            root_chain: vec![first_root.to_vec()],
+            fleet,
+            limits,
+            manifests: HashMap::new(),
+            latest: HashMap::new(),
+            approvals: HashMap::new(),
+            yanks: HashMap::new(),
+        })
+    }
+
+    /// Checks a message without changing anything.
+    pub fn check(&self, bytes: &[u8], now: Timestamp) -> Result<Checked, VerifyError> {
+        let envelope = Envelope::decode(bytes, &self.limits)?;
+        let root = self.root.value();
+        Ok(match envelope.kind {
+            // A root of the chain seen again (catalog sync): not new, not an attack.
+            Kind::Root if self.root_chain.iter().any(|b| b == bytes) => Checked::KnownRoot,
+            Kind::Root => {
+                Checked::Root(verify::verify_root_update(&self.root, bytes, &self.limits, now)?, bytes.to_vec())
+            }
+            Kind::Manifest => {
+                let product =
+                    Signed::<ReleaseManifest>::open(envelope, &self.limits).map(|m| m.value().product.clone()).ok();
+                let trusted = product.and_then(|p| self.latest.get(&p).copied());
+                Checked::Manifest(verify::verify_manifest(bytes, root, &self.limits, now, trusted)?)
+            }
+            Kind::Approval => {
+                let a = verify::verify_approval(bytes, root, &self.limits, now)?;
+                // Step A5 where the manifest is known; otherwise it is checked when it arrives.
+                if let Some(m) = self.manifests.get(&a.value().manifest) {
+                    verify::approval_matches(a.value(), m)?;
+                }
+                Checked::Approval(a)
+            }
+            Kind::Yank => Checked::Yank(verify::verify_yank(bytes, root, &self.limits, now)?),
+            Kind::Report => {
+                return Err(VerifyError::Signature(lanpatch_protocol::SignatureError::WrongKind {
+                    expected: Kind::Manifest,
+                    actual: Kind::Report,
+                }));
+            }
+        })
+    }
+
+    /// Applies a checked message.
+    pub fn commit(&mut self, checked: Checked) -> Accepted {
+        match checked {
+            Checked::KnownRoot => Accepted::Root { version: self.root.value().version.0, new: false },
+            Checked::Root(r, bytes) => {
+                let version = r.value().version.0;
+                self.root = r;
+                self.root_chain.push(bytes);
+                Accepted::Root { version, new: true }
+            }
+            Checked::Manifest(m) => {
+                let hash = m.payload_hash();
+                let v = m.value();
+                let newer = self.latest.get(&v.product).is_none_or(|t| v.version > t.version);
+                if newer {
+                    self.latest.insert(v.product.clone(), Trusted { version: v.version, manifest: hash });
+                }
+                let new = !self.manifests.contains_key(&hash);
+                self.manifests.insert(hash, m);
+                Accepted::Manifest { hash, new }
+            }
+            Checked::Approval(a) => {
+                let key = (a.value().manifest, a.value().ring.clone());
+                let new = self.approvals.get(&key).is_none_or(|old| {
+                    a.value().issued > old.value().issued
+                        || (a.value().issued == old.value().issued
+                            && a.envelope().signatures.len() > old.envelope().signatures.len())
+                });
+                if new {
+                    self.approvals.insert(key.clone(), a);
+                }
+                Accepted::Approval { manifest: key.0, ring: key.1, new }
+            }
+            Checked::Yank(y) => {
+                let manifest = y.value().manifest;
+                let new = !self.yanks.contains_key(&manifest);
+                self.yanks.entry(manifest).or_insert(y);
+                Accepted::Yank { manifest, new }
+            }
+        }
+    }
+
+    /// Checks and applies in one step.
+    pub fn ingest(&mut self, bytes: &[u8], now: Timestamp) -> Result<Accepted, VerifyError> {
+        let checked = self.check(bytes, now)?;
+        Ok(self.commit(checked))
+    }
+
+    /// What a late joiner needs: the root chain, the latest manifest of every product with its
+    /// approvals, and every yank.
+    pub fn catalog(&self) -> Vec<Vec<u8>> {
+        let mut out = self.root_chain.clone();
+        for t in self.latest.values() {
+            if let Some(m) = self.manifests.get(&t.manifest) {
+                out.push(m.to_bytes());
+                for ((mh, _), a) in &self.approvals {
+                    if *mh == t.manifest {
+                        out.push(a.to_bytes());
+                    }
+                }
+            }
+        }
+        out.extend(self.yanks.values().map(|y| y.to_bytes()));
+        out
+    }
+
+    pub fn approved_rings(&self, manifest: &Hash32) -> Vec<RingName> {
+        let mut rings: Vec<RingName> =
+            self.approvals.keys().filter(|(m, _)| m == manifest).map(|(_, r)| r.clone()).collect();
+        rings.sort();
+        rings
+    }
+
+    /// The highest trusted manifest of every product.
+    pub fn current_manifests(&self) -> Vec<Signed<ReleaseManifest>> {
+        self.latest.values().filter_map(|t| self.manifests.get(&t.manifest).cloned()).collect()
+    }
+}

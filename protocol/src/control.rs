@@ -1,0 +1,89 @@
+//! Messages on a node's local control socket (`<data_dir>/control.sock`), one JSON object per
+//! line each way. Used by `lanpatch-node status`, `lanpatch-signer publish` and the demo. Local
+//! only: the socket is a Unix socket readable by the node's user.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ControlRequest {
+    Status,
+    /// Verify and import a bundle directory on this machine, seed it, and gossip its metadata.
+    Publish {
+        bundle: String,
+    },
+    /// Publish these envelope bytes (hex) unchecked. Refused unless the node's config enables
+    /// `fault_injection.raw_gossip`; exists so tests can play an attacker.
+    RawGossip {
+        hex: String,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum ControlResponse {
+    Status(Box<NodeStatus>),
+    Published { manifest: String, product: String, version: u64, approvals: Vec<String>, yanked: bool },
+    Done,
+    Error { message: String },
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub peer_id: String,
+    pub fleet: String,
+    pub ring: String,
+    pub hostname: String,
+    pub listen: Vec<String>,
+    pub peers: Vec<PeerStatus>,
+    pub releases: Vec<ReleaseStatus>,
+    /// Refused messages and chunks since the database was created.
+    pub refusals: u64,
+    pub recent_refusals: Vec<Refusal>,
+    /// Bytes of verified chunks fetched from and served to each peer, over the node's lifetime.
+    pub transfers: Vec<Transfer>,
+    pub banned: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub peer: String,
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReleaseStatus {
+    pub manifest: String,
+    pub product: String,
+    pub version: u64,
+    pub label: String,
+    pub severity: String,
+    /// available, downloading, downloaded, not-targeted, yanked, failed
+    pub state: String,
+    pub detail: String,
+    pub total_bytes: u64,
+    pub total_chunks: usize,
+    pub have_chunks: usize,
+    /// Chunks found on disk (and re-verified) when the download started in this process.
+    pub resumed_chunks: usize,
+    /// Chunks fetched from peers in this process.
+    pub fetched_chunks: usize,
+    /// Verified bytes fetched in this process, by peer id.
+    pub bytes_from: BTreeMap<String, u64>,
+    pub approved_rings: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Refusal {
+    pub at: u64,
+    pub source: String,
+    pub kind: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Transfer {
+    pub peer: String,
+    pub bytes_down: u64,
+    pub bytes_up: u64,
+}
