@@ -21,6 +21,10 @@ pub struct Config {
     /// Peers to dial at start and whenever the connection drops, for networks mDNS cannot reach.
     #[serde(default)]
     pub static_peers: Vec<String>,
+    /// Ask connected peers for their peers and dial them (peer exchange), so a node that knows
+    /// one static peer finds the rest of the site.
+    #[serde(default = "default_true")]
+    pub peer_exchange: bool,
     /// Discover peers on the LAN with mDNS.
     #[serde(default = "default_true")]
     pub mdns: bool,

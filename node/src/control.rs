@@ -94,7 +94,7 @@ async fn publish(s: &Arc<Shared>, dir: &Path) -> Result<ControlResponse> {
     let manifest_bytes = read(dir.join("manifest.lpm"))?;
     let checked = s.trust().check(&manifest_bytes, node::now()).map_err(|e| anyhow!("manifest refused: {e}"))?;
     let Checked::Manifest(m) = checked else { bail!("manifest.lpm does not hold a release manifest") };
-    let manifest: Signed<ReleaseManifest> = m.clone();
+    let manifest: Signed<ReleaseManifest> = (*m).clone();
     let files_dir = dir.join("files");
     let lib = s.library.clone();
     let entries = manifest.value().files.clone();
@@ -109,6 +109,7 @@ async fn publish(s: &Arc<Shared>, dir: &Path) -> Result<ControlResponse> {
     node::commit(s, Checked::Manifest(m), &manifest_bytes).await?;
     s.net.publish(manifest_bytes).await?;
 
+    let limits = s.trust().limits.clone();
     let mut approvals = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir.join("approvals")) {
         for e in entries.flatten() {
@@ -116,7 +117,7 @@ async fn publish(s: &Arc<Shared>, dir: &Path) -> Result<ControlResponse> {
             let bytes = read(path.clone())?;
             match node::ingest(s, &bytes, "local publish").await {
                 Ok(_) => {
-                    if let Ok(a) = Signed::<Approval>::decode(&bytes, &s.trust().limits) {
+                    if let Ok(a) = Signed::<Approval>::decode(&bytes, &limits) {
                         approvals.push(a.value().ring.to_string());
                     }
                     s.net.publish(bytes).await?;
@@ -130,7 +131,7 @@ async fn publish(s: &Arc<Shared>, dir: &Path) -> Result<ControlResponse> {
     if yank.exists() {
         let bytes = read(yank)?;
         node::ingest(s, &bytes, "local publish").await.map_err(|e| anyhow!("yank refused: {e:#}"))?;
-        yanked = Signed::<Yank>::decode(&bytes, &s.trust().limits).is_ok();
+        yanked = Signed::<Yank>::decode(&bytes, &limits).is_ok();
         s.net.publish(bytes).await?;
     }
     let v = manifest.value();

@@ -183,7 +183,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     let control_listener = crate::control::bind(&shared.cfg.control_socket())?;
     tasks.spawn(crate::control::serve(shared.clone(), control_listener));
     // Start (or resume) downloads of what is already trusted.
-    for m in shared.trust().current_manifests() {
+    // (Collected first: `consider_download` takes the trust lock itself.)
+    let current = shared.trust().current_manifests();
+    for m in current {
         consider_download(&shared, m);
     }
     let s = shared.clone();
@@ -246,6 +248,9 @@ pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
         }
         Err(e) => tracing::debug!(%peer, "catalog sync failed: {e:#}"),
     }
+    if !s.cfg.peer_exchange {
+        return;
+    }
     if let Ok(peers) = crate::download::request_peers(&s, peer).await {
         for (p, addrs) in peers {
             if !s.is_banned(&p) {
@@ -270,7 +275,7 @@ pub async fn ingest(s: &Arc<Shared>, bytes: &[u8], source: &str) -> Result<Accep
 /// Applies a checked message: memory, database, then follow-up work.
 pub async fn commit(s: &Arc<Shared>, checked: Checked, bytes: &[u8]) -> Result<Accepted> {
     let manifest = match &checked {
-        Checked::Manifest(m) => Some(m.clone()),
+        Checked::Manifest(m) => Some((**m).clone()),
         _ => None,
     };
     let accepted = s.trust().commit(checked);

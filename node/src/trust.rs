@@ -47,7 +47,7 @@ impl Accepted {
 pub enum Checked {
     KnownRoot,
     Root(Signed<Root>, Vec<u8>),
-    Manifest(Signed<ReleaseManifest>),
+    Manifest(Box<Signed<ReleaseManifest>>),
     Approval(Signed<Approval>),
     Yank(Signed<Yank>),
 }
@@ -83,7 +83,7 @@ impl Trust {
                 let product =
                     Signed::<ReleaseManifest>::open(envelope, &self.limits).map(|m| m.value().product.clone()).ok();
                 let trusted = product.and_then(|p| self.latest.get(&p).copied());
-                Checked::Manifest(verify::verify_manifest(bytes, root, &self.limits, now, trusted)?)
+                Checked::Manifest(Box::new(verify::verify_manifest(bytes, root, &self.limits, now, trusted)?))
             }
             Kind::Approval => {
                 let a = verify::verify_approval(bytes, root, &self.limits, now)?;
@@ -114,6 +114,7 @@ impl Trust {
                 Accepted::Root { version, new: true }
             }
             Checked::Manifest(m) => {
+                let m = *m;
                 let hash = m.payload_hash();
                 let v = m.value();
                 let newer = self.latest.get(&v.product).is_none_or(|t| v.version > t.version);

@@ -2,5 +2,7 @@
 //! "one integration test crate"), one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fleet;
 mod signer;
 mod support;
+mod swarm;

@@ -1,0 +1,236 @@
+//! A fleet of real `lanpatch-node` processes for tests: keys, a trust root and a release made
+//! with the real signer, nodes started from TOML configs, status read over the control socket.
+//! Every process is killed by PID when its `Node` is dropped.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lanpatch_protocol::control::NodeStatus;
+
+use crate::support::{bin, signer};
+
+/// Keys for three admins and a 2-of-3 trust root, in `dir`.
+pub fn make_fleet_keys(dir: &Path) {
+    for admin in ["alice", "bob", "carol"] {
+        signer(dir, &["keygen", "--out", &format!("{admin}.key")]).ok();
+    }
+    let mut args: Vec<String> = ["root", "init", "--out", "root.lpr"].map(String::from).to_vec();
+    for role in ["root", "release", "approve"] {
+        for admin in ["alice", "bob", "carol"] {
+            args.extend([format!("--{role}-key"), format!("{admin}.key.pub")]);
+        }
+        args.extend([format!("--{role}-threshold"), "2".into()]);
+    }
+    signer(dir, &args).ok();
+    signer(dir, &["root", "sign", "--key", "alice.key", "root.lpr"]).ok();
+    signer(dir, &["root", "sign", "--key", "bob.key", "root.lpr"]).ok();
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so content is incompressible but reproducible.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Creates `bundle_name` holding `data` as `payload.bin`, signed by alice and bob.
+pub fn make_release(
+    dir: &Path,
+    bundle_name: &str,
+    version: u32,
+    data: &[u8],
+    chunk_size: u32,
+    extra: &[&str],
+) -> PathBuf {
+    let src = dir.join(format!("{bundle_name}-src"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("payload.bin"), data).unwrap();
+    let mut args: Vec<String> = vec![
+        "release".into(),
+        "create".into(),
+        "--product".into(),
+        "tool".into(),
+        "--version".into(),
+        version.to_string(),
+        "--dir".into(),
+        src.to_string_lossy().into_owned(),
+        "--install".into(),
+        "sh -c true".into(),
+        "--chunk-size".into(),
+        chunk_size.to_string(),
+        "--out".into(),
+        bundle_name.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    signer(dir, &args).ok();
+    signer(dir, &["release", "sign", "--key", "alice.key", bundle_name]).ok();
+    signer(dir, &["release", "sign", "--key", "bob.key", bundle_name]).ok();
+    dir.join(bundle_name)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Node {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    /// Run the node inside this network namespace (mDNS lab tests).
+    netns: Option<String>,
+}
+
+impl Node {
+    /// Writes a config for a loopback node. `extra` is appended to the TOML.
+    pub fn new(base: &Path, name: &str, root: &Path, static_ports: &[u16], extra: &str) -> Node {
+        let port = free_port();
+        let peers: Vec<String> = static_ports.iter().map(|p| format!("\"/ip4/127.0.0.1/tcp/{p}\"")).collect();
+        let toml = format!(
+            "data_dir = \"data\"\ntrust_root = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nstatic_peers = [{}]\nmdns = false\nlog = \"info,lanpatch_node=debug,libp2p_gossipsub=warn\"\n{extra}\n",
+            root.display(),
+            peers.join(", ")
+        );
+        Self::with_config(base, name, &toml, port, None)
+    }
+
+    pub fn with_config(base: &Path, name: &str, toml: &str, port: u16, netns: Option<String>) -> Node {
+        let dir = base.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("node.toml");
+        fs::write(&config, toml).unwrap();
+        Node { dir, config, port, child: None, netns }
+    }
+
+    pub fn start(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).unwrap();
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("lanpatch-node"));
+                c
+            }
+            None => Command::new(bin("lanpatch-node")),
+        };
+        let child = cmd
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.try_status().is_none() {
+            let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(code) = exited {
+                panic!("{} exited with {code} at start; log:\n{}", self.dir.display(), self.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not open its control socket; log:\n{}",
+                self.dir.display(),
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill(); // SIGKILL
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("data/control.sock")
+    }
+
+    pub fn try_status(&self) -> Option<NodeStatus> {
+        let out = Command::new(bin("lanpatch-node"))
+            .arg("status")
+            .arg("--json")
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.try_status()
+            .unwrap_or_else(|| panic!("status of {} failed; log:\n{}", self.dir.display(), self.log_tail()))
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.join("node.log")).unwrap_or_default();
+        log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    pub fn publish(&self, bundle: &Path) {
+        signer(&self.dir, &["publish".as_ref(), "--node".as_ref(), self.socket().as_os_str(), bundle.as_os_str()]).ok();
+    }
+
+    /// The bytes of a complete blob, if this node holds it.
+    pub fn blob(&self, file_hash: &str) -> Option<Vec<u8>> {
+        fs::read(self.dir.join("data/blobs").join(file_hash)).ok()
+    }
+
+    pub fn release_state(&self, product: &str, version: u64) -> Option<String> {
+        self.try_status()?.releases.into_iter().find(|r| r.product == product && r.version == version).map(|r| r.state)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls `cond` every 200 ms; panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+/// The BLAKE3 of `data` in hex: the blob name a node stores it under.
+pub fn blob_name(data: &[u8]) -> String {
+    lanpatch_protocol::Hash32::of(data).to_hex()
+}
