@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fleet;
+mod lab;
 mod signer;
 mod support;
 mod swarm;
