@@ -71,7 +71,8 @@ fn signer_path() -> Result<PathBuf> {
 }
 
 fn signer(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(signer_path()?).args(args).current_dir(dir).output().context("cannot run lanpatch-signer")?;
+    let out =
+        Command::new(signer_path()?).args(args).current_dir(dir).output().context("cannot run lanpatch-signer")?;
     if !out.status.success() {
         bail!("lanpatch-signer {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     }
@@ -112,7 +113,12 @@ pub async fn run(args: DemoArgs) -> Result<()> {
 
 async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
     let self_exe = std::env::current_exe()?;
-    println!("lanpatch demo: {} nodes on loopback, a {} MiB release, working in {}", args.nodes, args.size_mib, dir.display());
+    println!(
+        "lanpatch demo: {} nodes on loopback, a {} MiB release, working in {}",
+        args.nodes,
+        args.size_mib,
+        dir.display()
+    );
 
     println!("\n1. Three admins make keys and a 2-of-3 trust root (lanpatch-signer keygen, root init, root sign)");
     for a in ["alice", "bob", "carol"] {
@@ -141,8 +147,28 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
     signer(
         dir,
         &[
-            "release", "create", "--product", "demo-agent", "--version", "1", "--label", "1.0.0", "--dir", "release", "--install",
-            "sh install.sh", "--severity", "high", "--cve", "CVE-2026-0001", "--cvss", "8.8", "--epss", "0.31", "--out", "bundle",
+            "release",
+            "create",
+            "--product",
+            "demo-agent",
+            "--version",
+            "1",
+            "--label",
+            "1.0.0",
+            "--dir",
+            "release",
+            "--install",
+            "sh install.sh",
+            "--severity",
+            "high",
+            "--cve",
+            "CVE-2026-0001",
+            "--cvss",
+            "8.8",
+            "--epss",
+            "0.31",
+            "--out",
+            "bundle",
         ],
     )?;
     signer(dir, &["release", "sign", "--key", "alice.key", "bundle"])?;
@@ -152,7 +178,10 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
     let verify = signer(dir, &["verify", "--root", "root.lpr", "--ring", "broad", "bundle"])?;
     println!("   lanpatch-signer verify: {}", verify.lines().last().unwrap_or(""));
 
-    println!("3. Starting {} nodes (node 1 is the admin workstation, uplink limited to {} MiB/s)", args.nodes, args.seed_upload_mib);
+    println!(
+        "3. Starting {} nodes (node 1 is the admin workstation, uplink limited to {} MiB/s)",
+        args.nodes, args.seed_upload_mib
+    );
     let seed_port = free_port()?;
     let mut nodes = Vec::new();
     for i in 1..=args.nodes {
@@ -196,12 +225,17 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    println!("   every node sees the other {} (static peer to the admin node, the rest by peer exchange)", args.nodes - 1);
+    println!(
+        "   every node sees the other {} (static peer to the admin node, the rest by peer exchange)",
+        args.nodes - 1
+    );
 
     println!("4. The admin publishes the bundle to its own node (lanpatch-signer publish); it spreads by gossip\n");
     let seed_socket = nodes[0].socket();
     let bundle = dir.join("bundle");
-    match control::request(&seed_socket, &ControlRequest::Publish { bundle: bundle.to_string_lossy().into_owned() }).await? {
+    match control::request(&seed_socket, &ControlRequest::Publish { bundle: bundle.to_string_lossy().into_owned() })
+        .await?
+    {
         ControlResponse::Published { .. } => {}
         ControlResponse::Error { message } => bail!("publish refused: {message}"),
         other => bail!("unexpected response {other:?}"),
@@ -251,7 +285,10 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
 
     let seed_id = statuses[0].as_ref().map(|s| s.peer_id.clone()).unwrap_or_default();
     println!("\n5. Summary after {secs:.1} s\n");
-    println!("{:>8}  {:<11} {:>12} {:>12} {:>12}  {}", "node", "state", "from admin", "from peers", "uploaded", "content");
+    println!(
+        "{:>8}  {:<11} {:>12} {:>12} {:>12}  {}",
+        "node", "state", "from admin", "from peers", "uploaded", "content"
+    );
     let mut from_seed_total = 0u64;
     let mut from_peers_total = 0u64;
     for (i, n) in nodes.iter().enumerate() {
@@ -269,7 +306,15 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
             Err(_) => "missing",
         };
         let state = if i == 0 { "seed".to_string() } else { state };
-        println!("{:>8}  {:<11} {:>12} {:>12} {:>12}  {}", n.name, state, mib(from_seed), mib(from_peers), mib(uploaded), verified);
+        println!(
+            "{:>8}  {:<11} {:>12} {:>12} {:>12}  {}",
+            n.name,
+            state,
+            mib(from_seed),
+            mib(from_peers),
+            mib(uploaded),
+            verified
+        );
     }
     let size = (args.size_mib * 1024 * 1024) as f64;
     println!(

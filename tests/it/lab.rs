@@ -28,9 +28,17 @@ impl Lab {
         let prefix = format!("lt{}", std::process::id() % 100_000);
         let net = format!("10.231.{net_octet}");
         let lab = Lab { script, prefix, hosts, net };
-        let out = Command::new("sh").arg(&lab.script).args(["up", &hosts.to_string(), &lab.prefix, wan]).env("LAB_NET", &lab.net).output().ok()?;
+        let out = Command::new("sh")
+            .arg(&lab.script)
+            .args(["up", &hosts.to_string(), &lab.prefix, wan])
+            .env("LAB_NET", &lab.net)
+            .output()
+            .ok()?;
         if !out.status.success() {
-            eprintln!("\n*** SKIPPING lab test: cannot create network namespaces (need root): {} ***\n", String::from_utf8_lossy(&out.stderr).trim());
+            eprintln!(
+                "\n*** SKIPPING lab test: cannot create network namespaces (need root): {} ***\n",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
             drop(lab);
             return None;
         }
@@ -70,7 +78,9 @@ fn nodes_in_namespaces_find_each_other_by_mdns_alone_and_complete_a_distribution
         n.start();
     }
     let want = lab.hosts - 1;
-    wait_until(Duration::from_secs(60), "mDNS discovery of every host", || nodes.iter().all(|n| n.status().peers.len() == want));
+    wait_until(Duration::from_secs(60), "mDNS discovery of every host", || {
+        nodes.iter().all(|n| n.status().peers.len() == want)
+    });
     for n in &nodes {
         for p in n.status().peers {
             assert!(p.addr.contains(&lab.net), "peer address {} is not on the lab LAN", p.addr);
