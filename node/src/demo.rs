@@ -285,10 +285,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
 
     let seed_id = statuses[0].as_ref().map(|s| s.peer_id.clone()).unwrap_or_default();
     println!("\n5. Summary after {secs:.1} s\n");
-    println!(
-        "{:>8}  {:<11} {:>12} {:>12} {:>12}  {}",
-        "node", "state", "from admin", "from peers", "uploaded", "content"
-    );
+    println!("{:>8}  {:<11} {:>12} {:>12} {:>12}  content", "node", "state", "from admin", "from peers", "uploaded");
     let mut from_seed_total = 0u64;
     let mut from_peers_total = 0u64;
     for (i, n) in nodes.iter().enumerate() {
