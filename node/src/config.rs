@@ -43,6 +43,16 @@ pub struct Config {
     /// Download limit in bytes per second for chunks fetched from peers (0 = unlimited).
     #[serde(default)]
     pub download_limit: u64,
+    /// Origin (WAN) limit for this node in bytes per second (0 = unlimited).
+    #[serde(default)]
+    pub origin_limit: u64,
+    /// Origin (WAN) limit for the whole site in bytes per second, shared equally by the nodes
+    /// fetching a release (0 = unlimited). Keeps patching from saturating the branch's uplink.
+    #[serde(default)]
+    pub site_origin_limit: u64,
+    /// Origin range requests in flight from this node.
+    #[serde(default = "default_origin_inflight")]
+    pub max_origin_inflight: usize,
     /// Most bytes the blob cache may hold; a release that does not fit is not downloaded.
     #[serde(default = "default_quota")]
     pub cache_quota: u64,
@@ -103,6 +113,9 @@ fn default_quota() -> u64 {
 fn default_inflight() -> usize {
     4
 }
+fn default_origin_inflight() -> usize {
+    2
+}
 fn default_uploads() -> usize {
     8
 }
@@ -122,8 +135,8 @@ impl Config {
         if c.trust_root.is_relative() {
             c.trust_root = base.join(&c.trust_root);
         }
-        if c.max_inflight_per_peer == 0 || c.max_concurrent_uploads == 0 {
-            anyhow::bail!("max_inflight_per_peer and max_concurrent_uploads must be at least 1");
+        if c.max_inflight_per_peer == 0 || c.max_concurrent_uploads == 0 || c.max_origin_inflight == 0 {
+            anyhow::bail!("max_inflight_per_peer, max_concurrent_uploads and max_origin_inflight must be at least 1");
         }
         Ok(c)
     }

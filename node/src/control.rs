@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use lanpatch_protocol::control::{
-    ControlRequest, ControlResponse, NodeStatus, PeerStatus, Refusal, ReleaseStatus, Transfer,
+    ControlRequest, ControlResponse, NodeStatus, PeerStatus, PublishMode, Refusal, ReleaseStatus, Transfer,
 };
 use lanpatch_protocol::{Approval, ReleaseManifest, Signed, Yank};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -75,7 +75,7 @@ async fn handle(s: &Arc<Shared>, stream: UnixStream) -> Result<()> {
 async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse> {
     match req {
         ControlRequest::Status => Ok(ControlResponse::Status(Box::new(status(s).await?))),
-        ControlRequest::Publish { bundle } => publish(s, Path::new(&bundle)).await,
+        ControlRequest::Publish { bundle, mode } => publish(s, Path::new(&bundle), mode).await,
         ControlRequest::RawGossip { hex } => {
             if s.cfg.fault_injection.raw_gossip != RawGossip::Allow {
                 bail!("raw gossip is refused (fault_injection.raw_gossip is not \"allow\")");
@@ -89,23 +89,27 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
 
 /// Verifies a bundle against this node's trust state, imports its files (verifying every chunk)
 /// and gossips its metadata. Nothing is gossiped unless it verified.
-async fn publish(s: &Arc<Shared>, dir: &Path) -> Result<ControlResponse> {
+async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<ControlResponse> {
     let read = |p: std::path::PathBuf| std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()));
     let manifest_bytes = read(dir.join("manifest.lpm"))?;
     let checked = s.trust().check(&manifest_bytes, node::now()).map_err(|e| anyhow!("manifest refused: {e}"))?;
     let Checked::Manifest(m) = checked else { bail!("manifest.lpm does not hold a release manifest") };
     let manifest: Signed<ReleaseManifest> = (*m).clone();
-    let files_dir = dir.join("files");
-    let lib = s.library.clone();
-    let entries = manifest.value().files.clone();
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        for f in &entries {
-            let src = f.path.components().fold(files_dir.clone(), |p, c| p.join(c));
-            lib.import(f, &src)?;
-        }
-        Ok(())
-    })
-    .await??;
+    if mode == PublishMode::Seed {
+        let files_dir = dir.join("files");
+        let lib = s.library.clone();
+        let entries = manifest.value().files.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            for f in &entries {
+                let src = f.path.components().fold(files_dir.clone(), |p, c| p.join(c));
+                lib.import(f, &src)?;
+            }
+            Ok(())
+        })
+        .await??;
+    } else if manifest.value().origins.is_empty() {
+        bail!("a release announced without seeding needs origin URLs in its manifest");
+    }
     node::commit(s, Checked::Manifest(m), &manifest_bytes).await?;
     s.net.publish(manifest_bytes).await?;
 

@@ -233,8 +233,14 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
     println!("4. The admin publishes the bundle to its own node (lanpatch-signer publish); it spreads by gossip\n");
     let seed_socket = nodes[0].socket();
     let bundle = dir.join("bundle");
-    match control::request(&seed_socket, &ControlRequest::Publish { bundle: bundle.to_string_lossy().into_owned() })
-        .await?
+    match control::request(
+        &seed_socket,
+        &ControlRequest::Publish {
+            bundle: bundle.to_string_lossy().into_owned(),
+            mode: lanpatch_protocol::control::PublishMode::Seed,
+        },
+    )
+    .await?
     {
         ControlResponse::Published { .. } => {}
         ControlResponse::Error { message } => bail!("publish refused: {message}"),

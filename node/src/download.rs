@@ -4,6 +4,7 @@
 //! fresh stream, and report back over a channel. Every chunk is verified against the signed
 //! manifest before it is written; a peer that sends a bad chunk is banned at once.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,11 +17,18 @@ use tokio::time::{Instant, timeout};
 
 use crate::node::Shared;
 use crate::sched::Scheduler;
+use crate::wan;
 use crate::wire::{self, Request, Response, WireError};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const HAVE_TIMEOUT: Duration = Duration::from_secs(3);
-const REFRESH: Duration = Duration::from_secs(1);
+const REFRESH: Duration = Duration::from_millis(700);
+/// Origin fetching starts this long after a download starts, so that every node that received
+/// the release at about the same time is known and the origin work is split once, not redone.
+const ORIGIN_SETTLE: Duration = Duration::from_millis(1500);
+/// A downloading peer whose have-map has not grown for this long is presumed stalled; its share
+/// of origin work moves to the others.
+const STALL: Duration = Duration::from_secs(15);
 const BACKOFF_MS: u64 = 1500;
 
 pub enum Outcome {
@@ -74,9 +82,23 @@ fn elapsed_ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
+/// What this node last learned about a peer for the current release.
+struct PeerView {
+    downloading: bool,
+    have_count: usize,
+    last_progress: Instant,
+}
+
+/// A finished request: from a peer, or from an origin (by index into the manifest's origins).
+enum Source {
+    Peer(PeerId),
+    Origin(usize),
+}
+
 pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outcome> {
     let hash = m.payload_hash();
     let files = m.value().files.clone();
+    let origins = m.value().origins.clone();
     let lib = s.library.clone();
     let files2 = files.clone();
     let resumed = tokio::task::spawn_blocking(move || -> Result<usize> {
@@ -103,16 +125,19 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     if resumed > 0 {
         tracing::info!(manifest = %hash.short(), resumed, missing = sched.missing(), "resuming download");
     }
-    let (tx, mut rx) = mpsc::channel::<(PeerId, usize, Result<Vec<u8>, FetchError>)>(64);
+    let (tx, mut rx) = mpsc::channel::<(Source, usize, Result<Vec<u8>, FetchError>)>(64);
     let start = Instant::now();
     let mut last_refresh: Option<Instant> = None;
+    let mut views: HashMap<PeerId, PeerView> = HashMap::new();
+    let mut bad_origins: HashSet<usize> = HashSet::new();
+    let mut origin_backoff = Instant::now();
     let mut shutdown = s.shutdown.clone();
     while !sched.is_done() {
         if s.trust().yanks.contains_key(&hash) {
             return Ok(Outcome::Stopped);
         }
         if last_refresh.is_none_or(|t| t.elapsed() >= REFRESH) {
-            refresh_peers(&s, hash, &mut sched).await;
+            refresh_peers(&s, hash, &mut sched, &mut views).await;
             last_refresh = Some(Instant::now());
         }
         for (peer, flat) in sched.next_requests(elapsed_ms(start)) {
@@ -120,45 +145,102 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             let (s2, tx2, file) = (s.clone(), tx.clone(), file.clone());
             tokio::spawn(async move {
                 let r = fetch_chunk(&s2, peer, &file, idx).await;
-                let _ = tx2.send((peer, flat, r)).await;
+                let _ = tx2.send((Source::Peer(peer), flat, r)).await;
             });
+        }
+        // Origin work: chunks no LAN peer holds, split among the nodes that want the release.
+        let usable_origin = (0..origins.len()).find(|i| !bad_origins.contains(i));
+        if let Some(oi) = usable_origin
+            && start.elapsed() >= ORIGIN_SETTLE
+            && Instant::now() >= origin_backoff
+        {
+            let me = s.net.local;
+            let mut participants: Vec<PeerId> = views
+                .iter()
+                .filter(|(p, v)| v.downloading && v.last_progress.elapsed() < STALL && !sched.is_banned(p))
+                .map(|(p, _)| *p)
+                .collect();
+            participants.push(me);
+            let ids: Vec<Vec<u8>> = participants.iter().map(|p| p.to_bytes()).collect();
+            if s.cfg.site_origin_limit > 0 {
+                let share = s.cfg.site_origin_limit / participants.len() as u64;
+                let rate = if s.cfg.origin_limit > 0 { share.min(s.cfg.origin_limit) } else { share };
+                s.origin_limit.set_rate(rate.max(1));
+            }
+            let mut mine: Vec<usize> = sched
+                .origin_candidates()
+                .into_iter()
+                .filter(|c| wan::owner(&hash, *c, &ids).map(|i| participants[i]) == Some(me))
+                .collect();
+            mine.sort_by_key(|c| (*c as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            for flat in mine {
+                if sched.origin_inflight() >= s.cfg.max_origin_inflight {
+                    break;
+                }
+                let Some((file, idx)) = layout.locate(flat) else { continue };
+                sched.start_origin(flat);
+                let (s2, tx2, file, base) = (s.clone(), tx.clone(), file.clone(), origins[oi].clone());
+                tokio::spawn(async move {
+                    let r = fetch_from_origin(&s2, &base, &file, idx).await;
+                    let _ = tx2.send((Source::Origin(oi), flat, r)).await;
+                });
+            }
         }
         let msg = tokio::select! {
             _ = shutdown.changed() => return Ok(Outcome::Stopped),
-            _ = tokio::time::sleep(Duration::from_millis(250)) => None,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => None,
             m = rx.recv() => m,
         };
-        let Some((peer, flat, result)) = msg else { continue };
+        let Some((source, flat, result)) = msg else { continue };
         let Some((file, idx)) = layout.locate(flat) else { continue };
-        match result {
-            Ok(bytes) => {
+        let from = match &source {
+            Source::Peer(p) => p.to_string(),
+            Source::Origin(i) => format!("origin {}", origins.get(*i).map(String::as_str).unwrap_or("?")),
+        };
+        match (source, result) {
+            (source, Ok(bytes)) => {
                 let len = bytes.len() as u64;
                 let lib = s.library.clone();
                 let fh = file.hash;
                 tokio::task::spawn_blocking(move || lib.write_chunk(&fh, idx, &bytes))
                     .await?
                     .with_context(|| format!("storing chunk {idx} of {}", file.path))?;
-                if sched.completed(&peer, flat) {
+                let new = match source {
+                    Source::Peer(peer) => sched.completed(&peer, flat),
+                    Source::Origin(_) => sched.origin_finished(flat, true),
+                };
+                if new {
                     let mut p = s.progress();
                     if let Some(e) = p.get_mut(&hash) {
                         e.have_chunks += 1;
                         e.fetched_chunks += 1;
-                        *e.bytes_from.entry(peer.to_string()).or_default() += len;
+                        *e.bytes_from.entry(from.clone()).or_default() += len;
                     }
                 }
-                let _ = s.store.add_transfer(peer.to_string(), len, 0).await;
+                let _ = s.store.add_transfer(from, len, 0).await;
             }
-            Err(FetchError::Bad(e)) => {
+            (Source::Origin(oi), Err(e)) => {
+                sched.origin_finished(flat, false);
+                if let FetchError::Bad(_) | FetchError::BadLength(_) = e {
+                    bad_origins.insert(oi);
+                    s.refuse(from, "origin-chunk", format!("{e}; not using this origin for the rest of the release"))
+                        .await;
+                } else {
+                    tracing::warn!(origin = %from, chunk = flat, "origin request failed: {e}");
+                    origin_backoff = Instant::now() + Duration::from_millis(BACKOFF_MS);
+                }
+            }
+            (Source::Peer(peer), Err(FetchError::Bad(e))) => {
                 sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
                 sched.ban(&peer);
                 s.ban(peer, format!("sent a corrupt chunk: {e}")).await;
             }
-            Err(FetchError::BadLength(e)) => {
+            (Source::Peer(peer), Err(FetchError::BadLength(e))) => {
                 sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
                 sched.ban(&peer);
                 s.ban(peer, format!("sent a malformed chunk: {e}")).await;
             }
-            Err(e) => {
+            (Source::Peer(peer), Err(e)) => {
                 tracing::debug!(%peer, chunk = flat, "chunk request failed: {e}");
                 sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
             }
@@ -172,8 +254,14 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     Ok(Outcome::Complete)
 }
 
-/// Asks every ready peer which chunks it holds, concurrently.
-async fn refresh_peers(s: &Arc<Shared>, manifest: Hash32, sched: &mut Scheduler<PeerId>) {
+/// Asks every ready peer which chunks it holds, concurrently, and notes who is downloading and
+/// who is making progress.
+async fn refresh_peers(
+    s: &Arc<Shared>,
+    manifest: Hash32,
+    sched: &mut Scheduler<PeerId>,
+    views: &mut HashMap<PeerId, PeerView>,
+) {
     let peers: Vec<PeerId> =
         s.net.ready_peers().into_iter().filter(|p| !s.is_banned(p) && !sched.is_banned(p)).collect();
     let n = sched.len();
@@ -183,21 +271,30 @@ async fn refresh_peers(s: &Arc<Shared>, manifest: Hash32, sched: &mut Scheduler<
         async move { (p, timeout(HAVE_TIMEOUT, request_have(&s, p, manifest, n)).await) }
     }))
     .await;
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     for (peer, answer) in answers {
-        if let Ok(Ok(Some(bits))) = answer {
+        if let Ok(Ok(Some((bits, downloading)))) = answer {
+            let count = bits.iter().filter(|b| **b).count();
+            let view =
+                views.entry(peer).or_insert(PeerView { downloading, have_count: count, last_progress: Instant::now() });
+            if count > view.have_count {
+                view.last_progress = Instant::now();
+            }
+            if downloading && !view.downloading {
+                view.last_progress = Instant::now();
+            }
+            view.have_count = count;
+            view.downloading = downloading;
             sched.set_peer_have(peer, bits);
             seen.insert(peer);
         }
     }
-    // Peers that left or no longer answer drop out; their in-flight chunks become free.
-    for p in peers.iter().filter(|p| !seen.contains(*p)) {
-        sched.remove_peer(p);
-    }
-    let ready: std::collections::HashSet<PeerId> = s.net.ready_peers().into_iter().collect();
-    let gone: Vec<PeerId> = sched.peers().filter(|p| !ready.contains(p)).collect();
+    // Peers that left or no longer answer drop out; their in-flight chunks become free, and
+    // their share of origin work moves to the others.
+    let gone: Vec<PeerId> = sched.peers().filter(|p| !seen.contains(p)).collect();
     for p in gone {
         sched.remove_peer(&p);
+        views.remove(&p);
     }
 }
 
@@ -206,15 +303,17 @@ async fn open(s: &Shared, peer: PeerId) -> Result<libp2p::Stream> {
     control.open_stream(peer, s.net.protocol.clone()).await.map_err(|e| anyhow!("open stream to {peer}: {e}"))
 }
 
-async fn request_have(s: &Shared, peer: PeerId, manifest: Hash32, n: usize) -> Result<Option<Vec<bool>>> {
+async fn request_have(s: &Shared, peer: PeerId, manifest: Hash32, n: usize) -> Result<Option<(Vec<bool>, bool)>> {
     let mut stream = open(s, peer).await?;
     wire::write_frame(&mut stream, &Request::Have { manifest }).await?;
     stream.flush().await?;
     let resp: Response = wire::read_frame(&mut stream, wire::MAX_RESPONSE).await?;
     let _ = stream.close().await;
     Ok(match resp {
-        Response::Have { bits } => {
-            Some(wire::unpack_bits(&bits, n).ok_or_else(|| anyhow!("peer {peer} sent a have-map of the wrong size"))?)
+        Response::Have { bits, downloading } => {
+            let have =
+                wire::unpack_bits(&bits, n).ok_or_else(|| anyhow!("peer {peer} sent a have-map of the wrong size"))?;
+            Some((have, downloading))
         }
         _ => None,
     })
@@ -262,6 +361,18 @@ pub async fn request_peers(s: &Shared, peer: PeerId) -> Result<Vec<(PeerId, Vec<
             .collect())
     };
     timeout(Duration::from_secs(10), fut).await.map_err(|_| anyhow!("peer exchange timed out"))?
+}
+
+async fn fetch_from_origin(s: &Shared, base: &str, file: &FileEntry, idx: u32) -> Result<Vec<u8>, FetchError> {
+    let Some((_, expected)) = file.chunk_range(idx) else { return Err(FetchError::NotFound) };
+    s.origin_limit.acquire(u64::from(expected)).await;
+    let bytes = s.origins.fetch(base, file, idx).await.map_err(|e| match e {
+        crate::origin::OriginError::WrongLength { .. } => FetchError::BadLength(WireError::Malformed(e.to_string())),
+        other => FetchError::Other(other.to_string()),
+    })?;
+    // Step C1, as for peers.
+    verify_chunk(file, idx, &bytes)?;
+    Ok(bytes)
 }
 
 async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Result<Vec<u8>, FetchError> {

@@ -7,12 +7,14 @@ mod download;
 mod library;
 mod net;
 mod node;
+mod origin;
 mod policy;
 mod ratelimit;
 mod sched;
 mod serve;
 mod store;
 mod trust;
+mod wan;
 mod wire;
 
 use std::path::PathBuf;

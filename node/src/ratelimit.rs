@@ -7,7 +7,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 pub struct RateLimiter {
-    bytes_per_sec: u64,
+    bytes_per_sec: std::sync::atomic::AtomicU64,
     /// The time at which everything reserved so far has been paid for.
     paid_until: Mutex<Instant>,
 }
@@ -17,11 +17,17 @@ const BURST: Duration = Duration::from_millis(250);
 
 impl RateLimiter {
     pub fn new(bytes_per_sec: u64) -> Self {
-        RateLimiter { bytes_per_sec, paid_until: Mutex::new(Instant::now()) }
+        RateLimiter { bytes_per_sec: bytes_per_sec.into(), paid_until: Mutex::new(Instant::now()) }
+    }
+
+    /// Changes the rate (0 = unlimited) for reservations from now on.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.bytes_per_sec.store(bytes_per_sec, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub async fn acquire(&self, bytes: u64) {
-        if self.bytes_per_sec == 0 {
+        let rate = self.bytes_per_sec.load(std::sync::atomic::Ordering::Relaxed);
+        if rate == 0 {
             return;
         }
         let wake = {
@@ -30,7 +36,7 @@ impl RateLimiter {
             if *paid < now {
                 *paid = now;
             }
-            *paid += Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec as f64);
+            *paid += Duration::from_secs_f64(bytes as f64 / rate as f64);
             paid.checked_sub(BURST).unwrap_or(now)
         };
         tokio::time::sleep_until(wake).await;

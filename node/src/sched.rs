@@ -31,6 +31,8 @@ pub struct Scheduler<P> {
     have: Vec<bool>,
     missing: usize,
     inflight: Vec<Vec<P>>,
+    /// Chunks being fetched from an origin by this node.
+    origin_inflight: Vec<bool>,
     peers: HashMap<P, PeerState>,
     max_per_peer: usize,
     seed: u64,
@@ -53,6 +55,7 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
             have,
             missing,
             inflight: vec![Vec::new(); n],
+            origin_inflight: vec![false; n],
             peers: HashMap::new(),
             max_per_peer: max_per_peer.max(1),
             seed,
@@ -118,7 +121,7 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
         // Rarity of every missing chunk nobody is fetching yet.
         let mut candidates: Vec<(usize, u64, usize)> = Vec::new();
         for c in 0..self.have.len() {
-            if self.have[c] || !self.inflight[c].is_empty() {
+            if self.have[c] || !self.inflight[c].is_empty() || self.origin_inflight[c] {
                 continue;
             }
             let holders = self.peers.values().filter(|p| !p.banned && p.avail[c]).count();
@@ -134,7 +137,8 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
             }
         }
         // End-game: everything missing is in flight; duplicate onto idle peers.
-        let unassigned = (0..self.have.len()).any(|c| !self.have[c] && self.inflight[c].is_empty());
+        let unassigned =
+            (0..self.have.len()).any(|c| !self.have[c] && self.inflight[c].is_empty() && !self.origin_inflight[c]);
         if !unassigned {
             let mut inflight_chunks: Vec<usize> =
                 (0..self.have.len()).filter(|c| !self.have[*c] && self.inflight[*c].len() < ENDGAME_COPIES).collect();
@@ -173,6 +177,41 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
                 p.inflight = p.inflight.saturating_sub(1);
             }
         }
+    }
+
+    /// Missing chunks that no usable peer holds and nobody is fetching: the origin's work.
+    pub fn origin_candidates(&self) -> Vec<usize> {
+        (0..self.have.len())
+            .filter(|&c| {
+                !self.have[c]
+                    && self.inflight[c].is_empty()
+                    && !self.origin_inflight[c]
+                    && !self.peers.values().any(|p| !p.banned && p.avail[c])
+            })
+            .collect()
+    }
+
+    pub fn start_origin(&mut self, c: usize) {
+        if let Some(f) = self.origin_inflight.get_mut(c) {
+            *f = true;
+        }
+    }
+
+    pub fn origin_inflight(&self) -> usize {
+        self.origin_inflight.iter().filter(|f| **f).count()
+    }
+
+    /// An origin fetch ended: with the chunk (returns whether it was new) or without.
+    pub fn origin_finished(&mut self, c: usize, got_it: bool) -> bool {
+        if let Some(f) = self.origin_inflight.get_mut(c) {
+            *f = false;
+        }
+        if !got_it || c >= self.have.len() || self.have[c] {
+            return false;
+        }
+        self.have[c] = true;
+        self.missing -= 1;
+        true
     }
 
     /// A verified chunk arrived. Returns false if it was already held (an end-game duplicate).
@@ -287,6 +326,21 @@ mod tests {
         };
         let firsts: std::collections::BTreeSet<usize> = (0..8u64).map(mk).collect();
         assert!(firsts.len() > 4, "{firsts:?}");
+    }
+
+    #[test]
+    fn only_chunks_no_peer_holds_are_origin_work_and_are_not_also_asked_of_peers() {
+        let mut s = Scheduler::new(vec![false; 4], 4, 0);
+        s.set_peer_have("a", vec![true, false, false, false]);
+        assert_eq!(s.origin_candidates(), vec![1, 2, 3]);
+        s.start_origin(2);
+        assert_eq!(s.origin_candidates(), vec![1, 3]);
+        // Peer b learns chunk 2 meanwhile: we still do not ask b for it while the origin fetch runs.
+        s.set_peer_have("b", vec![false, false, true, false]);
+        assert!(s.next_requests(0).iter().all(|(_, c)| *c != 2));
+        assert!(s.origin_finished(2, true));
+        assert!(!s.origin_finished(2, true));
+        assert_eq!(s.missing(), 3);
     }
 
     #[test]

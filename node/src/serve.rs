@@ -44,7 +44,10 @@ async fn handle(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream) -> an
             let files: Option<Vec<Hash32>> =
                 s.trust().manifests.get(&manifest).map(|m| m.value().files.iter().map(|f| f.hash).collect());
             let resp = match files.and_then(|f| s.library.have_flat(&f)) {
-                Some(have) => Response::Have { bits: wire::pack_bits(&have) },
+                Some(have) => {
+                    let downloading = s.downloading.lock().unwrap_or_else(|p| p.into_inner()).contains(&manifest);
+                    Response::Have { bits: wire::pack_bits(&have), downloading }
+                }
                 None => Response::NotFound,
             };
             wire::write_frame(&mut stream, &resp).await?;

@@ -42,6 +42,8 @@ pub enum Response {
     Have {
         #[serde(with = "serde_bytes")]
         bits: Vec<u8>,
+        /// The responder is downloading this release (and so takes a share of origin work).
+        downloading: bool,
     },
     Catalog {
         items: Vec<serde_bytes::ByteBuf>,

@@ -9,15 +9,27 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ControlRequest {
     Status,
-    /// Verify and import a bundle directory on this machine, seed it, and gossip its metadata.
+    /// Verify a bundle directory on this machine and gossip its metadata; with
+    /// `PublishMode::Seed` also import and seed its files.
     Publish {
         bundle: String,
+        #[serde(default)]
+        mode: PublishMode,
     },
     /// Publish these envelope bytes (hex) unchecked. Refused unless the node's config enables
     /// `fault_injection.raw_gossip`; exists so tests can play an attacker.
     RawGossip {
         hex: String,
     },
+}
+
+/// Whether the publishing node seeds the files or only announces the release (whose files then
+/// come from the manifest's origins).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PublishMode {
+    #[default]
+    Seed,
+    MetadataOnly,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -51,6 +51,9 @@ enum Cmd {
         /// The node's control socket (`<data_dir>/control.sock`).
         #[arg(long)]
         node: PathBuf,
+        /// Only announce the release; nodes fetch its files from the manifest's origins.
+        #[arg(long)]
+        metadata_only: bool,
         bundle: PathBuf,
     },
 }
@@ -351,7 +354,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Cmd::Release(ReleaseCmd::Show { bundle }) => show_release(&Bundle::new(&bundle), &limits)?,
         Cmd::Approve(args) => approve(args, &limits, now)?,
         Cmd::Yank(args) => yank(args, &limits, now)?,
-        Cmd::Publish { node, bundle } => publish(&node, &bundle)?,
+        Cmd::Publish { node, metadata_only, bundle } => publish(&node, &bundle, metadata_only)?,
         Cmd::Verify(args) => {
             let ok = verify::verify_bundle(&args.roots, &Bundle::new(&args.bundle), args.ring.as_ref(), &limits, now)?;
             return Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) });
@@ -635,13 +638,16 @@ fn show_release(b: &Bundle, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
-fn publish(socket: &Path, bundle: &Path) -> Result<()> {
-    use lanpatch_protocol::control::{ControlRequest, ControlResponse};
+fn publish(socket: &Path, bundle: &Path, metadata_only: bool) -> Result<()> {
+    use lanpatch_protocol::control::{ControlRequest, ControlResponse, PublishMode};
     use std::io::{BufRead, BufReader, Write};
     let dir = std::fs::canonicalize(bundle).with_context(|| format!("cannot find bundle {}", bundle.display()))?;
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("cannot connect to {} (is the node running?)", socket.display()))?;
-    let mut line = serde_json::to_vec(&ControlRequest::Publish { bundle: dir.to_string_lossy().into_owned() })?;
+    let mut line = serde_json::to_vec(&ControlRequest::Publish {
+        bundle: dir.to_string_lossy().into_owned(),
+        mode: if metadata_only { PublishMode::MetadataOnly } else { PublishMode::Seed },
+    })?;
     line.push(b'\n');
     stream.write_all(&line)?;
     let mut resp = String::new();

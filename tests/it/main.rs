@@ -5,6 +5,8 @@
 mod demo;
 mod fleet;
 mod lab;
+mod origin_server;
 mod signer;
 mod support;
 mod swarm;
+mod wan;
