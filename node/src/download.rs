@@ -25,7 +25,10 @@ const HAVE_TIMEOUT: Duration = Duration::from_secs(3);
 const REFRESH: Duration = Duration::from_millis(700);
 /// Origin fetching starts this long after a download starts, so that every node that received
 /// the release at about the same time is known and the origin work is split once, not redone.
-const ORIGIN_SETTLE: Duration = Duration::from_millis(1500);
+const ORIGIN_SETTLE: Duration = Duration::from_millis(800);
+/// When nothing is in flight, have-maps are refreshed this soon rather than after `REFRESH`, so a
+/// node waiting for the last chunks notices them quickly.
+const IDLE_REFRESH: Duration = Duration::from_millis(150);
 /// A downloading peer whose have-map has not grown for this long is presumed stalled; its share
 /// of origin work moves to the others.
 const STALL: Duration = Duration::from_secs(15);
@@ -136,7 +139,9 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         if s.trust().yanks.contains_key(&hash) {
             return Ok(Outcome::Stopped);
         }
-        if last_refresh.is_none_or(|t| t.elapsed() >= REFRESH) {
+        let idle = sched.inflight_total() == 0 && sched.origin_inflight() == 0;
+        let due = if idle { IDLE_REFRESH } else { REFRESH };
+        if last_refresh.is_none_or(|t| t.elapsed() >= due) {
             refresh_peers(&s, hash, &mut sched, &mut views).await;
             last_refresh = Some(Instant::now());
         }

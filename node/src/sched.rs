@@ -72,6 +72,11 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
         self.missing == 0
     }
 
+    /// Peer requests in flight.
+    pub fn inflight_total(&self) -> usize {
+        self.inflight.iter().map(Vec::len).sum()
+    }
+
     /// Records what a peer holds. A map of the wrong size is ignored.
     pub fn set_peer_have(&mut self, peer: P, avail: Vec<bool>) {
         if avail.len() != self.have.len() {

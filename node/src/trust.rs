@@ -94,7 +94,8 @@ impl Trust {
                 Checked::Approval(a)
             }
             Kind::Yank => Checked::Yank(verify::verify_yank(bytes, root, &self.limits, now)?),
-            Kind::Report => {
+            // Node reports are not fleet metadata; node.rs routes them before they get here.
+            Kind::Report | Kind::Inventory => {
                 return Err(VerifyError::Signature(lanpatch_protocol::SignatureError::WrongKind {
                     expected: Kind::Manifest,
                     actual: Kind::Report,

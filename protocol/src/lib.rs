@@ -14,6 +14,7 @@ pub mod control;
 pub mod encoding;
 pub mod limits;
 pub mod manifest;
+pub mod report;
 pub mod root;
 pub mod signed;
 pub mod types;
@@ -25,6 +26,7 @@ pub use limits::Limits;
 pub use manifest::{
     ChunkError, Command, FileEntry, FileHasher, ReleaseManifest, Severity, SeverityLevel, Targets, verify_chunk,
 };
+pub use report::{InstallState, Inventory, Report};
 pub use root::{Role, RoleKeys, Root, fleet_id};
 pub use signed::{Envelope, Kind, Payload, SignatureEntry, SignatureError, Signed};
 pub use types::{CveId, Hash32, NameError, ProductName, PublicKey, RelPath, RingName, Tag, Timestamp, Version};

@@ -25,6 +25,7 @@ pub enum Kind {
     Approval,
     Yank,
     Report,
+    Inventory,
 }
 
 impl Kind {
@@ -35,6 +36,7 @@ impl Kind {
             Kind::Approval => b"approval",
             Kind::Yank => b"yank",
             Kind::Report => b"report",
+            Kind::Inventory => b"inventory",
         }
     }
 }

@@ -30,6 +30,8 @@ pub enum VerifyError {
     RootVersion { current: Version, offered: Version },
     #[error("trust root belongs to fleet {offered}, this node is in fleet {current}")]
     FleetMismatch { current: Hash32, offered: Hash32 },
+    #[error("node report is not signed by the node key it names")]
+    NotSignedByNode,
     #[error("a first trust root must be version 1, this is version {0}")]
     NotFirstRoot(Version),
 }

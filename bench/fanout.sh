@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Branch-office fan-out benchmark: N hosts on a LAN behind a WAN link of R Mbit/s to an origin,
+# one release of S MiB. In one run it measures lanpatch (origin URLs, mDNS only, no static peers),
+# a plain HTTP download by every host (curl), and BitTorrent (aria2c + mktorrent + opentracker,
+# the origin seeding). For each: seconds until the last verified copy, that time over S/R (the
+# physical limit of the WAN link), and origin egress bytes over S (from the origin's interface
+# counters, so TCP/IP headers are included). Also lanpatch's idle RSS, peak RSS and CPU seconds
+# per node.
+#
+# usage: sudo bench/fanout.sh [N=8] [S_MIB=32] [R_MBIT=20]    (KEEP=1 keeps the work directory)
+set -euo pipefail
+N=${1:-8}
+S_MIB=${2:-32}
+R_MBIT=${3:-20}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+LAB=${LAB_SCRIPT:-$ROOT/../shared/lab/netns.sh}
+P=lpb
+export LAB_NET=${LAB_NET:-10.231.77}
+ORIGIN=$LAB_NET.250
+WORK=$(mktemp -d /tmp/lanpatch-bench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 1
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  sh "$LAB" down "$N" "$P" 2>/dev/null || true
+  if [ "${KEEP:-0}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+[ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 2; }
+[ -f "$LAB" ] || { echo "lab script $LAB not found" >&2; exit 2; }
+missing=()
+for c in aria2c:aria2 mktorrent:mktorrent opentracker:opentracker curl:curl ip:iproute2 tc:iproute2; do
+  command -v "${c%%:*}" >/dev/null 2>&1 || missing+=("${c##*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+(cd "$ROOT" && cargo build --release --locked -q)
+BIN=$ROOT/target/release
+SIGNER=$BIN/lanpatch-signer
+
+now() { date +%s.%N; }
+egress() { ip netns exec "$P-origin" cat /sys/class/net/eth0/statistics/tx_bytes; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+status() { "$BIN/lanpatch-node" status --json --socket "$WORK/lp/h$1/data/control.sock" 2>/dev/null; }
+
+sh "$LAB" up "$N" "$P" "${R_MBIT}mbit"
+mkdir -p "$WORK/www" "$WORK/keys" "$WORK/lp" "$WORK/http" "$WORK/bt" "$WORK/tracker"
+head -c $((S_MIB * 1024 * 1024)) /dev/urandom > "$WORK/www/payload.bin"
+SIZE=$(stat -c %s "$WORK/www/payload.bin")
+SHA=$(sha256sum "$WORK/www/payload.bin" | cut -d' ' -f1)
+LIMIT=$(python3 -c "print($SIZE * 8 / ($R_MBIT * 1e6))")
+ip netns exec "$P-origin" python3 "$HERE/origin.py" "$WORK/www" "$ORIGIN" 8000 &
+PIDS+=($!)
+sleep 1
+echo "N=$N S=$S_MIB MiB R=$R_MBIT Mbit/s: S/R = $(printf %.1f "$LIMIT") s"
+
+RESULTS=()
+report() { # name seconds egress_bytes verified
+  RESULTS+=("$(python3 -c "print(f'{\"$1\":<11} {$2:>8.1f} {$2/$LIMIT:>8.2f} {$3/$SIZE:>9.3f}   $4/$N')")")
+  echo "  ${RESULTS[-1]}"
+}
+
+# ---- lanpatch -----------------------------------------------------------------------------
+cd "$WORK/keys"
+for a in alice bob; do "$SIGNER" keygen --out $a.key >/dev/null; done
+"$SIGNER" root init --out root.lpr --root-key alice.key.pub --root-key bob.key.pub --root-threshold 2 \
+  --release-key alice.key.pub --release-key bob.key.pub --release-threshold 2 \
+  --approve-key alice.key.pub --approve-key bob.key.pub --approve-threshold 2 >/dev/null
+"$SIGNER" root sign --key alice.key root.lpr >/dev/null
+"$SIGNER" root sign --key bob.key root.lpr >/dev/null
+"$SIGNER" release create --product bench --version 1 --dir "$WORK/www" --install "sh -c true" \
+  --origin "http://$ORIGIN:8000" --out bundle >/dev/null
+"$SIGNER" release sign --key alice.key bundle >/dev/null
+"$SIGNER" release sign --key bob.key bundle >/dev/null
+NODE_PIDS=()
+for i in $(seq 1 "$N"); do
+  d=$WORK/lp/h$i
+  mkdir -p "$d"
+  cat > "$d/node.toml" <<TOML
+data_dir = "data"
+trust_root = "$WORK/keys/root.lpr"
+listen = ["/ip4/0.0.0.0/tcp/4717"]
+mdns = true
+log = "info,libp2p_mdns=error,libp2p_gossipsub=error"
+TOML
+  ip netns exec "$P-$i" "$BIN/lanpatch-node" run --config "$d/node.toml" 2> "$d/node.log" &
+  NODE_PIDS+=($!)
+  PIDS+=($!)
+done
+deadline=$((SECONDS + 60))
+until [ "$(for i in $(seq 1 "$N"); do status "$i" | json "len(d['peers'])" || echo 0; done | sort -n | head -1)" = $((N - 1)) ]; do
+  [ $SECONDS -lt $deadline ] || { echo "lanpatch nodes did not find each other by mDNS" >&2; exit 1; }
+  sleep 0.5
+done
+ticks=$(getconf CLK_TCK)
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+rss() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
+IDLE_RSS=(); CPU0=()
+for p in "${NODE_PIDS[@]}"; do IDLE_RSS+=("$(rss "$p" VmRSS)"); CPU0+=("$(cpu "$p")"); done
+e0=$(egress); t0=$(now)
+"$SIGNER" publish --metadata-only --node "$WORK/lp/h1/data/control.sock" bundle >/dev/null
+deadline=$((SECONDS + 600))
+while :; do
+  done_n=0
+  for i in $(seq 1 "$N"); do
+    s=$(status "$i" | json "sum(1 for r in d['releases'] if r['state']=='downloaded')" || echo 0)
+    [ "$s" = 1 ] && done_n=$((done_n + 1))
+  done
+  [ $done_n = "$N" ] && break
+  [ $SECONDS -lt $deadline ] || { echo "lanpatch did not finish" >&2; exit 1; }
+  sleep 0.2
+done
+t1=$(now); e1=$(egress)
+ok=0
+for i in $(seq 1 "$N"); do
+  f=$(ls "$WORK/lp/h$i/data/blobs/"* 2>/dev/null | head -1)
+  [ -n "$f" ] && [ "$(sha256sum "$f" | cut -d' ' -f1)" = "$SHA" ] && ok=$((ok + 1))
+done
+report lanpatch "$(python3 -c "print($t1 - $t0)")" $((e1 - e0)) $ok
+RES_LINES=()
+for k in "${!NODE_PIDS[@]}"; do
+  p=${NODE_PIDS[$k]}
+  RES_LINES+=("$(printf 'h%-3s idle RSS %6.1f MiB   peak RSS %6.1f MiB   CPU %6.2f s' $((k + 1)) \
+    "$(python3 -c "print(${IDLE_RSS[$k]}/1024)")" "$(python3 -c "print($(rss "$p" VmHWM)/1024)")" \
+    "$(python3 -c "print(($(cpu "$p") - ${CPU0[$k]}) / $ticks)")")")
+done
+for p in "${NODE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+sleep 1
+
+# ---- HTTP: every host downloads the file itself -------------------------------------------
+e0=$(egress); t0=$(now)
+CURLS=()
+for i in $(seq 1 "$N"); do
+  ip netns exec "$P-$i" curl -s -o "$WORK/http/h$i.bin" "http://$ORIGIN:8000/payload.bin" &
+  CURLS+=($!)
+done
+for c in "${CURLS[@]}"; do wait "$c"; done
+t1=$(now); e1=$(egress)
+ok=0
+for i in $(seq 1 "$N"); do [ "$(sha256sum "$WORK/http/h$i.bin" | cut -d' ' -f1)" = "$SHA" ] && ok=$((ok + 1)); done
+report http "$(python3 -c "print($t1 - $t0)")" $((e1 - e0)) $ok
+rm -f "$WORK"/http/*.bin
+
+# ---- BitTorrent: the origin seeds, every host leeches and keeps seeding -----------------------
+mktorrent -l 18 -a "http://$ORIGIN:6969/announce" -o "$WORK/bt/payload.torrent" "$WORK/www/payload.bin" >/dev/null
+python3 "$HERE/infohash.py" "$WORK/bt/payload.torrent" > "$WORK/tracker/whitelist.txt"
+# opentracker chroots into tracker.rootdir, so the whitelist path is relative to it.
+cat > "$WORK/tracker/opentracker.conf" <<CONF
+listen.tcp_udp $ORIGIN:6969
+access.whitelist /whitelist.txt
+tracker.rootdir $WORK/tracker
+tracker.user _opentracker
+CONF
+ip netns exec "$P-origin" opentracker -f "$WORK/tracker/opentracker.conf" > "$WORK/tracker/log" 2>&1 &
+PIDS+=($!)
+sleep 1
+ARIA=(--enable-dht=false --enable-dht6=false --bt-enable-lpd=false --seed-ratio=0.0 --file-allocation=none
+      --summary-interval=0 --console-log-level=error --listen-port=6881 --bt-stop-timeout=0)
+ip netns exec "$P-origin" aria2c "${ARIA[@]}" --check-integrity=true --dir="$WORK/www" "$WORK/bt/payload.torrent" > "$WORK/bt/seed.log" 2>&1 &
+PIDS+=($!)
+sleep 2
+e0=$(egress); t0=$(now)
+for i in $(seq 1 "$N"); do
+  mkdir -p "$WORK/bt/h$i"
+  ip netns exec "$P-$i" aria2c "${ARIA[@]}" --dir="$WORK/bt/h$i" "$WORK/bt/payload.torrent" > "$WORK/bt/h$i.log" 2>&1 &
+  PIDS+=($!)
+done
+deadline=$((SECONDS + 900))
+while :; do
+  done_n=0
+  for i in $(seq 1 "$N"); do
+    f=$WORK/bt/h$i/payload.bin
+    [ -f "$f" ] && [ ! -f "$f.aria2" ] && [ "$(stat -c %s "$f")" = "$SIZE" ] && done_n=$((done_n + 1))
+  done
+  [ $done_n = "$N" ] && break
+  [ $SECONDS -lt $deadline ] || { echo "BitTorrent did not finish" >&2; exit 1; }
+  sleep 0.2
+done
+t1=$(now); e1=$(egress)
+ok=0
+for i in $(seq 1 "$N"); do [ "$(sha256sum "$WORK/bt/h$i/payload.bin" | cut -d' ' -f1)" = "$SHA" ] && ok=$((ok + 1)); done
+report bittorrent "$(python3 -c "print($t1 - $t0)")" $((e1 - e0)) $ok
+
+echo
+echo "method      seconds  x limit  egress/S   verified copies"
+printf '%s\n' "${RESULTS[@]}"
+echo
+echo "lanpatch per node (idle RSS before publish, peak RSS over the run, CPU seconds during the transfer):"
+printf '%s\n' "${RES_LINES[@]}"

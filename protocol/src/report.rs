@@ -1,0 +1,165 @@
+//! What nodes tell the fleet about themselves: install reports and inventories. Both are signed by
+//! the node's own ed25519 key (its libp2p identity) and name that key, so a report can only speak
+//! for the node that signed it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ValidationError;
+use crate::limits::Limits;
+use crate::root::RoleKeys;
+use crate::signed::{Envelope, Kind, Payload, Signed};
+use crate::types::{Hash32, ProductName, PublicKey, RingName, Tag, Timestamp, Version};
+use crate::verify::VerifyError;
+
+/// Where a release stands on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum InstallState {
+    Available,
+    Downloading,
+    Downloaded,
+    Installing,
+    Installed,
+    Failed,
+    RolledBack,
+    Skipped,
+}
+
+impl InstallState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstallState::Available => "available",
+            InstallState::Downloading => "downloading",
+            InstallState::Downloaded => "downloaded",
+            InstallState::Installing => "installing",
+            InstallState::Installed => "installed",
+            InstallState::Failed => "failed",
+            InstallState::RolledBack => "rolled-back",
+            InstallState::Skipped => "skipped",
+        }
+    }
+    /// A failed install, whether or not the rollback succeeded.
+    pub fn is_failure(self) -> bool {
+        matches!(self, InstallState::Failed | InstallState::RolledBack)
+    }
+}
+
+/// One state change of one release on one node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub node: PublicKey,
+    pub hostname: String,
+    pub ring: RingName,
+    pub manifest: Hash32,
+    pub product: ProductName,
+    pub version: Version,
+    pub state: InstallState,
+    /// Why it was skipped, or the tail of the failing command's output.
+    pub detail: String,
+    pub exit_code: Option<i32>,
+    pub at: Timestamp,
+    /// Increases with every report a node sends; a collector keeps the highest per release.
+    pub seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledRelease {
+    pub product: ProductName,
+    pub version: Version,
+    pub manifest: Hash32,
+}
+
+/// What a node is and has installed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub node: PublicKey,
+    pub hostname: String,
+    pub os: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub arch: String,
+    pub ring: RingName,
+    pub tags: Vec<Tag>,
+    /// Installed OS packages (dpkg or rpm).
+    pub packages: Vec<Package>,
+    /// Releases lanpatch installed on this node.
+    pub releases: Vec<InstalledRelease>,
+    pub at: Timestamp,
+    pub seq: u64,
+}
+
+/// Most packages in one inventory.
+pub const MAX_PACKAGES: usize = 20_000;
+
+fn short(field: &'static str, s: &str, limits: &Limits) -> Result<(), ValidationError> {
+    if s.len() > limits.max_short_bytes {
+        return Err(ValidationError::TooLong { field, len: s.len(), max: limits.max_short_bytes });
+    }
+    Ok(())
+}
+
+impl Payload for Report {
+    const KIND: Kind = Kind::Report;
+    const NAME: &'static str = "report";
+    fn validate(&self, limits: &Limits) -> Result<(), ValidationError> {
+        short("hostname", &self.hostname, limits)?;
+        if self.detail.len() > limits.max_text_bytes {
+            return Err(ValidationError::TooLong { field: "detail", len: self.detail.len(), max: limits.max_text_bytes });
+        }
+        Ok(())
+    }
+}
+
+impl Payload for Inventory {
+    const KIND: Kind = Kind::Inventory;
+    const NAME: &'static str = "inventory";
+    fn validate(&self, limits: &Limits) -> Result<(), ValidationError> {
+        for (f, v) in [("hostname", &self.hostname), ("os", &self.os), ("os version", &self.os_version), ("kernel", &self.kernel), ("arch", &self.arch)] {
+            short(f, v, limits)?;
+        }
+        if self.packages.len() > MAX_PACKAGES {
+            return Err(ValidationError::TooMany { field: "packages", count: self.packages.len(), max: MAX_PACKAGES });
+        }
+        for p in &self.packages {
+            short("package name", &p.name, limits)?;
+            short("package version", &p.version, limits)?;
+        }
+        if self.tags.len() > limits.max_list_items || self.releases.len() > limits.max_list_items {
+            return Err(ValidationError::TooMany { field: "tags or releases", count: self.tags.len().max(self.releases.len()), max: limits.max_list_items });
+        }
+        Ok(())
+    }
+}
+
+/// The node key a node report speaks for.
+pub trait FromNode {
+    fn node(&self) -> PublicKey;
+}
+impl FromNode for Report {
+    fn node(&self) -> PublicKey {
+        self.node
+    }
+}
+impl FromNode for Inventory {
+    fn node(&self) -> PublicKey {
+        self.node
+    }
+}
+
+/// Steps N1 to N3: the envelope decodes within limits (N1), the payload decodes and validates
+/// (N2), and the node key it names signed it (N3).
+pub fn verify_node_signed<T: Payload + FromNode>(bytes: &[u8], limits: &Limits) -> Result<Signed<T>, VerifyError> {
+    let envelope = Envelope::decode(bytes, limits)?;
+    let signed = Signed::<T>::open(envelope, limits)?;
+    let keys = RoleKeys { keys: vec![signed.value().node()], threshold: 1 };
+    signed.envelope().check_threshold(T::KIND, crate::Role::Release, &keys, limits).map_err(|e| match e {
+        crate::SignatureError::BelowThreshold { .. } => VerifyError::NotSignedByNode,
+        other => VerifyError::Signature(other),
+    })?;
+    Ok(signed)
+}
