@@ -62,6 +62,21 @@ pub struct Config {
     /// Chunk uploads served at the same time (across all peers).
     #[serde(default = "default_uploads")]
     pub max_concurrent_uploads: usize,
+    /// When releases may be installed, in the node's local time (TZ / /etc/localtime). None
+    /// configured means any time. An approval's passed deadline or an urgent release overrides.
+    #[serde(default)]
+    pub maintenance_windows: Vec<crate::policy::WindowSpec>,
+    #[serde(skip)]
+    pub windows: Vec<crate::policy::Window>,
+    /// Store the reports and inventories of the fleet (run this on the admin workstation).
+    #[serde(default)]
+    pub collector: bool,
+    /// Send the inventory at least this often (it is also sent whenever it changes).
+    #[serde(default = "default_inventory_interval")]
+    pub inventory_interval_secs: u64,
+    /// Releases downloaded at the same time; the most severe go first.
+    #[serde(default = "default_downloads")]
+    pub max_concurrent_downloads: usize,
     /// Log filter (tracing-subscriber syntax), overridden by RUST_LOG.
     #[serde(default = "default_log")]
     pub log: String,
@@ -113,6 +128,12 @@ fn default_quota() -> u64 {
 fn default_inflight() -> usize {
     4
 }
+fn default_inventory_interval() -> u64 {
+    3600
+}
+fn default_downloads() -> usize {
+    2
+}
 fn default_origin_inflight() -> usize {
     2
 }
@@ -135,8 +156,20 @@ impl Config {
         if c.trust_root.is_relative() {
             c.trust_root = base.join(&c.trust_root);
         }
-        if c.max_inflight_per_peer == 0 || c.max_concurrent_uploads == 0 || c.max_origin_inflight == 0 {
-            anyhow::bail!("max_inflight_per_peer, max_concurrent_uploads and max_origin_inflight must be at least 1");
+        c.windows = c
+            .maintenance_windows
+            .iter()
+            .map(crate::policy::Window::parse)
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("invalid maintenance window in {}: {e}", path.display()))?;
+        if c.max_inflight_per_peer == 0
+            || c.max_concurrent_uploads == 0
+            || c.max_origin_inflight == 0
+            || c.max_concurrent_downloads == 0
+        {
+            anyhow::bail!(
+                "max_inflight_per_peer, max_concurrent_uploads, max_origin_inflight and max_concurrent_downloads must be at least 1"
+            );
         }
         Ok(c)
     }

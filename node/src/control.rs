@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use lanpatch_protocol::control::{
-    ControlRequest, ControlResponse, NodeStatus, PeerStatus, PublishMode, Refusal, ReleaseStatus, Transfer,
+    ControlRequest, ControlResponse, InventoryView, NodeStatus, PeerStatus, PublishMode, Refusal, ReleaseStatus,
+    ReportView, Transfer,
 };
-use lanpatch_protocol::{Approval, ReleaseManifest, Signed, Yank};
+use lanpatch_protocol::{Approval, Inventory, ReleaseManifest, Report, Signed, Yank};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -76,6 +77,59 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
     match req {
         ControlRequest::Status => Ok(ControlResponse::Status(Box::new(status(s).await?))),
         ControlRequest::Publish { bundle, mode } => publish(s, Path::new(&bundle), mode).await,
+        ControlRequest::Reports => {
+            let limits = s.trust().limits.clone();
+            let views = s
+                .store
+                .reports()
+                .await?
+                .iter()
+                .filter_map(|b| Signed::<Report>::decode(b, &limits).ok())
+                .map(|r| {
+                    let v = r.value();
+                    ReportView {
+                        node: v.node.to_hex(),
+                        hostname: v.hostname.clone(),
+                        ring: v.ring.to_string(),
+                        manifest: v.manifest.to_hex(),
+                        product: v.product.to_string(),
+                        version: v.version.0,
+                        state: v.state.as_str().to_string(),
+                        detail: v.detail.clone(),
+                        exit_code: v.exit_code,
+                        at: v.at.0,
+                    }
+                })
+                .collect();
+            Ok(ControlResponse::Reports(views))
+        }
+        ControlRequest::Inventories => {
+            let limits = s.trust().limits.clone();
+            let views = s
+                .store
+                .inventories()
+                .await?
+                .iter()
+                .filter_map(|b| Signed::<Inventory>::decode(b, &limits).ok())
+                .map(|i| {
+                    let v = i.value();
+                    InventoryView {
+                        node: v.node.to_hex(),
+                        hostname: v.hostname.clone(),
+                        os: v.os.clone(),
+                        os_version: v.os_version.clone(),
+                        kernel: v.kernel.clone(),
+                        arch: v.arch.clone(),
+                        ring: v.ring.to_string(),
+                        tags: v.tags.iter().map(|t| t.to_string()).collect(),
+                        packages: v.packages.iter().map(|p| (p.name.clone(), p.version.clone())).collect(),
+                        releases: v.releases.iter().map(|r| format!("{} {}", r.product, r.version)).collect(),
+                        at: v.at.0,
+                    }
+                })
+                .collect();
+            Ok(ControlResponse::Inventories(views))
+        }
         ControlRequest::RawGossip { hex } => {
             if s.cfg.fault_injection.raw_gossip != RawGossip::Allow {
                 bail!("raw gossip is refused (fault_injection.raw_gossip is not \"allow\")");
@@ -158,6 +212,8 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         .collect();
     let listen = s.net.listening().await?.into_iter().map(|a| a.to_string()).collect();
     let progress = s.progress().clone();
+    let installs: std::collections::HashMap<_, _> =
+        s.store.installs().await?.into_iter().map(|r| (r.manifest, r)).collect();
     let releases = {
         let t = s.trust();
         let mut list: Vec<ReleaseStatus> = t
@@ -187,6 +243,9 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
                     fetched_chunks: p.fetched_chunks,
                     bytes_from: p.bytes_from,
                     approved_rings: t.approved_rings(hash).into_iter().map(|r| r.to_string()).collect(),
+                    finished_ms: p.finished_ms,
+                    install_state: installs.get(hash).map(|r| r.state.clone()).unwrap_or(p.install_state),
+                    install_detail: installs.get(hash).map(|r| r.detail.clone()).unwrap_or(p.install_detail),
                 }
             })
             .collect();

@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
+use lanpatch_protocol::InstallState;
 use lanpatch_protocol::{Hash32, Limits, ReleaseManifest, Signed, Timestamp};
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::{Multiaddr, PeerId, identity};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::config::Config;
 use crate::library::Library;
@@ -36,6 +37,11 @@ pub struct Progress {
     pub resumed_chunks: usize,
     pub fetched_chunks: usize,
     pub bytes_from: BTreeMap<String, u64>,
+    /// When the download finished in this process (ms since the epoch).
+    pub finished_ms: Option<u64>,
+    /// Installer state ("waiting", or an `InstallState`) and why.
+    pub install_state: String,
+    pub install_detail: String,
 }
 
 /// State shared by the node's tasks.
@@ -48,6 +54,13 @@ pub struct Shared {
     pub net: NetHandle,
     pub progress: Mutex<HashMap<Hash32, Progress>>,
     pub downloading: Mutex<HashSet<Hash32>>,
+    /// Downloads waiting for a slot.
+    pub queue: Mutex<Vec<Signed<ReleaseManifest>>>,
+    pub queue_changed: Notify,
+    /// The node's signing key for reports (its libp2p ed25519 identity).
+    pub node_key: ed25519_dalek::SigningKey,
+    pub seq: AtomicU64,
+    pub inventory_changed: Notify,
     pub banned: Mutex<HashSet<PeerId>>,
     pub up_limit: RateLimiter,
     pub down_limit: RateLimiter,
@@ -138,6 +151,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     let store = Store::open(&cfg.data_dir.join("state.db"))?;
     let library = Library::open(&cfg.data_dir, store.clone())?;
     let keypair = load_or_create_identity(&cfg)?;
+    let node_key = {
+        let ed = keypair.clone().try_into_ed25519().map_err(|e| anyhow!("node key is not ed25519: {e}"))?;
+        let secret: [u8; 32] = ed.secret().as_ref().try_into().map_err(|_| anyhow!("node key has a bad length"))?;
+        ed25519_dalek::SigningKey::from_bytes(&secret)
+    };
     let trust = load_trust(&cfg, &store, &limits)?;
     let fleet = trust.fleet;
     let parse_addrs = |list: &[String], what: &str| -> Result<Vec<Multiaddr>> {
@@ -168,6 +186,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         net,
         progress: Mutex::default(),
         downloading: Mutex::default(),
+        queue: Mutex::default(),
+        queue_changed: Notify::new(),
+        node_key,
+        seq: AtomicU64::new(0),
+        inventory_changed: Notify::new(),
         banned: Mutex::default(),
         refusals: AtomicU64::new(0),
         shutdown: shutdown_rx.clone(),
@@ -186,6 +209,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     tasks.spawn(crate::serve::serve(shared.clone(), incoming));
     let control_listener = crate::control::bind(&shared.cfg.control_socket())?;
     tasks.spawn(crate::control::serve(shared.clone(), control_listener));
+    tasks.spawn(download_manager(shared.clone()));
+    tasks.spawn(crate::install::run(shared.clone()));
+    tasks.spawn(crate::node::inventory_loop(shared.clone()));
     // Start (or resume) downloads of what is already trusted.
     // (Collected first: `consider_download` takes the trust lock itself.)
     let current = shared.trust().current_manifests();
@@ -200,6 +226,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = resync.tick() => {
+                    let s2 = s.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = crate::report::resend_reports(&s2).await {
+                            tracing::debug!("resending reports: {e:#}");
+                        }
+                    });
                     // Anti-entropy: ask one peer for its catalog now and then, in case gossip
                     // was missed.
                     let peers = s.net.ready_peers();
@@ -226,6 +258,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
 async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
     match ev {
         NetEvent::Gossip { id, source, data } => {
+            let kind = lanpatch_protocol::Envelope::decode(&data, &s.trust().limits).map(|e| e.kind);
+            if let Ok(lanpatch_protocol::Kind::Report | lanpatch_protocol::Kind::Inventory) = kind {
+                let acceptance = match crate::report::accept_node_message(s, &data).await {
+                    Ok(()) => MessageAcceptance::Accept,
+                    Err(e) => {
+                        s.refuse(format!("gossip from {source}"), "node-report", e.to_string()).await;
+                        MessageAcceptance::Reject
+                    }
+                };
+                s.net.validation(id, source, acceptance).await;
+                return;
+            }
             let acceptance = match ingest(s, &data, &format!("gossip from {source}")).await {
                 Ok(_) => MessageAcceptance::Accept,
                 Err(_) => MessageAcceptance::Reject,
@@ -314,8 +358,8 @@ pub async fn commit(s: &Arc<Shared>, checked: Checked, bytes: &[u8]) -> Result<A
     Ok(accepted)
 }
 
-/// Starts a download of `m` unless it does not target this node, is yanked, superseded, already
-/// running, or does not fit the cache quota.
+/// Queues a download of `m` unless it does not target this node, is yanked, or does not fit the
+/// cache quota. The download manager starts queued downloads most severe first.
 pub fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
     let hash = m.payload_hash();
     let v = m.value();
@@ -342,14 +386,60 @@ pub fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
         set("failed", why);
         return;
     }
+    if s.downloading.lock().unwrap_or_else(|p| p.into_inner()).contains(&hash) {
+        return;
+    }
+    let mut q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
+    if q.iter().any(|x| x.payload_hash() == hash) {
+        return;
+    }
+    set("queued", String::new());
+    q.push(m);
+    drop(q);
+    s.queue_changed.notify_one();
+    let s2 = s.clone();
+    tokio::spawn(async move { crate::report::report(&s2, hash, InstallState::Available, String::new(), None).await });
+}
+
+/// Starts queued downloads, most severe first, at most `max_concurrent_downloads` at a time.
+pub async fn download_manager(s: Arc<Shared>) {
+    let mut shutdown = s.shutdown.clone();
+    loop {
+        loop {
+            let running = s.downloading.lock().unwrap_or_else(|p| p.into_inner()).len();
+            if running >= s.cfg.max_concurrent_downloads {
+                break;
+            }
+            let next = {
+                let mut q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let best = q.iter().enumerate().max_by_key(|(_, m)| m.value().severity.priority_key()).map(|(i, _)| i);
+                best.map(|i| q.remove(i))
+            };
+            let Some(m) = next else { break };
+            start_download(&s, m);
+        }
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = s.queue_changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+fn start_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
+    let hash = m.payload_hash();
     if !s.downloading.lock().unwrap_or_else(|p| p.into_inner()).insert(hash) {
         return;
     }
-    set("downloading", String::new());
+    if let Some(e) = s.progress().get_mut(&hash) {
+        e.state = "downloading".into();
+    }
     let s2 = s.clone();
     tokio::spawn(async move {
+        crate::report::report(&s2, hash, InstallState::Downloading, String::new(), None).await;
         let result = crate::download::download(s2.clone(), m).await;
         s2.downloading.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
+        s2.queue_changed.notify_one();
         let (state, detail) = match result {
             Ok(crate::download::Outcome::Complete) => ("downloaded", String::new()),
             Ok(crate::download::Outcome::Stopped) => return,
@@ -361,10 +451,92 @@ pub fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
             tracing::error!(manifest = %hash.short(), "download failed: {detail}");
         }
         let _ = s2.store.set_manifest_state(hash, state).await;
-        let mut p = s2.progress();
-        if let Some(e) = p.get_mut(&hash) {
-            e.state = state.into();
-            e.detail = detail;
+        {
+            let mut p = s2.progress();
+            if let Some(e) = p.get_mut(&hash) {
+                e.state = state.into();
+                e.detail = detail.clone();
+                e.finished_ms = Some(now_ms());
+            }
+        }
+        if state == "downloaded" {
+            crate::report::report(&s2, hash, InstallState::Downloaded, String::new(), None).await;
+        } else {
+            crate::report::report(&s2, hash, InstallState::Failed, format!("download failed: {detail}"), None).await;
         }
     });
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Sends the inventory at start, whenever an install changes it, and every
+/// `inventory_interval_secs`, but only when it differs from the last one sent or the interval passed.
+pub async fn inventory_loop(s: Arc<Shared>) {
+    let mut shutdown = s.shutdown.clone();
+    let mut last: Option<(Vec<lanpatch_protocol::report::InstalledRelease>, usize)> = None;
+    let mut last_sent = tokio::time::Instant::now();
+    let interval = Duration::from_secs(s.cfg.inventory_interval_secs.max(10));
+    // Let connections come up first.
+    tokio::select! {
+        _ = shutdown.changed() => return,
+        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+    }
+    loop {
+        let machine = match tokio::task::spawn_blocking(crate::inventory::machine).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!("inventory: {e}");
+                return;
+            }
+        };
+        let installed = match s.store.installs().await {
+            Ok(list) => {
+                let t = s.trust();
+                list.into_iter()
+                    .filter(|r| r.state == InstallState::Installed.as_str())
+                    .filter_map(|r| {
+                        let m = t.manifests.get(&r.manifest)?;
+                        Some(lanpatch_protocol::report::InstalledRelease {
+                            product: m.value().product.clone(),
+                            version: m.value().version,
+                            manifest: r.manifest,
+                        })
+                    })
+                    .collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        let installed = crate::inventory::sorted_releases(installed);
+        let key = (installed.clone(), machine.packages.len());
+        if last.as_ref() != Some(&key) || last_sent.elapsed() >= interval {
+            let inv = lanpatch_protocol::Inventory {
+                node: s.node_public(),
+                hostname: s.facts.hostname.chars().take(64).collect(),
+                os: machine.os,
+                os_version: machine.os_version,
+                kernel: machine.kernel,
+                arch: machine.arch,
+                ring: s.cfg.ring.clone(),
+                tags: s.cfg.tags.clone(),
+                packages: machine.packages,
+                releases: installed,
+                at: now(),
+                seq: 0,
+            };
+            match crate::report::send_inventory(&s, inv).await {
+                Ok(()) => {
+                    last = Some(key);
+                    last_sent = tokio::time::Instant::now();
+                }
+                Err(e) => tracing::warn!("cannot send inventory: {e:#}"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = s.inventory_changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    }
 }

@@ -59,7 +59,53 @@ const MIGRATIONS: &[&str] = &[
         bytes_down INTEGER NOT NULL DEFAULT 0,
         bytes_up   INTEGER NOT NULL DEFAULT 0
      );",
+    // 1 -> 2: installs, reports, inventories
+    "CREATE TABLE installs (
+        manifest  BLOB PRIMARY KEY,
+        product   TEXT NOT NULL,
+        version   INTEGER NOT NULL,
+        state     TEXT NOT NULL,
+        detail    TEXT NOT NULL DEFAULT '',
+        exit_code INTEGER,
+        pid       INTEGER,
+        updated   INTEGER NOT NULL
+     );
+     CREATE TABLE reports_out (
+        manifest  BLOB PRIMARY KEY,
+        envelope  BLOB NOT NULL
+     );
+     CREATE TABLE reports (
+        node      BLOB NOT NULL,
+        manifest  BLOB NOT NULL,
+        seq       INTEGER NOT NULL,
+        envelope  BLOB NOT NULL,
+        PRIMARY KEY (node, manifest)
+     );
+     CREATE TABLE inventories (
+        node      BLOB PRIMARY KEY,
+        seq       INTEGER NOT NULL,
+        envelope  BLOB NOT NULL
+     );",
 ];
+
+/// A change of the install record of one release.
+pub struct InstallUpdate {
+    pub manifest: Hash32,
+    pub product: String,
+    pub version: u64,
+    pub state: &'static str,
+    pub detail: String,
+    pub exit_code: Option<i32>,
+    pub now: u64,
+}
+
+/// The install record of one release on this node.
+#[derive(Clone, Debug)]
+pub struct InstallRecord {
+    pub manifest: Hash32,
+    pub state: String,
+    pub detail: String,
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -313,6 +359,122 @@ impl Store {
             let rows = st
                 .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)))?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+impl Store {
+    pub async fn set_install(&self, u: InstallUpdate) -> Result<()> {
+        let InstallUpdate { manifest, product, version, state, detail, exit_code, now } = u;
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO installs (manifest, product, version, state, detail, exit_code, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (manifest) DO UPDATE SET state = ?4, detail = ?5, exit_code = ?6, updated = ?7",
+                params![manifest.0.to_vec(), product, version as i64, state, detail, exit_code, now as i64],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Remembers the process group of a running install, so a restart can stop a leftover one.
+    pub async fn set_install_pid(&self, manifest: Hash32, pid: Option<u32>) -> Result<()> {
+        self.call(move |c| {
+            c.execute("UPDATE installs SET pid = ?2 WHERE manifest = ?1", params![manifest.0.to_vec(), pid])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn install_pid(&self, manifest: Hash32) -> Result<Option<u32>> {
+        self.call(move |c| {
+            Ok(c.query_row("SELECT pid FROM installs WHERE manifest = ?1", params![manifest.0.to_vec()], |r| {
+                r.get::<_, Option<u32>>(0)
+            })
+            .optional()?
+            .flatten())
+        })
+        .await
+    }
+
+    pub async fn installs(&self) -> Result<Vec<InstallRecord>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT manifest, state, detail FROM installs")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(m, state, detail)| {
+                    Some(InstallRecord { manifest: Hash32(m.try_into().ok()?), state, detail })
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// Keeps the latest report this node sent about a release (re-sent periodically).
+    pub async fn put_report_out(&self, manifest: Hash32, envelope: Vec<u8>) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO reports_out (manifest, envelope) VALUES (?1, ?2)",
+                params![manifest.0.to_vec(), envelope],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn reports_out(&self) -> Result<Vec<Vec<u8>>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT envelope FROM reports_out")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Collector: stores a node's report unless a newer one for the same release is there.
+    pub async fn put_report(&self, node: Vec<u8>, manifest: Hash32, seq: u64, envelope: Vec<u8>) -> Result<bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO reports (node, manifest, seq, envelope) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (node, manifest) DO UPDATE SET seq = ?3, envelope = ?4 WHERE ?3 > reports.seq",
+                params![node, manifest.0.to_vec(), seq as i64, envelope],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub async fn reports(&self) -> Result<Vec<Vec<u8>>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT envelope FROM reports")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Collector: stores a node's inventory unless a newer one is there.
+    pub async fn put_inventory(&self, node: Vec<u8>, seq: u64, envelope: Vec<u8>) -> Result<bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO inventories (node, seq, envelope) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (node) DO UPDATE SET seq = ?2, envelope = ?3 WHERE ?2 > inventories.seq",
+                params![node, seq as i64, envelope],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub async fn inventories(&self) -> Result<Vec<Vec<u8>>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT envelope FROM inventories")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
         .await

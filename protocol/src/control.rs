@@ -21,6 +21,10 @@ pub enum ControlRequest {
     RawGossip {
         hex: String,
     },
+    /// The fleet's install reports, as stored by a collector node.
+    Reports,
+    /// The fleet's inventories, as stored by a collector node.
+    Inventories,
 }
 
 /// Whether the publishing node seeds the files or only announces the release (whose files then
@@ -37,6 +41,8 @@ pub enum ControlResponse {
     Status(Box<NodeStatus>),
     Published { manifest: String, product: String, version: u64, approvals: Vec<String>, yanked: bool },
     Done,
+    Reports(Vec<ReportView>),
+    Inventories(Vec<InventoryView>),
     Error { message: String },
 }
 
@@ -83,6 +89,42 @@ pub struct ReleaseStatus {
     /// Verified bytes fetched in this process, by peer id.
     pub bytes_from: BTreeMap<String, u64>,
     pub approved_rings: Vec<String>,
+    /// When the download finished, in milliseconds since the epoch.
+    pub finished_ms: Option<u64>,
+    /// The installer's view: "", "waiting", or an install state.
+    pub install_state: String,
+    pub install_detail: String,
+}
+
+/// One node's latest report about one release.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReportView {
+    pub node: String,
+    pub hostname: String,
+    pub ring: String,
+    pub manifest: String,
+    pub product: String,
+    pub version: u64,
+    pub state: String,
+    pub detail: String,
+    pub exit_code: Option<i32>,
+    pub at: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InventoryView {
+    pub node: String,
+    pub hostname: String,
+    pub os: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub arch: String,
+    pub ring: String,
+    pub tags: Vec<String>,
+    pub packages: Vec<(String, String)>,
+    /// "product version" of each release lanpatch installed.
+    pub releases: Vec<String>,
+    pub at: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -109,7 +109,11 @@ impl Payload for Report {
     fn validate(&self, limits: &Limits) -> Result<(), ValidationError> {
         short("hostname", &self.hostname, limits)?;
         if self.detail.len() > limits.max_text_bytes {
-            return Err(ValidationError::TooLong { field: "detail", len: self.detail.len(), max: limits.max_text_bytes });
+            return Err(ValidationError::TooLong {
+                field: "detail",
+                len: self.detail.len(),
+                max: limits.max_text_bytes,
+            });
         }
         Ok(())
     }
@@ -119,7 +123,13 @@ impl Payload for Inventory {
     const KIND: Kind = Kind::Inventory;
     const NAME: &'static str = "inventory";
     fn validate(&self, limits: &Limits) -> Result<(), ValidationError> {
-        for (f, v) in [("hostname", &self.hostname), ("os", &self.os), ("os version", &self.os_version), ("kernel", &self.kernel), ("arch", &self.arch)] {
+        for (f, v) in [
+            ("hostname", &self.hostname),
+            ("os", &self.os),
+            ("os version", &self.os_version),
+            ("kernel", &self.kernel),
+            ("arch", &self.arch),
+        ] {
             short(f, v, limits)?;
         }
         if self.packages.len() > MAX_PACKAGES {
@@ -130,7 +140,11 @@ impl Payload for Inventory {
             short("package version", &p.version, limits)?;
         }
         if self.tags.len() > limits.max_list_items || self.releases.len() > limits.max_list_items {
-            return Err(ValidationError::TooMany { field: "tags or releases", count: self.tags.len().max(self.releases.len()), max: limits.max_list_items });
+            return Err(ValidationError::TooMany {
+                field: "tags or releases",
+                count: self.tags.len().max(self.releases.len()),
+                max: limits.max_list_items,
+            });
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! `lanpatch-signer`: the admin's tool for keys, trust roots, releases, approvals and yanks.
 
 mod bundle;
+mod debver;
+mod fleet;
 mod keys;
 mod time;
 mod verify;
@@ -45,6 +47,18 @@ enum Cmd {
     Yank(YankArgs),
     /// Check a bundle offline against a trust root and say exactly what is wrong, or that it is valid.
     Verify(VerifyArgs),
+    /// Show the fleet's install results (from a collector node), per ring and state, with the
+    /// failing nodes and their error output.
+    Status {
+        /// The collector node's control socket.
+        #[arg(long)]
+        node: PathBuf,
+        /// Only this release (a bundle directory).
+        bundle: Option<PathBuf>,
+    },
+    /// Query the fleet's inventory (from a collector node): which nodes have package P below
+    /// version V, and nodes per tag, OS or ring.
+    Inventory(InventoryArgs),
     /// Hand a signed bundle to a running node on this machine, which verifies it, seeds its files
     /// and gossips its manifest, approvals and yank to the fleet.
     Publish {
@@ -228,7 +242,46 @@ struct ApproveArgs {
     /// Replace an existing approval for this ring instead of co-signing it.
     #[arg(long)]
     replace: bool,
+    /// A collector node's control socket: approving a ring after the first needs the previous
+    /// ring's results from it.
+    #[arg(long)]
+    node: Option<PathBuf>,
+    /// The rollout order of rings; each ring is gated on the one before it.
+    #[arg(long, value_delimiter = ',', default_value = "canary,pilot,broad")]
+    rings: Vec<RingName>,
+    /// Successful installs the previous ring needs (and no failures).
+    #[arg(long, default_value_t = 1)]
+    min_success: usize,
+    /// Approve although the previous ring's results are below policy. Needs --reason, which is
+    /// recorded in the signed approval.
+    #[arg(long, requires = "reason")]
+    force: bool,
+    /// Why the gate was overridden.
+    #[arg(long)]
+    reason: Option<String>,
     bundle: PathBuf,
+}
+
+#[derive(Args)]
+struct InventoryArgs {
+    /// The collector node's control socket.
+    #[arg(long)]
+    node: PathBuf,
+    /// Only nodes with this package installed.
+    #[arg(long)]
+    package: Option<String>,
+    /// With --package: only nodes where its version is lower than this (Debian ordering).
+    #[arg(long, requires = "package")]
+    below: Option<String>,
+    /// Only nodes with this tag.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Only nodes with this OS id (e.g. debian).
+    #[arg(long)]
+    os: Option<String>,
+    /// Only nodes in this ring.
+    #[arg(long)]
+    ring: Option<String>,
 }
 
 #[derive(Args)]
@@ -354,6 +407,15 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         Cmd::Release(ReleaseCmd::Show { bundle }) => show_release(&Bundle::new(&bundle), &limits)?,
         Cmd::Approve(args) => approve(args, &limits, now)?,
         Cmd::Yank(args) => yank(args, &limits, now)?,
+        Cmd::Status { node, bundle } => fleet::status(&node, bundle.as_deref(), &limits)?,
+        Cmd::Inventory(a) => fleet::inventory(
+            &a.node,
+            a.package.as_deref(),
+            a.below.as_deref(),
+            a.tag.as_deref(),
+            a.os.as_deref(),
+            a.ring.as_deref(),
+        )?,
         Cmd::Publish { node, metadata_only, bundle } => publish(&node, &bundle, metadata_only)?,
         Cmd::Verify(args) => {
             let ok = verify::verify_bundle(&args.roots, &Bundle::new(&args.bundle), args.ring.as_ref(), &limits, now)?;
@@ -512,6 +574,15 @@ fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -
             Some(t) => time::parse_time(t, now)?,
             None => m.value().expires,
         };
+        let forced_reason = fleet::ring_gate(
+            &a.ring,
+            &a.rings,
+            a.node.as_deref(),
+            &m.payload_hash(),
+            a.min_success,
+            a.force,
+            a.reason.as_deref(),
+        )?;
         let value = Approval {
             manifest: m.payload_hash(),
             product: m.value().product.clone(),
@@ -521,7 +592,7 @@ fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -
             not_before,
             deadline,
             expires,
-            forced_reason: None,
+            forced_reason,
         };
         check_payload(&value, limits)?;
         Signed::new(value)
@@ -640,21 +711,12 @@ fn show_release(b: &Bundle, limits: &Limits) -> Result<()> {
 
 fn publish(socket: &Path, bundle: &Path, metadata_only: bool) -> Result<()> {
     use lanpatch_protocol::control::{ControlRequest, ControlResponse, PublishMode};
-    use std::io::{BufRead, BufReader, Write};
     let dir = std::fs::canonicalize(bundle).with_context(|| format!("cannot find bundle {}", bundle.display()))?;
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("cannot connect to {} (is the node running?)", socket.display()))?;
-    let mut line = serde_json::to_vec(&ControlRequest::Publish {
+    let req = ControlRequest::Publish {
         bundle: dir.to_string_lossy().into_owned(),
         mode: if metadata_only { PublishMode::MetadataOnly } else { PublishMode::Seed },
-    })?;
-    line.push(b'\n');
-    stream.write_all(&line)?;
-    let mut resp = String::new();
-    BufReader::new(stream).read_line(&mut resp)?;
-    match serde_json::from_str::<ControlResponse>(&resp)
-        .with_context(|| format!("bad response from {}", socket.display()))?
-    {
+    };
+    match fleet::request(socket, &req)? {
         ControlResponse::Published { manifest, product, version, approvals, yanked } => {
             println!("published {product} {version} (manifest {manifest})");
             if !approvals.is_empty() {

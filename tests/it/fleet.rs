@@ -88,6 +88,8 @@ pub struct Node {
     child: Option<Child>,
     /// Run the node inside this network namespace (mDNS lab tests).
     netns: Option<String>,
+    /// Extra environment for the node process (e.g. TZ).
+    pub env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -108,7 +110,7 @@ impl Node {
         fs::create_dir_all(&dir).unwrap();
         let config = dir.join("node.toml");
         fs::write(&config, toml).unwrap();
-        Node { dir, config, port, child: None, netns }
+        Node { dir, config, port, child: None, netns, env: Vec::new() }
     }
 
     pub fn start(&mut self) {

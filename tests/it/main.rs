@@ -6,6 +6,7 @@ mod demo;
 mod fleet;
 mod lab;
 mod origin_server;
+mod rollout;
 mod signer;
 mod support;
 mod swarm;

@@ -122,8 +122,8 @@ fn approval_by_one_admin_is_below_the_approve_threshold() {
     let dir = tmp.path();
     setup(dir);
     create_and_sign(dir);
-    signer(dir, &["approve", "--key", "bob.key", "--ring", "pilot", "bundle"]).ok();
-    let out = verify(dir, "pilot");
+    signer(dir, &["approve", "--key", "bob.key", "--ring", "canary", "bundle"]).ok();
+    let out = verify(dir, "canary");
     assert_eq!(out.code, Some(1));
     assert!(out.stdout.contains("approve threshold not met"), "{}", out.stdout);
 }

@@ -1,0 +1,115 @@
+//! What this machine is and has installed: OS, kernel, architecture, OS packages (dpkg or rpm)
+//! and the releases lanpatch installed.
+
+use std::path::Path;
+
+use lanpatch_protocol::report::{InstalledRelease, Package};
+
+/// `(os id, version)` from /etc/os-release, e.g. ("debian", "12").
+pub fn os_release(text: &str) -> (String, String) {
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    let id = get("ID");
+    (if id.is_empty() { std::env::consts::OS.to_string() } else { id }, get("VERSION_ID"))
+}
+
+/// Installed packages from a dpkg status file: stanzas whose Status ends in "installed".
+pub fn parse_dpkg_status(text: &str) -> Vec<Package> {
+    let mut out = Vec::new();
+    for stanza in text.split("\n\n") {
+        let mut name = None;
+        let mut version = None;
+        let mut installed = false;
+        for line in stanza.lines() {
+            if let Some(v) = line.strip_prefix("Package: ") {
+                name = Some(v.trim());
+            } else if let Some(v) = line.strip_prefix("Version: ") {
+                version = Some(v.trim());
+            } else if let Some(v) = line.strip_prefix("Status: ") {
+                installed = v.trim().ends_with(" installed");
+            }
+        }
+        if let (Some(n), Some(v), true) = (name, version, installed) {
+            out.push(Package { name: n.chars().take(128).collect(), version: v.chars().take(128).collect() });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The machine's packages: dpkg where present, else rpm, else none.
+pub fn packages() -> Vec<Package> {
+    let dpkg = Path::new("/var/lib/dpkg/status");
+    if let Ok(text) = std::fs::read_to_string(dpkg) {
+        return parse_dpkg_status(&text);
+    }
+    let rpm = std::process::Command::new("rpm").args(["-qa", "--qf", "%{NAME}\\t%{VERSION}-%{RELEASE}\\n"]).output();
+    if let Ok(out) = rpm
+        && out.status.success()
+    {
+        let mut pkgs: Vec<Package> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(n, v)| Package { name: n.chars().take(128).collect(), version: v.chars().take(128).collect() })
+            .collect();
+        pkgs.sort_by(|a, b| a.name.cmp(&b.name));
+        return pkgs;
+    }
+    Vec::new()
+}
+
+pub struct Machine {
+    pub os: String,
+    pub os_version: String,
+    pub kernel: String,
+    pub arch: String,
+    pub packages: Vec<Package>,
+}
+
+/// Reads the machine's facts. Blocking (reads files, may run rpm).
+pub fn machine() -> Machine {
+    let (os, os_version) = os_release(&std::fs::read_to_string("/etc/os-release").unwrap_or_default());
+    Machine {
+        os,
+        os_version,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default(),
+        arch: std::env::consts::ARCH.to_string(),
+        packages: packages(),
+    }
+}
+
+/// Sorted, for a stable "did it change" comparison.
+pub fn sorted_releases(mut r: Vec<InstalledRelease>) -> Vec<InstalledRelease> {
+    r.sort_by(|a, b| (&a.product, a.version).cmp(&(&b.product, b.version)));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_status_keeps_installed_packages_only() {
+        let text = "Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1.0\n\nPackage: apt\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.6.1\n";
+        let p = parse_dpkg_status(text);
+        assert_eq!(
+            p,
+            vec![
+                Package { name: "apt".into(), version: "2.6.1".into() },
+                Package { name: "bash".into(), version: "5.2.15-2+b2".into() }
+            ]
+        );
+    }
+
+    #[test]
+    fn os_release_reads_id_and_version() {
+        assert_eq!(
+            os_release("PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n"),
+            ("debian".into(), "12".into())
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! Patch management with real node processes: rings and the approval gate, installs that change
+//! files, failures and rollback, targeting and maintenance windows, a crash mid-install, inventory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::fleet::{Node, make_fleet_keys, wait_until};
+use crate::support::{Run, signer};
+
+/// A release whose install script writes `$LANPATCH_DATA/<marker>`; `extra` adds signer flags.
+fn release(dir: &Path, name: &str, version: u32, install: &str, rollback: &str, extra: &[&str]) -> PathBuf {
+    let src = dir.join(format!("{name}-src"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("install.sh"), install).unwrap();
+    fs::write(src.join("rollback.sh"), rollback).unwrap();
+    fs::write(src.join("payload.bin"), crate::fleet::payload(200_000, u64::from(version))).unwrap();
+    let mut args: Vec<String> = [
+        "release",
+        "create",
+        "--product",
+        "tool",
+        "--version",
+        &version.to_string(),
+        "--dir",
+        &src.to_string_lossy(),
+        "--install",
+        "sh install.sh",
+        "--rollback",
+        "sh rollback.sh",
+        "--timeout",
+        "60s",
+        "--out",
+        name,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    signer(dir, &args).ok();
+    signer(dir, &["release", "sign", "--key", "alice.key", name]).ok();
+    signer(dir, &["release", "sign", "--key", "bob.key", name]).ok();
+    dir.join(name)
+}
+
+fn approve(dir: &Path, bundle: &Path, ring: &str, extra: &[&str]) -> Run {
+    let mut args: Vec<String> = ["approve", "--key", "bob.key", "--ring", ring].map(String::from).to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(bundle.to_string_lossy().into_owned());
+    let first = signer(dir, &args);
+    if first.code == Some(0) {
+        signer(
+            dir,
+            &[
+                "approve".as_ref(),
+                "--key".as_ref(),
+                "carol.key".as_ref(),
+                "--ring".as_ref(),
+                ring.as_ref(),
+                bundle.as_os_str(),
+            ],
+        )
+        .ok();
+    }
+    first
+}
+
+/// The admin workstation: seeds, collects reports. Not targeted by the test releases.
+fn admin(dir: &Path) -> Node {
+    let mut a = Node::new(dir, "admin", &dir.join("root.lpr"), &[], "collector = true\nring = \"admin\"");
+    a.start();
+    a
+}
+
+fn endpoint(dir: &Path, name: &str, admin: &Node, extra: &str) -> Node {
+    let mut n = Node::new(dir, name, &dir.join("root.lpr"), &[admin.port], extra);
+    n.start();
+    n
+}
+
+fn install_state(n: &Node) -> (String, String) {
+    n.status().releases.into_iter().next().map(|r| (r.install_state, r.install_detail)).unwrap_or_default()
+}
+
+fn fleet_status(dir: &Path, admin: &Node, bundle: &Path) -> String {
+    signer(dir, &["status".as_ref(), "--node".as_ref(), admin.socket().as_os_str(), bundle.as_os_str()])
+        .ok()
+        .stdout
+        .clone()
+}
+
+const INSTALL_OK: &str = "echo \"tool $LANPATCH_VERSION\" > \"$LANPATCH_DATA/installed-tool\"\necho installed fine\n";
+const ROLLBACK: &str = "rm -f \"$LANPATCH_DATA/installed-tool\"\necho rolled > \"$LANPATCH_DATA/rolled-back\"\n";
+
+#[test]
+fn canary_installs_first_broad_is_gated_on_canary_success_then_all_six_install() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let bundle = release(dir, "v1", 1, INSTALL_OK, ROLLBACK, &["--target-tag", "endpoint"]);
+    let admin = admin(dir);
+    let canary: Vec<Node> =
+        (1..=2).map(|i| endpoint(dir, &format!("c{i}"), &admin, "ring = \"canary\"\ntags = [\"endpoint\"]")).collect();
+    let broad: Vec<Node> =
+        (1..=4).map(|i| endpoint(dir, &format!("b{i}"), &admin, "ring = \"broad\"\ntags = [\"endpoint\"]")).collect();
+    wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 6);
+
+    approve(dir, &bundle, "canary", &[]).ok();
+    admin.publish(&bundle);
+    // Nothing from canary yet: the gate refuses broad.
+    let sock = admin.socket().to_string_lossy().into_owned();
+    let gate = ["--node", sock.as_str(), "--rings", "canary,broad"];
+    let gated = approve(dir, &bundle, "broad", &gate);
+    assert_eq!(gated.code, Some(2), "{}", gated.all());
+    assert!(
+        gated.stderr.contains("refusing to approve broad: ring canary has 0 successful install(s)"),
+        "{}",
+        gated.stderr
+    );
+
+    let marker = |n: &Node| fs::read_to_string(n.dir.join("data/installed-tool")).ok();
+    wait_until(Duration::from_secs(60), "canary installs", || {
+        canary.iter().all(|n| marker(n).as_deref() == Some("tool 1\n"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(broad.iter().all(|n| marker(n).is_none()), "broad installed without an approval");
+    assert!(
+        broad.iter().all(|n| install_state(n).1.contains("waiting for an approval for ring broad")),
+        "{:?}",
+        install_state(&broad[0])
+    );
+
+    wait_until(Duration::from_secs(30), "canary reports at the collector", || {
+        fleet_status(dir, &admin, &bundle).contains("ring canary: installed 2")
+    });
+    approve(dir, &bundle, "broad", &gate).ok();
+    admin.publish(&bundle);
+    wait_until(Duration::from_secs(60), "broad installs", || broad.iter().all(|n| marker(n).is_some()));
+    wait_until(Duration::from_secs(30), "all reports", || {
+        fleet_status(dir, &admin, &bundle).contains("6/6 targeted nodes installed")
+    });
+    let st = fleet_status(dir, &admin, &bundle);
+    assert!(st.contains("ring broad: installed 4") && st.contains("ring canary: installed 2"), "{st}");
+}
+
+#[test]
+fn failing_install_is_rolled_back_reported_with_its_output_and_blocks_the_next_ring() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let failing = "echo step one ok\necho \"cannot write /opt/tool: read-only file system\" >&2\nexit 3\n";
+    let bundle = release(dir, "bad", 1, failing, ROLLBACK, &["--target-tag", "endpoint"]);
+    let admin = admin(dir);
+    let c = endpoint(dir, "c1", &admin, "ring = \"canary\"\ntags = [\"endpoint\"]");
+    wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
+    approve(dir, &bundle, "canary", &[]).ok();
+    admin.publish(&bundle);
+    wait_until(Duration::from_secs(60), "rollback", || install_state(&c).0 == "rolled-back");
+    assert!(c.dir.join("data/rolled-back").exists(), "rollback script did not run");
+    assert!(install_state(&c).1.contains("install exited with 3"), "{:?}", install_state(&c));
+    wait_until(Duration::from_secs(30), "failure report", || {
+        fleet_status(dir, &admin, &bundle).contains("failing nodes")
+    });
+    let st = fleet_status(dir, &admin, &bundle);
+    assert!(
+        st.contains("rolled-back (exit 3)") && st.contains("cannot write /opt/tool: read-only file system"),
+        "{st}"
+    );
+    let gated = approve(dir, &bundle, "pilot", &["--node", &admin.socket().to_string_lossy()]);
+    assert_eq!(gated.code, Some(2));
+    assert!(
+        gated.stderr.contains("ring canary has 1 failed install(s)") && gated.stderr.contains("read-only file system"),
+        "{}",
+        gated.stderr
+    );
+    // The override is possible, and its reason is signed into the approval.
+    approve(
+        dir,
+        &bundle,
+        "pilot",
+        &["--node", &admin.socket().to_string_lossy(), "--force", "--reason", "fixed by hand on c1"],
+    )
+    .ok();
+    let v = signer(dir, &["verify", "--root", "root.lpr", "--ring", "pilot", "bad"]);
+    assert!(v.stdout.contains("FORCED: fixed by hand on c1"), "{}", v.stdout);
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[test]
+fn untargeted_node_never_installs_and_node_outside_its_window_waits_until_the_deadline_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let bundle = release(dir, "v1", 1, INSTALL_OK, ROLLBACK, &["--target-tag", "kiosk"]);
+    let admin = admin(dir);
+    let other = endpoint(dir, "server", &admin, "tags = [\"server\"]");
+    // A window two hours from now (UTC), so now is outside it.
+    let h = (unix_now() / 3600 + 2) % 24;
+    let window = format!(
+        "tags = [\"kiosk\"]\n[[maintenance_windows]]\ndays = [\"daily\"]\nstart = \"{h:02}:00\"\nend = \"{:02}:00\"\n",
+        (h + 1) % 24
+    );
+    let mut kiosk = Node::new(dir, "kiosk", &dir.join("root.lpr"), &[admin.port], &window);
+    kiosk.env.push(("TZ".into(), "UTC".into()));
+    kiosk.start();
+    wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 2);
+    approve(dir, &bundle, "broad", &["--rings", "broad"]).ok();
+    admin.publish(&bundle);
+    wait_until(Duration::from_secs(60), "kiosk waits for its window", || {
+        install_state(&kiosk).1.contains("waiting for the maintenance window")
+    });
+    wait_until(Duration::from_secs(30), "server skips", || install_state(&other).0 == "skipped");
+    assert!(install_state(&other).1.contains("not targeted"), "{:?}", install_state(&other));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!kiosk.dir.join("data/installed-tool").exists(), "installed outside the window");
+
+    // A new approval whose deadline has passed: install at once, window or not.
+    let (nb, dl) = (format!("@{}", unix_now() - 120), format!("@{}", unix_now() - 60));
+    approve(dir, &bundle, "broad", &["--rings", "broad", "--replace", "--not-before", &nb, "--deadline", &dl]).ok();
+    admin.publish(&bundle);
+    wait_until(Duration::from_secs(30), "install after the deadline", || {
+        kiosk.dir.join("data/installed-tool").exists()
+    });
+    assert_eq!(install_state(&kiosk).0, "installed");
+    assert!(!other.dir.join("data/installed-tool").exists());
+}
+
+#[test]
+fn node_killed_during_install_resolves_the_attempt_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let slow = "touch \"$LANPATCH_DATA/install-started\"\nsleep 20\ntouch \"$LANPATCH_DATA/installed-tool\"\n";
+    let bundle =
+        release(dir, "slow", 1, slow, ROLLBACK, &["--detect", "sh -c 'test -f \"$LANPATCH_DATA/installed-tool\"'"]);
+    let admin = admin(dir);
+    let mut n = endpoint(dir, "n1", &admin, "ring = \"canary\"");
+    wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
+    approve(dir, &bundle, "canary", &[]).ok();
+    admin.publish(&bundle);
+    wait_until(Duration::from_secs(60), "install starts", || n.dir.join("data/install-started").exists());
+    n.kill9();
+    n.start();
+    wait_until(Duration::from_secs(30), "attempt resolved", || install_state(&n).0 == "rolled-back");
+    assert!(install_state(&n).1.contains("interrupted by a restart"), "{:?}", install_state(&n));
+    assert!(n.dir.join("data/rolled-back").exists());
+    wait_until(Duration::from_secs(30), "report at the collector", || {
+        fleet_status(dir, &admin, &bundle).contains("rolled-back")
+    });
+    // The leftover install process was stopped: it never finishes.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!n.dir.join("data/installed-tool").exists());
+}
+
+#[test]
+fn yank_with_rollback_rolls_back_installed_nodes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let bundle = release(dir, "v1", 1, INSTALL_OK, ROLLBACK, &[]);
+    let admin = admin(dir);
+    let n = endpoint(dir, "n1", &admin, "ring = \"canary\"");
+    wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
+    approve(dir, &bundle, "canary", &[]).ok();
+    admin.publish(&bundle);
+    wait_until(Duration::from_secs(60), "install", || n.dir.join("data/installed-tool").exists());
+    signer(dir, &["yank", "--key", "bob.key", "--rollback", "--reason", "breaks printing", "v1"]).ok();
+    signer(dir, &["yank", "--key", "carol.key", "v1"]).ok();
+    admin.publish(&bundle);
+    wait_until(Duration::from_secs(30), "rollback after yank", || n.dir.join("data/rolled-back").exists());
+    wait_until(Duration::from_secs(10), "state", || install_state(&n).0 == "rolled-back");
+    assert!(install_state(&n).1.contains("yanked: breaks printing"));
+}
+
+#[test]
+fn inventory_of_this_debian_machine_is_collected_and_queried() {
+    let Ok(dpkg) = fs::read_to_string("/var/lib/dpkg/status") else {
+        eprintln!("\n*** SKIPPING inventory test: no /var/lib/dpkg/status on this machine ***\n");
+        return;
+    };
+    let dpkg_version = dpkg
+        .split("\n\n")
+        .find(|s| s.lines().any(|l| l == "Package: dpkg"))
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Version: ")))
+        .expect("dpkg itself is installed")
+        .to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let admin = admin(dir);
+    let _n = endpoint(dir, "n1", &admin, "tags = [\"kiosk\"]");
+    let inv = |args: &[&str]| {
+        let mut a: Vec<String> =
+            vec!["inventory".into(), "--node".into(), admin.socket().to_string_lossy().into_owned()];
+        a.extend(args.iter().map(|s| s.to_string()));
+        signer(dir, &a).ok().stdout.clone()
+    };
+    wait_until(Duration::from_secs(30), "two inventories", || inv(&[]).contains("of 2 node(s)"));
+    let all = inv(&[]);
+    assert!(all.contains("kernel") && all.contains("packages"), "{all}");
+    let below_high = inv(&["--package", "dpkg", "--below", "99"]);
+    assert!(below_high.contains(&format!("dpkg {dpkg_version}")) && below_high.contains("2 of 2"), "{below_high}");
+    assert!(inv(&["--package", "dpkg", "--below", "1.0"]).contains("0 of 2"));
+    assert!(inv(&["--tag", "kiosk"]).contains("1 of 2"));
+}
