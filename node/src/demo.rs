@@ -135,10 +135,15 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
     signer(dir, &["root", "sign", "--key", "alice.key", "root.lpr"])?;
     signer(dir, &["root", "sign", "--key", "bob.key", "root.lpr"])?;
 
-    println!("2. Alice packages a release, Alice and Carol sign it, Bob and Carol approve it for ring 'broad'");
+    println!(
+        "2. Alice packages a release, Alice and Carol sign it, Bob and Carol approve it for the test ring 'canary'"
+    );
     let src = dir.join("release");
     std::fs::create_dir_all(&src)?;
-    std::fs::write(src.join("install.sh"), "#!/bin/sh\necho installed\n")?;
+    std::fs::write(
+        src.join("install.sh"),
+        "#!/bin/sh\necho \"demo-agent $LANPATCH_VERSION\" > \"$LANPATCH_DATA/demo-agent.installed\"\necho installed\n",
+    )?;
     let mut data = vec![0u8; args.size_mib * 1024 * 1024];
     getrandom::fill(&mut data).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
     std::fs::write(src.join("payload.bin"), &data)?;
@@ -173,13 +178,14 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
     )?;
     signer(dir, &["release", "sign", "--key", "alice.key", "bundle"])?;
     signer(dir, &["release", "sign", "--key", "carol.key", "bundle"])?;
-    signer(dir, &["approve", "--key", "bob.key", "--ring", "broad", "bundle"])?;
-    signer(dir, &["approve", "--key", "carol.key", "--ring", "broad", "bundle"])?;
-    let verify = signer(dir, &["verify", "--root", "root.lpr", "--ring", "broad", "bundle"])?;
+    signer(dir, &["approve", "--key", "bob.key", "--ring", "canary", "bundle"])?;
+    signer(dir, &["approve", "--key", "carol.key", "--ring", "canary", "bundle"])?;
+    let verify = signer(dir, &["verify", "--root", "root.lpr", "--ring", "canary", "bundle"])?;
     println!("   lanpatch-signer verify: {}", verify.lines().last().unwrap_or(""));
 
     println!(
-        "3. Starting {} nodes (node 1 is the admin workstation, uplink limited to {} MiB/s)",
+        "3. Starting {} nodes: the admin workstation (seed and report collector, uplink limited to {} MiB/s), \
+         node2 in ring canary, the rest in ring broad",
         args.nodes, args.seed_upload_mib
     );
     let seed_port = free_port()?;
@@ -189,10 +195,13 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
         let ndir = dir.join(&name);
         std::fs::create_dir_all(&ndir)?;
         let port = if i == 1 { seed_port } else { free_port()? };
-        let (peers, extra) = if i == 1 {
-            (String::new(), format!("upload_limit = {}", args.seed_upload_mib * 1024 * 1024))
-        } else {
-            (format!("\"/ip4/127.0.0.1/tcp/{seed_port}\""), String::new())
+        let (peers, extra) = match i {
+            1 => (
+                String::new(),
+                format!("upload_limit = {}\ncollector = true\nring = \"admin\"", args.seed_upload_mib * 1024 * 1024),
+            ),
+            2 => (format!("\"/ip4/127.0.0.1/tcp/{seed_port}\""), "ring = \"canary\"".to_string()),
+            _ => (format!("\"/ip4/127.0.0.1/tcp/{seed_port}\""), "ring = \"broad\"".to_string()),
         };
         let toml = format!(
             "data_dir = \"data\"\ntrust_root = \"../root.lpr\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nstatic_peers = [{peers}]\nmdns = false\n{extra}\n"
@@ -289,16 +298,80 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
 
+    println!(
+        "\n5. node2 (canary) installs; Bob approves ring broad, which the signer allows only after canary reported success"
+    );
+    let admin_sock = nodes[0].socket();
+    let admin_sock_s = admin_sock.to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match signer(
+            dir,
+            &[
+                "approve",
+                "--key",
+                "bob.key",
+                "--ring",
+                "broad",
+                "--rings",
+                "canary,broad",
+                "--node",
+                &admin_sock_s,
+                "bundle",
+            ],
+        ) {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("gate: {e:#}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    signer(dir, &["approve", "--key", "carol.key", "--ring", "broad", "bundle"])?;
+    signer(dir, &["publish", "--node", &admin_sock_s, "bundle"])?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut installed = 0;
+        for n in &nodes[1..] {
+            if status(&n.socket())
+                .await
+                .and_then(|s| s.releases.first().map(|r| r.install_state == "installed"))
+                .unwrap_or(false)
+            {
+                installed += 1;
+            }
+        }
+        if installed == nodes.len() - 1 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("not every endpoint installed within a minute; see the node.log files (run with --keep)");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        statuses[i] = status(&n.socket()).await;
+    }
+    let fleet = signer(dir, &["status", "--node", &admin_sock_s, "bundle"])?;
+    println!("   lanpatch-signer status:");
+    for l in fleet.lines() {
+        println!("   {l}");
+    }
+
     let seed_id = statuses[0].as_ref().map(|s| s.peer_id.clone()).unwrap_or_default();
-    println!("\n5. Summary after {secs:.1} s\n");
-    println!("{:>8}  {:<11} {:>12} {:>12} {:>12}  content", "node", "state", "from admin", "from peers", "uploaded");
+    println!("\n6. Summary (distribution took {secs:.1} s)\n");
+    println!(
+        "{:>8}  {:<7} {:<10} {:>12} {:>12} {:>12}  content",
+        "node", "ring", "install", "from admin", "from peers", "uploaded"
+    );
     let mut from_seed_total = 0u64;
     let mut from_peers_total = 0u64;
     for (i, n) in nodes.iter().enumerate() {
         let Some(st) = &statuses[i] else { continue };
         let uploaded: u64 = st.transfers.iter().map(|t| t.bytes_up).sum();
         let (state, from): (String, BTreeMap<String, u64>) =
-            st.releases.first().map(|r| (r.state.clone(), r.bytes_from.clone())).unwrap_or_default();
+            st.releases.first().map(|r| (r.install_state.clone(), r.bytes_from.clone())).unwrap_or_default();
         let from_seed = from.get(&seed_id).copied().unwrap_or(0);
         let from_peers: u64 = from.iter().filter(|(p, _)| **p != seed_id).map(|(_, b)| *b).sum();
         from_seed_total += from_seed;
@@ -308,10 +381,11 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
             Ok(_) => "MISMATCH",
             Err(_) => "missing",
         };
-        let state = if i == 0 { "seed".to_string() } else { state };
+        let state = if i == 0 { "(seed)".to_string() } else { state };
         println!(
-            "{:>8}  {:<11} {:>12} {:>12} {:>12}  {}",
+            "{:>8}  {:<7} {:<10} {:>12} {:>12} {:>12}  {}",
             n.name,
+            st.ring,
             state,
             mib(from_seed),
             mib(from_peers),
