@@ -7,7 +7,8 @@
 # counters, so TCP/IP headers are included). Also lanpatch's idle RSS, peak RSS and CPU seconds
 # per node.
 #
-# usage: sudo bench/fanout.sh [N=8] [S_MIB=32] [R_MBIT=20]    (KEEP=1 keeps the work directory)
+# usage: sudo bench/fanout.sh [N=8] [S_MIB=32] [R_MBIT=20]    (KEEP=1 keeps the work directory,
+#        ONLY=lanpatch skips the HTTP and BitTorrent runs)
 set -euo pipefail
 N=${1:-8}
 S_MIB=${2:-32}
@@ -116,7 +117,11 @@ while :; do
   [ $SECONDS -lt $deadline ] || { echo "lanpatch did not finish" >&2; exit 1; }
   sleep 0.2
 done
-t1=$(now); e1=$(egress)
+e1=$(egress)
+# The nodes' own completion times (ms), so status polling does not count.
+t1=$(for i in $(seq 1 "$N"); do status "$i" | json "d['releases'][0]['finished_ms'] or 0"; done | sort -n | tail -1)
+t1=$(python3 -c "print($t1 / 1000)")
+echo "  lanpatch per-node completion (s after publish): $(for i in $(seq 1 "$N"); do status "$i" | json "round((d['releases'][0]['finished_ms'] or 0)/1000 - $t0, 1)"; done | tr '\n' ' ')"
 ok=0
 for i in $(seq 1 "$N"); do
   f=$(ls "$WORK/lp/h$i/data/blobs/"* 2>/dev/null | head -1)
@@ -132,6 +137,11 @@ for k in "${!NODE_PIDS[@]}"; do
 done
 for p in "${NODE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 sleep 1
+
+if [ "${ONLY:-}" = lanpatch ]; then
+  printf '%s\n' "${RES_LINES[@]}"
+  exit 0
+fi
 
 # ---- HTTP: every host downloads the file itself -------------------------------------------
 e0=$(egress); t0=$(now)
