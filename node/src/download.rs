@@ -276,27 +276,30 @@ async fn refresh_peers(
         async move { (p, timeout(HAVE_TIMEOUT, request_have(&s, p, manifest, n)).await) }
     }))
     .await;
-    let mut seen = HashSet::new();
     for (peer, answer) in answers {
+        // A peer that did not answer this round keeps its last have-map and view: on a busy
+        // site a slow answer is not a departure, and dropping it would move its share of origin
+        // work to others and fetch those chunks twice.
         if let Ok(Ok(Some((bits, downloading)))) = answer {
             let count = bits.iter().filter(|b| **b).count();
             let view =
                 views.entry(peer).or_insert(PeerView { downloading, have_count: count, last_progress: Instant::now() });
-            if count > view.have_count {
-                view.last_progress = Instant::now();
-            }
-            if downloading && !view.downloading {
+            if count > view.have_count || (downloading && !view.downloading) {
                 view.last_progress = Instant::now();
             }
             view.have_count = count;
             view.downloading = downloading;
             sched.set_peer_have(peer, bits);
-            seen.insert(peer);
         }
     }
-    // Peers that left or no longer answer drop out; their in-flight chunks become free, and
-    // their share of origin work moves to the others.
-    let gone: Vec<PeerId> = sched.peers().filter(|p| !seen.contains(p)).collect();
+    // Peers that disconnected drop out; their in-flight chunks become free and their share of
+    // origin work moves to the others.
+    let ready: HashSet<PeerId> = s.net.ready_peers().into_iter().collect();
+    let gone: Vec<PeerId> = sched
+        .peers()
+        .filter(|p| !ready.contains(p))
+        .chain(views.keys().filter(|p| !ready.contains(*p)).copied())
+        .collect();
     for p in gone {
         sched.remove_peer(&p);
         views.remove(&p);

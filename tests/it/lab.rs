@@ -94,3 +94,77 @@ fn nodes_in_namespaces_find_each_other_by_mdns_alone_and_complete_a_distribution
         assert_eq!(n.blob(&blob_name(&data)).as_deref(), Some(&data[..]), "{}", n.dir.display());
     }
 }
+
+#[test]
+#[ignore = "lab: needs root for network namespaces; run with --include-ignored"]
+fn site_found_by_mdns_alone_pulls_a_release_across_the_shaped_wan_about_once() {
+    let Some(lab) = Lab::up(4, 92, "20mbit") else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let data = payload(4 * 1024 * 1024, 21);
+    std::fs::write(www.join("payload.bin"), &data).unwrap();
+    let origin_ip = format!("{}.250", lab.net);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/origin.py");
+    let mut origin = Command::new("ip")
+        .args(["netns", "exec", &format!("{}-origin", lab.prefix), "python3"])
+        .arg(&script)
+        .arg(&www)
+        .args([&origin_ip, "8000"])
+        .spawn()
+        .unwrap();
+    let bundle = make_release(dir, "bundle", 1, &data, 256 * 1024, &["--origin", &format!("http://{origin_ip}:8000")]);
+    let mut nodes: Vec<Node> = (1..=lab.hosts)
+        .map(|i| {
+            let toml = format!(
+                "data_dir = \"data\"\ntrust_root = \"{}\"\nlisten = [\"/ip4/0.0.0.0/tcp/4717\"]\nmdns = true\nlog = \"info,lanpatch_node=debug\"\n",
+                dir.join("root.lpr").display()
+            );
+            Node::with_config(dir, &format!("h{i}"), &toml, 4717, Some(lab.host(i)))
+        })
+        .collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    let want = lab.hosts - 1;
+    wait_until(Duration::from_secs(60), "mDNS discovery", || nodes.iter().all(|n| n.status().peers.len() == want));
+    let tx = || -> u64 {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &format!("{}-origin", lab.prefix),
+                "cat",
+                "/sys/class/net/eth0/statistics/tx_bytes",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    let before = tx();
+    crate::support::signer(
+        dir,
+        &[
+            "publish".as_ref(),
+            "--metadata-only".as_ref(),
+            "--node".as_ref(),
+            nodes[0].socket().as_os_str(),
+            bundle.as_os_str(),
+        ],
+    )
+    .ok();
+    wait_until(Duration::from_secs(120), "every host has the release", || {
+        nodes.iter().all(|n| n.release_state("tool", 1).as_deref() == Some("downloaded"))
+    });
+    let egress = (tx() - before) as f64 / data.len() as f64;
+    let _ = origin.kill();
+    let _ = origin.wait();
+    eprintln!("origin egress {egress:.3} x the release");
+    for n in &nodes {
+        assert_eq!(n.blob(&blob_name(&data)).as_deref(), Some(&data[..]), "{}", n.dir.display());
+    }
+    // One WAN copy plus TCP/IP headers and at most a few chunks fetched twice while settling.
+    assert!(egress < 1.15, "origin sent {egress:.3} x the release for {} hosts", lab.hosts);
+}
