@@ -25,7 +25,10 @@ impl Lab {
             eprintln!("\n*** SKIPPING lab test: {} not found ***\n", script.display());
             return None;
         }
-        let prefix = format!("lt{}", std::process::id() % 100_000);
+        // Unique per lab, so tests running in parallel never touch each other's namespaces.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let prefix = format!("lt{}{n}", std::process::id() % 10_000);
         let net = format!("10.231.{net_octet}");
         let lab = Lab { script, prefix, hosts, net };
         let out = Command::new("sh")
