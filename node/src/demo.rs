@@ -420,7 +420,7 @@ pub fn print_status(st: &NodeStatus) {
     println!("releases:");
     for r in &st.releases {
         println!(
-            "  {} {} ({}) [{}] {}/{} chunks, {} bytes, approved for {:?}{}",
+            "  {} {} ({}) download [{}] {}/{} chunks, {} bytes, approved for {:?}{}",
             r.product,
             r.version,
             r.severity,
@@ -431,6 +431,10 @@ pub fn print_status(st: &NodeStatus) {
             r.approved_rings,
             if r.detail.is_empty() { String::new() } else { format!(": {}", r.detail) }
         );
+        if !r.install_state.is_empty() {
+            let detail = r.install_detail.lines().last().unwrap_or("");
+            println!("      install [{}] {detail}", r.install_state);
+        }
     }
     println!("refusals: {}", st.refusals);
     for r in st.recent_refusals.iter().take(5) {

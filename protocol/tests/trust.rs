@@ -493,6 +493,71 @@ fn every_payload_type_round_trips() {
     });
 }
 
+fn report_value(node: &SigningKey) -> Report {
+    Report {
+        node: public(node),
+        hostname: "kiosk-7".into(),
+        ring: "canary".parse().unwrap(),
+        manifest: Hash32([4; 32]),
+        product: "tool".parse().unwrap(),
+        version: Version(3),
+        state: InstallState::RolledBack,
+        detail: "install exited with 3".into(),
+        exit_code: Some(3),
+        at: NOW,
+        seq: 17,
+    }
+}
+
+#[test]
+fn node_reports_and_inventories_round_trip() {
+    roundtrip(report_value(&key(40)));
+    roundtrip(Inventory {
+        node: public(&key(40)),
+        hostname: "kiosk-7".into(),
+        os: "debian".into(),
+        os_version: "12".into(),
+        kernel: "6.1.0".into(),
+        arch: "x86_64".into(),
+        ring: "broad".parse().unwrap(),
+        tags: vec!["kiosk".parse().unwrap()],
+        packages: vec![lanpatch_protocol::report::Package {
+            name: "openssl".into(),
+            version: "3.0.11-1~deb12u2".into(),
+        }],
+        releases: vec![],
+        at: NOW,
+        seq: 1,
+    });
+}
+
+#[test]
+fn report_signed_by_the_node_it_names_is_accepted() {
+    let node = key(40);
+    let mut r = Signed::new(report_value(&node));
+    r.sign(&node);
+    assert!(lanpatch_protocol::report::verify_node_signed::<Report>(&r.to_bytes(), &Limits::default()).is_ok());
+}
+
+#[test]
+fn report_speaking_for_another_node_is_refused() {
+    let mut r = Signed::new(report_value(&key(40)));
+    r.sign(&key(41));
+    let err = lanpatch_protocol::report::verify_node_signed::<Report>(&r.to_bytes(), &Limits::default()).unwrap_err();
+    assert_eq!(err, VerifyError::NotSignedByNode);
+}
+
+#[test]
+fn oversize_report_detail_is_refused() {
+    let node = key(40);
+    let mut v = report_value(&node);
+    v.detail = "x".repeat(5000);
+    let mut r = Signed::new(v);
+    r.sign(&node);
+    let err = lanpatch_protocol::report::verify_node_signed::<Report>(&r.to_bytes(), &Limits::default()).unwrap_err();
+    assert!(matches!(err, VerifyError::Invalid(ValidationError::TooLong { field: "detail", .. })), "{err}");
+}
+
 proptest! {
     #[test]
     fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
@@ -502,6 +567,8 @@ proptest! {
         let _ = Signed::<Root>::decode(&bytes, &limits);
         let _ = Signed::<Approval>::decode(&bytes, &limits);
         let _ = Signed::<Yank>::decode(&bytes, &limits);
+        let _ = Signed::<Report>::decode(&bytes, &limits);
+        let _ = Signed::<Inventory>::decode(&bytes, &limits);
     }
 
     #[test]
