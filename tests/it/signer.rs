@@ -3,23 +3,12 @@
 use std::fs;
 use std::path::Path;
 
+use crate::fleet::make_fleet_keys;
 use crate::support::{Run, signer};
 
 /// Three admins, a 2-of-3 trust root for every role, and a release directory.
 fn setup(dir: &Path) {
-    for admin in ["alice", "bob", "carol"] {
-        signer(dir, &["keygen", "--out", &format!("{admin}.key")]).ok();
-    }
-    let mut args: Vec<String> = ["root", "init", "--out", "root.lpr"].map(String::from).to_vec();
-    for role in ["root", "release", "approve"] {
-        for admin in ["alice", "bob", "carol"] {
-            args.extend([format!("--{role}-key"), format!("{admin}.key.pub")]);
-        }
-        args.extend([format!("--{role}-threshold"), "2".into()]);
-    }
-    signer(dir, &args).ok();
-    signer(dir, &["root", "sign", "--key", "alice.key", "root.lpr"]).ok();
-    signer(dir, &["root", "sign", "--key", "bob.key", "root.lpr"]).ok();
+    make_fleet_keys(dir);
     fs::create_dir_all(dir.join("release/bin")).unwrap();
     fs::write(dir.join("release/install.sh"), "#!/bin/sh\necho installing\n").unwrap();
     let payload: Vec<u8> = (0..600_000u32).map(|i| (i * 7 % 251) as u8).collect();
