@@ -48,7 +48,9 @@ impl DemoNode {
 impl Drop for DemoNode {
     fn drop(&mut self) {
         // SIGTERM for a clean shutdown, then make sure.
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -99,7 +99,7 @@ where
         Ok(Err(_)) => (None, false),
         Err(_) => {
             if let Some(pid) = child.id() {
-                let _ = tokio::process::Command::new("kill").arg("-KILL").arg(format!("-{pid}")).status().await;
+                kill_group(pid);
             }
             let _ = child.kill().await;
             (None, true)
@@ -110,6 +110,19 @@ where
     }
     let bytes: Vec<u8> = tail.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
     Outcome { code, timed_out, tail: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+/// Kills the process group `pgid` that an install command ran in (it was started with its own
+/// group, so its id is the command's pid). Refuses anything that could hit more: ids 0 and 1, and
+/// this process's own group.
+pub fn kill_group(pgid: u32) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::{Pid, getpgrp};
+    let Ok(raw) = i32::try_from(pgid) else { return };
+    if raw <= 1 || Pid::from_raw(raw) == getpgrp() {
+        return;
+    }
+    let _ = killpg(Pid::from_raw(raw), Signal::SIGKILL);
 }
 
 fn stage_dir(s: &Shared, manifest: &Hash32) -> PathBuf {
@@ -215,13 +228,16 @@ async fn resolve_interrupted(s: &Arc<Shared>) -> Result<()> {
         };
         let v = m.value();
         // The install command may have outlived the node: stop what is left of its process group.
+        // Only if that group's leader is still our install (its environment names the staging
+        // directory), so a reused process id is never hit.
         if let Ok(Some(pid)) = s.store.install_pid(rec.manifest).await {
-            let _ = tokio::process::Command::new("kill")
-                .arg("-KILL")
-                .arg(format!("-{pid}"))
-                .stderr(std::process::Stdio::null())
-                .status()
-                .await;
+            let marker = format!("LANPATCH_STAGE={}", stage_dir(s, &rec.manifest).display());
+            let ours = std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+                .unwrap_or(false);
+            if ours {
+                kill_group(pid);
+            }
         }
         let stage = stage(s, &rec.manifest, v)?;
         let env = env_for(s, v, &stage);

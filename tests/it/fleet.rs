@@ -159,7 +159,7 @@ impl Node {
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(st)) = c.try_wait() {
