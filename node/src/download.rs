@@ -311,13 +311,18 @@ async fn open(s: &Shared, peer: PeerId) -> Result<libp2p::Stream> {
     control.open_stream(peer, s.net.protocol.clone()).await.map_err(|e| anyhow!("open stream to {peer}: {e}"))
 }
 
-async fn request_have(s: &Shared, peer: PeerId, manifest: Hash32, n: usize) -> Result<Option<(Vec<bool>, bool)>> {
+/// One small request on a fresh stream, and its (bounded) response frame.
+async fn ask(s: &Shared, peer: PeerId, req: &Request) -> Result<Response> {
     let mut stream = open(s, peer).await?;
-    wire::write_frame(&mut stream, &Request::Have { manifest }).await?;
+    wire::write_frame(&mut stream, req).await?;
     stream.flush().await?;
-    let resp: Response = wire::read_frame(&mut stream, wire::MAX_RESPONSE).await?;
+    let resp = wire::read_frame(&mut stream, wire::MAX_RESPONSE).await?;
     let _ = stream.close().await;
-    Ok(match resp {
+    Ok(resp)
+}
+
+async fn request_have(s: &Shared, peer: PeerId, manifest: Hash32, n: usize) -> Result<Option<(Vec<bool>, bool)>> {
+    Ok(match ask(s, peer, &Request::Have { manifest }).await? {
         Response::Have { bits, downloading } => {
             let have =
                 wire::unpack_bits(&bits, n).ok_or_else(|| anyhow!("peer {peer} sent a have-map of the wrong size"))?;
@@ -330,12 +335,7 @@ async fn request_have(s: &Shared, peer: PeerId, manifest: Hash32, n: usize) -> R
 /// Fetches every signed envelope a peer holds.
 pub async fn request_catalog(s: &Shared, peer: PeerId) -> Result<Vec<Vec<u8>>> {
     let fut = async {
-        let mut stream = open(s, peer).await?;
-        wire::write_frame(&mut stream, &Request::Catalog).await?;
-        stream.flush().await?;
-        let resp: Response = wire::read_frame(&mut stream, wire::MAX_RESPONSE).await?;
-        let _ = stream.close().await;
-        match resp {
+        match ask(s, peer, &Request::Catalog).await? {
             Response::Catalog { items } if items.len() <= wire::MAX_CATALOG_ITEMS => {
                 Ok(items.into_iter().map(|b| b.into_vec()).collect())
             }
@@ -352,12 +352,9 @@ pub async fn request_catalog(s: &Shared, peer: PeerId) -> Result<Vec<Vec<u8>>> {
 /// entries dropped).
 pub async fn request_peers(s: &Shared, peer: PeerId) -> Result<Vec<(PeerId, Vec<libp2p::Multiaddr>)>> {
     let fut = async {
-        let mut stream = open(s, peer).await?;
-        wire::write_frame(&mut stream, &Request::Peers).await?;
-        stream.flush().await?;
-        let resp: Response = wire::read_frame(&mut stream, wire::MAX_RESPONSE).await?;
-        let _ = stream.close().await;
-        let Response::Peers { peers } = resp else { bail!("unexpected peer-exchange response") };
+        let Response::Peers { peers } = ask(s, peer, &Request::Peers).await? else {
+            bail!("unexpected peer-exchange response")
+        };
         Ok(peers
             .into_iter()
             .take(wire::MAX_PEERS)
