@@ -157,8 +157,9 @@ fn failing_install_is_rolled_back_reported_with_its_output_and_blocks_the_next_r
     wait_until(Duration::from_secs(60), "rollback", || install_state(&c).0 == "rolled-back");
     assert!(c.dir.join("data/rolled-back").exists(), "rollback script did not run");
     assert!(install_state(&c).1.contains("install exited with 3"), "{:?}", install_state(&c));
-    wait_until(Duration::from_secs(30), "failure report", || {
-        fleet_status(dir, &admin, &bundle).contains("failing nodes")
+    // "failed" is reported before the rollback runs; wait for the final state.
+    wait_until(Duration::from_secs(30), "rollback report", || {
+        fleet_status(dir, &admin, &bundle).contains("rolled-back (exit 3)")
     });
     let st = fleet_status(dir, &admin, &bundle);
     assert!(
