@@ -20,10 +20,7 @@ impl Shared {
     /// A sequence number that only goes up, also across restarts (milliseconds since the epoch,
     /// bumped if the clock stands still).
     pub fn next_seq(&self) -> u64 {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let ms = crate::node::now_ms();
         let mut cur = self.seq.load(Ordering::Relaxed);
         loop {
             let next = ms.max(cur + 1);

@@ -155,11 +155,7 @@ impl Store {
     }
 
     pub fn roots(&self) -> Result<Vec<Vec<u8>>> {
-        self.call_blocking(|c| {
-            let mut st = c.prepare("SELECT envelope FROM roots ORDER BY version")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+        self.call_blocking(|c| blobs(c, "SELECT envelope FROM roots ORDER BY version"))
     }
 
     /// Stores a manifest, or adds nothing if it is already there. Returns whether it was new.
@@ -184,11 +180,7 @@ impl Store {
     /// Stored manifest envelopes, lowest version first (so replaying them never looks like a
     /// rollback).
     pub fn manifests(&self) -> Result<Vec<Vec<u8>>> {
-        self.call_blocking(|c| {
-            let mut st = c.prepare("SELECT envelope FROM manifests ORDER BY product, version")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+        self.call_blocking(|c| blobs(c, "SELECT envelope FROM manifests ORDER BY product, version"))
     }
 
     pub async fn set_manifest_state(&self, hash: Hash32, state: &'static str) -> Result<()> {
@@ -230,11 +222,7 @@ impl Store {
     }
 
     pub fn approvals(&self) -> Result<Vec<Vec<u8>>> {
-        self.call_blocking(|c| {
-            let mut st = c.prepare("SELECT envelope FROM approvals")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+        self.call_blocking(|c| blobs(c, "SELECT envelope FROM approvals"))
     }
 
     pub async fn put_yank(&self, manifest: Hash32, envelope: Vec<u8>) -> Result<bool> {
@@ -249,11 +237,7 @@ impl Store {
     }
 
     pub fn yanks(&self) -> Result<Vec<Vec<u8>>> {
-        self.call_blocking(|c| {
-            let mut st = c.prepare("SELECT envelope FROM yanks")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+        self.call_blocking(|c| blobs(c, "SELECT envelope FROM yanks"))
     }
 
     /// Records a verified chunk of a partial file (its data is already written). Blocking.
@@ -428,12 +412,7 @@ impl Store {
     }
 
     pub async fn reports_out(&self) -> Result<Vec<Vec<u8>>> {
-        self.call(|c| {
-            let mut st = c.prepare("SELECT envelope FROM reports_out")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
-        .await
+        self.call(|c| blobs(c, "SELECT envelope FROM reports_out")).await
     }
 
     /// Collector: stores a node's report unless a newer one for the same release is there.
@@ -450,12 +429,7 @@ impl Store {
     }
 
     pub async fn reports(&self) -> Result<Vec<Vec<u8>>> {
-        self.call(|c| {
-            let mut st = c.prepare("SELECT envelope FROM reports")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
-        .await
+        self.call(|c| blobs(c, "SELECT envelope FROM reports")).await
     }
 
     /// Collector: stores a node's inventory unless a newer one is there.
@@ -472,13 +446,15 @@ impl Store {
     }
 
     pub async fn inventories(&self) -> Result<Vec<Vec<u8>>> {
-        self.call(|c| {
-            let mut st = c.prepare("SELECT envelope FROM inventories")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
-        .await
+        self.call(|c| blobs(c, "SELECT envelope FROM inventories")).await
     }
+}
+
+/// The single BLOB column of every row `sql` selects (stored envelopes).
+fn blobs(c: &mut Connection, sql: &'static str) -> Result<Vec<Vec<u8>>> {
+    let mut st = c.prepare_cached(sql)?;
+    let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
