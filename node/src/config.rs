@@ -77,6 +77,10 @@ pub struct Config {
     /// Releases downloaded at the same time; the most severe go first.
     #[serde(default = "default_downloads")]
     pub max_concurrent_downloads: usize,
+    /// On SIGTERM, how long a running install may go on before its whole process group is
+    /// killed and the install is recorded as interrupted (resolved at the next start).
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_secs: u64,
     /// Log filter (tracing-subscriber syntax), overridden by RUST_LOG.
     #[serde(default = "default_log")]
     pub log: String,
@@ -140,6 +144,9 @@ fn default_origin_inflight() -> usize {
 fn default_uploads() -> usize {
     8
 }
+fn default_grace() -> u64 {
+    30
+}
 fn default_log() -> String {
     "info,libp2p_gossipsub=warn,libp2p_mdns=warn".into()
 }
@@ -149,13 +156,12 @@ impl Config {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         let mut c: Config = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
         // Relative paths are relative to the config file, not to wherever the node was started.
-        let base = path.parent().unwrap_or(Path::new("."));
-        if c.data_dir.is_relative() {
-            c.data_dir = base.join(&c.data_dir);
-        }
-        if c.trust_root.is_relative() {
-            c.trust_root = base.join(&c.trust_root);
-        }
+        // Made absolute here, so install commands (which run in their staging directory) and
+        // the status client see the same paths as the node.
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("cannot resolve the directory of {}", path.display()))?;
+        c.data_dir = base.join(&c.data_dir);
+        c.trust_root = base.join(&c.trust_root);
         c.windows = c
             .maintenance_windows
             .iter()

@@ -4,29 +4,44 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
+use lanpatch_protocol::bundle::BundleLayout;
 use lanpatch_protocol::control::{
-    ControlRequest, ControlResponse, InventoryView, NodeStatus, PeerStatus, PublishMode, Refusal, ReleaseStatus,
-    ReportView, Transfer,
+    ControlRequest, ControlResponse, ErrorKind, InventoryView, NodeStatus, PeerStatus, PublishMode, Refusal,
+    ReleaseStatus, ReportView, Transfer,
 };
-use lanpatch_protocol::{Approval, Inventory, ReleaseManifest, Report, Signed, Yank};
+use lanpatch_protocol::{Approval, Inventory, ReleaseManifest, ReleaseState, Report, Signed, Yank};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::clock::now;
 use crate::config::RawGossip;
-use crate::node::{self, Shared};
+use crate::pipeline;
+use crate::shared::Shared;
 use crate::trust::Checked;
+
+/// A control request that failed for a reason the client can act on.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Failure {
+    kind: ErrorKind,
+    message: String,
+}
+
+fn fail(kind: ErrorKind, message: impl Into<String>) -> anyhow::Error {
+    Failure { kind, message: message.into() }.into()
+}
 
 /// Largest request line (a raw-gossip request carries one hex envelope).
 const MAX_LINE: u64 = 4 * 1024 * 1024;
 
+/// Binds the control socket. The caller holds the data directory's lock, so a socket found here
+/// was left by a node that died: it is removed.
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    if path.exists() {
-        // A socket left by a killed node. If a live node answers on it, refuse to start twice.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another node is running with this data directory ({} answers)", path.display());
-        }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale {}", path.display()))?;
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!("removed a stale control socket {}", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove stale {}", path.display())),
     }
     let l = UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
@@ -62,9 +77,12 @@ async fn handle(s: &Arc<Shared>, stream: UnixStream) -> Result<()> {
     let resp = match serde_json::from_str::<ControlRequest>(&line) {
         Ok(req) => match respond(s, req).await {
             Ok(r) => r,
-            Err(e) => ControlResponse::Error { message: format!("{e:#}") },
+            Err(e) => ControlResponse::Error {
+                kind: e.downcast_ref::<Failure>().map(|f| f.kind).unwrap_or_default(),
+                message: format!("{e:#}"),
+            },
         },
-        Err(e) => ControlResponse::Error { message: format!("bad request: {e}") },
+        Err(e) => ControlResponse::Error { kind: ErrorKind::BadRequest, message: format!("bad request: {e}") },
     };
     let mut out = serde_json::to_vec(&resp)?;
     out.push(b'\n');
@@ -78,6 +96,12 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
         ControlRequest::Status => Ok(ControlResponse::Status(Box::new(status(s).await?))),
         ControlRequest::Publish { bundle, mode } => publish(s, Path::new(&bundle), mode).await,
         ControlRequest::Reports => {
+            if !s.cfg.collector {
+                return Err(fail(
+                    ErrorKind::NotCollector,
+                    "this node is not a collector (collector = false): it keeps no fleet reports",
+                ));
+            }
             let limits = s.trust().limits.clone();
             let views = s
                 .store
@@ -94,16 +118,23 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
                         manifest: v.manifest.to_hex(),
                         product: v.product.to_string(),
                         version: v.version.0,
-                        state: v.state.as_str().to_string(),
+                        state: v.state,
                         detail: v.detail.clone(),
                         exit_code: v.exit_code,
                         at: v.at.0,
+                        seq: v.seq,
                     }
                 })
                 .collect();
             Ok(ControlResponse::Reports(views))
         }
         ControlRequest::Inventories => {
+            if !s.cfg.collector {
+                return Err(fail(
+                    ErrorKind::NotCollector,
+                    "this node is not a collector (collector = false): it keeps no fleet inventories",
+                ));
+            }
             let limits = s.trust().limits.clone();
             let views = s
                 .store
@@ -142,53 +173,73 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
 }
 
 /// Verifies a bundle against this node's trust state, imports its files (verifying every chunk)
-/// and gossips its metadata. Nothing is gossiped unless it verified.
+/// and gossips its metadata. Nothing is gossiped unless it verified. Metadata goes through the
+/// same pipeline as gossip.
 async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<ControlResponse> {
-    let read = |p: std::path::PathBuf| std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()));
-    let manifest_bytes = read(dir.join("manifest.lpm"))?;
-    let checked = s.trust().check(&manifest_bytes, node::now()).map_err(|e| anyhow!("manifest refused: {e}"))?;
-    let Checked::Manifest(m) = checked else { bail!("manifest.lpm does not hold a release manifest") };
+    let bundle = BundleLayout::new(dir);
+    let read = |p: std::path::PathBuf| {
+        std::fs::read(&p)
+            .with_context(|| format!("cannot read {}", p.display()))
+            .map_err(|e| fail(ErrorKind::BadRequest, format!("{e:#}")))
+    };
+    let manifest_bytes = read(bundle.manifest_path())?;
+    let checked = s
+        .trust()
+        .check(&manifest_bytes, now())
+        .map_err(|e| fail(ErrorKind::Refused, format!("manifest refused: {e}")))?;
+    let Checked::Manifest(m) = checked else {
+        return Err(fail(ErrorKind::BadRequest, "manifest.lpm does not hold a release manifest"));
+    };
     let manifest: Signed<ReleaseManifest> = (*m).clone();
     if mode == PublishMode::Seed {
-        let files_dir = dir.join("files");
         let lib = s.library.clone();
         let entries = manifest.value().files.clone();
+        let b = bundle.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
             for f in &entries {
-                let src = f.path.components().fold(files_dir.clone(), |p, c| p.join(c));
-                lib.import(f, &src)?;
+                lib.import(f, &b.file_path(&f.path))?;
             }
             Ok(())
         })
         .await??;
     } else if manifest.value().origins.is_empty() {
-        bail!("a release announced without seeding needs origin URLs in its manifest");
+        return Err(fail(
+            ErrorKind::BadRequest,
+            "a release announced without seeding needs origin URLs in its manifest",
+        ));
     }
-    node::commit(s, Checked::Manifest(m), &manifest_bytes).await?;
+    pipeline::commit(s, Checked::Manifest(m), &manifest_bytes).await?;
     s.net.publish(manifest_bytes).await?;
 
     let limits = s.trust().limits.clone();
     let mut approvals = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir.join("approvals")) {
+    if let Ok(entries) = std::fs::read_dir(bundle.approvals_dir()) {
         for e in entries.flatten() {
             let path = e.path();
+            if path.extension().and_then(|x| x.to_str()) != Some(BundleLayout::APPROVAL_EXT) {
+                continue;
+            }
             let bytes = read(path.clone())?;
-            match node::ingest(s, &bytes, "local publish").await {
+            match pipeline::ingest(s, &bytes, "local publish").await {
                 Ok(_) => {
                     if let Ok(a) = Signed::<Approval>::decode(&bytes, &limits) {
                         approvals.push(a.value().ring.to_string());
                     }
                     s.net.publish(bytes).await?;
                 }
-                Err(err) => bail!("approval {} refused: {err:#}", path.display()),
+                Err(err) => {
+                    return Err(fail(ErrorKind::Refused, format!("approval {} refused: {err:#}", path.display())));
+                }
             }
         }
     }
     let mut yanked = false;
-    let yank = dir.join("yank.lpy");
+    let yank = bundle.yank_path();
     if yank.exists() {
         let bytes = read(yank)?;
-        node::ingest(s, &bytes, "local publish").await.map_err(|e| anyhow!("yank refused: {e:#}"))?;
+        pipeline::ingest(s, &bytes, "local publish")
+            .await
+            .map_err(|e| fail(ErrorKind::Refused, format!("yank refused: {e:#}")))?;
         yanked = Signed::<Yank>::decode(&bytes, &limits).is_ok();
         s.net.publish(bytes).await?;
     }
@@ -212,8 +263,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         .collect();
     let listen = s.net.listening().await?.into_iter().map(|a| a.to_string()).collect();
     let progress = s.progress().clone();
-    let installs: std::collections::HashMap<_, _> =
-        s.store.installs().await?.into_iter().map(|r| (r.manifest, r)).collect();
+    let states = s.lifecycle.snapshot();
     let releases = {
         let t = s.trust();
         let mut list: Vec<ReleaseStatus> = t
@@ -222,20 +272,16 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
             .map(|(hash, m)| {
                 let v = m.value();
                 let p = progress.get(hash).cloned().unwrap_or_default();
+                let entry = states.get(hash);
                 ReleaseStatus {
                     manifest: hash.to_hex(),
                     product: v.product.to_string(),
                     version: v.version.0,
                     label: v.label.clone(),
                     severity: format!("{:?}", v.severity.level).to_lowercase(),
-                    state: if t.yanks.contains_key(hash) {
-                        "yanked".into()
-                    } else if p.state.is_empty() {
-                        "available".into()
-                    } else {
-                        p.state
-                    },
-                    detail: p.detail,
+                    state: entry.map(|e| e.state).unwrap_or(ReleaseState::Available),
+                    detail: entry.map(|e| e.detail.clone()).unwrap_or_default(),
+                    yanked: t.yanks.contains_key(hash),
                     total_bytes: v.total_bytes(),
                     total_chunks: v.total_chunks(),
                     have_chunks: p.have_chunks,
@@ -244,8 +290,6 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
                     bytes_from: p.bytes_from,
                     approved_rings: t.approved_rings(hash).into_iter().map(|r| r.to_string()).collect(),
                     finished_ms: p.finished_ms,
-                    install_state: installs.get(hash).map(|r| r.state.clone()).unwrap_or(p.install_state),
-                    install_detail: installs.get(hash).map(|r| r.detail.clone()).unwrap_or(p.install_detail),
                 }
             })
             .collect();

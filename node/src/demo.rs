@@ -254,7 +254,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
     .await?
     {
         ControlResponse::Published { .. } => {}
-        ControlResponse::Error { message } => bail!("publish refused: {message}"),
+        ControlResponse::Error { message, .. } => bail!("publish refused: {message}"),
         other => bail!("unexpected response {other:?}"),
     }
     let started = Instant::now();
@@ -283,8 +283,8 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
             if let Some(r) = r {
                 b.set_length(r.total_chunks as u64);
                 b.set_position(r.have_chunks as u64);
-                b.set_message(r.state.clone());
-                if r.state == "downloaded" {
+                b.set_message(r.state.label());
+                if r.state.rank() >= lanpatch_protocol::ReleaseState::Downloaded.rank() && !r.state.is_failure() {
                     done += 1;
                     b.finish();
                 }
@@ -338,7 +338,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
         for n in &nodes[1..] {
             if status(&n.socket())
                 .await
-                .and_then(|s| s.releases.first().map(|r| r.install_state == "installed"))
+                .and_then(|s| s.releases.first().map(|r| r.state.is_installed()))
                 .unwrap_or(false)
             {
                 installed += 1;
@@ -373,7 +373,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
         let Some(st) = &statuses[i] else { continue };
         let uploaded: u64 = st.transfers.iter().map(|t| t.bytes_up).sum();
         let (state, from): (String, BTreeMap<String, u64>) =
-            st.releases.first().map(|r| (r.install_state.clone(), r.bytes_from.clone())).unwrap_or_default();
+            st.releases.first().map(|r| (r.state.label(), r.bytes_from.clone())).unwrap_or_default();
         let from_seed = from.get(&seed_id).copied().unwrap_or(0);
         let from_peers: u64 = from.iter().filter(|(p, _)| **p != seed_id).map(|(_, b)| *b).sum();
         from_seed_total += from_seed;
@@ -422,20 +422,19 @@ pub fn print_status(st: &NodeStatus) {
     println!("releases:");
     for r in &st.releases {
         println!(
-            "  {} {} ({}) download [{}] {}/{} chunks, {} bytes, approved for {:?}{}",
+            "  {} {} ({}) [{}]{} {}/{} chunks, {} bytes, approved for {:?}",
             r.product,
             r.version,
             r.severity,
             r.state,
+            if r.yanked { " yanked" } else { "" },
             r.have_chunks,
             r.total_chunks,
             r.total_bytes,
             r.approved_rings,
-            if r.detail.is_empty() { String::new() } else { format!(": {}", r.detail) }
         );
-        if !r.install_state.is_empty() {
-            let detail = r.install_detail.lines().last().unwrap_or("");
-            println!("      install [{}] {detail}", r.install_state);
+        if let Some(last) = r.detail.lines().rev().find(|l| !l.trim().is_empty()) {
+            println!("      {last}");
         }
     }
     println!("refusals: {}", st.refusals);

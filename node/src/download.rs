@@ -15,8 +15,8 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
-use crate::node::Shared;
 use crate::sched::Scheduler;
+use crate::shared::Shared;
 use crate::wan;
 use crate::wire::{self, Request, Response, WireError};
 

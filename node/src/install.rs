@@ -1,25 +1,35 @@
 //! The installer: runs signed install commands for releases that are downloaded, targeted at this
 //! node, approved for its ring and due (not-before passed; inside a maintenance window, or urgent,
-//! or past the approval's deadline). Rolls back on failure. Every step is recorded in SQLite before
-//! and after it runs, so an install interrupted by a crash is resolved at the next start.
+//! or past the approval's deadline). Rolls back on failure. Every step is a lifecycle event,
+//! persisted before the next one starts (`Installing` before the command runs), so an install
+//! interrupted by a crash or a shutdown is resolved at the next start.
+//!
+//! Event-driven: it looks again when a release's state changes, when trusted metadata changes
+//! (an approval, a yank), and at the next time that matters (a not-before, a deadline, the next
+//! minute while a maintenance window is awaited); never on a fixed poll.
 //!
 //! Nothing runs that is not part of a manifest that passed verification: the commands come from
 //! the signed manifest, and the approval that allows them is itself verified.
 
 use std::cmp::Reverse;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chrono::{Datelike, Timelike};
-use lanpatch_protocol::{Command, Hash32, InstallState, ReleaseManifest, Signed, YankAction};
+use lanpatch_protocol::lifecycle::Effect;
+use lanpatch_protocol::{
+    Command, Event, FailReason, Hash32, ReleaseManifest, ReleaseState, RollbackCause, Signed, WaitReason, YankAction,
+};
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::watch;
 
-use crate::node::{Shared, now};
-use crate::policy::{Gate, in_windows, install_gate, targets_match};
-use crate::report::report;
+use crate::clock::now;
+use crate::policy::{Gate, in_windows, install_gate};
+use crate::report::ReleaseRef;
+use crate::shared::{Shared, release_ref};
 
 /// Bytes of command output kept for reports.
 const TAIL: usize = 2048;
@@ -29,6 +39,8 @@ const TAIL: usize = 2048;
 pub struct Outcome {
     pub code: Option<i32>,
     pub timed_out: bool,
+    /// The node was stopping: the command ran past the grace period and its group was killed.
+    pub interrupted: bool,
     pub tail: String,
 }
 
@@ -38,6 +50,7 @@ impl Outcome {
     }
     fn describe(&self, what: &str) -> String {
         let how = match (self.timed_out, self.code) {
+            _ if self.interrupted => "was interrupted by the node's shutdown".to_string(),
             (true, _) => "timed out".to_string(),
             (false, Some(c)) => format!("exited with {c}"),
             (false, None) => "could not run".to_string(),
@@ -60,24 +73,40 @@ async fn read_tail<R: AsyncRead + Unpin>(mut r: R, tail: Arc<Mutex<VecDeque<u8>>
     }
 }
 
-/// Runs a signed command in `cwd` with a timeout, keeping the tail of its output. On timeout the
-/// whole process group is killed.
-pub async fn run_command(cmd: &Command, cwd: &Path, env: &[(&str, String)]) -> Outcome {
-    run_command_tracked(cmd, cwd, env, |_| async {}).await
+/// When the node stops: the shutdown flag and how long a running command may go on after it.
+#[derive(Clone)]
+pub struct Stop {
+    pub flag: watch::Receiver<bool>,
+    pub grace: Duration,
 }
 
-/// [`run_command`], calling `started` with the process (group) id once it runs.
-pub async fn run_command_tracked<F, Fut>(cmd: &Command, cwd: &Path, env: &[(&str, String)], started: F) -> Outcome
+/// Runs a signed command in `cwd` with a timeout, keeping the tail of its output. On timeout the
+/// whole process group is killed. The command gets only `env` (and nothing of the node's own
+/// environment).
+pub async fn run_command(cmd: &Command, cwd: &Path, env: &[(&str, String)]) -> Outcome {
+    run_command_tracked(cmd, cwd, env, None, |_| async {}).await
+}
+
+/// [`run_command`], calling `started` with the process (group) id once it runs. With `stop`, a
+/// shutdown gives the command `stop.grace` to finish, then kills its whole process group.
+pub async fn run_command_tracked<F, Fut>(
+    cmd: &Command,
+    cwd: &Path,
+    env: &[(&str, String)],
+    stop: Option<Stop>,
+    started: F,
+) -> Outcome
 where
     F: FnOnce(Option<u32>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let Some((prog, args)) = cmd.argv.split_first() else {
-        return Outcome { code: None, timed_out: false, tail: "empty command".into() };
+        return Outcome { code: None, timed_out: false, interrupted: false, tail: "empty command".into() };
     };
     let mut c = tokio::process::Command::new(prog);
     c.args(args)
         .current_dir(cwd)
+        .env_clear()
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
@@ -86,30 +115,59 @@ where
         .kill_on_drop(true);
     let mut child = match c.spawn() {
         Ok(ch) => ch,
-        Err(e) => return Outcome { code: None, timed_out: false, tail: format!("cannot start {prog:?}: {e}") },
+        Err(e) => {
+            return Outcome {
+                code: None,
+                timed_out: false,
+                interrupted: false,
+                tail: format!("cannot start {prog:?}: {e}"),
+            };
+        }
     };
     started(child.id()).await;
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let readers = (child.stdout.take(), child.stderr.take());
     let t1 = readers.0.map(|o| tokio::spawn(read_tail(o, tail.clone())));
     let t2 = readers.1.map(|e| tokio::spawn(read_tail(e, tail.clone())));
-    let waited = tokio::time::timeout(Duration::from_secs(u64::from(cmd.timeout_secs)), child.wait()).await;
-    let (code, timed_out) = match waited {
-        Ok(Ok(status)) => (status.code(), false),
-        Ok(Err(_)) => (None, false),
-        Err(_) => {
-            if let Some(pid) = child.id() {
+    let pid = child.id();
+    let limit = tokio::time::sleep(Duration::from_secs(u64::from(cmd.timeout_secs)));
+    tokio::pin!(limit);
+    let stopping = async {
+        match stop {
+            Some(mut st) => {
+                let _ = st.flag.wait_for(|v| *v).await;
+                tokio::time::sleep(st.grace).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::pin!(stopping);
+    enum End {
+        Exited(Option<i32>),
+        TimedOut,
+        Interrupted,
+    }
+    let end = tokio::select! {
+        r = child.wait() => End::Exited(r.ok().and_then(|st| st.code())),
+        _ = &mut limit => End::TimedOut,
+        _ = &mut stopping => End::Interrupted,
+    };
+    let (code, timed_out, interrupted) = match end {
+        End::Exited(code) => (code, false, false),
+        End::TimedOut | End::Interrupted => {
+            // The whole group: an install's children must not outlive it.
+            if let Some(pid) = pid {
                 kill_group(pid);
             }
             let _ = child.kill().await;
-            (None, true)
+            (None, matches!(end, End::TimedOut), matches!(end, End::Interrupted))
         }
     };
     for t in [t1, t2].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
     let bytes: Vec<u8> = tail.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
-    Outcome { code, timed_out, tail: String::from_utf8_lossy(&bytes).into_owned() }
+    Outcome { code, timed_out, interrupted, tail: String::from_utf8_lossy(&bytes).into_owned() }
 }
 
 /// Kills the process group `pgid` that an install command ran in (it was started with its own
@@ -137,67 +195,55 @@ fn stage(s: &Shared, manifest: &Hash32, m: &ReleaseManifest) -> Result<PathBuf> 
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for f in &m.files {
         let dst = f.path.components().fold(dir.clone(), |p, c| p.join(c));
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::copy(s.library.blob_path(&f.hash), &dst)
-            .with_context(|| format!("cannot stage {} (disk full?)", f.path))?;
+        std::fs::copy(s.library.blob_path(&f.hash), &dst).with_context(|| format!("cannot stage {}", f.path))?;
         std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(if f.executable { 0o755 } else { 0o644 }))?;
     }
     Ok(dir)
 }
 
+/// The whole environment of an install, rollback or detect command: a fixed PATH, the node's
+/// LANG, and the LANPATCH_* variables, with absolute paths. Nothing else of the node's
+/// environment reaches a command.
 fn env_for(s: &Shared, m: &ReleaseManifest, stage: &Path) -> Vec<(&'static str, String)> {
     vec![
+        ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()),
+        ("LANG", std::env::var("LANG").ok().filter(|l| l.len() < 64).unwrap_or_else(|| "C.UTF-8".into())),
         ("LANPATCH_DATA", s.cfg.data_dir.display().to_string()),
         ("LANPATCH_STAGE", stage.display().to_string()),
+        ("LANPATCH_HOSTNAME", s.facts.hostname.clone()),
+        ("LANPATCH_RING", s.cfg.ring.to_string()),
         ("LANPATCH_PRODUCT", m.product.to_string()),
         ("LANPATCH_VERSION", m.version.to_string()),
         ("LANPATCH_LABEL", m.label.clone()),
     ]
 }
 
-async fn record(
-    s: &Arc<Shared>,
-    hash: Hash32,
-    m: &ReleaseManifest,
-    state: InstallState,
-    detail: String,
+/// Applies a lifecycle event; logs (the owner could not persist it) rather than fails.
+async fn apply(
+    s: &Shared,
+    rel: &ReleaseRef,
+    event: Event,
+    detail: impl Into<String>,
     code: Option<i32>,
-) {
-    let update = crate::store::InstallUpdate {
-        manifest: hash,
-        product: m.product.to_string(),
-        version: m.version.0,
-        state: state.as_str(),
-        detail: detail.clone(),
-        exit_code: code,
-        now: now().0,
-    };
-    if let Err(e) = s.store.set_install(update).await {
-        tracing::error!("cannot record install state: {e:#}");
-    }
-    {
-        let mut p = s.progress();
-        let e = p.entry(hash).or_default();
-        e.install_state = state.as_str().into();
-        e.install_detail = detail.clone();
-    }
-    report(s, hash, state, detail, code).await;
-    if matches!(state, InstallState::Installed | InstallState::RolledBack) {
-        s.inventory_changed.notify_one();
+) -> Vec<Effect> {
+    match s.lifecycle.apply(rel, event, detail, code).await {
+        Ok(Some((_, effects))) => effects,
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::error!(manifest = %rel.hash.short(), "cannot record release state: {e:#}");
+            Vec::new()
+        }
     }
 }
 
-fn set_waiting(s: &Shared, hash: Hash32, why: String) {
-    let mut p = s.progress();
-    let e = p.entry(hash).or_default();
-    if e.install_state.is_empty() || e.install_state == "waiting" {
-        e.install_state = "waiting".into();
-        e.install_detail = why;
-    }
+fn stop_of(s: &Shared) -> Stop {
+    Stop { flag: s.shutdown.clone(), grace: Duration::from_secs(s.cfg.shutdown_grace_secs) }
 }
 
 /// Runs the installer until shutdown.
@@ -206,32 +252,47 @@ pub async fn run(s: Arc<Shared>) {
         tracing::error!("cannot resolve interrupted installs: {e:#}");
     }
     let mut shutdown = s.shutdown.clone();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut changes = s.lifecycle.subscribe();
     loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let wake = match pass(&s).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!("installer: {e:#}");
+                Some(Duration::from_secs(30))
+            }
+        };
+        let sleep = tokio::time::sleep(wake.unwrap_or(Duration::from_secs(3600)));
         tokio::select! {
             _ = shutdown.changed() => break,
-            _ = tick.tick() => {
-                if let Err(e) = step(&s).await {
-                    tracing::error!("installer: {e:#}");
-                }
-            }
+            _ = changes.changed() => {}
+            _ = s.metadata_changed.notified() => {}
+            _ = sleep => {}
         }
     }
 }
 
-/// An install that was running when the node stopped: ask detect, else roll back.
+/// Installs that were running (or rolling back) when the node stopped or died: stop what is
+/// left of their process group, then ask detect; if it does not say installed, roll back.
 async fn resolve_interrupted(s: &Arc<Shared>) -> Result<()> {
-    for rec in s.store.installs().await?.into_iter().filter(|r| r.state == InstallState::Installing.as_str()) {
-        let Some(m) = s.trust().manifests.get(&rec.manifest).cloned() else {
-            tracing::warn!(manifest = %rec.manifest.short(), "interrupted install of a release no longer trusted");
+    for (hash, entry) in s.lifecycle.snapshot().iter() {
+        let resume_rollback = matches!(entry.state, ReleaseState::RollingBack(_));
+        if !matches!(entry.state, ReleaseState::Installing | ReleaseState::Interrupted) && !resume_rollback {
+            continue;
+        }
+        let Some(m) = s.trust().manifests.get(hash).cloned() else {
+            tracing::warn!(manifest = %hash.short(), "interrupted install of a release no longer trusted");
             continue;
         };
+        let rel = release_ref(&m);
         let v = m.value();
         // The install command may have outlived the node: stop what is left of its process group.
         // Only if that group's leader is still our install (its environment names the staging
         // directory), so a reused process id is never hit.
-        if let Ok(Some(pid)) = s.store.install_pid(rec.manifest).await {
-            let marker = format!("LANPATCH_STAGE={}", stage_dir(s, &rec.manifest).display());
+        if let Ok(Some(pid)) = s.store.install_pid(*hash).await {
+            let marker = format!("LANPATCH_STAGE={}", stage_dir(s, hash).display());
             let ours = std::fs::read(format!("/proc/{pid}/environ"))
                 .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
                 .unwrap_or(false);
@@ -239,104 +300,122 @@ async fn resolve_interrupted(s: &Arc<Shared>) -> Result<()> {
                 kill_group(pid);
             }
         }
-        let stage = stage(s, &rec.manifest, v)?;
+        let stage = match stage(s, hash, v) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(product = %v.product, "cannot stage an interrupted install: {e:#}");
+                continue;
+            }
+        };
         let env = env_for(s, v, &stage);
-        tracing::warn!(product = %v.product, version = %v.version, "install was interrupted by a restart; resolving");
+        if resume_rollback {
+            roll_back(s, &rel, v, &stage, "the rollback was interrupted by a restart; ran it again").await;
+            continue;
+        }
+        tracing::warn!(product = %v.product, version = %v.version, "install was interrupted; resolving");
         if let Some(detect) = &v.detect
             && run_command(detect, &stage, &env).await.ok()
         {
-            record(
-                s,
-                rec.manifest,
-                v,
-                InstallState::Installed,
-                "install was interrupted by a restart; the detect command says it is installed".into(),
-                Some(0),
-            )
-            .await;
+            let why = "install was interrupted; the detect command says it is installed";
+            apply(s, &rel, Event::InstallSucceeded, why, Some(0)).await;
             continue;
         }
-        match &v.rollback {
-            Some(rb) => {
-                let out = run_command(rb, &stage, &env).await;
-                let (state, detail) = if out.ok() {
-                    (InstallState::RolledBack, "install was interrupted by a restart; rolled back".to_string())
-                } else {
-                    (
-                        InstallState::Failed,
-                        format!("install was interrupted by a restart; {}", out.describe("rollback")),
-                    )
-                };
-                record(s, rec.manifest, v, state, detail, out.code).await;
-            }
-            None => {
-                record(
-                    s,
-                    rec.manifest,
-                    v,
-                    InstallState::Failed,
-                    "install was interrupted by a restart and there is no rollback command".into(),
-                    None,
-                )
-                .await
-            }
+        let effects = apply(
+            s,
+            &rel,
+            Event::InstallFailed { cause: RollbackCause::Interrupted, has_rollback: v.rollback.is_some() },
+            "install was interrupted (the node stopped during it)",
+            None,
+        )
+        .await;
+        if effects.contains(&Effect::RunRollback) {
+            roll_back(s, &rel, v, &stage, "install was interrupted; rolled back").await;
         }
     }
     Ok(())
 }
 
-async fn step(s: &Arc<Shared>) -> Result<()> {
-    let records: HashMap<Hash32, String> =
-        s.store.installs().await?.into_iter().map(|r| (r.manifest, r.state)).collect();
+/// One look at every trusted release, most severe first. Returns when to look again at the
+/// latest (a not-before, a deadline, the next minute while awaiting a maintenance window).
+async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
     let mut releases: Vec<Signed<ReleaseManifest>> = s.trust().current_manifests();
-    // Most severe first.
     releases.sort_by_key(|m| Reverse(m.value().severity.priority_key()));
+    let mut wake: Option<u64> = None;
+    let mut wake_at = |t: u64| wake = Some(wake.map_or(t, |w| w.min(t)));
     for m in releases {
+        if *s.shutdown.borrow() {
+            break;
+        }
         let hash = m.payload_hash();
+        let rel = release_ref(&m);
         let v = m.value();
-        let state = records.get(&hash).map(String::as_str).unwrap_or("");
+        let state = s.lifecycle.state(&hash);
         let yank = s.trust().yanks.get(&hash).map(|y| (y.value().action, y.value().reason.clone()));
-        if state == InstallState::Installed.as_str() {
+        if state == ReleaseState::Installed {
             if let Some((YankAction::RollBack, reason)) = yank {
-                roll_back_yanked(s, hash, v, &reason).await?;
+                roll_back_yanked(s, &rel, v, &reason).await?;
             }
             continue;
         }
-        if !state.is_empty() {
-            // failed, rolled-back, skipped: final for this release; a fix is a new version.
+        if state.rank() >= ReleaseState::Installing.rank() {
             continue;
         }
-        if let Some((_, reason)) = yank {
-            record(s, hash, v, InstallState::Skipped, format!("release was yanked: {reason}"), None).await;
+        if let Some((action, reason)) = yank {
+            let event = Event::Yanked { rollback: action == YankAction::RollBack, has_rollback: v.rollback.is_some() };
+            apply(s, &rel, event, format!("release was yanked: {reason}"), None).await;
             continue;
         }
-        if let Err(why) = targets_match(&v.targets, &s.facts) {
-            record(s, hash, v, InstallState::Skipped, format!("not targeted at this node: {why}"), None).await;
-            continue;
-        }
-        let downloaded = v.files.iter().all(|f| s.library.file(&f.hash).is_some_and(|st| st.complete));
-        if !downloaded {
+        if !matches!(state, ReleaseState::Downloaded | ReleaseState::Waiting(_)) {
             continue;
         }
         let approval = s.trust().approvals.get(&(hash, s.cfg.ring.clone())).map(|a| a.value().clone());
         let local = chrono::Local::now();
         let in_window =
             in_windows(&s.cfg.windows, local.weekday().num_days_from_monday(), local.hour() * 60 + local.minute());
-        match install_gate(approval.as_ref(), v.urgent, now(), in_window) {
-            Gate::NotApproved => set_waiting(s, hash, format!("waiting for an approval for ring {}", s.cfg.ring)),
-            Gate::NotBefore(t) => set_waiting(s, hash, format!("approved, waiting until not-before {}", t.0)),
-            Gate::OutsideWindow => set_waiting(s, hash, "approved, waiting for the maintenance window".into()),
-            Gate::Go(reason) => install(s, hash, v, reason).await?,
-        }
+        let t = now();
+        let wait = |why: WaitReason| {
+            (
+                why,
+                match why {
+                    WaitReason::NotApproved => format!("waiting for an approval for ring {}", s.cfg.ring),
+                    WaitReason::NotBefore(nb) => format!("approved, waiting until not-before {}", nb.0),
+                    WaitReason::OutsideWindow => "approved, waiting for the maintenance window".to_string(),
+                },
+            )
+        };
+        let waiting = match install_gate(approval.as_ref(), v.urgent, t, in_window) {
+            Gate::NotApproved => wait(WaitReason::NotApproved),
+            Gate::NotBefore(nb) => {
+                wake_at(nb.0);
+                wait(WaitReason::NotBefore(nb))
+            }
+            Gate::OutsideWindow => {
+                // Windows have minute resolution; a deadline ends the wait too.
+                wake_at(t.0 - t.0 % 60 + 60);
+                if let Some(d) = approval.as_ref().and_then(|a| a.deadline) {
+                    wake_at(d.0);
+                }
+                wait(WaitReason::OutsideWindow)
+            }
+            Gate::Go(reason) => {
+                install(s, &rel, v, reason).await?;
+                continue;
+            }
+        };
+        apply(s, &rel, Event::Wait(waiting.0), waiting.1, None).await;
     }
-    Ok(())
+    let t = now().0;
+    Ok(wake.map(|w| Duration::from_secs(w.saturating_sub(t).max(1))))
 }
 
-async fn install(s: &Arc<Shared>, hash: Hash32, v: &ReleaseManifest, reason: &str) -> Result<()> {
+async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<()> {
+    let hash = rel.hash;
     let stage = match stage(s, &hash, v) {
         Ok(d) => d,
         Err(e) => {
-            record(s, hash, v, InstallState::Failed, format!("cannot stage files: {e:#}"), None).await;
+            let why = if crate::node::is_disk_full(&e) { FailReason::DiskFull } else { FailReason::StageError };
+            let _ = std::fs::remove_dir_all(stage_dir(s, &hash));
+            apply(s, rel, Event::StageFailed(why), format!("cannot stage files: {e:#}"), None).await;
             return Ok(());
         }
     };
@@ -344,59 +423,64 @@ async fn install(s: &Arc<Shared>, hash: Hash32, v: &ReleaseManifest, reason: &st
     if let Some(detect) = &v.detect
         && run_command(detect, &stage, &env).await.ok()
     {
-        record(s, hash, v, InstallState::Skipped, "already installed (the detect command exited 0)".into(), Some(0))
-            .await;
+        apply(s, rel, Event::AlreadyInstalled, "already installed (the detect command exited 0)", Some(0)).await;
         return Ok(());
     }
     tracing::info!(product = %v.product, version = %v.version, "installing: {reason}");
-    // Recorded before the command runs, so a crash mid-install is found at the next start.
-    record(s, hash, v, InstallState::Installing, reason.to_string(), None).await;
+    // Persisted before the command runs, so a crash mid-install is found at the next start.
+    if s.lifecycle.apply(rel, Event::InstallStarted, reason, None).await?.is_none() {
+        return Ok(());
+    }
     let store = s.store.clone();
-    let out = run_command_tracked(&v.install, &stage, &env, |pid| async move {
+    let out = run_command_tracked(&v.install, &stage, &env, Some(stop_of(s)), |pid| async move {
         if let Err(e) = store.set_install_pid(hash, pid).await {
             tracing::warn!("cannot record install pid: {e:#}");
         }
     })
     .await;
     if out.ok() {
-        record(s, hash, v, InstallState::Installed, out.tail, Some(0)).await;
+        apply(s, rel, Event::InstallSucceeded, out.tail, Some(0)).await;
         return Ok(());
     }
     let failure = out.describe("install");
     tracing::warn!(product = %v.product, version = %v.version, "{failure}");
-    record(s, hash, v, InstallState::Failed, failure.clone(), out.code).await;
-    if let Some(rb) = &v.rollback {
-        let rb_out = run_command(rb, &stage, &env).await;
-        if rb_out.ok() {
-            record(s, hash, v, InstallState::RolledBack, failure, out.code).await;
-        } else {
-            record(s, hash, v, InstallState::Failed, format!("{failure}\n{}", rb_out.describe("rollback")), out.code)
-                .await;
-        }
+    if out.interrupted {
+        // Resolved at the next start (detect, else rollback); the node is stopping now.
+        apply(s, rel, Event::Interrupted, failure, None).await;
+        return Ok(());
+    }
+    let cause = if out.timed_out { RollbackCause::TimedOut } else { RollbackCause::InstallFailed };
+    let effects =
+        apply(s, rel, Event::InstallFailed { cause, has_rollback: v.rollback.is_some() }, failure.clone(), out.code)
+            .await;
+    if effects.contains(&Effect::RunRollback) {
+        roll_back(s, rel, v, &stage, &failure).await;
     }
     Ok(())
 }
 
-async fn roll_back_yanked(s: &Arc<Shared>, hash: Hash32, v: &ReleaseManifest, reason: &str) -> Result<()> {
-    let Some(rb) = &v.rollback else {
-        record(
-            s,
-            hash,
-            v,
-            InstallState::Failed,
-            format!("yanked with rollback ({reason}), but the release has no rollback command"),
-            None,
-        )
-        .await;
-        return Ok(());
-    };
-    let stage = stage(s, &hash, v)?;
-    let out = run_command(rb, &stage, &env_for(s, v, &stage)).await;
+/// Runs the rollback command of a release whose state is `RollingBack`, and records the result.
+async fn roll_back(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, stage: &Path, why: &str) {
+    let Some(rb) = &v.rollback else { return };
+    let out = run_command_tracked(rb, stage, &env_for(s, v, stage), None, |_| async {}).await;
     if out.ok() {
-        record(s, hash, v, InstallState::RolledBack, format!("yanked: {reason}"), Some(0)).await;
+        apply(s, rel, Event::RollbackSucceeded, why.to_string(), out.code).await;
     } else {
-        record(s, hash, v, InstallState::Failed, format!("yanked: {reason}; {}", out.describe("rollback")), out.code)
-            .await;
+        apply(s, rel, Event::RollbackFailed, format!("{why}\n{}", out.describe("rollback")), out.code).await;
+    }
+}
+
+async fn roll_back_yanked(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<()> {
+    let detail = if v.rollback.is_some() {
+        format!("yanked: {reason}")
+    } else {
+        format!("yanked with rollback ({reason}), but the release has no rollback command")
+    };
+    let effects =
+        apply(s, rel, Event::Yanked { rollback: true, has_rollback: v.rollback.is_some() }, detail.clone(), None).await;
+    if effects.contains(&Effect::RunRollback) {
+        let stage = stage(s, &rel.hash, v)?;
+        roll_back(s, rel, v, &stage, &detail).await;
     }
     Ok(())
 }

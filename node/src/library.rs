@@ -233,6 +233,24 @@ impl Library {
         self.finalize(&entry.hash)
     }
 
+    /// Removes the partial file of an incomplete file and forgets its chunks (after the disk
+    /// filled up: the space goes back, the download is not resumable). Blocking.
+    pub fn discard_partial(&self, file: &Hash32) -> Result<()> {
+        if self.file(file).is_some_and(|s| s.complete) {
+            return Ok(());
+        }
+        match fs::remove_file(self.partial_path(file)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", self.partial_path(file).display())),
+        }
+        if let Some(s) = self.write_inner().files.get_mut(file) {
+            s.have.fill(false);
+            s.have_count = 0;
+        }
+        self.store.reset_file(*file)
+    }
+
     /// Bytes held in complete and partial files.
     pub fn used_bytes(&self) -> u64 {
         self.read_inner()

@@ -1,5 +1,6 @@
 //! `lanpatch-node`: the endpoint service, its status client and the fleet demo.
 
+mod clock;
 mod config;
 mod control;
 mod demo;
@@ -7,14 +8,17 @@ mod download;
 mod install;
 mod inventory;
 mod library;
+mod lifecycle;
 mod net;
 mod node;
 mod origin;
+mod pipeline;
 mod policy;
 mod ratelimit;
 mod report;
 mod sched;
 mod serve;
+mod shared;
 mod store;
 mod trust;
 mod wan;
@@ -74,7 +78,13 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
+            // Exit codes (docs/OPERATIONS.md): 3 another process holds what the node needs (its
+            // data directory or a listen address), 2 anything else (bad config, I/O).
+            if e.downcast_ref::<node::StartError>().is_some() {
+                std::process::ExitCode::from(3)
+            } else {
+                std::process::ExitCode::from(2)
+            }
         }
     }
 }
@@ -98,7 +108,7 @@ async fn run(cli: Cli) -> Result<()> {
             match control::request(&socket, &ControlRequest::Status).await? {
                 ControlResponse::Status(st) if json => println!("{}", serde_json::to_string_pretty(&st)?),
                 ControlResponse::Status(st) => demo::print_status(&st),
-                ControlResponse::Error { message } => bail!("node refused: {message}"),
+                ControlResponse::Error { message, .. } => bail!("node refused: {message}"),
                 other => bail!("unexpected response {other:?}"),
             }
             Ok(())

@@ -1,104 +1,29 @@
-//! The node service: wires the store, the library, the network, the downloader, the chunk server
-//! and the control socket together, and owns the metadata pipeline (gossip and catalog sync in,
-//! verification, storage, download start).
+//! The node service: wires the store, the library, the lifecycle owner, the network, the
+//! downloader, the installer, the chunk server and the control socket together.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use lanpatch_protocol::InstallState;
-use lanpatch_protocol::{Hash32, Limits, ReleaseManifest, Signed, Timestamp};
+use lanpatch_protocol::{Event, FailReason, Hash32, Limits, ReleaseManifest, Signed};
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::{Multiaddr, PeerId, identity};
 use tokio::sync::{Notify, Semaphore, watch};
 
+use crate::clock::{now, now_ms};
 use crate::config::Config;
 use crate::library::Library;
-use crate::net::{self, NetEvent, NetHandle};
-use crate::policy::{Facts, targets_match};
+use crate::net::{self, NetEvent};
+use crate::pipeline;
+use crate::policy::Facts;
 use crate::ratelimit::RateLimiter;
+use crate::report::{Reporter, Seq};
+use crate::shared::{Shared, release_ref};
 use crate::store::Store;
-use crate::trust::{Accepted, Checked, Trust};
-
-pub fn now() -> Timestamp {
-    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
-}
-
-/// Download progress of one release, for status.
-#[derive(Clone, Debug, Default)]
-pub struct Progress {
-    pub state: String,
-    pub detail: String,
-    pub total_chunks: usize,
-    pub have_chunks: usize,
-    pub resumed_chunks: usize,
-    pub fetched_chunks: usize,
-    pub bytes_from: BTreeMap<String, u64>,
-    /// When the download finished in this process (ms since the epoch).
-    pub finished_ms: Option<u64>,
-    /// Installer state ("waiting", or an `InstallState`) and why.
-    pub install_state: String,
-    pub install_detail: String,
-}
-
-/// State shared by the node's tasks.
-pub struct Shared {
-    pub cfg: Config,
-    pub facts: Facts,
-    pub store: Store,
-    pub library: Library,
-    pub trust: Mutex<Trust>,
-    pub net: NetHandle,
-    pub progress: Mutex<HashMap<Hash32, Progress>>,
-    pub downloading: Mutex<HashSet<Hash32>>,
-    /// Downloads waiting for a slot.
-    pub queue: Mutex<Vec<Signed<ReleaseManifest>>>,
-    pub queue_changed: Notify,
-    /// The node's signing key for reports (its libp2p ed25519 identity).
-    pub node_key: ed25519_dalek::SigningKey,
-    pub seq: AtomicU64,
-    pub inventory_changed: Notify,
-    pub banned: Mutex<HashSet<PeerId>>,
-    pub up_limit: RateLimiter,
-    pub down_limit: RateLimiter,
-    pub origin_limit: RateLimiter,
-    pub origins: crate::origin::Origins,
-    pub uploads: Semaphore,
-    pub refusals: AtomicU64,
-    pub shutdown: watch::Receiver<bool>,
-}
-
-impl Shared {
-    pub fn trust(&self) -> std::sync::MutexGuard<'_, Trust> {
-        self.trust.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    pub fn progress(&self) -> std::sync::MutexGuard<'_, HashMap<Hash32, Progress>> {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    pub fn is_banned(&self, peer: &PeerId) -> bool {
-        self.banned.lock().unwrap_or_else(|p| p.into_inner()).contains(peer)
-    }
-
-    /// Logs, counts and stores a refusal. Every refused message or chunk goes through here.
-    pub async fn refuse(&self, source: String, kind: &'static str, reason: String) {
-        tracing::warn!(%source, kind, %reason, "refused");
-        self.refusals.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.store.add_refusal(now().0, source, kind, reason).await {
-            tracing::error!("cannot record refusal: {e:#}");
-        }
-    }
-
-    pub async fn ban(&self, peer: PeerId, reason: String) {
-        let first = self.banned.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
-        if first {
-            self.refuse(peer.to_string(), "peer-banned", reason).await;
-            self.net.ban(peer).await;
-        }
-    }
-}
+use crate::trust::Trust;
 
 fn load_or_create_identity(cfg: &Config) -> Result<identity::Keypair> {
     let path = cfg.data_dir.join("node.key");
@@ -144,9 +69,89 @@ fn load_trust(cfg: &Config, store: &Store, limits: &Limits) -> Result<Trust> {
     Ok(trust)
 }
 
+/// Why a node could not start, where the cause is another process: exit code 3.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("lanpatch-node is already running with data directory {dir} (pid {pid})")]
+    AlreadyRunning { dir: String, pid: String },
+    #[error("cannot listen on {addr}: the address is already in use")]
+    AddressInUse { addr: String },
+}
+
+/// Takes the data directory's lock for the node's life: one node per data directory. The lock
+/// file holds the owner's pid, for the error message of a second start.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let pid = pid.trim().chars().take(20).collect::<String>();
+            return Err(StartError::AlreadyRunning { dir: dir.display().to_string(), pid }.into());
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    f.set_len(0)?;
+    f.rewind()?;
+    writeln!(f, "{}", std::process::id())?;
+    f.sync_all()?;
+    Ok(f)
+}
+
+/// libp2p binds its listeners with SO_REUSEPORT, so a second process could share the port
+/// unnoticed. Binding each address first without it makes a port in use an error naming the
+/// address. (Two nodes starting in the same instant could still both pass; the data directory
+/// lock covers the common case of one config started twice.)
+fn check_listen_free(addrs: &[Multiaddr]) -> Result<()> {
+    use libp2p::multiaddr::Protocol;
+    for addr in addrs {
+        let mut ip = None;
+        let mut port = None;
+        for p in addr.iter() {
+            match p {
+                Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+                Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+                Protocol::Tcp(p) => port = Some(p),
+                _ => {}
+            }
+        }
+        if let (Some(ip), Some(port)) = (ip, port)
+            && port != 0
+        {
+            match std::net::TcpListener::bind((ip, port)) {
+                Ok(l) => drop(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(StartError::AddressInUse { addr: addr.to_string() }.into());
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot listen on {addr}")),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs a node until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    let _lock = lock_data_dir(&cfg.data_dir)?;
+    let parse_addrs = |list: &[String], what: &str| -> Result<Vec<Multiaddr>> {
+        list.iter().map(|a| a.parse::<Multiaddr>().with_context(|| format!("bad {what} address {a:?}"))).collect()
+    };
+    let listen = parse_addrs(&cfg.listen, "listen")?;
+    check_listen_free(&listen)?;
     let limits = Limits::default();
     let store = Store::open(&cfg.data_dir.join("state.db"))?;
     let library = Library::open(&cfg.data_dir, store.clone())?;
@@ -158,22 +163,34 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     };
     let trust = load_trust(&cfg, &store, &limits)?;
     let fleet = trust.fleet;
-    let parse_addrs = |list: &[String], what: &str| -> Result<Vec<Multiaddr>> {
-        list.iter().map(|a| a.parse::<Multiaddr>().with_context(|| format!("bad {what} address {a:?}"))).collect()
-    };
     let (net, mut net_events, swarm_task) = net::start(net::NetConfig {
         keypair,
         fleet,
-        listen: parse_addrs(&cfg.listen, "listen")?,
+        listen,
         static_peers: parse_addrs(&cfg.static_peers, "static peer")?,
         mdns: cfg.mdns,
-        limits,
+        limits: limits.clone(),
     })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut control = net.control.clone();
     let incoming = control.accept(net.protocol.clone()).map_err(|e| anyhow!("register transfer protocol: {e}"))?;
+    let facts = Facts::local(cfg.hostname(), cfg.tags.clone());
+    let seq = Seq::starting_after(store.last_seq()?);
+    let reporter = Arc::new(Reporter::new(node_key, &facts.hostname, cfg.ring.clone(), limits, seq));
+    let inventory_changed = Arc::new(Notify::new());
+    let lifecycle = crate::lifecycle::start(
+        store.clone(),
+        reporter.clone(),
+        crate::lifecycle::Outlets {
+            net: net.clone(),
+            collector: cfg.collector.then(|| store.clone()),
+            inventory_changed: inventory_changed.clone(),
+        },
+    )?;
+    let refusals = store.refusal_count().await?;
+    let control_listener = crate::control::bind(&cfg.control_socket())?;
     let shared = Arc::new(Shared {
-        facts: Facts::local(cfg.hostname(), cfg.tags.clone()),
+        facts,
         up_limit: RateLimiter::new(cfg.upload_limit),
         down_limit: RateLimiter::new(cfg.download_limit),
         origin_limit: RateLimiter::new(cfg.origin_limit),
@@ -188,35 +205,28 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         downloading: Mutex::default(),
         queue: Mutex::default(),
         queue_changed: Notify::new(),
-        node_key,
-        seq: AtomicU64::new(0),
-        inventory_changed: Notify::new(),
+        reporter,
+        lifecycle,
+        inventory_changed,
+        metadata_changed: Notify::new(),
         banned: Mutex::default(),
-        refusals: AtomicU64::new(0),
+        refusals: AtomicU64::new(refusals),
         shutdown: shutdown_rx.clone(),
     });
-    shared.refusals.store(
-        shared
-            .store
-            .call(|c| Ok(c.query_row("SELECT count(*) FROM refusals", [], |r| r.get::<_, i64>(0))? as u64))
-            .await?,
-        Ordering::Relaxed,
-    );
     tracing::info!(peer = %shared.net.local, fleet = %fleet.short(), ring = %shared.cfg.ring, "lanpatch-node starting");
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(swarm_task.run(shutdown_rx.clone()));
     tasks.spawn(crate::serve::serve(shared.clone(), incoming));
-    let control_listener = crate::control::bind(&shared.cfg.control_socket())?;
     tasks.spawn(crate::control::serve(shared.clone(), control_listener));
     tasks.spawn(download_manager(shared.clone()));
     tasks.spawn(crate::install::run(shared.clone()));
-    tasks.spawn(crate::node::inventory_loop(shared.clone()));
+    tasks.spawn(inventory_loop(shared.clone()));
     // Start (or resume) downloads of what is already trusted.
     // (Collected first: `consider_download` takes the trust lock itself.)
     let current = shared.trust().current_manifests();
     for m in current {
-        consider_download(&shared, m);
+        pipeline::consider_download(&shared, m).await;
     }
     let s = shared.clone();
     let mut stop = shutdown_rx.clone();
@@ -228,7 +238,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
                 _ = resync.tick() => {
                     let s2 = s.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = crate::report::resend_reports(&s2).await {
+                        if let Err(e) = resend_reports(&s2).await {
                             tracing::debug!("resending reports: {e:#}");
                         }
                     });
@@ -250,7 +260,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     shutdown.await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    // A running install gets its grace period, then is killed and recorded as interrupted.
+    let limit = Duration::from_secs(shared.cfg.shutdown_grace_secs + 10);
+    let _ = tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
     let _ = std::fs::remove_file(shared.cfg.control_socket());
     Ok(())
 }
@@ -260,7 +272,9 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
         NetEvent::Gossip { id, source, data } => {
             let kind = lanpatch_protocol::Envelope::decode(&data, &s.trust().limits).map(|e| e.kind);
             if let Ok(lanpatch_protocol::Kind::Report | lanpatch_protocol::Kind::Inventory) = kind {
-                let acceptance = match crate::report::accept_node_message(s, &data).await {
+                let store = s.cfg.collector.then_some(&s.store);
+                let limits = s.trust().limits.clone();
+                let acceptance = match crate::report::accept_node_message(store, &limits, &data).await {
                     Ok(()) => MessageAcceptance::Accept,
                     Err(e) => {
                         s.refuse(format!("gossip from {source}"), "node-report", e.to_string()).await;
@@ -270,7 +284,7 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
                 s.net.validation(id, source, acceptance).await;
                 return;
             }
-            let acceptance = match ingest(s, &data, &format!("gossip from {source}")).await {
+            let acceptance = match pipeline::ingest(s, &data, &format!("gossip from {source}")).await {
                 Ok(_) => MessageAcceptance::Accept,
                 Err(_) => MessageAcceptance::Reject,
             };
@@ -291,7 +305,7 @@ pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
     match crate::download::request_catalog(&s, peer).await {
         Ok(items) => {
             for item in items {
-                let _ = ingest(&s, &item, &format!("catalog from {peer}")).await;
+                let _ = pipeline::ingest(&s, &item, &format!("catalog from {peer}")).await;
             }
         }
         Err(e) => tracing::debug!(%peer, "catalog sync failed: {e:#}"),
@@ -306,99 +320,6 @@ pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
             }
         }
     }
-}
-
-/// Checks a signed message, stores it, and acts on it. Refusals are recorded with their reason.
-pub async fn ingest(s: &Arc<Shared>, bytes: &[u8], source: &str) -> Result<Accepted> {
-    let checked = s.trust().check(bytes, now());
-    match checked {
-        Ok(c) => commit(s, c, bytes).await,
-        Err(e) => {
-            s.refuse(source.to_string(), "metadata", e.to_string()).await;
-            Err(e.into())
-        }
-    }
-}
-
-/// Applies a checked message: memory, database, then follow-up work.
-pub async fn commit(s: &Arc<Shared>, checked: Checked, bytes: &[u8]) -> Result<Accepted> {
-    let manifest = match &checked {
-        Checked::Manifest(m) => Some((**m).clone()),
-        _ => None,
-    };
-    let accepted = s.trust().commit(checked);
-    if !accepted.is_new() {
-        return Ok(accepted);
-    }
-    let t = now().0;
-    match &accepted {
-        Accepted::Root { version, .. } => s.store.put_root(*version, bytes.to_vec(), t).await?,
-        Accepted::Manifest { hash, .. } => {
-            if let Some(m) = manifest {
-                let v = m.value();
-                tracing::info!(product = %v.product, version = %v.version, manifest = %hash.short(), "new release");
-                s.store.put_manifest(*hash, v.product.to_string(), v.version.0, bytes.to_vec(), t).await?;
-                consider_download(s, m);
-            }
-        }
-        Accepted::Approval { manifest, ring, .. } => {
-            tracing::info!(manifest = %manifest.short(), %ring, "approval");
-            let issued = s.trust().approvals.get(&(*manifest, ring.clone())).map(|a| a.value().issued.0).unwrap_or(t);
-            s.store.put_approval(*manifest, ring.to_string(), issued, bytes.to_vec()).await?;
-        }
-        Accepted::Yank { manifest, .. } => {
-            tracing::warn!(manifest = %manifest.short(), "release yanked");
-            s.store.put_yank(*manifest, bytes.to_vec()).await?;
-            s.store.set_manifest_state(*manifest, "yanked").await?;
-            if let Some(p) = s.progress().get_mut(manifest) {
-                p.state = "yanked".into();
-            }
-        }
-    }
-    Ok(accepted)
-}
-
-/// Queues a download of `m` unless it does not target this node, is yanked, or does not fit the
-/// cache quota. The download manager starts queued downloads most severe first.
-pub fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
-    let hash = m.payload_hash();
-    let v = m.value();
-    let total_chunks = v.total_chunks();
-    let set = |state: &str, detail: String| {
-        let mut p = s.progress();
-        let e = p.entry(hash).or_insert_with(|| Progress { total_chunks, ..Progress::default() });
-        e.state = state.into();
-        e.detail = detail;
-    };
-    if let Err(why) = targets_match(&v.targets, &s.facts) {
-        tracing::info!(product = %v.product, version = %v.version, "not for this node: {why}");
-        set("not-targeted", why);
-        return;
-    }
-    if s.trust().yanks.contains_key(&hash) {
-        set("yanked", String::new());
-        return;
-    }
-    let used = s.library.used_bytes();
-    if used.saturating_add(v.total_bytes()) > s.cfg.cache_quota {
-        let why = format!("needs {} bytes, cache holds {used} of a {} byte quota", v.total_bytes(), s.cfg.cache_quota);
-        tracing::warn!(product = %v.product, "not downloading: {why}");
-        set("failed", why);
-        return;
-    }
-    if s.downloading.lock().unwrap_or_else(|p| p.into_inner()).contains(&hash) {
-        return;
-    }
-    let mut q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
-    if q.iter().any(|x| x.payload_hash() == hash) {
-        return;
-    }
-    set("queued", String::new());
-    q.push(m);
-    drop(q);
-    s.queue_changed.notify_one();
-    let s2 = s.clone();
-    tokio::spawn(async move { crate::report::report(&s2, hash, InstallState::Available, String::new(), None).await });
 }
 
 /// Starts queued downloads, most severe first, at most `max_concurrent_downloads` at a time.
@@ -421,7 +342,6 @@ pub async fn download_manager(s: Arc<Shared>) {
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = s.queue_changed.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }
@@ -431,44 +351,51 @@ fn start_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
     if !s.downloading.lock().unwrap_or_else(|p| p.into_inner()).insert(hash) {
         return;
     }
-    if let Some(e) = s.progress().get_mut(&hash) {
-        e.state = "downloading".into();
-    }
     let s2 = s.clone();
+    let rel = release_ref(&m);
     tokio::spawn(async move {
-        crate::report::report(&s2, hash, InstallState::Downloading, String::new(), None).await;
+        let record = |event: Event, detail: String| {
+            let (s2, rel) = (s2.clone(), rel.clone());
+            async move {
+                if let Err(e) = s2.lifecycle.apply(&rel, event, detail, None).await {
+                    tracing::error!("cannot record release state: {e:#}");
+                }
+            }
+        };
+        record(Event::DownloadStarted, String::new()).await;
+        let files: Vec<Hash32> = m.value().files.iter().map(|f| f.hash).collect();
         let result = crate::download::download(s2.clone(), m).await;
         s2.downloading.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
         s2.queue_changed.notify_one();
-        let (state, detail) = match result {
-            Ok(crate::download::Outcome::Complete) => ("downloaded", String::new()),
-            Ok(crate::download::Outcome::Stopped) => return,
-            Err(e) => ("failed", format!("{e:#}")),
-        };
-        if state == "downloaded" {
-            tracing::info!(manifest = %hash.short(), "release downloaded and verified");
-        } else {
-            tracing::error!(manifest = %hash.short(), "download failed: {detail}");
-        }
-        let _ = s2.store.set_manifest_state(hash, state).await;
-        {
-            let mut p = s2.progress();
-            if let Some(e) = p.get_mut(&hash) {
-                e.state = state.into();
-                e.detail = detail.clone();
-                e.finished_ms = Some(now_ms());
+        match result {
+            Ok(crate::download::Outcome::Complete) => {
+                tracing::info!(manifest = %hash.short(), "release downloaded and verified");
+                if let Some(e) = s2.progress().get_mut(&hash) {
+                    e.finished_ms = Some(now_ms());
+                }
+                record(Event::DownloadFinished, String::new()).await;
+            }
+            Ok(crate::download::Outcome::Stopped) => {}
+            Err(e) => {
+                let detail = format!("download failed: {e:#}");
+                tracing::error!(manifest = %hash.short(), "{detail}");
+                let reason = if is_disk_full(&e) {
+                    // Give the space back; a later download starts over (documented).
+                    let lib = s2.library.clone();
+                    let discarded =
+                        tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| lib.discard_partial(f)))
+                            .await;
+                    if let Ok(Err(e)) | Err(e) = discarded.map_err(anyhow::Error::from) {
+                        tracing::error!("cannot remove partial files: {e:#}");
+                    }
+                    FailReason::DiskFull
+                } else {
+                    FailReason::DownloadError
+                };
+                record(Event::DownloadFailed(reason), detail).await;
             }
         }
-        if state == "downloaded" {
-            crate::report::report(&s2, hash, InstallState::Downloaded, String::new(), None).await;
-        } else {
-            crate::report::report(&s2, hash, InstallState::Failed, format!("download failed: {detail}"), None).await;
-        }
     });
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Sends the inventory at start, whenever an install changes it, and every
@@ -491,29 +418,28 @@ pub async fn inventory_loop(s: Arc<Shared>) {
                 return;
             }
         };
-        let installed = match s.store.installs().await {
-            Ok(list) => {
-                let t = s.trust();
-                list.into_iter()
-                    .filter(|r| r.state == InstallState::Installed.as_str())
-                    .filter_map(|r| {
-                        let m = t.manifests.get(&r.manifest)?;
-                        Some(lanpatch_protocol::report::InstalledRelease {
-                            product: m.value().product.clone(),
-                            version: m.value().version,
-                            manifest: r.manifest,
-                        })
+        let installed = {
+            let states = s.lifecycle.snapshot();
+            let t = s.trust();
+            states
+                .iter()
+                .filter(|(_, e)| e.state.is_installed())
+                .filter_map(|(hash, _)| {
+                    let m = t.manifests.get(hash)?;
+                    Some(lanpatch_protocol::report::InstalledRelease {
+                        product: m.value().product.clone(),
+                        version: m.value().version,
+                        manifest: *hash,
                     })
-                    .collect()
-            }
-            Err(_) => Vec::new(),
+                })
+                .collect()
         };
         let installed = crate::inventory::sorted_releases(installed);
         let key = (installed.clone(), machine.packages.len());
         if last.as_ref() != Some(&key) || last_sent.elapsed() >= interval {
             let inv = lanpatch_protocol::Inventory {
                 node: s.node_public(),
-                hostname: s.facts.hostname.chars().take(64).collect(),
+                hostname: s.reporter.hostname.clone(),
                 os: machine.os,
                 os_version: machine.os_version,
                 kernel: machine.kernel,
@@ -525,7 +451,7 @@ pub async fn inventory_loop(s: Arc<Shared>) {
                 at: now(),
                 seq: 0,
             };
-            match crate::report::send_inventory(&s, inv).await {
+            match send_inventory(&s, inv).await {
                 Ok(()) => {
                     last = Some(key);
                     last_sent = tokio::time::Instant::now();
@@ -539,4 +465,31 @@ pub async fn inventory_loop(s: Arc<Shared>) {
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     }
+}
+
+async fn send_inventory(s: &Arc<Shared>, inv: lanpatch_protocol::Inventory) -> Result<()> {
+    let (seq, bytes) = s.reporter.inventory(inv);
+    s.store.use_seq(seq).await?;
+    if s.cfg.collector {
+        crate::report::accept_node_message(Some(&s.store), &s.reporter.limits, &bytes).await?;
+    }
+    s.net.publish(bytes).await
+}
+
+/// Re-sends the latest report of every release, for collectors that were away.
+async fn resend_reports(s: &Arc<Shared>) -> Result<()> {
+    for bytes in s.store.reports_out().await? {
+        s.net.publish(bytes).await?;
+    }
+    Ok(())
+}
+
+/// Whether an error comes from a full disk (ENOSPC, or EDQUOT).
+pub fn is_disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+                || io.raw_os_error() == Some(28)
+        })
+    })
 }

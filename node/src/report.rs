@@ -1,125 +1,139 @@
-//! Signed reports from this node (install state changes, inventory) and, on a collector, the
+//! Signed reports from this node (release state changes, inventory) and, on a collector, the
 //! storage of everyone's reports.
+//!
+//! Reports are made by the lifecycle owner (`lifecycle.rs`) for every transition, with a sequence
+//! number from [`Seq`] that only goes up, across restarts too (it is persisted with the transition).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Result;
 use lanpatch_protocol::report::{FromNode, verify_node_signed};
 use lanpatch_protocol::{
-    Envelope, Hash32, InstallState, Inventory, Kind, Payload, PublicKey, Report, Signed, VerifyError,
+    Envelope, Hash32, Inventory, Kind, Limits, Payload, ProductName, PublicKey, ReleaseState, Report, RingName, Signed,
+    VerifyError, Version,
 };
 
-use crate::node::{Shared, now};
+use crate::clock::{now, now_ms};
+use crate::store::Store;
 
-impl Shared {
-    pub fn node_public(&self) -> PublicKey {
-        PublicKey(self.node_key.verifying_key().to_bytes())
+/// The node's report and inventory sequence: `max(last + 1, now in ms)`, so it survives restarts
+/// (the last value is persisted) and a lost database (the clock).
+#[derive(Clone)]
+pub struct Seq(Arc<AtomicU64>);
+
+impl Seq {
+    pub fn starting_after(last: u64) -> Seq {
+        Seq(Arc::new(AtomicU64::new(last)))
     }
-
-    /// A sequence number that only goes up, also across restarts (milliseconds since the epoch,
-    /// bumped if the clock stands still).
-    pub fn next_seq(&self) -> u64 {
-        let ms = crate::node::now_ms();
-        let mut cur = self.seq.load(Ordering::Relaxed);
+    pub fn next(&self) -> u64 {
+        let ms = now_ms();
+        let mut cur = self.0.load(Ordering::Relaxed);
         loop {
             let next = ms.max(cur + 1);
-            match self.seq.compare_exchange(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.0.compare_exchange(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return next,
                 Err(actual) => cur = actual,
             }
         }
     }
+}
 
-    fn sign<T: Payload>(&self, value: T) -> Signed<T> {
+/// Signs this node's reports and inventories with its node key.
+pub struct Reporter {
+    key: ed25519_dalek::SigningKey,
+    pub hostname: String,
+    pub ring: RingName,
+    pub limits: Limits,
+    pub seq: Seq,
+}
+
+/// What a report is about.
+#[derive(Clone, Debug)]
+pub struct ReleaseRef {
+    pub hash: Hash32,
+    pub product: ProductName,
+    pub version: Version,
+}
+
+impl Reporter {
+    pub fn new(key: ed25519_dalek::SigningKey, hostname: &str, ring: RingName, limits: Limits, seq: Seq) -> Self {
+        Reporter { key, hostname: hostname.chars().take(64).collect(), ring, limits, seq }
+    }
+
+    pub fn node_public(&self) -> PublicKey {
+        PublicKey(self.key.verifying_key().to_bytes())
+    }
+
+    fn sign<T: Payload>(&self, value: T) -> Vec<u8> {
         let mut s = Signed::new(value);
-        s.sign(&self.node_key);
-        s
+        s.sign(&self.key);
+        s.to_bytes()
+    }
+
+    /// A signed report of `state`; returns its sequence number and bytes. The detail is cut to
+    /// the limit (keeping its end, where a failing command's last words are).
+    pub fn report(
+        &self,
+        release: &ReleaseRef,
+        state: ReleaseState,
+        detail: &str,
+        exit_code: Option<i32>,
+    ) -> (u64, Vec<u8>) {
+        let max = self.limits.max_text_bytes;
+        let detail = if detail.len() > max {
+            let cut = detail.len() - max;
+            let start = (cut..detail.len()).find(|i| detail.is_char_boundary(*i)).unwrap_or(detail.len());
+            detail[start..].to_string()
+        } else {
+            detail.to_string()
+        };
+        let seq = self.seq.next();
+        let value = Report {
+            node: self.node_public(),
+            hostname: self.hostname.clone(),
+            ring: self.ring.clone(),
+            manifest: release.hash,
+            product: release.product.clone(),
+            version: release.version,
+            state,
+            detail,
+            exit_code,
+            at: now(),
+            seq,
+        };
+        (seq, self.sign(value))
+    }
+
+    /// Signs an inventory with the next sequence number.
+    pub fn inventory(&self, mut inv: Inventory) -> (u64, Vec<u8>) {
+        inv.seq = self.seq.next();
+        (inv.seq, self.sign(inv))
     }
 }
 
-/// Records and announces a state change of a release on this node.
-pub async fn report(s: &Arc<Shared>, manifest: Hash32, state: InstallState, detail: String, exit_code: Option<i32>) {
-    let Some((product, version)) =
-        s.trust().manifests.get(&manifest).map(|m| (m.value().product.clone(), m.value().version))
-    else {
-        return;
-    };
-    let mut detail = detail;
-    let max = s.trust().limits.max_text_bytes;
-    if detail.len() > max {
-        let cut = detail.len() - max;
-        let start = (cut..detail.len()).find(|i| detail.is_char_boundary(*i)).unwrap_or(detail.len());
-        detail = detail[start..].to_string();
-    }
-    let value = Report {
-        node: s.node_public(),
-        hostname: s.facts.hostname.chars().take(64).collect(),
-        ring: s.cfg.ring.clone(),
-        manifest,
-        product,
-        version,
-        state,
-        detail,
-        exit_code,
-        at: now(),
-        seq: s.next_seq(),
-    };
-    tracing::info!(manifest = %manifest.short(), state = state.as_str(), "report");
-    let bytes = s.sign(value).to_bytes();
-    if let Err(e) = send(s, manifest, bytes).await {
-        tracing::warn!("cannot send report: {e:#}");
-    }
-}
-
-async fn send(s: &Arc<Shared>, manifest: Hash32, bytes: Vec<u8>) -> Result<()> {
-    s.store.put_report_out(manifest, bytes.clone()).await?;
-    if s.cfg.collector {
-        accept_node_message(s, &bytes).await?;
-    }
-    s.net.publish(bytes).await
-}
-
-/// Signs and announces this node's inventory.
-pub async fn send_inventory(s: &Arc<Shared>, mut inv: Inventory) -> Result<()> {
-    inv.seq = s.next_seq();
-    let bytes = s.sign(inv).to_bytes();
-    if s.cfg.collector {
-        accept_node_message(s, &bytes).await?;
-    }
-    s.net.publish(bytes).await
-}
-
-/// Re-sends the latest report of every release, for collectors that were away.
-pub async fn resend_reports(s: &Arc<Shared>) -> Result<()> {
-    for bytes in s.store.reports_out().await? {
-        s.net.publish(bytes).await?;
-    }
-    Ok(())
-}
-
-/// Checks a node report or inventory (steps N1 to N3) and, on a collector, stores it.
-pub async fn accept_node_message(s: &Arc<Shared>, bytes: &[u8]) -> Result<(), VerifyError> {
-    let limits = s.trust().limits.clone();
-    let kind = Envelope::decode(bytes, &limits)?.kind;
-    let store = |r: Result<bool>| {
+/// Checks a node report or inventory (steps N1 to N3) and, on a collector (`store` given), keeps
+/// it if it is newer than what is stored.
+pub async fn accept_node_message(store: Option<&Store>, limits: &Limits, bytes: &[u8]) -> Result<(), VerifyError> {
+    let kind = Envelope::decode(bytes, limits)?.kind;
+    let stored = |r: Result<bool>| {
         if let Err(e) = r {
             tracing::error!("cannot store node report: {e:#}");
         }
     };
     match kind {
         Kind::Report => {
-            let r = verify_node_signed::<Report>(bytes, &limits)?;
-            if s.cfg.collector {
+            let r = verify_node_signed::<Report>(bytes, limits)?;
+            if let Some(store) = store {
                 let v = r.value();
-                store(s.store.put_report(v.node().0.to_vec(), v.manifest, v.seq, bytes.to_vec()).await);
+                stored(store.put_report(v.node().0.to_vec(), v.manifest, v.seq, v.state.rank(), bytes.to_vec()).await);
             }
         }
         Kind::Inventory => {
-            let i = verify_node_signed::<Inventory>(bytes, &limits)?;
-            if s.cfg.collector {
+            let i = verify_node_signed::<Inventory>(bytes, limits)?;
+            if let Some(store) = store {
                 let v = i.value();
-                store(s.store.put_inventory(v.node().0.to_vec(), v.seq, bytes.to_vec()).await);
+                stored(store.put_inventory(v.node().0.to_vec(), v.seq, bytes.to_vec()).await);
             }
         }
         other => {

@@ -10,7 +10,7 @@ use libp2p::PeerId;
 use tokio::time::timeout;
 
 use crate::config::CorruptUploads;
-use crate::node::Shared;
+use crate::shared::Shared;
 use crate::wire::{self, Request, Response};
 
 pub async fn serve(s: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {

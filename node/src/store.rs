@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow};
-use lanpatch_protocol::Hash32;
+use lanpatch_protocol::{Hash32, ReleaseState};
 use rusqlite::{Connection, OptionalExtension, params};
 
 const MIGRATIONS: &[&str] = &[
@@ -86,25 +86,56 @@ const MIGRATIONS: &[&str] = &[
         seq       INTEGER NOT NULL,
         envelope  BLOB NOT NULL
      );",
+    // 2 -> 3: the typed release lifecycle (one row per release, state as the serde JSON of
+    // lanpatch_protocol::ReleaseState), a persistent report sequence, report ranks on collectors.
+    "CREATE TABLE releases (
+        manifest  BLOB PRIMARY KEY,
+        product   TEXT NOT NULL,
+        version   INTEGER NOT NULL,
+        state     TEXT NOT NULL,
+        detail    TEXT NOT NULL DEFAULT '',
+        exit_code INTEGER,
+        pid       INTEGER,
+        updated   INTEGER NOT NULL
+     );
+     INSERT INTO releases (manifest, product, version, state, detail, exit_code, pid, updated)
+        SELECT manifest, product, version,
+               CASE state WHEN 'installed' THEN '\"Installed\"'
+                          WHEN 'installing' THEN '\"Installing\"'
+                          WHEN 'rolled-back' THEN '{\"RolledBack\":\"InstallFailed\"}'
+                          WHEN 'skipped' THEN '{\"Skipped\":\"AlreadyInstalled\"}'
+                          ELSE '{\"Failed\":\"CommandFailed\"}' END,
+               detail, exit_code, pid, updated
+        FROM installs;
+     DROP TABLE installs;
+     ALTER TABLE manifests DROP COLUMN state;
+     CREATE TABLE counters (
+        name      TEXT PRIMARY KEY,
+        value     INTEGER NOT NULL
+     );
+     ALTER TABLE reports ADD COLUMN rank INTEGER NOT NULL DEFAULT 0;",
 ];
 
-/// A change of the install record of one release.
-pub struct InstallUpdate {
+/// A release's state on this node, as persisted.
+#[derive(Clone, Debug)]
+pub struct ReleaseRecord {
+    pub manifest: Hash32,
+    pub state: ReleaseState,
+    pub detail: String,
+}
+
+/// One lifecycle transition: the new state, and the signed report that announces it. Both are
+/// written in one transaction, with the report's sequence number.
+pub struct Transition {
     pub manifest: Hash32,
     pub product: String,
     pub version: u64,
-    pub state: &'static str,
+    pub state: ReleaseState,
     pub detail: String,
     pub exit_code: Option<i32>,
     pub now: u64,
-}
-
-/// The install record of one release on this node.
-#[derive(Clone, Debug)]
-pub struct InstallRecord {
-    pub manifest: Hash32,
-    pub state: String,
-    pub detail: String,
+    pub seq: u64,
+    pub report: Vec<u8>,
 }
 
 #[derive(Clone)]
@@ -124,7 +155,7 @@ impl Store {
     }
 
     /// Runs `f` with the connection on the blocking pool.
-    pub async fn call<T: Send + 'static>(
+    async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -137,8 +168,8 @@ impl Store {
         .context("database task failed")?
     }
 
-    /// Runs `f` on the current thread; for start-up code that is not async yet.
-    pub fn call_blocking<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+    /// Runs `f` on the current thread; for start-up code and code already on the blocking pool.
+    fn call_blocking<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
         let mut guard = self.conn.lock().map_err(|_| anyhow!("database mutex poisoned"))?;
         f(&mut guard)
     }
@@ -181,14 +212,6 @@ impl Store {
     /// rollback).
     pub fn manifests(&self) -> Result<Vec<Vec<u8>>> {
         self.call_blocking(|c| blobs(c, "SELECT envelope FROM manifests ORDER BY product, version"))
-    }
-
-    pub async fn set_manifest_state(&self, hash: Hash32, state: &'static str) -> Result<()> {
-        self.call(move |c| {
-            c.execute("UPDATE manifests SET state = ?1 WHERE hash = ?2", params![state, hash.0.to_vec()])?;
-            Ok(())
-        })
-        .await
     }
 
     /// Stores an approval unless a newer one (by issue time) for the same manifest and ring is
@@ -350,23 +373,69 @@ impl Store {
 }
 
 impl Store {
-    pub async fn set_install(&self, u: InstallUpdate) -> Result<()> {
-        let InstallUpdate { manifest, product, version, state, detail, exit_code, now } = u;
+    /// Persists a lifecycle transition and the report that announces it, in one transaction.
+    pub async fn commit_transition(&self, t: Transition) -> Result<()> {
+        let state = serde_json::to_string(&t.state)?;
         self.call(move |c| {
-            c.execute(
-                "INSERT INTO installs (manifest, product, version, state, detail, exit_code, updated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            let tx = c.transaction()?;
+            tx.execute(
+                "INSERT INTO releases (manifest, product, version, state, detail, exit_code, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (manifest) DO UPDATE SET state = ?4, detail = ?5, exit_code = ?6, updated = ?7",
-                params![manifest.0.to_vec(), product, version as i64, state, detail, exit_code, now as i64],
+                params![t.manifest.0.to_vec(), t.product, t.version as i64, state, t.detail, t.exit_code, t.now as i64],
             )?;
+            put_seq(&tx, t.seq)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO reports_out (manifest, envelope) VALUES (?1, ?2)",
+                params![t.manifest.0.to_vec(), t.report],
+            )?;
+            tx.commit()?;
             Ok(())
         })
         .await
     }
 
+    /// Every release's persisted state. Blocking (start-up).
+    pub fn releases(&self) -> Result<Vec<ReleaseRecord>> {
+        self.call_blocking(|c| {
+            let mut st = c.prepare("SELECT manifest, state, detail FROM releases")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (m, state, detail) in rows {
+                let manifest = Hash32(m.try_into().map_err(|_| anyhow!("releases: a manifest hash is not 32 bytes"))?);
+                let state: ReleaseState = serde_json::from_str(&state)
+                    .with_context(|| format!("releases: unreadable state {state:?} of {}", manifest.short()))?;
+                out.push(ReleaseRecord { manifest, state, detail });
+            }
+            Ok(out)
+        })
+    }
+
+    /// The highest report / inventory sequence number this node has used. Blocking (start-up).
+    pub fn last_seq(&self) -> Result<u64> {
+        self.call_blocking(|c| {
+            Ok(c.query_row("SELECT value FROM counters WHERE name = 'seq'", [], |r| r.get::<_, i64>(0))
+                .optional()?
+                .unwrap_or(0) as u64)
+        })
+    }
+
+    /// Records a sequence number used outside a transition (an inventory).
+    pub async fn use_seq(&self, seq: u64) -> Result<()> {
+        self.call(move |c| put_seq(c, seq)).await
+    }
+
+    /// Refusals recorded since the database was created.
+    pub async fn refusal_count(&self) -> Result<u64> {
+        self.call(|c| Ok(c.query_row("SELECT count(*) FROM refusals", [], |r| r.get::<_, i64>(0))? as u64)).await
+    }
+
     /// Remembers the process group of a running install, so a restart can stop a leftover one.
     pub async fn set_install_pid(&self, manifest: Hash32, pid: Option<u32>) -> Result<()> {
         self.call(move |c| {
-            c.execute("UPDATE installs SET pid = ?2 WHERE manifest = ?1", params![manifest.0.to_vec(), pid])?;
+            c.execute("UPDATE releases SET pid = ?2 WHERE manifest = ?1", params![manifest.0.to_vec(), pid])?;
             Ok(())
         })
         .await
@@ -374,7 +443,7 @@ impl Store {
 
     pub async fn install_pid(&self, manifest: Hash32) -> Result<Option<u32>> {
         self.call(move |c| {
-            Ok(c.query_row("SELECT pid FROM installs WHERE manifest = ?1", params![manifest.0.to_vec()], |r| {
+            Ok(c.query_row("SELECT pid FROM releases WHERE manifest = ?1", params![manifest.0.to_vec()], |r| {
                 r.get::<_, Option<u32>>(0)
             })
             .optional()?
@@ -383,45 +452,27 @@ impl Store {
         .await
     }
 
-    pub async fn installs(&self) -> Result<Vec<InstallRecord>> {
-        self.call(|c| {
-            let mut st = c.prepare("SELECT manifest, state, detail FROM installs")?;
-            let rows = st
-                .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows
-                .into_iter()
-                .filter_map(|(m, state, detail)| {
-                    Some(InstallRecord { manifest: Hash32(m.try_into().ok()?), state, detail })
-                })
-                .collect())
-        })
-        .await
-    }
-
-    /// Keeps the latest report this node sent about a release (re-sent periodically).
-    pub async fn put_report_out(&self, manifest: Hash32, envelope: Vec<u8>) -> Result<()> {
-        self.call(move |c| {
-            c.execute(
-                "INSERT OR REPLACE INTO reports_out (manifest, envelope) VALUES (?1, ?2)",
-                params![manifest.0.to_vec(), envelope],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
     pub async fn reports_out(&self) -> Result<Vec<Vec<u8>>> {
         self.call(|c| blobs(c, "SELECT envelope FROM reports_out")).await
     }
 
-    /// Collector: stores a node's report unless a newer one for the same release is there.
-    pub async fn put_report(&self, node: Vec<u8>, manifest: Hash32, seq: u64, envelope: Vec<u8>) -> Result<bool> {
+    /// Collector: stores a node's report unless one with a higher sequence number, or a later
+    /// state (by `ReleaseState::rank`), is there for the same (node, release). A terminal outcome
+    /// the collector has seen is never replaced by an earlier state.
+    pub async fn put_report(
+        &self,
+        node: Vec<u8>,
+        manifest: Hash32,
+        seq: u64,
+        rank: u8,
+        envelope: Vec<u8>,
+    ) -> Result<bool> {
         self.call(move |c| {
             let n = c.execute(
-                "INSERT INTO reports (node, manifest, seq, envelope) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (node, manifest) DO UPDATE SET seq = ?3, envelope = ?4 WHERE ?3 > reports.seq",
-                params![node, manifest.0.to_vec(), seq as i64, envelope],
+                "INSERT INTO reports (node, manifest, seq, envelope, rank) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (node, manifest) DO UPDATE SET seq = ?3, envelope = ?4, rank = ?5
+                 WHERE ?3 > reports.seq AND ?5 >= reports.rank",
+                params![node, manifest.0.to_vec(), seq as i64, envelope, rank],
             )?;
             Ok(n == 1)
         })
@@ -448,6 +499,15 @@ impl Store {
     pub async fn inventories(&self) -> Result<Vec<Vec<u8>>> {
         self.call(|c| blobs(c, "SELECT envelope FROM inventories")).await
     }
+}
+
+fn put_seq(c: &Connection, seq: u64) -> Result<()> {
+    c.execute(
+        "INSERT INTO counters (name, value) VALUES ('seq', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = max(value, ?1)",
+        params![seq as i64],
+    )?;
+    Ok(())
 }
 
 /// The single BLOB column of every row `sql` selects (stored envelopes).

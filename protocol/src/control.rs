@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::lifecycle::ReleaseState;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ControlRequest {
     Status,
@@ -39,11 +41,35 @@ pub enum PublishMode {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ControlResponse {
     Status(Box<NodeStatus>),
-    Published { manifest: String, product: String, version: u64, approvals: Vec<String>, yanked: bool },
+    Published {
+        manifest: String,
+        product: String,
+        version: u64,
+        approvals: Vec<String>,
+        yanked: bool,
+    },
     Done,
     Reports(Vec<ReportView>),
     Inventories(Vec<InventoryView>),
-    Error { message: String },
+    Error {
+        #[serde(default)]
+        kind: ErrorKind,
+        message: String,
+    },
+}
+
+/// Why a control request failed, beside the human message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request could not be parsed, or names something malformed.
+    BadRequest,
+    /// The request needs a collector node (reports, inventories); this node is not one.
+    NotCollector,
+    /// The node checked what it was given and refused it (verification failed).
+    Refused,
+    /// Anything else (I/O on the node, the database).
+    #[default]
+    Internal,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -69,16 +95,19 @@ pub struct PeerStatus {
     pub addr: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ReleaseStatus {
     pub manifest: String,
     pub product: String,
     pub version: u64,
     pub label: String,
     pub severity: String,
-    /// available, downloading, downloaded, not-targeted, yanked, failed
-    pub state: String,
+    /// Where the release stands on this node (download and install), typed.
+    pub state: ReleaseState,
+    /// Human text beside the state (why it waits, the failing command's output tail).
     pub detail: String,
+    /// Whether a yank for the release is known.
+    pub yanked: bool,
     pub total_bytes: u64,
     pub total_chunks: usize,
     pub have_chunks: usize,
@@ -91,9 +120,6 @@ pub struct ReleaseStatus {
     pub approved_rings: Vec<String>,
     /// When the download finished, in milliseconds since the epoch.
     pub finished_ms: Option<u64>,
-    /// The installer's view: "", "waiting", or an install state.
-    pub install_state: String,
-    pub install_detail: String,
 }
 
 /// One node's latest report about one release.
@@ -105,10 +131,11 @@ pub struct ReportView {
     pub manifest: String,
     pub product: String,
     pub version: u64,
-    pub state: String,
+    pub state: ReleaseState,
     pub detail: String,
     pub exit_code: Option<i32>,
     pub at: u64,
+    pub seq: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

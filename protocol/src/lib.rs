@@ -8,10 +8,14 @@
 //! - [`signed`]: the `Envelope` / `Signed<T>` that carries signatures beside the exact signed bytes.
 //! - [`root`], [`manifest`], [`approval`]: the metadata.
 //! - [`verify`]: the numbered verification steps of docs/PROTOCOL.md.
+//! - [`lifecycle`]: a release's typed states on a node and the pure transition function.
+//! - [`bundle`]: the on-disk layout of a release bundle (paths only).
 
 pub mod approval;
+pub mod bundle;
 pub mod control;
 pub mod encoding;
+pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
 pub mod report;
@@ -22,11 +26,12 @@ pub mod verify;
 
 pub use approval::{Approval, Yank, YankAction};
 pub use encoding::DecodeError;
+pub use lifecycle::{Event, FailReason, ReleaseState, RollbackCause, SkipReason, WaitReason};
 pub use limits::Limits;
 pub use manifest::{
     ChunkError, Command, FileEntry, FileHasher, ReleaseManifest, Severity, SeverityLevel, Targets, verify_chunk,
 };
-pub use report::{InstallState, Inventory, Report};
+pub use report::{Inventory, Report};
 pub use root::{Role, RoleKeys, Root, fleet_id};
 pub use signed::{Envelope, Kind, Payload, SignatureEntry, SignatureError, Signed};
 pub use types::{CveId, Hash32, NameError, ProductName, PublicKey, RelPath, RingName, Tag, Timestamp, Version};

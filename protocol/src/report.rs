@@ -5,43 +5,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ValidationError;
+use crate::lifecycle::ReleaseState;
 use crate::limits::Limits;
 use crate::root::RoleKeys;
 use crate::signed::{Envelope, Kind, Payload, Signed};
 use crate::types::{Hash32, ProductName, PublicKey, RingName, Tag, Timestamp, Version};
 use crate::verify::VerifyError;
-
-/// Where a release stands on one node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum InstallState {
-    Available,
-    Downloading,
-    Downloaded,
-    Installing,
-    Installed,
-    Failed,
-    RolledBack,
-    Skipped,
-}
-
-impl InstallState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstallState::Available => "available",
-            InstallState::Downloading => "downloading",
-            InstallState::Downloaded => "downloaded",
-            InstallState::Installing => "installing",
-            InstallState::Installed => "installed",
-            InstallState::Failed => "failed",
-            InstallState::RolledBack => "rolled-back",
-            InstallState::Skipped => "skipped",
-        }
-    }
-    /// A failed install, whether or not the rollback succeeded.
-    pub fn is_failure(self) -> bool {
-        matches!(self, InstallState::Failed | InstallState::RolledBack)
-    }
-}
 
 /// One state change of one release on one node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,12 +21,14 @@ pub struct Report {
     pub manifest: Hash32,
     pub product: ProductName,
     pub version: Version,
-    pub state: InstallState,
-    /// Why it was skipped, or the tail of the failing command's output.
+    pub state: ReleaseState,
+    /// Human text beside the typed state: why it waits, or the tail of the failing command's
+    /// output. Never parsed.
     pub detail: String,
     pub exit_code: Option<i32>,
     pub at: Timestamp,
-    /// Increases with every report a node sends; a collector keeps the highest per release.
+    /// Increases with every report or inventory a node sends, across restarts (persisted); a
+    /// collector keeps the highest per (node, release).
     pub seq: u64,
 }
 

@@ -501,7 +501,7 @@ fn report_value(node: &SigningKey) -> Report {
         manifest: Hash32([4; 32]),
         product: "tool".parse().unwrap(),
         version: Version(3),
-        state: InstallState::RolledBack,
+        state: ReleaseState::RolledBack(lanpatch_protocol::RollbackCause::InstallFailed),
         detail: "install exited with 3".into(),
         exit_code: Some(3),
         at: NOW,

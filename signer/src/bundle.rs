@@ -12,32 +12,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use lanpatch_protocol::{FileEntry, FileHasher, Limits, Payload, RelPath, RingName, Signed};
+use lanpatch_protocol::{FileEntry, FileHasher, Limits, Payload, RelPath, Signed};
 
-pub struct Bundle {
-    pub dir: PathBuf,
-}
-
-impl Bundle {
-    pub fn new(dir: &Path) -> Self {
-        Bundle { dir: dir.to_path_buf() }
-    }
-    pub fn manifest_path(&self) -> PathBuf {
-        self.dir.join("manifest.lpm")
-    }
-    pub fn file_path(&self, name: &RelPath) -> PathBuf {
-        name.components().fold(self.dir.join("files"), |p, c| p.join(c))
-    }
-    pub fn approvals_dir(&self) -> PathBuf {
-        self.dir.join("approvals")
-    }
-    pub fn approval_path(&self, ring: &RingName) -> PathBuf {
-        self.approvals_dir().join(format!("{ring}.lpa"))
-    }
-    pub fn yank_path(&self) -> PathBuf {
-        self.dir.join("yank.lpy")
-    }
-}
+/// The bundle layout is defined once, in `lanpatch_protocol::bundle`.
+pub use lanpatch_protocol::bundle::BundleLayout as Bundle;
 
 /// Reads and decodes a signed file of type `T` (signatures are not checked here).
 pub fn load<T: Payload>(path: &Path, limits: &Limits) -> Result<Signed<T>> {

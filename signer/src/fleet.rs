@@ -1,29 +1,42 @@
 //! Talking to a node's control socket: fleet status, the ring gate, inventory queries.
+//!
+//! Every decision here reads typed release states (`lanpatch_protocol::ReleaseState`), never the
+//! text of a report.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use lanpatch_protocol::control::{ControlRequest, ControlResponse, InventoryView, ReportView};
-use lanpatch_protocol::{Hash32, Limits, ReleaseManifest, RingName};
+use anyhow::{Result, bail};
+use lanpatch_protocol::control::{ControlRequest, ControlResponse, ErrorKind, InventoryView, ReportView};
+use lanpatch_protocol::{Hash32, Limits, ReleaseManifest, ReleaseState, RingName};
+use serde::Serialize;
 
 use crate::bundle::{self, Bundle};
 use crate::debver;
+use crate::exit::{Code, exit};
 
 /// One request, one response, over a node's control socket.
 pub fn request(socket: &Path, req: &ControlRequest) -> Result<ControlResponse> {
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("cannot connect to {} (is the node running?)", socket.display()))?;
+    let unreachable = |e: std::io::Error| {
+        exit(Code::Unreachable, format!("cannot talk to the node at {} (is it running?): {e}", socket.display()))
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(unreachable)?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
+    stream.write_all(&line).map_err(unreachable)?;
     let mut resp = String::new();
-    BufReader::new(stream).take(256 * 1024 * 1024).read_line(&mut resp)?;
-    let resp: ControlResponse =
-        serde_json::from_str(&resp).with_context(|| format!("bad response from {}", socket.display()))?;
-    if let ControlResponse::Error { message } = resp {
-        bail!("the node refused: {message}");
+    BufReader::new(stream).take(256 * 1024 * 1024).read_line(&mut resp).map_err(unreachable)?;
+    let resp: ControlResponse = serde_json::from_str(&resp)
+        .map_err(|e| exit(Code::Unreachable, format!("bad response from {}: {e}", socket.display())))?;
+    if let ControlResponse::Error { kind, message } = resp {
+        let code = match kind {
+            ErrorKind::BadRequest => Code::BadInput,
+            ErrorKind::NotCollector => Code::NotFound,
+            ErrorKind::Refused => Code::Refused,
+            ErrorKind::Internal => Code::Unreachable,
+        };
+        return Err(exit(code, format!("the node refused: {message}")));
     }
     Ok(resp)
 }
@@ -35,8 +48,56 @@ pub fn reports(socket: &Path) -> Result<Vec<ReportView>> {
     }
 }
 
-fn is_failure(state: &str) -> bool {
-    state == "failed" || state == "rolled-back"
+/// A ring's results for one release, from typed states.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RingCounts {
+    pub installed: usize,
+    /// Failed installs or downloads, and rollbacks after a failed or interrupted install.
+    pub failed: usize,
+    /// Rolled back because the release was yanked (not a failure).
+    pub rolled_back_by_yank: usize,
+    /// Skipped: not targeted, yanked before install, or already installed.
+    pub skipped: usize,
+    /// Still on its way (queued, downloading, waiting, installing).
+    pub in_progress: usize,
+}
+
+impl RingCounts {
+    fn add(&mut self, state: ReleaseState) {
+        if state.is_installed() {
+            self.installed += 1;
+        } else if state.is_failure() {
+            self.failed += 1;
+        } else if state == ReleaseState::RolledBack(lanpatch_protocol::RollbackCause::Yanked) {
+            self.rolled_back_by_yank += 1;
+        } else if matches!(state, ReleaseState::Skipped(_)) {
+            self.skipped += 1;
+        } else {
+            self.in_progress += 1;
+        }
+    }
+}
+
+/// The gate's verdict on approving the ring after `reports`' ring: passes with at least
+/// `min_success` installs and no failure the collector has seen.
+pub fn gate_verdict(prev: &RingName, reports: &[&ReportView], min_success: usize) -> Result<(), String> {
+    let mut counts = RingCounts::default();
+    for r in reports {
+        counts.add(r.state);
+    }
+    let failed: Vec<&&ReportView> = reports.iter().filter(|r| r.state.is_failure()).collect();
+    if !failed.is_empty() {
+        let list: Vec<String> =
+            failed.iter().map(|r| format!("{} ({}): {}", r.hostname, r.state, last_lines(&r.detail))).collect();
+        Err(format!("ring {prev} has {} failed install(s): {}", failed.len(), list.join("; ")))
+    } else if counts.installed < min_success {
+        Err(format!(
+            "ring {prev} has {} successful install(s); policy requires at least {min_success} and no failures",
+            counts.installed
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 /// The gate for approving `ring`: the ring before it in `order` must have at least `min_success`
@@ -69,19 +130,7 @@ pub fn ring_gate(
             let all = reports(sock)?;
             let mine: Vec<&ReportView> =
                 all.iter().filter(|r| r.manifest == manifest.to_hex() && r.ring == prev.as_str()).collect();
-            let ok = mine.iter().filter(|r| r.state == "installed").count();
-            let failed: Vec<&&ReportView> = mine.iter().filter(|r| is_failure(&r.state)).collect();
-            if !failed.is_empty() {
-                let list: Vec<String> =
-                    failed.iter().map(|r| format!("{} ({}): {}", r.hostname, r.state, last_lines(&r.detail))).collect();
-                Err(format!("ring {prev} has {} failed install(s): {}", failed.len(), list.join("; ")))
-            } else if ok < min_success {
-                Err(format!(
-                    "ring {prev} has {ok} successful install(s); policy requires at least {min_success} and no failures"
-                ))
-            } else {
-                Ok(())
-            }
+            gate_verdict(prev, &mine, min_success)
         }
     };
     match (verdict, force) {
@@ -90,7 +139,10 @@ pub fn ring_gate(
             eprintln!("warning: overriding the ring gate: {why}");
             Ok(reason.map(str::to_string))
         }
-        (Err(why), false) => bail!("refusing to approve {ring}: {why} (override with --force --reason \"...\")"),
+        (Err(why), false) => Err(exit(
+            Code::Refused,
+            format!("refusing to approve {ring}: {why} (override with --force --reason \"...\")"),
+        )),
     }
 }
 
@@ -105,8 +157,21 @@ fn join(rings: &[RingName]) -> String {
     rings.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
 }
 
+/// One release's results across the fleet (`status --json`).
+#[derive(Serialize)]
+pub struct ReleaseSummary<'a> {
+    pub manifest: &'a str,
+    pub product: &'a str,
+    pub version: u64,
+    /// Nodes that reported, minus those the release does not target.
+    pub targeted: usize,
+    pub rings: BTreeMap<&'a str, RingCounts>,
+    /// Every node's latest report (the highest sequence number the collector has seen).
+    pub nodes: Vec<&'a ReportView>,
+}
+
 /// `lanpatch-signer status`.
-pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits) -> Result<()> {
+pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool) -> Result<()> {
     let filter = match bundle {
         Some(b) => {
             Some(bundle::load::<ReleaseManifest>(&Bundle::new(b).manifest_path(), limits)?.payload_hash().to_hex())
@@ -114,26 +179,49 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits) -> Result<(
         None => None,
     };
     let all = reports(socket)?;
-    let mut by_release: BTreeMap<(String, u64, String), Vec<&ReportView>> = BTreeMap::new();
+    let mut by_release: BTreeMap<(&str, u64, &str), Vec<&ReportView>> = BTreeMap::new();
     for r in all.iter().filter(|r| filter.as_ref().is_none_or(|f| *f == r.manifest)) {
-        by_release.entry((r.product.clone(), r.version, r.manifest.clone())).or_default().push(r);
+        by_release.entry((r.product.as_str(), r.version, r.manifest.as_str())).or_default().push(r);
     }
     if by_release.is_empty() {
-        println!("no reports yet");
+        let what = match &filter {
+            Some(m) => format!("no node has reported on release {m} (never published, or no node has it yet)"),
+            None => "no reports yet".to_string(),
+        };
+        return Err(exit(Code::NotFound, what));
     }
-    for ((product, version, manifest), list) in &by_release {
-        let installed = list.iter().filter(|r| r.state == "installed").count();
-        let targeted = list.iter().filter(|r| !(r.state == "skipped" && r.detail.starts_with("not targeted"))).count();
-        println!("{product} {version} (manifest {}): {installed}/{targeted} targeted nodes installed", &manifest[..16]);
-        let mut rings: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
-        for r in list {
-            *rings.entry(r.ring.as_str()).or_default().entry(r.state.as_str()).or_default() += 1;
+    let summaries: Vec<ReleaseSummary> = by_release
+        .iter()
+        .map(|((product, version, manifest), list)| {
+            let mut rings: BTreeMap<&str, RingCounts> = BTreeMap::new();
+            for r in list {
+                rings.entry(r.ring.as_str()).or_default().add(r.state);
+            }
+            ReleaseSummary {
+                manifest,
+                product,
+                version: *version,
+                targeted: list.iter().filter(|r| !r.state.is_not_targeted()).count(),
+                rings,
+                nodes: list.clone(),
+            }
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "releases": summaries }))?);
+        return Ok(());
+    }
+    for s in &summaries {
+        let installed: usize = s.rings.values().map(|c| c.installed).sum();
+        let short = s.manifest.get(..16).unwrap_or(s.manifest);
+        println!("{} {} (manifest {short}): {installed}/{} targeted nodes installed", s.product, s.version, s.targeted);
+        for (ring, c) in &s.rings {
+            println!(
+                "  ring {ring}: installed {}, failed {}, in progress {}, skipped {}, rolled back by yank {}",
+                c.installed, c.failed, c.in_progress, c.skipped, c.rolled_back_by_yank
+            );
         }
-        for (ring, states) in &rings {
-            let parts: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
-            println!("  ring {ring}: {}", parts.join(", "));
-        }
-        let failing: Vec<&&ReportView> = list.iter().filter(|r| is_failure(&r.state)).collect();
+        let failing: Vec<&&ReportView> = s.nodes.iter().filter(|r| r.state.is_failure()).collect();
         if !failing.is_empty() {
             println!("  failing nodes:");
             for r in failing {
@@ -149,8 +237,8 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits) -> Result<(
                 }
             }
         }
-        for r in list.iter().filter(|r| r.state == "skipped") {
-            println!("  skipped on {}: {}", r.hostname, r.detail);
+        for r in s.nodes.iter().filter(|r| !r.state.is_failure() && !r.state.is_installed()) {
+            println!("  {} [{}]: {}", r.hostname, r.ring, r.state);
         }
     }
     Ok(())
@@ -164,12 +252,16 @@ pub fn inventory(
     tag: Option<&str>,
     os: Option<&str>,
     ring: Option<&str>,
+    json: bool,
 ) -> Result<()> {
     let invs: Vec<InventoryView> = match request(socket, &ControlRequest::Inventories)? {
         ControlResponse::Inventories(v) => v,
         other => bail!("unexpected response {other:?}"),
     };
-    let mut shown = 0;
+    if invs.is_empty() {
+        return Err(exit(Code::NotFound, "the collector holds no inventories yet"));
+    }
+    let mut shown: Vec<(&InventoryView, Option<&str>)> = Vec::new();
     for inv in &invs {
         if tag.is_some_and(|t| !inv.tags.iter().any(|x| x == t))
             || os.is_some_and(|o| inv.os != o)
@@ -178,14 +270,33 @@ pub fn inventory(
             continue;
         }
         let pkg_version = package.and_then(|p| inv.packages.iter().find(|(n, _)| n == p).map(|(_, v)| v.as_str()));
-        if let Some(p) = package {
+        if package.is_some() {
             let Some(v) = pkg_version else { continue };
             if below.is_some_and(|b| debver::compare(v, b) != std::cmp::Ordering::Less) {
                 continue;
             }
-            println!("{} [{}] {} {}: {p} {v}", inv.hostname, inv.ring, inv.os, inv.os_version);
-        } else {
-            println!(
+        }
+        shown.push((inv, pkg_version));
+    }
+    if json {
+        let nodes: Vec<serde_json::Value> = shown
+            .iter()
+            .map(|(inv, v)| {
+                serde_json::json!({
+                    "node": inv.node, "hostname": inv.hostname, "ring": inv.ring, "os": inv.os,
+                    "os_version": inv.os_version, "kernel": inv.kernel, "arch": inv.arch, "tags": inv.tags,
+                    "packages": inv.packages.len(), "releases": inv.releases, "at": inv.at,
+                    "package": package.map(|p| serde_json::json!({ "name": p, "version": v })),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "nodes": nodes, "total": invs.len() }))?);
+        return Ok(());
+    }
+    for (inv, v) in &shown {
+        match (package, v) {
+            (Some(p), Some(v)) => println!("{} [{}] {} {}: {p} {v}", inv.hostname, inv.ring, inv.os, inv.os_version),
+            _ => println!(
                 "{} [{}] {} {} kernel {} {} tags [{}]: {} packages; lanpatch releases: {}",
                 inv.hostname,
                 inv.ring,
@@ -196,10 +307,50 @@ pub fn inventory(
                 inv.tags.join(","),
                 inv.packages.len(),
                 if inv.releases.is_empty() { "none".to_string() } else { inv.releases.join(", ") }
-            );
+            ),
         }
-        shown += 1;
     }
-    println!("{shown} of {} node(s)", invs.len());
+    println!("{} of {} node(s)", shown.len(), invs.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanpatch_protocol::{FailReason, RollbackCause};
+
+    fn report(host: &str, state: ReleaseState) -> ReportView {
+        ReportView {
+            node: host.into(),
+            hostname: host.into(),
+            ring: "canary".into(),
+            manifest: "m".into(),
+            product: "tool".into(),
+            version: 1,
+            state,
+            detail: String::new(),
+            exit_code: None,
+            at: 0,
+            seq: 1,
+        }
+    }
+
+    #[test]
+    fn gate_refuses_any_failure_and_ignores_yank_rollbacks() {
+        let ring: RingName = "canary".parse().unwrap();
+        let ok = [report("a", ReleaseState::Installed), report("b", ReleaseState::RolledBack(RollbackCause::Yanked))];
+        assert!(gate_verdict(&ring, &ok.iter().collect::<Vec<_>>(), 1).is_ok());
+        let bad = [report("a", ReleaseState::Installed), report("b", ReleaseState::Failed(FailReason::DiskFull))];
+        let why = gate_verdict(&ring, &bad.iter().collect::<Vec<_>>(), 1).unwrap_err();
+        assert!(why.contains("1 failed"), "{why}");
+        let rb = [report("a", ReleaseState::Installed), report("b", ReleaseState::RolledBack(RollbackCause::TimedOut))];
+        assert!(gate_verdict(&ring, &rb.iter().collect::<Vec<_>>(), 1).is_err());
+    }
+
+    #[test]
+    fn gate_needs_enough_installs() {
+        let ring: RingName = "canary".parse().unwrap();
+        let few = [report("a", ReleaseState::Installed), report("b", ReleaseState::Downloading)];
+        assert!(gate_verdict(&ring, &few.iter().collect::<Vec<_>>(), 2).is_err());
+    }
 }

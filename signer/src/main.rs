@@ -2,6 +2,7 @@
 
 mod bundle;
 mod debver;
+mod exit;
 mod fleet;
 mod keys;
 mod time;
@@ -53,6 +54,9 @@ enum Cmd {
         /// The collector node's control socket.
         #[arg(long)]
         node: PathBuf,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
         /// Only this release (a bundle directory).
         bundle: Option<PathBuf>,
     },
@@ -128,7 +132,12 @@ enum RootCmd {
         out: PathBuf,
     },
     /// Print a root's contents and signatures.
-    Show { file: PathBuf },
+    Show {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -144,7 +153,12 @@ enum ReleaseCmd {
         bundle: PathBuf,
     },
     /// Print a bundle's manifest, severity data, approvals and signatures.
-    Show { bundle: PathBuf },
+    Show {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        bundle: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -282,6 +296,9 @@ struct InventoryArgs {
     /// Only nodes in this ring.
     #[arg(long)]
     ring: Option<String>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -306,6 +323,9 @@ struct VerifyArgs {
     /// Also require a valid approval for this ring.
     #[arg(long)]
     ring: Option<RingName>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
     bundle: PathBuf,
 }
 
@@ -314,7 +334,7 @@ fn main() -> std::process::ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::from(2)
+            std::process::ExitCode::from(exit::code_of(&e))
         }
     }
 }
@@ -385,9 +405,13 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 signed.value().keys(Role::Root).threshold
             );
         }
-        Cmd::Root(RootCmd::Show { file }) => {
+        Cmd::Root(RootCmd::Show { file, json }) => {
             let root = bundle::load::<Root>(&file, &limits)?;
-            print_root(&root);
+            if json {
+                print_json(&root_json(&root))?;
+            } else {
+                print_root(&root);
+            }
         }
         Cmd::Release(ReleaseCmd::Create(args)) => create_release(*args, &limits, now)?,
         Cmd::Release(ReleaseCmd::Sign { key, bundle }) => {
@@ -404,10 +428,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 m.envelope().signatures.len()
             );
         }
-        Cmd::Release(ReleaseCmd::Show { bundle }) => show_release(&Bundle::new(&bundle), &limits)?,
+        Cmd::Release(ReleaseCmd::Show { bundle, json }) => show_release(&Bundle::new(&bundle), &limits, json)?,
         Cmd::Approve(args) => approve(args, &limits, now)?,
         Cmd::Yank(args) => yank(args, &limits, now)?,
-        Cmd::Status { node, bundle } => fleet::status(&node, bundle.as_deref(), &limits)?,
+        Cmd::Status { node, bundle, json } => fleet::status(&node, bundle.as_deref(), &limits, json)?,
         Cmd::Inventory(a) => fleet::inventory(
             &a.node,
             a.package.as_deref(),
@@ -415,10 +439,18 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             a.tag.as_deref(),
             a.os.as_deref(),
             a.ring.as_deref(),
+            a.json,
         )?,
         Cmd::Publish { node, metadata_only, bundle } => publish(&node, &bundle, metadata_only)?,
         Cmd::Verify(args) => {
-            let ok = verify::verify_bundle(&args.roots, &Bundle::new(&args.bundle), args.ring.as_ref(), &limits, now)?;
+            let ok = verify::verify_bundle(
+                &args.roots,
+                &Bundle::new(&args.bundle),
+                args.ring.as_ref(),
+                &limits,
+                now,
+                args.json,
+            )?;
             return Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) });
         }
     }
@@ -472,8 +504,36 @@ fn parse_command(what: &str, s: &str, timeout_secs: u32) -> Result<Command> {
     Ok(Command { argv, timeout_secs })
 }
 
+/// Builds the bundle in a temporary directory beside `--out` and renames it into place at the
+/// end, so a refused flag or a failure half-way leaves nothing behind.
 fn create_release(a: CreateArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -> Result<()> {
     refuse_existing(&a.out)?;
+    let name = a
+        .out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("--out {} has no usable name", a.out.display()))?;
+    let parent = match a.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let out = a.out.clone();
+    let result = build_release(a, &tmp, limits, now);
+    let result = result.and_then(|()| {
+        refuse_existing(&out)?;
+        std::fs::rename(&tmp, &out).with_context(|| format!("cannot move {} to {}", tmp.display(), out.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result?;
+    println!("next: lanpatch-signer release sign --key <release key> {}", out.display());
+    Ok(())
+}
+
+fn build_release(a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_protocol::Timestamp) -> Result<()> {
     let mut sources = match &a.dir {
         Some(d) => bundle::sources_from_dir(d)?,
         None => Vec::new(),
@@ -492,7 +552,7 @@ fn create_release(a: CreateArgs, limits: &Limits, now: lanpatch_protocol::Timest
     let timeout_secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1);
     let total: u64 = sources.iter().map(|s| s.size).sum();
     let chunk_size = a.chunk_size.unwrap_or_else(|| default_chunk_size(total, limits));
-    let b = Bundle::new(&a.out);
+    let b = Bundle::new(tmp);
     let mut files = Vec::new();
     for s in &sources {
         files.push(bundle::hash_file(s, chunk_size, Some(&b.file_path(&s.name)))?);
@@ -541,7 +601,6 @@ fn create_release(a: CreateArgs, limits: &Limits, now: lanpatch_protocol::Timest
         chunk_size / 1024
     );
     println!("manifest hash: {}", signed.payload_hash());
-    println!("next: lanpatch-signer release sign --key <release key> {}", a.out.display());
     Ok(())
 }
 
@@ -660,8 +719,68 @@ fn print_root(root: &Signed<Root>) {
     println!("signatures: {}", root.envelope().signatures.iter().map(|s| s.key.short()).collect::<Vec<_>>().join(", "));
 }
 
-fn show_release(b: &Bundle, limits: &Limits) -> Result<()> {
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn root_json(root: &Signed<Root>) -> serde_json::Value {
+    let r = root.value();
+    serde_json::json!({
+        "version": r.version,
+        "expires": r.expires.0,
+        "fleet_id": fleet_id(r, &root.envelope().payload).to_hex(),
+        "roles": r.roles.iter().map(|(role, rk)| (role.to_string(), serde_json::json!({
+            "threshold": rk.threshold,
+            "keys": rk.keys.iter().map(|k| k.to_hex()).collect::<Vec<_>>(),
+        }))).collect::<serde_json::Map<_, _>>(),
+        "signatures": root.envelope().signatures.iter().map(|s| s.key.to_hex()).collect::<Vec<_>>(),
+    })
+}
+
+fn release_json(signed: &Signed<ReleaseManifest>) -> serde_json::Value {
+    let m = signed.value();
+    let s = &m.severity;
+    let cmd = |c: &Command| serde_json::json!({ "argv": c.argv, "timeout_secs": c.timeout_secs });
+    serde_json::json!({
+        "manifest": signed.payload_hash().to_hex(),
+        "product": m.product.to_string(),
+        "version": m.version.0,
+        "label": m.label,
+        "description": m.description,
+        "created": m.created.0,
+        "expires": m.expires.0,
+        "severity": {
+            "level": format!("{:?}", s.level).to_lowercase(),
+            "cves": s.cves.iter().map(|c| c.as_str()).collect::<Vec<_>>(),
+            "cvss": s.cvss_tenths.map(|c| f64::from(c) / 10.0),
+            "epss": s.epss_bp.map(|e| f64::from(e) / 10_000.0),
+            "known_exploited": s.known_exploited,
+        },
+        "urgent": m.urgent,
+        "install": cmd(&m.install),
+        "rollback": m.rollback.as_ref().map(cmd),
+        "detect": m.detect.as_ref().map(cmd),
+        "targets": {
+            "os": m.targets.os,
+            "arch": m.targets.arch,
+            "tags": m.targets.tags.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            "hostnames": m.targets.hostnames,
+        },
+        "origins": m.origins,
+        "files": m.files.iter().map(|f| serde_json::json!({
+            "path": f.path.to_string(), "size": f.size, "chunks": f.chunks.len(), "hash": f.hash.to_hex(),
+            "executable": f.executable,
+        })).collect::<Vec<_>>(),
+        "signatures": signed.envelope().signatures.iter().map(|s| s.key.to_hex()).collect::<Vec<_>>(),
+    })
+}
+
+fn show_release(b: &Bundle, limits: &Limits, json: bool) -> Result<()> {
     let signed = bundle::load::<ReleaseManifest>(&b.manifest_path(), limits)?;
+    if json {
+        return print_json(&release_json(&signed));
+    }
     let m = signed.value();
     println!("{} version {} {}", m.product, m.version, m.label);
     if !m.description.is_empty() {
@@ -727,7 +846,7 @@ fn publish(socket: &Path, bundle: &Path, metadata_only: bool) -> Result<()> {
             }
             Ok(())
         }
-        ControlResponse::Error { message } => bail!("the node refused the bundle: {message}"),
+        ControlResponse::Error { message, .. } => bail!("the node refused the bundle: {message}"),
         other => bail!("unexpected response {other:?}"),
     }
 }

@@ -12,17 +12,43 @@ use lanpatch_protocol::{FileEntry, Limits, RingName, Root, Signed, Timestamp, ve
 use crate::bundle::Bundle;
 use crate::time;
 
+/// Every check made, in order; printed as lines (`ok` / `FAIL`) or as JSON at the end.
 struct Findings {
     problems: usize,
+    checks: Vec<(bool, String)>,
+    json: bool,
 }
 
 impl Findings {
-    fn ok(&self, msg: impl std::fmt::Display) {
-        println!("ok    {msg}");
+    fn ok(&mut self, msg: impl std::fmt::Display) {
+        if !self.json {
+            println!("ok    {msg}");
+        }
+        self.checks.push((true, msg.to_string()));
     }
     fn fail(&mut self, msg: impl std::fmt::Display) {
         self.problems += 1;
-        println!("FAIL  {msg}");
+        if !self.json {
+            println!("FAIL  {msg}");
+        }
+        self.checks.push((false, msg.to_string()));
+    }
+    /// Prints the verdict and returns whether the bundle is valid.
+    fn finish(self, note: Option<&str>) -> Result<bool> {
+        let valid = self.problems == 0;
+        if self.json {
+            let checks: Vec<serde_json::Value> =
+                self.checks.iter().map(|(ok, m)| serde_json::json!({ "ok": ok, "message": m })).collect();
+            let v = serde_json::json!({ "valid": valid, "problems": self.problems, "checks": checks, "note": note });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else if let Some(n) = note {
+            println!("invalid: {n}");
+        } else if valid {
+            println!("valid");
+        } else {
+            println!("invalid: {} problem(s)", self.problems);
+        }
+        Ok(valid)
     }
 }
 
@@ -33,8 +59,9 @@ pub fn verify_bundle(
     ring: Option<&RingName>,
     limits: &Limits,
     now: Timestamp,
+    json: bool,
 ) -> Result<bool> {
-    let mut f = Findings { problems: 0 };
+    let mut f = Findings { problems: 0, checks: Vec::new(), json };
     let root = match load_root_chain(roots, limits, now) {
         Ok(r) => {
             f.ok(format_args!("trust root version {} (expires {})", r.value().version, time::show(r.value().expires)));
@@ -42,8 +69,7 @@ pub fn verify_bundle(
         }
         Err(e) => {
             f.fail(format_args!("trust root: {e:#}"));
-            println!("invalid: cannot check anything without a valid trust root");
-            return Ok(false);
+            return f.finish(Some("cannot check anything without a valid trust root"));
         }
     };
     let root_value = root.value();
@@ -114,12 +140,7 @@ pub fn verify_bundle(
             Err(e) => f.fail(format_args!("yank file present but not valid: {e}")),
         }
     }
-    if f.problems == 0 {
-        println!("valid");
-    } else {
-        println!("invalid: {} problem(s)", f.problems);
-    }
-    Ok(f.problems == 0)
+    f.finish(None)
 }
 
 fn load_root_chain(roots: &[PathBuf], limits: &Limits, now: Timestamp) -> Result<Signed<Root>> {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use lanpatch_protocol::ReleaseState;
 use lanpatch_protocol::control::NodeStatus;
 
 use crate::support::{bin, signer};
@@ -124,6 +125,7 @@ impl Node {
             None => Command::new(bin("lanpatch-node")),
         };
         let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -209,8 +211,15 @@ impl Node {
         fs::read(self.dir.join("data/blobs").join(file_hash)).ok()
     }
 
-    pub fn release_state(&self, product: &str, version: u64) -> Option<String> {
+    pub fn release_state(&self, product: &str, version: u64) -> Option<ReleaseState> {
         self.try_status()?.releases.into_iter().find(|r| r.product == product && r.version == version).map(|r| r.state)
+    }
+
+    /// Whether the node holds a verified copy of the release (downloaded, and anything after
+    /// it except a failure).
+    pub fn has_downloaded(&self, product: &str, version: u64) -> bool {
+        self.release_state(product, version)
+            .is_some_and(|s| s.rank() >= ReleaseState::Downloaded.rank() && !s.is_failure())
     }
 }
 
@@ -235,4 +244,22 @@ pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 /// The BLAKE3 of `data` in hex: the blob name a node stores it under.
 pub fn blob_name(data: &[u8]) -> String {
     lanpatch_protocol::Hash32::of(data).to_hex()
+}
+
+/// Processes whose working directory or `LANPATCH_STAGE` lies under `dir` (an install's
+/// leftovers), by pid.
+pub fn processes_in(dir: &Path) -> Vec<u32> {
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let marker = format!("LANPATCH_STAGE={}", dir.display());
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let cwd_inside = fs::read_link(e.path().join("cwd")).is_ok_and(|c| c.starts_with(&dir));
+        let env_inside = fs::read(e.path().join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv.starts_with(marker.as_bytes())));
+        if cwd_inside || env_inside {
+            out.push(pid);
+        }
+    }
+    out
 }

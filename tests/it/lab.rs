@@ -91,7 +91,7 @@ fn nodes_in_namespaces_find_each_other_by_mdns_alone_and_complete_a_distribution
     }
     nodes[0].publish(&bundle);
     wait_until(Duration::from_secs(90), "distribution over mDNS-found peers", || {
-        nodes[1..].iter().all(|n| n.release_state("tool", 1).as_deref() == Some("downloaded"))
+        nodes[1..].iter().all(|n| n.has_downloaded("tool", 1))
     });
     for n in &nodes {
         assert_eq!(n.blob(&blob_name(&data)).as_deref(), Some(&data[..]), "{}", n.dir.display());
@@ -159,7 +159,7 @@ fn site_found_by_mdns_alone_pulls_a_release_across_the_shaped_wan_about_once() {
     )
     .ok();
     wait_until(Duration::from_secs(120), "every host has the release", || {
-        nodes.iter().all(|n| n.release_state("tool", 1).as_deref() == Some("downloaded"))
+        nodes.iter().all(|n| n.has_downloaded("tool", 1))
     });
     let egress = (tx() - before) as f64 / data.len() as f64;
     let _ = origin.kill();

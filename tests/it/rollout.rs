@@ -5,6 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use lanpatch_protocol::{ReleaseState, RollbackCause, SkipReason, WaitReason};
+
 use crate::fleet::{Node, make_fleet_keys, wait_until};
 use crate::support::{Run, signer};
 
@@ -77,8 +79,14 @@ fn endpoint(dir: &Path, name: &str, admin: &Node, extra: &str) -> Node {
     n
 }
 
-fn install_state(n: &Node) -> (String, String) {
-    n.status().releases.into_iter().next().map(|r| (r.install_state, r.install_detail)).unwrap_or_default()
+/// The state of the node's first release and the text beside it.
+pub fn install_state(n: &Node) -> (ReleaseState, String) {
+    n.status()
+        .releases
+        .into_iter()
+        .next()
+        .map(|r| (r.state, r.detail))
+        .unwrap_or((ReleaseState::Available, String::new()))
 }
 
 fn fleet_status(dir: &Path, admin: &Node, bundle: &Path) -> String {
@@ -110,7 +118,7 @@ fn canary_installs_first_broad_is_gated_on_canary_success_then_all_six_install()
     let sock = admin.socket().to_string_lossy().into_owned();
     let gate = ["--node", sock.as_str(), "--rings", "canary,broad"];
     let gated = approve(dir, &bundle, "broad", &gate);
-    assert_eq!(gated.code, Some(2), "{}", gated.all());
+    assert_eq!(gated.code, Some(1), "{}", gated.all());
     assert!(
         gated.stderr.contains("refusing to approve broad: ring canary has 0 successful install(s)"),
         "{}",
@@ -121,10 +129,13 @@ fn canary_installs_first_broad_is_gated_on_canary_success_then_all_six_install()
     wait_until(Duration::from_secs(60), "canary installs", || {
         canary.iter().all(|n| marker(n).as_deref() == Some("tool 1\n"))
     });
-    std::thread::sleep(Duration::from_secs(3));
+    // Broad nodes reach their waiting state (recorded before any install could start) and stay.
+    wait_until(Duration::from_secs(60), "broad waits for its approval", || {
+        broad.iter().all(|n| install_state(n).0 == ReleaseState::Waiting(WaitReason::NotApproved))
+    });
     assert!(broad.iter().all(|n| marker(n).is_none()), "broad installed without an approval");
     assert!(
-        broad.iter().all(|n| install_state(n).1.contains("waiting for an approval for ring broad")),
+        install_state(&broad[0]).1.contains("waiting for an approval for ring broad"),
         "{:?}",
         install_state(&broad[0])
     );
@@ -154,20 +165,19 @@ fn failing_install_is_rolled_back_reported_with_its_output_and_blocks_the_next_r
     wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
     approve(dir, &bundle, "canary", &[]).ok();
     admin.publish(&bundle);
-    wait_until(Duration::from_secs(60), "rollback", || install_state(&c).0 == "rolled-back");
+    wait_until(Duration::from_secs(60), "rollback", || {
+        install_state(&c).0 == ReleaseState::RolledBack(RollbackCause::InstallFailed)
+    });
     assert!(c.dir.join("data/rolled-back").exists(), "rollback script did not run");
     assert!(install_state(&c).1.contains("install exited with 3"), "{:?}", install_state(&c));
-    // "failed" is reported before the rollback runs; wait for the final state.
+    // "rolling back" is reported before the rollback runs; wait for the final state.
     wait_until(Duration::from_secs(30), "rollback report", || {
-        fleet_status(dir, &admin, &bundle).contains("rolled-back (exit 3)")
+        fleet_status(dir, &admin, &bundle).contains("rolled back (install failed) (exit 3)")
     });
     let st = fleet_status(dir, &admin, &bundle);
-    assert!(
-        st.contains("rolled-back (exit 3)") && st.contains("cannot write /opt/tool: read-only file system"),
-        "{st}"
-    );
+    assert!(st.contains("failing nodes:") && st.contains("cannot write /opt/tool: read-only file system"), "{st}");
     let gated = approve(dir, &bundle, "pilot", &["--node", &admin.socket().to_string_lossy()]);
-    assert_eq!(gated.code, Some(2));
+    assert_eq!(gated.code, Some(1));
     assert!(
         gated.stderr.contains("ring canary has 1 failed install(s)") && gated.stderr.contains("read-only file system"),
         "{}",
@@ -210,11 +220,12 @@ fn untargeted_node_never_installs_and_node_outside_its_window_waits_until_the_de
     approve(dir, &bundle, "broad", &["--rings", "broad"]).ok();
     admin.publish(&bundle);
     wait_until(Duration::from_secs(60), "kiosk waits for its window", || {
-        install_state(&kiosk).1.contains("waiting for the maintenance window")
+        install_state(&kiosk).0 == ReleaseState::Waiting(WaitReason::OutsideWindow)
     });
-    wait_until(Duration::from_secs(30), "server skips", || install_state(&other).0 == "skipped");
-    assert!(install_state(&other).1.contains("not targeted"), "{:?}", install_state(&other));
-    std::thread::sleep(Duration::from_secs(3));
+    assert!(install_state(&kiosk).1.contains("waiting for the maintenance window"), "{:?}", install_state(&kiosk));
+    wait_until(Duration::from_secs(30), "server skips", || {
+        install_state(&other).0 == ReleaseState::Skipped(SkipReason::NotTargeted)
+    });
     assert!(!kiosk.dir.join("data/installed-tool").exists(), "installed outside the window");
 
     // A new approval whose deadline has passed: install at once, window or not.
@@ -224,7 +235,7 @@ fn untargeted_node_never_installs_and_node_outside_its_window_waits_until_the_de
     wait_until(Duration::from_secs(30), "install after the deadline", || {
         kiosk.dir.join("data/installed-tool").exists()
     });
-    assert_eq!(install_state(&kiosk).0, "installed");
+    wait_until(Duration::from_secs(30), "installed state", || install_state(&kiosk).0 == ReleaseState::Installed);
     assert!(!other.dir.join("data/installed-tool").exists());
 }
 
@@ -244,14 +255,21 @@ fn node_killed_during_install_resolves_the_attempt_after_restart() {
     wait_until(Duration::from_secs(60), "install starts", || n.dir.join("data/install-started").exists());
     n.kill9();
     n.start();
-    wait_until(Duration::from_secs(30), "attempt resolved", || install_state(&n).0 == "rolled-back");
-    assert!(install_state(&n).1.contains("interrupted by a restart"), "{:?}", install_state(&n));
+    wait_until(Duration::from_secs(30), "attempt resolved", || {
+        install_state(&n).0 == ReleaseState::RolledBack(RollbackCause::Interrupted)
+    });
+    assert!(install_state(&n).1.contains("interrupted"), "{:?}", install_state(&n));
     assert!(n.dir.join("data/rolled-back").exists());
     wait_until(Duration::from_secs(30), "report at the collector", || {
-        fleet_status(dir, &admin, &bundle).contains("rolled-back")
+        fleet_status(dir, &admin, &bundle).contains("rolled back (install interrupted)")
     });
-    // The leftover install process was stopped: it never finishes.
-    std::thread::sleep(Duration::from_secs(2));
+    // The leftover install process was stopped: no process runs in its staging directory.
+    let stage = n.dir.join("data/stage");
+    assert!(
+        crate::fleet::processes_in(&stage).is_empty(),
+        "leftover install: {:?}",
+        crate::fleet::processes_in(&stage)
+    );
     assert!(!n.dir.join("data/installed-tool").exists());
 }
 
@@ -271,7 +289,9 @@ fn yank_with_rollback_rolls_back_installed_nodes() {
     signer(dir, &["yank", "--key", "carol.key", "v1"]).ok();
     admin.publish(&bundle);
     wait_until(Duration::from_secs(30), "rollback after yank", || n.dir.join("data/rolled-back").exists());
-    wait_until(Duration::from_secs(10), "state", || install_state(&n).0 == "rolled-back");
+    wait_until(Duration::from_secs(10), "state", || {
+        install_state(&n).0 == ReleaseState::RolledBack(RollbackCause::Yanked)
+    });
     assert!(install_state(&n).1.contains("yanked: breaks printing"));
 }
 

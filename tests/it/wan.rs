@@ -26,7 +26,7 @@ fn announce(node: &Node, bundle: &std::path::Path) {
 }
 
 fn downloaded(n: &Node) -> bool {
-    n.release_state("tool", 1).as_deref() == Some("downloaded")
+    n.has_downloaded("tool", 1)
 }
 
 fn origin_bytes(n: &Node) -> u64 {

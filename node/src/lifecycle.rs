@@ -1,0 +1,155 @@
+//! The one owner of every release's state on this node.
+//!
+//! A task holds the states; everything else sends it events through a [`Lifecycle`] handle
+//! (a bounded channel, a oneshot reply each) and reads them from a `watch` snapshot. For each
+//! event the task runs the pure `lanpatch_protocol::lifecycle::step`; if the state changes it
+//! signs a report, persists the new state, the report and its sequence number in one SQLite
+//! transaction, and only then updates the snapshot and announces the report. A state that was
+//! not persisted is never reported, and what was persisted is what the node starts from after
+//! a restart, so a node's reported states never go backwards.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow};
+use lanpatch_protocol::lifecycle::{Effect, Step, step};
+use lanpatch_protocol::{Event, Hash32, ReleaseState};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::clock::now;
+use crate::net::NetHandle;
+use crate::report::{ReleaseRef, Reporter};
+use crate::store::{Store, Transition};
+
+/// A release's state on this node and the human text beside it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub state: ReleaseState,
+    pub detail: String,
+}
+
+pub type Snapshot = Arc<HashMap<Hash32, Entry>>;
+
+/// What changed, for the caller: the new state and the effects it must carry out
+/// (`Effect::RunRollback`). `None` when the event did not apply.
+pub type Applied = Option<(ReleaseState, Vec<Effect>)>;
+
+struct Apply {
+    release: ReleaseRef,
+    event: Event,
+    detail: String,
+    exit_code: Option<i32>,
+    reply: oneshot::Sender<Result<Applied>>,
+}
+
+/// A cheap, clonable handle to the lifecycle owner.
+#[derive(Clone)]
+pub struct Lifecycle {
+    tx: mpsc::Sender<Apply>,
+    view: watch::Receiver<Snapshot>,
+}
+
+impl Lifecycle {
+    /// The current state of a release (`Available` if nothing happened to it yet).
+    pub fn state(&self, hash: &Hash32) -> ReleaseState {
+        self.view.borrow().get(hash).map(|e| e.state).unwrap_or(ReleaseState::Available)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.view.borrow().clone()
+    }
+
+    /// Changes whenever any release's state changes.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.view.clone()
+    }
+
+    /// Applies an event and waits until the resulting state is persisted and reported.
+    pub async fn apply(
+        &self,
+        release: &ReleaseRef,
+        event: Event,
+        detail: impl Into<String>,
+        exit_code: Option<i32>,
+    ) -> Result<Applied> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Apply { release: release.clone(), event, detail: detail.into(), exit_code, reply };
+        self.tx.send(cmd).await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?;
+        rx.await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?
+    }
+}
+
+/// Where the owner sends what it reports.
+pub struct Outlets {
+    pub net: NetHandle,
+    /// Set on a collector: its own reports are stored like everyone else's.
+    pub collector: Option<Store>,
+    /// Notified when what is installed changed (the inventory loop sends a fresh inventory).
+    pub inventory_changed: Arc<Notify>,
+}
+
+/// Loads the persisted states and starts the owner task. The task ends when every handle is
+/// dropped (after the node's other tasks stopped), so events sent during shutdown (an
+/// interrupted install) are still persisted.
+pub fn start(store: Store, reporter: Arc<Reporter>, outlets: Outlets) -> Result<Lifecycle> {
+    let mut states = HashMap::new();
+    for r in store.releases()? {
+        states.insert(r.manifest, Entry { state: r.state, detail: r.detail });
+    }
+    let (view_tx, view) = watch::channel(Arc::new(states.clone()));
+    let (tx, mut rx) = mpsc::channel::<Apply>(64);
+    tokio::spawn(async move {
+        while let Some(cmd) = rx.recv().await {
+            let result = transition(&store, &reporter, &outlets, &mut states, &cmd).await;
+            if let Ok(Some(_)) = &result {
+                view_tx.send_replace(Arc::new(states.clone()));
+            }
+            let _ = cmd.reply.send(result);
+        }
+    });
+    Ok(Lifecycle { tx, view })
+}
+
+async fn transition(
+    store: &Store,
+    reporter: &Reporter,
+    outlets: &Outlets,
+    states: &mut HashMap<Hash32, Entry>,
+    cmd: &Apply,
+) -> Result<Applied> {
+    let hash = cmd.release.hash;
+    let current = states.get(&hash).map(|e| e.state).unwrap_or(ReleaseState::Available);
+    let Step::To(next, effects) = step(current, cmd.event) else {
+        tracing::debug!(manifest = %hash.short(), state = %current, event = ?cmd.event, "event does not apply");
+        return Ok(None);
+    };
+    let (seq, report) = reporter.report(&cmd.release, next, &cmd.detail, cmd.exit_code);
+    store
+        .commit_transition(Transition {
+            manifest: hash,
+            product: cmd.release.product.to_string(),
+            version: cmd.release.version.0,
+            state: next,
+            detail: cmd.detail.clone(),
+            exit_code: cmd.exit_code,
+            now: now().0,
+            seq,
+            report: report.clone(),
+        })
+        .await?;
+    states.insert(hash, Entry { state: next, detail: cmd.detail.clone() });
+    tracing::info!(manifest = %hash.short(), product = %cmd.release.product, version = %cmd.release.version, from = %current, to = %next, "release state");
+    if let Some(collector) = &outlets.collector
+        && let Err(e) = crate::report::accept_node_message(Some(collector), &reporter.limits, &report).await
+    {
+        tracing::error!("own report refused: {e}");
+    }
+    if let Err(e) = outlets.net.publish(report).await {
+        // Kept in reports_out and re-sent; nobody to tell right now is not an error.
+        tracing::debug!("report not published now: {e:#}");
+    }
+    if effects.contains(&Effect::InventoryChanged) {
+        outlets.inventory_changed.notify_one();
+    }
+    Ok(Some((next, effects)))
+}

@@ -1,0 +1,113 @@
+//! The metadata pipeline: one path for signed metadata from gossip, catalog sync and local
+//! `publish` alike. Check against the trust state, store, then act (queue a download, wake the
+//! installer).
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use lanpatch_protocol::{Event, FailReason, ReleaseManifest, Signed};
+
+use crate::clock::now;
+use crate::policy::targets_match;
+use crate::shared::{Shared, release_ref};
+use crate::trust::{Accepted, Checked};
+
+/// Checks a signed message, stores it, and acts on it. Refusals are recorded with their reason.
+pub async fn ingest(s: &Arc<Shared>, bytes: &[u8], source: &str) -> Result<Accepted> {
+    let checked = s.trust().check(bytes, now());
+    match checked {
+        Ok(c) => commit(s, c, bytes).await,
+        Err(e) => {
+            s.refuse(source.to_string(), "metadata", e.to_string()).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Applies a checked message: memory, database, then follow-up work.
+pub async fn commit(s: &Arc<Shared>, checked: Checked, bytes: &[u8]) -> Result<Accepted> {
+    let manifest = match &checked {
+        Checked::Manifest(m) => Some((**m).clone()),
+        _ => None,
+    };
+    let accepted = s.trust().commit(checked);
+    if !accepted.is_new() {
+        return Ok(accepted);
+    }
+    let t = now().0;
+    match &accepted {
+        Accepted::Root { version, .. } => s.store.put_root(*version, bytes.to_vec(), t).await?,
+        Accepted::Manifest { hash, .. } => {
+            if let Some(m) = manifest {
+                let v = m.value();
+                tracing::info!(product = %v.product, version = %v.version, manifest = %hash.short(), "new release");
+                s.store.put_manifest(*hash, v.product.to_string(), v.version.0, bytes.to_vec(), t).await?;
+                consider_download(s, m).await;
+            }
+        }
+        Accepted::Approval { manifest, ring, .. } => {
+            tracing::info!(manifest = %manifest.short(), %ring, "approval");
+            let issued = s.trust().approvals.get(&(*manifest, ring.clone())).map(|a| a.value().issued.0).unwrap_or(t);
+            s.store.put_approval(*manifest, ring.to_string(), issued, bytes.to_vec()).await?;
+        }
+        Accepted::Yank { manifest, .. } => {
+            tracing::warn!(manifest = %manifest.short(), "release yanked");
+            s.store.put_yank(*manifest, bytes.to_vec()).await?;
+        }
+    }
+    s.metadata_changed.notify_one();
+    Ok(accepted)
+}
+
+/// Queues a download of `m` unless it does not target this node, is yanked, does not fit the
+/// cache quota, or is past downloading already (its persisted state says so, restarts
+/// included). The download manager starts queued downloads most severe first.
+pub async fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
+    let hash = m.payload_hash();
+    let rel = release_ref(&m);
+    let v = m.value();
+    let state = s.lifecycle.state(&hash);
+    if state.rank() >= lanpatch_protocol::ReleaseState::Downloaded.rank() {
+        return;
+    }
+    let apply = |event: Event, detail: String| {
+        let (s, rel) = (s.clone(), rel.clone());
+        async move {
+            if let Err(e) = s.lifecycle.apply(&rel, event, detail, None).await {
+                tracing::error!("cannot record release state: {e:#}");
+            }
+        }
+    };
+    if let Err(why) = targets_match(&v.targets, &s.facts) {
+        tracing::info!(product = %v.product, version = %v.version, "not for this node: {why}");
+        apply(Event::NotTargeted, why).await;
+        return;
+    }
+    if s.trust().yanks.contains_key(&hash) {
+        apply(Event::Yanked { rollback: false, has_rollback: v.rollback.is_some() }, "release was yanked".into()).await;
+        return;
+    }
+    let used = s.library.used_bytes();
+    if used.saturating_add(v.total_bytes()) > s.cfg.cache_quota {
+        let why = format!("needs {} bytes, cache holds {used} of a {} byte quota", v.total_bytes(), s.cfg.cache_quota);
+        tracing::warn!(product = %v.product, "not downloading: {why}");
+        apply(Event::DownloadFailed(FailReason::OverQuota), why).await;
+        return;
+    }
+    {
+        let mut p = s.progress();
+        p.entry(hash).or_default().total_chunks = v.total_chunks();
+    }
+    if s.downloading.lock().unwrap_or_else(|p| p.into_inner()).contains(&hash) {
+        return;
+    }
+    {
+        let mut q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if q.iter().any(|x| x.payload_hash() == hash) {
+            return;
+        }
+        q.push(m);
+    }
+    apply(Event::Queue, String::new()).await;
+    s.queue_changed.notify_one();
+}

@@ -1,0 +1,500 @@
+//! A release's life on one node, as typed states and a pure transition function.
+//!
+//! Every state change of a release on a node goes through [`step`]: the node's lifecycle owner
+//! applies it, persists the result in the same transaction, and reports it. Nodes report these
+//! states; the collector and the signer's ring gate read them as typed values, never as text.
+//! Human text (command output, an error's message) travels beside the state, never instead of it.
+//!
+//! The order of states (see [`ReleaseState::rank`]) only goes forward:
+//!
+//! ```text
+//! Available -> Queued -> Downloading -> Downloaded -> Waiting(why) -> Installing
+//!     -> Installed
+//!     -> Interrupted (shutdown killed it) / RollingBack(cause) -> RolledBack(cause) | Failed(why)
+//! Installed -> RollingBack(Yanked) -> RolledBack(Yanked) | Failed(RollbackFailed)
+//! any state before Installing -> Skipped(why) | Failed(why)
+//! ```
+//!
+//! `Failed`, `RolledBack` and `Skipped` are final: nothing replaces them (a fix is a new
+//! version). `Installed` is final except for a yank that asks for a rollback.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::Timestamp;
+
+/// Why a release waits before its install.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WaitReason {
+    /// No approval for this node's ring yet.
+    NotApproved,
+    /// Approved, but not before this time.
+    NotBefore(Timestamp),
+    /// Approved and due, outside the node's maintenance windows.
+    OutsideWindow,
+}
+
+/// Why a release failed on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FailReason {
+    /// The disk filled up (download or staging). The partial files were removed.
+    DiskFull,
+    /// The release does not fit the node's `cache_quota`.
+    OverQuota,
+    /// The download failed for another reason (an I/O error on this node).
+    DownloadError,
+    /// The release's files could not be staged for the install.
+    StageError,
+    /// The install command exited non-zero or could not start.
+    CommandFailed,
+    /// The install command ran past its timeout and was killed.
+    TimedOut,
+    /// The install was interrupted (the node stopped or died) and it could not be resolved.
+    Interrupted,
+    /// The rollback command failed.
+    RollbackFailed,
+    /// A rollback was needed, but the release has no rollback command.
+    NoRollback,
+}
+
+/// Why a release was rolled back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RollbackCause {
+    /// The install command failed.
+    InstallFailed,
+    /// The install command timed out.
+    TimedOut,
+    /// The install was interrupted by a shutdown or a crash.
+    Interrupted,
+    /// The release was yanked with `--rollback` after it was installed. Not a failure.
+    Yanked,
+}
+
+/// Why a release was not installed, without anything going wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SkipReason {
+    /// The release's targets (OS, arch, tags, hostnames) do not include this node.
+    NotTargeted,
+    /// The release was yanked before it was installed.
+    Yanked,
+    /// The detect command says the release is already installed.
+    AlreadyInstalled,
+}
+
+/// Where a release stands on one node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReleaseState {
+    /// Trusted and known; not yet looked at.
+    Available,
+    /// Targeted at this node and waiting for a download slot.
+    Queued,
+    Downloading,
+    /// Every file is downloaded and verified.
+    Downloaded,
+    /// Downloaded; the install waits.
+    Waiting(WaitReason),
+    /// The install command runs (recorded before it starts).
+    Installing,
+    /// The node stopped during the install and killed it; resolved (detect, else rollback) at the
+    /// next start.
+    Interrupted,
+    /// The rollback command runs.
+    RollingBack(RollbackCause),
+    Installed,
+    Failed(FailReason),
+    RolledBack(RollbackCause),
+    Skipped(SkipReason),
+}
+
+impl ReleaseState {
+    /// The order of states. A node's reported state for a release never goes to a lower rank.
+    pub fn rank(self) -> u8 {
+        use ReleaseState::*;
+        match self {
+            Available => 0,
+            Queued => 1,
+            Downloading => 2,
+            Downloaded => 3,
+            Waiting(_) => 4,
+            Installing => 5,
+            Interrupted => 6,
+            RollingBack(RollbackCause::Yanked) => 8,
+            RollingBack(_) => 6,
+            Installed => 7,
+            Failed(_) | RolledBack(_) | Skipped(_) => 9,
+        }
+    }
+
+    /// Nothing replaces this state.
+    pub fn is_final(self) -> bool {
+        self.rank() == 9
+    }
+
+    /// A terminal outcome: installed, failed, rolled back or skipped.
+    pub fn is_outcome(self) -> bool {
+        self.rank() >= 7 && !matches!(self, ReleaseState::RollingBack(_))
+    }
+
+    /// Counts against a ring's gate: a failed install or download, or a rollback after a failed
+    /// or interrupted install. A rollback asked for by a yank is not a failure.
+    pub fn is_failure(self) -> bool {
+        match self {
+            ReleaseState::Failed(_) => true,
+            ReleaseState::RolledBack(cause) => cause != RollbackCause::Yanked,
+            _ => false,
+        }
+    }
+
+    pub fn is_installed(self) -> bool {
+        self == ReleaseState::Installed
+    }
+
+    /// Skipped because the release does not target the node: the node is not part of the rollout.
+    pub fn is_not_targeted(self) -> bool {
+        self == ReleaseState::Skipped(SkipReason::NotTargeted)
+    }
+
+    /// A short, stable label for people (status tables). Never parsed back.
+    pub fn label(self) -> String {
+        use ReleaseState::*;
+        match self {
+            Available => "available".into(),
+            Queued => "queued".into(),
+            Downloading => "downloading".into(),
+            Downloaded => "downloaded".into(),
+            Waiting(w) => format!(
+                "waiting ({})",
+                match w {
+                    WaitReason::NotApproved => "not approved for this ring".to_string(),
+                    WaitReason::NotBefore(t) => format!("not before {}", t.0),
+                    WaitReason::OutsideWindow => "outside the maintenance window".to_string(),
+                }
+            ),
+            Installing => "installing".into(),
+            Interrupted => "interrupted".into(),
+            RollingBack(c) => format!("rolling back ({})", c.label()),
+            Installed => "installed".into(),
+            Failed(f) => format!("failed ({})", f.label()),
+            RolledBack(c) => format!("rolled back ({})", c.label()),
+            Skipped(s) => format!(
+                "skipped ({})",
+                match s {
+                    SkipReason::NotTargeted => "not targeted",
+                    SkipReason::Yanked => "yanked",
+                    SkipReason::AlreadyInstalled => "already installed",
+                }
+            ),
+        }
+    }
+}
+
+impl FailReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            FailReason::DiskFull => "disk full",
+            FailReason::OverQuota => "over cache quota",
+            FailReason::DownloadError => "download error",
+            FailReason::StageError => "cannot stage files",
+            FailReason::CommandFailed => "install command failed",
+            FailReason::TimedOut => "install timed out",
+            FailReason::Interrupted => "interrupted",
+            FailReason::RollbackFailed => "rollback failed",
+            FailReason::NoRollback => "no rollback command",
+        }
+    }
+}
+
+impl RollbackCause {
+    pub fn label(self) -> &'static str {
+        match self {
+            RollbackCause::InstallFailed => "install failed",
+            RollbackCause::TimedOut => "install timed out",
+            RollbackCause::Interrupted => "install interrupted",
+            RollbackCause::Yanked => "yanked",
+        }
+    }
+}
+
+impl std::fmt::Display for ReleaseState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label())
+    }
+}
+
+/// Something that happened to a release on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Event {
+    /// The release targets this node and fits the cache: queue its download.
+    Queue,
+    NotTargeted,
+    DownloadStarted,
+    DownloadFinished,
+    /// The download failed. The caller removed the partial files first if the disk was full.
+    DownloadFailed(FailReason),
+    /// The release's files could not be copied into the staging directory.
+    StageFailed(FailReason),
+    /// The installer looked and the release must wait.
+    Wait(WaitReason),
+    /// The detect command says it is installed already (before an install was started).
+    AlreadyInstalled,
+    InstallStarted,
+    InstallSucceeded,
+    /// The install failed (or an interrupted install was found at start and detect said no).
+    /// `has_rollback`: whether the manifest has a rollback command.
+    InstallFailed {
+        cause: RollbackCause,
+        has_rollback: bool,
+    },
+    /// The node is stopping and killed the running install after its grace period.
+    Interrupted,
+    RollbackSucceeded,
+    RollbackFailed,
+    /// The release was yanked. `rollback`: the yank asks installed nodes to roll back.
+    Yanked {
+        rollback: bool,
+        has_rollback: bool,
+    },
+}
+
+/// What the owner must do after a transition, besides persisting and reporting it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Run the release's rollback command.
+    RunRollback,
+    /// What is installed changed: send a fresh inventory.
+    InventoryChanged,
+}
+
+/// The result of [`step`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The state changes to this; persist, report, then run the effects.
+    To(ReleaseState, Vec<Effect>),
+    /// The event does not apply in this state (late, duplicate or out of order): nothing changes.
+    Ignored,
+}
+
+/// The transition function. Pure: the owner persists and reports whatever it returns.
+pub fn step(state: ReleaseState, event: Event) -> Step {
+    use Event as E;
+    use ReleaseState as S;
+    let to = |s: ReleaseState| Step::To(s, Vec::new());
+    let before_install = state.rank() < S::Installing.rank();
+    match (state, event) {
+        (S::Available, E::Queue) => to(S::Queued),
+        (S::Available, E::NotTargeted) => to(S::Skipped(SkipReason::NotTargeted)),
+        (S::Available | S::Queued, E::DownloadStarted) => to(S::Downloading),
+        (S::Available | S::Queued | S::Downloading, E::DownloadFinished) => to(S::Downloaded),
+        (S::Available | S::Queued | S::Downloading, E::DownloadFailed(why)) => to(S::Failed(why)),
+        (S::Downloaded | S::Waiting(_), E::StageFailed(why)) => to(S::Failed(why)),
+        (S::Downloaded | S::Waiting(_), E::Wait(why)) if state != S::Waiting(why) => to(S::Waiting(why)),
+        (S::Downloaded | S::Waiting(_), E::AlreadyInstalled) => to(S::Skipped(SkipReason::AlreadyInstalled)),
+        (S::Downloaded | S::Waiting(_), E::InstallStarted) => to(S::Installing),
+        (S::Installing | S::Interrupted, E::InstallSucceeded) => Step::To(S::Installed, vec![Effect::InventoryChanged]),
+        (S::Installing | S::Interrupted, E::InstallFailed { cause, has_rollback }) => {
+            if has_rollback {
+                Step::To(S::RollingBack(cause), vec![Effect::RunRollback])
+            } else {
+                to(S::Failed(match cause {
+                    RollbackCause::TimedOut => FailReason::TimedOut,
+                    RollbackCause::Interrupted => FailReason::Interrupted,
+                    _ => FailReason::CommandFailed,
+                }))
+            }
+        }
+        (S::Installing, E::Interrupted) => to(S::Interrupted),
+        (S::RollingBack(cause), E::RollbackSucceeded) => Step::To(S::RolledBack(cause), vec![Effect::InventoryChanged]),
+        (S::RollingBack(_), E::RollbackFailed) => to(S::Failed(FailReason::RollbackFailed)),
+        (S::Installed, E::Yanked { rollback: true, has_rollback: true }) => {
+            Step::To(S::RollingBack(RollbackCause::Yanked), vec![Effect::RunRollback])
+        }
+        (S::Installed, E::Yanked { rollback: true, has_rollback: false }) => to(S::Failed(FailReason::NoRollback)),
+        (_, E::Yanked { .. }) if before_install => to(S::Skipped(SkipReason::Yanked)),
+        _ => Step::Ignored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn after(events: &[Event]) -> ReleaseState {
+        events.iter().fold(ReleaseState::Available, |s, e| match step(s, *e) {
+            Step::To(n, _) => n,
+            Step::Ignored => s,
+        })
+    }
+
+    #[test]
+    fn happy_path_reaches_installed_and_asks_for_a_new_inventory() {
+        let s = after(&[
+            Event::Queue,
+            Event::DownloadStarted,
+            Event::DownloadFinished,
+            Event::Wait(WaitReason::OutsideWindow),
+            Event::InstallStarted,
+        ]);
+        assert_eq!(s, ReleaseState::Installing);
+        assert_eq!(step(s, Event::InstallSucceeded), Step::To(ReleaseState::Installed, vec![Effect::InventoryChanged]));
+    }
+
+    #[test]
+    fn failed_install_with_rollback_command_rolls_back_and_counts_as_failure() {
+        let s = after(&[Event::Queue, Event::DownloadFinished, Event::InstallStarted]);
+        let cause = RollbackCause::InstallFailed;
+        assert_eq!(
+            step(s, Event::InstallFailed { cause, has_rollback: true }),
+            Step::To(ReleaseState::RollingBack(cause), vec![Effect::RunRollback])
+        );
+        let done = after(&[
+            Event::Queue,
+            Event::DownloadFinished,
+            Event::InstallStarted,
+            Event::InstallFailed { cause, has_rollback: true },
+            Event::RollbackSucceeded,
+        ]);
+        assert_eq!(done, ReleaseState::RolledBack(cause));
+        assert!(done.is_failure() && done.is_final());
+    }
+
+    #[test]
+    fn yank_after_install_rolls_back_and_is_not_a_failure() {
+        let s = after(&[
+            Event::Queue,
+            Event::DownloadFinished,
+            Event::InstallStarted,
+            Event::InstallSucceeded,
+            Event::Yanked { rollback: true, has_rollback: true },
+            Event::RollbackSucceeded,
+        ]);
+        assert_eq!(s, ReleaseState::RolledBack(RollbackCause::Yanked));
+        assert!(!s.is_failure());
+    }
+
+    #[test]
+    fn yank_before_install_skips_and_yank_without_rollback_keeps_installed() {
+        assert_eq!(
+            after(&[Event::Queue, Event::Yanked { rollback: false, has_rollback: true }]),
+            ReleaseState::Skipped(SkipReason::Yanked)
+        );
+        let installed = after(&[Event::Queue, Event::DownloadFinished, Event::InstallStarted, Event::InstallSucceeded]);
+        assert_eq!(step(installed, Event::Yanked { rollback: false, has_rollback: true }), Step::Ignored);
+    }
+
+    #[test]
+    fn disk_full_download_or_staging_fails_with_a_typed_reason() {
+        assert_eq!(
+            step(ReleaseState::Downloading, Event::DownloadFailed(FailReason::DiskFull)),
+            Step::To(ReleaseState::Failed(FailReason::DiskFull), vec![])
+        );
+        assert_eq!(
+            step(ReleaseState::Waiting(WaitReason::OutsideWindow), Event::StageFailed(FailReason::DiskFull)),
+            Step::To(ReleaseState::Failed(FailReason::DiskFull), vec![])
+        );
+    }
+
+    #[test]
+    fn interrupted_install_is_resolved_at_next_start() {
+        let s = after(&[Event::Queue, Event::DownloadFinished, Event::InstallStarted, Event::Interrupted]);
+        assert_eq!(s, ReleaseState::Interrupted);
+        assert_eq!(
+            step(s, Event::InstallFailed { cause: RollbackCause::Interrupted, has_rollback: false }),
+            Step::To(ReleaseState::Failed(FailReason::Interrupted), vec![])
+        );
+        assert_eq!(step(s, Event::InstallSucceeded), Step::To(ReleaseState::Installed, vec![Effect::InventoryChanged]));
+    }
+
+    #[test]
+    fn final_states_ignore_every_event() {
+        for s in [
+            ReleaseState::Failed(FailReason::CommandFailed),
+            ReleaseState::RolledBack(RollbackCause::Yanked),
+            ReleaseState::Skipped(SkipReason::NotTargeted),
+        ] {
+            for e in all_events() {
+                assert_eq!(step(s, e), Step::Ignored, "{s:?} {e:?}");
+            }
+        }
+    }
+
+    fn all_events() -> Vec<Event> {
+        let mut v = vec![
+            Event::Queue,
+            Event::NotTargeted,
+            Event::DownloadStarted,
+            Event::DownloadFinished,
+            Event::AlreadyInstalled,
+            Event::InstallStarted,
+            Event::InstallSucceeded,
+            Event::Interrupted,
+            Event::RollbackSucceeded,
+            Event::RollbackFailed,
+        ];
+        for f in [FailReason::DiskFull, FailReason::OverQuota, FailReason::DownloadError] {
+            v.push(Event::DownloadFailed(f));
+            v.push(Event::StageFailed(f));
+        }
+        for w in [WaitReason::NotApproved, WaitReason::NotBefore(Timestamp(5)), WaitReason::OutsideWindow] {
+            v.push(Event::Wait(w));
+        }
+        for cause in [RollbackCause::InstallFailed, RollbackCause::TimedOut, RollbackCause::Interrupted] {
+            for has_rollback in [true, false] {
+                v.push(Event::InstallFailed { cause, has_rollback });
+            }
+        }
+        for rollback in [true, false] {
+            for has_rollback in [true, false] {
+                v.push(Event::Yanked { rollback, has_rollback });
+            }
+        }
+        v
+    }
+
+    /// A restart: the owner reloads the persisted state, so it is the identity on state; what a
+    /// restarted node may do is replay any earlier event. Modelled by replaying a random prefix.
+    #[derive(Clone, Debug)]
+    enum Input {
+        Event(usize),
+        RestartReplaying(usize),
+    }
+
+    proptest! {
+        #[test]
+        fn no_sequence_of_events_or_restarts_moves_a_reported_state_backwards(
+            inputs in proptest::collection::vec(
+                prop_oneof![
+                    (0usize..32).prop_map(Input::Event),
+                    (0usize..32).prop_map(Input::RestartReplaying),
+                ],
+                0..60,
+            )
+        ) {
+            let events = all_events();
+            let mut state = ReleaseState::Available;
+            let mut history: Vec<Event> = Vec::new();
+            let mut reported = vec![state];
+            for input in inputs {
+                let batch: Vec<Event> = match input {
+                    Input::Event(i) => vec![events[i % events.len()]],
+                    Input::RestartReplaying(n) => history.iter().take(n).copied().collect(),
+                };
+                for e in batch {
+                    history.push(e);
+                    if let Step::To(next, _) = step(state, e) {
+                        prop_assert!(next.rank() >= state.rank(), "{state:?} -> {next:?} on {e:?}");
+                        prop_assert!(!state.is_final(), "final {state:?} replaced by {next:?}");
+                        if state == ReleaseState::Installed {
+                            prop_assert!(matches!(next, ReleaseState::RollingBack(RollbackCause::Yanked) | ReleaseState::Failed(FailReason::NoRollback)));
+                        }
+                        prop_assert_ne!(next, state);
+                        state = next;
+                        reported.push(state);
+                    }
+                }
+            }
+            for w in reported.windows(2) {
+                prop_assert!(w[1].rank() >= w[0].rank());
+            }
+        }
+    }
+}
