@@ -158,7 +158,8 @@ impl Config {
         // Relative paths are relative to the config file, not to wherever the node was started.
         // Made absolute here, so install commands (which run in their staging directory) and
         // the status client see the same paths as the node.
-        let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = std::path::absolute(parent)
             .with_context(|| format!("cannot resolve the directory of {}", path.display()))?;
         c.data_dir = base.join(&c.data_dir);
         c.trust_root = base.join(&c.trust_root);

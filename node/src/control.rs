@@ -156,6 +156,7 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
                         packages: v.packages.iter().map(|p| (p.name.clone(), p.version.clone())).collect(),
                         releases: v.releases.iter().map(|r| format!("{} {}", r.product, r.version)).collect(),
                         at: v.at.0,
+                        seq: v.seq,
                     }
                 })
                 .collect();

@@ -309,7 +309,7 @@ async fn resolve_interrupted(s: &Arc<Shared>) -> Result<()> {
         };
         let env = env_for(s, v, &stage);
         if resume_rollback {
-            roll_back(s, &rel, v, &stage, "the rollback was interrupted by a restart; ran it again").await;
+            roll_back(s, &rel, v, &stage, "the rollback was interrupted by a restart; ran it again", None).await;
             continue;
         }
         tracing::warn!(product = %v.product, version = %v.version, "install was interrupted; resolving");
@@ -329,7 +329,7 @@ async fn resolve_interrupted(s: &Arc<Shared>) -> Result<()> {
         )
         .await;
         if effects.contains(&Effect::RunRollback) {
-            roll_back(s, &rel, v, &stage, "install was interrupted; rolled back").await;
+            roll_back(s, &rel, v, &stage, "install was interrupted; rolled back", None).await;
         }
     }
     Ok(())
@@ -454,19 +454,27 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
         apply(s, rel, Event::InstallFailed { cause, has_rollback: v.rollback.is_some() }, failure.clone(), out.code)
             .await;
     if effects.contains(&Effect::RunRollback) {
-        roll_back(s, rel, v, &stage, &failure).await;
+        roll_back(s, rel, v, &stage, &failure, out.code).await;
     }
     Ok(())
 }
 
-/// Runs the rollback command of a release whose state is `RollingBack`, and records the result.
-async fn roll_back(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, stage: &Path, why: &str) {
+/// Runs the rollback command of a release whose state is `RollingBack`, and records the result
+/// with `install_code`, the exit code of the install that failed (if one did).
+async fn roll_back(
+    s: &Arc<Shared>,
+    rel: &ReleaseRef,
+    v: &ReleaseManifest,
+    stage: &Path,
+    why: &str,
+    install_code: Option<i32>,
+) {
     let Some(rb) = &v.rollback else { return };
     let out = run_command_tracked(rb, stage, &env_for(s, v, stage), None, |_| async {}).await;
     if out.ok() {
-        apply(s, rel, Event::RollbackSucceeded, why.to_string(), out.code).await;
+        apply(s, rel, Event::RollbackSucceeded, why.to_string(), install_code).await;
     } else {
-        apply(s, rel, Event::RollbackFailed, format!("{why}\n{}", out.describe("rollback")), out.code).await;
+        apply(s, rel, Event::RollbackFailed, format!("{why}\n{}", out.describe("rollback")), install_code).await;
     }
 }
 
@@ -480,7 +488,7 @@ async fn roll_back_yanked(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest
         apply(s, rel, Event::Yanked { rollback: true, has_rollback: v.rollback.is_some() }, detail.clone(), None).await;
     if effects.contains(&Effect::RunRollback) {
         let stage = stage(s, &rel.hash, v)?;
-        roll_back(s, rel, v, &stage, &detail).await;
+        roll_back(s, rel, v, &stage, &detail, None).await;
     }
     Ok(())
 }

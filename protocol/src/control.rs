@@ -152,6 +152,8 @@ pub struct InventoryView {
     /// "product version" of each release lanpatch installed.
     pub releases: Vec<String>,
     pub at: u64,
+    /// The node's sequence number for this inventory (shared with its reports).
+    pub seq: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

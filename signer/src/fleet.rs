@@ -285,7 +285,7 @@ pub fn inventory(
                 serde_json::json!({
                     "node": inv.node, "hostname": inv.hostname, "ring": inv.ring, "os": inv.os,
                     "os_version": inv.os_version, "kernel": inv.kernel, "arch": inv.arch, "tags": inv.tags,
-                    "packages": inv.packages.len(), "releases": inv.releases, "at": inv.at,
+                    "packages": inv.packages.len(), "releases": inv.releases, "at": inv.at, "seq": inv.seq,
                     "package": package.map(|p| serde_json::json!({ "name": p, "version": v })),
                 })
             })

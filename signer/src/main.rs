@@ -642,12 +642,18 @@ fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -
             a.force,
             a.reason.as_deref(),
         )?;
+        // A replacement must be strictly newer than the approval it replaces (nodes keep the
+        // latest by issue time, in seconds), even when made within the same second.
+        let issued = match bundle::load::<Approval>(&path, limits) {
+            Ok(old) if path.exists() => now.max(old.value().issued.plus_secs(1)),
+            _ => now,
+        };
         let value = Approval {
             manifest: m.payload_hash(),
             product: m.value().product.clone(),
             version: m.value().version,
             ring: a.ring.clone(),
-            issued: now,
+            issued,
             not_before,
             deadline,
             expires,

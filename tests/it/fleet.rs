@@ -91,6 +91,11 @@ pub struct Node {
     netns: Option<String>,
     /// Extra environment for the node process (e.g. TZ).
     pub env: Vec<(String, String)>,
+    /// Run the node through this command (e.g. `unshare --mount sh -c ...`); `{node}` in it is
+    /// replaced by the node binary's path and `{config}` by the config path.
+    pub wrapper: Option<Vec<String>>,
+    /// Start the node from its own directory with a relative `--config node.toml`.
+    pub relative_config: bool,
 }
 
 impl Node {
@@ -111,29 +116,67 @@ impl Node {
         fs::create_dir_all(&dir).unwrap();
         let config = dir.join("node.toml");
         fs::write(&config, toml).unwrap();
-        Node { dir, config, port, child: None, netns, env: Vec::new() }
+        Node { dir, config, port, child: None, netns, env: Vec::new(), wrapper: None, relative_config: false }
+    }
+
+    /// The command that runs this node.
+    fn command(&self) -> Command {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).unwrap();
+        let node = bin("lanpatch-node");
+        let config = if self.relative_config { PathBuf::from("node.toml") } else { self.config.clone() };
+        let mut cmd = match (&self.netns, &self.wrapper) {
+            (Some(ns), _) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&node).arg("run").arg("--config").arg(&config);
+                c
+            }
+            (None, Some(w)) => {
+                let fill = |a: &String| {
+                    a.replace("{node}", &node.to_string_lossy()).replace("{config}", &config.to_string_lossy())
+                };
+                let mut c = Command::new(fill(&w[0]));
+                c.args(w[1..].iter().map(fill));
+                c
+            }
+            (None, None) => {
+                let mut c = Command::new(&node);
+                c.arg("run").arg("--config").arg(&config);
+                c
+            }
+        };
+        if self.relative_config {
+            cmd.current_dir(&self.dir);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        cmd
+    }
+
+    /// Runs the node expecting it to refuse to start: its exit code and its log.
+    pub fn run_expecting_exit(&self, limit: Duration) -> (Option<i32>, String) {
+        let mut child = self.command().spawn().unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return (st.code(), fs::read_to_string(self.dir.join("node.log")).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{} kept running; log:\n{}", self.dir.display(), self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     pub fn start(&mut self) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(self.dir.join("node.log")).unwrap();
-        let mut cmd = match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(bin("lanpatch-node"));
-                c
-            }
-            None => Command::new(bin("lanpatch-node")),
-        };
-        let child = cmd
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = self.command().spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.try_status().is_none() {
@@ -227,6 +270,18 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// [`wait_until`], and on timeout the panic shows the node's log tail.
+pub fn wait_for_node(n: &Node, limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out after {limit:?} waiting for {what}; log of {}:\n{}", n.dir.display(), n.log_tail());
 }
 
 /// Polls `cond` every 200 ms; panics with `what` after `limit`.

@@ -1,6 +1,6 @@
-//! Tests in the emulated office of `shared/lab/netns.sh`: hosts in network namespaces on one
-//! bridge. They need root (to make namespaces); without it they skip with a loud message. CI runs
-//! as root, so there they run for real.
+//! Tests in the emulated office of the repository's `lab/netns.sh`: hosts in network namespaces
+//! on one bridge. They need root (to make namespaces) and iproute2; without them they skip with a
+//! loud message, and fail when `CI` is set (CI runs as root, so there they run for real).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,9 +20,9 @@ impl Lab {
     /// Builds `hosts` hosts plus an origin, or returns `None` (after saying why) where namespaces
     /// cannot be made.
     pub fn up(hosts: usize, net_octet: u8, wan: &str) -> Option<Lab> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/lab/netns.sh");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lab/netns.sh");
         if !script.exists() {
-            eprintln!("\n*** SKIPPING lab test: {} not found ***\n", script.display());
+            crate::support::cannot_run(&format!("lab test: {} not found", script.display()));
             return None;
         }
         // Unique per lab, so tests running in parallel never touch each other's namespaces.
@@ -31,18 +31,24 @@ impl Lab {
         let prefix = format!("lt{}{n}", std::process::id() % 10_000);
         let net = format!("10.231.{net_octet}");
         let lab = Lab { script, prefix, hosts, net };
-        let out = Command::new("sh")
+        let out = match Command::new("sh")
             .arg(&lab.script)
             .args(["up", &hosts.to_string(), &lab.prefix, wan])
             .env("LAB_NET", &lab.net)
             .output()
-            .ok()?;
+        {
+            Ok(o) => o,
+            Err(e) => {
+                crate::support::cannot_run(&format!("lab test: cannot run sh: {e}"));
+                return None;
+            }
+        };
         if !out.status.success() {
-            eprintln!(
-                "\n*** SKIPPING lab test: cannot create network namespaces (need root): {} ***\n",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
             drop(lab);
+            crate::support::cannot_run(&format!(
+                "lab test: cannot create network namespaces (need root and iproute2): {why}"
+            ));
             return None;
         }
         Some(lab)

@@ -5,6 +5,7 @@
 mod demo;
 mod fleet;
 mod lab;
+mod lifecycle;
 mod origin_server;
 mod rollout;
 mod signer;

@@ -58,3 +58,18 @@ impl From<Output> for Run {
 pub fn signer<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> Run {
     Command::new(bin("lanpatch-signer")).args(args).current_dir(dir).output().expect("spawn lanpatch-signer").into()
 }
+
+/// A test that cannot run here (not root, a tool missing). Under CI (`CI` set) that is a
+/// failure, never a silent pass; elsewhere it says so loudly and the test returns.
+pub fn cannot_run(why: &str) {
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        panic!("this test cannot run here, and CI is set: {why}");
+    }
+    eprintln!("\n*** SKIPPING (set CI=1 to make this a failure): {why} ***\n");
+}
+
+/// Whether this test process runs as root (the owner of `/proc/self` is the effective uid).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
