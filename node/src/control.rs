@@ -189,7 +189,8 @@ async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<Contr
         .check(&manifest_bytes, now())
         .map_err(|e| fail(ErrorKind::Refused, format!("manifest refused: {e}")))?;
     let Checked::Manifest(m) = checked else {
-        return Err(fail(ErrorKind::BadRequest, "manifest.lpm does not hold a release manifest"));
+        let what = format!("{} does not hold a release manifest", bundle.manifest_path().display());
+        return Err(fail(ErrorKind::BadRequest, what));
     };
     let manifest: Signed<ReleaseManifest> = (*m).clone();
     if mode == PublishMode::Seed {

@@ -413,7 +413,7 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
     let stage = match stage(s, &hash, v) {
         Ok(d) => d,
         Err(e) => {
-            let why = if crate::node::is_disk_full(&e) { FailReason::DiskFull } else { FailReason::StageError };
+            let why = if crate::library::is_disk_full(&e) { FailReason::DiskFull } else { FailReason::StageError };
             let _ = std::fs::remove_dir_all(stage_dir(s, &hash));
             apply(s, rel, Event::StageFailed(why), format!("cannot stage files: {e:#}"), None).await;
             return Ok(());

@@ -267,3 +267,13 @@ fn read_chunk_at(f: &File, entry: &FileEntry, idx: u32) -> Result<Vec<u8>> {
     f.read_exact_at(&mut buf, offset)?;
     Ok(buf)
 }
+
+/// Whether an error comes from a full disk (ENOSPC, or EDQUOT).
+pub fn is_disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+                || io.raw_os_error() == Some(28)
+        })
+    })
+}

@@ -379,7 +379,7 @@ fn start_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
             Err(e) => {
                 let detail = format!("download failed: {e:#}");
                 tracing::error!(manifest = %hash.short(), "{detail}");
-                let reason = if is_disk_full(&e) {
+                let reason = if crate::library::is_disk_full(&e) {
                     // Give the space back; a later download starts over (documented).
                     let lib = s2.library.clone();
                     let discarded =
@@ -482,14 +482,4 @@ async fn resend_reports(s: &Arc<Shared>) -> Result<()> {
         s.net.publish(bytes).await?;
     }
     Ok(())
-}
-
-/// Whether an error comes from a full disk (ENOSPC, or EDQUOT).
-pub fn is_disk_full(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
-                || io.raw_os_error() == Some(28)
-        })
-    })
 }

@@ -1,11 +1,6 @@
 //! A release bundle on disk: the signed manifest, the files, and any approvals and yank.
 //!
-//! ```text
-//! BUNDLE/manifest.lpm            signed release manifest
-//! BUNDLE/files/<file name>       the release's files, as named in the manifest
-//! BUNDLE/approvals/<ring>.lpa    signed approvals, one per ring
-//! BUNDLE/yank.lpy                a signed yank, if the release was withdrawn
-//! ```
+//! The layout itself is defined once, in `lanpatch_protocol::bundle`.
 
 use std::fs;
 use std::io::{Read, Write};

@@ -244,7 +244,7 @@ fn second_node_on_a_used_port_or_a_locked_data_dir_refuses_to_start_naming_the_c
     twin.config = a.config.clone();
     let (code, log) = twin.run_expecting_exit(Duration::from_secs(30));
     assert_eq!(code, Some(3), "{log}");
-    assert!(log.contains(&format!("already running with data directory")), "{log}");
+    assert!(log.contains("already running with data directory"), "{log}");
     assert!(log.contains(&format!("(pid {})", a.pid().unwrap())), "{log}");
     // The first node is untouched: its control socket still answers.
     assert!(a.try_status().is_some(), "{}", a.log_tail());

@@ -11,4 +11,5 @@ mod rollout;
 mod signer;
 mod support;
 mod swarm;
+mod tidy;
 mod wan;

@@ -1,0 +1,150 @@
+//! Tidy checks: the invariants of docs/ARCHITECTURE.md that a grep can hold, run as ordinary
+//! tests (rust-analyzer's habit). Each names the invariant it enforces.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every `.rs` file under `dir`, with its text.
+fn sources(dir: &str) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![repo().join(dir)];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = fs::read_to_string(&p).unwrap();
+                out.push((p, text));
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no sources under {dir}");
+    out
+}
+
+fn name(p: &Path) -> String {
+    p.strip_prefix(repo()).unwrap_or(p).display().to_string()
+}
+
+/// The code of a file without its `#[cfg(test)]` module (tests may do what the code may not).
+fn non_test(text: &str) -> &str {
+    text.split("#[cfg(test)]").next().unwrap_or(text)
+}
+
+#[test]
+fn only_the_store_module_names_rusqlite() {
+    for (p, text) in sources("node/src").into_iter().chain(sources("signer/src")).chain(sources("protocol/src")) {
+        if p.ends_with("node/src/store.rs") {
+            continue;
+        }
+        assert!(!text.contains("rusqlite"), "{} names rusqlite: SQLite is reached only through store.rs", name(&p));
+    }
+}
+
+#[test]
+fn the_store_exposes_no_raw_sql_entry_point() {
+    let store = fs::read_to_string(repo().join("node/src/store.rs")).unwrap();
+    for bad in ["pub async fn call", "pub fn call", "pub fn connection", "pub conn"] {
+        assert!(!store.contains(bad), "store.rs exposes `{bad}`: callers must use typed methods");
+    }
+}
+
+#[test]
+fn no_node_module_imports_the_top_module() {
+    for (p, text) in sources("node/src") {
+        if p.ends_with("main.rs") || p.ends_with("node.rs") {
+            continue;
+        }
+        assert!(
+            !text.contains("crate::node::") && !text.contains("crate::node;") && !text.contains("crate::node::{"),
+            "{} imports crate::node: modules get handles (shared.rs, lifecycle.rs), never the wiring",
+            name(&p)
+        );
+    }
+}
+
+#[test]
+fn protocol_does_no_io() {
+    for (p, text) in sources("protocol/src") {
+        for bad in [
+            "std::fs",
+            "std::net",
+            "std::process",
+            "tokio::",
+            "libp2p::",
+            "use libp2p",
+            "std::io::Read",
+            "std::io::Write",
+        ] {
+            assert!(!text.contains(bad), "{} uses {bad}: protocol is pure", name(&p));
+        }
+    }
+}
+
+#[test]
+fn release_states_are_never_compared_as_strings() {
+    for (p, text) in sources("node/src").into_iter().chain(sources("signer/src")).chain(sources("tests/it")) {
+        if p.ends_with("tidy.rs") {
+            continue;
+        }
+        for bad in ["state == \"", "state.as_str()", "state: String", "\"rolled-back\"", "\"installed\" =>"] {
+            assert!(!text.contains(bad), "{} has `{bad}`: release states are typed (ReleaseState)", name(&p));
+        }
+    }
+}
+
+#[test]
+fn the_bundle_layout_is_defined_once_in_protocol() {
+    for (p, text) in sources("node/src").into_iter().chain(sources("signer/src")) {
+        for file in ["\"manifest.lpm\"", "\"yank.lpy\"", "\"approvals\"", ".lpa\""] {
+            assert!(
+                !non_test(&text).contains(file),
+                "{} spells the bundle layout ({file}): use BundleLayout",
+                name(&p)
+            );
+        }
+    }
+}
+
+#[test]
+fn nothing_shells_out_to_kill() {
+    for (p, text) in sources("node/src").into_iter().chain(sources("signer/src")).chain(sources("tests/it")) {
+        if p.ends_with("tidy.rs") {
+            continue;
+        }
+        assert!(
+            !text.contains("Command::new(\"kill\")") && !text.contains("\"kill\", \"-"),
+            "{} runs kill(1): signal process groups with nix::sys::signal::killpg behind kill_group",
+            name(&p)
+        );
+    }
+}
+
+#[test]
+fn every_node_and_signer_module_is_in_the_architecture_code_map() {
+    let arch = fs::read_to_string(repo().join("docs/ARCHITECTURE.md")).unwrap();
+    for (p, _) in sources("node/src").into_iter().chain(sources("signer/src")).chain(sources("protocol/src")) {
+        let file = p.file_name().unwrap().to_string_lossy().into_owned();
+        if file == "lib.rs" {
+            continue;
+        }
+        assert!(arch.contains(&file), "docs/ARCHITECTURE.md's code map does not mention {}", name(&p));
+    }
+}
+
+#[test]
+fn tests_use_the_repositorys_lab_never_one_outside_it() {
+    for (p, text) in sources("tests/it") {
+        if p.ends_with("tidy.rs") {
+            continue;
+        }
+        assert!(!text.contains("shared/lab"), "{} reaches outside the repository for the lab", name(&p));
+    }
+    let bench = fs::read_to_string(repo().join("bench/fanout.sh")).unwrap();
+    assert!(!bench.contains("../shared"), "bench/fanout.sh reaches outside the repository");
+}
