@@ -270,23 +270,27 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
 async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
     match ev {
         NetEvent::Gossip { id, source, data } => {
-            let kind = lanpatch_protocol::Envelope::decode(&data, &s.trust().limits).map(|e| e.kind);
-            if let Ok(lanpatch_protocol::Kind::Report | lanpatch_protocol::Kind::Inventory) = kind {
-                let store = s.cfg.collector.then_some(&s.store);
-                let limits = s.trust().limits.clone();
-                let acceptance = match crate::report::accept_node_message(store, &limits, &data).await {
-                    Ok(()) => MessageAcceptance::Accept,
-                    Err(e) => {
-                        s.refuse(format!("gossip from {source}"), "node-report", e.to_string()).await;
-                        MessageAcceptance::Reject
+            // Step 1 / N1, once, at the edge; everything after works on the decoded envelope.
+            let limits = s.trust().limits.clone();
+            let acceptance = match lanpatch_protocol::Envelope::decode(&data, &limits) {
+                Err(e) => {
+                    s.refuse(format!("gossip from {source}"), "metadata", e.to_string()).await;
+                    MessageAcceptance::Reject
+                }
+                Ok(env) if matches!(env.kind, lanpatch_protocol::Kind::Report | lanpatch_protocol::Kind::Inventory) => {
+                    let store = s.cfg.collector.then_some(&s.store);
+                    match crate::report::accept_node_envelope(store, &limits, env, &data).await {
+                        Ok(()) => MessageAcceptance::Accept,
+                        Err(e) => {
+                            s.refuse(format!("gossip from {source}"), "node-report", e.to_string()).await;
+                            MessageAcceptance::Reject
+                        }
                     }
-                };
-                s.net.validation(id, source, acceptance).await;
-                return;
-            }
-            let acceptance = match pipeline::ingest(s, &data, &format!("gossip from {source}")).await {
-                Ok(_) => MessageAcceptance::Accept,
-                Err(_) => MessageAcceptance::Reject,
+                }
+                Ok(env) => match pipeline::ingest_envelope(s, env, &data, &format!("gossip from {source}")).await {
+                    Ok(_) => MessageAcceptance::Accept,
+                    Err(_) => MessageAcceptance::Reject,
+                },
             };
             s.net.validation(id, source, acceptance).await;
         }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Result;
-use lanpatch_protocol::{Event, FailReason, ReleaseManifest, Signed};
+use lanpatch_protocol::{Envelope, Event, FailReason, ReleaseManifest, Signed};
 
 use crate::clock::now;
 use crate::policy::targets_match;
@@ -15,6 +15,21 @@ use crate::trust::{Accepted, Checked};
 /// Checks a signed message, stores it, and acts on it. Refusals are recorded with their reason.
 pub async fn ingest(s: &Arc<Shared>, bytes: &[u8], source: &str) -> Result<Accepted> {
     let checked = s.trust().check(bytes, now());
+    settle(s, checked, bytes, source).await
+}
+
+/// [`ingest`] of an envelope the caller decoded from `bytes` (gossip: decoded once, at the edge).
+pub async fn ingest_envelope(s: &Arc<Shared>, envelope: Envelope, bytes: &[u8], source: &str) -> Result<Accepted> {
+    let checked = s.trust().check_envelope(envelope, bytes, now());
+    settle(s, checked, bytes, source).await
+}
+
+async fn settle(
+    s: &Arc<Shared>,
+    checked: Result<Checked, lanpatch_protocol::VerifyError>,
+    bytes: &[u8],
+    source: &str,
+) -> Result<Accepted> {
     match checked {
         Ok(c) => commit(s, c, bytes).await,
         Err(e) => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Result;
-use lanpatch_protocol::report::{FromNode, verify_node_signed};
+use lanpatch_protocol::report::{FromNode, verify_node_envelope};
 use lanpatch_protocol::{
     Envelope, Hash32, Inventory, Kind, Limits, Payload, ProductName, PublicKey, ReleaseState, Report, RingName, Signed,
     VerifyError, Version,
@@ -115,7 +115,17 @@ impl Reporter {
 /// Checks a node report or inventory (steps N1 to N3) and, on a collector (`store` given), keeps
 /// it if it is newer than what is stored.
 pub async fn accept_node_message(store: Option<&Store>, limits: &Limits, bytes: &[u8]) -> Result<(), VerifyError> {
-    let kind = Envelope::decode(bytes, limits)?.kind;
+    accept_node_envelope(store, limits, Envelope::decode(bytes, limits)?, bytes).await
+}
+
+/// [`accept_node_message`] for an envelope decoded (step N1) at the edge from `bytes`.
+pub async fn accept_node_envelope(
+    store: Option<&Store>,
+    limits: &Limits,
+    envelope: Envelope,
+    bytes: &[u8],
+) -> Result<(), VerifyError> {
+    let kind = envelope.kind;
     let stored = |r: Result<bool>| {
         if let Err(e) = r {
             tracing::error!("cannot store node report: {e:#}");
@@ -123,14 +133,14 @@ pub async fn accept_node_message(store: Option<&Store>, limits: &Limits, bytes: 
     };
     match kind {
         Kind::Report => {
-            let r = verify_node_signed::<Report>(bytes, limits)?;
+            let r = verify_node_envelope::<Report>(envelope, limits)?;
             if let Some(store) = store {
                 let v = r.value();
                 stored(store.put_report(v.node().0.to_vec(), v.manifest, v.seq, v.state.rank(), bytes.to_vec()).await);
             }
         }
         Kind::Inventory => {
-            let i = verify_node_signed::<Inventory>(bytes, limits)?;
+            let i = verify_node_envelope::<Inventory>(envelope, limits)?;
             if let Some(store) = store {
                 let v = i.value();
                 stored(store.put_inventory(v.node().0.to_vec(), v.seq, bytes.to_vec()).await);

@@ -69,31 +69,38 @@ impl Trust {
         })
     }
 
-    /// Checks a message without changing anything.
+    /// Checks a message without changing anything (step 1, the envelope, decoded here).
     pub fn check(&self, bytes: &[u8], now: Timestamp) -> Result<Checked, VerifyError> {
-        let envelope = Envelope::decode(bytes, &self.limits)?;
+        self.check_envelope(Envelope::decode(bytes, &self.limits)?, bytes, now)
+    }
+
+    /// Checks a message whose envelope the caller decoded from `bytes` at the edge; nothing is
+    /// decoded twice.
+    pub fn check_envelope(&self, envelope: Envelope, bytes: &[u8], now: Timestamp) -> Result<Checked, VerifyError> {
         let root = self.root.value();
         Ok(match envelope.kind {
             // A root of the chain seen again (catalog sync): not new, not an attack.
             Kind::Root if self.root_chain.iter().any(|b| b == bytes) => Checked::KnownRoot,
-            Kind::Root => {
-                Checked::Root(verify::verify_root_update(&self.root, bytes, &self.limits, now)?, bytes.to_vec())
-            }
-            Kind::Manifest => {
-                let product =
-                    Signed::<ReleaseManifest>::open(envelope, &self.limits).map(|m| m.value().product.clone()).ok();
-                let trusted = product.and_then(|p| self.latest.get(&p).copied());
-                Checked::Manifest(Box::new(verify::verify_manifest(bytes, root, &self.limits, now, trusted)?))
-            }
+            Kind::Root => Checked::Root(
+                verify::verify_root_update_envelope(&self.root, envelope, &self.limits, now)?,
+                bytes.to_vec(),
+            ),
+            Kind::Manifest => Checked::Manifest(Box::new(verify::verify_manifest_envelope(
+                envelope,
+                root,
+                &self.limits,
+                now,
+                |product| self.latest.get(product).copied(),
+            )?)),
             Kind::Approval => {
-                let a = verify::verify_approval(bytes, root, &self.limits, now)?;
+                let a = verify::verify_approval_envelope(envelope, root, &self.limits, now)?;
                 // Step A5 where the manifest is known; otherwise it is checked when it arrives.
                 if let Some(m) = self.manifests.get(&a.value().manifest) {
                     verify::approval_matches(a.value(), m)?;
                 }
                 Checked::Approval(a)
             }
-            Kind::Yank => Checked::Yank(verify::verify_yank(bytes, root, &self.limits, now)?),
+            Kind::Yank => Checked::Yank(verify::verify_yank_envelope(envelope, root, &self.limits, now)?),
             // Node reports are not fleet metadata; node.rs routes them before they get here.
             Kind::Report | Kind::Inventory => {
                 return Err(VerifyError::Signature(lanpatch_protocol::SignatureError::WrongKind {

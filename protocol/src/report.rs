@@ -139,7 +139,14 @@ impl FromNode for Inventory {
 /// Steps N1 to N3: the envelope decodes within limits (N1), the payload decodes and validates
 /// (N2), and the node key it names signed it (N3).
 pub fn verify_node_signed<T: Payload + FromNode>(bytes: &[u8], limits: &Limits) -> Result<Signed<T>, VerifyError> {
-    let envelope = Envelope::decode(bytes, limits)?;
+    verify_node_envelope(Envelope::decode(bytes, limits)?, limits)
+}
+
+/// [`verify_node_signed`] of an envelope decoded (step N1) at the edge.
+pub fn verify_node_envelope<T: Payload + FromNode>(
+    envelope: Envelope,
+    limits: &Limits,
+) -> Result<Signed<T>, VerifyError> {
     let signed = Signed::<T>::open(envelope, limits)?;
     let keys = RoleKeys { keys: vec![signed.value().node()], threshold: 1 };
     signed.envelope().check_threshold(T::KIND, crate::Role::Release, &keys, limits).map_err(|e| match e {

@@ -76,14 +76,14 @@ impl Expiring for Yank {
 /// Steps 1 to 4, shared by every kind: size and envelope (1), threshold of `role` over the raw
 /// payload bytes (2), payload decoding and field limits (3), expiry (4).
 fn verify_signed<T: Payload + Expiring>(
-    bytes: &[u8],
+    envelope: Envelope,
     role: Role,
     root: &Root,
     limits: &Limits,
     now: Timestamp,
 ) -> Result<Signed<T>, VerifyError> {
-    // Step 1: the envelope is within the size limit and decodes.
-    let envelope = Envelope::decode(bytes, limits)?;
+    // Step 1 (the envelope is within the size limit and decodes) is done by the caller, once, at
+    // the edge: `Envelope::decode`.
     // Step 2: enough distinct keys of the role signed these exact payload bytes.
     envelope.check_threshold(T::KIND, role, &root.keys(role), limits)?;
     // Step 3: the payload decodes and every field is within its limits.
@@ -124,8 +124,17 @@ pub fn verify_root_update(
     limits: &Limits,
     now: Timestamp,
 ) -> Result<Signed<Root>, VerifyError> {
-    // Step U1: envelope and payload decode.
-    let envelope = Envelope::decode(bytes, limits)?;
+    verify_root_update_envelope(current, Envelope::decode(bytes, limits)?, limits, now)
+}
+
+/// [`verify_root_update`] of an envelope already decoded (step U1's first half) at the edge.
+pub fn verify_root_update_envelope(
+    current: &Signed<Root>,
+    envelope: Envelope,
+    limits: &Limits,
+    now: Timestamp,
+) -> Result<Signed<Root>, VerifyError> {
+    // Step U1: envelope (decoded by the caller) and payload decode.
     let next = Signed::<Root>::open(envelope, limits)?;
     let cur = current.value();
     let new = next.value();
@@ -163,9 +172,21 @@ pub fn verify_manifest(
     now: Timestamp,
     trusted: Option<Trusted>,
 ) -> Result<Signed<ReleaseManifest>, VerifyError> {
-    let signed: Signed<ReleaseManifest> = verify_signed(bytes, Role::Release, root, limits, now)?;
+    verify_manifest_envelope(Envelope::decode(bytes, limits)?, root, limits, now, |_| trusted)
+}
+
+/// [`verify_manifest`] of an envelope decoded at the edge; `trusted` looks up what the node
+/// already trusts of the manifest's product (once the payload is decoded, for step M5).
+pub fn verify_manifest_envelope(
+    envelope: Envelope,
+    root: &Root,
+    limits: &Limits,
+    now: Timestamp,
+    trusted: impl FnOnce(&crate::ProductName) -> Option<Trusted>,
+) -> Result<Signed<ReleaseManifest>, VerifyError> {
+    let signed: Signed<ReleaseManifest> = verify_signed(envelope, Role::Release, root, limits, now)?;
     // Step M5: never go back to a lower version; one version has one manifest.
-    if let Some(t) = trusted {
+    if let Some(t) = trusted(&signed.value().product) {
         let m = signed.value();
         if m.version < t.version {
             return Err(VerifyError::Rollback { product: m.product.clone(), trusted: t.version, offered: m.version });
@@ -190,12 +211,32 @@ pub fn verify_approval(
     limits: &Limits,
     now: Timestamp,
 ) -> Result<Signed<Approval>, VerifyError> {
-    verify_signed(bytes, Role::Approve, root, limits, now)
+    verify_signed(Envelope::decode(bytes, limits)?, Role::Approve, root, limits, now)
+}
+
+/// [`verify_approval`] of an envelope decoded at the edge.
+pub fn verify_approval_envelope(
+    envelope: Envelope,
+    root: &Root,
+    limits: &Limits,
+    now: Timestamp,
+) -> Result<Signed<Approval>, VerifyError> {
+    verify_signed(envelope, Role::Approve, root, limits, now)
 }
 
 /// Checks a yank (steps 1 to 4 with the `approve` role).
 pub fn verify_yank(bytes: &[u8], root: &Root, limits: &Limits, now: Timestamp) -> Result<Signed<Yank>, VerifyError> {
-    verify_signed(bytes, Role::Approve, root, limits, now)
+    verify_signed(Envelope::decode(bytes, limits)?, Role::Approve, root, limits, now)
+}
+
+/// [`verify_yank`] of an envelope decoded at the edge.
+pub fn verify_yank_envelope(
+    envelope: Envelope,
+    root: &Root,
+    limits: &Limits,
+    now: Timestamp,
+) -> Result<Signed<Yank>, VerifyError> {
+    verify_signed(envelope, Role::Approve, root, limits, now)
 }
 
 /// Step A5: the approval names this manifest by hash, and its product and version agree.
