@@ -110,7 +110,7 @@ deadline=$((SECONDS + 600))
 while :; do
   done_n=0
   for i in $(seq 1 "$N"); do
-    s=$(status "$i" | json "sum(1 for r in d['releases'] if r['state']=='downloaded')" || echo 0)
+    s=$(status "$i" | json "sum(1 for r in d['releases'] if r['finished_ms'])" || echo 0)
     [ "$s" = 1 ] && done_n=$((done_n + 1))
   done
   [ $done_n = "$N" ] && break

@@ -453,7 +453,8 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
     let effects =
         apply(s, rel, Event::InstallFailed { cause, has_rollback: v.rollback.is_some() }, failure.clone(), out.code)
             .await;
-    if effects.contains(&Effect::RunRollback) {
+    // While the node stops, the rollback waits for the next start (the state says RollingBack).
+    if effects.contains(&Effect::RunRollback) && !*s.shutdown.borrow() {
         roll_back(s, rel, v, &stage, &failure, out.code).await;
     }
     Ok(())
@@ -486,7 +487,7 @@ async fn roll_back_yanked(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest
     };
     let effects =
         apply(s, rel, Event::Yanked { rollback: true, has_rollback: v.rollback.is_some() }, detail.clone(), None).await;
-    if effects.contains(&Effect::RunRollback) {
+    if effects.contains(&Effect::RunRollback) && !*s.shutdown.borrow() {
         let stage = stage(s, &rel.hash, v)?;
         roll_back(s, rel, v, &stage, &detail, None).await;
     }

@@ -559,6 +559,87 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn collector_never_replaces_a_later_state_with_an_earlier_one_even_with_a_higher_seq() {
+        use lanpatch_protocol::{FailReason, ReleaseState};
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let m = Hash32([2; 32]);
+        let failed = ReleaseState::Failed(FailReason::CommandFailed).rank();
+        assert!(s.put_report(vec![1], m, 10, failed, vec![1]).await.unwrap());
+        // A replayed or regressed report: newer sequence number, earlier state.
+        assert!(!s.put_report(vec![1], m, 11, ReleaseState::Available.rank(), vec![2]).await.unwrap());
+        // An older sequence number never wins either.
+        assert!(!s.put_report(vec![1], m, 9, failed, vec![3]).await.unwrap());
+        assert_eq!(s.reports().await.unwrap(), vec![vec![1]]);
+    }
+
+    #[tokio::test]
+    async fn a_transition_persists_state_report_and_sequence_together() {
+        use lanpatch_protocol::{ReleaseState, RollbackCause};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let m = Hash32([5; 32]);
+        {
+            let s = Store::open(&path).unwrap();
+            s.commit_transition(Transition {
+                manifest: m,
+                product: "tool".into(),
+                version: 3,
+                state: ReleaseState::RolledBack(RollbackCause::Yanked),
+                detail: "yanked: broken".into(),
+                exit_code: None,
+                now: 1,
+                seq: 42,
+                report: vec![9],
+            })
+            .await
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let r = s.releases().unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].state, ReleaseState::RolledBack(RollbackCause::Yanked));
+        assert_eq!(r[0].detail, "yanked: broken");
+        assert_eq!(s.last_seq().unwrap(), 42);
+        assert_eq!(s.reports_out().await.unwrap(), vec![vec![9]]);
+    }
+
+    #[test]
+    fn a_version_2_database_migrates_its_install_states_to_typed_states() {
+        use lanpatch_protocol::{FailReason, ReleaseState, RollbackCause};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut c = Connection::open(&path).unwrap();
+            for (i, sql) in MIGRATIONS.iter().take(2).enumerate() {
+                let tx = c.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", (i + 1) as u32).unwrap();
+                tx.commit().unwrap();
+            }
+            for (b, state) in [(1u8, "installed"), (2, "rolled-back"), (3, "failed")] {
+                c.execute(
+                    "INSERT INTO installs (manifest, product, version, state, updated) VALUES (?1, 'tool', 1, ?2, 0)",
+                    params![vec![b; 32], state],
+                )
+                .unwrap();
+            }
+        }
+        let s = Store::open(&path).unwrap();
+        let mut got: Vec<(u8, ReleaseState)> =
+            s.releases().unwrap().into_iter().map(|r| (r.manifest.0[0], r.state)).collect();
+        got.sort_by_key(|(b, _)| *b);
+        assert_eq!(
+            got,
+            vec![
+                (1, ReleaseState::Installed),
+                (2, ReleaseState::RolledBack(RollbackCause::InstallFailed)),
+                (3, ReleaseState::Failed(FailReason::CommandFailed)),
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn older_approval_does_not_replace_newer() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("state.db")).unwrap();
