@@ -93,7 +93,8 @@ fn release_states_are_never_compared_as_strings() {
             continue;
         }
         for bad in ["state == \"", "state.as_str()", "state: String", "\"rolled-back\"", "\"installed\" =>"] {
-            assert!(!text.contains(bad), "{} has `{bad}`: release states are typed (ReleaseState)", name(&p));
+            // (A migration test may spell the legacy strings it migrates.)
+            assert!(!non_test(&text).contains(bad), "{} has `{bad}`: release states are typed (ReleaseState)", name(&p));
         }
     }
 }
