@@ -77,6 +77,49 @@ pub struct Config {
     /// Releases downloaded at the same time; the most severe go first.
     #[serde(default = "default_downloads")]
     pub max_concurrent_downloads: usize,
+    /// Which redirects origin requests follow: "same-origin" (default) or "none". A redirect
+    /// elsewhere marks the origin bad for the release (a refusal is recorded).
+    #[serde(default)]
+    pub origin_redirects: crate::origin::RedirectPolicy,
+    /// Consecutive failed requests after which an origin is not used for the rest of a release
+    /// (between failures the node backs off exponentially, 1.5 s doubling up to 60 s).
+    #[serde(default = "default_origin_failures")]
+    pub origin_max_failures: u32,
+    /// How long a first ban lasts, in seconds; each further ban of the same peer lasts 4 times
+    /// longer (at most a week). Bans survive restarts.
+    #[serde(default = "default_ban_secs")]
+    pub ban_secs: u64,
+    /// A peer with more refused messages or requests than this in one minute is banned.
+    #[serde(default = "default_ban_refusals")]
+    pub ban_refusals_per_minute: u32,
+    /// After this many different peer ids from one IP were banned within a day, the IP itself is
+    /// banned (a new identity is free; an address is not). 0: never ban IPs.
+    #[serde(default = "default_ban_ip_after")]
+    pub ban_ip_after: u32,
+    /// Connections established at once (all peers).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Connections being set up at once, each way.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_connections: u32,
+    /// Connections to one peer id.
+    #[serde(default = "default_max_per_peer")]
+    pub max_connections_per_peer: u32,
+    /// Connections from one IP address.
+    #[serde(default = "default_max_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Transfer-protocol requests one peer may make per second (bursts of twice that); more are
+    /// dropped, and count as refusals.
+    #[serde(default = "default_requests_per_peer")]
+    pub max_requests_per_peer_per_sec: u32,
+    /// Refusal details kept in state.db (the newest); per-source totals are kept besides.
+    #[serde(default = "default_refusal_log")]
+    pub refusal_log_max: u32,
+    /// A group (name or number) whose members may use the control socket (publish, status):
+    /// the socket becomes 0660 with this group and the data directory 0710 with this group.
+    /// Unset: only the node's user (0600).
+    #[serde(default)]
+    pub control_socket_group: Option<String>,
     /// On SIGTERM, how long a running install may go on before its whole process group is
     /// killed and the install is recorded as interrupted (resolved at the next start).
     #[serde(default = "default_grace")]
@@ -144,6 +187,36 @@ fn default_origin_inflight() -> usize {
 fn default_uploads() -> usize {
     8
 }
+fn default_ban_secs() -> u64 {
+    3600
+}
+fn default_ban_refusals() -> u32 {
+    20
+}
+fn default_ban_ip_after() -> u32 {
+    3
+}
+fn default_max_connections() -> u32 {
+    256
+}
+fn default_max_pending() -> u32 {
+    64
+}
+fn default_max_per_peer() -> u32 {
+    2
+}
+fn default_max_per_ip() -> usize {
+    32
+}
+fn default_requests_per_peer() -> u32 {
+    200
+}
+fn default_refusal_log() -> u32 {
+    1000
+}
+fn default_origin_failures() -> u32 {
+    8
+}
 fn default_grace() -> u64 {
     30
 }
@@ -154,13 +227,18 @@ fn default_log() -> String {
 impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let mut c: Config = toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
-        // Relative paths are relative to the config file, not to wherever the node was started.
         // Made absolute here, so install commands (which run in their staging directory) and
         // the status client see the same paths as the node.
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let base = std::path::absolute(parent)
             .with_context(|| format!("cannot resolve the directory of {}", path.display()))?;
+        Config::parse(&text, &base).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses and checks a node.toml; relative paths are taken relative to `base`. Pure (the
+    /// fuzz target `node_config` drives it with arbitrary text).
+    pub fn parse(text: &str, base: &Path) -> Result<Config> {
+        let mut c: Config = toml::from_str(text)?;
         c.data_dir = base.join(&c.data_dir);
         c.trust_root = base.join(&c.trust_root);
         c.windows = c
@@ -168,7 +246,7 @@ impl Config {
             .iter()
             .map(crate::policy::Window::parse)
             .collect::<Result<_, _>>()
-            .map_err(|e| anyhow::anyhow!("invalid maintenance window in {}: {e}", path.display()))?;
+            .map_err(|e| anyhow::anyhow!("invalid maintenance window: {e}"))?;
         if c.max_inflight_per_peer == 0
             || c.max_concurrent_uploads == 0
             || c.max_origin_inflight == 0

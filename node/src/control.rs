@@ -35,18 +35,47 @@ fn fail(kind: ErrorKind, message: impl Into<String>) -> anyhow::Error {
 /// Largest request line (a raw-gossip request carries one hex envelope).
 const MAX_LINE: u64 = 4 * 1024 * 1024;
 
-/// Binds the control socket. The caller holds the data directory's lock, so a socket found here
-/// was left by a node that died: it is removed.
-pub fn bind(path: &Path) -> Result<UnixListener> {
-    match std::fs::remove_file(path) {
-        Ok(()) => tracing::info!("removed a stale control socket {}", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot remove stale {}", path.display())),
-    }
-    let l = UnixListener::bind(path).with_context(|| format!("cannot bind control socket {}", path.display()))?;
+/// Binds the control socket with its final mode before anyone can reach it: it is made in a
+/// fresh private directory, given its mode (0600, or 0660 and `group`), then renamed into place.
+/// The caller holds the data directory's lock, so a socket found at `path` was left by a node
+/// that died: it is replaced.
+pub fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let private = dir.join(format!(".control-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    crate::fsmode::create_dir(&private, 0o700)?;
+    let tmp = private.join("control.sock");
+    let result = (|| -> Result<UnixListener> {
+        let l = UnixListener::bind(&tmp).with_context(|| format!("cannot bind control socket {}", tmp.display()))?;
+        let mode = if group.is_some() { 0o660 } else { 0o600 };
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&tmp, None, Some(gid))
+                .with_context(|| format!("cannot give {} to group {gid}", tmp.display()))?;
+        }
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot move the control socket to {}", path.display()))?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    result
+}
+
+/// A group given by name (looked up in /etc/group) or number.
+pub fn group_id(group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let text = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            let name = f.next()?;
+            let gid = f.nth(1)?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("control_socket_group {group:?} is not a group on this machine"))
 }
 
 pub async fn serve(s: Arc<Shared>, listener: UnixListener) {
@@ -222,7 +251,7 @@ async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<Contr
                 continue;
             }
             let bytes = read(path.clone())?;
-            match pipeline::ingest(s, &bytes, "local publish").await {
+            match pipeline::ingest(s, &bytes, pipeline::Source::LocalPublish).await {
                 Ok(_) => {
                     if let Ok(a) = Signed::<Approval>::decode(&bytes, &limits) {
                         approvals.push(a.value().ring.to_string());
@@ -239,7 +268,7 @@ async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<Contr
     let yank = bundle.yank_path();
     if yank.exists() {
         let bytes = read(yank)?;
-        pipeline::ingest(s, &bytes, "local publish")
+        pipeline::ingest(s, &bytes, pipeline::Source::LocalPublish)
             .await
             .map_err(|e| fail(ErrorKind::Refused, format!("yank refused: {e:#}")))?;
         yanked = Signed::<Yank>::decode(&bytes, &limits).is_ok();
@@ -312,7 +341,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         .into_iter()
         .map(|(peer, bytes_down, bytes_up)| Transfer { peer, bytes_down, bytes_up })
         .collect();
-    let banned = s.banned.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|p| p.to_string()).collect();
+    let banned = s.banned.lock().unwrap_or_else(|p| p.into_inner()).keys().map(|p| p.to_string()).collect();
     let fleet = s.trust().fleet.to_hex();
     Ok(NodeStatus {
         peer_id: s.net.local.to_string(),

@@ -53,6 +53,9 @@ enum FetchError {
     Busy,
     #[error("timed out")]
     Timeout,
+    /// The origin redirected where the policy does not allow (another origin, a file:// URL).
+    #[error("{0}")]
+    Redirect(String),
     #[error("{0}")]
     Other(String),
 }
@@ -134,9 +137,11 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     let mut views: HashMap<PeerId, PeerView> = HashMap::new();
     let mut bad_origins: HashSet<usize> = HashSet::new();
     let mut origin_backoff = Instant::now();
+    // Consecutive failures per origin; reset by a success.
+    let mut origin_failures: HashMap<usize, u32> = HashMap::new();
     let mut shutdown = s.shutdown.clone();
     while !sched.is_done() {
-        if s.trust().yanks.contains_key(&hash) {
+        if s.trust().yanks.contains_key(&hash) || !s.trust().is_current(&hash, crate::clock::now()) {
             return Ok(Outcome::Stopped);
         }
         let idle = sched.inflight_total() == 0 && sched.origin_inflight() == 0;
@@ -212,7 +217,10 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                     .with_context(|| format!("storing chunk {idx} of {}", file.path))?;
                 let new = match source {
                     Source::Peer(peer) => sched.completed(&peer, flat),
-                    Source::Origin(_) => sched.origin_finished(flat, true),
+                    Source::Origin(oi) => {
+                        origin_failures.remove(&oi);
+                        sched.origin_finished(flat, true)
+                    }
                 };
                 if new {
                     let mut p = s.progress();
@@ -226,13 +234,22 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             }
             (Source::Origin(oi), Err(e)) => {
                 sched.origin_finished(flat, false);
-                if let FetchError::Bad(_) | FetchError::BadLength(_) = e {
+                let failures = origin_failures.entry(oi).or_default();
+                *failures += 1;
+                if let FetchError::Bad(_) | FetchError::BadLength(_) | FetchError::Redirect(_) = e {
                     bad_origins.insert(oi);
                     s.refuse(from, "origin-chunk", format!("{e}; not using this origin for the rest of the release"))
                         .await;
+                } else if *failures >= s.cfg.origin_max_failures {
+                    bad_origins.insert(oi);
+                    let why =
+                        format!("{e}; {failures} failures in a row, not using this origin for the rest of the release");
+                    s.refuse(from, "origin-failing", why).await;
                 } else {
-                    tracing::warn!(origin = %from, chunk = flat, "origin request failed: {e}");
-                    origin_backoff = Instant::now() + Duration::from_millis(BACKOFF_MS);
+                    // Exponential backoff: 1.5 s, 3 s, 6 s ... at most 60 s.
+                    let wait = (BACKOFF_MS << (*failures - 1).min(6)).min(60_000);
+                    tracing::warn!(origin = %from, chunk = flat, failures = *failures, "origin request failed: {e}; next try in {wait} ms");
+                    origin_backoff = Instant::now() + Duration::from_millis(wait);
                 }
             }
             (Source::Peer(peer), Err(FetchError::Bad(e))) => {
@@ -373,6 +390,7 @@ async fn fetch_from_origin(s: &Shared, base: &str, file: &FileEntry, idx: u32) -
     s.origin_limit.acquire(u64::from(expected)).await;
     let bytes = s.origins.fetch(base, file, idx).await.map_err(|e| match e {
         crate::origin::OriginError::WrongLength { .. } => FetchError::BadLength(WireError::Malformed(e.to_string())),
+        crate::origin::OriginError::Redirect(why) => FetchError::Redirect(why),
         other => FetchError::Other(other.to_string()),
     })?;
     // Step C1, as for peers.

@@ -187,21 +187,57 @@ fn stage_dir(s: &Shared, manifest: &Hash32) -> PathBuf {
     s.cfg.data_dir.join("stage").join(manifest.to_hex())
 }
 
-/// Copies the release's verified files into a fresh staging directory. Copies, not links: an
-/// install script that modifies its files must not touch the blob store.
+/// A stored file whose bytes no longer match the signed hash.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: the stored copy hashes to {actual}, the manifest says {expected}; refusing to run anything from it")]
+pub struct Tampered {
+    pub path: String,
+    pub expected: String,
+    pub actual: String,
+}
+
+/// Copies the release's verified files into a fresh staging directory (0700), hashing each while
+/// it is copied: what runs is exactly what was signed, even if the blob store was touched since
+/// the download. Copies, not links: an install script that modifies its files must not touch
+/// the blob store.
 fn stage(s: &Shared, manifest: &Hash32, m: &ReleaseManifest) -> Result<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = stage_dir(s, manifest);
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::fsmode::create_dir(&dir, crate::fsmode::DIR)?;
     for f in &m.files {
         let dst = f.path.components().fold(dir.clone(), |p, c| p.join(c));
         if let Some(parent) = dst.parent() {
-            std::fs::create_dir_all(parent)?;
+            crate::fsmode::create_dir(parent, crate::fsmode::DIR)?;
         }
-        std::fs::copy(s.library.blob_path(&f.hash), &dst).with_context(|| format!("cannot stage {}", f.path))?;
+        let src = s.library.blob_path(&f.hash);
+        let mut input = std::fs::File::open(&src).with_context(|| format!("cannot open {}", src.display()))?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(crate::fsmode::FILE)
+            .open(&dst)
+            .with_context(|| format!("cannot create {}", dst.display()))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = input.read(&mut buf).with_context(|| format!("cannot read {}", src.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).with_context(|| format!("cannot stage {}", f.path))?;
+        }
+        out.sync_all().with_context(|| format!("cannot stage {}", f.path))?;
+        let actual: Hash32 = hasher.finalize().into();
+        if actual != f.hash {
+            return Err(
+                Tampered { path: f.path.to_string(), expected: f.hash.to_hex(), actual: actual.to_hex() }.into()
+            );
+        }
         std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(if f.executable { 0o755 } else { 0o644 }))?;
     }
     Ok(dir)
@@ -368,6 +404,10 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
         if !matches!(state, ReleaseState::Downloaded | ReleaseState::Waiting(_)) {
             continue;
         }
+        if v.expires <= now() {
+            apply(s, &rel, Event::Expired, format!("the manifest expired at {}", v.expires.0), None).await;
+            continue;
+        }
         let approval = s.trust().approvals.get(&(hash, s.cfg.ring.clone())).map(|a| a.value().clone());
         let local = chrono::Local::now();
         let in_window =
@@ -380,11 +420,19 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
                     WaitReason::NotApproved => format!("waiting for an approval for ring {}", s.cfg.ring),
                     WaitReason::NotBefore(nb) => format!("approved, waiting until not-before {}", nb.0),
                     WaitReason::OutsideWindow => "approved, waiting for the maintenance window".to_string(),
+                    WaitReason::ApprovalExpired => {
+                        format!("the approval for ring {} expired; a new one is needed", s.cfg.ring)
+                    }
+                    WaitReason::Stale => "no fresh timestamp statement from the admin side".to_string(),
+                    WaitReason::NotInStatement => {
+                        "the newest timestamp statement does not list this release".to_string()
+                    }
                 },
             )
         };
         let waiting = match install_gate(approval.as_ref(), v.urgent, t, in_window) {
             Gate::NotApproved => wait(WaitReason::NotApproved),
+            Gate::ApprovalExpired => wait(WaitReason::ApprovalExpired),
             Gate::NotBefore(nb) => {
                 wake_at(nb.0);
                 wait(WaitReason::NotBefore(nb))
@@ -413,7 +461,14 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
     let stage = match stage(s, &hash, v) {
         Ok(d) => d,
         Err(e) => {
-            let why = if crate::library::is_disk_full(&e) { FailReason::DiskFull } else { FailReason::StageError };
+            let why = if e.downcast_ref::<Tampered>().is_some() {
+                tracing::error!(product = %v.product, version = %v.version, "{e:#}");
+                FailReason::Tampered
+            } else if crate::library::is_disk_full(&e) {
+                FailReason::DiskFull
+            } else {
+                FailReason::StageError
+            };
             let _ = std::fs::remove_dir_all(stage_dir(s, &hash));
             apply(s, rel, Event::StageFailed(why), format!("cannot stage files: {e:#}"), None).await;
             return Ok(());
@@ -424,6 +479,13 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
         && run_command(detect, &stage, &env).await.ok()
     {
         apply(s, rel, Event::AlreadyInstalled, "already installed (the detect command exited 0)", Some(0)).await;
+        return Ok(());
+    }
+    // Expiry again at the moment of use: the manifest and the approval must be valid now.
+    let t = now();
+    let approval_valid = s.trust().approvals.get(&(hash, s.cfg.ring.clone())).is_some_and(|a| a.value().expires > t);
+    if v.expires <= t || !approval_valid || !s.trust().is_current(&hash, t) {
+        tracing::warn!(product = %v.product, version = %v.version, "not installing: metadata expired");
         return Ok(());
     }
     tracing::info!(product = %v.product, version = %v.version, "installing: {reason}");

@@ -52,7 +52,7 @@ impl Library {
         let blobs = data_dir.join("blobs");
         let partial = data_dir.join("partial");
         for d in [&blobs, &partial] {
-            fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+            crate::fsmode::create_dir(d, crate::fsmode::DIR)?;
         }
         Ok(Library { inner: Arc::default(), blobs, partial, store })
     }
@@ -158,7 +158,9 @@ impl Library {
         verify_chunk(&state.entry, idx, bytes)?;
         let (offset, _) = state.entry.chunk_range(idx).ok_or_else(|| anyhow!("no chunk {idx}"))?;
         let path = self.partial_path(file);
+        use std::os::unix::fs::OpenOptionsExt;
         let f = OpenOptions::new()
+            .mode(crate::fsmode::FILE)
             .create(true)
             .write(true)
             .truncate(false)

@@ -1,30 +1,8 @@
 //! `lanpatch-node`: the endpoint service, its status client and the fleet demo.
 
-mod clock;
-mod config;
-mod control;
-mod demo;
-mod download;
-mod install;
-mod inventory;
-mod library;
-mod lifecycle;
-mod net;
-mod node;
-mod origin;
-mod pipeline;
-mod policy;
-mod ratelimit;
-mod report;
-mod sched;
-mod serve;
-mod shared;
-mod store;
-mod trust;
-mod wan;
-mod wire;
-
 use std::path::PathBuf;
+
+use lanpatch_node::{config, control, demo, node};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};

@@ -11,7 +11,12 @@ use libp2p::futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, MessageId, ValidationMode};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, identify, identity, mdns, noise, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, identity, mdns, noise,
+    tcp, yamux,
+};
+
+use crate::ipguard::{BannedIps, IpGuard, ip_of};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Protocol names carry the fleet id, so nodes of different fleets cannot even negotiate them.
@@ -26,6 +31,8 @@ fn identify_version(fleet: &Hash32) -> String {
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    limits: connection_limits::Behaviour,
+    ipguard: IpGuard,
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -36,7 +43,8 @@ pub struct Behaviour {
 enum Command {
     Publish { data: Vec<u8>, reply: oneshot::Sender<Result<()>> },
     Validation { id: MessageId, source: PeerId, acceptance: MessageAcceptance },
-    Ban { peer: PeerId },
+    Ban { peer: PeerId, ip: Option<std::net::IpAddr> },
+    Unban { peer: PeerId, ip: Option<std::net::IpAddr> },
     Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
     Listening { reply: oneshot::Sender<Vec<Multiaddr>> },
     Dial { peer: PeerId, addrs: Vec<Multiaddr> },
@@ -86,8 +94,13 @@ impl NetHandle {
     pub async fn validation(&self, id: MessageId, source: PeerId, acceptance: MessageAcceptance) {
         let _ = self.tx.send(Command::Validation { id, source, acceptance }).await;
     }
-    pub async fn ban(&self, peer: PeerId) {
-        let _ = self.tx.send(Command::Ban { peer }).await;
+    /// Blocks a peer (and, for a repeat offender, every connection from its IP).
+    pub async fn ban(&self, peer: PeerId, ip: Option<std::net::IpAddr>) {
+        let _ = self.tx.send(Command::Ban { peer, ip }).await;
+    }
+    /// Lifts a ban that expired.
+    pub async fn unban(&self, peer: PeerId, ip: Option<std::net::IpAddr>) {
+        let _ = self.tx.send(Command::Unban { peer, ip }).await;
     }
     pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
         self.ask(|reply| Command::Peers { reply }).await
@@ -112,6 +125,48 @@ pub struct NetConfig {
     pub static_peers: Vec<Multiaddr>,
     pub mdns: bool,
     pub limits: Limits,
+    pub banned_ips: BannedIps,
+    pub conn: ConnLimits,
+}
+
+/// Connection limits (node.toml), counted per node.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    pub max_established: u32,
+    pub max_pending: u32,
+    pub max_per_peer: u32,
+    pub max_per_ip: usize,
+}
+
+/// Gossipsub peer scoring: a peer whose messages are refused (`Reject`) loses score
+/// quadratically (P4) and, past the thresholds, is no longer gossiped with, then ignored
+/// (graylisted). Delivery-rate penalties (P3) and IP colocation are off: metadata is rare on
+/// a fleet's topic, and a site behind NAT shares one IP; the node limits IPs itself.
+fn peer_score(topic: &IdentTopic) -> (gossipsub::PeerScoreParams, gossipsub::PeerScoreThresholds) {
+    let topic_params = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 300.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 50.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -20.0,
+        invalid_message_deliveries_decay: 0.99,
+        ..Default::default()
+    };
+    let mut params = gossipsub::PeerScoreParams { ip_colocation_factor_weight: 0.0, ..Default::default() };
+    params.topics.insert(topic.hash(), topic_params);
+    let thresholds = gossipsub::PeerScoreThresholds {
+        gossip_threshold: -100.0,
+        publish_threshold: -200.0,
+        graylist_threshold: -400.0,
+        accept_px_threshold: 10.0,
+        opportunistic_graft_threshold: 5.0,
+    };
+    (params, thresholds)
 }
 
 /// Builds the swarm and starts listening; returns the handle, the event stream and the task.
@@ -120,6 +175,8 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
     let max_transmit = cfg.limits.max_envelope_bytes + 64 * 1024;
     let use_mdns = cfg.mdns;
     let fleet = cfg.fleet;
+    let conn = cfg.conn;
+    let banned_ips = cfg.banned_ips.clone();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -133,8 +190,10 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
                 .message_id_fn(|m: &gossipsub::Message| MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
                 .build()
                 .map_err(|e| anyhow!("gossipsub config: {e}"))?;
-            let gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gs_config)
+            let mut gossipsub = gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gs_config)
                 .map_err(|e| anyhow!("gossipsub: {e}"))?;
+            let (params, thresholds) = peer_score(&topic);
+            gossipsub.with_peer_score(params, thresholds).map_err(|e| anyhow!("gossipsub scoring: {e}"))?;
             let mdns = if use_mdns {
                 let c = mdns::Config {
                     query_interval: Duration::from_secs(5),
@@ -145,8 +204,15 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
             } else {
                 None
             };
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_pending_incoming(Some(conn.max_pending))
+                .with_max_pending_outgoing(Some(conn.max_pending))
+                .with_max_established(Some(conn.max_established))
+                .with_max_established_per_peer(Some(conn.max_per_peer));
             Ok(Behaviour {
                 blocked: Default::default(),
+                limits: connection_limits::Behaviour::new(limits),
+                ipguard: IpGuard::new(banned_ips.clone(), conn.max_per_ip),
                 gossipsub,
                 identify: identify::Behaviour::new(identify::Config::new(identify_version(&fleet), key.public())),
                 mdns: Toggle::from(mdns),
@@ -171,6 +237,7 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
         ready: ready_rx,
     };
     let task = SwarmTask {
+        banned_ips: cfg.banned_ips,
         swarm,
         topic,
         commands: rx,
@@ -186,6 +253,7 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
 }
 
 pub struct SwarmTask {
+    banned_ips: BannedIps,
     swarm: Swarm<Behaviour>,
     topic: IdentTopic,
     commands: mpsc::Receiver<Command>,
@@ -249,10 +317,25 @@ impl SwarmTask {
             Command::Validation { id, source, acceptance } => {
                 self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
             }
-            Command::Ban { peer } => {
-                tracing::warn!(%peer, "banning peer");
+            Command::Ban { peer, ip } => {
+                tracing::warn!(%peer, ?ip, "banning peer");
                 self.swarm.behaviour_mut().blocked.block_peer(peer);
                 self.mdns_peers.remove(&peer);
+                if let Some(ip) = ip {
+                    self.banned_ips.insert(ip);
+                    let same_ip: Vec<PeerId> =
+                        self.addrs.iter().filter(|(_, a)| ip_of(a) == Some(ip)).map(|(p, _)| *p).collect();
+                    for p in same_ip {
+                        let _ = self.swarm.disconnect_peer_id(p);
+                    }
+                }
+            }
+            Command::Unban { peer, ip } => {
+                tracing::info!(%peer, ?ip, "ban expired");
+                self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+                if let Some(ip) = ip {
+                    self.banned_ips.remove(&ip);
+                }
             }
             Command::Peers { reply } => {
                 let peers = self

@@ -66,6 +66,13 @@ fn load_trust(cfg: &Config, store: &Store, limits: &Limits) -> Result<Trust> {
             tracing::debug!("stored metadata no longer accepted: {e}");
         }
     }
+    // Manifests that expired while the node was down are gone, but their versions still block
+    // a rollback to anything older (they were verified when they arrived).
+    for (product, version, hash) in store.manifest_versions()? {
+        if let Ok(product) = product.parse() {
+            trust.remember_version(product, lanpatch_protocol::Version(version), hash);
+        }
+    }
     Ok(trust)
 }
 
@@ -145,8 +152,18 @@ fn check_listen_free(addrs: &[Multiaddr]) -> Result<()> {
 
 /// Runs a node until `shutdown` completes.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    let group = cfg.control_socket_group.as_deref().map(crate::control::group_id).transpose()?;
+    let dir_mode = if group.is_some() { 0o710 } else { crate::fsmode::DIR };
+    crate::fsmode::create_dir(&cfg.data_dir, dir_mode)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
+    // Whatever the umask or an earlier version left: the data directory is private.
+    for fixed in crate::fsmode::secure_data_dir(&cfg.data_dir, dir_mode)? {
+        tracing::warn!("file mode fixed: {fixed}");
+    }
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(&cfg.data_dir, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {gid}", cfg.data_dir.display()))?;
+    }
     let parse_addrs = |list: &[String], what: &str| -> Result<Vec<Multiaddr>> {
         list.iter().map(|a| a.parse::<Multiaddr>().with_context(|| format!("bad {what} address {a:?}"))).collect()
     };
@@ -163,6 +180,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     };
     let trust = load_trust(&cfg, &store, &limits)?;
     let fleet = trust.fleet;
+    let banned_ips = crate::ipguard::BannedIps::default();
     let (net, mut net_events, swarm_task) = net::start(net::NetConfig {
         keypair,
         fleet,
@@ -170,6 +188,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         static_peers: parse_addrs(&cfg.static_peers, "static peer")?,
         mdns: cfg.mdns,
         limits: limits.clone(),
+        banned_ips: banned_ips.clone(),
+        conn: net::ConnLimits {
+            max_established: cfg.max_connections,
+            max_pending: cfg.max_pending_connections,
+            max_per_peer: cfg.max_connections_per_peer,
+            max_per_ip: cfg.max_connections_per_ip,
+        },
     })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut control = net.control.clone();
@@ -188,13 +213,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         },
     )?;
     let refusals = store.refusal_count().await?;
-    let control_listener = crate::control::bind(&cfg.control_socket())?;
+    let control_listener = crate::control::bind(&cfg.control_socket(), group)?;
     let shared = Arc::new(Shared {
         facts,
         up_limit: RateLimiter::new(cfg.upload_limit),
         down_limit: RateLimiter::new(cfg.download_limit),
         origin_limit: RateLimiter::new(cfg.origin_limit),
-        origins: crate::origin::Origins::new()?,
+        origins: crate::origin::Origins::new(cfg.origin_redirects)?,
         uploads: Semaphore::new(cfg.max_concurrent_uploads),
         cfg,
         store,
@@ -210,10 +235,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         inventory_changed,
         metadata_changed: Notify::new(),
         banned: Mutex::default(),
+        banned_ips,
+        refusal_rate: Mutex::default(),
         refusals: AtomicU64::new(refusals),
         shutdown: shutdown_rx.clone(),
     });
     tracing::info!(peer = %shared.net.local, fleet = %fleet.short(), ring = %shared.cfg.ring, "lanpatch-node starting");
+    shared.restore_bans().await?;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(swarm_task.run(shutdown_rx.clone()));
@@ -236,6 +264,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = resync.tick() => {
+                    expire_metadata(&s).await;
+                    s.expire_bans().await;
                     let s2 = s.clone();
                     tokio::spawn(async move {
                         if let Err(e) = resend_reports(&s2).await {
@@ -274,7 +304,7 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
             let limits = s.trust().limits.clone();
             let acceptance = match lanpatch_protocol::Envelope::decode(&data, &limits) {
                 Err(e) => {
-                    s.refuse(format!("gossip from {source}"), "metadata", e.to_string()).await;
+                    s.refuse_peer(source, "metadata", e.to_string()).await;
                     MessageAcceptance::Reject
                 }
                 Ok(env) if matches!(env.kind, lanpatch_protocol::Kind::Report | lanpatch_protocol::Kind::Inventory) => {
@@ -282,12 +312,12 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
                     match crate::report::accept_node_envelope(store, &limits, env, &data).await {
                         Ok(()) => MessageAcceptance::Accept,
                         Err(e) => {
-                            s.refuse(format!("gossip from {source}"), "node-report", e.to_string()).await;
+                            s.refuse_peer(source, "node-report", e.to_string()).await;
                             MessageAcceptance::Reject
                         }
                     }
                 }
-                Ok(env) => match pipeline::ingest_envelope(s, env, &data, &format!("gossip from {source}")).await {
+                Ok(env) => match pipeline::ingest_envelope(s, env, &data, pipeline::Source::Peer(source)).await {
                     Ok(_) => MessageAcceptance::Accept,
                     Err(_) => MessageAcceptance::Reject,
                 },
@@ -301,6 +331,25 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
     }
 }
 
+/// Drops expired metadata from memory; a release that expired before its install ends
+/// `Skipped(Expired)`.
+async fn expire_metadata(s: &Arc<Shared>) {
+    let t = now();
+    let before: Vec<Signed<ReleaseManifest>> =
+        s.trust().manifests.values().filter(|m| m.value().expires <= t).cloned().collect();
+    for m in &before {
+        let detail = format!("the manifest expired at {}", m.value().expires.0);
+        if let Err(e) = s.lifecycle.apply(&release_ref(m), Event::Expired, detail, None).await {
+            tracing::error!("cannot record release state: {e:#}");
+        }
+    }
+    let gone = s.trust().expire(t);
+    if !gone.is_empty() {
+        tracing::info!(count = gone.len(), "expired manifests dropped");
+        s.metadata_changed.notify_one();
+    }
+}
+
 /// Fetches a peer's catalog and ingests every item.
 pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
     if s.is_banned(&peer) {
@@ -309,7 +358,7 @@ pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
     match crate::download::request_catalog(&s, peer).await {
         Ok(items) => {
             for item in items {
-                let _ = pipeline::ingest(&s, &item, &format!("catalog from {peer}")).await;
+                let _ = pipeline::ingest(&s, &item, pipeline::Source::Peer(peer)).await;
             }
         }
         Err(e) => tracing::debug!(%peer, "catalog sync failed: {e:#}"),
@@ -352,6 +401,10 @@ pub async fn download_manager(s: Arc<Shared>) {
 
 fn start_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
     let hash = m.payload_hash();
+    if !s.trust().is_current(&hash, now()) {
+        // Expired (or dropped) while queued: the sweep records it.
+        return;
+    }
     if !s.downloading.lock().unwrap_or_else(|p| p.into_inner()).insert(hash) {
         return;
     }

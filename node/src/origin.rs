@@ -14,8 +14,25 @@ pub enum OriginError {
     NoRange,
     #[error("origin sent {actual} bytes for a {expected}-byte range")]
     WrongLength { expected: u32, actual: usize },
+    #[error("origin redirect refused: {0}")]
+    Redirect(String),
     #[error("origin request failed: {0}")]
     Http(String),
+}
+
+/// Which redirects the origin client follows (`origin_redirects` in node.toml).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RedirectPolicy {
+    /// None: a 3xx answer is a failure.
+    None,
+    /// Only to the same scheme, host and port as the request (at most 5 hops).
+    #[default]
+    SameOrigin,
+}
+
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme() && a.host_str() == b.host_str() && a.port_or_known_default() == b.port_or_known_default()
 }
 
 #[derive(Clone)]
@@ -40,8 +57,24 @@ pub fn file_url(base: &str, path: &RelPath) -> String {
 }
 
 impl Origins {
-    pub fn new() -> anyhow::Result<Origins> {
+    pub fn new(redirects: RedirectPolicy) -> anyhow::Result<Origins> {
+        let policy = match redirects {
+            RedirectPolicy::None => reqwest::redirect::Policy::none(),
+            RedirectPolicy::SameOrigin => reqwest::redirect::Policy::custom(|attempt| {
+                let first = attempt.previous().first().cloned();
+                let to = attempt.url().clone();
+                match first {
+                    Some(from) if !same_origin(&from, &to) => {
+                        let why = format!("{from} redirected to another origin ({to})");
+                        attempt.error(why)
+                    }
+                    _ if attempt.previous().len() >= 5 => attempt.error("more than 5 redirects"),
+                    _ => attempt.follow(),
+                }
+            }),
+        };
         let client = reqwest::Client::builder()
+            .redirect(policy)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .pool_max_idle_per_host(4)
@@ -57,14 +90,15 @@ impl Origins {
         };
         let url = file_url(base, &file.path);
         let range = format!("bytes={}-{}", offset, offset + u64::from(len) - 1);
-        let resp = self
-            .client
-            .get(&url)
-            .header(reqwest::header::RANGE, range)
-            .send()
-            .await
-            .map_err(|e| OriginError::Http(e.to_string()))?;
+        let resp = self.client.get(&url).header(reqwest::header::RANGE, range).send().await.map_err(|e| {
+            if e.is_redirect() { OriginError::Redirect(error_chain(&e)) } else { OriginError::Http(error_chain(&e)) }
+        })?;
         let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            return Err(OriginError::Redirect(format!(
+                "HTTP {status} and redirects are not followed (origin_redirects = \"none\")"
+            )));
+        }
         if status == 200 && !(offset == 0 && u64::from(len) == file.size) {
             return Err(OriginError::NoRange);
         }
@@ -84,6 +118,18 @@ impl Origins {
         }
         Ok(body)
     }
+}
+
+/// An error with its causes, on one line (reqwest's own message leaves the cause out).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
 }
 
 #[cfg(test)]

@@ -12,14 +12,23 @@ use crate::policy::targets_match;
 use crate::shared::{Shared, release_ref};
 use crate::trust::{Accepted, Checked};
 
+/// Where a message came from, for its refusal.
+#[derive(Clone, Copy, Debug)]
+pub enum Source {
+    /// A peer (gossip or catalog sync): refusals count towards its ban.
+    Peer(libp2p::PeerId),
+    /// `lanpatch-signer publish` on this machine.
+    LocalPublish,
+}
+
 /// Checks a signed message, stores it, and acts on it. Refusals are recorded with their reason.
-pub async fn ingest(s: &Arc<Shared>, bytes: &[u8], source: &str) -> Result<Accepted> {
+pub async fn ingest(s: &Arc<Shared>, bytes: &[u8], source: Source) -> Result<Accepted> {
     let checked = s.trust().check(bytes, now());
     settle(s, checked, bytes, source).await
 }
 
 /// [`ingest`] of an envelope the caller decoded from `bytes` (gossip: decoded once, at the edge).
-pub async fn ingest_envelope(s: &Arc<Shared>, envelope: Envelope, bytes: &[u8], source: &str) -> Result<Accepted> {
+pub async fn ingest_envelope(s: &Arc<Shared>, envelope: Envelope, bytes: &[u8], source: Source) -> Result<Accepted> {
     let checked = s.trust().check_envelope(envelope, bytes, now());
     settle(s, checked, bytes, source).await
 }
@@ -28,12 +37,15 @@ async fn settle(
     s: &Arc<Shared>,
     checked: Result<Checked, lanpatch_protocol::VerifyError>,
     bytes: &[u8],
-    source: &str,
+    source: Source,
 ) -> Result<Accepted> {
     match checked {
         Ok(c) => commit(s, c, bytes).await,
         Err(e) => {
-            s.refuse(source.to_string(), "metadata", e.to_string()).await;
+            match source {
+                Source::Peer(p) => s.refuse_peer(p, "metadata", e.to_string()).await,
+                Source::LocalPublish => s.refuse("local publish".into(), "metadata", e.to_string()).await,
+            }
             Err(e.into())
         }
     }

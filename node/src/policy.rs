@@ -113,11 +113,16 @@ pub enum Gate {
     NotApproved,
     NotBefore(Timestamp),
     OutsideWindow,
+    /// The approval has expired (checked at the moment of use, not only on arrival).
+    ApprovalExpired,
     Go(&'static str),
 }
 
 pub fn install_gate(approval: Option<&Approval>, urgent: bool, now: Timestamp, in_window: bool) -> Gate {
     let Some(a) = approval else { return Gate::NotApproved };
+    if a.expires <= now {
+        return Gate::ApprovalExpired;
+    }
     if now < a.not_before {
         return Gate::NotBefore(a.not_before);
     }
@@ -158,6 +163,14 @@ mod tests {
             expires: Timestamp(u64::MAX),
             forced_reason: None,
         }
+    }
+
+    #[test]
+    fn expired_approval_never_lets_an_install_through_even_urgent_or_past_its_deadline() {
+        let mut a = approval(0, Some(10));
+        a.expires = Timestamp(100);
+        assert!(matches!(install_gate(Some(&a), true, Timestamp(100), true), Gate::ApprovalExpired));
+        assert!(matches!(install_gate(Some(&a), false, Timestamp(99), true), Gate::Go(_)));
     }
 
     #[test]

@@ -65,6 +65,9 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
     pub fn len(&self) -> usize {
         self.have.len()
     }
+    pub fn is_empty(&self) -> bool {
+        self.have.is_empty()
+    }
     pub fn missing(&self) -> usize {
         self.missing
     }

@@ -13,8 +13,16 @@ use crate::config::CorruptUploads;
 use crate::shared::Shared;
 use crate::wire::{self, Request, Response};
 
+/// Per-peer request budget: a token bucket of `rate` per second, bursts of twice that.
+struct Budget {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
 pub async fn serve(s: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams) {
     let mut shutdown = s.shutdown.clone();
+    let rate = f64::from(s.cfg.max_requests_per_peer_per_sec.max(1));
+    let mut budgets: std::collections::HashMap<PeerId, Budget> = std::collections::HashMap::new();
     loop {
         let next = tokio::select! {
             _ = shutdown.changed() => break,
@@ -24,6 +32,22 @@ pub async fn serve(s: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams)
         if s.is_banned(&peer) {
             continue;
         }
+        let now = std::time::Instant::now();
+        if budgets.len() > 4096 {
+            budgets.retain(|_, b| now.duration_since(b.last) < Duration::from_secs(60));
+        }
+        let b = budgets.entry(peer).or_insert(Budget { tokens: 2.0 * rate, last: now });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(2.0 * rate);
+        b.last = now;
+        if b.tokens < 1.0 {
+            drop(stream);
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.refuse_peer(peer, "request-flood", format!("more than {rate} requests a second")).await;
+            });
+            continue;
+        }
+        b.tokens -= 1.0;
         let s = s.clone();
         tokio::spawn(async move {
             if let Err(e) = timeout(Duration::from_secs(60), handle(&s, peer, stream))
@@ -65,7 +89,7 @@ async fn handle(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream) -> an
             wire::write_frame(&mut stream, &Response::Peers { peers }).await?;
         }
         Request::Catalog => {
-            let mut items = s.trust().catalog();
+            let mut items = s.trust().catalog(crate::clock::now());
             items.truncate(wire::MAX_CATALOG_ITEMS);
             let items = items.into_iter().map(serde_bytes::ByteBuf::from).collect();
             wire::write_frame(&mut stream, &Response::Catalog { items }).await?;

@@ -52,7 +52,12 @@ pub struct Shared {
     /// Notified when trusted metadata changed (an approval, a yank, a new release): the
     /// installer looks again.
     pub metadata_changed: Notify,
-    pub banned: Mutex<HashSet<PeerId>>,
+    /// Banned peers and when their ban ends (seconds since the epoch); persisted in the store.
+    pub banned: Mutex<HashMap<PeerId, u64>>,
+    /// IPs banned for repeat offences (shared with the swarm's IP guard).
+    pub banned_ips: crate::ipguard::BannedIps,
+    /// Refusals per peer in the current minute (start of the window, count).
+    pub refusal_rate: Mutex<HashMap<PeerId, (u64, u32)>>,
     pub up_limit: RateLimiter,
     pub down_limit: RateLimiter,
     pub origin_limit: RateLimiter,
@@ -73,24 +78,121 @@ impl Shared {
         self.reporter.node_public()
     }
     pub fn is_banned(&self, peer: &PeerId) -> bool {
-        self.banned.lock().unwrap_or_else(|p| p.into_inner()).contains(peer)
+        self.banned.lock().unwrap_or_else(|p| p.into_inner()).get(peer).is_some_and(|until| *until > now().0)
     }
 
     /// Logs, counts and stores a refusal. Every refused message or chunk goes through here.
     pub async fn refuse(&self, source: String, kind: &'static str, reason: String) {
         tracing::warn!(%source, kind, %reason, "refused");
         self.refusals.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.store.add_refusal(now().0, source, kind, reason).await {
+        if let Err(e) = self.store.add_refusal(now().0, source, kind, reason, self.cfg.refusal_log_max).await {
             tracing::error!("cannot record refusal: {e:#}");
         }
     }
 
-    pub async fn ban(&self, peer: PeerId, reason: String) {
-        let first = self.banned.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
-        if first {
-            self.refuse(peer.to_string(), "peer-banned", reason).await;
-            self.net.ban(peer).await;
+    /// A refusal caused by a peer: recorded like any other, and a peer over
+    /// `ban_refusals_per_minute` is banned.
+    pub async fn refuse_peer(&self, peer: PeerId, kind: &'static str, reason: String) {
+        if self.is_banned(&peer) {
+            return;
         }
+        self.refuse(format!("peer {peer}"), kind, reason).await;
+        let t = now().0;
+        let over = {
+            let mut rates = self.refusal_rate.lock().unwrap_or_else(|p| p.into_inner());
+            let e = rates.entry(peer).or_insert((t, 0));
+            if t >= e.0 + 60 {
+                *e = (t, 0);
+            }
+            e.1 += 1;
+            e.1 > self.cfg.ban_refusals_per_minute
+        };
+        if over {
+            let why = format!("more than {} refusals in a minute", self.cfg.ban_refusals_per_minute);
+            self.ban(peer, why).await;
+        }
+    }
+
+    /// Bans a peer for `ban_secs` (longer for each repeat), persisted; when `ban_ip_after`
+    /// different peer ids from one IP were banned within a day, the IP too.
+    pub async fn ban(&self, peer: PeerId, reason: String) {
+        if self.is_banned(&peer) {
+            return;
+        }
+        let t = now().0;
+        let ip =
+            self.net.peers().await.ok().and_then(|list| {
+                list.into_iter().find(|p| p.peer == peer).and_then(|p| crate::ipguard::ip_of(&p.addr))
+            });
+        let ban = match self
+            .store
+            .put_ban(peer.to_string(), ip.map(|i| i.to_string()), t, self.cfg.ban_secs, reason.clone())
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("cannot record ban: {e:#}");
+                crate::store::Ban {
+                    peer: peer.to_string(),
+                    ip: None,
+                    until: t + self.cfg.ban_secs,
+                    strikes: 1,
+                    ip_banned: false,
+                }
+            }
+        };
+        self.banned.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, ban.until);
+        let mut ban_ip = None;
+        if let Some(ip) = ip
+            && self.cfg.ban_ip_after > 0
+            && self.store.bans_from_ip(ip.to_string(), t.saturating_sub(86_400)).await.unwrap_or(0)
+                >= self.cfg.ban_ip_after
+        {
+            ban_ip = Some(ip);
+            self.banned_ips.insert(ip);
+            let _ = self.store.set_ip_banned(peer.to_string()).await;
+        }
+        let what = match ban_ip {
+            Some(ip) => format!("{reason}; banned until {} (strike {}), and its IP {ip}", ban.until, ban.strikes),
+            None => format!("{reason}; banned until {} (strike {})", ban.until, ban.strikes),
+        };
+        self.refuse(format!("peer {peer}"), "peer-banned", what).await;
+        self.net.ban(peer, ban_ip).await;
+    }
+
+    /// Restores the bans in force from the store (at start).
+    pub async fn restore_bans(&self) -> anyhow::Result<()> {
+        for b in self.store.active_bans(now().0).await? {
+            let Ok(peer) = b.peer.parse::<PeerId>() else { continue };
+            let ip = if b.ip_banned { b.ip.as_deref().and_then(|i| i.parse().ok()) } else { None };
+            if let Some(ip) = ip {
+                self.banned_ips.insert(ip);
+            }
+            self.banned.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, b.until);
+            self.net.ban(peer, ip).await;
+        }
+        Ok(())
+    }
+
+    /// Lifts bans that have run out.
+    pub async fn expire_bans(&self) {
+        let t = now().0;
+        let expired: Vec<PeerId> = {
+            let mut banned = self.banned.lock().unwrap_or_else(|p| p.into_inner());
+            let list: Vec<PeerId> = banned.iter().filter(|(_, u)| **u <= t).map(|(p, _)| *p).collect();
+            for p in &list {
+                banned.remove(p);
+            }
+            list
+        };
+        let ip_bans: Vec<crate::store::Ban> = self.store.active_bans(t).await.unwrap_or_default();
+        for p in expired {
+            // The IP ban goes with the last active ban that caused it.
+            self.net.unban(p, None).await;
+        }
+        let still: HashSet<std::net::IpAddr> =
+            ip_bans.iter().filter(|b| b.ip_banned).filter_map(|b| b.ip.as_deref()?.parse().ok()).collect();
+        self.banned_ips.retain(|ip| still.contains(ip));
     }
 }
 

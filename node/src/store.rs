@@ -114,7 +114,34 @@ const MIGRATIONS: &[&str] = &[
         value     INTEGER NOT NULL
      );
      ALTER TABLE reports ADD COLUMN rank INTEGER NOT NULL DEFAULT 0;",
+    // 3 -> 4: persisted bans; refusal counters per source (the refusal log itself is bounded).
+    "CREATE TABLE bans (
+        peer      TEXT PRIMARY KEY,
+        ip        TEXT,
+        until     INTEGER NOT NULL,
+        reason    TEXT NOT NULL,
+        strikes   INTEGER NOT NULL,
+        ip_banned INTEGER NOT NULL DEFAULT 0,
+        at        INTEGER NOT NULL
+     );
+     CREATE TABLE refusal_sources (
+        source    TEXT PRIMARY KEY,
+        count     INTEGER NOT NULL,
+        last      INTEGER NOT NULL
+     );
+     INSERT INTO refusal_sources (source, count, last)
+        SELECT source, count(*), max(at) FROM refusals GROUP BY source;",
 ];
+
+/// A ban as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ban {
+    pub peer: String,
+    pub ip: Option<String>,
+    pub until: u64,
+    pub strikes: u32,
+    pub ip_banned: bool,
+}
 
 /// A release's state on this node, as persisted.
 #[derive(Clone, Debug)]
@@ -145,6 +172,17 @@ pub struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
+        // Created private before SQLite sees it: SQLite gives its -wal and -shm files the
+        // database file's mode, and would otherwise use 0644 minus the umask.
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(crate::fsmode::FILE)
+                .open(path)
+                .with_context(|| format!("cannot create database {}", path.display()))?;
+        }
         let mut conn = Connection::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -212,6 +250,17 @@ impl Store {
     /// rollback).
     pub fn manifests(&self) -> Result<Vec<Vec<u8>>> {
         self.call_blocking(|c| blobs(c, "SELECT envelope FROM manifests ORDER BY product, version"))
+    }
+
+    /// (product, version, hash) of every stored manifest, expired ones included. Blocking.
+    pub fn manifest_versions(&self) -> Result<Vec<(String, u64, Hash32)>> {
+        self.call_blocking(|c| {
+            let mut st = c.prepare("SELECT product, version, hash FROM manifests")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, Vec<u8>>(2)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().filter_map(|(p, v, h)| Some((p, v, Hash32(h.try_into().ok()?)))).collect())
+        })
     }
 
     /// Stores an approval unless a newer one (by issue time) for the same manifest and ring is
@@ -325,13 +374,98 @@ impl Store {
         })
     }
 
-    pub async fn add_refusal(&self, now: u64, source: String, kind: &'static str, reason: String) -> Result<()> {
+    /// Records a refusal: its details in a log that keeps the last `keep` rows, and a counter per
+    /// source that keeps the total. One transaction; the database does not grow with a flood.
+    pub async fn add_refusal(
+        &self,
+        now: u64,
+        source: String,
+        kind: &'static str,
+        reason: String,
+        keep: u32,
+    ) -> Result<()> {
         self.call(move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 "INSERT INTO refusals (at, source, kind, reason) VALUES (?1, ?2, ?3, ?4)",
                 params![now as i64, source, kind, reason],
             )?;
+            tx.execute("DELETE FROM refusals WHERE id <= (SELECT max(id) FROM refusals) - ?1", params![keep])?;
+            tx.execute(
+                "INSERT INTO refusal_sources (source, count, last) VALUES (?1, 1, ?2)
+                 ON CONFLICT (source) DO UPDATE SET count = count + 1, last = ?2",
+                params![source, now as i64],
+            )?;
+            tx.commit()?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Records a ban (or a new strike of an earlier one); returns the number of strikes.
+    pub async fn put_ban(
+        &self,
+        peer: String,
+        ip: Option<String>,
+        now: u64,
+        base_secs: u64,
+        reason: String,
+    ) -> Result<Ban> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let strikes: u32 = tx
+                .query_row("SELECT strikes FROM bans WHERE peer = ?1", params![peer], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0)
+                + 1;
+            // 1, 4, 16 ... times the base, at most a week.
+            let secs = base_secs.saturating_mul(4u64.saturating_pow(strikes.saturating_sub(1))).min(7 * 86_400);
+            let until = now.saturating_add(secs);
+            tx.execute(
+                "INSERT INTO bans (peer, ip, until, reason, strikes, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (peer) DO UPDATE SET ip = ?2, until = ?3, reason = ?4, strikes = ?5, at = ?6",
+                params![peer, ip, until as i64, reason, strikes, now as i64],
+            )?;
+            tx.commit()?;
+            Ok(Ban { peer, ip, until, strikes, ip_banned: false })
+        })
+        .await
+    }
+
+    /// How many distinct peers from `ip` were banned since `since`.
+    pub async fn bans_from_ip(&self, ip: String, since: u64) -> Result<u32> {
+        self.call(move |c| {
+            Ok(c.query_row("SELECT count(*) FROM bans WHERE ip = ?1 AND at >= ?2", params![ip, since as i64], |r| {
+                r.get::<_, u32>(0)
+            })?)
+        })
+        .await
+    }
+
+    pub async fn set_ip_banned(&self, peer: String) -> Result<()> {
+        self.call(move |c| {
+            c.execute("UPDATE bans SET ip_banned = 1 WHERE peer = ?1", params![peer])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Bans still in force at `now`.
+    pub async fn active_bans(&self, now: u64) -> Result<Vec<Ban>> {
+        self.call(move |c| {
+            let mut st = c.prepare("SELECT peer, ip, until, strikes, ip_banned FROM bans WHERE until > ?1")?;
+            let rows = st
+                .query_map(params![now as i64], |r| {
+                    Ok(Ban {
+                        peer: r.get(0)?,
+                        ip: r.get(1)?,
+                        until: r.get::<_, i64>(2)? as u64,
+                        strikes: r.get(3)?,
+                        ip_banned: r.get::<_, i64>(4)? != 0,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -429,7 +563,10 @@ impl Store {
 
     /// Refusals recorded since the database was created.
     pub async fn refusal_count(&self) -> Result<u64> {
-        self.call(|c| Ok(c.query_row("SELECT count(*) FROM refusals", [], |r| r.get::<_, i64>(0))? as u64)).await
+        self.call(|c| {
+            Ok(c.query_row("SELECT coalesce(sum(count), 0) FROM refusal_sources", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
     }
 
     /// Remembers the process group of a running install, so a restart can stop a leftover one.

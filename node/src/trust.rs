@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use lanpatch_protocol::verify::{self, Trusted};
 use lanpatch_protocol::{
     Approval, Envelope, Hash32, Kind, Limits, ProductName, ReleaseManifest, RingName, Root, Signed, Timestamp,
-    VerifyError, Yank, fleet_id,
+    VerifyError, Version, Yank, fleet_id,
 };
 
 pub struct Trust {
@@ -161,21 +161,50 @@ impl Trust {
     }
 
     /// What a late joiner needs: the root chain, the latest manifest of every product with its
-    /// approvals, and every yank.
-    pub fn catalog(&self) -> Vec<Vec<u8>> {
+    /// approvals, and every yank; nothing that has expired by `now`.
+    pub fn catalog(&self, now: Timestamp) -> Vec<Vec<u8>> {
         let mut out = self.root_chain.clone();
         for t in self.latest.values() {
-            if let Some(m) = self.manifests.get(&t.manifest) {
+            if let Some(m) = self.manifests.get(&t.manifest).filter(|m| m.value().expires > now) {
                 out.push(m.to_bytes());
                 for ((mh, _), a) in &self.approvals {
-                    if *mh == t.manifest {
+                    if *mh == t.manifest && a.value().expires > now {
                         out.push(a.to_bytes());
                     }
                 }
             }
         }
-        out.extend(self.yanks.values().map(|y| y.to_bytes()));
+        out.extend(self.yanks.values().filter(|y| y.value().expires > now).map(|y| y.to_bytes()));
         out
+    }
+
+    /// Drops what has expired by `now` from memory: manifests, approvals, yanks. The highest
+    /// version seen per product stays (`latest`), so an expired release still blocks rollback to
+    /// an older one. Returns the manifests dropped.
+    pub fn expire(&mut self, now: Timestamp) -> Vec<Hash32> {
+        let gone: Vec<Hash32> =
+            self.manifests.iter().filter(|(_, m)| m.value().expires <= now).map(|(h, _)| *h).collect();
+        for h in &gone {
+            self.manifests.remove(h);
+        }
+        self.approvals.retain(|_, a| a.value().expires > now && !gone.contains(&a.value().manifest));
+        // A yank outlives its release by design; it goes when it expires itself.
+        self.yanks.retain(|_, y| y.value().expires > now);
+        gone
+    }
+
+    /// Whether a manifest is trusted and unexpired at `now` (checked at every use).
+    pub fn is_current(&self, manifest: &Hash32, now: Timestamp) -> bool {
+        self.manifests.get(manifest).is_some_and(|m| m.value().expires > now)
+    }
+
+    /// Remembers the highest version of a product seen before (stored metadata that expired since),
+    /// so a restart does not forget what an older version must not replace.
+    pub fn remember_version(&mut self, product: ProductName, version: Version, manifest: Hash32) {
+        let newer = self.latest.get(&product).is_none_or(|t| version > t.version);
+        if newer {
+            self.latest.insert(product, Trusted { version, manifest });
+        }
     }
 
     pub fn approved_rings(&self, manifest: &Hash32) -> Vec<RingName> {

@@ -31,6 +31,14 @@ pub enum WaitReason {
     NotBefore(Timestamp),
     /// Approved and due, outside the node's maintenance windows.
     OutsideWindow,
+    /// The approval for this node's ring has expired; a new approval is needed.
+    ApprovalExpired,
+    /// The node has no fresh timestamp statement from the admin side (freeze protection): it
+    /// starts no install until one arrives.
+    Stale,
+    /// The newest timestamp statement does not list this release as current (a newer version,
+    /// a yank or a different approval exists that this node has not received yet).
+    NotInStatement,
 }
 
 /// Why a release failed on a node.
@@ -44,6 +52,9 @@ pub enum FailReason {
     DownloadError,
     /// The release's files could not be staged for the install.
     StageError,
+    /// A stored file no longer matched its signed hash when it was staged: the node refused to
+    /// run anything from it.
+    Tampered,
     /// The install command exited non-zero or could not start.
     CommandFailed,
     /// The install command ran past its timeout and was killed.
@@ -78,6 +89,8 @@ pub enum SkipReason {
     Yanked,
     /// The detect command says the release is already installed.
     AlreadyInstalled,
+    /// The manifest expired before the release was installed.
+    Expired,
 }
 
 /// Where a release stands on one node.
@@ -167,6 +180,9 @@ impl ReleaseState {
                     WaitReason::NotApproved => "not approved for this ring".to_string(),
                     WaitReason::NotBefore(t) => format!("not before {}", t.0),
                     WaitReason::OutsideWindow => "outside the maintenance window".to_string(),
+                    WaitReason::ApprovalExpired => "the approval expired".to_string(),
+                    WaitReason::Stale => "no fresh timestamp statement".to_string(),
+                    WaitReason::NotInStatement => "not current in the timestamp statement".to_string(),
                 }
             ),
             Installing => "installing".into(),
@@ -181,6 +197,7 @@ impl ReleaseState {
                     SkipReason::NotTargeted => "not targeted",
                     SkipReason::Yanked => "yanked",
                     SkipReason::AlreadyInstalled => "already installed",
+                    SkipReason::Expired => "expired",
                 }
             ),
         }
@@ -194,6 +211,7 @@ impl FailReason {
             FailReason::OverQuota => "over cache quota",
             FailReason::DownloadError => "download error",
             FailReason::StageError => "cannot stage files",
+            FailReason::Tampered => "stored file does not match its signed hash",
             FailReason::CommandFailed => "install command failed",
             FailReason::TimedOut => "install timed out",
             FailReason::Interrupted => "interrupted",
@@ -253,6 +271,8 @@ pub enum Event {
         rollback: bool,
         has_rollback: bool,
     },
+    /// The manifest expired.
+    Expired,
 }
 
 /// What the owner must do after a transition, besides persisting and reporting it.
@@ -309,6 +329,7 @@ pub fn step(state: ReleaseState, event: Event) -> Step {
         }
         (S::Installed, E::Yanked { rollback: true, has_rollback: false }) => to(S::Failed(FailReason::NoRollback)),
         (_, E::Yanked { .. }) if before_install => to(S::Skipped(SkipReason::Yanked)),
+        (_, E::Expired) if before_install => to(S::Skipped(SkipReason::Expired)),
         _ => Step::Ignored,
     }
 }
@@ -405,6 +426,16 @@ mod tests {
     }
 
     #[test]
+    fn expiry_before_install_skips_and_never_touches_an_installed_release() {
+        assert_eq!(
+            after(&[Event::Queue, Event::DownloadFinished, Event::Expired]),
+            ReleaseState::Skipped(SkipReason::Expired)
+        );
+        let installed = after(&[Event::Queue, Event::DownloadFinished, Event::InstallStarted, Event::InstallSucceeded]);
+        assert_eq!(step(installed, Event::Expired), Step::Ignored);
+    }
+
+    #[test]
     fn final_states_ignore_every_event() {
         for s in [
             ReleaseState::Failed(FailReason::CommandFailed),
@@ -429,12 +460,20 @@ mod tests {
             Event::Interrupted,
             Event::RollbackSucceeded,
             Event::RollbackFailed,
+            Event::Expired,
         ];
         for f in [FailReason::DiskFull, FailReason::OverQuota, FailReason::DownloadError] {
             v.push(Event::DownloadFailed(f));
             v.push(Event::StageFailed(f));
         }
-        for w in [WaitReason::NotApproved, WaitReason::NotBefore(Timestamp(5)), WaitReason::OutsideWindow] {
+        for w in [
+            WaitReason::NotApproved,
+            WaitReason::NotBefore(Timestamp(5)),
+            WaitReason::OutsideWindow,
+            WaitReason::ApprovalExpired,
+            WaitReason::Stale,
+            WaitReason::NotInStatement,
+        ] {
             v.push(Event::Wait(w));
         }
         for cause in [RollbackCause::InstallFailed, RollbackCause::TimedOut, RollbackCause::Interrupted] {

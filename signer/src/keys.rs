@@ -49,7 +49,37 @@ pub fn generate(out: &Path) -> Result<PublicKey> {
     Ok(public)
 }
 
-pub fn load_secret(path: &Path) -> Result<SigningKey> {
+/// Whether a secret key file that others may read is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyMode {
+    /// Refuse a secret key file whose mode gives its group or others any access.
+    Strict,
+    /// Use it anyway, with a warning (`--allow-insecure-key-mode`).
+    AllowInsecure,
+}
+
+/// Reads a secret key file. Its mode must keep it private (no group or other bits) unless
+/// `mode` says otherwise: a key others could read is a key others may have copied.
+pub fn load_secret(path: &Path, mode: KeyMode) -> Result<SigningKey> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    let bits = meta.permissions().mode() & 0o777;
+    if bits & 0o077 != 0 {
+        match mode {
+            KeyMode::Strict => bail!(
+                "secret key {} has mode {bits:03o}: others can read it. Fix it with `chmod 600 {}` (and consider the key \
+                 exposed), or pass --allow-insecure-key-mode",
+                path.display(),
+                path.display()
+            ),
+            KeyMode::AllowInsecure => {
+                eprintln!(
+                    "warning: secret key {} has mode {bits:03o} (readable by others); using it as asked",
+                    path.display()
+                )
+            }
+        }
+    }
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key {}", path.display()))?;
     let Some(hex_part) = text.trim().strip_prefix(SECRET_PREFIX.trim_end()).map(str::trim) else {
         bail!("{} is not a lanpatch secret key file (expected a line starting with `{SECRET_PREFIX}`)", path.display());
@@ -69,7 +99,7 @@ pub fn parse_public(arg: &str) -> Result<PublicKey> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{arg:?} is neither 64 hex digits nor a readable public key file"))?;
     if text.trim_start().starts_with(SECRET_PREFIX.trim_end()) {
-        let sk = load_secret(path)?;
+        let sk = load_secret(path, KeyMode::AllowInsecure)?;
         return Ok(PublicKey(sk.verifying_key().to_bytes()));
     }
     text.trim().parse::<PublicKey>().with_context(|| format!("{}: expected 64 hex digits", path.display()))

@@ -24,6 +24,9 @@ use crate::bundle::Bundle;
 #[derive(Parser)]
 #[command(name = "lanpatch-signer", version, about = "Sign and approve lanpatch releases", long_about = None)]
 struct Cli {
+    /// Use secret key files even when their mode lets others read them (prints a warning).
+    #[arg(long, global = true)]
+    allow_insecure_key_mode: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -341,6 +344,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<std::process::ExitCode> {
     let limits = Limits::default();
+    let key_mode = if cli.allow_insecure_key_mode { keys::KeyMode::AllowInsecure } else { keys::KeyMode::Strict };
     let now = time::now();
     match cli.cmd {
         Cmd::Keygen { out } => {
@@ -364,7 +368,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             println!("next: lanpatch-signer root sign --key <root key> {}", out.display());
         }
         Cmd::Root(RootCmd::Sign { key, file }) => {
-            let sk = keys::load_secret(&key)?;
+            let sk = keys::load_secret(&key, key_mode)?;
             let mut root = bundle::load::<Root>(&file, &limits)?;
             let public = PublicKey(sk.verifying_key().to_bytes());
             root.sign(&sk);
@@ -415,7 +419,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
         }
         Cmd::Release(ReleaseCmd::Create(args)) => create_release(*args, &limits, now)?,
         Cmd::Release(ReleaseCmd::Sign { key, bundle }) => {
-            let sk = keys::load_secret(&key)?;
+            let sk = keys::load_secret(&key, key_mode)?;
             let b = Bundle::new(&bundle);
             let mut m = bundle::load::<ReleaseManifest>(&b.manifest_path(), &limits)?;
             m.sign(&sk);
@@ -429,8 +433,8 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             );
         }
         Cmd::Release(ReleaseCmd::Show { bundle, json }) => show_release(&Bundle::new(&bundle), &limits, json)?,
-        Cmd::Approve(args) => approve(args, &limits, now)?,
-        Cmd::Yank(args) => yank(args, &limits, now)?,
+        Cmd::Approve(args) => approve(args, &limits, now, key_mode)?,
+        Cmd::Yank(args) => yank(args, &limits, now, key_mode)?,
         Cmd::Status { node, bundle, json } => fleet::status(&node, bundle.as_deref(), &limits, json)?,
         Cmd::Inventory(a) => fleet::inventory(
             &a.node,
@@ -604,10 +608,16 @@ fn build_release(a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_proto
     Ok(())
 }
 
-fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -> Result<()> {
-    let sk = keys::load_secret(&a.key)?;
+fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp, key_mode: keys::KeyMode) -> Result<()> {
+    let sk = keys::load_secret(&a.key, key_mode)?;
     let b = Bundle::new(&a.bundle);
     let m = bundle::load::<ReleaseManifest>(&b.manifest_path(), limits)?;
+    if m.value().expires <= now {
+        bail!(
+            "the release manifest expired at {}: nodes will not install it; make a new release",
+            time::show(m.value().expires)
+        );
+    }
     let path = b.approval_path(&a.ring);
     let timing_given = a.not_before.is_some() || a.deadline.is_some() || a.expires.is_some();
     let mut approval = if path.exists() && !a.replace {
@@ -633,6 +643,22 @@ fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -
             Some(t) => time::parse_time(t, now)?,
             None => m.value().expires,
         };
+        if expires <= now {
+            bail!("--expires {} is in the past", time::show(expires));
+        }
+        if not_before >= expires || not_before >= m.value().expires {
+            bail!(
+                "--not-before {} lies at or after the expiry of the approval ({}) or of the release ({}): nodes could never install it",
+                time::show(not_before),
+                time::show(expires),
+                time::show(m.value().expires)
+            );
+        }
+        if let Some(d) = deadline
+            && d > expires
+        {
+            bail!("--deadline {} lies after the approval's expiry {}", time::show(d), time::show(expires));
+        }
         let forced_reason = fleet::ring_gate(
             &a.ring,
             &a.rings,
@@ -676,8 +702,8 @@ fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -
     Ok(())
 }
 
-fn yank(a: YankArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -> Result<()> {
-    let sk = keys::load_secret(&a.key)?;
+fn yank(a: YankArgs, limits: &Limits, now: lanpatch_protocol::Timestamp, key_mode: keys::KeyMode) -> Result<()> {
+    let sk = keys::load_secret(&a.key, key_mode)?;
     let b = Bundle::new(&a.bundle);
     let m = bundle::load::<ReleaseManifest>(&b.manifest_path(), limits)?;
     let path = b.yank_path();

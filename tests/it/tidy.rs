@@ -94,7 +94,11 @@ fn release_states_are_never_compared_as_strings() {
         }
         for bad in ["state == \"", "state.as_str()", "state: String", "\"rolled-back\"", "\"installed\" =>"] {
             // (A migration test may spell the legacy strings it migrates.)
-            assert!(!non_test(&text).contains(bad), "{} has `{bad}`: release states are typed (ReleaseState)", name(&p));
+            assert!(
+                !non_test(&text).contains(bad),
+                "{} has `{bad}`: release states are typed (ReleaseState)",
+                name(&p)
+            );
         }
     }
 }

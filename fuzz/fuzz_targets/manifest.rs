@@ -1,0 +1,14 @@
+//! Any bytes as a signed manifest: decoding and validation, then the full verification (steps 1-4)
+//! against a fixed fleet root.
+#![no_main]
+use lanpatch_protocol::verify::verify_manifest;
+use lanpatch_protocol::{ReleaseManifest, Limits, Signed, Timestamp};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let limits = Limits::default();
+    let now = Timestamp(1_800_000_000);
+    let root = lanpatch_fuzz::root();
+    let _ = Signed::<ReleaseManifest>::decode(data, &limits);
+    let _ = verify_manifest(data, root.value(), &limits, now, None);
+});

@@ -1,0 +1,139 @@
+//! Shared by the fuzz targets and the seed generator: a fixed fleet (keys, root) and real
+//! encodings of every message a node reads, for the seed corpora.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::SigningKey;
+use lanpatch_protocol::manifest::FileHasher;
+use lanpatch_protocol::report::{InstalledRelease, Package};
+use lanpatch_protocol::{
+    Approval, Command, Hash32, Inventory, ProductName, PublicKey, ReleaseManifest, ReleaseState, Report, Role,
+    RoleKeys, Root, Severity, SeverityLevel, Signed, Targets, Timestamp, Version, WaitReason, Yank, YankAction,
+};
+
+pub fn key(i: u8) -> SigningKey {
+    SigningKey::from_bytes(&[i; 32])
+}
+
+fn public(k: &SigningKey) -> PublicKey {
+    PublicKey(k.verifying_key().to_bytes())
+}
+
+/// A version-1 root: two keys per role, threshold 1, signed by both root keys.
+pub fn root() -> Signed<Root> {
+    let keys = RoleKeys { keys: vec![public(&key(1)), public(&key(2))], threshold: 1 };
+    let roles: BTreeMap<Role, RoleKeys> = Role::ALL.iter().map(|r| (*r, keys.clone())).collect();
+    let mut s = Signed::new(Root { version: Version(1), fleet: None, expires: Timestamp(4_000_000_000), roles });
+    s.sign(&key(1));
+    s.sign(&key(2));
+    s
+}
+
+fn product() -> ProductName {
+    "openssl".parse().unwrap_or_else(|_| unreachable!())
+}
+
+pub fn manifest() -> Signed<ReleaseManifest> {
+    let data = vec![7u8; 100_000];
+    let mut h = FileHasher::new(16 * 1024);
+    h.update(&data);
+    let file = h.finish("bin/tool".parse().unwrap_or_else(|_| unreachable!()), true);
+    let mut s = Signed::new(ReleaseManifest {
+        product: product(),
+        version: Version(7),
+        label: "3.0.13-1".into(),
+        description: "fixes CVE-2024-12797".into(),
+        created: Timestamp(1_700_000_000),
+        expires: Timestamp(4_000_000_000),
+        files: vec![file],
+        install: Command { argv: vec!["sh".into(), "install.sh".into()], timeout_secs: 600 },
+        rollback: Some(Command { argv: vec!["sh".into(), "rollback.sh".into()], timeout_secs: 600 }),
+        detect: None,
+        targets: Targets { os: vec!["debian".into()], ..Targets::default() },
+        severity: Severity {
+            level: SeverityLevel::Critical,
+            cves: vec!["CVE-2024-12797".parse().unwrap_or_else(|_| unreachable!())],
+            cvss_tenths: Some(91),
+            epss_bp: Some(4200),
+            known_exploited: true,
+        },
+        urgent: false,
+        origins: vec!["https://mirror.example/openssl-7".into()],
+    });
+    s.sign(&key(1));
+    s
+}
+
+pub fn approval(m: &Signed<ReleaseManifest>) -> Signed<Approval> {
+    let mut s = Signed::new(Approval {
+        manifest: m.payload_hash(),
+        product: product(),
+        version: Version(7),
+        ring: "canary".parse().unwrap_or_else(|_| unreachable!()),
+        issued: Timestamp(1_700_000_100),
+        not_before: Timestamp(1_700_000_100),
+        deadline: Some(Timestamp(1_700_100_000)),
+        expires: Timestamp(4_000_000_000),
+        forced_reason: None,
+    });
+    s.sign(&key(2));
+    s
+}
+
+pub fn yank(m: &Signed<ReleaseManifest>) -> Signed<Yank> {
+    let mut s = Signed::new(Yank {
+        manifest: m.payload_hash(),
+        product: product(),
+        version: Version(7),
+        action: YankAction::RollBack,
+        reason: "breaks TLS 1.0 clients".into(),
+        issued: Timestamp(1_700_000_200),
+        expires: Timestamp(4_000_000_000),
+    });
+    s.sign(&key(2));
+    s
+}
+
+pub fn report(m: &Signed<ReleaseManifest>) -> Signed<Report> {
+    let node = key(9);
+    let mut s = Signed::new(Report {
+        node: public(&node),
+        hostname: "kiosk-3".into(),
+        ring: "canary".parse().unwrap_or_else(|_| unreachable!()),
+        manifest: m.payload_hash(),
+        product: product(),
+        version: Version(7),
+        state: ReleaseState::Waiting(WaitReason::OutsideWindow),
+        detail: "approved, waiting for the maintenance window".into(),
+        exit_code: None,
+        at: Timestamp(1_700_000_300),
+        seq: 1_700_000_300_123,
+    });
+    s.sign(&node);
+    s
+}
+
+pub fn inventory(m: &Signed<ReleaseManifest>) -> Signed<Inventory> {
+    let node = key(9);
+    let mut s = Signed::new(Inventory {
+        node: public(&node),
+        hostname: "kiosk-3".into(),
+        os: "debian".into(),
+        os_version: "12".into(),
+        kernel: "6.1.0-18-amd64".into(),
+        arch: "x86_64".into(),
+        ring: "canary".parse().unwrap_or_else(|_| unreachable!()),
+        tags: vec!["kiosk".parse().unwrap_or_else(|_| unreachable!())],
+        packages: vec![Package { name: "openssl".into(), version: "3.0.11-1~deb12u2".into() }],
+        releases: vec![InstalledRelease { product: product(), version: Version(7), manifest: m.payload_hash() }],
+        at: Timestamp(1_700_000_400),
+        seq: 1_700_000_400_000,
+    });
+    s.sign(&node);
+    s
+}
+
+/// The hash of nothing in particular, for wire requests.
+pub fn some_hash() -> Hash32 {
+    Hash32([0x42; 32])
+}

@@ -1,0 +1,28 @@
+//! `lanpatch-node` as a library: the modules of the endpoint service. The binary (`main.rs`) is
+//! the CLI around them; the fuzz targets (`fuzz/`) reach the decoders through here.
+
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod demo;
+pub mod download;
+pub mod fsmode;
+pub mod install;
+pub mod inventory;
+pub mod ipguard;
+pub mod library;
+pub mod lifecycle;
+pub mod net;
+pub mod node;
+pub mod origin;
+pub mod pipeline;
+pub mod policy;
+pub mod ratelimit;
+pub mod report;
+pub mod sched;
+pub mod serve;
+pub mod shared;
+pub mod store;
+pub mod trust;
+pub mod wan;
+pub mod wire;
