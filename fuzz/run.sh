@@ -23,18 +23,22 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || mapfile -t TARGETS < <("${FUZZ[@]}" list)
 # -s none: the crates are memory-safe Rust (unsafe is forbidden); coverage guidance is what counts.
+# One build, then the target binaries run directly (parallel `cargo fuzz run`s would rebuild).
 "${FUZZ[@]}" build -s none -O
-LOGS=$(mktemp -d)
+BIN=fuzz/target/x86_64-unknown-linux-gnu/release
+LOGS=fuzz/target/logs
+rm -rf "$LOGS"
+mkdir -p "$LOGS"
 run() {
   local t=$1
-  mkdir -p "fuzz/corpus/$t"
+  mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t"
   if [ "$SECS" = 0 ]; then
-    "${FUZZ[@]}" run -s none -O "$t" "fuzz/corpus/$t" -- -runs=0 >"$LOGS/$t.log" 2>&1
+    "$BIN/$t" -artifact_prefix="fuzz/artifacts/$t/" -runs=0 "fuzz/corpus/$t" >"$LOGS/$t.log" 2>&1
   else
     # New inputs go to a scratch corpus; the committed seeds stay small.
     mkdir -p "fuzz/target/corpus/$t"
-    "${FUZZ[@]}" run -s none -O "$t" "fuzz/target/corpus/$t" "fuzz/corpus/$t" -- \
-      -max_total_time="$SECS" -print_final_stats=1 >"$LOGS/$t.log" 2>&1
+    "$BIN/$t" -artifact_prefix="fuzz/artifacts/$t/" -max_total_time="$SECS" -print_final_stats=1 \
+      "fuzz/target/corpus/$t" "fuzz/corpus/$t" >"$LOGS/$t.log" 2>&1
   fi
 }
 status=0
@@ -53,12 +57,14 @@ for t in "${TARGETS[@]}"; do
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$LOGS/$t.log" | grep -o '[0-9]*$' || true)
   [ -n "$execs" ] || execs=$(grep -oE '^#[0-9]+' "$LOGS/$t.log" | tail -1 | tr -d '#' || true)
   corpus=$(find "fuzz/target/corpus/$t" "fuzz/corpus/$t" -type f 2>/dev/null | wc -l)
-  if grep -qE 'panicked|ERROR: libFuzzer|SUMMARY: ' "$LOGS/$t.log"; then
+  if grep -qE 'panicked|ERROR: libFuzzer|SUMMARY: |deadly signal' "$LOGS/$t.log"; then
     res=CRASH; status=1; tail -30 "$LOGS/$t.log"
+  elif ! grep -qE 'Done [0-9]+ runs|stat::number_of_executed_units' "$LOGS/$t.log"; then
+    res=DID-NOT-RUN; status=1; tail -15 "$LOGS/$t.log"
   else
     res=ok
   fi
   printf '%-14s %12s %8s %s\n' "$t" "${execs:-?}" "$corpus" "$res"
 done
-rm -rf "$LOGS"
+echo "logs: $LOGS"
 exit $status

@@ -27,7 +27,9 @@ fn main() {
     let y = lanpatch_fuzz::yank(&m);
     let r = lanpatch_fuzz::report(&m);
     let i = lanpatch_fuzz::inventory(&m);
-    let all: [(&str, Vec<u8>); 6] = [
+    let st = lanpatch_fuzz::statement(&m);
+    let all: [(&str, Vec<u8>); 7] = [
+        ("statement", st.to_bytes()),
         ("root", root.to_bytes()),
         ("manifest", m.to_bytes()),
         ("approval", a.to_bytes()),

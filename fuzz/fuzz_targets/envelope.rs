@@ -11,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = Signed::<Approval>::open(env.clone(), &limits);
         let _ = Signed::<Yank>::open(env.clone(), &limits);
         let _ = Signed::<Report>::open(env.clone(), &limits);
-        let _ = Signed::<Inventory>::open(env, &limits);
+        let _ = Signed::<Inventory>::open(env.clone(), &limits);
+        let _ = Signed::<lanpatch_protocol::Statement>::open(env, &limits);
     }
 });

@@ -22,7 +22,7 @@ fn public(k: &SigningKey) -> PublicKey {
 /// A version-1 root: two keys per role, threshold 1, signed by both root keys.
 pub fn root() -> Signed<Root> {
     let keys = RoleKeys { keys: vec![public(&key(1)), public(&key(2))], threshold: 1 };
-    let roles: BTreeMap<Role, RoleKeys> = Role::ALL.iter().map(|r| (*r, keys.clone())).collect();
+    let roles: BTreeMap<Role, RoleKeys> = Role::ANY.iter().map(|r| (*r, keys.clone())).collect();
     let mut s = Signed::new(Root { version: Version(1), fleet: None, expires: Timestamp(4_000_000_000), roles });
     s.sign(&key(1));
     s.sign(&key(2));
@@ -130,6 +130,23 @@ pub fn inventory(m: &Signed<ReleaseManifest>) -> Signed<Inventory> {
         seq: 1_700_000_400_000,
     });
     s.sign(&node);
+    s
+}
+
+pub fn statement(m: &Signed<ReleaseManifest>) -> Signed<lanpatch_protocol::Statement> {
+    let mut s = Signed::new(lanpatch_protocol::Statement {
+        fleet: Hash32([1; 32]),
+        issued: Timestamp(1_799_999_000),
+        expires: Timestamp(1_800_000_900),
+        current: vec![lanpatch_protocol::Current {
+            product: product(),
+            version: Version(7),
+            manifest: m.payload_hash(),
+            rings: vec!["canary".parse().unwrap_or_else(|_| unreachable!())],
+            yanked: false,
+        }],
+    });
+    s.sign(&key(1));
     s
 }
 

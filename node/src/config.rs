@@ -85,6 +85,22 @@ pub struct Config {
     /// (between failures the node backs off exponentially, 1.5 s doubling up to 60 s).
     #[serde(default = "default_origin_failures")]
     pub origin_max_failures: u32,
+    /// The online timestamp key (a `lanpatch-signer keygen` secret key file, mode 0600) of the
+    /// node that signs freshness statements: the admin workstation's node. Its public key must be
+    /// in the root's `timestamp` role.
+    #[serde(default)]
+    pub timestamp_key: Option<PathBuf>,
+    /// How often the timestamp node signs a statement (also at once when metadata changes).
+    #[serde(default = "default_statement_interval")]
+    pub statement_interval_secs: u64,
+    /// How long a statement is valid.
+    #[serde(default = "default_statement_lifetime")]
+    pub statement_lifetime_secs: u64,
+    /// With a timestamp role in the root: a node starts no install unless it holds a valid
+    /// statement issued at most this long ago (it reports `waiting (no fresh timestamp
+    /// statement)` instead).
+    #[serde(default = "default_max_staleness")]
+    pub max_staleness_secs: u64,
     /// How long a first ban lasts, in seconds; each further ban of the same peer lasts 4 times
     /// longer (at most a week). Bans survive restarts.
     #[serde(default = "default_ban_secs")]
@@ -187,6 +203,15 @@ fn default_origin_inflight() -> usize {
 fn default_uploads() -> usize {
     8
 }
+fn default_statement_interval() -> u64 {
+    300
+}
+fn default_statement_lifetime() -> u64 {
+    900
+}
+fn default_max_staleness() -> u64 {
+    3600
+}
 fn default_ban_secs() -> u64 {
     3600
 }
@@ -241,6 +266,10 @@ impl Config {
         let mut c: Config = toml::from_str(text)?;
         c.data_dir = base.join(&c.data_dir);
         c.trust_root = base.join(&c.trust_root);
+        c.timestamp_key = c.timestamp_key.map(|k| base.join(k));
+        if c.statement_interval_secs == 0 || c.statement_lifetime_secs <= c.statement_interval_secs {
+            anyhow::bail!("statement_lifetime_secs must be longer than statement_interval_secs (> 0)");
+        }
         c.windows = c
             .maintenance_windows
             .iter()

@@ -343,6 +343,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         .collect();
     let banned = s.banned.lock().unwrap_or_else(|p| p.into_inner()).keys().map(|p| p.to_string()).collect();
     let fleet = s.trust().fleet.to_hex();
+    let statement = s.trust().statement.as_ref().map(|st| (st.value().issued.0, st.value().expires.0));
     Ok(NodeStatus {
         peer_id: s.net.local.to_string(),
         fleet,
@@ -355,6 +356,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         recent_refusals,
         transfers,
         banned,
+        statement,
     })
 }
 

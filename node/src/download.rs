@@ -141,7 +141,11 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     let mut origin_failures: HashMap<usize, u32> = HashMap::new();
     let mut shutdown = s.shutdown.clone();
     while !sched.is_done() {
-        if s.trust().yanks.contains_key(&hash) || !s.trust().is_current(&hash, crate::clock::now()) {
+        let stop = {
+            let t = s.trust();
+            t.yanks.contains_key(&hash) || !t.is_current(&hash, crate::clock::now())
+        };
+        if stop {
             return Ok(Outcome::Stopped);
         }
         let idle = sched.inflight_total() == 0 && sched.origin_inflight() == 0;

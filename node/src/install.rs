@@ -26,6 +26,8 @@ use lanpatch_protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
 
+use lanpatch_protocol::statement::statement_allows;
+
 use crate::clock::now;
 use crate::policy::{Gate, in_windows, install_gate};
 use crate::report::ReleaseRef;
@@ -408,6 +410,27 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
             apply(s, &rel, Event::Expired, format!("the manifest expired at {}", v.expires.0), None).await;
             continue;
         }
+        // Freshness (step S6): with a timestamp role, only what the newest fresh statement lists
+        // as current for this ring.
+        let fresh = {
+            let t = s.trust();
+            if t.has_timestamp_role() {
+                let st = t.statement.as_ref().map(|st| st.value());
+                statement_allows(st, &hash, &v.product, &s.cfg.ring, now(), s.cfg.max_staleness_secs)
+            } else {
+                Ok(())
+            }
+        };
+        if let Err(why) = fresh {
+            let detail = match why {
+                WaitReason::Stale => {
+                    "no fresh timestamp statement from the admin side: no install starts (freeze protection)"
+                }
+                _ => "the newest timestamp statement does not list this release as current for this ring",
+            };
+            apply(s, &rel, Event::Wait(why), detail, None).await;
+            continue;
+        }
         let approval = s.trust().approvals.get(&(hash, s.cfg.ring.clone())).map(|a| a.value().clone());
         let local = chrono::Local::now();
         let in_window =
@@ -486,6 +509,23 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
     let approval_valid = s.trust().approvals.get(&(hash, s.cfg.ring.clone())).is_some_and(|a| a.value().expires > t);
     if v.expires <= t || !approval_valid || !s.trust().is_current(&hash, t) {
         tracing::warn!(product = %v.product, version = %v.version, "not installing: metadata expired");
+        return Ok(());
+    }
+    let fresh = {
+        let tr = s.trust();
+        !tr.has_timestamp_role()
+            || statement_allows(
+                tr.statement.as_ref().map(|st| st.value()),
+                &hash,
+                &v.product,
+                &s.cfg.ring,
+                t,
+                s.cfg.max_staleness_secs,
+            )
+            .is_ok()
+    };
+    if !fresh {
+        tracing::warn!(product = %v.product, version = %v.version, "not installing: the timestamp statement went stale");
         return Ok(());
     }
     tracing::info!(product = %v.product, version = %v.version, "installing: {reason}");

@@ -62,6 +62,12 @@ pub enum NetEvent {
     /// A peer of this fleet finished identification (catalog sync starts here).
     PeerReady(PeerId),
     PeerGone(PeerId),
+    /// A peer's gossip score fell below the graylist threshold (it sent refused messages): the
+    /// node bans it (persisted).
+    Graylisted {
+        peer: PeerId,
+        score: f64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -138,6 +144,9 @@ pub struct ConnLimits {
     pub max_per_ip: usize,
 }
 
+/// Below this gossip score a peer is ignored by gossipsub and banned by the node.
+const GRAYLIST: f64 = -400.0;
+
 /// Gossipsub peer scoring: a peer whose messages are refused (`Reject`) loses score
 /// quadratically (P4) and, past the thresholds, is no longer gossiped with, then ignored
 /// (graylisted). Delivery-rate penalties (P3) and IP colocation are off: metadata is rare on
@@ -162,7 +171,7 @@ fn peer_score(topic: &IdentTopic) -> (gossipsub::PeerScoreParams, gossipsub::Pee
     let thresholds = gossipsub::PeerScoreThresholds {
         gossip_threshold: -100.0,
         publish_threshold: -200.0,
-        graylist_threshold: -400.0,
+        graylist_threshold: GRAYLIST,
         accept_px_threshold: 10.0,
         opportunistic_graft_threshold: 5.0,
     };
@@ -315,7 +324,15 @@ impl SwarmTask {
                 let _ = reply.send(r);
             }
             Command::Validation { id, source, acceptance } => {
-                self.swarm.behaviour_mut().gossipsub.report_message_validation_result(&id, &source, acceptance);
+                let reject = matches!(acceptance, MessageAcceptance::Reject);
+                let gs = &mut self.swarm.behaviour_mut().gossipsub;
+                gs.report_message_validation_result(&id, &source, acceptance);
+                if reject
+                    && let Some(score) = gs.peer_score(&source)
+                    && score < GRAYLIST
+                {
+                    let _ = self.events.try_send(NetEvent::Graylisted { peer: source, score });
+                }
             }
             Command::Ban { peer, ip } => {
                 tracing::warn!(%peer, ?ip, "banning peer");

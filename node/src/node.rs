@@ -61,6 +61,7 @@ fn load_trust(cfg: &Config, store: &Store, limits: &Limits) -> Result<Trust> {
     replay.extend(store.manifests()?);
     replay.extend(store.approvals()?);
     replay.extend(store.yanks()?);
+    replay.extend(store.statement()?);
     for bytes in replay {
         if let Err(e) = trust.ingest(&bytes, t) {
             tracing::debug!("stored metadata no longer accepted: {e}");
@@ -180,6 +181,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     };
     let trust = load_trust(&cfg, &store, &limits)?;
     let fleet = trust.fleet;
+    let timestamp_key = cfg.timestamp_key.as_deref().map(pipeline::load_timestamp_key).transpose()?;
+    if trust.has_timestamp_role() {
+        tracing::info!(
+            max_staleness_secs = cfg.max_staleness_secs,
+            "freshness: installs need a fresh timestamp statement"
+        );
+    } else {
+        tracing::warn!(
+            "the trust root has no timestamp role: a node cut off from the admin side cannot tell (freeze attacks)"
+        );
+    }
     let banned_ips = crate::ipguard::BannedIps::default();
     let (net, mut net_events, swarm_task) = net::start(net::NetConfig {
         keypair,
@@ -234,6 +246,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         lifecycle,
         inventory_changed,
         metadata_changed: Notify::new(),
+        statement_due: Notify::new(),
         banned: Mutex::default(),
         banned_ips,
         refusal_rate: Mutex::default(),
@@ -250,6 +263,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     tasks.spawn(download_manager(shared.clone()));
     tasks.spawn(crate::install::run(shared.clone()));
     tasks.spawn(inventory_loop(shared.clone()));
+    if let Some(key) = timestamp_key {
+        tasks.spawn(pipeline::statement_loop(shared.clone(), key));
+    }
     // Start (or resume) downloads of what is already trusted.
     // (Collected first: `consider_download` takes the trust lock itself.)
     let current = shared.trust().current_manifests();
@@ -328,6 +344,10 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
             tokio::spawn(catalog_sync(s.clone(), peer));
         }
         NetEvent::PeerGone(peer) => tracing::info!(%peer, "peer gone"),
+        NetEvent::Graylisted { peer, score } => {
+            let why = format!("gossip score {score:.0} below the graylist threshold (refused messages)");
+            s.ban(peer, why).await;
+        }
     }
 }
 

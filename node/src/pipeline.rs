@@ -80,7 +80,15 @@ pub async fn commit(s: &Arc<Shared>, checked: Checked, bytes: &[u8]) -> Result<A
         Accepted::Yank { manifest, .. } => {
             tracing::warn!(manifest = %manifest.short(), "release yanked");
             s.store.put_yank(*manifest, bytes.to_vec()).await?;
+            s.statement_due.notify_one();
         }
+        Accepted::Statement { issued, .. } => {
+            tracing::debug!(issued = issued.0, "timestamp statement");
+            s.store.put_statement(issued.0, bytes.to_vec()).await?;
+        }
+    }
+    if matches!(accepted, Accepted::Manifest { .. } | Accepted::Approval { .. } | Accepted::Root { .. }) {
+        s.statement_due.notify_one();
     }
     s.metadata_changed.notify_one();
     Ok(accepted)
@@ -137,4 +145,65 @@ pub async fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
     }
     apply(Event::Queue, String::new()).await;
     s.queue_changed.notify_one();
+}
+
+/// On the node holding the online timestamp key: signs a statement of the current set every
+/// `statement_interval_secs`, and at once (after a short settle) when metadata changed, takes
+/// it itself and gossips it.
+pub async fn statement_loop(s: Arc<Shared>, key: ed25519_dalek::SigningKey) {
+    let mut shutdown = s.shutdown.clone();
+    let mut last_issued = 0u64;
+    let interval = std::time::Duration::from_secs(s.cfg.statement_interval_secs);
+    loop {
+        let t = now();
+        let issued = t.0.max(last_issued + 1);
+        last_issued = issued;
+        // One lock for both reads (two `s.trust()` temporaries in one expression would deadlock).
+        let (fleet, current) = {
+            let tr = s.trust();
+            (tr.fleet, tr.current_set(t))
+        };
+        let value = lanpatch_protocol::Statement {
+            fleet,
+            issued: lanpatch_protocol::Timestamp(issued),
+            expires: lanpatch_protocol::Timestamp(issued + s.cfg.statement_lifetime_secs),
+            current,
+        };
+        let mut signed = Signed::new(value);
+        signed.sign(&key);
+        let bytes = signed.to_bytes();
+        match ingest(&s, &bytes, Source::LocalPublish).await {
+            Ok(_) => {
+                if let Err(e) = s.net.publish(bytes).await {
+                    tracing::warn!("cannot gossip the timestamp statement: {e:#}");
+                }
+            }
+            Err(e) => {
+                tracing::error!("own timestamp statement refused (is the key in the root's timestamp role?): {e:#}")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+            _ = s.statement_due.notified() => {
+                // Let a burst of metadata (manifest, approvals, yank) land first.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        }
+    }
+}
+
+/// Loads the online timestamp key; refuses a key file others may read.
+pub fn load_timestamp_key(path: &std::path::Path) -> Result<ed25519_dalek::SigningKey> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read timestamp key {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!("timestamp key {} has mode {mode:03o}: others can read it; chmod 600 it", path.display());
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read timestamp key {}", path.display()))?;
+    let seed = lanpatch_protocol::keyfile::parse_secret(&text).with_context(|| format!("{}", path.display()))?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
 }

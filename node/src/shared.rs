@@ -52,6 +52,9 @@ pub struct Shared {
     /// Notified when trusted metadata changed (an approval, a yank, a new release): the
     /// installer looks again.
     pub metadata_changed: Notify,
+    /// Notified when the current set changed: the node holding the timestamp key signs a new
+    /// statement at once rather than at its next interval.
+    pub statement_due: Notify,
     /// Banned peers and when their ban ends (seconds since the epoch); persisted in the store.
     pub banned: Mutex<HashMap<PeerId, u64>>,
     /// IPs banned for repeat offences (shared with the swarm's IP guard).

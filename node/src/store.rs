@@ -130,7 +130,12 @@ const MIGRATIONS: &[&str] = &[
         last      INTEGER NOT NULL
      );
      INSERT INTO refusal_sources (source, count, last)
-        SELECT source, count(*), max(at) FROM refusals GROUP BY source;",
+        SELECT source, count(*), max(at) FROM refusals GROUP BY source;
+     CREATE TABLE statement (
+        id        INTEGER PRIMARY KEY CHECK (id = 1),
+        issued    INTEGER NOT NULL,
+        envelope  BLOB NOT NULL
+     );",
 ];
 
 /// A ban as stored.
@@ -250,6 +255,24 @@ impl Store {
     /// rollback).
     pub fn manifests(&self) -> Result<Vec<Vec<u8>>> {
         self.call_blocking(|c| blobs(c, "SELECT envelope FROM manifests ORDER BY product, version"))
+    }
+
+    /// Keeps the newest freshness statement (by issue time).
+    pub async fn put_statement(&self, issued: u64, envelope: Vec<u8>) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO statement (id, issued, envelope) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET issued = ?1, envelope = ?2 WHERE ?1 > statement.issued",
+                params![issued as i64, envelope],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The stored statement, if any. Blocking (start-up).
+    pub fn statement(&self) -> Result<Vec<Vec<u8>>> {
+        self.call_blocking(|c| blobs(c, "SELECT envelope FROM statement"))
     }
 
     /// (product, version, hash) of every stored manifest, expired ones included. Blocking.
@@ -774,6 +797,43 @@ mod tests {
                 (3, ReleaseState::Failed(FailReason::CommandFailed)),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn bans_escalate_and_count_identities_per_ip() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let ip = Some("10.0.0.9".to_string());
+        let first = s.put_ban("peerA".into(), ip.clone(), 1000, 3600, "bad chunk".into()).await.unwrap();
+        assert_eq!((first.strikes, first.until), (1, 1000 + 3600));
+        let second = s.put_ban("peerA".into(), ip.clone(), 9000, 3600, "bad chunk".into()).await.unwrap();
+        assert_eq!((second.strikes, second.until), (2, 9000 + 4 * 3600));
+        let capped = {
+            let mut b = second;
+            for _ in 0..5 {
+                b = s.put_ban("peerA".into(), ip.clone(), 9000, 3600, "again".into()).await.unwrap();
+            }
+            b
+        };
+        assert_eq!(capped.until, 9000 + 7 * 86_400, "at most a week");
+        s.put_ban("peerB".into(), ip.clone(), 9001, 3600, "flood".into()).await.unwrap();
+        s.put_ban("peerC".into(), Some("10.0.0.7".into()), 9001, 3600, "flood".into()).await.unwrap();
+        assert_eq!(s.bans_from_ip("10.0.0.9".into(), 8000).await.unwrap(), 2);
+        assert_eq!(s.active_bans(9002).await.unwrap().len(), 3);
+        assert_eq!(s.active_bans(9000 + 7 * 86_400).await.unwrap().len(), 0);
+    }
+
+    #[tokio::test]
+    async fn refusal_log_keeps_the_newest_rows_and_counts_every_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        for i in 0..30u64 {
+            s.add_refusal(i, "peer X".into(), "metadata", format!("junk {i}"), 10).await.unwrap();
+        }
+        let rows = s.refusals(100).await.unwrap();
+        assert_eq!(rows.len(), 10);
+        assert_eq!(rows[0].3, "junk 29");
+        assert_eq!(s.refusal_count().await.unwrap(), 30);
     }
 
     #[tokio::test]

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use lanpatch_protocol::verify::{self, Trusted};
 use lanpatch_protocol::{
-    Approval, Envelope, Hash32, Kind, Limits, ProductName, ReleaseManifest, RingName, Root, Signed, Timestamp,
-    VerifyError, Version, Yank, fleet_id,
+    Approval, Envelope, Hash32, Kind, Limits, ProductName, ReleaseManifest, RingName, Root, Signed, Statement,
+    Timestamp, VerifyError, Version, Yank, fleet_id,
 };
 
 pub struct Trust {
@@ -20,6 +20,8 @@ pub struct Trust {
     pub latest: HashMap<ProductName, Trusted>,
     pub approvals: HashMap<(Hash32, RingName), Signed<Approval>>,
     pub yanks: HashMap<Hash32, Signed<Yank>>,
+    /// The newest freshness statement (when the root has a timestamp role).
+    pub statement: Option<Signed<Statement>>,
 }
 
 /// What an accepted message was.
@@ -29,6 +31,7 @@ pub enum Accepted {
     Manifest { hash: Hash32, new: bool },
     Approval { manifest: Hash32, ring: RingName, new: bool },
     Yank { manifest: Hash32, new: bool },
+    Statement { issued: Timestamp, new: bool },
 }
 
 impl Accepted {
@@ -37,7 +40,8 @@ impl Accepted {
             Accepted::Root { new, .. }
             | Accepted::Manifest { new, .. }
             | Accepted::Approval { new, .. }
-            | Accepted::Yank { new, .. } => *new,
+            | Accepted::Yank { new, .. }
+            | Accepted::Statement { new, .. } => *new,
         }
     }
 }
@@ -50,6 +54,7 @@ pub enum Checked {
     Manifest(Box<Signed<ReleaseManifest>>),
     Approval(Signed<Approval>),
     Yank(Signed<Yank>),
+    Statement(Box<Signed<Statement>>),
 }
 
 impl Trust {
@@ -66,6 +71,7 @@ impl Trust {
             latest: HashMap::new(),
             approvals: HashMap::new(),
             yanks: HashMap::new(),
+            statement: None,
         })
     }
 
@@ -101,6 +107,19 @@ impl Trust {
                 Checked::Approval(a)
             }
             Kind::Yank => Checked::Yank(verify::verify_yank_envelope(envelope, root, &self.limits, now)?),
+            Kind::Statement => {
+                let st = verify::verify_statement_envelope(envelope, root, &self.fleet, &self.limits, now)?;
+                // Step S5: never go back to an older statement (the same one again is fine).
+                if let Some(held) = &self.statement
+                    && st.value().issued < held.value().issued
+                {
+                    return Err(VerifyError::StatementRollback {
+                        held: held.value().issued,
+                        offered: st.value().issued,
+                    });
+                }
+                Checked::Statement(Box::new(st))
+            }
             // Node reports are not fleet metadata; node.rs routes them before they get here.
             Kind::Report | Kind::Inventory => {
                 return Err(VerifyError::Signature(lanpatch_protocol::SignatureError::WrongKind {
@@ -145,6 +164,14 @@ impl Trust {
                 }
                 Accepted::Approval { manifest: key.0, ring: key.1, new }
             }
+            Checked::Statement(st) => {
+                let issued = st.value().issued;
+                let new = self.statement.as_ref().is_none_or(|held| issued > held.value().issued);
+                if new {
+                    self.statement = Some(*st);
+                }
+                Accepted::Statement { issued, new }
+            }
             Checked::Yank(y) => {
                 let manifest = y.value().manifest;
                 let new = !self.yanks.contains_key(&manifest);
@@ -175,6 +202,41 @@ impl Trust {
             }
         }
         out.extend(self.yanks.values().filter(|y| y.value().expires > now).map(|y| y.to_bytes()));
+        out.extend(self.statement.iter().filter(|st| st.value().expires > now).map(|st| st.to_bytes()));
+        out
+    }
+
+    /// Whether the root asks for freshness statements.
+    pub fn has_timestamp_role(&self) -> bool {
+        self.root.value().roles.contains_key(&lanpatch_protocol::Role::Timestamp)
+    }
+
+    /// What is current, as this node sees it (signed into a statement by the node holding the
+    /// timestamp key): per product the latest unexpired manifest, its unexpired approvals' rings,
+    /// and whether it is yanked.
+    pub fn current_set(&self, now: Timestamp) -> Vec<lanpatch_protocol::Current> {
+        let mut out: Vec<lanpatch_protocol::Current> = self
+            .latest
+            .iter()
+            .filter_map(|(product, t)| {
+                let m = self.manifests.get(&t.manifest).filter(|m| m.value().expires > now)?;
+                let mut rings: Vec<RingName> = self
+                    .approvals
+                    .iter()
+                    .filter(|((mh, _), a)| *mh == t.manifest && a.value().expires > now)
+                    .map(|((_, r), _)| r.clone())
+                    .collect();
+                rings.sort();
+                Some(lanpatch_protocol::Current {
+                    product: product.clone(),
+                    version: m.value().version,
+                    manifest: t.manifest,
+                    rings,
+                    yanked: self.yanks.contains_key(&t.manifest),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.product.cmp(&b.product));
         out
     }
 

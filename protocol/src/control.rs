@@ -87,6 +87,9 @@ pub struct NodeStatus {
     /// Bytes of verified chunks fetched from and served to each peer, over the node's lifetime.
     pub transfers: Vec<Transfer>,
     pub banned: Vec<String>,
+    /// The newest freshness statement held: when it was issued and when it expires (seconds).
+    #[serde(default)]
+    pub statement: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -15,12 +15,14 @@ pub mod approval;
 pub mod bundle;
 pub mod control;
 pub mod encoding;
+pub mod keyfile;
 pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
 pub mod report;
 pub mod root;
 pub mod signed;
+pub mod statement;
 pub mod types;
 pub mod verify;
 
@@ -34,6 +36,7 @@ pub use manifest::{
 pub use report::{Inventory, Report};
 pub use root::{Role, RoleKeys, Root, fleet_id};
 pub use signed::{Envelope, Kind, Payload, SignatureEntry, SignatureError, Signed};
+pub use statement::{Current, Statement};
 pub use types::{CveId, Hash32, NameError, ProductName, PublicKey, RelPath, RingName, Tag, Timestamp, Version};
 pub use verify::{Trusted, VerifyError};
 

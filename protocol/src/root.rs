@@ -20,15 +20,22 @@ pub enum Role {
     Release,
     /// Signs approvals for rings, and yanks.
     Approve,
+    /// Signs short-lived freshness statements (TUF's timestamp role). An online key, held by
+    /// the admin workstation's node. Optional: a root without it has no freeze protection.
+    Timestamp,
 }
 
 impl Role {
+    /// The roles every root must have.
     pub const ALL: [Role; 3] = [Role::Root, Role::Release, Role::Approve];
+    /// Every role a root may have.
+    pub const ANY: [Role; 4] = [Role::Root, Role::Release, Role::Approve, Role::Timestamp];
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Root => "root",
             Role::Release => "release",
             Role::Approve => "approve",
+            Role::Timestamp => "timestamp",
         }
     }
 }
@@ -42,10 +49,10 @@ impl fmt::Display for Role {
 impl FromStr for Role {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, NameError> {
-        Role::ALL.into_iter().find(|r| r.as_str() == s).ok_or_else(|| NameError::Invalid {
+        Role::ANY.into_iter().find(|r| r.as_str() == s).ok_or_else(|| NameError::Invalid {
             what: "role",
             value: s.chars().take(40).collect(),
-            why: "unknown role; the roles are root, release and approve",
+            why: "unknown role; the roles are root, release, approve and timestamp",
         })
     }
 }
@@ -66,7 +73,7 @@ pub struct Root {
     /// `None` in version 1; the id of the fleet (derived from version 1) in every later version.
     pub fleet: Option<Hash32>,
     pub expires: Timestamp,
-    /// Every role in [`Role::ALL`] must be present. A `BTreeMap` keeps the encoding deterministic.
+    /// Every role in [`Role::ALL`] must be present; [`Role::Timestamp`] may be. A `BTreeMap` keeps the encoding deterministic.
     pub roles: BTreeMap<Role, RoleKeys>,
 }
 
@@ -98,9 +105,12 @@ impl Payload for Root {
         if (self.version.0 == 1) != self.fleet.is_none() {
             return Err(ValidationError::field("fleet", "must be absent in version 1 and present in later versions"));
         }
-        for role in Role::ALL {
+        for role in Role::ANY {
             let Some(rk) = self.roles.get(&role) else {
-                return Err(ValidationError::MissingRole(role));
+                if Role::ALL.contains(&role) {
+                    return Err(ValidationError::MissingRole(role));
+                }
+                continue;
             };
             if rk.keys.len() > limits.max_keys_per_role {
                 return Err(ValidationError::TooMany {

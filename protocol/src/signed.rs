@@ -26,6 +26,7 @@ pub enum Kind {
     Yank,
     Report,
     Inventory,
+    Statement,
 }
 
 impl Kind {
@@ -37,6 +38,7 @@ impl Kind {
             Kind::Yank => b"yank",
             Kind::Report => b"report",
             Kind::Inventory => b"inventory",
+            Kind::Statement => b"statement",
         }
     }
 }

@@ -34,6 +34,12 @@ pub enum VerifyError {
     NotSignedByNode,
     #[error("a first trust root must be version 1, this is version {0}")]
     NotFirstRoot(Version),
+    #[error("the trust root has no timestamp role: freshness statements cannot be checked")]
+    NoTimestampRole,
+    #[error("timestamp statement for fleet {offered}, this node is in fleet {current}")]
+    StatementFleet { current: Hash32, offered: Hash32 },
+    #[error("timestamp statement issued at {offered} is older than the one held (issued at {held})")]
+    StatementRollback { held: Timestamp, offered: Timestamp },
 }
 
 impl From<OpenError> for VerifyError {
@@ -249,4 +255,24 @@ pub fn approval_matches(approval: &Approval, manifest: &Signed<ReleaseManifest>)
         return Err(ValidationError::field("approval", "product or version differs from the manifest it names"));
     }
     Ok(())
+}
+
+/// Checks a freshness statement (steps S1 to S5): envelope (S1, by the caller), a threshold of the
+/// root's `timestamp` keys (S2), payload limits (S3), not expired (S4), this fleet (S5). A node
+/// then keeps it only if it was issued after the one it holds (see `Trust`).
+pub fn verify_statement_envelope(
+    envelope: Envelope,
+    root: &Root,
+    fleet: &Hash32,
+    limits: &Limits,
+    now: Timestamp,
+) -> Result<Signed<crate::Statement>, VerifyError> {
+    if !root.roles.contains_key(&Role::Timestamp) {
+        return Err(VerifyError::NoTimestampRole);
+    }
+    let signed: Signed<crate::Statement> = verify_signed(envelope, Role::Timestamp, root, limits, now)?;
+    if signed.value().fleet != *fleet {
+        return Err(VerifyError::StatementFleet { current: *fleet, offered: signed.value().fleet });
+    }
+    Ok(signed)
 }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use ed25519_dalek::SigningKey;
 use lanpatch_protocol::PublicKey;
 
-const SECRET_PREFIX: &str = "lanpatch-secret-key-v1 ";
+use lanpatch_protocol::keyfile::{self, SECRET_PREFIX};
 
 pub fn public_path(secret: &Path) -> PathBuf {
     let mut p = secret.as_os_str().to_owned();
@@ -38,7 +38,7 @@ pub fn generate(out: &Path) -> Result<PublicKey> {
         true => format!("{} already exists; refusing to overwrite a key", out.display()),
         false => format!("cannot create {}", out.display()),
     })?;
-    writeln!(f, "{SECRET_PREFIX}{}", hex::encode(seed)).with_context(|| format!("writing {}", out.display()))?;
+    f.write_all(keyfile::format_secret(&seed).as_bytes()).with_context(|| format!("writing {}", out.display()))?;
     f.sync_all()?;
     let mut p = OpenOptions::new()
         .write(true)
@@ -81,12 +81,7 @@ pub fn load_secret(path: &Path, mode: KeyMode) -> Result<SigningKey> {
         }
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key {}", path.display()))?;
-    let Some(hex_part) = text.trim().strip_prefix(SECRET_PREFIX.trim_end()).map(str::trim) else {
-        bail!("{} is not a lanpatch secret key file (expected a line starting with `{SECRET_PREFIX}`)", path.display());
-    };
-    let mut seed = [0u8; 32];
-    hex::decode_to_slice(hex_part, &mut seed)
-        .with_context(|| format!("{}: the key must be 64 hex digits", path.display()))?;
+    let seed = keyfile::parse_secret(&text).with_context(|| format!("{}", path.display()))?;
     Ok(SigningKey::from_bytes(&seed))
 }
 
@@ -98,7 +93,7 @@ pub fn parse_public(arg: &str) -> Result<PublicKey> {
     let path = Path::new(arg);
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{arg:?} is neither 64 hex digits nor a readable public key file"))?;
-    if text.trim_start().starts_with(SECRET_PREFIX.trim_end()) {
+    if text.trim_start().starts_with(SECRET_PREFIX) {
         let sk = load_secret(path, KeyMode::AllowInsecure)?;
         return Ok(PublicKey(sk.verifying_key().to_bytes()));
     }

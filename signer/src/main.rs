@@ -99,6 +99,13 @@ struct RoleFlags {
     /// How many approve keys must sign an approval or yank.
     #[arg(long)]
     approve_threshold: Option<u32>,
+    /// A timestamp key (online, on the admin workstation's node: `timestamp_key` in its
+    /// node.toml). Repeat for each key. With it, nodes install only under a fresh statement.
+    #[arg(long = "timestamp-key")]
+    timestamp_keys: Vec<String>,
+    /// How many timestamp keys must sign a statement.
+    #[arg(long)]
+    timestamp_threshold: Option<u32>,
     /// When the root expires: a duration (365d) or a date.
     #[arg(long, default_value = "365d")]
     expires: String,
@@ -478,9 +485,17 @@ fn role_map(flags: &RoleFlags, base: Option<&Root>) -> Result<BTreeMap<Role, Rol
         (Role::Root, &flags.root_keys, flags.root_threshold),
         (Role::Release, &flags.release_keys, flags.release_threshold),
         (Role::Approve, &flags.approve_keys, flags.approve_threshold),
+        (Role::Timestamp, &flags.timestamp_keys, flags.timestamp_threshold),
     ];
     let mut map = BTreeMap::new();
     for (role, keys, threshold) in specs {
+        // The timestamp role is optional: kept from the base root, or absent.
+        if role == Role::Timestamp && keys.is_empty() && base.is_none_or(|b| !b.roles.contains_key(&Role::Timestamp)) {
+            eprintln!(
+                "note: no --timestamp-key: nodes cannot detect a freeze (withheld updates); see docs/THREAT-MODEL.md"
+            );
+            continue;
+        }
         let rk = if keys.is_empty() {
             let Some(base) = base else {
                 bail!("no {role} keys given: use --{role}-key (repeatable) and --{role}-threshold");

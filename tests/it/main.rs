@@ -4,6 +4,7 @@
 
 mod demo;
 mod fleet;
+mod hardening;
 mod lab;
 mod lifecycle;
 mod origin_server;

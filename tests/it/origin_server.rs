@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub struct OriginServer {
     pub port: u16,
     pub served: Arc<AtomicU64>,
+    /// Requests answered (of any kind).
+    pub requests: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -21,13 +23,31 @@ struct Shared {
     paid_until: Mutex<Instant>,
     corrupt_offset: Option<u64>,
     served: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    /// Answer every request with a 302 to this base URL instead of serving.
+    redirect: Option<String>,
 }
 
 impl OriginServer {
     pub fn start(files: HashMap<String, Vec<u8>>, rate: u64, corrupt_offset: Option<u64>) -> OriginServer {
+        Self::start_with(files, rate, corrupt_offset, None)
+    }
+
+    /// An origin that redirects every request to `target` + the requested path.
+    pub fn redirecting(target: &str) -> OriginServer {
+        Self::start_with(HashMap::new(), 0, None, Some(target.to_string()))
+    }
+
+    fn start_with(
+        files: HashMap<String, Vec<u8>>,
+        rate: u64,
+        corrupt_offset: Option<u64>,
+        redirect: Option<String>,
+    ) -> OriginServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let served = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             files,
@@ -35,6 +55,8 @@ impl OriginServer {
             paid_until: Mutex::new(Instant::now()),
             corrupt_offset,
             served: served.clone(),
+            requests: requests.clone(),
+            redirect,
         });
         let stop2 = stop.clone();
         std::thread::spawn(move || {
@@ -49,7 +71,7 @@ impl OriginServer {
                 });
             }
         });
-        OriginServer { port, served, stop }
+        OriginServer { port, served, requests, stop }
     }
 
     pub fn url(&self) -> String {
@@ -107,6 +129,12 @@ fn serve(conn: TcpStream, s: &Shared) -> std::io::Result<()> {
                     range = Some((a.parse::<u64>().unwrap_or(0), b.parse::<u64>().unwrap_or(0)));
                 }
             }
+        }
+        s.requests.fetch_add(1, Ordering::Relaxed);
+        if let Some(target) = &s.redirect {
+            let head = format!("HTTP/1.1 302 Found\r\nlocation: {target}/{path}\r\ncontent-length: 0\r\n\r\n");
+            out.write_all(head.as_bytes())?;
+            continue;
         }
         let Some(file) = s.files.get(&path) else {
             out.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")?;

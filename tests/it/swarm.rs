@@ -108,7 +108,7 @@ fn peer_serving_corrupt_chunks_is_banned_and_the_others_still_complete() {
         assert!(st.banned.contains(&liar_id), "{} did not ban the liar: {:?}", n.dir.display(), st.banned);
         assert!(
             st.recent_refusals.iter().any(|r| r.kind == "peer-banned"
-                && r.source == liar_id
+                && r.source.contains(&liar_id)
                 && r.reason.contains("does not match its signed hash")),
             "{:?}",
             st.recent_refusals

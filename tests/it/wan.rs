@@ -125,3 +125,38 @@ fn origin_sending_wrong_bytes_is_detected_and_another_origin_completes_the_relea
     );
     assert!(good.served.load(Ordering::Relaxed) > 0);
 }
+
+#[test]
+fn origin_redirecting_to_another_host_or_to_a_file_url_is_dropped_with_a_refusal_and_not_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let data = payload(1024 * 1024, 14);
+    let files = HashMap::from([("payload.bin".to_string(), data.clone())]);
+    let good = OriginServer::start(files, 0, None);
+    // One origin sends every request to another host (a different port is another origin),
+    // one to a local file.
+    let elsewhere = OriginServer::redirecting(&good.url());
+    let to_file = OriginServer::redirecting("file:///etc");
+    let origins = ["--origin", &elsewhere.url(), "--origin", &to_file.url(), "--origin", &good.url()];
+    let bundle = make_release(dir, "bundle", 1, &data, CHUNK as u32, &origins);
+    let mut node = Node::new(dir, "n1", &dir.join("root.lpr"), &[], "");
+    node.start();
+    announce(&node, &bundle);
+    wait_until(Duration::from_secs(60), "download", || downloaded(&node));
+    assert_eq!(node.blob(&blob_name(&data)).as_deref(), Some(&data[..]));
+    let st = node.status();
+    for bad in [&elsewhere, &to_file] {
+        assert!(
+            st.recent_refusals
+                .iter()
+                .any(|r| r.kind == "origin-chunk" && r.source.contains(&bad.url()) && r.reason.contains("redirect")),
+            "{:?}",
+            st.recent_refusals
+        );
+        // Dropped at once for the release: a handful of requests (those already in flight), not
+        // a retry every 1.5 s.
+        let asked = bad.requests.load(Ordering::Relaxed);
+        assert!(asked <= 4, "{} was asked {asked} times", bad.url());
+    }
+}
