@@ -153,3 +153,21 @@ fn tests_use_the_repositorys_lab_never_one_outside_it() {
     let bench = fs::read_to_string(repo().join("bench/fanout.sh")).unwrap();
     assert!(!bench.contains("../shared"), "bench/fanout.sh reaches outside the repository");
 }
+
+#[test]
+fn no_expression_takes_the_same_std_mutex_twice() {
+    // `s.trust().a || s.trust().b` keeps the first guard alive while taking the second: a
+    // deadlock (it happened twice). Take the guard once, in a block.
+    for (p, text) in sources("node/src") {
+        for piece in non_test(&text).split([';', '{', '}']) {
+            for lock in [".trust()", ".progress()"] {
+                assert!(
+                    piece.matches(lock).count() <= 1,
+                    "{} takes {lock} twice in one expression: {}",
+                    name(&p),
+                    piece.trim()
+                );
+            }
+        }
+    }
+}
