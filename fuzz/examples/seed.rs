@@ -50,7 +50,11 @@ fn main() {
     let mut chunk = frame(&Response::Chunk { len: 5 });
     chunk.extend_from_slice(b"hello");
     write("wire_frame", "chunk_resp", &chunk);
-    write("wire_frame", "have_resp", &frame(&Response::Have { bits: wire::pack_bits(&[true, false, true]), downloading: true }));
+    write(
+        "wire_frame",
+        "have_resp",
+        &frame(&Response::Have { bits: wire::pack_bits(&[true, false, true]), downloading: true }),
+    );
     write(
         "wire_frame",
         "catalog_resp",
@@ -59,9 +63,7 @@ fn main() {
     write(
         "wire_frame",
         "peers_resp",
-        &frame(&Response::Peers {
-            peers: vec![("12D3KooWA".into(), vec!["/ip4/10.0.0.2/tcp/4717".into()])],
-        }),
+        &frame(&Response::Peers { peers: vec![("12D3KooWA".into(), vec!["/ip4/10.0.0.2/tcp/4717".into()])] }),
     );
     write("wire_frame", "busy", &frame(&Response::Busy));
 

@@ -2,7 +2,7 @@
 //! against a fixed fleet root.
 #![no_main]
 use lanpatch_protocol::verify::verify_manifest;
-use lanpatch_protocol::{ReleaseManifest, Limits, Signed, Timestamp};
+use lanpatch_protocol::{Limits, ReleaseManifest, Signed, Timestamp};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

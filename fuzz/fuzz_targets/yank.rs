@@ -2,7 +2,7 @@
 //! against a fixed fleet root.
 #![no_main]
 use lanpatch_protocol::verify::verify_yank;
-use lanpatch_protocol::{Yank, Limits, Signed, Timestamp};
+use lanpatch_protocol::{Limits, Signed, Timestamp, Yank};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -300,3 +300,41 @@ fn signer_refuses_a_secret_key_others_can_read_unless_told_and_then_warns() {
     assert_eq!(r.code, Some(0), "{}", r.all());
     assert!(r.stderr.contains("warning: secret key"), "{}", r.stderr);
 }
+
+#[test]
+fn control_socket_group_opens_the_socket_to_that_group_only() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let gid = fs::metadata("/proc/self").unwrap().gid();
+    let mut n = Node::new(dir, "n1", &dir.join("root.lpr"), &[], &format!("control_socket_group = \"{gid}\""));
+    n.start();
+    let data = n.dir.join("data");
+    let meta = |p: &Path| fs::symlink_metadata(p).unwrap();
+    assert_eq!(meta(&data).permissions().mode() & 0o777, 0o710);
+    assert_eq!(meta(&data).gid(), gid);
+    assert_eq!(meta(&data.join("control.sock")).permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta(&data.join("control.sock")).gid(), gid);
+    assert_eq!(meta(&data.join("state.db")).permissions().mode() & 0o777, 0o600);
+    // No leftover of the private directory the socket was made in.
+    let left: Vec<_> = fs::read_dir(&data)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".control-"))
+        .collect();
+    assert!(left.is_empty());
+    let bad = Node::with_config(
+        dir,
+        "n2",
+        &format!(
+            "data_dir = \"data\"\ntrust_root = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\ncontrol_socket_group = \"no-such-group-here\"\n",
+            dir.join("root.lpr").display()
+        ),
+        0,
+        None,
+    );
+    let (code, log) = bad.run_expecting_exit(Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("no-such-group-here"), "{log}");
+}
