@@ -163,7 +163,8 @@ pub struct ReleaseSummary<'a> {
     pub manifest: &'a str,
     pub product: &'a str,
     pub version: u64,
-    /// Nodes that reported, minus those the release does not target.
+    /// Nodes that reported, minus those the release does not target (and, when a bundle is
+    /// given, minus those in rings it is not approved for yet).
     pub targeted: usize,
     pub rings: BTreeMap<&'a str, RingCounts>,
     /// Every node's latest report (the highest sequence number the collector has seen).
@@ -178,6 +179,20 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
         }
         None => None,
     };
+    // With a bundle, the rings it is approved for: only nodes in those rings count as targeted.
+    let approved: Option<Vec<String>> = bundle.map(|b| {
+        let dir = Bundle::new(b).approvals_dir();
+        let mut rings: Vec<String> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| bundle::load::<lanpatch_protocol::Approval>(&e.path(), limits).ok())
+            .map(|a| a.value().ring.to_string())
+            .collect();
+        rings.sort();
+        rings.dedup();
+        rings
+    });
     let all = reports(socket)?;
     let mut by_release: BTreeMap<(&str, u64, &str), Vec<&ReportView>> = BTreeMap::new();
     for r in all.iter().filter(|r| filter.as_ref().is_none_or(|f| *f == r.manifest)) {
@@ -201,7 +216,11 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
                 manifest,
                 product,
                 version: *version,
-                targeted: list.iter().filter(|r| !r.state.is_not_targeted()).count(),
+                targeted: list
+                    .iter()
+                    .filter(|r| !r.state.is_not_targeted())
+                    .filter(|r| approved.as_ref().is_none_or(|rings| rings.contains(&r.ring)))
+                    .count(),
                 rings,
                 nodes: list.clone(),
             }
