@@ -312,6 +312,22 @@ pub async fn run(s: Arc<Shared>) {
     }
 }
 
+/// The human text beside a `Waiting` state.
+fn wait_detail(why: WaitReason, ring: &lanpatch_protocol::RingName) -> String {
+    match why {
+        WaitReason::NotApproved => format!("waiting for an approval for ring {ring}"),
+        WaitReason::NotBefore(nb) => format!("approved, waiting until not-before {}", nb.0),
+        WaitReason::OutsideWindow => "approved, waiting for the maintenance window".to_string(),
+        WaitReason::ApprovalExpired => format!("the approval for ring {ring} expired; a new one is needed"),
+        WaitReason::Stale => {
+            "no fresh timestamp statement from the admin side: no install starts (freeze protection)".to_string()
+        }
+        WaitReason::NotInStatement => {
+            "the newest timestamp statement does not list this release as current for this ring".to_string()
+        }
+    }
+}
+
 /// Installs that were running (or rolling back) when the node stopped or died: stop what is
 /// left of their process group, then ask detect; if it does not say installed, roll back.
 async fn resolve_interrupted(s: &Arc<Shared>) -> Result<()> {
@@ -422,13 +438,7 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
             }
         };
         if let Err(why) = fresh {
-            let detail = match why {
-                WaitReason::Stale => {
-                    "no fresh timestamp statement from the admin side: no install starts (freeze protection)"
-                }
-                _ => "the newest timestamp statement does not list this release as current for this ring",
-            };
-            apply(s, &rel, Event::Wait(why), detail, None).await;
+            apply(s, &rel, Event::Wait(why), wait_detail(why, &s.cfg.ring), None).await;
             continue;
         }
         let approval = s.trust().approvals.get(&(hash, s.cfg.ring.clone())).map(|a| a.value().clone());
@@ -436,23 +446,7 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
         let in_window =
             in_windows(&s.cfg.windows, local.weekday().num_days_from_monday(), local.hour() * 60 + local.minute());
         let t = now();
-        let wait = |why: WaitReason| {
-            (
-                why,
-                match why {
-                    WaitReason::NotApproved => format!("waiting for an approval for ring {}", s.cfg.ring),
-                    WaitReason::NotBefore(nb) => format!("approved, waiting until not-before {}", nb.0),
-                    WaitReason::OutsideWindow => "approved, waiting for the maintenance window".to_string(),
-                    WaitReason::ApprovalExpired => {
-                        format!("the approval for ring {} expired; a new one is needed", s.cfg.ring)
-                    }
-                    WaitReason::Stale => "no fresh timestamp statement from the admin side".to_string(),
-                    WaitReason::NotInStatement => {
-                        "the newest timestamp statement does not list this release".to_string()
-                    }
-                },
-            )
-        };
+        let wait = |why: WaitReason| (why, wait_detail(why, &s.cfg.ring));
         let waiting = match install_gate(approval.as_ref(), v.urgent, t, in_window) {
             Gate::NotApproved => wait(WaitReason::NotApproved),
             Gate::ApprovalExpired => wait(WaitReason::ApprovalExpired),

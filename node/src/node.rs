@@ -354,20 +354,18 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
 /// Drops expired metadata from memory; a release that expired before its install ends
 /// `Skipped(Expired)`.
 async fn expire_metadata(s: &Arc<Shared>) {
-    let t = now();
-    let before: Vec<Signed<ReleaseManifest>> =
-        s.trust().manifests.values().filter(|m| m.value().expires <= t).cloned().collect();
-    for m in &before {
+    let gone = s.trust().expire(now());
+    if gone.is_empty() {
+        return;
+    }
+    tracing::info!(count = gone.len(), "expired manifests dropped");
+    for m in &gone {
         let detail = format!("the manifest expired at {}", m.value().expires.0);
         if let Err(e) = s.lifecycle.apply(&release_ref(m), Event::Expired, detail, None).await {
             tracing::error!("cannot record release state: {e:#}");
         }
     }
-    let gone = s.trust().expire(t);
-    if !gone.is_empty() {
-        tracing::info!(count = gone.len(), "expired manifests dropped");
-        s.metadata_changed.notify_one();
-    }
+    s.metadata_changed.notify_one();
 }
 
 /// Fetches a peer's catalog and ingests every item.

@@ -243,13 +243,11 @@ impl Trust {
     /// Drops what has expired by `now` from memory: manifests, approvals, yanks. The highest
     /// version seen per product stays (`latest`), so an expired release still blocks rollback to
     /// an older one. Returns the manifests dropped.
-    pub fn expire(&mut self, now: Timestamp) -> Vec<Hash32> {
-        let gone: Vec<Hash32> =
+    pub fn expire(&mut self, now: Timestamp) -> Vec<Signed<ReleaseManifest>> {
+        let gone_hashes: Vec<Hash32> =
             self.manifests.iter().filter(|(_, m)| m.value().expires <= now).map(|(h, _)| *h).collect();
-        for h in &gone {
-            self.manifests.remove(h);
-        }
-        self.approvals.retain(|_, a| a.value().expires > now && !gone.contains(&a.value().manifest));
+        let gone: Vec<Signed<ReleaseManifest>> = gone_hashes.iter().filter_map(|h| self.manifests.remove(h)).collect();
+        self.approvals.retain(|_, a| a.value().expires > now && !gone_hashes.contains(&a.value().manifest));
         // A yank outlives its release by design; it goes when it expires itself.
         self.yanks.retain(|_, y| y.value().expires > now);
         gone

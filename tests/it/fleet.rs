@@ -273,27 +273,29 @@ impl Drop for Node {
 }
 
 /// [`wait_until`], and on timeout the panic shows the node's log tail.
-pub fn wait_for_node(n: &Node, limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub fn wait_for_node(n: &Node, limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+    if !poll(limit, cond) {
+        panic!("timed out after {limit:?} waiting for {what}; log of {}:\n{}", n.dir.display(), n.log_tail());
+    }
+}
+
+/// Polls `cond` every 200 ms for at most `limit`; whether it held.
+fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if cond() {
-            return;
+            return true;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("timed out after {limit:?} waiting for {what}; log of {}:\n{}", n.dir.display(), n.log_tail());
+    false
 }
 
 /// Polls `cond` every 200 ms; panics with `what` after `limit`.
-pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
+pub fn wait_until(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+    if !poll(limit, cond) {
+        panic!("timed out after {limit:?} waiting for {what}");
     }
-    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 /// The BLAKE3 of `data` in hex: the blob name a node stores it under.
