@@ -56,7 +56,8 @@ printf '%-14s %12s %8s %s\n' target executions corpus result
 for t in "${TARGETS[@]}"; do
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$LOGS/$t.log" | grep -o '[0-9]*$' || true)
   [ -n "$execs" ] || execs=$(grep -oE '^#[0-9]+' "$LOGS/$t.log" | tail -1 | tr -d '#' || true)
-  corpus=$(find "fuzz/target/corpus/$t" "fuzz/corpus/$t" -type f 2>/dev/null | wc -l)
+  # The scratch corpus exists only after a timed run: find's non-zero exit must not end the script.
+  corpus=$(find "fuzz/target/corpus/$t" "fuzz/corpus/$t" -type f 2>/dev/null | wc -l || true)
   if grep -qE 'panicked|ERROR: libFuzzer|SUMMARY: |deadly signal' "$LOGS/$t.log"; then
     res=CRASH; status=1; tail -30 "$LOGS/$t.log"
   elif ! grep -qE 'Done [0-9]+ runs|stat::number_of_executed_units' "$LOGS/$t.log"; then
