@@ -7,8 +7,12 @@
 # counters, so TCP/IP headers are included). Also lanpatch's idle RSS, peak RSS and CPU seconds
 # per node.
 #
+# The origin is nginx (Debian's package: static files, range requests, keep-alive), as a vendor
+# mirror or the company's download server would be.
+#
 # usage: sudo bench/fanout.sh [N=8] [S_MIB=32] [R_MBIT=20]    (KEEP=1 keeps the work directory,
-#        ONLY=lanpatch skips the HTTP and BitTorrent runs)
+#        ONLY=lanpatch skips the HTTP and BitTorrent runs, LANPATCH_BIN=DIR takes lanpatch-node
+#        and lanpatch-signer from DIR instead of building them: to measure a before and an after)
 set -euo pipefail
 N=${1:-8}
 S_MIB=${2:-32}
@@ -35,20 +39,22 @@ trap cleanup EXIT
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 2; }
 [ -f "$LAB" ] || { echo "lab script $LAB not found" >&2; exit 2; }
 missing=()
-for c in aria2c:aria2 mktorrent:mktorrent opentracker:opentracker curl:curl ip:iproute2 tc:iproute2; do
+for c in aria2c:aria2 mktorrent:mktorrent opentracker:opentracker curl:curl ip:iproute2 tc:iproute2 nginx:nginx; do
   command -v "${c%%:*}" >/dev/null 2>&1 || missing+=("${c##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-(cd "$ROOT" && cargo build --release --locked -q)
-BIN=$ROOT/target/release
+if [ -n "${LANPATCH_BIN:-}" ]; then
+  BIN=$(cd "$LANPATCH_BIN" && pwd)
+else
+  (cd "$ROOT" && cargo build --release --locked -q)
+  BIN=$ROOT/target/release
+fi
 SIGNER=$BIN/lanpatch-signer
 
 now() { date +%s.%N; }
 egress() { ip netns exec "$P-origin" cat /sys/class/net/eth0/statistics/tx_bytes; }
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-status() { "$BIN/lanpatch-node" status --json --socket "$WORK/lp/h$1/data/control.sock" 2>/dev/null; }
 
 sh "$LAB" up "$N" "$P" "${R_MBIT}mbit"
 mkdir -p "$WORK/www" "$WORK/keys" "$WORK/lp" "$WORK/http" "$WORK/bt" "$WORK/tracker"
@@ -56,9 +62,31 @@ head -c $((S_MIB * 1024 * 1024)) /dev/urandom > "$WORK/www/payload.bin"
 SIZE=$(stat -c %s "$WORK/www/payload.bin")
 SHA=$(sha256sum "$WORK/www/payload.bin" | cut -d' ' -f1)
 LIMIT=$(python3 -c "print($SIZE * 8 / ($R_MBIT * 1e6))")
-ip netns exec "$P-origin" python3 "$HERE/origin.py" "$WORK/www" "$ORIGIN" 8000 &
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<CONF
+daemon off;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 100000;
+  client_body_temp_path $WORK/nginx/tmp;
+  server {
+    listen $ORIGIN:8000 reuseport;
+    root $WORK/www;
+  }
+}
+CONF
+ip netns exec "$P-origin" nginx -c "$WORK/nginx/nginx.conf" &
 PIDS+=($!)
-sleep 1
+until ip netns exec "$P-origin" curl -s -o /dev/null -r 0-0 "http://$ORIGIN:8000/payload.bin"; do
+  kill -0 "${PIDS[-1]}" 2>/dev/null || { echo "nginx did not start: $(cat "$WORK/nginx/error.log")" >&2; exit 1; }
+  sleep 0.1
+done
 echo "N=$N S=$S_MIB MiB R=$R_MBIT Mbit/s: S/R = $(printf %.1f "$LIMIT") s"
 
 RESULTS=()
@@ -94,11 +122,14 @@ TOML
   NODE_PIDS+=($!)
   PIDS+=($!)
 done
-deadline=$((SECONDS + 60))
-until [ "$(for i in $(seq 1 "$N"); do status "$i" | json "len(d['peers'])" || echo 0; done | sort -n | head -1)" = $((N - 1)) ]; do
-  [ $SECONDS -lt $deadline ] || { echo "lanpatch nodes did not find each other by mDNS" >&2; exit 1; }
-  sleep 0.5
-done
+# Publish once every node is connected to every other (to 31 others on larger sites: gossip and
+# have-maps need a connected swarm, not a full mesh).
+want=$((N - 1 < 31 ? N - 1 : 31))
+SOCKS=()
+for i in $(seq 1 "$N"); do SOCKS+=("$WORK/lp/h$i/data/control.sock"); done
+fewest=$(python3 "$HERE/poll.py" peers "$want" 240 "${SOCKS[@]}") \
+  || { echo "lanpatch nodes did not find each other by mDNS (want $want peers each)" >&2; exit 1; }
+echo "  discovery: every node has >= $fewest peers after $SECONDS s"
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
@@ -106,22 +137,11 @@ IDLE_RSS=(); CPU0=()
 for p in "${NODE_PIDS[@]}"; do IDLE_RSS+=("$(rss "$p" VmRSS)"); CPU0+=("$(cpu "$p")"); done
 e0=$(egress); t0=$(now)
 "$SIGNER" publish --metadata-only --node "$WORK/lp/h1/data/control.sock" bundle >/dev/null
-deadline=$((SECONDS + 600))
-while :; do
-  done_n=0
-  for i in $(seq 1 "$N"); do
-    s=$(status "$i" | json "sum(1 for r in d['releases'] if r['finished_ms'])" || echo 0)
-    [ "$s" = 1 ] && done_n=$((done_n + 1))
-  done
-  [ $done_n = "$N" ] && break
-  [ $SECONDS -lt $deadline ] || { echo "lanpatch did not finish" >&2; exit 1; }
-  sleep 0.2
-done
+# The nodes' own completion times (ms), so polling does not count.
+FIN=$(python3 "$HERE/poll.py" done 900 "${SOCKS[@]}") || { echo "lanpatch did not finish" >&2; exit 1; }
 e1=$(egress)
-# The nodes' own completion times (ms), so status polling does not count.
-t1=$(for i in $(seq 1 "$N"); do status "$i" | json "d['releases'][0]['finished_ms'] or 0"; done | sort -n | tail -1)
-t1=$(python3 -c "print($t1 / 1000)")
-echo "  lanpatch per-node completion (s after publish): $(for i in $(seq 1 "$N"); do status "$i" | json "round((d['releases'][0]['finished_ms'] or 0)/1000 - $t0, 1)"; done | tr '\n' ' ')"
+t1=$(python3 -c "import sys; print(max(int(x) for x in sys.argv[1:]) / 1000)" $FIN)
+echo "  lanpatch per-node completion (s after publish): $(python3 -c "import sys; print(' '.join(f'{int(x)/1000 - $t0:.1f}' for x in sys.argv[1:]))" $FIN)"
 ok=0
 for i in $(seq 1 "$N"); do
   f=$(ls "$WORK/lp/h$i/data/blobs/"* 2>/dev/null | head -1)

@@ -53,6 +53,11 @@ pub struct Config {
     /// Origin range requests in flight from this node.
     #[serde(default = "default_origin_inflight")]
     pub max_origin_inflight: usize,
+    /// How many of a site's nodes fetch a release from its origins (the rest get it over the LAN).
+    /// Keeps the site's origin requests in flight at about this times `max_origin_inflight`,
+    /// whatever the number of nodes. Every node of a site must use the same value.
+    #[serde(default = "default_origin_fetchers")]
+    pub site_origin_fetchers: usize,
     /// Most bytes the blob cache may hold; a release that does not fit is not downloaded.
     #[serde(default = "default_quota")]
     pub cache_quota: u64,
@@ -200,6 +205,9 @@ fn default_downloads() -> usize {
 fn default_origin_inflight() -> usize {
     2
 }
+fn default_origin_fetchers() -> usize {
+    4
+}
 fn default_uploads() -> usize {
     8
 }
@@ -279,10 +287,11 @@ impl Config {
         if c.max_inflight_per_peer == 0
             || c.max_concurrent_uploads == 0
             || c.max_origin_inflight == 0
+            || c.site_origin_fetchers == 0
             || c.max_concurrent_downloads == 0
         {
             anyhow::bail!(
-                "max_inflight_per_peer, max_concurrent_uploads, max_origin_inflight and max_concurrent_downloads must be at least 1"
+                "max_inflight_per_peer, max_concurrent_uploads, max_origin_inflight, site_origin_fetchers and max_concurrent_downloads must be at least 1"
             );
         }
         Ok(c)

@@ -1,8 +1,15 @@
 //! Swarm download of one release: the [`Scheduler`] decides, this module does the I/O.
 //!
-//! Peers' have-maps are refreshed every second; chunk requests run in their own tasks, each on a
-//! fresh stream, and report back over a channel. Every chunk is verified against the signed
-//! manifest before it is written; a peer that sends a bad chunk is banned at once.
+//! Peers' have-maps are refreshed in rounds (every 0.7 s, sooner when idle); chunk requests and
+//! have-map queries run in their own tasks, each on a fresh stream, and report back over channels,
+//! so a slow peer never holds up the loop. Every chunk is verified against the signed manifest
+//! before it is written; a peer that sends a bad chunk is banned at once.
+//!
+//! The first round asks every peer (so the origin fetchers are chosen from a full view); later
+//! rounds ask the site's origin fetchers (where new chunks appear first) and at most
+//! [`HAVE_FANOUT`] others, least recently asked first, and never a peer that already holds the
+//! whole release. A node's have-map queries per round therefore stay bounded at any fleet size
+//! instead of growing with N (N x N across the site).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -32,7 +39,14 @@ const IDLE_REFRESH: Duration = Duration::from_millis(150);
 /// A downloading peer whose have-map has not grown for this long is presumed stalled; its share
 /// of origin work moves to the others.
 const STALL: Duration = Duration::from_secs(15);
+/// Have-map queries per refresh round besides the origin fetchers.
+const HAVE_FANOUT: usize = 8;
 const BACKOFF_MS: u64 = 1500;
+/// An origin that delivered a chunk this recently is alive: a failed request is congestion.
+const ORIGIN_ALIVE: Duration = Duration::from_secs(30);
+/// A peer that answered `Busy` is asked again this soon: it holds the chunk, and at the end of a
+/// transfer every node asks the few holders of the last chunks at once.
+const BUSY_BACKOFF_MS: u64 = 150;
 
 pub enum Outcome {
     Complete,
@@ -88,11 +102,33 @@ fn elapsed_ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
+/// A downloading peer is stalled when its have-map has not grown for [`STALL`] while this node's
+/// did: it hung or lost its way to the origin while the site moved on. When the whole site waits
+/// (a congested WAN link), nobody is stalled and the origin fetchers stay who they are; dropping
+/// them then would only elect more fetchers and open more connections across the congested link.
+fn stalled(v: &PeerView, my_progress: Instant) -> bool {
+    v.last_progress.elapsed() >= STALL && my_progress > v.last_progress + STALL
+}
+
 /// What this node last learned about a peer for the current release.
 struct PeerView {
     downloading: bool,
     have_count: usize,
     last_progress: Instant,
+}
+
+/// What one have-map query returned: the peer's chunks and whether it is downloading, `None`
+/// when it does not know the release; an error; or no answer in time.
+type HaveResult = Result<Result<Option<(Vec<bool>, bool)>>, tokio::time::error::Elapsed>;
+type HaveAnswer = (PeerId, HaveResult);
+
+/// The have-map queries of one download: who is being asked, who was asked when.
+struct Refresh {
+    tx: mpsc::Sender<HaveAnswer>,
+    asking: HashSet<PeerId>,
+    last_asked: HashMap<PeerId, Instant>,
+    /// Queries of the first round (every peer) still unanswered; origin work waits for them.
+    first_round: Option<HashSet<PeerId>>,
 }
 
 /// A finished request: from a peer, or from an origin (by index into the manifest's origins).
@@ -132,6 +168,8 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         tracing::info!(manifest = %hash.short(), resumed, missing = sched.missing(), "resuming download");
     }
     let (tx, mut rx) = mpsc::channel::<(Source, usize, Result<Vec<u8>, FetchError>)>(64);
+    let (have_tx, mut have_rx) = mpsc::channel::<HaveAnswer>(64);
+    let mut refresh = Refresh { tx: have_tx, asking: HashSet::new(), last_asked: HashMap::new(), first_round: None };
     let start = Instant::now();
     let mut last_refresh: Option<Instant> = None;
     let mut views: HashMap<PeerId, PeerView> = HashMap::new();
@@ -139,6 +177,11 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     let mut origin_backoff = Instant::now();
     // Consecutive failures per origin; reset by a success.
     let mut origin_failures: HashMap<usize, u32> = HashMap::new();
+    // When each origin last delivered a chunk: a failure soon after is congestion on the way to a
+    // live origin (a shaped WAN link dropping handshakes), not a dead origin.
+    let mut origin_ok: HashMap<usize, Instant> = HashMap::new();
+    // When this node last got a chunk it did not have (the site's progress, as seen from here).
+    let mut last_new_chunk = start;
     let mut shutdown = s.shutdown.clone();
     while !sched.is_done() {
         let stop = {
@@ -151,7 +194,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         let idle = sched.inflight_total() == 0 && sched.origin_inflight() == 0;
         let due = if idle { IDLE_REFRESH } else { REFRESH };
         if last_refresh.is_none_or(|t| t.elapsed() >= due) {
-            refresh_peers(&s, hash, &mut sched, &mut views).await;
+            refresh_peers(&s, hash, &mut sched, &mut views, &mut refresh);
             last_refresh = Some(Instant::now());
         }
         for (peer, flat) in sched.next_requests(elapsed_ms(start)) {
@@ -164,28 +207,50 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         }
         // Origin work: chunks no LAN peer holds, split among the nodes that want the release.
         let usable_origin = (0..origins.len()).find(|i| !bad_origins.contains(i));
+        let first_round_answered = refresh.first_round.as_ref().is_some_and(HashSet::is_empty);
         if let Some(oi) = usable_origin
             && start.elapsed() >= ORIGIN_SETTLE
+            && first_round_answered
             && Instant::now() >= origin_backoff
         {
             let me = s.net.local;
-            let mut participants: Vec<PeerId> = views
-                .iter()
-                .filter(|(p, v)| v.downloading && v.last_progress.elapsed() < STALL && !sched.is_banned(p))
-                .map(|(p, _)| *p)
+            // A connected peer that has not answered a have-map query yet counts as a participant
+            // (for the first STALL of the download): on a loaded site answers are slow, and a node
+            // that counted only the peers that answered would elect itself a fetcher, so that
+            // dozens of nodes would open origin connections at once.
+            let unknown_counts = start.elapsed() < STALL;
+            let my_progress = last_new_chunk;
+            let mut participants: Vec<PeerId> = s
+                .net
+                .ready_peers()
+                .into_iter()
+                .filter(|p| !sched.is_banned(p) && !s.is_banned(p))
+                .filter(|p| match views.get(p) {
+                    Some(v) => v.downloading && !stalled(v, my_progress),
+                    None => unknown_counts,
+                })
                 .collect();
             participants.push(me);
             let ids: Vec<Vec<u8>> = participants.iter().map(|p| p.to_bytes()).collect();
+            // Only a handful of the site's nodes fetch from the origin (see wan.rs); the others
+            // have no origin work at all and spend nothing on it.
+            let fetchers: Vec<&Vec<u8>> =
+                wan::fetchers(&hash, &ids, s.cfg.site_origin_fetchers).into_iter().map(|i| &ids[i]).collect();
+            let my_id = me.to_bytes();
+            let me_at = fetchers.iter().position(|f| **f == my_id);
             if s.cfg.site_origin_limit > 0 {
-                let share = s.cfg.site_origin_limit / participants.len() as u64;
+                let share = s.cfg.site_origin_limit / fetchers.len().max(1) as u64;
                 let rate = if s.cfg.origin_limit > 0 { share.min(s.cfg.origin_limit) } else { share };
                 s.origin_limit.set_rate(rate.max(1));
             }
-            let mut mine: Vec<usize> = sched
-                .origin_candidates()
-                .into_iter()
-                .filter(|c| wan::owner(&hash, *c, &ids).map(|i| participants[i]) == Some(me))
-                .collect();
+            let mut mine: Vec<usize> = match me_at {
+                Some(at) if sched.origin_inflight() < s.cfg.max_origin_inflight => sched
+                    .origin_candidates()
+                    .into_iter()
+                    .filter(|c| wan::owner(&hash, *c, &fetchers) == Some(at))
+                    .collect(),
+                _ => Vec::new(),
+            };
             mine.sort_by_key(|c| (*c as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15));
             for flat in mine {
                 if sched.origin_inflight() >= s.cfg.max_origin_inflight {
@@ -204,6 +269,10 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             _ = shutdown.changed() => return Ok(Outcome::Stopped),
             _ = tokio::time::sleep(Duration::from_millis(100)) => None,
             m = rx.recv() => m,
+            Some((peer, answer)) = have_rx.recv() => {
+                have_answered(&mut sched, &mut views, &mut refresh, peer, answer);
+                None
+            }
         };
         let Some((source, flat, result)) = msg else { continue };
         let Some((file, idx)) = layout.locate(flat) else { continue };
@@ -223,10 +292,12 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                     Source::Peer(peer) => sched.completed(&peer, flat),
                     Source::Origin(oi) => {
                         origin_failures.remove(&oi);
+                        origin_ok.insert(oi, Instant::now());
                         sched.origin_finished(flat, true)
                     }
                 };
                 if new {
+                    last_new_chunk = Instant::now();
                     let mut p = s.progress();
                     if let Some(e) = p.get_mut(&hash) {
                         e.have_chunks += 1;
@@ -238,22 +309,36 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             }
             (Source::Origin(oi), Err(e)) => {
                 sched.origin_finished(flat, false);
-                let failures = origin_failures.entry(oi).or_default();
-                *failures += 1;
+                let alive = origin_ok.get(&oi).is_some_and(|t| t.elapsed() < ORIGIN_ALIVE);
                 if let FetchError::Bad(_) | FetchError::BadLength(_) | FetchError::Redirect(_) = e {
                     bad_origins.insert(oi);
                     s.refuse(from, "origin-chunk", format!("{e}; not using this origin for the rest of the release"))
                         .await;
-                } else if *failures >= s.cfg.origin_max_failures {
-                    bad_origins.insert(oi);
-                    let why =
-                        format!("{e}; {failures} failures in a row, not using this origin for the rest of the release");
-                    s.refuse(from, "origin-failing", why).await;
+                } else if alive {
+                    // Congestion: try again soon, and do not count it towards dropping the origin.
+                    tracing::info!(origin = %from, chunk = flat, "origin request failed: {e}; the origin is alive (congestion?), next try in {BACKOFF_MS} ms");
+                    origin_backoff = Instant::now() + Duration::from_millis(BACKOFF_MS);
                 } else {
-                    // Exponential backoff: 1.5 s, 3 s, 6 s ... at most 60 s.
-                    let wait = (BACKOFF_MS << (*failures - 1).min(6)).min(60_000);
-                    tracing::warn!(origin = %from, chunk = flat, failures = *failures, "origin request failed: {e}; next try in {wait} ms");
-                    origin_backoff = Instant::now() + Duration::from_millis(wait);
+                    let failures = origin_failures.entry(oi).or_default();
+                    *failures += 1;
+                    // The last usable origin is not dropped for failures that may be transient:
+                    // this node owns a share of the site's origin work, and without an origin it
+                    // would hold that share until the others see it stall.
+                    let another = (0..origins.len()).any(|i| i != oi && !bad_origins.contains(&i));
+                    if *failures >= s.cfg.origin_max_failures && another {
+                        bad_origins.insert(oi);
+                        let why = format!(
+                            "{e}; {failures} failures in a row, not using this origin for the rest of the release"
+                        );
+                        s.refuse(from, "origin-failing", why).await;
+                    } else {
+                        // Exponential backoff: 1.5 s, 3 s, 6 s ... at most 60 s (12 s for the
+                        // last usable origin).
+                        let cap = if another { 60_000 } else { 12_000 };
+                        let wait = (BACKOFF_MS << (*failures - 1).min(6)).min(cap);
+                        tracing::warn!(origin = %from, chunk = flat, failures = *failures, "origin request failed: {e}; next try in {wait} ms");
+                        origin_backoff = Instant::now() + Duration::from_millis(wait);
+                    }
                 }
             }
             (Source::Peer(peer), Err(FetchError::Bad(e))) => {
@@ -265,6 +350,11 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
                 sched.ban(&peer);
                 s.ban(peer, format!("sent a malformed chunk: {e}")).await;
+            }
+            (Source::Peer(peer), Err(FetchError::Busy)) => {
+                // Jitter, so the nodes turned away together do not come back together.
+                let jitter = (seed ^ flat as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57;
+                sched.busy(&peer, flat, elapsed_ms(start), BUSY_BACKOFF_MS + jitter);
             }
             (Source::Peer(peer), Err(e)) => {
                 tracing::debug!(%peer, chunk = flat, "chunk request failed: {e}");
@@ -280,50 +370,94 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     Ok(Outcome::Complete)
 }
 
-/// Asks every ready peer which chunks it holds, concurrently, and notes who is downloading and
-/// who is making progress.
-async fn refresh_peers(
+/// Starts a round of have-map queries (see the module docs for whom it asks) and drops the peers
+/// that disconnected. Answers arrive through `refresh.tx` and go to [`have_answered`].
+fn refresh_peers(
     s: &Arc<Shared>,
     manifest: Hash32,
     sched: &mut Scheduler<PeerId>,
     views: &mut HashMap<PeerId, PeerView>,
+    refresh: &mut Refresh,
 ) {
-    let peers: Vec<PeerId> =
-        s.net.ready_peers().into_iter().filter(|p| !s.is_banned(p) && !sched.is_banned(p)).collect();
-    let n = sched.len();
-    let answers = futures::future::join_all(peers.iter().map(|p| {
-        let s = s.clone();
-        let p = *p;
-        async move { (p, timeout(HAVE_TIMEOUT, request_have(&s, p, manifest, n)).await) }
-    }))
-    .await;
-    for (peer, answer) in answers {
-        // A peer that did not answer this round keeps its last have-map and view: on a busy
-        // site a slow answer is not a departure, and dropping it would move its share of origin
-        // work to others and fetch those chunks twice.
-        if let Ok(Ok(Some((bits, downloading)))) = answer {
-            let count = bits.iter().filter(|b| **b).count();
-            let view =
-                views.entry(peer).or_insert(PeerView { downloading, have_count: count, last_progress: Instant::now() });
-            if count > view.have_count || (downloading && !view.downloading) {
-                view.last_progress = Instant::now();
-            }
-            view.have_count = count;
-            view.downloading = downloading;
-            sched.set_peer_have(peer, bits);
-        }
-    }
+    let ready: Vec<PeerId> = s.net.ready_peers();
     // Peers that disconnected drop out; their in-flight chunks become free and their share of
     // origin work moves to the others.
-    let ready: HashSet<PeerId> = s.net.ready_peers().into_iter().collect();
+    let ready_set: HashSet<PeerId> = ready.iter().copied().collect();
     let gone: Vec<PeerId> = sched
         .peers()
-        .filter(|p| !ready.contains(p))
-        .chain(views.keys().filter(|p| !ready.contains(*p)).copied())
+        .filter(|p| !ready_set.contains(p))
+        .chain(views.keys().filter(|p| !ready_set.contains(*p)).copied())
         .collect();
     for p in gone {
         sched.remove_peer(&p);
         views.remove(&p);
+        refresh.last_asked.remove(&p);
+    }
+    let n = sched.len();
+    let candidates: Vec<PeerId> =
+        ready.into_iter().filter(|p| !s.is_banned(p) && !sched.is_banned(p) && !refresh.asking.contains(p)).collect();
+    let ask: Vec<PeerId> = if refresh.first_round.is_none() {
+        refresh.first_round = Some(candidates.iter().copied().collect());
+        candidates
+    } else {
+        // A peer holding every chunk has nothing new to tell.
+        let useful: Vec<PeerId> =
+            candidates.into_iter().filter(|p| views.get(p).is_none_or(|v| v.have_count < n)).collect();
+        let downloading: Vec<PeerId> =
+            useful.iter().copied().filter(|p| views.get(p).is_some_and(|v| v.downloading)).collect();
+        let mut ids: Vec<Vec<u8>> = downloading.iter().map(|p| p.to_bytes()).collect();
+        ids.push(s.net.local.to_bytes());
+        let fetchers: HashSet<PeerId> = wan::fetchers(&manifest, &ids, s.cfg.site_origin_fetchers)
+            .into_iter()
+            .filter_map(|i| downloading.get(i).copied())
+            .collect();
+        let mut others: Vec<PeerId> = useful.into_iter().filter(|p| !fetchers.contains(p)).collect();
+        others.sort_by_key(|p| refresh.last_asked.get(p).copied());
+        others.truncate(HAVE_FANOUT);
+        fetchers.into_iter().chain(others).collect()
+    };
+    let now = Instant::now();
+    for p in ask {
+        refresh.asking.insert(p);
+        refresh.last_asked.insert(p, now);
+        let (s, tx) = (s.clone(), refresh.tx.clone());
+        tokio::spawn(async move {
+            let answer = timeout(HAVE_TIMEOUT, request_have(&s, p, manifest, n)).await;
+            let _ = tx.send((p, answer)).await;
+        });
+    }
+}
+
+/// Notes what a peer said it holds, whether it is downloading and whether it made progress.
+fn have_answered(
+    sched: &mut Scheduler<PeerId>,
+    views: &mut HashMap<PeerId, PeerView>,
+    refresh: &mut Refresh,
+    peer: PeerId,
+    answer: HaveResult,
+) {
+    refresh.asking.remove(&peer);
+    if let Some(first) = refresh.first_round.as_mut() {
+        first.remove(&peer);
+    }
+    // A peer that did not answer keeps its last have-map and view: on a busy site a slow answer
+    // is not a departure, and dropping it would move its share of origin work to others and
+    // fetch those chunks twice.
+    // A peer that does not know the release (`None`) most likely has not received it yet: it stays
+    // unknown, which counts as a participant early in the download (see the origin work above).
+    if let Ok(Ok(Some((bits, downloading)))) = answer {
+        if sched.is_banned(&peer) {
+            return;
+        }
+        let count = bits.iter().filter(|b| **b).count();
+        let view =
+            views.entry(peer).or_insert(PeerView { downloading, have_count: count, last_progress: Instant::now() });
+        if count > view.have_count || (downloading && !view.downloading) {
+            view.last_progress = Instant::now();
+        }
+        view.have_count = count;
+        view.downloading = downloading;
+        sched.set_peer_have(peer, bits);
     }
 }
 

@@ -234,6 +234,15 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
     }
 
     /// A request failed (timeout, I/O, not found): the peer backs off, the chunk is free again.
+    /// The peer holds the chunk but is serving as many as it will at once: ask again soon (it
+    /// keeps the chunk in its map, unlike a failure).
+    pub fn busy(&mut self, peer: &P, c: usize, now_ms: u64, backoff_ms: u64) {
+        self.release(peer, c);
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.backoff_until_ms = now_ms + backoff_ms;
+        }
+    }
+
     pub fn failed(&mut self, peer: &P, c: usize, now_ms: u64, backoff_ms: u64) {
         self.release(peer, c);
         if let Some(p) = self.peers.get_mut(peer) {
@@ -349,6 +358,18 @@ mod tests {
         assert!(s.origin_finished(2, true));
         assert!(!s.origin_finished(2, true));
         assert_eq!(s.missing(), 3);
+    }
+
+    #[test]
+    fn a_busy_peer_keeps_its_chunk_and_is_asked_again_after_a_short_backoff() {
+        let mut s = Scheduler::new(vec![false; 2], 4, 0);
+        s.set_peer_have("a", vec![true, false]);
+        assert_eq!(s.next_requests(0), vec![("a", 0)]);
+        s.busy(&"a", 0, 0, 150);
+        assert!(s.next_requests(100).is_empty(), "asked again inside the backoff");
+        assert_eq!(s.next_requests(150), vec![("a", 0)], "a busy peer still holds the chunk");
+        s.failed(&"a", 0, 150, 150);
+        assert!(s.next_requests(10_000).is_empty(), "a failed peer is not asked until its next map");
     }
 
     #[test]

@@ -33,15 +33,20 @@ fn origin_bytes(n: &Node) -> u64 {
     n.status().transfers.iter().filter(|t| t.peer.starts_with("origin ")).map(|t| t.bytes_down).sum()
 }
 
-/// Four nodes on loopback that find each other through one static peer.
+/// `n` nodes on loopback that find each other through one static peer.
 fn site(dir: &std::path::Path, n: usize) -> Vec<Node> {
+    site_with(dir, n, "")
+}
+
+/// `n` nodes on loopback with `extra` in every node.toml.
+fn site_with(dir: &std::path::Path, n: usize, extra: &str) -> Vec<Node> {
     let root = dir.join("root.lpr");
-    let mut first = Node::new(dir, "n1", &root, &[], "");
+    let mut first = Node::new(dir, "n1", &root, &[], extra);
     first.start();
     let port = first.port;
     let mut nodes = vec![first];
     for i in 2..=n {
-        let mut node = Node::new(dir, &format!("n{i}"), &root, &[port], "");
+        let mut node = Node::new(dir, &format!("n{i}"), &root, &[port], extra);
         node.start();
         nodes.push(node);
     }
@@ -69,6 +74,32 @@ fn site_nodes_split_origin_work_so_each_chunk_crosses_the_wan_about_once() {
     }
     // At most a couple of chunks fetched twice while the site settled.
     assert!(served <= (data.len() + 2 * CHUNK) as u64, "origin served {ratio:.3} x the release");
+}
+
+#[test]
+fn only_site_origin_fetchers_nodes_fetch_from_the_origin_and_the_rest_get_it_over_the_lan() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let data = payload(4 * 1024 * 1024, 13);
+    let origin = OriginServer::start(HashMap::from([("payload.bin".to_string(), data.clone())]), 2 * 1024 * 1024, None);
+    let bundle = make_release(dir, "bundle", 1, &data, CHUNK as u32, &["--origin", &origin.url()]);
+    let nodes = site_with(dir, 6, "site_origin_fetchers = 2");
+    announce(&nodes[0], &bundle);
+    wait_until(Duration::from_secs(60), "every node downloads", || nodes.iter().all(downloaded));
+    let fetched: Vec<u64> = nodes.iter().map(origin_bytes).collect();
+    eprintln!("bytes each node fetched from the origin: {fetched:?}");
+    for n in &nodes {
+        assert_eq!(n.blob(&blob_name(&data)).as_deref(), Some(&data[..]));
+    }
+    let fetchers = fetched.iter().filter(|b| **b > 0).count();
+    assert!((1..=2).contains(&fetchers), "{fetchers} of 6 nodes fetched from the origin, the budget is 2: {fetched:?}");
+    let served = origin.served.load(Ordering::Relaxed);
+    assert!(
+        served <= (data.len() + 2 * CHUNK) as u64,
+        "origin served {served} bytes for a {}-byte release",
+        data.len()
+    );
 }
 
 #[test]
