@@ -5,7 +5,8 @@
 //! so a slow peer never holds up the loop. Every chunk is verified against the signed manifest
 //! before it is written; a peer that sends a bad chunk is banned at once.
 //!
-//! The first round asks every peer (so the origin fetchers are chosen from a full view); later
+//! The first round asks every peer (peers that have not answered yet count as participants in the
+//! origin work, so the site's origin fetchers are chosen alike on every node); later
 //! rounds ask the site's origin fetchers (where new chunks appear first) and at most
 //! [`HAVE_FANOUT`] others, least recently asked first, and never a peer that already holds the
 //! whole release. A node's have-map queries per round therefore stay bounded at any fleet size
@@ -39,6 +40,9 @@ const IDLE_REFRESH: Duration = Duration::from_millis(150);
 /// A downloading peer whose have-map has not grown for this long is presumed stalled; its share
 /// of origin work moves to the others.
 const STALL: Duration = Duration::from_secs(15);
+/// For this long after a download starts, a peer that said it is not downloading the release (and
+/// does not hold all of it) still counts as a participant in the origin work.
+const UNDECIDED: Duration = Duration::from_secs(5);
 /// Have-map queries per refresh round besides the origin fetchers.
 const HAVE_FANOUT: usize = 8;
 const BACKOFF_MS: u64 = 1500;
@@ -127,8 +131,8 @@ struct Refresh {
     tx: mpsc::Sender<HaveAnswer>,
     asking: HashSet<PeerId>,
     last_asked: HashMap<PeerId, Instant>,
-    /// Queries of the first round (every peer) still unanswered; origin work waits for them.
-    first_round: Option<HashSet<PeerId>>,
+    /// Whether the first round (every peer) has been sent.
+    first_round_sent: bool,
 }
 
 /// A finished request: from a peer, or from an origin (by index into the manifest's origins).
@@ -169,7 +173,8 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     }
     let (tx, mut rx) = mpsc::channel::<(Source, usize, Result<Vec<u8>, FetchError>)>(64);
     let (have_tx, mut have_rx) = mpsc::channel::<HaveAnswer>(64);
-    let mut refresh = Refresh { tx: have_tx, asking: HashSet::new(), last_asked: HashMap::new(), first_round: None };
+    let mut refresh =
+        Refresh { tx: have_tx, asking: HashSet::new(), last_asked: HashMap::new(), first_round_sent: false };
     let start = Instant::now();
     let mut last_refresh: Option<Instant> = None;
     let mut views: HashMap<PeerId, PeerView> = HashMap::new();
@@ -207,10 +212,12 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         }
         // Origin work: chunks no LAN peer holds, split among the nodes that want the release.
         let usable_origin = (0..origins.len()).find(|i| !bad_origins.contains(i));
-        let first_round_answered = refresh.first_round.as_ref().is_some_and(HashSet::is_empty);
+        // Origin work starts at ORIGIN_SETTLE whether or not every peer has answered (those that
+        // have not count as participants): the site's fetchers then open their connections at
+        // about the same moment, before the first of them fills the WAN link's queue, in which
+        // a late handshake is easily lost.
         if let Some(oi) = usable_origin
             && start.elapsed() >= ORIGIN_SETTLE
-            && first_round_answered
             && Instant::now() >= origin_backoff
         {
             let me = s.net.local;
@@ -219,6 +226,10 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             // that counted only the peers that answered would elect itself a fetcher, so that
             // dozens of nodes would open origin connections at once.
             let unknown_counts = start.elapsed() < STALL;
+            // A peer that said it is not downloading may only not have queued the release yet (on
+            // a loaded site that takes a while): early on it counts too, unless it holds it all.
+            let undecided_counts = start.elapsed() < UNDECIDED;
+            let n = sched.len();
             let my_progress = last_new_chunk;
             let mut participants: Vec<PeerId> = s
                 .net
@@ -226,7 +237,8 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 .into_iter()
                 .filter(|p| !sched.is_banned(p) && !s.is_banned(p))
                 .filter(|p| match views.get(p) {
-                    Some(v) => v.downloading && !stalled(v, my_progress),
+                    Some(v) if v.downloading => !stalled(v, my_progress),
+                    Some(v) => undecided_counts && v.have_count < n,
                     None => unknown_counts,
                 })
                 .collect();
@@ -396,8 +408,8 @@ fn refresh_peers(
     let n = sched.len();
     let candidates: Vec<PeerId> =
         ready.into_iter().filter(|p| !s.is_banned(p) && !sched.is_banned(p) && !refresh.asking.contains(p)).collect();
-    let ask: Vec<PeerId> = if refresh.first_round.is_none() {
-        refresh.first_round = Some(candidates.iter().copied().collect());
+    let ask: Vec<PeerId> = if !refresh.first_round_sent {
+        refresh.first_round_sent = true;
         candidates
     } else {
         // A peer holding every chunk has nothing new to tell.
@@ -437,9 +449,6 @@ fn have_answered(
     answer: HaveResult,
 ) {
     refresh.asking.remove(&peer);
-    if let Some(first) = refresh.first_round.as_mut() {
-        first.remove(&peer);
-    }
     // A peer that did not answer keeps its last have-map and view: on a busy site a slow answer
     // is not a departure, and dropping it would move its share of origin work to others and
     // fetch those chunks twice.

@@ -69,7 +69,15 @@ async fn handle(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream) -> an
                 s.trust().manifests.get(&manifest).map(|m| m.value().files.iter().map(|f| f.hash).collect());
             let resp = match files.and_then(|f| s.library.have_flat(&f)) {
                 Some(have) => {
-                    let downloading = s.downloading.lock().unwrap_or_else(|p| p.into_inner()).contains(&manifest);
+                    // Downloading it, or queued to: either way a participant in the site's origin
+                    // work (a node counting only running downloads would elect itself a fetcher).
+                    let running = s.downloading.lock().unwrap_or_else(|p| p.into_inner()).contains(&manifest);
+                    let downloading = running
+                        || s.queue
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .iter()
+                            .any(|m| m.payload_hash() == manifest);
                     Response::Have { bits: wire::pack_bits(&have), downloading }
                 }
                 None => Response::NotFound,
