@@ -40,6 +40,9 @@ const IDLE_REFRESH: Duration = Duration::from_millis(150);
 /// A downloading peer whose have-map has not grown for this long is presumed stalled; its share
 /// of origin work moves to the others.
 const STALL: Duration = Duration::from_secs(15);
+/// A downloading peer whose have-map has not grown for this long is stalled even if nobody else
+/// progressed either.
+const STALL_ALWAYS: Duration = Duration::from_secs(60);
 /// For this long after a download starts, a peer that said it is not downloading the release (and
 /// does not hold all of it) still counts as a participant in the origin work.
 const UNDECIDED: Duration = Duration::from_secs(5);
@@ -110,8 +113,13 @@ fn elapsed_ms(start: Instant) -> u64 {
 /// did: it hung or lost its way to the origin while the site moved on. When the whole site waits
 /// (a congested WAN link), nobody is stalled and the origin fetchers stay who they are; dropping
 /// them then would only elect more fetchers and open more connections across the congested link.
+///
+/// Whatever the site does, a peer whose have-map has not grown for [`STALL_ALWAYS`] is stalled:
+/// peers that claim to download and never progress (a Sybil set ground to rank first as fetchers)
+/// hold up the site's origin work for at most that long.
 fn stalled(v: &PeerView, my_progress: Instant) -> bool {
-    v.last_progress.elapsed() >= STALL && my_progress > v.last_progress + STALL
+    let quiet = v.last_progress.elapsed();
+    quiet >= STALL_ALWAYS || (quiet >= STALL && my_progress > v.last_progress + STALL)
 }
 
 /// What this node last learned about a peer for the current release.

@@ -172,3 +172,34 @@ fn no_expression_takes_the_same_std_mutex_twice() {
         }
     }
 }
+
+#[test]
+fn every_test_the_docs_cite_exists() {
+    // A test named in THREAT-MODEL.md or ARCHITECTURE.md as the proof of a defence or an
+    // invariant must exist: a renamed or deleted test would leave a claim without its proof.
+    let mut fns = std::collections::HashSet::new();
+    for dir in ["protocol", "node/src", "signer/src", "tests/it"] {
+        for (_, text) in sources(dir) {
+            for part in text.split("fn ").skip(1) {
+                let ident: String = part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                fns.insert(ident);
+            }
+        }
+    }
+    let mut cited = 0;
+    for doc in ["docs/THREAT-MODEL.md", "docs/ARCHITECTURE.md"] {
+        let text = fs::read_to_string(repo().join(doc)).unwrap();
+        for quoted in text.split('`').skip(1).step_by(2) {
+            // Test names are long snake_case words, perhaps behind a module path.
+            let last = quoted.rsplit("::").next().unwrap_or(quoted);
+            let is_test_name = last.len() > 24
+                && last.matches('_').count() >= 3
+                && last.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if is_test_name {
+                cited += 1;
+                assert!(fns.contains(last), "{doc} cites `{quoted}`, which is not a function of this repository");
+            }
+        }
+    }
+    assert!(cited > 20, "found only {cited} cited tests: the docs' format changed and this check no longer sees them");
+}
