@@ -420,9 +420,9 @@ fn refresh_peers(
         refresh.first_round_sent = true;
         candidates
     } else {
-        // A peer holding every chunk has nothing new to tell.
-        let useful: Vec<PeerId> =
-            candidates.into_iter().filter(|p| views.get(p).is_none_or(|v| v.have_count < n)).collect();
+        // A peer holding every chunk has nothing new to tell (as long as no request to it failed:
+        // a failure clears that chunk from its map until it is asked again).
+        let useful: Vec<PeerId> = candidates.into_iter().filter(|p| !sched.peer_has_all(p)).collect();
         let downloading: Vec<PeerId> =
             useful.iter().copied().filter(|p| views.get(p).is_some_and(|v| v.downloading)).collect();
         let mut ids: Vec<Vec<u8>> = downloading.iter().map(|p| p.to_bytes()).collect();

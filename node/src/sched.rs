@@ -102,6 +102,12 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
         self.peers.keys().cloned()
     }
 
+    /// Whether, as far as this scheduler knows, the peer holds every chunk (a failed request
+    /// clears the chunk from its map, so such a peer is asked for its map again).
+    pub fn peer_has_all(&self, peer: &P) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.avail.iter().all(|a| *a))
+    }
+
     pub fn remove_peer(&mut self, peer: &P) {
         self.peers.remove(peer);
         for list in &mut self.inflight {
