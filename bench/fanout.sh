@@ -10,6 +10,11 @@
 # The origin is nginx (Debian's package: static files, range requests, keep-alive), as a vendor
 # mirror or the company's download server would be.
 #
+# MODE=lan (or bench/lan.sh) measures the other bottleneck: every host's port shaped to R Mbit/s
+# both ways (lab LAN_RATE), host 1 publishing the release itself (lanpatch `publish`, nginx on host 1
+# for HTTP, host 1 seeding for BitTorrent) and N - 1 hosts downloading. The limit is then S/R (each
+# downloader's port) and the egress column counts bytes sent by host 1 (the seed upload) over S.
+#
 # usage: sudo bench/fanout.sh [N=8] [S_MIB=32] [R_MBIT=20]    (KEEP=1 keeps the work directory,
 #        ONLY=lanpatch skips the HTTP and BitTorrent runs, LANPATCH_BIN=DIR takes lanpatch-node
 #        and lanpatch-signer from DIR instead of building them: to measure a before and an after)
@@ -17,12 +22,18 @@ set -euo pipefail
 N=${1:-8}
 S_MIB=${2:-32}
 R_MBIT=${3:-20}
+MODE=${MODE:-wan}
+case "$MODE" in wan | lan) ;; *) echo "MODE must be wan or lan, not $MODE" >&2; exit 2 ;; esac
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 LAB=${LAB_SCRIPT:-$ROOT/lab/netns.sh}
 P=lpb
 export LAB_NET=${LAB_NET:-10.231.77}
-ORIGIN=$LAB_NET.250
+if [ "$MODE" = lan ]; then
+  ORIGIN=$LAB_NET.1 SRC_NS=$P-1 FIRST=2 # host 1 is the seed and the HTTP server
+else
+  ORIGIN=$LAB_NET.250 SRC_NS=$P-origin FIRST=1
+fi
 WORK=$(mktemp -d /tmp/lanpatch-bench.XXXXXX)
 chmod 755 "$WORK"
 PIDS=()
@@ -54,9 +65,13 @@ fi
 SIGNER=$BIN/lanpatch-signer
 
 now() { date +%s.%N; }
-egress() { ip netns exec "$P-origin" cat /sys/class/net/eth0/statistics/tx_bytes; }
+egress() { ip netns exec "$SRC_NS" cat /sys/class/net/eth0/statistics/tx_bytes; }
 
-sh "$LAB" up "$N" "$P" "${R_MBIT}mbit"
+if [ "$MODE" = lan ]; then
+  LAN_RATE=${R_MBIT}mbit sh "$LAB" up "$N" "$P" 1000mbit
+else
+  sh "$LAB" up "$N" "$P" "${R_MBIT}mbit"
+fi
 mkdir -p "$WORK/www" "$WORK/keys" "$WORK/lp" "$WORK/http" "$WORK/bt" "$WORK/tracker"
 head -c $((S_MIB * 1024 * 1024)) /dev/urandom > "$WORK/www/payload.bin"
 SIZE=$(stat -c %s "$WORK/www/payload.bin")
@@ -81,17 +96,18 @@ http {
   }
 }
 CONF
-ip netns exec "$P-origin" nginx -c "$WORK/nginx/nginx.conf" &
+ip netns exec "$SRC_NS" nginx -c "$WORK/nginx/nginx.conf" &
 PIDS+=($!)
-until ip netns exec "$P-origin" curl -s -o /dev/null -r 0-0 "http://$ORIGIN:8000/payload.bin"; do
+until ip netns exec "$SRC_NS" curl -s -o /dev/null -r 0-0 "http://$ORIGIN:8000/payload.bin"; do
   kill -0 "${PIDS[-1]}" 2>/dev/null || { echo "nginx did not start: $(cat "$WORK/nginx/error.log")" >&2; exit 1; }
   sleep 0.1
 done
-echo "N=$N S=$S_MIB MiB R=$R_MBIT Mbit/s: S/R = $(printf %.1f "$LIMIT") s"
+echo "$MODE: N=$N S=$S_MIB MiB R=$R_MBIT Mbit/s: S/R = $(printf %.1f "$LIMIT") s"
+COPIES=$((N - FIRST + 1)) # hosts that download
 
 RESULTS=()
 report() { # name seconds egress_bytes verified
-  RESULTS+=("$(python3 -c "print(f'{\"$1\":<11} {$2:>8.1f} {$2/$LIMIT:>8.2f} {$3/$SIZE:>9.3f}   $4/$N')")")
+  RESULTS+=("$(python3 -c "print(f'{\"$1\":<11} {$2:>8.1f} {$2/$LIMIT:>8.2f} {$3/$SIZE:>9.3f}   $4/$COPIES')")")
   echo "  ${RESULTS[-1]}"
 }
 
@@ -103,8 +119,13 @@ for a in alice bob; do "$SIGNER" keygen --out $a.key >/dev/null; done
   --approve-key alice.key.pub --approve-key bob.key.pub --approve-threshold 2 >/dev/null
 "$SIGNER" root sign --key alice.key root.lpr >/dev/null
 "$SIGNER" root sign --key bob.key root.lpr >/dev/null
-"$SIGNER" release create --product bench --version 1 --dir "$WORK/www" --install "sh -c true" \
-  --origin "http://$ORIGIN:8000" --out bundle >/dev/null
+if [ "$MODE" = lan ]; then
+  "$SIGNER" release create --product bench --version 1 --dir "$WORK/www" --install "sh -c true" \
+    --out bundle >/dev/null
+else
+  "$SIGNER" release create --product bench --version 1 --dir "$WORK/www" --install "sh -c true" \
+    --origin "http://$ORIGIN:8000" --out bundle >/dev/null
+fi
 "$SIGNER" release sign --key alice.key bundle >/dev/null
 "$SIGNER" release sign --key bob.key bundle >/dev/null
 NODE_PIDS=()
@@ -136,14 +157,18 @@ rss() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
 IDLE_RSS=(); CPU0=()
 for p in "${NODE_PIDS[@]}"; do IDLE_RSS+=("$(rss "$p" VmRSS)"); CPU0+=("$(cpu "$p")"); done
 e0=$(egress); t0=$(now)
-"$SIGNER" publish --metadata-only --node "$WORK/lp/h1/data/control.sock" bundle >/dev/null
+if [ "$MODE" = lan ]; then
+  "$SIGNER" publish --node "$WORK/lp/h1/data/control.sock" bundle >/dev/null
+else
+  "$SIGNER" publish --metadata-only --node "$WORK/lp/h1/data/control.sock" bundle >/dev/null
+fi
 # The nodes' own completion times (ms), so polling does not count.
 FIN=$(python3 "$HERE/poll.py" done 900 "${SOCKS[@]}") || { echo "lanpatch did not finish" >&2; exit 1; }
 e1=$(egress)
 t1=$(python3 -c "import sys; print(max(int(x) for x in sys.argv[1:]) / 1000)" $FIN)
 echo "  lanpatch per-node completion (s after publish): $(python3 -c "import sys; print(' '.join(f'{int(x)/1000 - $t0:.1f}' for x in sys.argv[1:]))" $FIN)"
 ok=0
-for i in $(seq 1 "$N"); do
+for i in $(seq "$FIRST" "$N"); do
   f=$(ls "$WORK/lp/h$i/data/blobs/"* 2>/dev/null | head -1)
   [ -n "$f" ] && [ "$(sha256sum "$f" | cut -d' ' -f1)" = "$SHA" ] && ok=$((ok + 1))
 done
@@ -151,9 +176,10 @@ report lanpatch "$(python3 -c "print($t1 - $t0)")" $((e1 - e0)) $ok
 RES_LINES=()
 for k in "${!NODE_PIDS[@]}"; do
   p=${NODE_PIDS[$k]}
-  RES_LINES+=("$(printf 'h%-3s idle RSS %6.1f MiB   peak RSS %6.1f MiB   CPU %6.2f s' $((k + 1)) \
-    "$(python3 -c "print(${IDLE_RSS[$k]}/1024)")" "$(python3 -c "print($(rss "$p" VmHWM)/1024)")" \
-    "$(python3 -c "print(($(cpu "$p") - ${CPU0[$k]}) / $ticks)")")")
+  c=$(python3 -c "print(($(cpu "$p") - ${CPU0[$k]}) / $ticks)")
+  RES_LINES+=("$(printf 'h%-3s idle RSS %6.1f MiB   peak RSS %6.1f MiB   CPU %6.2f s = %6.2f s per GiB received' \
+    $((k + 1)) "$(python3 -c "print(${IDLE_RSS[$k]}/1024)")" "$(python3 -c "print($(rss "$p" VmHWM)/1024)")" \
+    "$c" "$(python3 -c "print($c * 1073741824 / $SIZE)")")")
 done
 for p in "${NODE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 sleep 1
@@ -166,14 +192,14 @@ fi
 # ---- HTTP: every host downloads the file itself -------------------------------------------
 e0=$(egress); t0=$(now)
 CURLS=()
-for i in $(seq 1 "$N"); do
+for i in $(seq "$FIRST" "$N"); do
   ip netns exec "$P-$i" curl -s -o "$WORK/http/h$i.bin" "http://$ORIGIN:8000/payload.bin" &
   CURLS+=($!)
 done
 for c in "${CURLS[@]}"; do wait "$c"; done
 t1=$(now); e1=$(egress)
 ok=0
-for i in $(seq 1 "$N"); do [ "$(sha256sum "$WORK/http/h$i.bin" | cut -d' ' -f1)" = "$SHA" ] && ok=$((ok + 1)); done
+for i in $(seq "$FIRST" "$N"); do [ "$(sha256sum "$WORK/http/h$i.bin" | cut -d' ' -f1)" = "$SHA" ] && ok=$((ok + 1)); done
 report http "$(python3 -c "print($t1 - $t0)")" $((e1 - e0)) $ok
 rm -f "$WORK"/http/*.bin
 
@@ -187,16 +213,16 @@ access.whitelist /whitelist.txt
 tracker.rootdir $WORK/tracker
 tracker.user _opentracker
 CONF
-ip netns exec "$P-origin" opentracker -f "$WORK/tracker/opentracker.conf" > "$WORK/tracker/log" 2>&1 &
+ip netns exec "$SRC_NS" opentracker -f "$WORK/tracker/opentracker.conf" > "$WORK/tracker/log" 2>&1 &
 PIDS+=($!)
 sleep 1
 ARIA=(--enable-dht=false --enable-dht6=false --bt-enable-lpd=false --seed-ratio=0.0 --file-allocation=none
       --summary-interval=0 --console-log-level=error --listen-port=6881 --bt-stop-timeout=0)
-ip netns exec "$P-origin" aria2c "${ARIA[@]}" --check-integrity=true --dir="$WORK/www" "$WORK/bt/payload.torrent" > "$WORK/bt/seed.log" 2>&1 &
+ip netns exec "$SRC_NS" aria2c "${ARIA[@]}" --check-integrity=true --dir="$WORK/www" "$WORK/bt/payload.torrent" > "$WORK/bt/seed.log" 2>&1 &
 PIDS+=($!)
 sleep 2
 e0=$(egress); t0=$(now)
-for i in $(seq 1 "$N"); do
+for i in $(seq "$FIRST" "$N"); do
   mkdir -p "$WORK/bt/h$i"
   ip netns exec "$P-$i" aria2c "${ARIA[@]}" --dir="$WORK/bt/h$i" "$WORK/bt/payload.torrent" > "$WORK/bt/h$i.log" 2>&1 &
   PIDS+=($!)
@@ -204,21 +230,25 @@ done
 deadline=$((SECONDS + 900))
 while :; do
   done_n=0
-  for i in $(seq 1 "$N"); do
+  for i in $(seq "$FIRST" "$N"); do
     f=$WORK/bt/h$i/payload.bin
     [ -f "$f" ] && [ ! -f "$f.aria2" ] && [ "$(stat -c %s "$f")" = "$SIZE" ] && done_n=$((done_n + 1))
   done
-  [ $done_n = "$N" ] && break
+  [ $done_n = "$COPIES" ] && break
   [ $SECONDS -lt $deadline ] || { echo "BitTorrent did not finish" >&2; exit 1; }
   sleep 0.2
 done
 t1=$(now); e1=$(egress)
 ok=0
-for i in $(seq 1 "$N"); do [ "$(sha256sum "$WORK/bt/h$i/payload.bin" | cut -d' ' -f1)" = "$SHA" ] && ok=$((ok + 1)); done
+for i in $(seq "$FIRST" "$N"); do [ "$(sha256sum "$WORK/bt/h$i/payload.bin" | cut -d' ' -f1)" = "$SHA" ] && ok=$((ok + 1)); done
 report bittorrent "$(python3 -c "print($t1 - $t0)")" $((e1 - e0)) $ok
 
 echo
-echo "method      seconds  x limit  egress/S   verified copies"
+if [ "$MODE" = lan ]; then
+  echo "method      seconds  x limit  seed up/S  verified copies"
+else
+  echo "method      seconds  x limit  egress/S   verified copies"
+fi
 printf '%s\n' "${RESULTS[@]}"
 echo
 echo "lanpatch per node (idle RSS before publish, peak RSS over the run, CPU seconds during the transfer):"
