@@ -153,9 +153,10 @@ fewest=$(python3 "$HERE/poll.py" peers "$want" 240 "${SOCKS[@]}") \
 echo "  discovery: every node has >= $fewest peers after $SECONDS s"
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+sys() { awk '{print $15}' "/proc/$1/stat"; }
 rss() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
-IDLE_RSS=(); CPU0=()
-for p in "${NODE_PIDS[@]}"; do IDLE_RSS+=("$(rss "$p" VmRSS)"); CPU0+=("$(cpu "$p")"); done
+IDLE_RSS=(); CPU0=(); SYS0=()
+for p in "${NODE_PIDS[@]}"; do IDLE_RSS+=("$(rss "$p" VmRSS)"); CPU0+=("$(cpu "$p")"); SYS0+=("$(sys "$p")"); done
 e0=$(egress); t0=$(now)
 if [ "$MODE" = lan ]; then
   "$SIGNER" publish --node "$WORK/lp/h1/data/control.sock" bundle >/dev/null
@@ -177,9 +178,10 @@ RES_LINES=()
 for k in "${!NODE_PIDS[@]}"; do
   p=${NODE_PIDS[$k]}
   c=$(python3 -c "print(($(cpu "$p") - ${CPU0[$k]}) / $ticks)")
-  RES_LINES+=("$(printf 'h%-3s idle RSS %6.1f MiB   peak RSS %6.1f MiB   CPU %6.2f s = %6.2f s per GiB received' \
+  k_s=$(python3 -c "print(($(sys "$p") - ${SYS0[$k]}) / $ticks)")
+  RES_LINES+=("$(printf 'h%-3s idle RSS %6.1f MiB   peak RSS %6.1f MiB   CPU %5.2f s (kernel %5.2f s) = %5.2f s per GiB received' \
     $((k + 1)) "$(python3 -c "print(${IDLE_RSS[$k]}/1024)")" "$(python3 -c "print($(rss "$p" VmHWM)/1024)")" \
-    "$c" "$(python3 -c "print($c * 1073741824 / $SIZE)")")")
+    "$c" "$k_s" "$(python3 -c "print($c * 1073741824 / $SIZE)")")")
 done
 for p in "${NODE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 sleep 1

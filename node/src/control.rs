@@ -233,6 +233,10 @@ async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<Contr
             Ok(())
         })
         .await??;
+        // This node holds the only copy: send each chunk out once before any twice.
+        for f in &manifest.value().files {
+            s.seeding.start(f.hash, f.chunks.len());
+        }
     } else if manifest.value().origins.is_empty() {
         return Err(fail(
             ErrorKind::BadRequest,

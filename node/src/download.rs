@@ -72,6 +72,8 @@ enum FetchError {
     NotFound,
     #[error("peer is busy")]
     Busy,
+    #[error("peer sent that chunk to another peer already")]
+    Elsewhere,
     #[error("timed out")]
     Timeout,
     /// The origin redirected where the policy does not allow (another origin, a file:// URL).
@@ -376,6 +378,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 let jitter = (seed ^ flat as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57;
                 sched.busy(&peer, flat, elapsed_ms(start), BUSY_BACKOFF_MS + jitter);
             }
+            (Source::Peer(peer), Err(FetchError::Elsewhere)) => sched.elsewhere(&peer, flat),
             (Source::Peer(peer), Err(e)) => {
                 tracing::debug!(%peer, chunk = flat, "chunk request failed: {e}");
                 sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
@@ -570,6 +573,7 @@ async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Re
                 })?
             }
             Response::Busy => return Err(FetchError::Busy),
+            Response::Elsewhere => return Err(FetchError::Elsewhere),
             _ => return Err(FetchError::NotFound),
         };
         let _ = stream.close().await;

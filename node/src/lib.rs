@@ -20,6 +20,7 @@ pub mod policy;
 pub mod ratelimit;
 pub mod report;
 pub mod sched;
+pub mod seeding;
 pub mod serve;
 pub mod shared;
 pub mod store;

@@ -233,6 +233,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         origin_limit: RateLimiter::new(cfg.origin_limit),
         origins: crate::origin::Origins::new(cfg.origin_redirects)?,
         uploads: Semaphore::new(cfg.max_concurrent_uploads),
+        seeding: Default::default(),
         cfg,
         store,
         library,

@@ -249,6 +249,16 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
         }
     }
 
+    /// The peer (a seed sending each chunk once) sent this chunk to someone else: ask the others
+    /// first. The chunk leaves the peer's map until its next one, with no backoff, so the peer
+    /// is asked for other chunks at once.
+    pub fn elsewhere(&mut self, peer: &P, c: usize) {
+        self.release(peer, c);
+        if let Some(a) = self.peers.get_mut(peer).and_then(|p| p.avail.get_mut(c)) {
+            *a = false;
+        }
+    }
+
     pub fn failed(&mut self, peer: &P, c: usize, now_ms: u64, backoff_ms: u64) {
         self.release(peer, c);
         if let Some(p) = self.peers.get_mut(peer) {

@@ -119,6 +119,11 @@ async fn serve_chunk(
         wire::write_frame(stream, &Response::Busy).await?;
         return Ok(());
     };
+    // After the permit: a chunk counts as sent only when it is about to go out.
+    if s.seeding.answer(&file, index) == crate::seeding::Answer::Elsewhere {
+        wire::write_frame(stream, &Response::Elsewhere).await?;
+        return Ok(());
+    }
     let lib = s.library.clone();
     let data = tokio::task::spawn_blocking(move || lib.read_chunk(&file, index)).await??;
     let Some(mut data) = data else {

@@ -66,6 +66,8 @@ pub struct Shared {
     pub origin_limit: RateLimiter,
     pub origins: crate::origin::Origins,
     pub uploads: Semaphore,
+    /// Releases this node published and is the first to seed (see seeding.rs).
+    pub seeding: crate::seeding::Seeding,
     pub refusals: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
 }

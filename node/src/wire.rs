@@ -54,6 +54,10 @@ pub enum Response {
     NotFound,
     /// The peer is at its upload limit; ask someone else or later.
     Busy,
+    /// The peer is seeding a release it published and sent this chunk to another peer already:
+    /// take it from a peer that holds it. The requester drops the chunk from this peer's
+    /// have-map until its next have-map round, so it comes back here if nobody else has it.
+    Elsewhere,
 }
 
 #[derive(Debug, thiserror::Error)]
