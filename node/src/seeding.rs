@@ -16,7 +16,7 @@ use std::time::Instant;
 use lanpatch_protocol::Hash32;
 
 /// How long after a chunk first went out a second request for it is answered `Elsewhere`.
-pub const HOLD_MS: u64 = 3000;
+pub const HOLD_MS: u64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {

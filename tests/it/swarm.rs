@@ -44,38 +44,6 @@ fn six_nodes_get_identical_verified_copies_and_the_seed_uploads_far_less_than_si
 }
 
 #[test]
-fn a_publishing_seed_sends_each_chunk_once_before_any_twice_so_it_uploads_about_one_copy() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    make_fleet_keys(dir);
-    let data = payload(6 * MIB, 3);
-    let bundle = make_release(dir, "bundle", 1, &data, 64 * 1024, &[]);
-    let root = dir.join("root.lpr");
-    // A seed as fast as everyone else: without initial seeding every node asks it first.
-    let mut seed = Node::new(dir, "seed", &root, &[], "");
-    seed.start();
-    let mut nodes: Vec<Node> = (1..=5).map(|i| Node::new(dir, &format!("n{i}"), &root, &[seed.port], "")).collect();
-    for n in &mut nodes {
-        n.start();
-    }
-    wait_until(Duration::from_secs(30), "full mesh", || nodes.iter().all(|n| n.status().peers.len() == 5));
-    seed.publish(&bundle);
-    wait_until(Duration::from_secs(90), "all five downloads", || nodes.iter().all(|n| downloaded(n, 1)));
-    let name = blob_name(&data);
-    for n in &nodes {
-        assert!(n.blob(&name).as_deref() == Some(&data[..]), "{} holds different bytes", n.dir.display());
-    }
-    let seed_up: u64 = seed.status().transfers.iter().map(|t| t.bytes_up).sum();
-    let copies = seed_up as f64 / data.len() as f64;
-    eprintln!("seed uploaded {copies:.2} copies");
-    assert!(
-        (1.0..1.65).contains(&copies),
-        "the seed uploaded {copies:.2} copies; initial seeding sends each of the 96 chunks once \
-         before any twice (without it: about 1.9 here)"
-    );
-}
-
-#[test]
 fn node_killed_mid_download_resumes_without_refetching_verified_chunks() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
