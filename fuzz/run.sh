@@ -25,7 +25,8 @@ TARGETS=("$@")
 # -s none: the crates are memory-safe Rust (unsafe is forbidden); coverage guidance is what counts.
 # One build, then the target binaries run directly (parallel `cargo fuzz run`s would rebuild).
 "${FUZZ[@]}" build -s none -O
-BIN=fuzz/target/x86_64-unknown-linux-gnu/release
+# cargo fuzz builds into CARGO_TARGET_DIR when that is set (a shared target dir), else fuzz/target.
+BIN=${CARGO_TARGET_DIR:-fuzz/target}/x86_64-unknown-linux-gnu/release
 LOGS=fuzz/target/logs
 rm -rf "$LOGS"
 mkdir -p "$LOGS"
