@@ -29,10 +29,14 @@ ROOT=$(cd "$HERE/.." && pwd)
 LAB=${LAB_SCRIPT:-$ROOT/lab/netns.sh}
 P=lpb
 export LAB_NET=${LAB_NET:-10.231.77}
+# What differs between the modes, set once: where the bytes come from, which hosts download, how
+# lanpatch gets the release, and the name of the egress column.
 if [ "$MODE" = lan ]; then
   ORIGIN=$LAB_NET.1 SRC_NS=$P-1 FIRST=2 # host 1 is the seed and the HTTP server
+  CREATE_ARGS=() PUBLISH_ARGS=() EGRESS_COL="seed up/S "
 else
   ORIGIN=$LAB_NET.250 SRC_NS=$P-origin FIRST=1
+  CREATE_ARGS=(--origin "http://$ORIGIN:8000") PUBLISH_ARGS=(--metadata-only) EGRESS_COL="egress/S  "
 fi
 WORK=$(mktemp -d /tmp/lanpatch-bench.XXXXXX)
 chmod 755 "$WORK"
@@ -119,13 +123,8 @@ for a in alice bob; do "$SIGNER" keygen --out $a.key >/dev/null; done
   --approve-key alice.key.pub --approve-key bob.key.pub --approve-threshold 2 >/dev/null
 "$SIGNER" root sign --key alice.key root.lpr >/dev/null
 "$SIGNER" root sign --key bob.key root.lpr >/dev/null
-if [ "$MODE" = lan ]; then
-  "$SIGNER" release create --product bench --version 1 --dir "$WORK/www" --install "sh -c true" \
-    --out bundle >/dev/null
-else
-  "$SIGNER" release create --product bench --version 1 --dir "$WORK/www" --install "sh -c true" \
-    --origin "http://$ORIGIN:8000" --out bundle >/dev/null
-fi
+"$SIGNER" release create --product bench --version 1 --dir "$WORK/www" --install "sh -c true" \
+  ${CREATE_ARGS[@]+"${CREATE_ARGS[@]}"} --out bundle >/dev/null
 "$SIGNER" release sign --key alice.key bundle >/dev/null
 "$SIGNER" release sign --key bob.key bundle >/dev/null
 NODE_PIDS=()
@@ -158,11 +157,7 @@ rss() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
 IDLE_RSS=(); CPU0=(); SYS0=()
 for p in "${NODE_PIDS[@]}"; do IDLE_RSS+=("$(rss "$p" VmRSS)"); CPU0+=("$(cpu "$p")"); SYS0+=("$(sys "$p")"); done
 e0=$(egress); t0=$(now)
-if [ "$MODE" = lan ]; then
-  "$SIGNER" publish --node "$WORK/lp/h1/data/control.sock" bundle >/dev/null
-else
-  "$SIGNER" publish --metadata-only --node "$WORK/lp/h1/data/control.sock" bundle >/dev/null
-fi
+"$SIGNER" publish ${PUBLISH_ARGS[@]+"${PUBLISH_ARGS[@]}"} --node "$WORK/lp/h1/data/control.sock" bundle >/dev/null
 # The nodes' own completion times (ms), so polling does not count.
 FIN=$(python3 "$HERE/poll.py" done 900 "${SOCKS[@]}") || { echo "lanpatch did not finish" >&2; exit 1; }
 e1=$(egress)
@@ -246,11 +241,7 @@ for i in $(seq "$FIRST" "$N"); do [ "$(sha256sum "$WORK/bt/h$i/payload.bin" | cu
 report bittorrent "$(python3 -c "print($t1 - $t0)")" $((e1 - e0)) $ok
 
 echo
-if [ "$MODE" = lan ]; then
-  echo "method      seconds  x limit  seed up/S  verified copies"
-else
-  echo "method      seconds  x limit  egress/S   verified copies"
-fi
+echo "method      seconds  x limit  $EGRESS_COL verified copies"
 printf '%s\n' "${RESULTS[@]}"
 echo
 echo "lanpatch per node (idle RSS before publish, peak RSS over the run, CPU seconds during the transfer):"

@@ -260,13 +260,10 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
     }
 
     pub fn failed(&mut self, peer: &P, c: usize, now_ms: u64, backoff_ms: u64) {
-        self.release(peer, c);
+        // It evidently does not have it (any more); do not ask again until its next map.
+        self.elsewhere(peer, c);
         if let Some(p) = self.peers.get_mut(peer) {
             p.backoff_until_ms = now_ms + backoff_ms;
-            // It evidently does not have it (any more); do not ask again until its next map.
-            if let Some(a) = p.avail.get_mut(c) {
-                *a = false;
-            }
         }
     }
 }

@@ -89,7 +89,8 @@ impl Seeding {
         a
     }
 
-    pub fn is_seeding(&self, file: &Hash32) -> bool {
+    #[cfg(test)]
+    fn is_seeding(&self, file: &Hash32) -> bool {
         self.lock().contains_key(file)
     }
 
