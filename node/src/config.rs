@@ -141,6 +141,10 @@ pub struct Config {
     /// Unset: only the node's user (0600).
     #[serde(default)]
     pub control_socket_group: Option<String>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), as `ip:port`; an empty string turns the
+    /// endpoint off. Port 0 picks a free port (its address is logged at start).
+    #[serde(default = "default_metrics_listen", deserialize_with = "empty_is_none")]
+    pub metrics_listen: Option<String>,
     /// On SIGTERM, how long a running install may go on before its whole process group is
     /// killed and the install is recorded as interrupted (resolved at the next start).
     #[serde(default = "default_grace")]
@@ -189,6 +193,13 @@ fn default_true() -> bool {
 }
 fn default_ring() -> RingName {
     RingName::try_from("broad".to_string()).unwrap_or_else(|_| unreachable!("valid literal"))
+}
+fn default_metrics_listen() -> Option<String> {
+    Some("127.0.0.1:9717".to_string())
+}
+fn empty_is_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v: Option<String> = serde::Deserialize::deserialize(d)?;
+    Ok(v.filter(|s| !s.trim().is_empty()))
 }
 fn default_quota() -> u64 {
     20 * 1024 * 1024 * 1024

@@ -361,6 +361,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         transfers,
         banned,
         statement,
+        metrics: s.metrics_addr.clone(),
     })
 }
 

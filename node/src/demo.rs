@@ -206,7 +206,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
             _ => (format!("\"/ip4/127.0.0.1/tcp/{seed_port}\""), "ring = \"broad\"".to_string()),
         };
         let toml = format!(
-            "data_dir = \"data\"\ntrust_root = \"../root.lpr\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nstatic_peers = [{peers}]\nmdns = false\n{extra}\n"
+            "data_dir = \"data\"\ntrust_root = \"../root.lpr\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nstatic_peers = [{peers}]\nmdns = false\nmetrics_listen = \"127.0.0.1:0\"\n{extra}\n"
         );
         std::fs::write(ndir.join("node.toml"), toml)?;
         let log = std::fs::File::create(ndir.join("node.log"))?;
@@ -439,6 +439,6 @@ pub fn print_status(st: &NodeStatus) {
     }
     println!("refusals: {}", st.refusals);
     for r in st.recent_refusals.iter().take(5) {
-        println!("  [{}] {} from {}: {}", r.at, r.kind, r.source, r.reason);
+        println!("  [{}] {} from {}: {}", r.at, r.kind.as_str(), r.source, r.reason);
     }
 }

@@ -12,6 +12,8 @@
 //! whole release. A node's have-map queries per round therefore stay bounded at any fleet size
 //! instead of growing with N (N x N across the site).
 
+use crate::metrics::{ByteSource, ChunkRefusal, OriginFailure};
+use lanpatch_protocol::control::RefusalKind;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,6 +199,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     let mut origin_ok: HashMap<usize, Instant> = HashMap::new();
     // When this node last got a chunk it did not have (the site's progress, as seen from here).
     let mut last_new_chunk = start;
+    let mut was_fetcher = false;
     let mut shutdown = s.shutdown.clone();
     while !sched.is_done() {
         let stop = {
@@ -260,6 +263,10 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 wan::fetchers(&hash, &ids, s.cfg.site_origin_fetchers).into_iter().map(|i| &ids[i]).collect();
             let my_id = me.to_bytes();
             let me_at = fetchers.iter().position(|f| **f == my_id);
+            if me_at.is_some() != was_fetcher {
+                was_fetcher = me_at.is_some();
+                tracing::debug!(manifest = %hash.short(), participants = participants.len(), fetcher = was_fetcher, views = views.len(), "origin fetcher role changed");
+            }
             if s.cfg.site_origin_limit > 0 {
                 let share = s.cfg.site_origin_limit / fetchers.len().max(1) as u64;
                 let rate = if s.cfg.origin_limit > 0 { share.min(s.cfg.origin_limit) } else { share };
@@ -302,6 +309,10 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             Source::Peer(p) => p.to_string(),
             Source::Origin(i) => format!("origin {}", origins.get(*i).map(String::as_str).unwrap_or("?")),
         };
+        let byte_source = match source {
+            Source::Peer(_) => ByteSource::Peer,
+            Source::Origin(_) => ByteSource::Origin,
+        };
         match (source, result) {
             (source, Ok(bytes)) => {
                 let len = bytes.len() as u64;
@@ -318,6 +329,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                         sched.origin_finished(flat, true)
                     }
                 };
+                s.metrics.received(byte_source, len, new);
                 if new {
                     last_new_chunk = Instant::now();
                     let mut p = s.progress();
@@ -331,11 +343,22 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             }
             (Source::Origin(oi), Err(e)) => {
                 sched.origin_finished(flat, false);
+                s.metrics.origin_failed(match e {
+                    FetchError::Bad(_) | FetchError::BadLength(_) | FetchError::Redirect(_) => OriginFailure::Bad,
+                    _ => OriginFailure::Error,
+                });
+                if let Some(reason) = chunk_refusal(&e) {
+                    s.metrics.chunk_refused(byte_source, reason);
+                }
                 let alive = origin_ok.get(&oi).is_some_and(|t| t.elapsed() < ORIGIN_ALIVE);
                 if let FetchError::Bad(_) | FetchError::BadLength(_) | FetchError::Redirect(_) = e {
                     bad_origins.insert(oi);
-                    s.refuse(from, "origin-chunk", format!("{e}; not using this origin for the rest of the release"))
-                        .await;
+                    s.refuse(
+                        from,
+                        RefusalKind::OriginChunk,
+                        format!("{e}; not using this origin for the rest of the release"),
+                    )
+                    .await;
                 } else if alive {
                     // Congestion: try again soon, and do not count it towards dropping the origin.
                     tracing::info!(origin = %from, chunk = flat, "origin request failed: {e}; the origin is alive (congestion?), next try in {BACKOFF_MS} ms");
@@ -352,7 +375,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                         let why = format!(
                             "{e}; {failures} failures in a row, not using this origin for the rest of the release"
                         );
-                        s.refuse(from, "origin-failing", why).await;
+                        s.refuse(from, RefusalKind::OriginFailing, why).await;
                     } else {
                         // Exponential backoff: 1.5 s, 3 s, 6 s ... at most 60 s (12 s for the
                         // last usable origin).
@@ -364,11 +387,13 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 }
             }
             (Source::Peer(peer), Err(FetchError::Bad(e))) => {
+                s.metrics.chunk_refused(byte_source, ChunkRefusal::HashMismatch);
                 sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
                 sched.ban(&peer);
                 s.ban(peer, format!("sent a corrupt chunk: {e}")).await;
             }
             (Source::Peer(peer), Err(FetchError::BadLength(e))) => {
+                s.metrics.chunk_refused(byte_source, ChunkRefusal::WrongLength);
                 sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
                 sched.ban(&peer);
                 s.ban(peer, format!("sent a malformed chunk: {e}")).await;
@@ -543,9 +568,19 @@ pub async fn request_peers(s: &Shared, peer: PeerId) -> Result<Vec<(PeerId, Vec<
     timeout(Duration::from_secs(10), fut).await.map_err(|_| anyhow!("peer exchange timed out"))?
 }
 
+/// The metric reason for a chunk that failed its check, if that is why `e` happened.
+fn chunk_refusal(e: &FetchError) -> Option<ChunkRefusal> {
+    match e {
+        FetchError::Bad(_) => Some(ChunkRefusal::HashMismatch),
+        FetchError::BadLength(_) => Some(ChunkRefusal::WrongLength),
+        _ => None,
+    }
+}
+
 async fn fetch_from_origin(s: &Shared, base: &str, file: &FileEntry, idx: u32) -> Result<Vec<u8>, FetchError> {
     let Some((_, expected)) = file.chunk_range(idx) else { return Err(FetchError::NotFound) };
     s.origin_limit.acquire(u64::from(expected)).await;
+    s.metrics.origin_request();
     let bytes = s.origins.fetch(base, file, idx).await.map_err(|e| match e {
         crate::origin::OriginError::WrongLength { .. } => FetchError::BadLength(WireError::Malformed(e.to_string())),
         crate::origin::OriginError::Redirect(why) => FetchError::Redirect(why),

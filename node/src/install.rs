@@ -11,6 +11,7 @@
 //! Nothing runs that is not part of a manifest that passed verification: the commands come from
 //! the signed manifest, and the approval that allows them is itself verified.
 
+use crate::metrics::InstallOutcome;
 use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -528,12 +529,20 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
         return Ok(());
     }
     let store = s.store.clone();
+    let began = std::time::Instant::now();
     let out = run_command_tracked(&v.install, &stage, &env, Some(stop_of(s)), |pid| async move {
         if let Err(e) = store.set_install_pid(hash, pid).await {
             tracing::warn!("cannot record install pid: {e:#}");
         }
     })
     .await;
+    let outcome = match () {
+        _ if out.interrupted => InstallOutcome::Interrupted,
+        _ if out.timed_out => InstallOutcome::TimedOut,
+        _ if out.ok() => InstallOutcome::Succeeded,
+        _ => InstallOutcome::Failed,
+    };
+    s.metrics.installed(outcome, began.elapsed());
     if out.ok() {
         apply(s, rel, Event::InstallSucceeded, out.tail, Some(0)).await;
         return Ok(());

@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod ipguard;
 pub mod library;
 pub mod lifecycle;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod origin;

@@ -1,6 +1,7 @@
 //! The node service: wires the store, the library, the lifecycle owner, the network, the
 //! downloader, the installer, the chunk server and the control socket together.
 
+use lanpatch_protocol::control::RefusalKind;
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -226,6 +227,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     )?;
     let refusals = store.refusal_count().await?;
     let control_listener = crate::control::bind(&cfg.control_socket(), group)?;
+    let metrics_listener = match cfg.metrics_listen.as_deref() {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         facts,
         up_limit: RateLimiter::new(cfg.upload_limit),
@@ -252,6 +257,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         banned_ips,
         refusal_rate: Mutex::default(),
         refusals: AtomicU64::new(refusals),
+        metrics: crate::metrics::Metrics::new(),
+        metrics_addr: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
         shutdown: shutdown_rx.clone(),
     });
     tracing::info!(peer = %shared.net.local, fleet = %fleet.short(), ring = %shared.cfg.ring, "lanpatch-node starting");
@@ -261,6 +268,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
     tasks.spawn(swarm_task.run(shutdown_rx.clone()));
     tasks.spawn(crate::serve::serve(shared.clone(), incoming));
     tasks.spawn(crate::control::serve(shared.clone(), control_listener));
+    if let Some(l) = metrics_listener {
+        if let Some(a) = &shared.metrics_addr {
+            tracing::info!("metrics on http://{a}/metrics");
+        }
+        tasks.spawn(crate::metrics::serve(shared.clone(), l));
+    }
     tasks.spawn(download_manager(shared.clone()));
     tasks.spawn(crate::install::run(shared.clone()));
     tasks.spawn(inventory_loop(shared.clone()));
@@ -321,7 +334,7 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
             let limits = s.trust().limits.clone();
             let acceptance = match lanpatch_protocol::Envelope::decode(&data, &limits) {
                 Err(e) => {
-                    s.refuse_peer(source, "metadata", e.to_string()).await;
+                    s.refuse_peer(source, RefusalKind::Metadata, e.to_string()).await;
                     MessageAcceptance::Reject
                 }
                 Ok(env) if matches!(env.kind, lanpatch_protocol::Kind::Report | lanpatch_protocol::Kind::Inventory) => {
@@ -329,7 +342,7 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
                     match crate::report::accept_node_envelope(store, &limits, env, &data).await {
                         Ok(()) => MessageAcceptance::Accept,
                         Err(e) => {
-                            s.refuse_peer(source, "node-report", e.to_string()).await;
+                            s.refuse_peer(source, RefusalKind::NodeReport, e.to_string()).await;
                             MessageAcceptance::Reject
                         }
                     }
@@ -339,6 +352,11 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
                     Err(_) => MessageAcceptance::Reject,
                 },
             };
+            s.metrics.gossip(if matches!(acceptance, MessageAcceptance::Accept) {
+                crate::metrics::Verdict::Accepted
+            } else {
+                crate::metrics::Verdict::Refused
+            });
             s.net.validation(id, source, acceptance).await;
         }
         NetEvent::PeerReady(peer) => {

@@ -2,6 +2,7 @@
 //! `publish` alike. Check against the trust state, store, then act (queue a download, wake the
 //! installer).
 
+use lanpatch_protocol::control::RefusalKind;
 use std::sync::Arc;
 
 use anyhow::Result;
@@ -43,8 +44,8 @@ async fn settle(
         Ok(c) => commit(s, c, bytes).await,
         Err(e) => {
             match source {
-                Source::Peer(p) => s.refuse_peer(p, "metadata", e.to_string()).await,
-                Source::LocalPublish => s.refuse("local publish".into(), "metadata", e.to_string()).await,
+                Source::Peer(p) => s.refuse_peer(p, RefusalKind::Metadata, e.to_string()).await,
+                Source::LocalPublish => s.refuse("local publish".into(), RefusalKind::Metadata, e.to_string()).await,
             }
             Err(e.into())
         }

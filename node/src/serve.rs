@@ -1,6 +1,7 @@
 //! Serving peers: chunk, have-map and catalog requests on the transfer protocol, each stream in
 //! its own task, uploads bounded by a semaphore and the upload rate limit.
 
+use lanpatch_protocol::control::RefusalKind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ pub async fn serve(s: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams)
             drop(stream);
             let s = s.clone();
             tokio::spawn(async move {
-                s.refuse_peer(peer, "request-flood", format!("more than {rate} requests a second")).await;
+                s.refuse_peer(peer, RefusalKind::RequestFlood, format!("more than {rate} requests a second")).await;
             });
             continue;
         }
@@ -137,6 +138,7 @@ async fn serve_chunk(
         *b ^= 0xff;
     }
     wire::write_chunk(stream, &data).await?;
+    s.metrics.served(data.len() as u64);
     let _ = s.store.add_transfer(peer.to_string(), 0, data.len() as u64).await;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! State shared by the node's tasks, and the handles they reach each other through.
 
+use lanpatch_protocol::control::RefusalKind;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,9 @@ pub struct Shared {
     /// Releases this node published and is the first to seed (see seeding.rs).
     pub seeding: crate::seeding::Seeding,
     pub refusals: AtomicU64,
+    pub metrics: crate::metrics::Metrics,
+    /// Where the metrics endpoint listens (`ip:port`), if it is on.
+    pub metrics_addr: Option<String>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -87,8 +91,9 @@ impl Shared {
     }
 
     /// Logs, counts and stores a refusal. Every refused message or chunk goes through here.
-    pub async fn refuse(&self, source: String, kind: &'static str, reason: String) {
-        tracing::warn!(%source, kind, %reason, "refused");
+    pub async fn refuse(&self, source: String, kind: RefusalKind, reason: String) {
+        tracing::warn!(%source, kind = kind.as_str(), %reason, "refused");
+        self.metrics.refused(kind);
         self.refusals.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.store.add_refusal(now().0, source, kind, reason, self.cfg.refusal_log_max).await {
             tracing::error!("cannot record refusal: {e:#}");
@@ -97,7 +102,7 @@ impl Shared {
 
     /// A refusal caused by a peer: recorded like any other, and a peer over
     /// `ban_refusals_per_minute` is banned.
-    pub async fn refuse_peer(&self, peer: PeerId, kind: &'static str, reason: String) {
+    pub async fn refuse_peer(&self, peer: PeerId, kind: RefusalKind, reason: String) {
         if self.is_banned(&peer) {
             return;
         }
@@ -161,7 +166,8 @@ impl Shared {
             Some(ip) => format!("{reason}; banned until {} (strike {}), and its IP {ip}", ban.until, ban.strikes),
             None => format!("{reason}; banned until {} (strike {})", ban.until, ban.strikes),
         };
-        self.refuse(format!("peer {peer}"), "peer-banned", what).await;
+        self.metrics.banned();
+        self.refuse(format!("peer {peer}"), RefusalKind::PeerBanned, what).await;
         self.net.ban(peer, ban_ip).await;
     }
 

@@ -4,6 +4,7 @@
 //! never blocks on disk. Every state change is one transaction. The schema is versioned with
 //! `PRAGMA user_version`; `MIGRATIONS[i]` moves a database from version i to i + 1.
 
+use lanpatch_protocol::control::RefusalKind;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -403,10 +404,11 @@ impl Store {
         &self,
         now: u64,
         source: String,
-        kind: &'static str,
+        kind: RefusalKind,
         reason: String,
         keep: u32,
     ) -> Result<()> {
+        let kind = kind.as_str();
         self.call(move |c| {
             let tx = c.transaction()?;
             tx.execute(
@@ -494,13 +496,22 @@ impl Store {
     }
 
     /// The most recent refusals, newest first.
-    pub async fn refusals(&self, limit: u32) -> Result<Vec<(u64, String, String, String)>> {
+    /// The newest refusals; a row whose kind this version does not know is left out.
+    pub async fn refusals(&self, limit: u32) -> Result<Vec<(u64, String, RefusalKind, String)>> {
         self.call(move |c| {
             let mut st = c.prepare("SELECT at, source, kind, reason FROM refusals ORDER BY id DESC LIMIT ?1")?;
             let rows = st
-                .query_map(params![limit], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
+                .query_map(params![limit], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?))
+                })?
+                .collect::<rusqlite::Result<Vec<(u64, String, String, String)>>>()?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(at, source, kind, reason)| {
+                    let kind = serde_json::from_value(serde_json::Value::String(kind)).ok()?;
+                    Some((at, source, kind, reason))
+                })
+                .collect())
         })
         .await
     }
@@ -828,7 +839,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("state.db")).unwrap();
         for i in 0..30u64 {
-            s.add_refusal(i, "peer X".into(), "metadata", format!("junk {i}"), 10).await.unwrap();
+            s.add_refusal(i, "peer X".into(), RefusalKind::Metadata, format!("junk {i}"), 10).await.unwrap();
         }
         let rows = s.refusals(100).await.unwrap();
         assert_eq!(rows.len(), 10);

@@ -90,6 +90,9 @@ pub struct NodeStatus {
     /// The newest freshness statement held: when it was issued and when it expires (seconds).
     #[serde(default)]
     pub statement: Option<(u64, u64)>,
+    /// Where the node serves Prometheus metrics (`ip:port`), if it does.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -163,8 +166,45 @@ pub struct InventoryView {
 pub struct Refusal {
     pub at: u64,
     pub source: String,
-    pub kind: String,
+    pub kind: RefusalKind,
     pub reason: String,
+}
+
+/// What was refused. The aliases read rows written by versions before 0.1 used hyphens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// Signed metadata that failed decoding, a signature, expiry or replay check.
+    Metadata,
+    /// A node's report or inventory that failed its checks.
+    #[serde(alias = "node-report")]
+    NodeReport,
+    /// An origin sent bytes that do not match the manifest, or redirected where it may not.
+    #[serde(alias = "origin-chunk")]
+    OriginChunk,
+    /// An origin failed too often in a row.
+    #[serde(alias = "origin-failing")]
+    OriginFailing,
+    /// A peer was banned.
+    #[serde(alias = "peer-banned")]
+    PeerBanned,
+    /// A peer sent requests faster than allowed.
+    #[serde(alias = "request-flood")]
+    RequestFlood,
+}
+
+impl RefusalKind {
+    /// The snake_case name (the serde name, the metric label and the stored value).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalKind::Metadata => "metadata",
+            RefusalKind::NodeReport => "node_report",
+            RefusalKind::OriginChunk => "origin_chunk",
+            RefusalKind::OriginFailing => "origin_failing",
+            RefusalKind::PeerBanned => "peer_banned",
+            RefusalKind::RequestFlood => "request_flood",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -166,6 +166,26 @@ impl ReleaseState {
         self == ReleaseState::Skipped(SkipReason::NotTargeted)
     }
 
+    /// The state's kind without its reason, in snake_case: a metric label value (a dozen values,
+    /// listed in the node's metrics module). Never parsed back.
+    pub fn kind_name(self) -> &'static str {
+        use ReleaseState::*;
+        match self {
+            Available => "available",
+            Queued => "queued",
+            Downloading => "downloading",
+            Downloaded => "downloaded",
+            Waiting(_) => "waiting",
+            Installing => "installing",
+            Interrupted => "interrupted",
+            RollingBack(_) => "rolling_back",
+            Installed => "installed",
+            Failed(_) => "failed",
+            RolledBack(_) => "rolled_back",
+            Skipped(_) => "skipped",
+        }
+    }
+
     /// A short, stable label for people (status tables). Never parsed back.
     pub fn label(self) -> String {
         use ReleaseState::*;

@@ -102,9 +102,11 @@ impl Node {
     /// Writes a config for a loopback node. `extra` is appended to the TOML.
     pub fn new(base: &Path, name: &str, root: &Path, static_ports: &[u16], extra: &str) -> Node {
         let port = free_port();
+        // Many nodes share this machine's loopback: each takes a free metrics port.
+        let metrics = if extra.contains("metrics_listen") { "" } else { "metrics_listen = \"127.0.0.1:0\"\n" };
         let peers: Vec<String> = static_ports.iter().map(|p| format!("\"/ip4/127.0.0.1/tcp/{p}\"")).collect();
         let toml = format!(
-            "data_dir = \"data\"\ntrust_root = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nstatic_peers = [{}]\nmdns = false\nlog = \"info,lanpatch_node=debug,libp2p_gossipsub=warn\"\n{extra}\n",
+            "data_dir = \"data\"\ntrust_root = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nstatic_peers = [{}]\nmdns = false\n{metrics}log = \"info,lanpatch_node=debug,libp2p_gossipsub=warn\"\n{extra}\n",
             root.display(),
             peers.join(", ")
         );
@@ -235,6 +237,20 @@ impl Node {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// The node's Prometheus exposition (`GET /metrics` on the address its status gives).
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = self.status().metrics.unwrap_or_else(|| panic!("{} serves no metrics", self.dir.display()));
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(conn, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp).unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {resp:?}"));
+        assert!(head.starts_with("HTTP/1.1 200"), "metrics answered {head}");
+        body.to_string()
+    }
+
     pub fn status(&self) -> NodeStatus {
         self.try_status()
             .unwrap_or_else(|| panic!("status of {} failed; log:\n{}", self.dir.display(), self.log_tail()))
@@ -270,6 +286,16 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The value of the sample `series` (a name with its labels, as printed) in an exposition; 0 when
+/// it is absent (a counter not bumped yet).
+pub fn sample(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map(|v| v.split(' ').next().unwrap_or(v).parse().unwrap_or_else(|_| panic!("bad sample {series}: {v}")))
+        .unwrap_or(0.0)
 }
 
 /// [`wait_until`], and on timeout the panic shows the node's log tail.

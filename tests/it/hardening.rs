@@ -2,6 +2,7 @@
 //! against real node processes. The attack classes and their defences are tabled in
 //! docs/THREAT-MODEL.md.
 
+use lanpatch_protocol::control::RefusalKind;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -253,7 +254,7 @@ fn a_flood_of_junk_gossip_gets_the_sender_banned_and_the_refusal_log_stays_bound
     assert!(st.refusals > rows as u64 + 2, "refusals {} vs {rows} rows", st.refusals);
     // Banned by the refusal rate or by gossip scoring (whichever came first), and persisted.
     assert!(
-        st.recent_refusals.iter().any(|r| r.kind == "peer-banned" && r.source.contains(&attacker_id)),
+        st.recent_refusals.iter().any(|r| r.kind == RefusalKind::PeerBanned && r.source.contains(&attacker_id)),
         "{:?}",
         st.recent_refusals
     );

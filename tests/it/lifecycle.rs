@@ -230,7 +230,7 @@ fn second_node_on_a_used_port_or_a_locked_data_dir_refuses_to_start_naming_the_c
 
     // Same listen address, other data directory.
     let toml = format!(
-        "data_dir = \"data\"\ntrust_root = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nmdns = false\n",
+        "data_dir = \"data\"\ntrust_root = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\nmdns = false\nmetrics_listen = \"127.0.0.1:0\"\n",
         root.display(),
         a.port
     );

@@ -7,6 +7,7 @@ mod fleet;
 mod hardening;
 mod lab;
 mod lifecycle;
+mod metrics;
 mod origin_server;
 mod rollout;
 mod signer;

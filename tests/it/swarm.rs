@@ -1,5 +1,6 @@
 //! Distribution across real node processes on loopback, with static peers.
 
+use lanpatch_protocol::control::RefusalKind;
 use std::time::Duration;
 
 use crate::fleet::{Node, blob_name, make_fleet_keys, make_release, payload, wait_until};
@@ -107,7 +108,7 @@ fn peer_serving_corrupt_chunks_is_banned_and_the_others_still_complete() {
         let st = n.status();
         assert!(st.banned.contains(&liar_id), "{} did not ban the liar: {:?}", n.dir.display(), st.banned);
         assert!(
-            st.recent_refusals.iter().any(|r| r.kind == "peer-banned"
+            st.recent_refusals.iter().any(|r| r.kind == RefusalKind::PeerBanned
                 && r.source.contains(&liar_id)
                 && r.reason.contains("does not match its signed hash")),
             "{:?}",

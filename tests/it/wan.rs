@@ -1,6 +1,7 @@
 //! Origins and the WAN: nodes split the origin work, verify what origins send, and do not stall
 //! when one of them leaves.
 
+use lanpatch_protocol::control::RefusalKind;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -93,19 +94,34 @@ fn only_site_origin_fetchers_nodes_fetch_from_the_origin_and_the_rest_get_it_ove
         assert_eq!(n.blob(&blob_name(&data)).as_deref(), Some(&data[..]));
     }
     // The budget is 2 fetchers. While the site settles (the first node may start before it hears
-    // that the others want the release) a third may take a chunk or two, never a share.
-    let fetchers = fetched.iter().filter(|b| **b > 2 * CHUNK as u64).count();
-    assert!(
-        (1..=2).contains(&fetchers),
-        "{fetchers} of 6 nodes took a share of the origin work, the budget is 2: {fetched:?}"
-    );
+    // that the others want the release), or at the end when a finished fetcher leaves the
+    // participants and a request that failed cleared a chunk from a peer's map, a third may take
+    // a few chunks, never a share (one CI run on a loaded machine saw 3 of 64).
+    let fetchers = fetched.iter().filter(|b| **b > SETTLING_CHUNKS * CHUNK as u64).count();
+    if !(1..=2).contains(&fetchers) {
+        let logs: Vec<String> = nodes
+            .iter()
+            .map(|n| {
+                let log = std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().filter(|l| l.contains("fetcher") || l.contains("origin")).collect();
+                format!("{}:\n{}", n.dir.display(), lines.join("\n"))
+            })
+            .collect();
+        panic!(
+            "{fetchers} of 6 nodes took a share of the origin work, the budget is 2: {fetched:?}\n{}",
+            logs.join("\n")
+        );
+    }
     let served = origin.served.load(Ordering::Relaxed);
     assert!(
-        served <= (data.len() + 2 * CHUNK) as u64,
+        served <= (data.len() + SETTLING_CHUNKS as usize * CHUNK) as u64,
         "origin served {served} bytes for a {}-byte release",
         data.len()
     );
 }
+
+/// Chunks (of 64) that a node outside the fetcher budget may fetch while the site settles.
+const SETTLING_CHUNKS: u64 = 4;
 
 #[test]
 fn node_leaving_mid_transfer_does_not_stall_the_site() {
@@ -153,7 +169,7 @@ fn origin_sending_wrong_bytes_is_detected_and_another_origin_completes_the_relea
     assert_eq!(node.blob(&blob_name(&data)).as_deref(), Some(&data[..]));
     let st = node.status();
     assert!(
-        st.recent_refusals.iter().any(|r| r.kind == "origin-chunk"
+        st.recent_refusals.iter().any(|r| r.kind == RefusalKind::OriginChunk
             && r.source.contains(&bad.url())
             && r.reason.contains("chunk 5 of payload.bin does not match its signed hash")),
         "{:?}",
@@ -184,9 +200,9 @@ fn origin_redirecting_to_another_host_or_to_a_file_url_is_dropped_with_a_refusal
     let st = node.status();
     for bad in [&elsewhere, &to_file] {
         assert!(
-            st.recent_refusals
-                .iter()
-                .any(|r| r.kind == "origin-chunk" && r.source.contains(&bad.url()) && r.reason.contains("redirect")),
+            st.recent_refusals.iter().any(|r| r.kind == RefusalKind::OriginChunk
+                && r.source.contains(&bad.url())
+                && r.reason.contains("redirect")),
             "{:?}",
             st.recent_refusals
         );
