@@ -152,6 +152,9 @@ pub struct Config {
     /// Log filter (tracing-subscriber syntax), overridden by RUST_LOG.
     #[serde(default = "default_log")]
     pub log: String,
+    /// `text` (default) or `json` (one JSON object per line: journald and log shippers).
+    #[serde(default)]
+    pub log_format: LogFormat,
     /// Deliberate misbehaviour, for tests of the fleet's defences only.
     #[serde(default)]
     pub fault_injection: FaultInjection,
@@ -194,6 +197,15 @@ fn default_true() -> bool {
 fn default_ring() -> RingName {
     RingName::try_from("broad".to_string()).unwrap_or_else(|_| unreachable!("valid literal"))
 }
+/// How the node writes its log (to stderr, which systemd hands to journald).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 fn default_metrics_listen() -> Option<String> {
     Some("127.0.0.1:9717".to_string())
 }

@@ -70,12 +70,31 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run { config } => {
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
             let cfg = config::Config::load(&config)?;
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log));
-            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
-            node::run(cfg, shutdown_signal()).await
+            let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+            let registry = tracing_subscriber::registry().with(filter);
+            match cfg.log_format {
+                config::LogFormat::Text => {
+                    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+                    registry.with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init()
+                }
+                config::LogFormat::Json => registry
+                    .with(tracing_subscriber::fmt::layer().json().with_current_span(false).with_writer(std::io::stderr))
+                    .init(),
+            }
+            let reload = node::Reload {
+                config: config.clone(),
+                set_log_filter: Box::new(move |f: &str| {
+                    let filter = tracing_subscriber::EnvFilter::try_new(f)?;
+                    handle.reload(filter)?;
+                    Ok(())
+                }),
+            };
+            node::run(cfg, shutdown_signal(), Some(reload)).await
         }
         Cmd::Status { config, socket, json } => {
             let socket = match (config, socket) {

@@ -153,7 +153,16 @@ fn check_listen_free(addrs: &[Multiaddr]) -> Result<()> {
 }
 
 /// Runs a node until `shutdown` completes.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+/// What a SIGHUP may change in a running node: it reloads the config from `config` and applies
+/// what is safe to change live (the log filter, upload and download limits); the rest needs a
+/// restart, which the log says.
+pub struct Reload {
+    pub config: std::path::PathBuf,
+    /// Replaces the log filter.
+    pub set_log_filter: Box<dyn Fn(&str) -> Result<()> + Send + Sync>,
+}
+
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option<Reload>) -> Result<()> {
     let group = cfg.control_socket_group.as_deref().map(crate::control::group_id).transpose()?;
     let dir_mode = if group.is_some() { 0o710 } else { crate::fsmode::DIR };
     crate::fsmode::create_dir(&cfg.data_dir, dir_mode)?;
@@ -317,14 +326,78 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<()> 
         }
     });
 
+    if let Some(r) = reload {
+        tasks.spawn(reload_on_sighup(shared.clone(), r));
+    }
+    // systemd (Type=notify): ready once every listener is bound and the store is open. Without
+    // NOTIFY_SOCKET (not under systemd) these are no-ops.
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
+    let mut watchdog_usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut watchdog_usec) {
+        let every = Duration::from_micros(watchdog_usec / 2).max(Duration::from_millis(100));
+        let mut stop = shutdown_rx.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = tick.tick() => { let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]); }
+                }
+            }
+        });
+    }
+
     shutdown.await;
     tracing::info!("shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = shutdown_tx.send(true);
     // A running install gets its grace period, then is killed and recorded as interrupted.
     let limit = Duration::from_secs(shared.cfg.shutdown_grace_secs + 10);
     let _ = tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
     let _ = std::fs::remove_file(shared.cfg.control_socket());
     Ok(())
+}
+
+/// On SIGHUP: reads the config again and applies the log filter and the upload / download
+/// limits. A config that does not parse changes nothing (and says why).
+async fn reload_on_sighup(s: Arc<Shared>, r: Reload) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP (config reload): {e}");
+            return;
+        }
+    };
+    let mut stop = s.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            got = hup.recv() => if got.is_none() { return },
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        match Config::load(&r.config) {
+            Ok(new) => {
+                s.up_limit.set_rate(new.upload_limit);
+                s.down_limit.set_rate(new.download_limit);
+                // Said before the new filter applies (which may hide info lines).
+                tracing::info!(
+                    log = %new.log,
+                    upload_limit = new.upload_limit,
+                    download_limit = new.download_limit,
+                    "SIGHUP: reloaded {}; other settings take effect at the next start",
+                    r.config.display()
+                );
+                if let Err(e) = (r.set_log_filter)(&new.log) {
+                    tracing::warn!("SIGHUP: bad log filter {:?}, the old one stays: {e:#}", new.log);
+                }
+            }
+            Err(e) => tracing::error!("SIGHUP: config not reloaded, nothing changed: {e:#}"),
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    }
 }
 
 async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {

@@ -10,6 +10,7 @@ mod lifecycle;
 mod metrics;
 mod origin_server;
 mod rollout;
+mod service;
 mod signer;
 mod support;
 mod swarm;
