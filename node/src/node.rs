@@ -159,8 +159,11 @@ fn check_listen_free(addrs: &[Multiaddr]) -> Result<()> {
 pub struct Reload {
     pub config: std::path::PathBuf,
     /// Replaces the log filter.
-    pub set_log_filter: Box<dyn Fn(&str) -> Result<()> + Send + Sync>,
+    pub set_log_filter: SetLogFilter,
 }
+
+/// Replaces the log filter with the one parsed from the given directives.
+pub type SetLogFilter = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
 
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option<Reload>) -> Result<()> {
     let group = cfg.control_socket_group.as_deref().map(crate::control::group_id).transpose()?;
