@@ -362,6 +362,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         banned,
         statement,
         metrics: s.metrics_addr.clone(),
+        version: crate::VERSION.to_string(),
     })
 }
 

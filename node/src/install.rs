@@ -545,6 +545,10 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
     s.metrics.installed(outcome, began.elapsed());
     if out.ok() {
         apply(s, rel, Event::InstallSucceeded, out.tail, Some(0)).await;
+        if s.exe.as_ref().is_some_and(|e| e.replaced()) {
+            tracing::info!(product = %v.product, version = %v.version, "this install replaced lanpatch-node's executable");
+            s.restart.notify_one();
+        }
         return Ok(());
     }
     let failure = out.describe("install");

@@ -1,6 +1,13 @@
 //! `lanpatch-node` as a library: the modules of the endpoint service. The binary (`main.rs`) is
 //! the CLI around them; the fuzz targets (`fuzz/`) reach the decoders through here.
 
+/// The version this binary reports (`--version`, status, metrics, the origin User-Agent): the
+/// crate's, unless the build set `LANPATCH_BUILD_VERSION` (packaging builds a test upgrade so).
+pub const VERSION: &str = match option_env!("LANPATCH_BUILD_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -22,6 +29,7 @@ pub mod ratelimit;
 pub mod report;
 pub mod sched;
 pub mod seeding;
+pub mod selfupdate;
 pub mod serve;
 pub mod shared;
 pub mod store;

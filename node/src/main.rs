@@ -11,7 +11,7 @@ use lanpatch_protocol::control::{ControlRequest, ControlResponse};
 #[derive(Parser)]
 #[command(
     name = "lanpatch-node",
-    version,
+    version = lanpatch_node::VERSION,
     about = "lanpatch endpoint: fetch, verify and share signed releases on the LAN"
 )]
 struct Cli {
@@ -29,7 +29,8 @@ enum Cmd {
     },
     /// Ask a running node for its peers, releases and download progress.
     Status {
-        /// The node's config (to find its control socket).
+        /// The node's config (to find its control socket); default /etc/lanpatch/node.toml
+        /// (the package's).
         #[arg(long, conflicts_with = "socket")]
         config: Option<PathBuf>,
         /// The node's control socket.
@@ -41,7 +42,17 @@ enum Cmd {
     },
     /// Start a small fleet on this machine, publish a signed release, watch it spread.
     Demo(demo::DemoArgs),
+    /// Print shell completions to stdout (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (roff) for lanpatch-node and each subcommand into a directory.
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
+
+/// The Debian package's config, where `status` looks without --config or --socket.
+const PACKAGED_CONFIG: &str = "/etc/lanpatch/node.toml";
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -94,13 +105,23 @@ async fn run(cli: Cli) -> Result<()> {
                     Ok(())
                 }),
             };
-            node::run(cfg, shutdown_signal(), Some(reload)).await
+            match node::run(cfg, shutdown_signal(), Some(reload)).await? {
+                node::Exit::Stopped => Ok(()),
+                node::Exit::Upgraded(exe) => {
+                    use std::os::unix::process::CommandExt;
+                    // Only returns on failure; the old image then exits 2 and systemd restarts it.
+                    let e = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
+                    Err(anyhow::anyhow!("cannot exec the upgraded {}: {e}", exe.display()))
+                }
+            }
         }
         Cmd::Status { config, socket, json } => {
             let socket = match (config, socket) {
                 (_, Some(s)) => s,
                 (Some(c), None) => config::Config::load(&c)?.control_socket(),
-                (None, None) => bail!("give --config or --socket"),
+                (None, None) => config::Config::load(std::path::Path::new(PACKAGED_CONFIG))
+                    .map_err(|e| anyhow::anyhow!("{e:#}; give --config or --socket"))?
+                    .control_socket(),
             };
             match control::request(&socket, &ControlRequest::Status).await? {
                 ControlResponse::Status(st) if json => println!("{}", serde_json::to_string_pretty(&st)?),
@@ -111,7 +132,36 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Demo(args) => demo::run(args).await,
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "lanpatch-node",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Cmd::Man { out } => write_man_pages(<Cli as clap::CommandFactory>::command(), &out),
     }
+}
+
+/// One page for the command and one per subcommand (`lanpatch-node-run.1`, ...).
+fn write_man_pages(cmd: clap::Command, out: &std::path::Path) -> Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let name = cmd.get_name().to_string();
+    let mut pages = vec![(name.clone(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let full = format!("{name}-{}", sub.get_name());
+        pages.push((full.clone(), sub.clone().name(full)));
+    }
+    for (page, c) in pages {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).render(&mut buf)?;
+        let path = out.join(format!("{page}.1"));
+        std::fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Completes on SIGINT or SIGTERM.

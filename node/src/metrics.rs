@@ -228,7 +228,7 @@ impl Metrics {
         registry.register("peers_connected", "Peers connected and ready", m.peers.clone());
         registry.register("releases", "Releases known to this node, by state", m.releases.clone());
         let build: Family<VersionLabels, Gauge> = Family::default();
-        build.get_or_create(&VersionLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        build.get_or_create(&VersionLabels { version: crate::VERSION }).set(1);
         registry.register("build_info", "The running lanpatch-node version", build);
         Metrics { registry, ..m }
     }

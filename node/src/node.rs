@@ -165,7 +165,16 @@ pub struct Reload {
 /// Replaces the log filter with the one parsed from the given directives.
 pub type SetLogFilter = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
 
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option<Reload>) -> Result<()> {
+/// How [`run`] ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// SIGINT or SIGTERM.
+    Stopped,
+    /// An install replaced the node's executable at this path: exec it.
+    Upgraded(std::path::PathBuf),
+}
+
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option<Reload>) -> Result<Exit> {
     let group = cfg.control_socket_group.as_deref().map(crate::control::group_id).transpose()?;
     let dir_mode = if group.is_some() { 0o710 } else { crate::fsmode::DIR };
     crate::fsmode::create_dir(&cfg.data_dir, dir_mode)?;
@@ -270,6 +279,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
         refusal_rate: Mutex::default(),
         refusals: AtomicU64::new(refusals),
         metrics: crate::metrics::Metrics::new(),
+        exe: crate::selfupdate::Exe::current(),
+        restart: Notify::new(),
         metrics_addr: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
         shutdown: shutdown_rx.clone(),
     });
@@ -352,15 +363,29 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
         });
     }
 
-    shutdown.await;
-    tracing::info!("shutting down");
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let exit = tokio::select! {
+        _ = shutdown => Exit::Stopped,
+        _ = shared.restart.notified() => match &shared.exe {
+            Some(exe) => Exit::Upgraded(exe.path.clone()),
+            None => Exit::Stopped,
+        },
+    };
+    match &exit {
+        Exit::Stopped => {
+            tracing::info!("shutting down");
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        }
+        Exit::Upgraded(path) => {
+            tracing::info!("restarting into the upgraded {}", path.display());
+            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        }
+    }
     let _ = shutdown_tx.send(true);
     // A running install gets its grace period, then is killed and recorded as interrupted.
     let limit = Duration::from_secs(shared.cfg.shutdown_grace_secs + 10);
     let _ = tokio::time::timeout(limit, async { while tasks.join_next().await.is_some() {} }).await;
     let _ = std::fs::remove_file(shared.cfg.control_socket());
-    Ok(())
+    Ok(exit)
 }
 
 /// On SIGHUP: reads the config again and applies the log filter and the upload / download

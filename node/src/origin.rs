@@ -78,7 +78,7 @@ impl Origins {
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .pool_max_idle_per_host(4)
-            .user_agent(concat!("lanpatch-node/", env!("CARGO_PKG_VERSION")))
+            .user_agent(format!("lanpatch-node/{}", crate::VERSION))
             .build()?;
         Ok(Origins { client })
     }

@@ -73,6 +73,10 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// Where the metrics endpoint listens (`ip:port`), if it is on.
     pub metrics_addr: Option<String>,
+    /// The executable the node started from (self-update: see selfupdate.rs).
+    pub exe: Option<crate::selfupdate::Exe>,
+    /// Notified when an install replaced the node's executable: the node stops and execs it.
+    pub restart: Notify,
     pub shutdown: watch::Receiver<bool>,
 }
 

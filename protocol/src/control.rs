@@ -93,6 +93,9 @@ pub struct NodeStatus {
     /// Where the node serves Prometheus metrics (`ip:port`), if it does.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// The running lanpatch-node version.
+    #[serde(default)]
+    pub version: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

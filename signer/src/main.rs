@@ -77,6 +77,13 @@ enum Cmd {
         metadata_only: bool,
         bundle: PathBuf,
     },
+    /// Print shell completions to stdout (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (roff) for lanpatch-signer and each subcommand into a directory.
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -339,6 +346,24 @@ struct VerifyArgs {
     bundle: PathBuf,
 }
 
+/// One page for the command and one per subcommand (`lanpatch-signer-release.1`, ...).
+fn write_man_pages(cmd: clap::Command, out: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let name = cmd.get_name().to_string();
+    let mut pages = vec![(name.clone(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let full = format!("{name}-{}", sub.get_name());
+        pages.push((full.clone(), sub.clone().name(full)));
+    }
+    for (page, c) in pages {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(c).render(&mut buf)?;
+        let path = out.join(format!("{page}.1"));
+        std::fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -453,6 +478,11 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             a.json,
         )?,
         Cmd::Publish { node, metadata_only, bundle } => publish(&node, &bundle, metadata_only)?,
+        Cmd::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "lanpatch-signer", &mut std::io::stdout());
+        }
+        Cmd::Man { out } => write_man_pages(<Cli as clap::CommandFactory>::command(), &out)?,
         Cmd::Verify(args) => {
             let ok = verify::verify_bundle(
                 &args.roots,

@@ -9,6 +9,7 @@ mod lab;
 mod lifecycle;
 mod metrics;
 mod origin_server;
+mod package;
 mod rollout;
 mod service;
 mod signer;

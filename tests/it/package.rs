@@ -1,0 +1,279 @@
+//! The Debian packages, installed for real with dpkg on this machine (CI's machine is root and
+//! disposable): files, owners and modes, the unit, the installed binary with the installed config
+//! serving metrics that promtool accepts, purge leaving nothing; and self-update through a
+//! lanpatch release carrying a newer lanpatch-node package.
+//!
+//! Slow (release builds) and root-only: `#[ignore]`d in the quick loop; CI runs them.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::fleet::{Node, make_fleet_keys, sample, wait_for_node};
+
+use crate::support::{Run, cannot_run, is_root, signer};
+
+/// The version the upgrade package reports (above the workspace's in Debian order).
+const UPGRADE: &str = "0.1.0+upgrade1";
+
+/// dpkg state is machine-wide: one of these tests at a time.
+static DPKG: Mutex<()> = Mutex::new(());
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Run {
+    cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")).into()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Whatever this machine needs for these tests, or why it cannot run them.
+fn missing() -> Option<String> {
+    if !is_root() {
+        return Some("dpkg -i needs root".into());
+    }
+    ["dpkg", "cargo-deb", "promtool", "unshare", "curl"]
+        .iter()
+        .find(|t| !have(t))
+        .map(|t| format!("{t} is missing (scripts/test installs it)"))
+}
+
+/// Builds the packages for `version` (None: the workspace version) once per test run.
+fn debs(version: Option<&str>) -> (PathBuf, PathBuf) {
+    static BUILT: Mutex<Vec<(Option<String>, PathBuf, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, n, s)) = built.iter().find(|(v, _, _)| v.as_deref() == version) {
+        return (n.clone(), s.clone());
+    }
+    let out = repo().join("target/test-debs").join(version.unwrap_or("workspace"));
+    let _ = fs::remove_dir_all(&out);
+    let mut cmd = Command::new(repo().join("packaging/build-debs.sh"));
+    cmd.arg("--out").arg(&out);
+    if let Some(v) = version {
+        cmd.args(["--version", v]);
+    }
+    run(&mut cmd).ok();
+    let find = |prefix: &str| -> PathBuf {
+        fs::read_dir(&out)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(prefix)))
+            .unwrap_or_else(|| panic!("no {prefix}*.deb in {}", out.display()))
+    };
+    let (n, s) = (find("lanpatch-node_"), find("lanpatch-signer_"));
+    built.push((version.map(String::from), n.clone(), s.clone()));
+    (n, s)
+}
+
+fn purge() {
+    run(Command::new("dpkg").args(["--purge", "lanpatch-node", "lanpatch-signer"])).ok();
+}
+
+fn installed_version(package: &str) -> Option<String> {
+    let r = run(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Status} ${Version}", package]));
+    r.stdout.strip_prefix("installed ").map(String::from)
+}
+
+/// (mode bits, owner uid, group name) of a path.
+fn mode_of(path: &str) -> (u32, u32, String) {
+    let m = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let group = run(Command::new("stat").args(["-c", "%G", path])).stdout.trim().to_string();
+    (m.permissions().mode() & 0o7777, m.uid(), group)
+}
+
+/// Everything the node package puts on the machine, or that its scripts create.
+const PACKAGE_PATHS: &[&str] = &[
+    "/usr/bin/lanpatch-node",
+    "/usr/bin/lanpatch-signer",
+    "/lib/systemd/system/lanpatch-node.service",
+    "/etc/lanpatch",
+    "/var/lib/lanpatch",
+    "/etc/systemd/system/multi-user.target.wants/lanpatch-node.service",
+    "/usr/share/man/man1/lanpatch-node.1.gz",
+    "/usr/share/bash-completion/completions/lanpatch-node",
+    "/usr/share/doc/lanpatch-node",
+];
+
+#[test]
+#[ignore = "builds release packages and installs them with dpkg (root); CI runs it"]
+fn debian_packages_install_with_their_modes_run_under_the_installed_config_and_purge_leaves_nothing() {
+    if let Some(why) = missing() {
+        return cannot_run(&why);
+    }
+    let _dpkg = DPKG.lock().unwrap_or_else(|p| p.into_inner());
+    let (node_deb, signer_deb) = debs(None);
+    purge();
+    run(Command::new("dpkg").arg("-i").arg(&node_deb).arg(&signer_deb)).ok();
+    assert!(installed_version("lanpatch-node").is_some() && installed_version("lanpatch-signer").is_some());
+
+    // Files, owners, modes.
+    assert_eq!(mode_of("/usr/bin/lanpatch-node"), (0o755, 0, "root".into()));
+    assert_eq!(mode_of("/usr/bin/lanpatch-signer"), (0o755, 0, "root".into()));
+    assert_eq!(mode_of("/lib/systemd/system/lanpatch-node.service"), (0o644, 0, "root".into()));
+    assert_eq!(mode_of("/etc/lanpatch/node.toml"), (0o644, 0, "root".into()));
+    assert_eq!(mode_of("/var/lib/lanpatch"), (0o710, 0, "lanpatch".into()));
+    for p in PACKAGE_PATHS {
+        assert!(fs::symlink_metadata(p).is_ok(), "{p} is missing after install");
+    }
+    let conffiles = run(Command::new("dpkg-query").args(["-W", "-f=${Conffiles}", "lanpatch-node"]));
+    assert!(conffiles.stdout.contains("/etc/lanpatch/node.toml"), "conffiles: {}", conffiles.stdout);
+    assert!(run(Command::new("getent").args(["group", "lanpatch"])).code == Some(0));
+    assert!(fs::metadata("/usr/share/man/man1/lanpatch-signer-release.1.gz").is_ok());
+    if have("systemd-analyze") {
+        let v = run(Command::new("systemd-analyze").args(["verify", "/lib/systemd/system/lanpatch-node.service"]));
+        assert_eq!(v.code, Some(0), "systemd-analyze verify:\n{}", v.all());
+        assert!(!v.all().contains("lanpatch-node.service:"), "systemd-analyze complains:\n{}", v.all());
+    }
+
+    // The installed binary with the installed config (mDNS on, listening on 0.0.0.0): in a
+    // network namespace of its own, so nothing leaves this machine.
+    let tmp = tempfile::tempdir().unwrap();
+    make_fleet_keys(tmp.path());
+    fs::copy(tmp.path().join("root.lpr"), "/etc/lanpatch/root.lpr").unwrap();
+    let log = fs::File::create(tmp.path().join("installed.log")).unwrap();
+    let mut child = Command::new("unshare")
+        .args([
+            "--net",
+            "sh",
+            "-c",
+            "ip link set lo up && exec /usr/bin/lanpatch-node run --config /etc/lanpatch/node.toml",
+        ])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let log_tail = || fs::read_to_string(tmp.path().join("installed.log")).unwrap_or_default();
+    // `status` without arguments finds the packaged config and its socket.
+    let status = || run(Command::new("/usr/bin/lanpatch-node").args(["status", "--json"]));
+    crate::fleet::wait_until(Duration::from_secs(60), "the installed node answering status", || {
+        assert!(child.try_wait().unwrap().is_none(), "the installed node exited:\n{}", log_tail());
+        status().code == Some(0)
+    });
+    assert_eq!(mode_of("/var/lib/lanpatch/control.sock").0, 0o660);
+    assert_eq!(mode_of("/var/lib/lanpatch/control.sock").2, "lanpatch");
+    // Metrics on the packaged default address, inside the node's namespace (the shell exec'd
+    // the node, so its pid is the namespace's).
+    let scrape = || {
+        run(Command::new("nsenter").args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "curl",
+            "-sf",
+            "http://127.0.0.1:9717/metrics",
+        ]))
+    };
+    let mut metrics = scrape();
+    crate::fleet::wait_until(Duration::from_secs(30), "metrics on 127.0.0.1:9717", || {
+        metrics = scrape();
+        metrics.code == Some(0)
+    });
+    assert_eq!(sample(&metrics.stdout, "lanpatch_build_info{version=\"0.1.0\"}"), 1.0, "{}", metrics.stdout);
+    let file = tmp.path().join("metrics.txt");
+    fs::write(&file, &metrics.stdout).unwrap();
+    let checked = run(Command::new("sh").args(["-c", "promtool check metrics < \"$0\""]).arg(&file));
+    assert!(checked.code == Some(0) && checked.all().trim().is_empty(), "promtool:\n{}", checked.all());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut code = None;
+    crate::fleet::wait_until(Duration::from_secs(60), "the installed node to stop", || {
+        code = child.try_wait().unwrap().map(|s| s.code());
+        code.is_some()
+    });
+    assert_eq!(code, Some(Some(0)), "{}", log_tail());
+
+    // Remove keeps data and config; purge removes everything.
+    run(Command::new("dpkg").args(["--remove", "lanpatch-node"])).ok();
+    assert!(fs::metadata("/etc/lanpatch/node.toml").is_ok() && fs::metadata("/var/lib/lanpatch").is_ok());
+    assert!(fs::metadata("/usr/bin/lanpatch-node").is_err());
+    purge();
+    for p in PACKAGE_PATHS {
+        assert!(fs::symlink_metadata(p).is_err(), "{p} is left after purge");
+    }
+    assert_ne!(run(Command::new("getent").args(["group", "lanpatch"])).code, Some(0), "the group is left");
+    assert_eq!(installed_version("lanpatch-node"), None);
+}
+
+#[test]
+#[ignore = "builds two release packages and installs them with dpkg (root); CI runs it"]
+fn a_release_carrying_a_newer_node_package_upgrades_the_node_which_execs_into_it_and_reports_it() {
+    if let Some(why) = missing() {
+        return cannot_run(&why);
+    }
+    let _dpkg = DPKG.lock().unwrap_or_else(|p| p.into_inner());
+    let (v1, _) = debs(None);
+    let (v2, _) = debs(Some(UPGRADE));
+    purge();
+    run(Command::new("dpkg").arg("-i").arg(&v1)).ok();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    // A collector node on loopback, running the installed binary.
+    let mut node = Node::new(dir, "n1", &dir.join("root.lpr"), &[], "collector = true\nring = \"canary\"");
+    node.wrapper = Some(["/usr/bin/lanpatch-node", "run", "--config", "{config}"].map(String::from).to_vec());
+    node.start();
+    assert_eq!(node.status().version, "0.1.0");
+    let pid = node.pid().unwrap();
+
+    // The release: the new package, installed with dpkg by the node.
+    let src = dir.join("upgrade-src");
+    fs::create_dir_all(&src).unwrap();
+    let deb_name = v2.file_name().unwrap().to_string_lossy().into_owned();
+    fs::copy(&v2, src.join(&deb_name)).unwrap();
+    let install = format!("dpkg -i {deb_name}");
+    signer(
+        dir,
+        &[
+            "release",
+            "create",
+            "--product",
+            "lanpatch-node",
+            "--version",
+            "2",
+            "--dir",
+            &src.to_string_lossy(),
+            "--install",
+            &install,
+            "--out",
+            "upgrade",
+        ],
+    )
+    .ok();
+    for k in ["alice.key", "bob.key"] {
+        signer(dir, &["release", "sign", "--key", k, "upgrade"]).ok();
+    }
+    for k in ["bob.key", "carol.key"] {
+        signer(dir, &["approve", "--key", k, "--ring", "canary", "upgrade"]).ok();
+    }
+    node.publish(&dir.join("upgrade"));
+
+    wait_for_node(&node, Duration::from_secs(120), "the node running the upgraded version", || {
+        node.try_status().is_some_and(|s| s.version == UPGRADE)
+    });
+    // The same process (exec, not a crash and restart), now the new binary.
+    assert_eq!(node.pid(), Some(pid));
+    let lock = fs::read_to_string(node.dir.join("data/lock")).unwrap();
+    assert_eq!(lock.trim(), pid.to_string(), "the data-dir lock holder");
+    assert_eq!(installed_version("lanpatch-node").as_deref(), Some(UPGRADE));
+    assert!(node.release_state("lanpatch-node", 2).is_some_and(|s| s.is_installed()));
+    let log = fs::read_to_string(node.dir.join("node.log")).unwrap();
+    assert!(log.contains("restarting into the upgraded /usr/bin/lanpatch-node"), "{log}");
+    // Reported: the inventory on the collector shows the new package version.
+    wait_for_node(&node, Duration::from_secs(60), "the inventory with the new version", || {
+        let inv = signer(
+            dir,
+            &["inventory", "--node", &node.socket().to_string_lossy(), "--package", "lanpatch-node", "--json"],
+        );
+        inv.code == Some(0) && inv.stdout.contains(UPGRADE)
+    });
+    assert_eq!(node.stop(), Some(0));
+    purge();
+}
