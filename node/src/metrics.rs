@@ -146,6 +146,8 @@ pub struct Metrics {
     received_bytes: Family<SourceLabels, Counter>,
     duplicate_bytes: Family<SourceLabels, Counter>,
     served_bytes: Counter,
+    releases_downloaded: Counter,
+    release_bytes_downloaded: Counter,
     chunks_verified: Family<SourceLabels, Counter>,
     chunks_refused: Family<ChunkRefusalLabels, Counter>,
     refusals: Family<KindLabels, Counter>,
@@ -172,6 +174,8 @@ impl Metrics {
             received_bytes: Family::default(),
             duplicate_bytes: Family::default(),
             served_bytes: Counter::default(),
+            releases_downloaded: Counter::default(),
+            release_bytes_downloaded: Counter::default(),
             chunks_verified: Family::default(),
             chunks_refused: Family::default(),
             refusals: Family::default(),
@@ -199,6 +203,13 @@ impl Metrics {
             m.duplicate_bytes.clone(),
         );
         registry.register_with_unit("served", "Bytes of chunks served to peers", Unit::Bytes, m.served_bytes.clone());
+        registry.register("releases_downloaded", "Releases downloaded and verified", m.releases_downloaded.clone());
+        registry.register_with_unit(
+            "releases_downloaded",
+            "Sum of the sizes of the releases downloaded (a site's origin bytes over this: WAN copies)",
+            Unit::Bytes,
+            m.release_bytes_downloaded.clone(),
+        );
         registry.register(
             "chunks_verified",
             "Chunks that matched their signed BLAKE3 hash, by source",
@@ -245,6 +256,11 @@ impl Metrics {
     }
     pub fn chunk_refused(&self, source: ByteSource, reason: ChunkRefusal) {
         self.chunks_refused.get_or_create(&ChunkRefusalLabels { source, reason }).inc();
+    }
+    /// A release of `bytes` finished downloading and every file verified.
+    pub fn release_downloaded(&self, bytes: u64) {
+        self.releases_downloaded.inc();
+        self.release_bytes_downloaded.inc_by(bytes);
     }
     pub fn served(&self, bytes: u64) {
         self.served_bytes.inc_by(bytes);

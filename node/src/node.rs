@@ -559,6 +559,7 @@ fn start_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
         };
         record(Event::DownloadStarted, String::new()).await;
         let files: Vec<Hash32> = m.value().files.iter().map(|f| f.hash).collect();
+        let total_bytes = m.value().total_bytes();
         let result = crate::download::download(s2.clone(), m).await;
         s2.downloading.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
         s2.queue_changed.notify_one();
@@ -568,6 +569,7 @@ fn start_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
                 if let Some(e) = s2.progress().get_mut(&hash) {
                     e.finished_ms = Some(now_ms());
                 }
+                s2.metrics.release_downloaded(total_bytes);
                 record(Event::DownloadFinished, String::new()).await;
             }
             Ok(crate::download::Outcome::Stopped) => {}

@@ -54,6 +54,8 @@ fn after_a_fan_out_each_nodes_verified_byte_counters_add_up_to_the_release_and_p
         let origin = sample(&m, "lanpatch_received_bytes_total{source=\"origin\"}");
         assert_eq!(peer + origin, data.len() as f64, "{}: peer {peer} + origin {origin}", n.dir.display());
         assert_eq!(origin, 0.0, "the release has no origin");
+        assert_eq!(sample(&m, "lanpatch_releases_downloaded_total"), 1.0, "{m}");
+        assert_eq!(sample(&m, "lanpatch_releases_downloaded_bytes_total"), data.len() as f64, "{m}");
         assert_eq!(sample(&m, "lanpatch_chunks_refused_total{source=\"peer\",reason=\"hash_mismatch\"}"), 0.0);
         assert_eq!(
             sample(&m, "lanpatch_releases{state=\"downloaded\"}")
@@ -85,4 +87,21 @@ fn a_metrics_port_in_use_stops_the_node_with_exit_3_naming_the_address() {
     let (code, log) = node.run_expecting_exit(Duration::from_secs(30));
     assert_eq!(code, Some(3), "{log}");
     assert!(log.contains(&addr.to_string()) && log.contains("metrics_listen"), "{log}");
+}
+
+#[test]
+fn the_shipped_prometheus_config_and_alert_rules_pass_promtool_and_their_unit_tests() {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        return cannot_run("promtool is not installed (Debian package prometheus; scripts/test installs it)");
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/prometheus");
+    for args in [&["check", "config", "prometheus.yml"][..], &["test", "rules", "lanpatch.rules.test.yml"][..]] {
+        let out = Command::new("promtool").args(args).current_dir(&dir).output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
