@@ -7,7 +7,6 @@
 //! comes from a typed enum below: no label is built from peer-controlled text, so a peer cannot
 //! grow the number of series.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -342,18 +341,6 @@ pub fn classic_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Binds `addr` for the metrics endpoint (at start, so a port in use stops the node with a clear
-/// error rather than later).
-pub async fn bind(addr: &str) -> Result<tokio::net::TcpListener> {
-    let sa: SocketAddr = addr.parse().with_context(|| format!("bad metrics_listen address {addr:?}"))?;
-    tokio::net::TcpListener::bind(sa).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::AddrInUse => {
-            anyhow::Error::new(crate::node::StartError::AddressInUse { addr: format!("{sa} (metrics_listen)") })
-        }
-        _ => anyhow::anyhow!("cannot listen for metrics on {sa}: {e}"),
-    })
 }
 
 /// Serves `GET /metrics` on `listener` until shutdown.

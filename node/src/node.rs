@@ -87,6 +87,18 @@ pub enum StartError {
     AddressInUse { addr: String },
 }
 
+/// Binds `addr` for the metrics endpoint (at start, so a port in use stops the node with a clear
+/// error rather than later).
+async fn bind_metrics(addr: &str) -> Result<tokio::net::TcpListener> {
+    let sa: std::net::SocketAddr = addr.parse().with_context(|| format!("bad metrics_listen address {addr:?}"))?;
+    tokio::net::TcpListener::bind(sa).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            anyhow::Error::new(StartError::AddressInUse { addr: format!("{sa} (metrics_listen)") })
+        }
+        _ => anyhow::anyhow!("cannot listen for metrics on {sa}: {e}"),
+    })
+}
+
 /// Takes the data directory's lock for the node's life: one node per data directory. The lock
 /// file holds the owner's pid, for the error message of a second start.
 fn lock_data_dir(dir: &Path) -> Result<std::fs::File> {
@@ -249,7 +261,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
     let refusals = store.refusal_count().await?;
     let control_listener = crate::control::bind(&cfg.control_socket(), group)?;
     let metrics_listener = match cfg.metrics_listen.as_deref() {
-        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        Some(addr) => Some(bind_metrics(addr).await?),
         None => None,
     };
     let shared = Arc::new(Shared {

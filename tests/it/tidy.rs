@@ -203,3 +203,29 @@ fn every_test_the_docs_cite_exists() {
     }
     assert!(cited > 20, "found only {cited} cited tests: the docs' format changed and this check no longer sees them");
 }
+
+#[test]
+fn metric_labels_hold_only_typed_values_never_strings() {
+    // A label built from peer text would let a peer grow the number of series without bound.
+    let text = fs::read_to_string(repo().join("node/src/metrics.rs")).unwrap();
+    let code = non_test(&text);
+    let mut sets = 0;
+    for part in code.split("EncodeLabelSet)]").skip(1) {
+        let body = part.split('}').next().unwrap_or("");
+        sets += 1;
+        for field in body.lines().filter(|l| l.contains(':')) {
+            assert!(
+                !field.contains("String") && !field.contains("&str") || field.contains("&'static str"),
+                "metrics.rs: a label field that can hold arbitrary text: {}",
+                field.trim()
+            );
+        }
+    }
+    assert!(sets >= 5, "found only {sets} label sets in metrics.rs: did the module change shape?");
+    // Other modules bump metrics through Metrics' typed methods; none builds a label itself.
+    for (path, text) in sources("node/src") {
+        if !path.ends_with("metrics.rs") {
+            assert!(!non_test(&text).contains("prometheus_client"), "{} uses prometheus_client directly", name(&path));
+        }
+    }
+}
