@@ -124,7 +124,12 @@ pub fn inventory(m: &Signed<ReleaseManifest>) -> Signed<Inventory> {
         arch: "x86_64".into(),
         ring: "canary".parse().unwrap_or_else(|_| unreachable!()),
         tags: vec!["kiosk".parse().unwrap_or_else(|_| unreachable!())],
-        packages: vec![Package { name: "openssl".into(), version: "3.0.11-1~deb12u2".into() }],
+        packages: vec![Package {
+            name: "libssl3".into(),
+            version: "3.0.11-1~deb12u2".into(),
+            source: Some("openssl".into()),
+            source_version: None,
+        }],
         releases: vec![InstalledRelease { product: product(), version: Version(7), manifest: m.payload_hash() }],
         at: Timestamp(1_700_000_400),
         seq: 1_700_000_400_000,

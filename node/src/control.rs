@@ -182,7 +182,7 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
                         arch: v.arch.clone(),
                         ring: v.ring.to_string(),
                         tags: v.tags.iter().map(|t| t.to_string()).collect(),
-                        packages: v.packages.iter().map(|p| (p.name.clone(), p.version.clone())).collect(),
+                        packages: v.packages.clone(),
                         releases: v.releases.iter().map(|r| format!("{} {}", r.product, r.version)).collect(),
                         at: v.at.0,
                         seq: v.seq,

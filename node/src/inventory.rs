@@ -23,18 +23,31 @@ pub fn parse_dpkg_status(text: &str) -> Vec<Package> {
     for stanza in text.split("\n\n") {
         let mut name = None;
         let mut version = None;
+        let mut source = None;
+        let mut source_version = None;
         let mut installed = false;
         for line in stanza.lines() {
             if let Some(v) = line.strip_prefix("Package: ") {
                 name = Some(v.trim());
             } else if let Some(v) = line.strip_prefix("Version: ") {
                 version = Some(v.trim());
+            } else if let Some(v) = line.strip_prefix("Source: ") {
+                // "Source: openssh" or "Source: glibc (2.36-9+deb12u3)"
+                let (n, rest) = v.trim().split_once(' ').unwrap_or((v.trim(), ""));
+                source = Some(n);
+                source_version = rest.trim().strip_prefix('(').and_then(|r| r.strip_suffix(')')).map(str::trim);
             } else if let Some(v) = line.strip_prefix("Status: ") {
                 installed = v.trim().ends_with(" installed");
             }
         }
+        let cap = |s: &str| s.chars().take(128).collect::<String>();
         if let (Some(n), Some(v), true) = (name, version, installed) {
-            out.push(Package { name: n.chars().take(128).collect(), version: v.chars().take(128).collect() });
+            out.push(Package {
+                name: cap(n),
+                version: cap(v),
+                source: source.filter(|s| *s != n).map(cap),
+                source_version: source_version.filter(|s| *s != v).map(cap),
+            });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -54,7 +67,12 @@ pub fn packages() -> Vec<Package> {
         let mut pkgs: Vec<Package> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_once('\t'))
-            .map(|(n, v)| Package { name: n.chars().take(128).collect(), version: v.chars().take(128).collect() })
+            .map(|(n, v)| Package {
+                name: n.chars().take(128).collect(),
+                version: v.chars().take(128).collect(),
+                source: None,
+                source_version: None,
+            })
             .collect();
         pkgs.sort_by(|a, b| a.name.cmp(&b.name));
         return pkgs;
@@ -94,13 +112,18 @@ mod tests {
 
     #[test]
     fn dpkg_status_keeps_installed_packages_only() {
-        let text = "Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1.0\n\nPackage: apt\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.6.1\n";
+        let text = "Package: bash\nStatus: install ok installed\nSource: bash (5.2.15-2)\nVersion: 5.2.15-2+b2\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1.0\n\nPackage: apt\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.6.1\n";
         let p = parse_dpkg_status(text);
         assert_eq!(
             p,
             vec![
-                Package { name: "apt".into(), version: "2.6.1".into() },
-                Package { name: "bash".into(), version: "5.2.15-2+b2".into() }
+                Package { name: "apt".into(), version: "2.6.1".into(), source: None, source_version: None },
+                Package {
+                    name: "bash".into(),
+                    version: "5.2.15-2+b2".into(),
+                    source: None,
+                    source_version: Some("5.2.15-2".into())
+                }
             ]
         );
     }

@@ -157,7 +157,7 @@ pub struct InventoryView {
     pub arch: String,
     pub ring: String,
     pub tags: Vec<String>,
-    pub packages: Vec<(String, String)>,
+    pub packages: Vec<crate::report::Package>,
     /// "product version" of each release lanpatch installed.
     pub releases: Vec<String>,
     pub at: u64,

@@ -36,6 +36,18 @@ pub struct Report {
 pub struct Package {
     pub name: String,
     pub version: String,
+    /// The source package it was built from, when its name differs (dpkg's `Source:`):
+    /// vulnerability feeds (OSV, Debian's tracker) name source packages.
+    pub source: Option<String>,
+    /// The source package's version, when it differs from the binary's (`Source: n (v)`).
+    pub source_version: Option<String>,
+}
+
+impl Package {
+    /// What vulnerability feeds call this package: (source name, source version).
+    pub fn source_key(&self) -> (&str, &str) {
+        (self.source.as_deref().unwrap_or(&self.name), self.source_version.as_deref().unwrap_or(&self.version))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -524,6 +524,8 @@ fn node_reports_and_inventories_round_trip() {
         packages: vec![lanpatch_protocol::report::Package {
             name: "openssl".into(),
             version: "3.0.11-1~deb12u2".into(),
+            source: None,
+            source_version: None,
         }],
         releases: vec![],
         at: NOW,

@@ -288,7 +288,7 @@ pub fn inventory(
         {
             continue;
         }
-        let pkg_version = package.and_then(|p| inv.packages.iter().find(|(n, _)| n == p).map(|(_, v)| v.as_str()));
+        let pkg_version = package.and_then(|p| inv.packages.iter().find(|k| k.name == p).map(|k| k.version.as_str()));
         if package.is_some() {
             let Some(v) = pkg_version else { continue };
             if below.is_some_and(|b| debver::compare(v, b) != std::cmp::Ordering::Less) {

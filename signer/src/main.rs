@@ -3,10 +3,13 @@
 mod bundle;
 mod debver;
 mod exit;
+mod feeds;
+mod feedstore;
 mod fleet;
 mod keys;
 mod time;
 mod verify;
+mod vulns;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -77,6 +80,13 @@ enum Cmd {
         metadata_only: bool,
         bundle: PathBuf,
     },
+    /// Import vulnerability feeds (OSV Debian records, EPSS CSV, CISA KEV JSON) from local files,
+    /// or show what is imported.
+    #[command(subcommand)]
+    Feeds(FeedsCmd),
+    /// Which hosts are exposed to which CVEs (the collector's inventories against the imported
+    /// feeds), most urgent first: known exploited, then EPSS, then CVSS.
+    Vulns(VulnsArgs),
     /// Print shell completions to stdout (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Write man pages (roff) for lanpatch-signer and each subcommand into a directory.
@@ -84,6 +94,60 @@ enum Cmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum FeedsCmd {
+    /// Parse every given file, then replace each given feed in the database (one transaction
+    /// each). A malformed file is refused naming the file and the line or record, and nothing
+    /// of any given file is imported.
+    Import {
+        /// The feed database (default ~/.local/share/lanpatch/feeds.db).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        /// OSV records of the Debian ecosystem: a record .json, a directory of them, or all.zip.
+        #[arg(long)]
+        osv: Option<PathBuf>,
+        /// The EPSS daily CSV (plain or .gz).
+        #[arg(long)]
+        epss: Option<PathBuf>,
+        /// The CISA Known Exploited Vulnerabilities catalogue (JSON).
+        #[arg(long)]
+        kev: Option<PathBuf>,
+    },
+    /// The imported feeds: each one's date, source file and size.
+    Show {
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct VulnsArgs {
+    /// The feed database (default ~/.local/share/lanpatch/feeds.db).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// The collector node's control socket (its inventories).
+    #[arg(long, required_unless_present = "inventories", conflicts_with = "inventories")]
+    node: Option<PathBuf>,
+    /// Inventories from a file instead: a JSON array as the collector's control socket returns
+    /// them (for an offline workstation).
+    #[arg(long)]
+    inventories: Option<PathBuf>,
+    /// Only this host (hostname or node id).
+    #[arg(long)]
+    host: Option<String>,
+    /// Only this package (source or binary name).
+    #[arg(long)]
+    package: Option<String>,
+    /// Only the CVEs this release bundle lists (`release create --cve`): the hosts it would fix.
+    #[arg(long)]
+    fixed_by: Option<PathBuf>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -224,6 +288,10 @@ struct CreateArgs {
     /// The flaw is exploited in the wild.
     #[arg(long)]
     known_exploited: bool,
+    /// Fill --cvss, --epss and --known-exploited for the --cve ids from this feed database when
+    /// not given (default: ~/.local/share/lanpatch/feeds.db, if it exists).
+    #[arg(long)]
+    feeds_db: Option<PathBuf>,
     /// Install at once, ignoring maintenance windows.
     #[arg(long)]
     urgent: bool,
@@ -344,6 +412,123 @@ struct VerifyArgs {
     #[arg(long)]
     json: bool,
     bundle: PathBuf,
+}
+
+/// CVSS, EPSS and known-exploited for a new release: the flags where given, else (for its CVEs)
+/// the highest CVSS and EPSS the imported feeds give any of them, and KEV membership of any.
+fn fill_from_feeds(a: &CreateArgs) -> Result<(Option<f64>, Option<f64>, bool)> {
+    let mut out = (a.cvss, a.epss, a.known_exploited);
+    let path = match &a.feeds_db {
+        Some(p) => p.clone(),
+        None => feedstore::default_path(),
+    };
+    if a.cves.is_empty() || (a.feeds_db.is_none() && !path.exists()) {
+        return Ok(out);
+    }
+    let store = feedstore::FeedStore::open(&path)?;
+    let max = |v: Option<f64>, w: Option<f64>| match (v, w) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    };
+    let (mut cvss, mut epss, mut kev) = (None, None, false);
+    for c in &a.cves {
+        cvss = max(cvss, store.cvss(c.as_str())?);
+        epss = max(epss, store.epss(c.as_str())?.map(|e| e.score));
+        kev |= store.kev(c.as_str())?.is_some();
+    }
+    out.0 = out.0.or(cvss);
+    out.1 = out.1.or(epss);
+    out.2 |= kev;
+    let dates: Vec<String> = store.feeds()?.into_iter().map(|f| format!("{} {}", f.feed, f.date)).collect();
+    println!(
+        "from the feeds ({}): CVSS {}, EPSS {}, known exploited {}",
+        dates.join(", "),
+        out.0.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into()),
+        out.1.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+        out.2
+    );
+    Ok(out)
+}
+
+fn feeds_import(db: Option<PathBuf>, osv: Option<PathBuf>, epss: Option<PathBuf>, kev: Option<PathBuf>) -> Result<()> {
+    if osv.is_none() && epss.is_none() && kev.is_none() {
+        bail!("give at least one of --osv, --epss, --kev");
+    }
+    // Everything is parsed before anything is written: one bad file imports nothing.
+    let osv = osv.map(|p| feeds::parse_osv(&p).map(|f| (p, f))).transpose()?;
+    let epss = epss.map(|p| feeds::parse_epss(&p).map(|f| (p, f))).transpose()?;
+    let kev = kev.map(|p| feeds::parse_kev(&p).map(|f| (p, f))).transpose()?;
+    let path = db.unwrap_or_else(feedstore::default_path);
+    let mut store = feedstore::FeedStore::open(&path)?;
+    if let Some((p, f)) = &osv {
+        store.replace_osv(f, p)?;
+        println!("osv: {} records, {} affected ranges, dated {}", f.records, f.affected.len(), f.date);
+    }
+    if let Some((p, f)) = &epss {
+        store.replace_epss(f, p)?;
+        println!("epss: {} CVEs, model {}, dated {}", f.rows.len(), f.model_version, f.date);
+    }
+    if let Some((p, f)) = &kev {
+        store.replace_kev(f, p)?;
+        println!("kev: {} CVEs, catalogue {}, dated {}", f.entries.len(), f.catalog_version, f.date);
+    }
+    println!("feed database: {}", path.display());
+    Ok(())
+}
+
+fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
+    use lanpatch_protocol::control::{ControlRequest, ControlResponse, InventoryView};
+    let store = feedstore::FeedStore::open(&a.db.unwrap_or_else(feedstore::default_path))?;
+    if !store.feeds()?.iter().any(|f| f.feed == feedstore::Feed::Osv.as_str()) {
+        return Err(exit::exit(exit::Code::NotFound, "no OSV feed imported (lanpatch-signer feeds import --osv ...)"));
+    }
+    let invs: Vec<InventoryView> = match (&a.node, &a.inventories) {
+        (_, Some(file)) => {
+            let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a JSON array of inventories", file.display()))?
+        }
+        (Some(node), None) => match fleet::request(node, &ControlRequest::Inventories)? {
+            ControlResponse::Inventories(v) => v,
+            ControlResponse::Error { message, .. } => return Err(exit::exit(exit::Code::NotFound, message)),
+            other => bail!("unexpected response {other:?}"),
+        },
+        (None, None) => bail!("give --node or --inventories"),
+    };
+    if invs.is_empty() {
+        return Err(exit::exit(exit::Code::NotFound, "the collector holds no inventories yet"));
+    }
+    let hosts: Vec<InventoryView> =
+        invs.into_iter().filter(|h| a.host.as_deref().is_none_or(|x| h.hostname == x || h.node == x)).collect();
+    let by_package = store.affected_by_package()?;
+    let mut found = vulns::exposures(&hosts, &by_package);
+    if let Some(p) = &a.package {
+        found.retain(|f| f.package == *p || f.hosts.iter().any(|h| h.installed == *p));
+    }
+    let mut release = None;
+    if let Some(b) = &a.fixed_by {
+        let m = bundle::load::<ReleaseManifest>(&Bundle::new(b).manifest_path(), limits)?;
+        let v = m.value();
+        if v.severity.cves.is_empty() {
+            bail!("{} lists no CVEs (release create --cve)", b.display());
+        }
+        let cves: Vec<&str> = v.severity.cves.iter().map(|c| c.as_str()).collect();
+        found.retain(|f| cves.contains(&f.cve.as_str()));
+        release = Some(format!("{} {}", v.product, v.version));
+    }
+    let found = vulns::prioritise(&store, found)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+        return Ok(());
+    }
+    if let Some(r) = release {
+        let mut hosts: Vec<&str> = found.iter().flat_map(|f| f.hosts.iter().map(|h| h.hostname.as_str())).collect();
+        hosts.sort();
+        hosts.dedup();
+        println!("release {r} fixes {} exposure(s) on {} host(s): {}", found.len(), hosts.len(), hosts.join(", "));
+    }
+    vulns::print(&found);
+    Ok(())
 }
 
 /// One page for the command and one per subcommand (`lanpatch-signer-release.1`, ...).
@@ -478,6 +663,25 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             a.json,
         )?,
         Cmd::Publish { node, metadata_only, bundle } => publish(&node, &bundle, metadata_only)?,
+        Cmd::Feeds(FeedsCmd::Import { db, osv, epss, kev }) => feeds_import(db, osv, epss, kev)?,
+        Cmd::Feeds(FeedsCmd::Show { db, json }) => {
+            let store = feedstore::FeedStore::open(&db.unwrap_or_else(feedstore::default_path))?;
+            let list = store.feeds()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no feeds imported yet (lanpatch-signer feeds import)");
+            }
+            if !json {
+                for f in &list {
+                    println!(
+                        "{}: dated {}, {} rows, from {} (imported at {})",
+                        f.feed, f.date, f.rows, f.source, f.imported_at
+                    );
+                }
+            }
+        }
+        Cmd::Vulns(a) => vulns_cmd(a, &limits)?,
         Cmd::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "lanpatch-signer", &mut std::io::stdout());
@@ -613,6 +817,7 @@ fn build_release(a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_proto
             Some(x) => bail!("{what} {x} is out of range 0..={max}"),
         }
     };
+    let (cvss, epss, known_exploited) = fill_from_feeds(&a)?;
     let manifest = ReleaseManifest {
         product: a.product,
         version: a.version,
@@ -628,9 +833,9 @@ fn build_release(a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_proto
         severity: Severity {
             level: a.severity,
             cves: a.cves,
-            cvss_tenths: score("CVSS", a.cvss, 10.0, 10.0)?.map(|v| v as u8),
-            epss_bp: score("EPSS", a.epss, 10_000.0, 1.0)?.map(|v| v as u16),
-            known_exploited: a.known_exploited,
+            cvss_tenths: score("CVSS", cvss, 10.0, 10.0)?.map(|v| v as u8),
+            epss_bp: score("EPSS", epss, 10_000.0, 1.0)?.map(|v| v as u16),
+            known_exploited,
         },
         urgent: a.urgent,
         origins: a.origins,

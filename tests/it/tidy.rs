@@ -39,10 +39,15 @@ fn non_test(text: &str) -> &str {
 #[test]
 fn only_the_store_module_names_rusqlite() {
     for (p, text) in sources("node/src").into_iter().chain(sources("signer/src")).chain(sources("protocol/src")) {
-        if p.ends_with("node/src/store.rs") {
+        // One store module per binary: the node's state, the signer's feed database.
+        if p.ends_with("node/src/store.rs") || p.ends_with("signer/src/feedstore.rs") {
             continue;
         }
-        assert!(!text.contains("rusqlite"), "{} names rusqlite: SQLite is reached only through store.rs", name(&p));
+        assert!(
+            !text.contains("rusqlite"),
+            "{} names rusqlite: SQLite is reached only through store.rs (node) and feedstore.rs (signer)",
+            name(&p)
+        );
     }
 }
 

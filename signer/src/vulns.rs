@@ -1,0 +1,216 @@
+//! Assess and prioritise: which hosts are exposed to which CVE, from the collector's inventories
+//! and the imported feeds, in priority order.
+//!
+//! A host is exposed to a CVE through a package when the OSV feed has an affected range for the
+//! package's source name (dpkg's `Source:`, else its name), for the host's Debian release or for
+//! any release, and the installed source version is inside it: at or above `introduced` (or any
+//! version when there is none) and below `fixed` (or at most `last_affected`; or any version when
+//! the range is open), in Debian version order.
+//!
+//! Priority (documented in docs/OPERATIONS.md): known exploited (CISA KEV) first, then by EPSS
+//! score, then by CVSS base score, then by the number of exposed hosts; ties by CVE id.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Result;
+use lanpatch_protocol::control::InventoryView;
+use serde::Serialize;
+
+use crate::debver;
+use crate::feeds::OsvAffected;
+use crate::feedstore::{Epss, FeedStore, Kev};
+
+/// One host's exposure through one installed package.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Exposure {
+    pub hostname: String,
+    pub node: String,
+    /// The binary package installed and its version.
+    pub installed: String,
+    pub version: String,
+    /// The first fixed version for this host, if any.
+    pub fixed: Option<String>,
+}
+
+/// One CVE in one source package, with every exposed host.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub cve: String,
+    pub package: String,
+    pub advisories: Vec<String>,
+    pub cvss: Option<f64>,
+    pub cvss_vector: Option<String>,
+    pub epss: Option<Epss>,
+    pub kev: Option<Kev>,
+    pub hosts: Vec<Exposure>,
+}
+
+/// Whether `version` is inside the range.
+pub fn in_range(version: &str, a: &OsvAffected) -> bool {
+    if a.introduced.as_deref().is_some_and(|i| debver::compare(version, i) == Ordering::Less) {
+        return false;
+    }
+    match (&a.fixed, &a.last_affected) {
+        (Some(f), _) => debver::compare(version, f) == Ordering::Less,
+        (None, Some(l)) => debver::compare(version, l) != Ordering::Greater,
+        (None, None) => true,
+    }
+}
+
+/// Debian's release number from an os_version ("12", "12.5" -> "12").
+fn release_of(os_version: &str) -> &str {
+    os_version.split('.').next().unwrap_or(os_version)
+}
+
+/// Every exposure of `hosts` to the ranges in `by_package`, grouped by (CVE, package).
+pub fn exposures(hosts: &[InventoryView], by_package: &HashMap<String, Vec<OsvAffected>>) -> Vec<Finding> {
+    let mut found: BTreeMap<(String, String), Finding> = BTreeMap::new();
+    for h in hosts {
+        let release = release_of(&h.os_version);
+        let debian = h.os == "debian";
+        for p in &h.packages {
+            let (src, ver) = p.source_key();
+            let Some(ranges) = by_package.get(src) else { continue };
+            for a in ranges {
+                if a.release.as_deref().is_some_and(|r| !debian || r != release) || !in_range(ver, a) {
+                    continue;
+                }
+                let f = found.entry((a.cve.clone(), a.package.clone())).or_insert_with(|| Finding {
+                    cve: a.cve.clone(),
+                    package: a.package.clone(),
+                    advisories: Vec::new(),
+                    cvss: None,
+                    cvss_vector: None,
+                    epss: None,
+                    kev: None,
+                    hosts: Vec::new(),
+                });
+                if !f.advisories.contains(&a.advisory) {
+                    f.advisories.push(a.advisory.clone());
+                }
+                if a.cvss.is_some_and(|c| f.cvss.is_none_or(|old| c > old)) {
+                    f.cvss = a.cvss;
+                    f.cvss_vector = a.cvss_vector.clone();
+                }
+                let e = Exposure {
+                    hostname: h.hostname.clone(),
+                    node: h.node.clone(),
+                    installed: p.name.clone(),
+                    version: p.version.clone(),
+                    fixed: a.fixed.clone(),
+                };
+                if !f.hosts.iter().any(|x| x.node == e.node && x.installed == e.installed) {
+                    f.hosts.push(e);
+                }
+            }
+        }
+    }
+    found.into_values().collect()
+}
+
+/// Adds EPSS and KEV from the store and sorts by priority.
+pub fn prioritise(store: &FeedStore, mut findings: Vec<Finding>) -> Result<Vec<Finding>> {
+    for f in &mut findings {
+        f.epss = store.epss(&f.cve)?;
+        f.kev = store.kev(&f.cve)?;
+        f.hosts.sort_by(|a, b| (&a.hostname, &a.installed).cmp(&(&b.hostname, &b.installed)));
+    }
+    findings.sort_by(priority);
+    Ok(findings)
+}
+
+/// The documented priority order (most urgent first).
+pub fn priority(a: &Finding, b: &Finding) -> Ordering {
+    let key = |f: &Finding| (f.kev.is_some(), f.epss.map(|e| e.score).unwrap_or(-1.0), f.cvss.unwrap_or(-1.0));
+    let (ka, kb) = (key(a), key(b));
+    kb.0.cmp(&ka.0)
+        .then(kb.1.total_cmp(&ka.1))
+        .then(kb.2.total_cmp(&ka.2))
+        .then(b.hosts.len().cmp(&a.hosts.len()))
+        .then_with(|| a.cve.cmp(&b.cve))
+        .then_with(|| a.package.cmp(&b.package))
+}
+
+/// Prints the findings as a table, most urgent first.
+pub fn print(findings: &[Finding]) {
+    if findings.is_empty() {
+        println!("no host is exposed to any CVE in the imported feeds");
+        return;
+    }
+    for (i, f) in findings.iter().enumerate() {
+        let cvss = f.cvss.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into());
+        let epss =
+            f.epss.map(|e| format!("{:.4} ({:.0}th pct)", e.score, e.percentile * 100.0)).unwrap_or_else(|| "-".into());
+        let kev = match &f.kev {
+            Some(k) => {
+                format!("KNOWN EXPLOITED (due {}{})", k.due_date, if k.ransomware { ", ransomware" } else { "" })
+            }
+            None => String::new(),
+        };
+        println!("{:>3}. {} {} on {} host(s): CVSS {cvss}, EPSS {epss} {kev}", i + 1, f.cve, f.package, f.hosts.len());
+        for h in &f.hosts {
+            let fixed = h.fixed.as_deref().map(|v| format!("fixed in {v}")).unwrap_or_else(|| "no fix yet".into());
+            println!("       {} {} {} ({fixed})", h.hostname, h.installed, h.version);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(intro: Option<&str>, fixed: Option<&str>, last: Option<&str>) -> OsvAffected {
+        OsvAffected {
+            cve: "CVE-2023-4911".into(),
+            advisory: "DSA-5514-1".into(),
+            package: "glibc".into(),
+            release: Some("12".into()),
+            introduced: intro.map(String::from),
+            fixed: fixed.map(String::from),
+            last_affected: last.map(String::from),
+            cvss_vector: None,
+            cvss: Some(7.8),
+        }
+    }
+
+    #[test]
+    fn ranges_follow_debian_version_order() {
+        let fixed = range(None, Some("2.36-9+deb12u3"), None);
+        assert!(in_range("2.36-9+deb12u1", &fixed));
+        assert!(!in_range("2.36-9+deb12u3", &fixed));
+        assert!(!in_range("2.36-9+deb12u10", &fixed), "u10 is after u3 in Debian order");
+        let intro = range(Some("2.34-1"), Some("2.36-9+deb12u3"), None);
+        assert!(!in_range("2.33-8", &intro));
+        let last = range(None, None, Some("2.36-9+deb12u2"));
+        assert!(in_range("2.36-9+deb12u2", &last) && !in_range("2.36-9+deb12u3", &last));
+        assert!(in_range("1:0.1", &range(None, None, None)));
+    }
+
+    fn finding(cve: &str, kev: bool, epss: Option<f64>, cvss: Option<f64>) -> Finding {
+        Finding {
+            cve: cve.into(),
+            package: "p".into(),
+            advisories: vec![],
+            cvss,
+            cvss_vector: None,
+            epss: epss.map(|score| Epss { score, percentile: 0.5 }),
+            kev: kev.then(|| Kev { date_added: "2023-11-21".into(), due_date: "2023-12-12".into(), ransomware: false }),
+            hosts: vec![],
+        }
+    }
+
+    #[test]
+    fn known_exploited_comes_first_then_epss_then_cvss() {
+        let mut v = [
+            finding("CVE-2000-0001", false, Some(0.9), Some(9.8)),
+            finding("CVE-2000-0002", true, Some(0.01), Some(5.0)),
+            finding("CVE-2000-0003", false, Some(0.9), Some(10.0)),
+            finding("CVE-2000-0004", false, None, Some(10.0)),
+            finding("CVE-2000-0005", false, Some(0.95), None),
+        ];
+        v.sort_by(priority);
+        let order: Vec<&str> = v.iter().map(|f| f.cve.as_str()).collect();
+        assert_eq!(order, ["CVE-2000-0002", "CVE-2000-0005", "CVE-2000-0003", "CVE-2000-0001", "CVE-2000-0004"]);
+    }
+}
