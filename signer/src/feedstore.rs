@@ -224,6 +224,22 @@ impl FeedStore {
         Ok(self.conn.query_row("SELECT max(cvss) FROM osv WHERE cve = ?1", params![cve], |r| r.get(0))?)
     }
 
+    /// Every EPSS score, by CVE.
+    pub fn all_epss(&self) -> Result<HashMap<String, Epss>> {
+        let mut st = self.conn.prepare("SELECT cve, score, percentile FROM epss")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, Epss { score: r.get(1)?, percentile: r.get(2)? })))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every KEV entry, by CVE.
+    pub fn all_kev(&self) -> Result<HashMap<String, Kev>> {
+        let mut st = self.conn.prepare("SELECT cve, date_added, due_date, ransomware FROM kev")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get(0)?, Kev { date_added: r.get(1)?, due_date: r.get(2)?, ransomware: r.get(3)? }))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn epss(&self, cve: &str) -> Result<Option<Epss>> {
         Ok(self
             .conn

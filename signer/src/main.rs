@@ -148,6 +148,9 @@ struct VulnsArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     json: bool,
+    /// Print how long loading, matching and ranking took (to stderr).
+    #[arg(long)]
+    timings: bool,
 }
 
 #[derive(Args)]
@@ -482,6 +485,7 @@ fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
     if !store.feeds()?.iter().any(|f| f.feed == feedstore::Feed::Osv.as_str()) {
         return Err(exit::exit(exit::Code::NotFound, "no OSV feed imported (lanpatch-signer feeds import --osv ...)"));
     }
+    let t0 = std::time::Instant::now();
     let invs: Vec<InventoryView> = match (&a.node, &a.inventories) {
         (_, Some(file)) => {
             let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
@@ -501,7 +505,9 @@ fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
     let hosts: Vec<InventoryView> =
         invs.into_iter().filter(|h| a.host.as_deref().is_none_or(|x| h.hostname == x || h.node == x)).collect();
     let by_package = store.affected_by_package()?;
+    let t1 = std::time::Instant::now();
     let mut found = vulns::exposures(&hosts, &by_package);
+    let t2 = std::time::Instant::now();
     if let Some(p) = &a.package {
         found.retain(|f| f.package == *p || f.hosts.iter().any(|h| h.installed == *p));
     }
@@ -517,6 +523,17 @@ fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
         release = Some(format!("{} {}", v.product, v.version));
     }
     let found = vulns::prioritise(&store, found)?;
+    if a.timings {
+        let packages: usize = hosts.iter().map(|h| h.packages.len()).sum();
+        eprintln!(
+            "timings: load {} hosts ({packages} packages) and {} ranges {:.2} s, match {:.2} s, rank {:.2} s",
+            hosts.len(),
+            by_package.values().map(Vec::len).sum::<usize>(),
+            (t1 - t0).as_secs_f64(),
+            (t2 - t1).as_secs_f64(),
+            t2.elapsed().as_secs_f64()
+        );
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&found)?);
         return Ok(());

@@ -11,7 +11,7 @@
 //! score, then by CVSS base score, then by the number of exposed hosts; ties by CVE id.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use anyhow::Result;
 use lanpatch_protocol::control::InventoryView;
@@ -64,28 +64,42 @@ fn release_of(os_version: &str) -> &str {
 }
 
 /// Every exposure of `hosts` to the ranges in `by_package`, grouped by (CVE, package).
+///
+/// The matching itself borrows everything (hosts, packages and ranges are indices); strings are
+/// copied only for the findings it returns.
 pub fn exposures(hosts: &[InventoryView], by_package: &HashMap<String, Vec<OsvAffected>>) -> Vec<Finding> {
-    let mut found: BTreeMap<(String, String), Finding> = BTreeMap::new();
-    for h in hosts {
+    // (cve, package) -> the ranges that matched, and (host, package index, range) per exposure.
+    type Hit<'a> = (usize, usize, &'a OsvAffected);
+    let mut found: HashMap<(&str, &str), Vec<Hit<'_>>> = HashMap::new();
+    for (hi, h) in hosts.iter().enumerate() {
         let release = release_of(&h.os_version);
         let debian = h.os == "debian";
-        for p in &h.packages {
+        for (pi, p) in h.packages.iter().enumerate() {
             let (src, ver) = p.source_key();
             let Some(ranges) = by_package.get(src) else { continue };
             for a in ranges {
                 if a.release.as_deref().is_some_and(|r| !debian || r != release) || !in_range(ver, a) {
                     continue;
                 }
-                let f = found.entry((a.cve.clone(), a.package.clone())).or_insert_with(|| Finding {
-                    cve: a.cve.clone(),
-                    package: a.package.clone(),
-                    advisories: Vec::new(),
-                    cvss: None,
-                    cvss_vector: None,
-                    epss: None,
-                    kev: None,
-                    hosts: Vec::new(),
-                });
+                found.entry((a.cve.as_str(), a.package.as_str())).or_default().push((hi, pi, a));
+            }
+        }
+    }
+    let mut out: Vec<Finding> = found
+        .into_iter()
+        .map(|((cve, package), hits)| {
+            let mut f = Finding {
+                cve: cve.to_string(),
+                package: package.to_string(),
+                advisories: Vec::new(),
+                cvss: None,
+                cvss_vector: None,
+                epss: None,
+                kev: None,
+                hosts: Vec::with_capacity(hits.len()),
+            };
+            let mut seen = std::collections::HashSet::new();
+            for (hi, pi, a) in hits {
                 if !f.advisories.contains(&a.advisory) {
                     f.advisories.push(a.advisory.clone());
                 }
@@ -93,27 +107,31 @@ pub fn exposures(hosts: &[InventoryView], by_package: &HashMap<String, Vec<OsvAf
                     f.cvss = a.cvss;
                     f.cvss_vector = a.cvss_vector.clone();
                 }
-                let e = Exposure {
-                    hostname: h.hostname.clone(),
-                    node: h.node.clone(),
-                    installed: p.name.clone(),
-                    version: p.version.clone(),
-                    fixed: a.fixed.clone(),
-                };
-                if !f.hosts.iter().any(|x| x.node == e.node && x.installed == e.installed) {
-                    f.hosts.push(e);
+                // One line per installed package, even when several ranges matched it.
+                if seen.insert((hi, pi)) {
+                    let (h, p) = (&hosts[hi], &hosts[hi].packages[pi]);
+                    f.hosts.push(Exposure {
+                        hostname: h.hostname.clone(),
+                        node: h.node.clone(),
+                        installed: p.name.clone(),
+                        version: p.version.clone(),
+                        fixed: a.fixed.clone(),
+                    });
                 }
             }
-        }
-    }
-    found.into_values().collect()
+            f
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.cve, &a.package).cmp(&(&b.cve, &b.package)));
+    out
 }
 
 /// Adds EPSS and KEV from the store and sorts by priority.
 pub fn prioritise(store: &FeedStore, mut findings: Vec<Finding>) -> Result<Vec<Finding>> {
+    let (epss, kev) = (store.all_epss()?, store.all_kev()?);
     for f in &mut findings {
-        f.epss = store.epss(&f.cve)?;
-        f.kev = store.kev(&f.cve)?;
+        f.epss = epss.get(&f.cve).copied();
+        f.kev = kev.get(&f.cve).cloned();
         f.hosts.sort_by(|a, b| (&a.hostname, &a.installed).cmp(&(&b.hostname, &b.installed)));
     }
     findings.sort_by(priority);
