@@ -56,6 +56,10 @@ pub fn manifest() -> Signed<ReleaseManifest> {
             cvss_tenths: Some(91),
             epss_bp: Some(4200),
             known_exploited: true,
+            feed_dates: vec![lanpatch_protocol::manifest::FeedDate {
+                feed: "epss".into(),
+                date: "2026-11-30T00:00:00+0000".into(),
+            }],
         },
         urgent: false,
         origins: vec!["https://mirror.example/openssl-7".into()],

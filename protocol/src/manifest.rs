@@ -104,6 +104,18 @@ pub struct Severity {
     pub epss_bp: Option<u16>,
     /// Exploitation seen in the wild (e.g. listed in CISA KEV).
     pub known_exploited: bool,
+    /// The vulnerability feeds the scores were taken from, each with its own date (empty when
+    /// they were typed by hand).
+    pub feed_dates: Vec<FeedDate>,
+}
+
+/// One feed's name and date, as `release create` read it from the signer's feed database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedDate {
+    /// `osv`, `epss` or `kev`.
+    pub feed: String,
+    /// The feed's own date (OSV: newest `modified`; EPSS: `score_date`; KEV: `dateReleased`).
+    pub date: String,
 }
 
 impl Severity {
@@ -256,6 +268,10 @@ impl Payload for ReleaseManifest {
         check_short_strings("target hostnames", &self.targets.hostnames, limits)?;
         check_list("target tags", &self.targets.tags, limits.max_list_items)?;
         check_list("CVE ids", &self.severity.cves, limits.max_list_items)?;
+        check_list("feed dates", &self.severity.feed_dates, limits.max_list_items)?;
+        for f in &self.severity.feed_dates {
+            check_short_strings("feed dates", &[f.feed.clone(), f.date.clone()], limits)?;
+        }
         if self.severity.cvss_tenths.is_some_and(|c| c > 100) {
             return Err(ValidationError::field("CVSS", "must be between 0.0 and 10.0"));
         }

@@ -79,6 +79,7 @@ fn manifest_value(version: u64) -> ReleaseManifest {
             cvss_tenths: Some(98),
             epss_bp: Some(9730),
             known_exploited: true,
+            feed_dates: vec![],
         },
         urgent: false,
         origins: vec![],

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use lanpatch_protocol::manifest::default_chunk_size;
+use lanpatch_protocol::manifest::{FeedDate, default_chunk_size};
 use lanpatch_protocol::{
     Approval, Command, CveId, Limits, ProductName, PublicKey, ReleaseManifest, RingName, Role, RoleKeys, Root,
     Severity, SeverityLevel, Signed, Tag, Targets, Version, Yank, YankAction, fleet_id,
@@ -419,8 +419,11 @@ struct VerifyArgs {
 
 /// CVSS, EPSS and known-exploited for a new release: the flags where given, else (for its CVEs)
 /// the highest CVSS and EPSS the imported feeds give any of them, and KEV membership of any.
-fn fill_from_feeds(a: &CreateArgs) -> Result<(Option<f64>, Option<f64>, bool)> {
-    let mut out = (a.cvss, a.epss, a.known_exploited);
+/// (CVSS, EPSS, known exploited, the feeds' dates) for a new release's manifest.
+type Scores = (Option<f64>, Option<f64>, bool, Vec<FeedDate>);
+
+fn fill_from_feeds(a: &CreateArgs) -> Result<Scores> {
+    let mut out = (a.cvss, a.epss, a.known_exploited, Vec::new());
     let path = match &a.feeds_db {
         Some(p) => p.clone(),
         None => feedstore::default_path(),
@@ -442,7 +445,8 @@ fn fill_from_feeds(a: &CreateArgs) -> Result<(Option<f64>, Option<f64>, bool)> {
     out.0 = out.0.or(cvss);
     out.1 = out.1.or(epss);
     out.2 |= kev;
-    let dates: Vec<String> = store.feeds()?.into_iter().map(|f| format!("{} {}", f.feed, f.date)).collect();
+    out.3 = store.feeds()?.into_iter().map(|f| FeedDate { feed: f.feed.to_string(), date: f.date }).collect();
+    let dates: Vec<String> = out.3.iter().map(|f| format!("{} {}", f.feed, f.date)).collect();
     println!(
         "from the feeds ({}): CVSS {}, EPSS {}, known exploited {}",
         dates.join(", "),
@@ -834,7 +838,7 @@ fn build_release(a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_proto
             Some(x) => bail!("{what} {x} is out of range 0..={max}"),
         }
     };
-    let (cvss, epss, known_exploited) = fill_from_feeds(&a)?;
+    let (cvss, epss, known_exploited, feed_dates) = fill_from_feeds(&a)?;
     let manifest = ReleaseManifest {
         product: a.product,
         version: a.version,
@@ -853,6 +857,7 @@ fn build_release(a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_proto
             cvss_tenths: score("CVSS", cvss, 10.0, 10.0)?.map(|v| v as u8),
             epss_bp: score("EPSS", epss, 10_000.0, 1.0)?.map(|v| v as u16),
             known_exploited,
+            feed_dates,
         },
         urgent: a.urgent,
         origins: a.origins,
@@ -1055,6 +1060,7 @@ fn release_json(signed: &Signed<ReleaseManifest>) -> serde_json::Value {
             "cvss": s.cvss_tenths.map(|c| f64::from(c) / 10.0),
             "epss": s.epss_bp.map(|e| f64::from(e) / 10_000.0),
             "known_exploited": s.known_exploited,
+            "feed_dates": s.feed_dates.iter().map(|f| serde_json::json!({"feed": f.feed, "date": f.date})).collect::<Vec<_>>(),
         },
         "urgent": m.urgent,
         "install": cmd(&m.install),
@@ -1098,6 +1104,10 @@ fn show_release(b: &Bundle, limits: &Limits, json: bool) -> Result<()> {
     );
     if !s.cves.is_empty() {
         println!("CVEs: {}", s.cves.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" "));
+    }
+    if !s.feed_dates.is_empty() {
+        let d: Vec<String> = s.feed_dates.iter().map(|f| format!("{} {}", f.feed, f.date)).collect();
+        println!("scores from the feeds: {}", d.join(", "));
     }
     println!("install: {:?} (timeout {}s)", m.install.argv, m.install.timeout_secs);
     if let Some(c) = &m.rollback {

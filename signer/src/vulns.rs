@@ -71,16 +71,22 @@ pub fn exposures(hosts: &[InventoryView], by_package: &HashMap<String, Vec<OsvAf
     // (cve, package) -> the ranges that matched, and (host, package index, range) per exposure.
     type Hit<'a> = (usize, usize, &'a OsvAffected);
     let mut found: HashMap<(&str, &str), Vec<Hit<'_>>> = HashMap::new();
+    // A fleet runs few distinct versions of each package: the ranges a (package, version, release)
+    // falls in are worked out once, however many hosts have it.
+    let mut memo: HashMap<(&str, &str, &str, bool), Vec<&OsvAffected>> = HashMap::new();
     for (hi, h) in hosts.iter().enumerate() {
         let release = release_of(&h.os_version);
         let debian = h.os == "debian";
         for (pi, p) in h.packages.iter().enumerate() {
             let (src, ver) = p.source_key();
             let Some(ranges) = by_package.get(src) else { continue };
-            for a in ranges {
-                if a.release.as_deref().is_some_and(|r| !debian || r != release) || !in_range(ver, a) {
-                    continue;
-                }
+            let hits = memo.entry((src, ver, release, debian)).or_insert_with(|| {
+                ranges
+                    .iter()
+                    .filter(|a| a.release.as_deref().is_none_or(|r| debian && r == release) && in_range(ver, a))
+                    .collect()
+            });
+            for a in hits.iter() {
                 found.entry((a.cve.as_str(), a.package.as_str())).or_default().push((hi, pi, a));
             }
         }

@@ -193,6 +193,7 @@ fn vulns_ranks_real_nodes_exposures_known_exploited_first_and_fixed_by_names_the
     let m: serde_json::Value = serde_json::from_str(&show.ok().stdout).unwrap();
     assert_eq!(m["severity"]["cvss"], 8.1, "{m:#}");
     assert_eq!(m["severity"]["known_exploited"], false, "{m:#}");
+    assert_eq!(m["severity"]["feed_dates"][1]["date"], "2026-11-30T00:00:00+0000", "{m:#}");
     let fixes = vulns(&["--fixed-by", bundle.to_str().unwrap()]);
     assert_eq!(fixes.as_array().unwrap().len(), 1);
     assert_eq!(fixes[0]["hosts"].as_array().unwrap().len(), 2);
