@@ -251,7 +251,9 @@ fn a_flood_of_junk_gossip_gets_the_sender_banned_and_the_refusal_log_stays_bound
     let rows: i64 = db.query_row("SELECT count(*) FROM refusals", [], |r| r.get(0)).unwrap();
     // Every refusal is counted; only the newest few keep their details.
     assert!(rows <= 4, "the refusal log grew to {rows} rows");
-    assert!(st.refusals > rows as u64 + 2, "refusals {} vs {rows} rows", st.refusals);
+    // (Gossip scoring may ban the flooder after a handful of messages: more refusals than rows
+    // is the property, not how many more.)
+    assert!(st.refusals > rows as u64, "refusals {} vs {rows} rows", st.refusals);
     // Banned by the refusal rate or by gossip scoring (whichever came first), and persisted.
     assert!(
         st.recent_refusals.iter().any(|r| r.kind == RefusalKind::PeerBanned && r.source.contains(&attacker_id)),
