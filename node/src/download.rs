@@ -313,6 +313,12 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             Source::Peer(_) => ByteSource::Peer,
             Source::Origin(_) => ByteSource::Origin,
         };
+        // Counted here once, for peers and origins alike.
+        if let Err(e) = &result
+            && let Some(reason) = chunk_refusal(e)
+        {
+            s.metrics.chunk_refused(byte_source, reason);
+        }
         match (source, result) {
             (source, Ok(bytes)) => {
                 let len = bytes.len() as u64;
@@ -343,15 +349,11 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             }
             (Source::Origin(oi), Err(e)) => {
                 sched.origin_finished(flat, false);
-                s.metrics.origin_failed(match e {
-                    FetchError::Bad(_) | FetchError::BadLength(_) | FetchError::Redirect(_) => OriginFailure::Bad,
-                    _ => OriginFailure::Error,
-                });
-                if let Some(reason) = chunk_refusal(&e) {
-                    s.metrics.chunk_refused(byte_source, reason);
-                }
+                // Wrong bytes or a refused redirect: this origin is not used again for the release.
+                let bad = matches!(e, FetchError::Bad(_) | FetchError::BadLength(_) | FetchError::Redirect(_));
+                s.metrics.origin_failed(if bad { OriginFailure::Bad } else { OriginFailure::Error });
                 let alive = origin_ok.get(&oi).is_some_and(|t| t.elapsed() < ORIGIN_ALIVE);
-                if let FetchError::Bad(_) | FetchError::BadLength(_) | FetchError::Redirect(_) = e {
+                if bad {
                     bad_origins.insert(oi);
                     s.refuse(
                         from,
@@ -387,13 +389,11 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 }
             }
             (Source::Peer(peer), Err(FetchError::Bad(e))) => {
-                s.metrics.chunk_refused(byte_source, ChunkRefusal::HashMismatch);
                 sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
                 sched.ban(&peer);
                 s.ban(peer, format!("sent a corrupt chunk: {e}")).await;
             }
             (Source::Peer(peer), Err(FetchError::BadLength(e))) => {
-                s.metrics.chunk_refused(byte_source, ChunkRefusal::WrongLength);
                 sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
                 sched.ban(&peer);
                 s.ban(peer, format!("sent a malformed chunk: {e}")).await;
