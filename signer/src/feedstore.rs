@@ -11,8 +11,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::feeds::{EpssFeed, KevFeed, OsvAffected, OsvFeed};
 
-/// Which feed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Which feed (its serde name is [`Feed::as_str`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Feed {
     Osv,
     Epss,
@@ -33,7 +34,7 @@ impl Feed {
 /// One feed's last import.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FeedInfo {
-    pub feed: &'static str,
+    pub feed: Feed,
     /// The feed's own date (OSV: newest `modified`; EPSS: `score_date`; KEV: `dateReleased`).
     pub date: String,
     pub imported_at: u64,
@@ -179,7 +180,7 @@ impl FeedStore {
                     params![f.as_str()],
                     |r| {
                         Ok(FeedInfo {
-                            feed: f.as_str(),
+                            feed: f,
                             date: r.get(0)?,
                             imported_at: r.get::<_, i64>(1)? as u64,
                             source: r.get(2)?,

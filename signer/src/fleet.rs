@@ -48,6 +48,14 @@ pub fn reports(socket: &Path) -> Result<Vec<ReportView>> {
     }
 }
 
+/// Every node's latest inventory, from a collector.
+pub fn inventories(socket: &Path) -> Result<Vec<InventoryView>> {
+    match request(socket, &ControlRequest::Inventories)? {
+        ControlResponse::Inventories(v) => Ok(v),
+        other => bail!("unexpected response {other:?}"),
+    }
+}
+
 /// A ring's results for one release, from typed states.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct RingCounts {
@@ -273,10 +281,7 @@ pub fn inventory(
     ring: Option<&str>,
     json: bool,
 ) -> Result<()> {
-    let invs: Vec<InventoryView> = match request(socket, &ControlRequest::Inventories)? {
-        ControlResponse::Inventories(v) => v,
-        other => bail!("unexpected response {other:?}"),
-    };
+    let invs = inventories(socket)?;
     if invs.is_empty() {
         return Err(exit(Code::NotFound, "the collector holds no inventories yet"));
     }

@@ -445,7 +445,7 @@ fn fill_from_feeds(a: &CreateArgs) -> Result<Scores> {
     out.0 = out.0.or(cvss);
     out.1 = out.1.or(epss);
     out.2 |= kev;
-    out.3 = store.feeds()?.into_iter().map(|f| FeedDate { feed: f.feed.to_string(), date: f.date }).collect();
+    out.3 = store.feeds()?.into_iter().map(|f| FeedDate { feed: f.feed.as_str().to_string(), date: f.date }).collect();
     let dates: Vec<String> = out.3.iter().map(|f| format!("{} {}", f.feed, f.date)).collect();
     println!(
         "from the feeds ({}): CVSS {}, EPSS {}, known exploited {}",
@@ -484,9 +484,9 @@ fn feeds_import(db: Option<PathBuf>, osv: Option<PathBuf>, epss: Option<PathBuf>
 }
 
 fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
-    use lanpatch_protocol::control::{ControlRequest, ControlResponse, InventoryView};
+    use lanpatch_protocol::control::InventoryView;
     let store = feedstore::FeedStore::open(&a.db.unwrap_or_else(feedstore::default_path))?;
-    if !store.feeds()?.iter().any(|f| f.feed == feedstore::Feed::Osv.as_str()) {
+    if !store.feeds()?.iter().any(|f| f.feed == feedstore::Feed::Osv) {
         return Err(exit::exit(exit::Code::NotFound, "no OSV feed imported (lanpatch-signer feeds import --osv ...)"));
     }
     let t0 = std::time::Instant::now();
@@ -496,11 +496,8 @@ fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
             serde_json::from_slice(&text)
                 .with_context(|| format!("{} is not a JSON array of inventories", file.display()))?
         }
-        (Some(node), None) => match fleet::request(node, &ControlRequest::Inventories)? {
-            ControlResponse::Inventories(v) => v,
-            ControlResponse::Error { message, .. } => return Err(exit::exit(exit::Code::NotFound, message)),
-            other => bail!("unexpected response {other:?}"),
-        },
+        // A refusal (not a collector: exit 3) is mapped by fleet::request.
+        (Some(node), None) => fleet::inventories(node)?,
         (None, None) => bail!("give --node or --inventories"),
     };
     if invs.is_empty() {
@@ -697,7 +694,11 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                 for f in &list {
                     println!(
                         "{}: dated {}, {} rows, from {} (imported at {})",
-                        f.feed, f.date, f.rows, f.source, f.imported_at
+                        f.feed.as_str(),
+                        f.date,
+                        f.rows,
+                        f.source,
+                        f.imported_at
                     );
                 }
             }
