@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::SigningKey;
 use lanpatch_protocol::manifest::FileHasher;
-use lanpatch_protocol::report::{InstalledRelease, Package};
+use lanpatch_protocol::report::{DownloadProgress, InstalledRelease, Package};
 use lanpatch_protocol::{
     Approval, Command, Hash32, Inventory, ProductName, PublicKey, ReleaseManifest, ReleaseState, Report, Role,
     RoleKeys, Root, Severity, SeverityLevel, Signed, Targets, Timestamp, Version, WaitReason, Yank, YankAction,
@@ -112,6 +112,7 @@ pub fn report(m: &Signed<ReleaseManifest>) -> Signed<Report> {
         exit_code: None,
         at: Timestamp(1_700_000_300),
         seq: 1_700_000_300_123,
+        progress: Some(DownloadProgress { have_chunks: 64, total_chunks: 64, from_peers: 7 << 20, from_origin: 1 << 20 }),
     });
     s.sign(&node);
     s
@@ -137,6 +138,7 @@ pub fn inventory(m: &Signed<ReleaseManifest>) -> Signed<Inventory> {
         releases: vec![InstalledRelease { product: product(), version: Version(7), manifest: m.payload_hash() }],
         at: Timestamp(1_700_000_400),
         seq: 1_700_000_400_000,
+        agent_version: "0.1.0".into(),
     });
     s.sign(&node);
     s

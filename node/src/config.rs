@@ -145,6 +145,23 @@ pub struct Config {
     /// endpoint off. Port 0 picks a free port (its address is logged at start).
     #[serde(default = "default_metrics_listen", deserialize_with = "empty_is_none")]
     pub metrics_listen: Option<String>,
+    /// Where a collector serves its web console, as `ip:port` (off unless set; `127.0.0.1:9718`
+    /// is the suggestion). Port 0 picks a free port (shown by status). Only a collector has
+    /// the fleet's reports to show: set on another node it is refused.
+    #[serde(default, deserialize_with = "empty_is_none")]
+    pub console_listen: Option<String>,
+    /// Allow `console_listen` on an address other than loopback. The console speaks plain HTTP:
+    /// put it behind a TLS reverse proxy instead where you can (docs/OPERATIONS.md).
+    #[serde(default)]
+    pub console_allow_remote: bool,
+    /// The rollout order of rings the console's gate verdicts follow (as `lanpatch-signer approve
+    /// --rings`).
+    #[serde(default = "default_rollout_rings")]
+    pub rollout_rings: Vec<RingName>,
+    /// Successful installs the previous ring needs before the console calls the next ring's gate
+    /// passing (as `lanpatch-signer approve --min-success`).
+    #[serde(default = "default_one")]
+    pub gate_min_success: usize,
     /// On SIGTERM, how long a running install may go on before its whole process group is
     /// killed and the install is recorded as interrupted (resolved at the next start).
     #[serde(default = "default_grace")]
@@ -206,6 +223,12 @@ pub enum LogFormat {
     Json,
 }
 
+fn default_rollout_rings() -> Vec<RingName> {
+    ["canary", "pilot", "broad"].iter().filter_map(|r| r.parse().ok()).collect()
+}
+fn default_one() -> usize {
+    1
+}
 fn default_metrics_listen() -> Option<String> {
     Some("127.0.0.1:9717".to_string())
 }
@@ -317,7 +340,23 @@ impl Config {
                 "max_inflight_per_peer, max_concurrent_uploads, max_origin_inflight, site_origin_fetchers and max_concurrent_downloads must be at least 1"
             );
         }
+        if let Some(addr) = &c.console_listen {
+            let sa: std::net::SocketAddr =
+                addr.parse().map_err(|e| anyhow::anyhow!("bad console_listen address {addr:?}: {e}"))?;
+            if !c.collector {
+                anyhow::bail!("console_listen is set but this node is not a collector (collector = true)");
+            }
+            if !sa.ip().is_loopback() && !c.console_allow_remote {
+                anyhow::bail!(
+                    "console_listen {sa} is not a loopback address: the console speaks plain HTTP; put it behind a TLS reverse proxy, or set console_allow_remote = true"
+                );
+            }
+        }
         Ok(c)
+    }
+
+    pub fn console_token(&self) -> PathBuf {
+        self.data_dir.join("console.token")
     }
 
     pub fn control_socket(&self) -> PathBuf {
@@ -330,5 +369,35 @@ impl Config {
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "localhost".into())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<Config> {
+        Config::parse(&format!("data_dir = \"d\"\ntrust_root = \"r\"\n{extra}"), Path::new("/base"))
+    }
+
+    #[test]
+    fn the_console_is_off_by_default_and_refused_beyond_loopback_unless_allowed() {
+        assert_eq!(parse("").unwrap().console_listen, None);
+        assert!(parse("collector = true\nconsole_listen = \"127.0.0.1:9718\"").is_ok());
+        assert!(parse("collector = true\nconsole_listen = \"[::1]:9718\"").is_ok());
+        let remote = parse("collector = true\nconsole_listen = \"0.0.0.0:9718\"").unwrap_err();
+        assert!(format!("{remote:#}").contains("not a loopback address"), "{remote:#}");
+        assert!(parse("collector = true\nconsole_listen = \"0.0.0.0:9718\"\nconsole_allow_remote = true").is_ok());
+        let not_collector = parse("console_listen = \"127.0.0.1:9718\"").unwrap_err();
+        assert!(format!("{not_collector:#}").contains("not a collector"), "{not_collector:#}");
+        assert!(parse("collector = true\nconsole_listen = \"localhost\"").is_err());
+    }
+
+    #[test]
+    fn the_rollout_order_defaults_to_the_signers() {
+        let c = parse("").unwrap();
+        let rings: Vec<&str> = c.rollout_rings.iter().map(|r| r.as_str()).collect();
+        assert_eq!(rings, ["canary", "pilot", "broad"]);
+        assert_eq!(c.gate_min_success, 1);
     }
 }

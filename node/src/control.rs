@@ -120,6 +120,64 @@ async fn handle(s: &Arc<Shared>, stream: UnixStream) -> Result<()> {
     Ok(())
 }
 
+/// Every node's latest report per release, as a collector stores them (undecodable rows, from
+/// an older version, are left out).
+pub async fn fleet_reports(s: &Shared) -> Result<Vec<ReportView>> {
+    let limits = s.trust().limits.clone();
+    Ok(s.store
+        .reports()
+        .await?
+        .iter()
+        .filter_map(|b| Signed::<Report>::decode(b, &limits).ok())
+        .map(|r| {
+            let v = r.value();
+            ReportView {
+                node: v.node.to_hex(),
+                hostname: v.hostname.clone(),
+                ring: v.ring.to_string(),
+                manifest: v.manifest.to_hex(),
+                product: v.product.to_string(),
+                version: v.version.0,
+                state: v.state,
+                detail: v.detail.clone(),
+                exit_code: v.exit_code,
+                at: v.at.0,
+                seq: v.seq,
+                progress: v.progress,
+            }
+        })
+        .collect())
+}
+
+/// Every node's latest inventory, as a collector stores them.
+pub async fn fleet_inventories(s: &Shared) -> Result<Vec<InventoryView>> {
+    let limits = s.trust().limits.clone();
+    Ok(s.store
+        .inventories()
+        .await?
+        .iter()
+        .filter_map(|b| Signed::<Inventory>::decode(b, &limits).ok())
+        .map(|i| {
+            let v = i.value();
+            InventoryView {
+                node: v.node.to_hex(),
+                hostname: v.hostname.clone(),
+                os: v.os.clone(),
+                os_version: v.os_version.clone(),
+                kernel: v.kernel.clone(),
+                arch: v.arch.clone(),
+                ring: v.ring.to_string(),
+                tags: v.tags.iter().map(|t| t.to_string()).collect(),
+                packages: v.packages.clone(),
+                releases: v.releases.iter().map(|r| format!("{} {}", r.product, r.version)).collect(),
+                at: v.at.0,
+                seq: v.seq,
+                agent_version: v.agent_version.clone(),
+            }
+        })
+        .collect())
+}
+
 async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse> {
     match req {
         ControlRequest::Status => Ok(ControlResponse::Status(Box::new(status(s).await?))),
@@ -131,31 +189,7 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
                     "this node is not a collector (collector = false): it keeps no fleet reports",
                 ));
             }
-            let limits = s.trust().limits.clone();
-            let views = s
-                .store
-                .reports()
-                .await?
-                .iter()
-                .filter_map(|b| Signed::<Report>::decode(b, &limits).ok())
-                .map(|r| {
-                    let v = r.value();
-                    ReportView {
-                        node: v.node.to_hex(),
-                        hostname: v.hostname.clone(),
-                        ring: v.ring.to_string(),
-                        manifest: v.manifest.to_hex(),
-                        product: v.product.to_string(),
-                        version: v.version.0,
-                        state: v.state,
-                        detail: v.detail.clone(),
-                        exit_code: v.exit_code,
-                        at: v.at.0,
-                        seq: v.seq,
-                    }
-                })
-                .collect();
-            Ok(ControlResponse::Reports(views))
+            Ok(ControlResponse::Reports(fleet_reports(s).await?))
         }
         ControlRequest::Inventories => {
             if !s.cfg.collector {
@@ -164,32 +198,7 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
                     "this node is not a collector (collector = false): it keeps no fleet inventories",
                 ));
             }
-            let limits = s.trust().limits.clone();
-            let views = s
-                .store
-                .inventories()
-                .await?
-                .iter()
-                .filter_map(|b| Signed::<Inventory>::decode(b, &limits).ok())
-                .map(|i| {
-                    let v = i.value();
-                    InventoryView {
-                        node: v.node.to_hex(),
-                        hostname: v.hostname.clone(),
-                        os: v.os.clone(),
-                        os_version: v.os_version.clone(),
-                        kernel: v.kernel.clone(),
-                        arch: v.arch.clone(),
-                        ring: v.ring.to_string(),
-                        tags: v.tags.iter().map(|t| t.to_string()).collect(),
-                        packages: v.packages.clone(),
-                        releases: v.releases.iter().map(|r| format!("{} {}", r.product, r.version)).collect(),
-                        at: v.at.0,
-                        seq: v.seq,
-                    }
-                })
-                .collect();
-            Ok(ControlResponse::Inventories(views))
+            Ok(ControlResponse::Inventories(fleet_inventories(s).await?))
         }
         ControlRequest::RawGossip { hex } => {
             if s.cfg.fault_injection.raw_gossip != RawGossip::Allow {
@@ -363,6 +372,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         statement,
         metrics: s.metrics_addr.clone(),
         version: crate::VERSION.to_string(),
+        console: s.console_addr.clone(),
     })
 }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::AsyncWriteExt;
-use lanpatch_protocol::{ChunkError, FileEntry, Hash32, ReleaseManifest, Signed, verify_chunk};
+use lanpatch_protocol::{ChunkError, DownloadProgress, FileEntry, Hash32, ReleaseManifest, Signed, verify_chunk};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -147,6 +147,42 @@ struct Refresh {
     first_round_sent: bool,
 }
 
+/// Download progress goes to the fleet (a report of the `Downloading` state) at every tenth of
+/// the chunks, at most once per [`PROGRESS_REPORT_INTERVAL`], and always at the last chunk: a
+/// handful of reports per node and release, enough for the console to show a rollout moving.
+struct ProgressReports {
+    next_tenth: usize,
+    last: Option<Instant>,
+}
+
+const PROGRESS_REPORT_INTERVAL: Duration = Duration::from_secs(2);
+
+impl ProgressReports {
+    fn new() -> Self {
+        ProgressReports { next_tenth: 1, last: None }
+    }
+
+    fn due(&mut self, p: &crate::shared::Progress) -> Option<DownloadProgress> {
+        if p.total_chunks == 0 {
+            return None;
+        }
+        let tenths = p.have_chunks * 10 / p.total_chunks;
+        let complete = p.have_chunks >= p.total_chunks;
+        let spaced = self.last.is_none_or(|t| t.elapsed() >= PROGRESS_REPORT_INTERVAL);
+        if !(complete || (tenths >= self.next_tenth && spaced)) {
+            return None;
+        }
+        self.next_tenth = tenths + 1;
+        self.last = Some(Instant::now());
+        Some(DownloadProgress {
+            have_chunks: u32::try_from(p.have_chunks).unwrap_or(u32::MAX),
+            total_chunks: u32::try_from(p.total_chunks).unwrap_or(u32::MAX),
+            from_peers: p.from_peers,
+            from_origin: p.from_origin,
+        })
+    }
+}
+
 /// A finished request: from a peer, or from an origin (by index into the manifest's origins).
 enum Source {
     Peer(PeerId),
@@ -183,6 +219,8 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     if resumed > 0 {
         tracing::info!(manifest = %hash.short(), resumed, missing = sched.missing(), "resuming download");
     }
+    let release = crate::shared::release_ref(&m);
+    let mut progress_reports = ProgressReports::new();
     let (tx, mut rx) = mpsc::channel::<(Source, usize, Result<Vec<u8>, FetchError>)>(64);
     let (have_tx, mut have_rx) = mpsc::channel::<HaveAnswer>(64);
     let mut refresh =
@@ -338,11 +376,23 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 s.metrics.received(byte_source, len, new);
                 if new {
                     last_new_chunk = Instant::now();
-                    let mut p = s.progress();
-                    if let Some(e) = p.get_mut(&hash) {
-                        e.have_chunks += 1;
-                        e.fetched_chunks += 1;
-                        *e.bytes_from.entry(from.clone()).or_default() += len;
+                    let due = {
+                        let mut p = s.progress();
+                        p.get_mut(&hash).and_then(|e| {
+                            e.have_chunks += 1;
+                            e.fetched_chunks += 1;
+                            *e.bytes_from.entry(from.clone()).or_default() += len;
+                            match byte_source {
+                                ByteSource::Peer => e.from_peers += len,
+                                ByteSource::Origin => e.from_origin += len,
+                            }
+                            progress_reports.due(e)
+                        })
+                    };
+                    if let Some(p) = due
+                        && let Err(e) = s.lifecycle.progress(&release, p).await
+                    {
+                        tracing::warn!(manifest = %hash.short(), "cannot report download progress: {e:#}");
                     }
                 }
                 let _ = s.store.add_transfer(from, len, 0).await;
@@ -618,4 +668,30 @@ async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Re
     // Step C1: verify before anything else touches the bytes.
     verify_chunk(file, idx, &bytes)?;
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    fn at(have: usize) -> crate::shared::Progress {
+        crate::shared::Progress { total_chunks: 100, have_chunks: have, ..Default::default() }
+    }
+
+    #[test]
+    fn progress_is_reported_at_tenths_spaced_in_time_and_always_at_the_end() {
+        let mut r = ProgressReports::new();
+        assert!(r.due(&at(5)).is_none(), "below the first tenth");
+        assert_eq!(r.due(&at(10)).map(|p| p.have_chunks), Some(10));
+        // The next tenth came too soon after the last report: not reported.
+        assert!(r.due(&at(25)).is_none());
+        // The last chunk is always reported.
+        assert_eq!(r.due(&at(100)).map(|p| (p.have_chunks, p.total_chunks)), Some((100, 100)));
+        let mut r = ProgressReports::new();
+        r.last = Some(Instant::now() - PROGRESS_REPORT_INTERVAL);
+        assert!(r.due(&at(31)).is_some());
+        r.last = Some(Instant::now() - PROGRESS_REPORT_INTERVAL);
+        assert!(r.due(&at(35)).is_none(), "still in the same tenth");
+        assert!(ProgressReports::new().due(&crate::shared::Progress::default()).is_none());
+    }
 }

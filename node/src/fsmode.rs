@@ -57,7 +57,7 @@ pub fn secure_data_dir(data: &Path, dir_mode: u32) -> Result<Vec<String>> {
         create_dir(&d, DIR)?;
         fixed.extend(ensure(&d, DIR)?);
     }
-    for name in ["state.db", "state.db-wal", "state.db-shm", "node.key", "lock"] {
+    for name in ["state.db", "state.db-wal", "state.db-shm", "node.key", "lock", "console.token"] {
         fixed.extend(ensure(&data.join(name), FILE)?);
     }
     for sub in ["blobs", "partial"] {

@@ -10,6 +10,7 @@ pub const VERSION: &str = match option_env!("LANPATCH_BUILD_VERSION") {
 
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod demo;
 pub mod download;

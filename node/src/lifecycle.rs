@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 use lanpatch_protocol::lifecycle::{Effect, Step, step};
-use lanpatch_protocol::{Event, Hash32, ReleaseState};
+use lanpatch_protocol::{DownloadProgress, Event, Hash32, ReleaseState};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::clock::now;
@@ -26,6 +26,9 @@ use crate::store::{Store, Transition};
 pub struct Entry {
     pub state: ReleaseState,
     pub detail: String,
+    /// The download's progress as last reported (in memory: a restarted node reports it again
+    /// once a download runs).
+    pub progress: Option<DownloadProgress>,
 }
 
 pub type Snapshot = Arc<HashMap<Hash32, Entry>>;
@@ -36,7 +39,9 @@ pub type Applied = Option<(ReleaseState, Vec<Effect>)>;
 
 struct Apply {
     release: ReleaseRef,
-    event: Event,
+    /// `None`: only `progress` changed; reported while the release is `Downloading`.
+    event: Option<Event>,
+    progress: Option<DownloadProgress>,
     detail: String,
     exit_code: Option<i32>,
     reply: oneshot::Sender<Result<Applied>>,
@@ -73,7 +78,33 @@ impl Lifecycle {
         exit_code: Option<i32>,
     ) -> Result<Applied> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Apply { release: release.clone(), event, detail: detail.into(), exit_code, reply };
+        let cmd = Apply {
+            release: release.clone(),
+            event: Some(event),
+            progress: None,
+            detail: detail.into(),
+            exit_code,
+            reply,
+        };
+        self.send(cmd, rx).await
+    }
+
+    /// Records a download's progress and, while the release is `Downloading`, reports it (a
+    /// report of the same state with a new sequence number). Later reports carry it too.
+    pub async fn progress(&self, release: &ReleaseRef, progress: DownloadProgress) -> Result<Applied> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Apply {
+            release: release.clone(),
+            event: None,
+            progress: Some(progress),
+            detail: String::new(),
+            exit_code: None,
+            reply,
+        };
+        self.send(cmd, rx).await
+    }
+
+    async fn send(&self, cmd: Apply, rx: oneshot::Receiver<Result<Applied>>) -> Result<Applied> {
         self.tx.send(cmd).await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?;
         rx.await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?
     }
@@ -94,7 +125,7 @@ pub struct Outlets {
 pub fn start(store: Store, reporter: Arc<Reporter>, outlets: Outlets) -> Result<Lifecycle> {
     let mut states = HashMap::new();
     for r in store.releases()? {
-        states.insert(r.manifest, Entry { state: r.state, detail: r.detail });
+        states.insert(r.manifest, Entry { state: r.state, detail: r.detail, progress: None });
     }
     let (view_tx, view) = watch::channel(Arc::new(states.clone()));
     let (tx, mut rx) = mpsc::channel::<Apply>(64);
@@ -119,26 +150,46 @@ async fn transition(
 ) -> Result<Applied> {
     let hash = cmd.release.hash;
     let current = states.get(&hash).map(|e| e.state).unwrap_or(ReleaseState::Available);
-    let Step::To(next, effects) = step(current, cmd.event) else {
-        tracing::debug!(manifest = %hash.short(), state = %current, event = ?cmd.event, "event does not apply");
-        return Ok(None);
+    let progress = cmd.progress.or_else(|| states.get(&hash).and_then(|e| e.progress));
+    let (next, effects, detail) = match cmd.event {
+        Some(event) => {
+            let Step::To(next, effects) = step(current, event) else {
+                tracing::debug!(manifest = %hash.short(), state = %current, event = ?event, "event does not apply");
+                return Ok(None);
+            };
+            (next, effects, cmd.detail.clone())
+        }
+        None if current == ReleaseState::Downloading => {
+            let detail = states.get(&hash).map(|e| e.detail.clone()).unwrap_or_default();
+            (current, Vec::new(), detail)
+        }
+        None => {
+            if let Some(e) = states.get_mut(&hash) {
+                e.progress = progress;
+            }
+            return Ok(None);
+        }
     };
-    let (seq, report) = reporter.report(&cmd.release, next, &cmd.detail, cmd.exit_code);
+    let (seq, report) = reporter.report(&cmd.release, next, &detail, cmd.exit_code, progress);
     store
         .commit_transition(Transition {
             manifest: hash,
             product: cmd.release.product.to_string(),
             version: cmd.release.version.0,
             state: next,
-            detail: cmd.detail.clone(),
+            detail: detail.clone(),
             exit_code: cmd.exit_code,
             now: now().0,
             seq,
             report: report.clone(),
         })
         .await?;
-    states.insert(hash, Entry { state: next, detail: cmd.detail.clone() });
-    tracing::info!(manifest = %hash.short(), product = %cmd.release.product, version = %cmd.release.version, from = %current, to = %next, "release state");
+    states.insert(hash, Entry { state: next, detail, progress });
+    if cmd.event.is_none() {
+        tracing::debug!(manifest = %hash.short(), ?progress, "download progress reported");
+    } else {
+        tracing::info!(manifest = %hash.short(), product = %cmd.release.product, version = %cmd.release.version, from = %current, to = %next, "release state");
+    }
     if let Some(collector) = &outlets.collector
         && let Err(e) = crate::report::accept_node_message(Some(collector), &reporter.limits, &report).await
     {

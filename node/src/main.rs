@@ -40,6 +40,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a link to the running collector's web console, with its access token (read from
+    /// `<data_dir>/console.token`, so it needs the node's user or root).
+    ConsoleUrl {
+        /// The node's config; default /etc/lanpatch/node.toml (the package's).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Start a small fleet on this machine, publish a signed release, watch it spread.
     Demo(demo::DemoArgs),
     /// Print shell completions to stdout (bash, zsh, fish, elvish, powershell).
@@ -129,6 +136,26 @@ async fn run(cli: Cli) -> Result<()> {
                 ControlResponse::Error { message, .. } => bail!("node refused: {message}"),
                 other => bail!("unexpected response {other:?}"),
             }
+            Ok(())
+        }
+        Cmd::ConsoleUrl { config } => {
+            let path = config.unwrap_or_else(|| PathBuf::from(PACKAGED_CONFIG));
+            let cfg = config::Config::load(&path)?;
+            if cfg.console_listen.is_none() {
+                bail!("the console is off: set console_listen in {} (e.g. \"127.0.0.1:9718\")", path.display());
+            }
+            let addr = match control::request(&cfg.control_socket(), &ControlRequest::Status).await? {
+                ControlResponse::Status(st) => st.console,
+                other => bail!("unexpected response {other:?}"),
+            };
+            let Some(addr) = addr else {
+                bail!("the running node does not serve the console (restart it after setting console_listen)")
+            };
+            let token_path = cfg.console_token();
+            let token = std::fs::read_to_string(&token_path).map_err(|e| {
+                anyhow::anyhow!("cannot read {}: {e} (run as the node's user or root)", token_path.display())
+            })?;
+            println!("http://{addr}/login?token={}", token.trim());
             Ok(())
         }
         Cmd::Demo(args) => demo::run(args).await,

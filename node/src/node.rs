@@ -87,15 +87,15 @@ pub enum StartError {
     AddressInUse { addr: String },
 }
 
-/// Binds `addr` for the metrics endpoint (at start, so a port in use stops the node with a clear
-/// error rather than later).
-async fn bind_metrics(addr: &str) -> Result<tokio::net::TcpListener> {
-    let sa: std::net::SocketAddr = addr.parse().with_context(|| format!("bad metrics_listen address {addr:?}"))?;
+/// Binds `addr` for an HTTP endpoint (metrics, console) at start, so a port in use stops the
+/// node with a clear error rather than later. `what` is the config key.
+async fn bind_tcp(addr: &str, what: &str) -> Result<tokio::net::TcpListener> {
+    let sa: std::net::SocketAddr = addr.parse().with_context(|| format!("bad {what} address {addr:?}"))?;
     tokio::net::TcpListener::bind(sa).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => {
-            anyhow::Error::new(StartError::AddressInUse { addr: format!("{sa} (metrics_listen)") })
+            anyhow::Error::new(StartError::AddressInUse { addr: format!("{sa} ({what})") })
         }
-        _ => anyhow::anyhow!("cannot listen for metrics on {sa}: {e}"),
+        _ => anyhow::anyhow!("cannot listen on {sa} ({what}): {e}"),
     })
 }
 
@@ -261,7 +261,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
     let refusals = store.refusal_count().await?;
     let control_listener = crate::control::bind(&cfg.control_socket(), group)?;
     let metrics_listener = match cfg.metrics_listen.as_deref() {
-        Some(addr) => Some(bind_metrics(addr).await?),
+        Some(addr) => Some(bind_tcp(addr, "metrics_listen").await?),
+        None => None,
+    };
+    let console_listener = match cfg.console_listen.as_deref() {
+        Some(addr) => Some(bind_tcp(addr, "console_listen").await?),
+        None => None,
+    };
+    let console_token = match console_listener {
+        Some(_) => Some(crate::console::load_or_create_token(&cfg.console_token())?),
         None => None,
     };
     let shared = Arc::new(Shared {
@@ -294,6 +302,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
         exe: crate::selfupdate::Exe::current(),
         restart: Notify::new(),
         metrics_addr: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
+        console_addr: console_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
         shutdown: shutdown_rx.clone(),
     });
     tracing::info!(peer = %shared.net.local, fleet = %fleet.short(), ring = %shared.cfg.ring, "lanpatch-node starting");
@@ -308,6 +317,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
             tracing::info!("metrics on http://{a}/metrics");
         }
         tasks.spawn(crate::metrics::serve(shared.clone(), l));
+    }
+    if let (Some(l), Some(token)) = (console_listener, console_token) {
+        if let Some(a) = &shared.console_addr {
+            tracing::info!("console on http://{a}/ (lanpatch-node console-url prints a link with the token)");
+        }
+        tasks.spawn(crate::console::serve(shared.clone(), l, token));
     }
     tasks.spawn(download_manager(shared.clone()));
     tasks.spawn(crate::install::run(shared.clone()));
@@ -659,6 +674,7 @@ pub async fn inventory_loop(s: Arc<Shared>) {
                 releases: installed,
                 at: now(),
                 seq: 0,
+                agent_version: crate::VERSION.to_string(),
             };
             match send_inventory(&s, inv).await {
                 Ok(()) => {

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Result;
 use lanpatch_protocol::report::{FromNode, verify_node_envelope};
 use lanpatch_protocol::{
-    Envelope, Hash32, Inventory, Kind, Limits, Payload, ProductName, PublicKey, ReleaseState, Report, RingName, Signed,
-    VerifyError, Version,
+    DownloadProgress, Envelope, Hash32, Inventory, Kind, Limits, Payload, ProductName, PublicKey, ReleaseState, Report,
+    RingName, Signed, VerifyError, Version,
 };
 
 use crate::clock::{now, now_ms};
@@ -79,6 +79,7 @@ impl Reporter {
         state: ReleaseState,
         detail: &str,
         exit_code: Option<i32>,
+        progress: Option<DownloadProgress>,
     ) -> (u64, Vec<u8>) {
         let max = self.limits.max_text_bytes;
         let detail = if detail.len() > max {
@@ -101,6 +102,7 @@ impl Reporter {
             exit_code,
             at: now(),
             seq,
+            progress,
         };
         (seq, self.sign(value))
     }

@@ -28,6 +28,9 @@ pub struct Progress {
     pub resumed_chunks: usize,
     pub fetched_chunks: usize,
     pub bytes_from: BTreeMap<String, u64>,
+    /// Verified bytes fetched in this process from peers and from origins.
+    pub from_peers: u64,
+    pub from_origin: u64,
     /// When the download finished in this process (ms since the epoch).
     pub finished_ms: Option<u64>,
 }
@@ -73,6 +76,8 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// Where the metrics endpoint listens (`ip:port`), if it is on.
     pub metrics_addr: Option<String>,
+    /// Where the web console listens (`ip:port`), if it is on.
+    pub console_addr: Option<String>,
     /// The executable the node started from (self-update: see selfupdate.rs).
     pub exe: Option<crate::selfupdate::Exe>,
     /// Notified when an install replaced the node's executable: the node stops and execs it.

@@ -96,6 +96,9 @@ pub struct NodeStatus {
     /// The running lanpatch-node version.
     #[serde(default)]
     pub version: String,
+    /// Where the web console listens (`ip:port`), if it does.
+    #[serde(default)]
+    pub console: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -145,6 +148,8 @@ pub struct ReportView {
     pub exit_code: Option<i32>,
     pub at: u64,
     pub seq: u64,
+    #[serde(default)]
+    pub progress: Option<crate::report::DownloadProgress>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -163,6 +168,9 @@ pub struct InventoryView {
     pub at: u64,
     /// The node's sequence number for this inventory (shared with its reports).
     pub seq: u64,
+    /// The lanpatch-node version the node runs.
+    #[serde(default)]
+    pub agent_version: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

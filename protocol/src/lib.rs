@@ -14,12 +14,14 @@
 pub mod approval;
 pub mod bundle;
 pub mod control;
+pub mod debver;
 pub mod encoding;
 pub mod keyfile;
 pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
 pub mod report;
+pub mod rollout;
 pub mod root;
 pub mod signed;
 pub mod statement;
@@ -33,7 +35,7 @@ pub use limits::Limits;
 pub use manifest::{
     ChunkError, Command, FileEntry, FileHasher, ReleaseManifest, Severity, SeverityLevel, Targets, verify_chunk,
 };
-pub use report::{Inventory, Report};
+pub use report::{DownloadProgress, Inventory, Report};
 pub use root::{Role, RoleKeys, Root, fleet_id};
 pub use signed::{Envelope, Kind, Payload, SignatureEntry, SignatureError, Signed};
 pub use statement::{Current, Statement};

@@ -30,6 +30,20 @@ pub struct Report {
     /// Increases with every report or inventory a node sends, across restarts (persisted); a
     /// collector keeps the highest per (node, release).
     pub seq: u64,
+    /// How far the download got and where its bytes came from, once it started (kept on the
+    /// reports after it, so an installed node's report still tells the fan-out saving).
+    pub progress: Option<DownloadProgress>,
+}
+
+/// A release's download on one node: chunks held, and verified bytes by kind of source, fetched
+/// by the node process that reported (chunks found on disk at a restart count in `have_chunks`
+/// only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadProgress {
+    pub have_chunks: u32,
+    pub total_chunks: u32,
+    pub from_peers: u64,
+    pub from_origin: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +88,8 @@ pub struct Inventory {
     pub releases: Vec<InstalledRelease>,
     pub at: Timestamp,
     pub seq: u64,
+    /// The lanpatch-node version that sent it.
+    pub agent_version: String,
 }
 
 /// Most packages in one inventory.
@@ -98,6 +114,15 @@ impl Payload for Report {
                 max: limits.max_text_bytes,
             });
         }
+        if let Some(p) = &self.progress
+            && p.have_chunks > p.total_chunks
+        {
+            return Err(ValidationError::TooMany {
+                field: "progress chunks",
+                count: p.have_chunks as usize,
+                max: p.total_chunks as usize,
+            });
+        }
         Ok(())
     }
 }
@@ -112,6 +137,7 @@ impl Payload for Inventory {
             ("os version", &self.os_version),
             ("kernel", &self.kernel),
             ("arch", &self.arch),
+            ("agent version", &self.agent_version),
         ] {
             short(f, v, limits)?;
         }

@@ -507,6 +507,12 @@ fn report_value(node: &SigningKey) -> Report {
         exit_code: Some(3),
         at: NOW,
         seq: 17,
+        progress: Some(lanpatch_protocol::DownloadProgress {
+            have_chunks: 3,
+            total_chunks: 8,
+            from_peers: 2 << 20,
+            from_origin: 1 << 20,
+        }),
     }
 }
 
@@ -531,6 +537,7 @@ fn node_reports_and_inventories_round_trip() {
         releases: vec![],
         at: NOW,
         seq: 1,
+        agent_version: "0.1.0".into(),
     });
 }
 

@@ -9,12 +9,13 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 use lanpatch_protocol::control::{ControlRequest, ControlResponse, ErrorKind, InventoryView, ReportView};
-use lanpatch_protocol::{Hash32, Limits, ReleaseManifest, ReleaseState, RingName};
+use lanpatch_protocol::rollout::{self, RingCounts};
+use lanpatch_protocol::{Hash32, Limits, ReleaseManifest, RingName};
 use serde::Serialize;
 
 use crate::bundle::{self, Bundle};
-use crate::debver;
 use crate::exit::{Code, exit};
+use lanpatch_protocol::debver;
 
 /// One request, one response, over a node's control socket.
 pub fn request(socket: &Path, req: &ControlRequest) -> Result<ControlResponse> {
@@ -56,58 +57,6 @@ pub fn inventories(socket: &Path) -> Result<Vec<InventoryView>> {
     }
 }
 
-/// A ring's results for one release, from typed states.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct RingCounts {
-    pub installed: usize,
-    /// Failed installs or downloads, and rollbacks after a failed or interrupted install.
-    pub failed: usize,
-    /// Rolled back because the release was yanked (not a failure).
-    pub rolled_back_by_yank: usize,
-    /// Skipped: not targeted, yanked before install, or already installed.
-    pub skipped: usize,
-    /// Still on its way (queued, downloading, waiting, installing).
-    pub in_progress: usize,
-}
-
-impl RingCounts {
-    fn add(&mut self, state: ReleaseState) {
-        if state.is_installed() {
-            self.installed += 1;
-        } else if state.is_failure() {
-            self.failed += 1;
-        } else if state == ReleaseState::RolledBack(lanpatch_protocol::RollbackCause::Yanked) {
-            self.rolled_back_by_yank += 1;
-        } else if matches!(state, ReleaseState::Skipped(_)) {
-            self.skipped += 1;
-        } else {
-            self.in_progress += 1;
-        }
-    }
-}
-
-/// The gate's verdict on approving the ring after `reports`' ring: passes with at least
-/// `min_success` installs and no failure the collector has seen.
-pub fn gate_verdict(prev: &RingName, reports: &[&ReportView], min_success: usize) -> Result<(), String> {
-    let mut counts = RingCounts::default();
-    for r in reports {
-        counts.add(r.state);
-    }
-    let failed: Vec<&&ReportView> = reports.iter().filter(|r| r.state.is_failure()).collect();
-    if !failed.is_empty() {
-        let list: Vec<String> =
-            failed.iter().map(|r| format!("{} ({}): {}", r.hostname, r.state, last_lines(&r.detail))).collect();
-        Err(format!("ring {prev} has {} failed install(s): {}", failed.len(), list.join("; ")))
-    } else if counts.installed < min_success {
-        Err(format!(
-            "ring {prev} has {} successful install(s); policy requires at least {min_success} and no failures",
-            counts.installed
-        ))
-    } else {
-        Ok(())
-    }
-}
-
 /// The gate for approving `ring`: the ring before it in `order` must have at least `min_success`
 /// installs and no failures. Returns the reason to record when `force` overrides a refusal.
 pub fn ring_gate(
@@ -138,7 +87,7 @@ pub fn ring_gate(
             let all = reports(sock)?;
             let mine: Vec<&ReportView> =
                 all.iter().filter(|r| r.manifest == manifest.to_hex() && r.ring == prev.as_str()).collect();
-            gate_verdict(prev, &mine, min_success)
+            rollout::gate(&mine, min_success).map_err(|why| why.explain(prev))
         }
     };
     match (verdict, force) {
@@ -154,13 +103,6 @@ pub fn ring_gate(
     }
 }
 
-/// The last few non-empty lines of a report's detail, on one line.
-fn last_lines(s: &str) -> String {
-    let mut lines: Vec<&str> = s.lines().rev().filter(|l| !l.trim().is_empty()).take(3).collect();
-    lines.reverse();
-    lines.join(" | ")
-}
-
 fn join(rings: &[RingName]) -> String {
     rings.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",")
 }
@@ -174,7 +116,7 @@ pub struct ReleaseSummary<'a> {
     /// Nodes that reported, minus those the release does not target (and, when a bundle is
     /// given, minus those in rings it is not approved for yet).
     pub targeted: usize,
-    pub rings: BTreeMap<&'a str, RingCounts>,
+    pub rings: BTreeMap<String, RingCounts>,
     /// Every node's latest report (the highest sequence number the collector has seen).
     pub nodes: Vec<&'a ReportView>,
 }
@@ -216,10 +158,7 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
     let summaries: Vec<ReleaseSummary> = by_release
         .iter()
         .map(|((product, version, manifest), list)| {
-            let mut rings: BTreeMap<&str, RingCounts> = BTreeMap::new();
-            for r in list {
-                rings.entry(r.ring.as_str()).or_default().add(r.state);
-            }
+            let rings = RingCounts::by_ring(list.iter().copied());
             ReleaseSummary {
                 manifest,
                 product,
@@ -336,45 +275,4 @@ pub fn inventory(
     }
     println!("{} of {} node(s)", shown.len(), invs.len());
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lanpatch_protocol::{FailReason, RollbackCause};
-
-    fn report(host: &str, state: ReleaseState) -> ReportView {
-        ReportView {
-            node: host.into(),
-            hostname: host.into(),
-            ring: "canary".into(),
-            manifest: "m".into(),
-            product: "tool".into(),
-            version: 1,
-            state,
-            detail: String::new(),
-            exit_code: None,
-            at: 0,
-            seq: 1,
-        }
-    }
-
-    #[test]
-    fn gate_refuses_any_failure_and_ignores_yank_rollbacks() {
-        let ring: RingName = "canary".parse().unwrap();
-        let ok = [report("a", ReleaseState::Installed), report("b", ReleaseState::RolledBack(RollbackCause::Yanked))];
-        assert!(gate_verdict(&ring, &ok.iter().collect::<Vec<_>>(), 1).is_ok());
-        let bad = [report("a", ReleaseState::Installed), report("b", ReleaseState::Failed(FailReason::DiskFull))];
-        let why = gate_verdict(&ring, &bad.iter().collect::<Vec<_>>(), 1).unwrap_err();
-        assert!(why.contains("1 failed"), "{why}");
-        let rb = [report("a", ReleaseState::Installed), report("b", ReleaseState::RolledBack(RollbackCause::TimedOut))];
-        assert!(gate_verdict(&ring, &rb.iter().collect::<Vec<_>>(), 1).is_err());
-    }
-
-    #[test]
-    fn gate_needs_enough_installs() {
-        let ring: RingName = "canary".parse().unwrap();
-        let few = [report("a", ReleaseState::Installed), report("b", ReleaseState::Downloading)];
-        assert!(gate_verdict(&ring, &few.iter().collect::<Vec<_>>(), 2).is_err());
-    }
 }

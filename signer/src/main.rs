@@ -1,7 +1,6 @@
 //! `lanpatch-signer`: the admin's tool for keys, trust roots, releases, approvals and yanks.
 
 mod bundle;
-mod debver;
 mod exit;
 mod feeds;
 mod feedstore;

@@ -17,9 +17,9 @@ use anyhow::Result;
 use lanpatch_protocol::control::InventoryView;
 use serde::Serialize;
 
-use crate::debver;
 use crate::feeds::OsvAffected;
 use crate::feedstore::{Epss, FeedStore, Kev};
+use lanpatch_protocol::debver;
 
 /// One host's exposure through one installed package.
 #[derive(Clone, Debug, Serialize, PartialEq)]

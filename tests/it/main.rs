@@ -2,6 +2,7 @@
 //! "one integration test crate"), one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod console;
 mod demo;
 mod feeds;
 mod fleet;

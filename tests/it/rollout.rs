@@ -11,7 +11,7 @@ use crate::fleet::{Node, make_fleet_keys, wait_until};
 use crate::support::{Run, signer};
 
 /// A release whose install script writes `$LANPATCH_DATA/<marker>`; `extra` adds signer flags.
-fn release(dir: &Path, name: &str, version: u32, install: &str, rollback: &str, extra: &[&str]) -> PathBuf {
+pub fn release(dir: &Path, name: &str, version: u32, install: &str, rollback: &str, extra: &[&str]) -> PathBuf {
     let src = dir.join(format!("{name}-src"));
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("install.sh"), install).unwrap();
@@ -44,7 +44,7 @@ fn release(dir: &Path, name: &str, version: u32, install: &str, rollback: &str, 
     dir.join(name)
 }
 
-fn approve(dir: &Path, bundle: &Path, ring: &str, extra: &[&str]) -> Run {
+pub fn approve(dir: &Path, bundle: &Path, ring: &str, extra: &[&str]) -> Run {
     let mut args: Vec<String> = ["approve", "--key", "bob.key", "--ring", ring].map(String::from).to_vec();
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(bundle.to_string_lossy().into_owned());
@@ -97,7 +97,7 @@ fn fleet_status(dir: &Path, admin: &Node, bundle: &Path) -> String {
 }
 
 const INSTALL_OK: &str = "echo \"tool $LANPATCH_VERSION\" > \"$LANPATCH_DATA/installed-tool\"\necho installed fine\n";
-const ROLLBACK: &str = "rm -f \"$LANPATCH_DATA/installed-tool\"\necho rolled > \"$LANPATCH_DATA/rolled-back\"\n";
+pub const ROLLBACK: &str = "rm -f \"$LANPATCH_DATA/installed-tool\"\necho rolled > \"$LANPATCH_DATA/rolled-back\"\n";
 
 #[test]
 fn canary_installs_first_broad_is_gated_on_canary_success_then_all_six_install() {

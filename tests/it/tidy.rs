@@ -234,3 +234,16 @@ fn metric_labels_hold_only_typed_values_never_strings() {
         }
     }
 }
+
+#[test]
+fn the_console_never_marks_text_as_pre_escaped() {
+    // maud escapes every `(value)`; PreEscaped (or a raw string handed to the response as HTML)
+    // would let a node's text become markup.
+    let (_, text) = sources("node/src").into_iter().find(|(p, _)| p.ends_with("console.rs")).expect("console.rs");
+    for bad in ["PreEscaped", "maud::Render", "Html(format!", "Html(String::from"] {
+        assert!(
+            !text.contains(bad),
+            "node/src/console.rs uses {bad}: node text must only reach pages through maud's escaping"
+        );
+    }
+}

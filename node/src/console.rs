@@ -1,0 +1,798 @@
+//! The collector's web console: fleet, rollouts, one release, inventory search. Read-only: it
+//! shows and explains what the collector's signed reports say, and prints the `lanpatch-signer`
+//! command to run next; it never signs and changes nothing.
+//!
+//! Everything a node sent (hostnames, install output, package names) is untrusted text: maud
+//! escapes every interpolated value, no value from a node becomes a link target (links are built
+//! from typed, validated values: manifest hashes), and the Content-Security-Policy allows no
+//! script at all. Access needs the token in `<data_dir>/console.token` (0600, created at the
+//! first start): `GET /login?token=...` sets it as an HttpOnly, SameSite=Strict cookie;
+//! scripts may send `Authorization: Bearer <token>` instead.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use lanpatch_protocol::control::{InventoryView, ReportView};
+use lanpatch_protocol::rollout::{self, RingCounts};
+use lanpatch_protocol::{Hash32, ReleaseState, RingName, Severity, debver};
+use maud::{DOCTYPE, Markup, html};
+use serde::Deserialize;
+
+use crate::clock::now;
+use crate::shared::Shared;
+
+/// The cookie that carries the token after `/login`.
+const COOKIE: &str = "lanpatch_console";
+/// Lines of a failing node's output shown on the release page.
+const TAIL_LINES: usize = 20;
+
+/// Reads the console token, creating it (32 random bytes, hex, mode 0600) if there is none. A
+/// token file that is not 64 hex digits is replaced.
+pub fn load_or_create_token(path: &Path) -> Result<String> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            bail!("{} is a symbolic link; the node's data directory holds none", path.display())
+        }
+        Ok(_) => {
+            if let Some(w) = crate::fsmode::ensure(path, crate::fsmode::FILE)? {
+                tracing::warn!("{w}");
+            }
+            let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let t = text.trim();
+            if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(t.to_ascii_lowercase());
+            }
+            tracing::warn!("{} does not hold a console token; writing a new one", path.display());
+            fs::remove_file(path).with_context(|| format!("cannot replace {}", path.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+    let token = hex::encode(bytes);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::fsmode::FILE)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    // The umask may have narrowed the mode further; set it exactly.
+    f.set_permissions(fs::Permissions::from_mode(crate::fsmode::FILE))?;
+    f.write_all(format!("{token}\n").as_bytes()).with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all()?;
+    Ok(token)
+}
+
+#[derive(Clone)]
+struct Console {
+    s: Arc<Shared>,
+    /// BLAKE3 of the token: `blake3::Hash` compares in constant time.
+    token: blake3::Hash,
+}
+
+impl Console {
+    fn accepts(&self, presented: &str) -> bool {
+        blake3::hash(presented.trim().as_bytes()) == self.token
+    }
+}
+
+/// Serves the console on `listener` until the node stops.
+pub async fn serve(s: Arc<Shared>, listener: tokio::net::TcpListener, token: String) {
+    use axum::routing::get;
+    let console = Console { s: s.clone(), token: blake3::hash(token.as_bytes()) };
+    let app = axum::Router::new()
+        .route("/", get(fleet_page))
+        .route("/rollouts", get(rollouts_page))
+        .route("/release/{manifest}", get(release_page))
+        .route("/inventory", get(inventory_page))
+        .route("/console.css", get(css))
+        .route_layer(axum::middleware::from_fn_with_state(console.clone(), require_token))
+        .route("/login", get(login))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(console);
+    let mut shutdown = s.shutdown.clone();
+    let stop = async move {
+        let _ = shutdown.wait_for(|v| *v).await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        tracing::error!("console stopped: {e}");
+    }
+}
+
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    resp
+}
+
+/// The token from the cookie or an `Authorization: Bearer` header.
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    bearer.or_else(|| {
+        headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(
+            |pair| {
+                let (name, value) = pair.trim().split_once('=')?;
+                (name == COOKIE).then(|| value.to_string())
+            },
+        )
+    })
+}
+
+async fn require_token(State(c): State<Console>, req: Request, next: Next) -> Response {
+    match presented_token(req.headers()) {
+        Some(t) if c.accepts(&t) => next.run(req).await,
+        presented => {
+            let why = if presented.is_some() { "the token is wrong" } else { "this page needs the console token" };
+            tracing::debug!(path = %req.uri().path(), "console request refused: {why}");
+            (StatusCode::UNAUTHORIZED, refused_page(why)).into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    token: Option<String>,
+}
+
+async fn login(State(c): State<Console>, Query(q): Query<LoginQuery>) -> Response {
+    match q.token {
+        Some(t) if c.accepts(&t) => {
+            let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", t.trim());
+            match HeaderValue::from_str(&cookie) {
+                Ok(v) => {
+                    let mut resp = Redirect::to("/").into_response();
+                    resp.headers_mut().insert(header::SET_COOKIE, v);
+                    resp
+                }
+                Err(_) => (StatusCode::BAD_REQUEST, refused_page("the token is malformed")).into_response(),
+            }
+        }
+        Some(_) => (StatusCode::UNAUTHORIZED, refused_page("the token is wrong")).into_response(),
+        None => (StatusCode::UNAUTHORIZED, refused_page("this page needs the console token")).into_response(),
+    }
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, page("Not found", None, html! { p { "No such page." } })).into_response()
+}
+
+fn refused_page(why: &str) -> Html<String> {
+    page(
+        "Access refused",
+        None,
+        html! {
+            p.refused { "Refused: " (why) "." }
+            p { "Run " code { "lanpatch-node console-url" } " on the collector for a link with the token." }
+        },
+    )
+}
+
+async fn css() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], CSS).into_response()
+}
+
+/// Everything a page needs, read from the collector at one moment.
+struct Fleet {
+    now: u64,
+    reports: Vec<ReportView>,
+    inventories: Vec<InventoryView>,
+    releases: Vec<ReleaseInfo>,
+    order: Vec<RingName>,
+    min_success: usize,
+    socket: String,
+    stale_after: u64,
+}
+
+/// A release as the collector's trusted metadata knows it (or, once expired, as reports name it).
+struct ReleaseInfo {
+    hash: Hash32,
+    product: String,
+    version: u64,
+    label: String,
+    severity: Option<Severity>,
+    total_bytes: u64,
+    approved: Vec<RingName>,
+    yanked: bool,
+}
+
+impl Fleet {
+    async fn load(s: &Shared) -> Result<Fleet> {
+        let reports = crate::control::fleet_reports(s).await?;
+        let inventories = crate::control::fleet_inventories(s).await?;
+        let mut releases: Vec<ReleaseInfo> = {
+            let t = s.trust();
+            t.manifests
+                .iter()
+                .map(|(hash, m)| {
+                    let v = m.value();
+                    ReleaseInfo {
+                        hash: *hash,
+                        product: v.product.to_string(),
+                        version: v.version.0,
+                        label: v.label.clone(),
+                        severity: Some(v.severity.clone()),
+                        total_bytes: v.total_bytes(),
+                        approved: t.approved_rings(hash),
+                        yanked: t.yanks.contains_key(hash),
+                    }
+                })
+                .collect()
+        };
+        // Releases only the reports still name (expired, or from before this collector's time).
+        let known: BTreeSet<String> = releases.iter().map(|r| r.hash.to_hex()).collect();
+        let mut extra: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        for r in reports.iter().filter(|r| !known.contains(&r.manifest)) {
+            extra.insert(r.manifest.clone(), (r.product.clone(), r.version));
+        }
+        for (hex, (product, version)) in extra {
+            if let Ok(hash) = hex.parse::<Hash32>() {
+                releases.push(ReleaseInfo {
+                    hash,
+                    product,
+                    version,
+                    label: String::new(),
+                    severity: None,
+                    total_bytes: 0,
+                    approved: Vec::new(),
+                    yanked: false,
+                });
+            }
+        }
+        releases.sort_by(|a, b| a.product.cmp(&b.product).then(b.version.cmp(&a.version)));
+        Ok(Fleet {
+            now: now().0,
+            reports,
+            inventories,
+            releases,
+            order: s.cfg.rollout_rings.clone(),
+            min_success: s.cfg.gate_min_success,
+            socket: s.cfg.control_socket().display().to_string(),
+            stale_after: 2 * s.cfg.inventory_interval_secs + 300,
+        })
+    }
+
+    fn reports_for(&self, hash: &Hash32) -> Vec<&ReportView> {
+        let hex = hash.to_hex();
+        let mut list: Vec<&ReportView> = self.reports.iter().filter(|r| r.manifest == hex).collect();
+        list.sort_by(|a, b| (&a.ring, &a.hostname).cmp(&(&b.ring, &b.hostname)));
+        list
+    }
+
+    /// Rings in rollout order, then any other ring that reported.
+    fn rings_of(&self, reports: &[&ReportView]) -> Vec<String> {
+        let mut rings: Vec<String> = self.order.iter().map(|r| r.to_string()).collect();
+        let others: BTreeSet<&str> =
+            reports.iter().map(|r| r.ring.as_str()).filter(|r| !rings.iter().any(|x| x == r)).collect();
+        rings.extend(others.into_iter().map(str::to_string));
+        rings
+    }
+}
+
+/// What the gate says about the next ring, and what to run.
+enum Verdict {
+    /// No ring approved yet: the first ring needs no gate.
+    FirstRing(RingName),
+    /// Every ring in the order is approved.
+    Done,
+    /// `waiting`: nodes of the previous ring still on their way (the gate does not wait for
+    /// them, but an admin may want to).
+    Pass {
+        prev: RingName,
+        next: RingName,
+        waiting: usize,
+    },
+    Refused {
+        next: RingName,
+        why: String,
+    },
+}
+
+fn verdict(f: &Fleet, rel: &ReleaseInfo, reports: &[&ReportView]) -> Verdict {
+    match rollout::next_ring(&f.order, &rel.approved) {
+        Some((prev, next)) => {
+            let mine: Vec<&ReportView> = reports.iter().copied().filter(|r| r.ring == prev.as_str()).collect();
+            match rollout::gate(&mine, f.min_success) {
+                Ok(()) => {
+                    let mut counts = RingCounts::default();
+                    mine.iter().for_each(|r| counts.add(r.state));
+                    Verdict::Pass { prev: prev.clone(), next: next.clone(), waiting: counts.in_progress }
+                }
+                Err(why) => Verdict::Refused { next: next.clone(), why: why.explain(prev) },
+            }
+        }
+        None if rel.approved.iter().any(|r| f.order.contains(r)) => Verdict::Done,
+        None => match f.order.first() {
+            Some(first) => Verdict::FirstRing(first.clone()),
+            None => Verdict::Done,
+        },
+    }
+}
+
+fn approve_command(f: &Fleet, rel: &ReleaseInfo, ring: &RingName, gated: bool) -> String {
+    let rings: Vec<&str> = f.order.iter().map(|r| r.as_str()).collect();
+    let bundle = format!("<bundle of {} {}>", rel.product, rel.version);
+    if gated {
+        format!(
+            "lanpatch-signer approve --key <approve key> --ring {ring} --rings {} --min-success {} --node {} {bundle} && lanpatch-signer publish --node {} {bundle}",
+            rings.join(","),
+            f.min_success,
+            f.socket,
+            f.socket
+        )
+    } else {
+        format!(
+            "lanpatch-signer approve --key <approve key> --ring {ring} {bundle} && lanpatch-signer publish --node {} {bundle}",
+            f.socket
+        )
+    }
+}
+
+fn verdict_markup(f: &Fleet, rel: &ReleaseInfo, v: &Verdict) -> Markup {
+    html! {
+        @match v {
+            Verdict::FirstRing(ring) => {
+                p.verdict.pending { "Not approved for any ring yet. The first ring, " b { (ring) } ", needs no gate." }
+                pre.command { (approve_command(f, rel, ring, false)) }
+            }
+            Verdict::Done => p.verdict.pass { "Approved for every ring in the rollout order." },
+            Verdict::Pass { prev, next, waiting } => {
+                p.verdict.pass {
+                    "Gate for " b { (next) } ": would pass."
+                    @if *waiting > 0 { " " (waiting) " node(s) of " (prev) " are still on their way." }
+                }
+                pre.command { (approve_command(f, rel, next, true)) }
+            }
+            Verdict::Refused { next, why } => {
+                p.verdict.refused { "Gate for " b { (next) } ": refused: " (why) }
+            }
+        }
+    }
+}
+
+fn page(title: &str, nav: Option<&str>, body: Markup) -> Html<String> {
+    Html(page_markup(title, nav, 0, body).into_string())
+}
+
+/// A whole page; `refresh` > 0 reloads it every that many seconds (no JavaScript needed).
+fn page_markup(title: &str, nav: Option<&str>, refresh: u32, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                @if refresh > 0 { meta http-equiv="refresh" content=(refresh); }
+                title { (title) " · lanpatch console" }
+                link rel="stylesheet" href="/console.css";
+            }
+            body {
+                header {
+                    span.brand { "lanpatch" }
+                    @if let Some(current) = nav {
+                        nav {
+                            @for (href, name) in [("/", "Fleet"), ("/rollouts", "Rollouts"), ("/inventory", "Inventory")] {
+                                a href=(href) class=@if name == current { "current" } { (name) }
+                            }
+                        }
+                    }
+                }
+                main {
+                    h1 { (title) }
+                    (body)
+                }
+            }
+        }
+    }
+}
+
+/// `?refresh=N` (seconds; 0 stops): the live pages reload themselves without JavaScript.
+#[derive(Deserialize)]
+struct Live {
+    refresh: Option<u32>,
+}
+
+impl Live {
+    fn seconds(&self, default: u32) -> u32 {
+        self.refresh.unwrap_or(default).min(600)
+    }
+}
+
+fn live_page(title: &str, nav: &str, refresh: u32, body: Markup) -> Html<String> {
+    let body = html! {
+        @if refresh > 0 { p.live { "Refreshes every " (refresh) " s (" code { "?refresh=0" } " stops it)." } }
+        (body)
+    };
+    Html(page_markup(title, Some(nav), refresh, body).into_string())
+}
+
+fn internal_error(e: anyhow::Error) -> Response {
+    tracing::error!("console: {e:#}");
+    (StatusCode::INTERNAL_SERVER_ERROR, page("Error", None, html! { p { "The collector could not read its store." } }))
+        .into_response()
+}
+
+fn age(now: u64, at: u64) -> String {
+    if at > now + 300 {
+        return "clock ahead".into();
+    }
+    let d = now.saturating_sub(at);
+    match d {
+        0..60 => format!("{d} s ago"),
+        60..3600 => format!("{} min ago", d / 60),
+        3600..86400 => format!("{} h ago", d / 3600),
+        _ => format!("{} d ago", d / 86400),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn state_cell(state: ReleaseState) -> Markup {
+    html! { span class={ "state " (state.kind_name()) } { (state) } }
+}
+
+/// One row of the fleet page: a node as its inventory and reports describe it.
+struct NodeRow<'a> {
+    hostname: &'a str,
+    ring: &'a str,
+    inv: Option<&'a InventoryView>,
+    last_seen: u64,
+}
+
+async fn fleet_page(State(c): State<Console>) -> Response {
+    let f = match Fleet::load(&c.s).await {
+        Ok(f) => f,
+        Err(e) => return internal_error(e),
+    };
+    let mut rows: BTreeMap<&str, NodeRow> = BTreeMap::new();
+    for inv in &f.inventories {
+        rows.insert(&inv.node, NodeRow { hostname: &inv.hostname, ring: &inv.ring, inv: Some(inv), last_seen: inv.at });
+    }
+    for r in &f.reports {
+        let row =
+            rows.entry(&r.node).or_insert(NodeRow { hostname: &r.hostname, ring: &r.ring, inv: None, last_seen: 0 });
+        row.last_seen = row.last_seen.max(r.at);
+    }
+    let mut rows: Vec<(&str, NodeRow)> = rows.into_iter().collect();
+    rows.sort_by(|a, b| (a.1.ring, a.1.hostname).cmp(&(b.1.ring, b.1.hostname)));
+    let stale = rows.iter().filter(|(_, r)| f.now.saturating_sub(r.last_seen) > f.stale_after).count();
+    let body = html! {
+        p { (rows.len()) " node(s); " (stale) " not heard from for more than " (f.stale_after / 60) " min." }
+        table #fleet {
+            thead { tr { th { "Host" } th { "Ring" } th { "Tags" } th { "OS" } th { "Kernel" } th { "lanpatch" } th { "Last seen" } th { "Installed by lanpatch" } th { "Node key" } } }
+            tbody {
+                @for (id, r) in &rows {
+                    @let is_stale = f.now.saturating_sub(r.last_seen) > f.stale_after;
+                    tr class=@if is_stale { "stale" } {
+                        td { (r.hostname) }
+                        td { (r.ring) }
+                        td { @if let Some(inv) = r.inv { (inv.tags.join(", ")) } }
+                        td { @if let Some(inv) = r.inv { (inv.os) " " (inv.os_version) } }
+                        td { @if let Some(inv) = r.inv { (inv.kernel) " " (inv.arch) } }
+                        td { @if let Some(inv) = r.inv { (inv.agent_version) } }
+                        td { (age(f.now, r.last_seen)) @if is_stale { " " span.flag { "stale" } } }
+                        td { @if let Some(inv) = r.inv { (inv.releases.join(", ")) } }
+                        td.mono { (id.get(..12).unwrap_or(id)) }
+                    }
+                }
+            }
+        }
+    };
+    page("Fleet", Some("Fleet"), body).into_response()
+}
+
+async fn rollouts_page(State(c): State<Console>, Query(live): Query<Live>) -> Response {
+    let f = match Fleet::load(&c.s).await {
+        Ok(f) => f,
+        Err(e) => return internal_error(e),
+    };
+    let body = html! {
+        @if f.releases.is_empty() { p { "No release is known yet." } }
+        @for rel in &f.releases {
+            @let reports = f.reports_for(&rel.hash);
+            @let counts = RingCounts::by_ring(reports.iter().copied());
+            section.release id={ "release-" (rel.hash.to_hex()) } {
+                h2 {
+                    a href={ "/release/" (rel.hash.to_hex()) } { (rel.product) " " (rel.version) }
+                    @if !rel.label.is_empty() { " " span.label { (rel.label) } }
+                    @if rel.yanked { " " span.flag { "yanked" } }
+                }
+                p.meta {
+                    "Approved for: "
+                    @if rel.approved.is_empty() { "no ring" } @else { (rel.approved.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")) }
+                    " · manifest " span.mono { (rel.hash.short()) }
+                }
+                table.rings {
+                    thead { tr { th { "Ring" } th { "Installed" } th { "Failed" } th { "In progress" } th { "Skipped" } th { "Rolled back (yank)" } } }
+                    tbody {
+                        @for ring in f.rings_of(&reports) {
+                            @let n = counts.get(&ring).cloned().unwrap_or_default();
+                            tr data-ring=(ring) {
+                                td { (ring) }
+                                td.installed { (n.installed) }
+                                td.failed { (n.failed) }
+                                td { (n.in_progress) }
+                                td { (n.skipped) }
+                                td { (n.rolled_back_by_yank) }
+                            }
+                        }
+                    }
+                }
+                @if !rel.yanked {
+                    (verdict_markup(&f, rel, &verdict(&f, rel, &reports)))
+                }
+            }
+        }
+    };
+    live_page("Rollouts", "Rollouts", live.seconds(5), body).into_response()
+}
+
+async fn release_page(
+    State(c): State<Console>,
+    UrlPath(manifest): UrlPath<String>,
+    Query(live): Query<Live>,
+) -> Response {
+    let Ok(hash) = manifest.parse::<Hash32>() else {
+        return (StatusCode::BAD_REQUEST, page("Bad request", Some(""), html! { p { "Not a manifest hash." } }))
+            .into_response();
+    };
+    let f = match Fleet::load(&c.s).await {
+        Ok(f) => f,
+        Err(e) => return internal_error(e),
+    };
+    let Some(rel) = f.releases.iter().find(|r| r.hash == hash) else {
+        return (StatusCode::NOT_FOUND, page("Unknown release", Some(""), html! { p { "No such release." } }))
+            .into_response();
+    };
+    let reports = f.reports_for(&hash);
+    let from_peers: u64 = reports.iter().filter_map(|r| r.progress).map(|p| p.from_peers).sum();
+    let from_origin: u64 = reports.iter().filter_map(|r| r.progress).map(|p| p.from_origin).sum();
+    let total = from_peers + from_origin;
+    let failing: Vec<&&ReportView> = reports.iter().filter(|r| r.state.is_failure()).collect();
+    let title = format!("{} {}", rel.product, rel.version);
+    let body = html! {
+        p.meta {
+            @if !rel.label.is_empty() { (rel.label) " · " }
+            "manifest " span.mono { (hash.to_hex()) }
+            @if rel.total_bytes > 0 { " · " (mib(rel.total_bytes)) }
+            @if rel.yanked { " · " span.flag { "yanked" } }
+        }
+        @if let Some(sev) = &rel.severity {
+            p.meta {
+                "Severity " (format!("{:?}", sev.level).to_lowercase())
+                @if let Some(c) = sev.cvss_tenths { " · CVSS " (c / 10) "." (c % 10) }
+                @if let Some(e) = sev.epss_bp { " · EPSS " (format!("{:.3}", f64::from(e) / 10000.0)) }
+                @if sev.known_exploited { " · " span.flag { "known exploited" } }
+                @if !sev.cves.is_empty() { " · " (sev.cves.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")) }
+            }
+        }
+        p.meta {
+            "Approved for: "
+            @if rel.approved.is_empty() { "no ring" } @else { (rel.approved.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")) }
+        }
+        @if !rel.yanked { (verdict_markup(&f, rel, &verdict(&f, rel, &reports))) }
+        h2 { "Fan-out" }
+        p #fanout {
+            @if total == 0 {
+                "No node has reported downloaded bytes yet."
+            } @else {
+                (mib(from_peers)) " from peers, " (mib(from_origin)) " from origins: peers carried "
+                (format!("{:.0}", from_peers as f64 * 100.0 / total as f64)) " % of what the nodes fetched."
+            }
+        }
+        h2 { "Nodes" }
+        table #nodes {
+            thead { tr { th { "Host" } th { "Ring" } th { "State" } th { "Download" } th { "From peers" } th { "From origins" } th { "Exit" } th { "Updated" } } }
+            tbody {
+                @for r in &reports {
+                    tr data-host=(r.hostname) {
+                        td { (r.hostname) }
+                        td { (r.ring) }
+                        td { (state_cell(r.state)) }
+                        td {
+                            @if let Some(p) = r.progress {
+                                progress value=(p.have_chunks) max=(p.total_chunks.max(1)) {}
+                                " " (p.have_chunks) "/" (p.total_chunks)
+                            }
+                        }
+                        td { @if let Some(p) = r.progress { (mib(p.from_peers)) } }
+                        td { @if let Some(p) = r.progress { (mib(p.from_origin)) } }
+                        td { @if let Some(code) = r.exit_code { (code) } }
+                        td { (age(f.now, r.at)) }
+                    }
+                }
+            }
+        }
+        @if !failing.is_empty() {
+            h2 { "Failing nodes" }
+            @for r in &failing {
+                section.failure data-host=(r.hostname) {
+                    h3 { (r.hostname) " (" (r.ring) "): " (r.state) @if let Some(code) = r.exit_code { ", exit " (code) } }
+                    pre.output { (tail(&r.detail, TAIL_LINES)) }
+                }
+            }
+        }
+    };
+    live_page(&title, "Rollouts", live.seconds(3), body).into_response()
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[derive(Deserialize, Default)]
+struct InventoryQuery {
+    package: Option<String>,
+    below: Option<String>,
+    tag: Option<String>,
+    os: Option<String>,
+    ring: Option<String>,
+}
+
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+async fn inventory_page(State(c): State<Console>, Query(q): Query<InventoryQuery>) -> Response {
+    let f = match Fleet::load(&c.s).await {
+        Ok(f) => f,
+        Err(e) => return internal_error(e),
+    };
+    let (package, below, tag, os, ring) =
+        (given(&q.package), given(&q.below), given(&q.tag), given(&q.os), given(&q.ring));
+    let mut shown: Vec<(&InventoryView, Option<&str>)> = Vec::new();
+    for inv in &f.inventories {
+        if tag.is_some_and(|t| !inv.tags.iter().any(|x| x == t))
+            || os.is_some_and(|o| inv.os != o)
+            || ring.is_some_and(|r| inv.ring != r)
+        {
+            continue;
+        }
+        let version = package.and_then(|p| inv.packages.iter().find(|k| k.name == p).map(|k| k.version.as_str()));
+        if package.is_some() {
+            let Some(v) = version else { continue };
+            if below.is_some_and(|b| debver::compare(v, b) != std::cmp::Ordering::Less) {
+                continue;
+            }
+        }
+        shown.push((inv, version));
+    }
+    shown.sort_by(|a, b| (&a.0.ring, &a.0.hostname).cmp(&(&b.0.ring, &b.0.hostname)));
+    let body = html! {
+        form method="get" action="/inventory" {
+            label { "Package " input name="package" value=(package.unwrap_or("")); }
+            label { "below version " input name="below" value=(below.unwrap_or("")); }
+            label { "Tag " input name="tag" value=(tag.unwrap_or("")); }
+            label { "OS " input name="os" value=(os.unwrap_or("")); }
+            label { "Ring " input name="ring" value=(ring.unwrap_or("")); }
+            button type="submit" { "Search" }
+        }
+        p #matches { (shown.len()) " of " (f.inventories.len()) " node(s)." }
+        table #inventory {
+            thead { tr { th { "Host" } th { "Ring" } th { "Tags" } th { "OS" } @if let Some(p) = package { th { (p) } } th { "Packages" } } }
+            tbody {
+                @for (inv, version) in &shown {
+                    tr {
+                        td { (inv.hostname) }
+                        td { (inv.ring) }
+                        td { (inv.tags.join(", ")) }
+                        td { (inv.os) " " (inv.os_version) }
+                        @if package.is_some() { td { (version.unwrap_or("")) } }
+                        td { (inv.packages.len()) }
+                    }
+                }
+            }
+        }
+        p.note { "Versions compare as dpkg does. Exposure to CVEs: " code { "lanpatch-signer vulns --node " (f.socket) } " with the signer's feed database." }
+    };
+    page("Inventory", Some("Inventory"), body).into_response()
+}
+
+const CSS: &str = r#"
+body { font: 15px/1.45 system-ui, sans-serif; margin: 0; color: #1d2330; background: #f6f7f9; }
+header { background: #1d2330; color: #fff; padding: .6em 1.5em; display: flex; gap: 2em; align-items: center; }
+header .brand { font-weight: 700; letter-spacing: .03em; }
+header nav a { color: #cfd6e4; margin-right: 1.2em; text-decoration: none; }
+header nav a.current { color: #fff; border-bottom: 2px solid #6aa3ff; }
+main { padding: 1em 1.5em 3em; max-width: 80em; }
+h1 { font-size: 1.5em; margin: .3em 0 .6em; }
+h2 { font-size: 1.15em; margin: 1.4em 0 .4em; }
+h2 a { color: inherit; }
+table { border-collapse: collapse; background: #fff; margin: .4em 0 .8em; }
+th, td { text-align: left; padding: .3em .8em; border-bottom: 1px solid #e3e6eb; vertical-align: top; }
+th { background: #eef0f4; font-weight: 600; }
+tr.stale td { color: #8a6100; background: #fff8e6; }
+.mono, pre { font-family: ui-monospace, monospace; font-size: .9em; }
+pre { background: #fff; border: 1px solid #e3e6eb; padding: .6em .8em; overflow-x: auto; white-space: pre-wrap; }
+pre.command { background: #1d2330; color: #e8ecf3; }
+.flag { background: #ffe2a8; color: #5e4200; padding: 0 .4em; border-radius: 3px; font-size: .85em; }
+.label { color: #5c6577; font-weight: 400; }
+.meta { color: #5c6577; margin: .2em 0; }
+.verdict { padding: .4em .8em; border-left: 4px solid; background: #fff; }
+.verdict.pass { border-color: #1f9d55; }
+.verdict.refused { border-color: #d64545; }
+.verdict.pending { border-color: #6aa3ff; }
+td.failed, .state.failed, .state.rolled_back { color: #b42323; font-weight: 600; }
+td.installed, .state.installed { color: #1f7a45; font-weight: 600; }
+.refused { color: #b42323; }
+.live { color: #8a93a5; font-size: .85em; }
+section.failure h3 { font-size: 1em; margin: 1em 0 .2em; }
+form label { margin-right: 1em; }
+form input { width: 9em; }
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_file_is_created_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.token");
+        let t = load_or_create_token(&path).unwrap();
+        assert_eq!(t.len(), 64);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_or_create_token(&path).unwrap(), t);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(load_or_create_token(&path).unwrap(), t);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        fs::write(&path, "not a token").unwrap();
+        let new = load_or_create_token(&path).unwrap();
+        assert!(new != t && new.len() == 64);
+    }
+
+    #[test]
+    fn a_token_that_is_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.token");
+        std::os::unix::fs::symlink("/etc/hostname", &path).unwrap();
+        assert!(load_or_create_token(&path).is_err());
+    }
+
+    #[test]
+    fn untrusted_text_is_escaped_in_pages() {
+        let html =
+            page_markup("x", None, 0, html! { pre { (tail("ok\n<script>alert(1)</script>", 5)) } }).into_string();
+        assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
+        assert!(!html.contains("<script>"), "{html}");
+    }
+
+    #[test]
+    fn the_cookie_or_bearer_header_carries_the_token() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b; lanpatch_console=abc; c=d"));
+        assert_eq!(presented_token(&h).as_deref(), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer xyz"));
+        assert_eq!(presented_token(&h).as_deref(), Some("xyz"));
+        assert_eq!(presented_token(&HeaderMap::new()), None);
+    }
+}

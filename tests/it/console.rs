@@ -1,0 +1,276 @@
+//! The collector's web console in a real headless Chromium (Debian's `chromium` and
+//! `chromium-driver`, driven over WebDriver by fantoccini), during a real rollout: canary nodes
+//! install, one fails with output that holds a `<script>` tag, the console shows the broad gate
+//! refusing; a fixed release passes the gate and the console prints the command that approves it.
+//! Screenshots go to `$CARGO_TARGET_TMPDIR/console-screenshots/`.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+
+use crate::fleet::{Node, free_port, make_fleet_keys, wait_until};
+use crate::rollout::{ROLLBACK, approve, release};
+use crate::support::{bin, cannot_run};
+
+/// Fails on the host named kiosk-3, with output that tries to run a script in the console.
+const INSTALL_FAILS_ON_KIOSK: &str = r#"case "$LANPATCH_HOSTNAME" in
+kiosk-3)
+  echo "checking the payment terminal"
+  echo "<script>window.pwned = 1</script><b>bold</b>"
+  echo "kiosk-3: payment terminal busy, refusing to restart" >&2
+  exit 3;;
+esac
+echo "tool $LANPATCH_VERSION" > "$LANPATCH_DATA/installed-tool"
+echo installed fine
+"#;
+const INSTALL_OK: &str = "echo \"tool $LANPATCH_VERSION\" > \"$LANPATCH_DATA/installed-tool\"\necho installed fine\n";
+
+/// chromedriver, stopped (by its PID) when dropped; the browser ends with the session.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_driver(dir: &Path) -> Option<Driver> {
+    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+        if !Path::new(tool).exists() {
+            cannot_run(&format!("{tool} is missing (Debian packages chromium and chromium-driver)"));
+            return None;
+        }
+    }
+    let port = free_port();
+    let log = std::fs::File::create(dir.join("chromedriver.log")).unwrap();
+    let child = Command::new("/usr/bin/chromedriver")
+        .arg(format!("--port={port}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn chromedriver");
+    let driver = Driver { child, port };
+    wait_until(Duration::from_secs(30), "chromedriver listens", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    Some(driver)
+}
+
+async fn browser(driver: &Driver, profile: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,1000",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("start a Chromium session")
+}
+
+/// Loads `url` until `cond` holds on the page's text (the console's data comes from gossip: the
+/// page is reloaded until the reports are there). Returns the text.
+async fn wait_for_page(c: &Client, url: &str, what: &str, cond: impl Fn(&str) -> bool) -> String {
+    wait_for_text(c, url, "body", what, cond).await
+}
+
+/// Loads `url` until `cond` holds on the text of the element `css` selects (whitespace runs
+/// made single spaces). Returns the text.
+async fn wait_for_text(c: &Client, url: &str, css: &str, what: &str, cond: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        c.goto(url).await.expect("load page");
+        let text = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.text().await.expect("text").split_whitespace().collect::<Vec<_>>().join(" "),
+            Err(_) => String::new(),
+        };
+        if cond(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what} at {url}; page:\n{text}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.expect("text")
+}
+
+async fn screenshot(c: &Client, name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.png"));
+    let png = c.screenshot().await.expect("screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    std::fs::write(&path, png).unwrap();
+    path
+}
+
+/// One HTTP/1.1 GET on loopback without a browser: the status line and the headers.
+fn raw_get(addr: &str, path: &str, extra: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn console_url(admin: &Node) -> String {
+    let out = Command::new(bin("lanpatch-node"))
+        .args(["console-url", "--config"])
+        .arg(&admin.config)
+        .output()
+        .expect("spawn lanpatch-node console-url");
+    assert!(out.status.success(), "console-url: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and_refuses_requests_without_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(driver) = start_driver(dir) else { return };
+    make_fleet_keys(dir);
+    let v1 = release(dir, "v1", 1, INSTALL_FAILS_ON_KIOSK, ROLLBACK, &["--target-tag", "endpoint"]);
+    let mut admin = Node::new(
+        dir,
+        "admin",
+        &dir.join("root.lpr"),
+        &[],
+        "collector = true\nring = \"admin\"\nhostname = \"admin-ws\"\nconsole_listen = \"127.0.0.1:0\"\nrollout_rings = [\"canary\", \"broad\"]",
+    );
+    admin.start();
+    let endpoint = |name: &str, ring: &str, tags: &str| {
+        let mut n = Node::new(
+            dir,
+            name,
+            &dir.join("root.lpr"),
+            &[admin.port],
+            &format!("ring = \"{ring}\"\nhostname = \"{name}\"\ntags = [{tags}]"),
+        );
+        n.start();
+        n
+    };
+    let till = endpoint("till-1", "canary", "\"endpoint\"");
+    let kiosk = endpoint("kiosk-3", "canary", "\"endpoint\", \"kiosk\"");
+    let broad = endpoint("office-7", "broad", "\"endpoint\"");
+    wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 3);
+
+    let addr = admin.status().console.expect("the console address in status");
+    let url = console_url(&admin);
+    assert!(url.starts_with(&format!("http://{addr}/login?token=")), "{url}");
+
+    // Without the token, or with a wrong one, nothing but the refusal.
+    let plain = raw_get(&addr, "/rollouts", "");
+    assert!(plain.starts_with("HTTP/1.1 401"), "{plain}");
+    assert!(plain.to_ascii_lowercase().contains("content-security-policy: default-src 'none'"), "{plain}");
+    let wrong = raw_get(&addr, "/", &format!("Cookie: lanpatch_console={}\r\n", "0".repeat(64)));
+    assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
+    let token = url.rsplit('=').next().unwrap();
+    let bearer = raw_get(&addr, "/", &format!("Authorization: Bearer {token}\r\n"));
+    assert!(bearer.starts_with("HTTP/1.1 200"), "{bearer}");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = browser(&driver, &dir.join("chromium-profile")).await;
+        let base = format!("http://{addr}");
+        c.goto(&format!("{base}/rollouts")).await.unwrap();
+        let refused = text_of(&c, "body").await;
+        assert!(refused.contains("Refused: this page needs the console token"), "{refused}");
+        c.goto(&format!("{base}/login?token={}", "f".repeat(64))).await.unwrap();
+        assert!(text_of(&c, "body").await.contains("Refused: the token is wrong"));
+
+        // The link from console-url logs in (an HttpOnly cookie) and lands on the fleet page.
+        c.goto(&url).await.unwrap();
+        assert_eq!(c.current_url().await.unwrap().path(), "/");
+        let fleet = wait_for_page(&c, &format!("{base}/"), "every node's inventory", |t| {
+            ["till-1", "kiosk-3", "office-7", "admin-ws"].iter().all(|h| t.contains(h))
+                && t.contains(env!("CARGO_PKG_VERSION"))
+        })
+        .await;
+        assert!(fleet.contains("4 node(s)"), "{fleet}");
+        let cookie_visible: bool =
+            c.execute("return document.cookie.includes('lanpatch_console')", vec![]).await.unwrap().as_bool().unwrap();
+        assert!(!cookie_visible, "the session cookie must be HttpOnly");
+
+        approve(dir, &v1, "canary", &[]).ok();
+        admin.publish(&v1);
+        let rollouts = format!("{base}/rollouts?refresh=0");
+        // The canary row: one installed, one failed; the verdict names the failing host.
+        wait_for_text(&c, &rollouts, "tr[data-ring='canary']", "canary results", |t| t == "canary 1 1 0 0 0").await;
+        let verdict = text_of(&c, ".verdict.refused").await;
+        assert!(verdict.contains("ring canary has 1 failed install(s): kiosk-3"), "{verdict}");
+        assert!(verdict.contains("payment terminal busy"), "{verdict}");
+        screenshot(&c, "rollouts-refused").await;
+
+        // The release page: per-node states, the failing node's output as text, the fan-out.
+        let v1_hash = release_hash(&c).await;
+        c.goto(&format!("{base}/release/{v1_hash}?refresh=0")).await.unwrap();
+        let output = text_of(&c, "section.failure[data-host='kiosk-3'] pre.output").await;
+        assert!(output.contains("<script>window.pwned = 1</script><b>bold</b>"), "{output}");
+        assert!(output.contains("payment terminal busy, refusing to restart"), "{output}");
+        let pwned = c.execute("return typeof window.pwned", vec![]).await.unwrap();
+        assert_eq!(pwned.as_str(), Some("undefined"), "node output ran as script");
+        let bold = c.find_all(Locator::Css("pre.output b")).await.unwrap();
+        assert!(bold.is_empty(), "node output became markup");
+        let till_row = text_of(&c, "#nodes tr[data-host='till-1']").await;
+        assert!(till_row.contains("installed"), "{till_row}");
+        let fanout = text_of(&c, "#fanout").await;
+        assert!(fanout.contains("from peers") && fanout.contains("% of what the nodes fetched"), "{fanout}");
+        let progress = c.find(Locator::Css("#nodes tr[data-host='till-1'] progress")).await.unwrap();
+        assert_eq!(progress.attr("value").await.unwrap(), progress.attr("max").await.unwrap());
+        screenshot(&c, "release-failing").await;
+
+        // A fixed release: both canaries install, the gate for broad would pass, and the console
+        // prints the command; running it installs broad, and the console says every ring is done.
+        let v2 = release(dir, "v2", 2, INSTALL_OK, ROLLBACK, &["--target-tag", "endpoint"]);
+        approve(dir, &v2, "canary", &[]).ok();
+        admin.publish(&v2);
+        wait_for_page(&c, &rollouts, "v2's canary results", |t| t.contains("Gate for broad: would pass")).await;
+        let command = text_of(&c, ".verdict.pass + pre.command").await;
+        assert!(
+            command.contains("lanpatch-signer approve --key <approve key> --ring broad --rings canary,broad"),
+            "{command}"
+        );
+        assert!(command.contains(&format!("--node {}", admin.socket().display())), "{command}");
+        screenshot(&c, "rollouts").await;
+        let sock = admin.socket().to_string_lossy().into_owned();
+        approve(dir, &v2, "broad", &["--node", &sock, "--rings", "canary,broad"]).ok();
+        admin.publish(&v2);
+        wait_until(Duration::from_secs(90), "broad installs v2", || {
+            broad.release_state("tool", 2) == Some(lanpatch_protocol::ReleaseState::Installed)
+        });
+        wait_for_page(&c, &rollouts, "every ring approved", |t| t.contains("Approved for every ring")).await;
+
+        // Inventory search: the tag filter.
+        c.goto(&format!("{base}/inventory?tag=kiosk")).await.unwrap();
+        let found = text_of(&c, "#inventory tbody").await;
+        assert!(found.contains("kiosk-3") && !found.contains("till-1"), "{found}");
+        c.close().await.unwrap();
+    });
+    drop((till, kiosk, broad));
+}
+
+/// The manifest hash of the first release on the rollouts page (from its link).
+async fn release_hash(c: &Client) -> String {
+    let link = c.find(Locator::Css("section.release h2 a")).await.unwrap();
+    let href = link.attr("href").await.unwrap().unwrap();
+    href.trim_start_matches("/release/").to_string()
+}
