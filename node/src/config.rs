@@ -154,6 +154,11 @@ pub struct Config {
     /// put it behind a TLS reverse proxy instead where you can (docs/OPERATIONS.md).
     #[serde(default)]
     pub console_allow_remote: bool,
+    /// The feed database `lanpatch-signer feeds import` writes (on the admin workstation that
+    /// runs the collector): the console's exposure page reads it read-only. Unset: no exposure
+    /// page.
+    #[serde(default)]
+    pub console_feeds_db: Option<PathBuf>,
     /// The rollout order of rings the console's gate verdicts follow (as `lanpatch-signer approve
     /// --rings`).
     #[serde(default = "default_rollout_rings")]
@@ -321,6 +326,7 @@ impl Config {
         c.data_dir = base.join(&c.data_dir);
         c.trust_root = base.join(&c.trust_root);
         c.timestamp_key = c.timestamp_key.map(|k| base.join(k));
+        c.console_feeds_db = c.console_feeds_db.map(|k| base.join(k));
         if c.statement_interval_secs == 0 || c.statement_lifetime_secs <= c.statement_interval_secs {
             anyhow::bail!("statement_lifetime_secs must be longer than statement_interval_secs (> 0)");
         }

@@ -21,6 +21,8 @@ use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use lanpatch_assess::feedstore::{FeedInfo, FeedStore};
+use lanpatch_assess::vulns::{self, Finding};
 use lanpatch_protocol::control::{InventoryView, ReportView};
 use lanpatch_protocol::rollout::{self, RingCounts};
 use lanpatch_protocol::{Hash32, ReleaseState, RingName, Severity, debver};
@@ -78,6 +80,17 @@ struct Console {
     s: Arc<Shared>,
     /// BLAKE3 of the token: `blake3::Hash` compares in constant time.
     token: blake3::Hash,
+    /// The last exposure assessment and what it was computed from.
+    assessed: Arc<std::sync::Mutex<Option<Assessed>>>,
+}
+
+/// An assessment and the hash of what it was computed from (feed database, inventories).
+type Assessed = (blake3::Hash, Arc<Assessment>);
+
+/// Exposures of the fleet's inventories to the feeds in the feed database.
+struct Assessment {
+    feeds: Vec<FeedInfo>,
+    findings: Vec<Finding>,
 }
 
 impl Console {
@@ -89,12 +102,13 @@ impl Console {
 /// Serves the console on `listener` until the node stops.
 pub async fn serve(s: Arc<Shared>, listener: tokio::net::TcpListener, token: String) {
     use axum::routing::get;
-    let console = Console { s: s.clone(), token: blake3::hash(token.as_bytes()) };
+    let console = Console { s: s.clone(), token: blake3::hash(token.as_bytes()), assessed: Arc::default() };
     let app = axum::Router::new()
         .route("/", get(fleet_page))
         .route("/rollouts", get(rollouts_page))
         .route("/release/{manifest}", get(release_page))
         .route("/inventory", get(inventory_page))
+        .route("/exposure", get(exposure_page))
         .route("/console.css", get(css))
         .route_layer(axum::middleware::from_fn_with_state(console.clone(), require_token))
         .route("/login", get(login))
@@ -397,7 +411,7 @@ fn page_markup(title: &str, nav: Option<&str>, refresh: u32, body: Markup) -> Ma
                     span.brand { "lanpatch" }
                     @if let Some(current) = nav {
                         nav {
-                            @for (href, name) in [("/", "Fleet"), ("/rollouts", "Rollouts"), ("/inventory", "Inventory")] {
+                            @for (href, name) in [("/", "Fleet"), ("/rollouts", "Rollouts"), ("/inventory", "Inventory"), ("/exposure", "Exposure")] {
                                 a href=(href) class=@if name == current { "current" } { (name) }
                             }
                         }
@@ -712,9 +726,143 @@ async fn inventory_page(State(c): State<Console>, Query(q): Query<InventoryQuery
                 }
             }
         }
-        p.note { "Versions compare as dpkg does. Exposure to CVEs: " code { "lanpatch-signer vulns --node " (f.socket) } " with the signer's feed database." }
+        p.note { "Versions compare as dpkg does. Exposure to CVEs: " a href="/exposure" { "Exposure" } "." }
     };
     page("Inventory", Some("Inventory"), body).into_response()
+}
+
+/// The exposure assessment for `invs`, recomputed only when the feed database or an inventory
+/// changed. `Ok(None)`: no feed database is configured.
+async fn assess(c: &Console, invs: Vec<InventoryView>) -> Result<Option<Arc<Assessment>>> {
+    let Some(db) = c.s.cfg.console_feeds_db.clone() else { return Ok(None) };
+    let meta = fs::metadata(&db).with_context(|| {
+        format!("cannot read the feed database {} (lanpatch-signer feeds import writes it)", db.display())
+    })?;
+    let mut key = blake3::Hasher::new();
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
+    key.update(&mtime.as_nanos().to_le_bytes()).update(&meta.len().to_le_bytes());
+    for i in &invs {
+        key.update(i.node.as_bytes()).update(&i.seq.to_le_bytes());
+    }
+    let key = key.finalize();
+    if let Some((k, a)) = c.assessed.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        && *k == key
+    {
+        return Ok(Some(a.clone()));
+    }
+    let a = tokio::task::spawn_blocking(move || -> Result<Assessment> {
+        let store = FeedStore::open_read_only(&db)?;
+        let feeds = store.feeds()?;
+        let by_package = store.affected_by_package()?;
+        let findings = vulns::prioritise(&store, vulns::exposures(&invs, &by_package))?;
+        Ok(Assessment { feeds, findings })
+    })
+    .await??;
+    let a = Arc::new(a);
+    *c.assessed.lock().unwrap_or_else(|p| p.into_inner()) = Some((key, a.clone()));
+    Ok(Some(a))
+}
+
+#[derive(Deserialize, Default)]
+struct ExposureQuery {
+    cve: Option<String>,
+    node: Option<String>,
+}
+
+/// A link to the exposure page filtered by one parameter (percent-encoded: the value may come
+/// from a node or the feed database).
+fn exposure_link(name: &str, value: &str) -> String {
+    format!("/exposure?{}", serde_urlencoded::to_string([(name, value)]).unwrap_or_default())
+}
+
+async fn exposure_page(State(c): State<Console>, Query(q): Query<ExposureQuery>) -> Response {
+    let f = match Fleet::load(&c.s).await {
+        Ok(f) => f,
+        Err(e) => return internal_error(e),
+    };
+    let (cve, node) = (given(&q.cve), given(&q.node));
+    let hosts = f.inventories.len();
+    let assessment = match assess(&c, f.inventories.clone()).await {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            let body = html! {
+                p { "No feed database is configured. On the admin workstation, import feeds with "
+                    code { "lanpatch-signer feeds import --osv ... --epss ... --kev ..." }
+                    " and point the collector at the database with " code { "console_feeds_db" } " in node.toml." }
+            };
+            return page("Exposure", Some("Exposure"), body).into_response();
+        }
+        Err(e) => {
+            tracing::warn!("console: exposure: {e:#}");
+            let body = html! { p.refused { "Cannot assess exposure: " (format!("{e:#}")) } };
+            return (StatusCode::SERVICE_UNAVAILABLE, page("Exposure", Some("Exposure"), body)).into_response();
+        }
+    };
+    let shown: Vec<&Finding> = assessment
+        .findings
+        .iter()
+        .filter(|x| cve.is_none_or(|c| x.cve == c))
+        .filter(|x| node.is_none_or(|n| x.hosts.iter().any(|h| h.node == n)))
+        .collect();
+    let host_name = node.and_then(|n| f.inventories.iter().find(|i| i.node == n)).map(|i| i.hostname.as_str());
+    let exposed: BTreeSet<&str> = shown.iter().flat_map(|x| x.hosts.iter().map(|h| h.node.as_str())).collect();
+    let body = html! {
+        p.meta {
+            "Feeds: "
+            @if assessment.feeds.is_empty() { "none imported" }
+            @for (i, feed) in assessment.feeds.iter().enumerate() {
+                @if i > 0 { ", " }
+                (feed.feed.as_str()) " " (feed.date) " (" (feed.rows) " rows)"
+            }
+            ". Priority: known exploited (KEV) first, then EPSS, then CVSS, then hosts exposed."
+        }
+        @if let Some(c) = cve { p { "CVE " b { (c) } ". " a href="/exposure" { "All CVEs" } } }
+        @if let Some(n) = node { p { "Host " b { (host_name.unwrap_or(n)) } ". " a href="/exposure" { "All hosts" } } }
+        p #exposure-summary { (shown.len()) " finding(s) on " (exposed.len()) " of " (hosts) " host(s)." }
+        table #exposure {
+            thead { tr { th { "#" } th { "CVE" } th { "Package" } th { "Hosts" } th { "CVSS" } th { "EPSS" } th { "Known exploited" } th { "Fixed in" } } }
+            tbody {
+                @for (i, x) in shown.iter().enumerate() {
+                    @let fixed: BTreeSet<&str> = x.hosts.iter().filter_map(|h| h.fixed.as_deref()).collect();
+                    tr data-cve=(x.cve) {
+                        td { (i + 1) }
+                        td { a href=(exposure_link("cve", &x.cve)) { (x.cve) } }
+                        td { (x.package) }
+                        td { (x.hosts.len()) }
+                        td { @if let Some(s) = x.cvss { (format!("{s:.1}")) } }
+                        td { @if let Some(e) = x.epss { (format!("{:.3}", e.score)) } }
+                        td { @if let Some(k) = &x.kev { span.flag { "KEV" } " due " (k.due_date) @if k.ransomware { ", ransomware" } } }
+                        td { @if fixed.is_empty() { "no fix yet" } @else { (fixed.into_iter().collect::<Vec<_>>().join(", ")) } }
+                    }
+                }
+            }
+        }
+        @if cve.is_some() || node.is_some() {
+            h2 { "Exposed hosts" }
+            table #exposed-hosts {
+                thead { tr { th { "Host" } th { "CVE" } th { "Package" } th { "Version" } th { "Fixed in" } } }
+                tbody {
+                    @for x in &shown {
+                        @for h in x.hosts.iter().filter(|h| node.is_none_or(|n| h.node == n)) {
+                            tr {
+                                td { a href=(exposure_link("node", &h.node)) { (h.hostname) } }
+                                td { (x.cve) }
+                                td { (h.installed) }
+                                td { (h.version) }
+                                td { (h.fixed.as_deref().unwrap_or("no fix yet")) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        p.note {
+            "The same list: " code { "lanpatch-signer vulns --node " (f.socket)
+                @if let Some(db) = &c.s.cfg.console_feeds_db { " --db " (db.display()) } }
+            "."
+        }
+    };
+    page("Exposure", Some("Exposure"), body).into_response()
 }
 
 const CSS: &str = r#"

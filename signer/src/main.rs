@@ -2,13 +2,11 @@
 
 mod bundle;
 mod exit;
-mod feeds;
-mod feedstore;
 mod fleet;
 mod keys;
+mod report;
 mod time;
 mod verify;
-mod vulns;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +20,7 @@ use lanpatch_protocol::{
 };
 
 use crate::bundle::Bundle;
+use lanpatch_assess::{feeds, feedstore, vulns};
 
 #[derive(Parser)]
 #[command(name = "lanpatch-signer", version, about = "Sign and approve lanpatch releases", long_about = None)]
@@ -544,7 +543,7 @@ fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
         hosts.dedup();
         println!("release {r} fixes {} exposure(s) on {} host(s): {}", found.len(), hosts.len(), hosts.join(", "));
     }
-    vulns::print(&found);
+    report::print_findings(&found);
     Ok(())
 }
 

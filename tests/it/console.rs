@@ -274,3 +274,84 @@ async fn release_hash(c: &Client) -> String {
     let href = link.attr("href").await.unwrap().unwrap();
     href.trim_start_matches("/release/").to_string()
 }
+
+#[test]
+fn console_ranks_exposures_from_the_feed_database_known_exploited_first_and_filters_by_cve_and_host() {
+    use crate::feeds::{data, dpkg_status, import, node_with_packages};
+    if !crate::support::is_root() || !Path::new("/var/lib/dpkg/status").exists() {
+        return cannot_run("needs root and a Debian machine (a private mount over /var/lib/dpkg/status)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(driver) = start_driver(dir) else { return };
+    make_fleet_keys(dir);
+    let db = dir.join("feeds.db");
+    let d = data();
+    let f = |n: &str| d.join(n).display().to_string();
+    import(dir, &db, &["--osv", &f("osv"), "--epss", &f("epss.csv"), "--kev", &f("kev.json")]).ok();
+    let admin = node_with_packages(
+        dir,
+        "admin",
+        &[],
+        &format!(
+            "collector = true\nring = \"admin\"\nconsole_listen = \"127.0.0.1:0\"\nconsole_feeds_db = \"{}\"",
+            db.display()
+        ),
+        &dpkg_status(&[("base-files", "12.4+deb12u5", None)]),
+    );
+    let _k1 = node_with_packages(
+        dir,
+        "kiosk-1",
+        &[admin.port],
+        "",
+        &dpkg_status(&[
+            ("libc6", "2.36-9+deb12u1", Some("glibc")),
+            ("openssh-server", "1:9.2p1-2+deb12u2", Some("openssh")),
+        ]),
+    );
+    let _k2 = node_with_packages(
+        dir,
+        "kiosk-2",
+        &[admin.port],
+        "",
+        &dpkg_status(&[
+            ("libc6", "2.36-9+deb12u4", Some("glibc")),
+            ("openssh-client", "1:9.2p1-2+deb12u2", Some("openssh")),
+        ]),
+    );
+    let url = console_url(&admin);
+    let base = url.split("/login").next().unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = browser(&driver, &dir.join("chromium-profile")).await;
+        c.goto(&url).await.unwrap();
+        let summary =
+            wait_for_text(&c, &format!("{base}/exposure"), "#exposure-summary", "three inventories assessed", |t| {
+                t == "2 finding(s) on 2 of 3 host(s)."
+            })
+            .await;
+        assert!(!summary.is_empty());
+        // Known exploited first: glibc's Looney Tunables, then regreSSHion.
+        let first = text_of(&c, "#exposure tbody tr:nth-child(1)").await;
+        assert!(
+            first.contains("CVE-2023-4911") && first.contains("KEV due 2023-12-12") && first.contains("7.8"),
+            "{first}"
+        );
+        let second = text_of(&c, "#exposure tbody tr:nth-child(2)").await;
+        assert!(
+            second.contains("CVE-2024-6387") && second.contains("0.401") && second.contains("1:9.2p1-2+deb12u3"),
+            "{second}"
+        );
+        screenshot(&c, "exposure").await;
+
+        // Per CVE: the exposed hosts; per host: its CVEs (links percent-encode their values).
+        c.find(Locator::LinkText("CVE-2024-6387")).await.unwrap().click().await.unwrap();
+        let hosts = text_of(&c, "#exposed-hosts tbody").await;
+        assert!(hosts.contains("kiosk-1") && hosts.contains("kiosk-2"), "{hosts}");
+        c.find(Locator::LinkText("kiosk-2")).await.unwrap().click().await.unwrap();
+        let one = text_of(&c, "#exposure tbody").await;
+        assert!(one.contains("CVE-2024-6387") && !one.contains("CVE-2023-4911"), "{one}");
+        assert!(text_of(&c, "#exposed-hosts tbody").await.contains("openssh-client"));
+        c.close().await.unwrap();
+    });
+}

@@ -8,11 +8,11 @@ use std::time::Duration;
 use crate::fleet::{Node, make_fleet_keys, make_release, wait_until};
 use crate::support::{cannot_run, is_root, signer};
 
-fn data() -> PathBuf {
+pub fn data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/feeds")
 }
 
-fn import(dir: &Path, db: &Path, args: &[&str]) -> crate::support::Run {
+pub fn import(dir: &Path, db: &Path, args: &[&str]) -> crate::support::Run {
     let mut a: Vec<String> = vec!["feeds".into(), "import".into(), "--db".into(), db.display().to_string()];
     a.extend(args.iter().map(|s| s.to_string()));
     signer(dir, &a)
@@ -72,7 +72,7 @@ fn each_broken_feed_file_is_refused_naming_file_and_place_and_nothing_of_the_imp
 }
 
 /// A dpkg status file with these (package, version, source) stanzas.
-fn dpkg_status(pkgs: &[(&str, &str, Option<&str>)]) -> String {
+pub fn dpkg_status(pkgs: &[(&str, &str, Option<&str>)]) -> String {
     pkgs.iter()
         .map(|(p, v, s)| {
             let source = s.map(|s| format!("Source: {s}\n")).unwrap_or_default();
@@ -83,7 +83,7 @@ fn dpkg_status(pkgs: &[(&str, &str, Option<&str>)]) -> String {
 }
 
 /// A node whose inventory reads `status` as /var/lib/dpkg/status (a private mount namespace).
-fn node_with_packages(dir: &Path, name: &str, peers: &[u16], extra: &str, status: &str) -> Node {
+pub fn node_with_packages(dir: &Path, name: &str, peers: &[u16], extra: &str, status: &str) -> Node {
     let file = dir.join(format!("{name}.dpkg-status"));
     fs::write(&file, status).unwrap();
     let mut n = Node::new(dir, name, &dir.join("root.lpr"), peers, &format!("hostname = \"{name}\"\n{extra}"));

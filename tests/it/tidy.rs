@@ -38,14 +38,19 @@ fn non_test(text: &str) -> &str {
 
 #[test]
 fn only_the_store_module_names_rusqlite() {
-    for (p, text) in sources("node/src").into_iter().chain(sources("signer/src")).chain(sources("protocol/src")) {
-        // One store module per binary: the node's state, the signer's feed database.
-        if p.ends_with("node/src/store.rs") || p.ends_with("signer/src/feedstore.rs") {
+    for (p, text) in sources("node/src")
+        .into_iter()
+        .chain(sources("signer/src"))
+        .chain(sources("protocol/src"))
+        .chain(sources("assess/src"))
+    {
+        // One store module per database: the node's state, the feed database.
+        if p.ends_with("node/src/store.rs") || p.ends_with("assess/src/feedstore.rs") {
             continue;
         }
         assert!(
             !text.contains("rusqlite"),
-            "{} names rusqlite: SQLite is reached only through store.rs (node) and feedstore.rs (signer)",
+            "{} names rusqlite: SQLite is reached only through store.rs (node) and feedstore.rs (assess)",
             name(&p)
         );
     }
@@ -138,7 +143,12 @@ fn nothing_shells_out_to_kill() {
 #[test]
 fn every_node_and_signer_module_is_in_the_architecture_code_map() {
     let arch = fs::read_to_string(repo().join("docs/ARCHITECTURE.md")).unwrap();
-    for (p, _) in sources("node/src").into_iter().chain(sources("signer/src")).chain(sources("protocol/src")) {
+    for (p, _) in sources("node/src")
+        .into_iter()
+        .chain(sources("signer/src"))
+        .chain(sources("protocol/src"))
+        .chain(sources("assess/src"))
+    {
         let file = p.file_name().unwrap().to_string_lossy().into_owned();
         if file == "lib.rs" {
             continue;

@@ -106,6 +106,16 @@ impl FeedStore {
         Ok(FeedStore { conn })
     }
 
+    /// Opens an existing database read-only (the collector's console): nothing is created or
+    /// changed, and a missing file is an error naming it.
+    pub fn open_read_only(path: &Path) -> Result<FeedStore> {
+        use rusqlite::OpenFlags;
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .with_context(|| format!("cannot open feed database {} read-only", path.display()))?;
+        Ok(FeedStore { conn })
+    }
+
     fn replace<F>(&mut self, feed: Feed, date: &str, source: &Path, rows: usize, fill: F) -> Result<()>
     where
         F: FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<()>,

@@ -1,0 +1,27 @@
+//! Printing exposure findings for a terminal (`lanpatch-signer vulns`).
+
+use lanpatch_assess::vulns::Finding;
+
+/// Prints the findings as a table, most urgent first.
+pub fn print_findings(findings: &[Finding]) {
+    if findings.is_empty() {
+        println!("no host is exposed to any CVE in the imported feeds");
+        return;
+    }
+    for (i, f) in findings.iter().enumerate() {
+        let cvss = f.cvss.map(|c| format!("{c:.1}")).unwrap_or_else(|| "-".into());
+        let epss =
+            f.epss.map(|e| format!("{:.4} ({:.0}th pct)", e.score, e.percentile * 100.0)).unwrap_or_else(|| "-".into());
+        let kev = match &f.kev {
+            Some(k) => {
+                format!("KNOWN EXPLOITED (due {}{})", k.due_date, if k.ransomware { ", ransomware" } else { "" })
+            }
+            None => String::new(),
+        };
+        println!("{:>3}. {} {} on {} host(s): CVSS {cvss}, EPSS {epss} {kev}", i + 1, f.cve, f.package, f.hosts.len());
+        for h in &f.hosts {
+            let fixed = h.fixed.as_deref().map(|v| format!("fixed in {v}")).unwrap_or_else(|| "no fix yet".into());
+            println!("       {} {} {} ({fixed})", h.hostname, h.installed, h.version);
+        }
+    }
+}
