@@ -31,6 +31,10 @@ pub struct DemoArgs {
     /// Keep the directory (keys, configs, logs, node data) afterwards.
     #[arg(long)]
     keep: bool,
+    /// Serve the web console on the admin node, print its link, and keep the fleet running
+    /// until Ctrl-C.
+    #[arg(long)]
+    console: bool,
 }
 
 struct DemoNode {
@@ -200,13 +204,17 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
         let (peers, extra) = match i {
             1 => (
                 String::new(),
-                format!("upload_limit = {}\ncollector = true\nring = \"admin\"", args.seed_upload_mib * 1024 * 1024),
+                format!(
+                    "upload_limit = {}\ncollector = true\nring = \"admin\"\nrollout_rings = [\"canary\", \"broad\"]\n{}",
+                    args.seed_upload_mib * 1024 * 1024,
+                    if args.console { "console_listen = \"127.0.0.1:0\"" } else { "" }
+                ),
             ),
             2 => (format!("\"/ip4/127.0.0.1/tcp/{seed_port}\""), "ring = \"canary\"".to_string()),
             _ => (format!("\"/ip4/127.0.0.1/tcp/{seed_port}\""), "ring = \"broad\"".to_string()),
         };
         let toml = format!(
-            "data_dir = \"data\"\ntrust_root = \"../root.lpr\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nstatic_peers = [{peers}]\nmdns = false\nmetrics_listen = \"127.0.0.1:0\"\n{extra}\n"
+            "data_dir = \"data\"\ntrust_root = \"../root.lpr\"\nhostname = \"{name}\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nstatic_peers = [{peers}]\nmdns = false\nmetrics_listen = \"127.0.0.1:0\"\n{extra}\n"
         );
         std::fs::write(ndir.join("node.toml"), toml)?;
         let log = std::fs::File::create(ndir.join("node.log"))?;
@@ -402,6 +410,18 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
         args.nodes - 1,
         from_peers_total as f64 / size
     );
+    if args.console {
+        let addr = status(&nodes[0].socket()).await.and_then(|s| s.console);
+        let token = std::fs::read_to_string(nodes[0].dir.join("data/console.token"));
+        match (addr, token) {
+            (Some(addr), Ok(token)) => {
+                println!("\nConsole: http://{addr}/login?token={}", token.trim());
+                println!("The fleet keeps running; press Ctrl-C to stop it.");
+                tokio::signal::ctrl_c().await?;
+            }
+            _ => bail!("the admin node does not serve the console; see admin/node.log (run with --keep)"),
+        }
+    }
     Ok(())
 }
 
