@@ -7,7 +7,7 @@ use ed25519_dalek::SigningKey;
 use lanpatch_protocol::manifest::FileHasher;
 use lanpatch_protocol::report::{DownloadProgress, InstalledRelease, Package};
 use lanpatch_protocol::{
-    Approval, Command, Hash32, Inventory, ProductName, PublicKey, ReleaseManifest, ReleaseState, Report, Role,
+    Approval, Command, RolloutRules, Wave, Hash32, Inventory, ProductName, PublicKey, ReleaseManifest, ReleaseState, Report, Role,
     RoleKeys, Root, Severity, SeverityLevel, Signed, Targets, Timestamp, Version, WaitReason, Yank, YankAction,
 };
 
@@ -79,6 +79,11 @@ pub fn approval(m: &Signed<ReleaseManifest>) -> Signed<Approval> {
         deadline: Some(Timestamp(1_700_100_000)),
         expires: Timestamp(4_000_000_000),
         forced_reason: None,
+        rules: Some(RolloutRules {
+            max_failure_bp: 500,
+            min_reports: 3,
+            waves: vec![Wave { percent: 10, min_soak_secs: 3600, min_success: 1 }, Wave { percent: 100, min_soak_secs: 0, min_success: 0 }],
+        }),
     });
     s.sign(&key(2));
     s

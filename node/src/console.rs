@@ -545,7 +545,7 @@ async fn rollouts_page(State(c): State<Console>, Query(live): Query<Live>) -> Re
                     " · manifest " span.mono { (rel.hash.short()) }
                 }
                 table.rings {
-                    thead { tr { th { "Ring" } th { "Installed" } th { "Failed" } th { "In progress" } th { "Skipped" } th { "Rolled back (yank)" } } }
+                    thead { tr { th { "Ring" } th { "Installed" } th { "Failed" } th { "Halted" } th { "In progress" } th { "Skipped" } th { "Rolled back (yank)" } } }
                     tbody {
                         @for ring in f.rings_of(&reports) {
                             @let n = counts.get(&ring).cloned().unwrap_or_default();
@@ -553,6 +553,7 @@ async fn rollouts_page(State(c): State<Console>, Query(live): Query<Live>) -> Re
                                 td { (ring) }
                                 td.installed { (n.installed) }
                                 td.failed { (n.failed) }
+                                td { (n.halted) }
                                 td { (n.in_progress) }
                                 td { (n.skipped) }
                                 td { (n.rolled_back_by_yank) }

@@ -334,6 +334,11 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
                     bytes_from: p.bytes_from,
                     approved_rings: t.approved_rings(hash).into_iter().map(|r| r.to_string()).collect(),
                     finished_ms: p.finished_ms,
+                    wave: t
+                        .approvals
+                        .get(&(*hash, s.cfg.ring.clone()))
+                        .and_then(|a| a.value().rules.as_ref())
+                        .map(|r| lanpatch_protocol::rollout::wave_of(&s.node_public(), hash, &r.waves) as u32 + 1),
                 }
             })
             .collect();
@@ -359,6 +364,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
     let statement = s.trust().statement.as_ref().map(|st| (st.value().issued.0, st.value().expires.0));
     Ok(NodeStatus {
         peer_id: s.net.local.to_string(),
+        node_key: s.node_public().to_hex(),
         fleet,
         ring: s.cfg.ring.to_string(),
         hostname: s.facts.hostname.clone(),

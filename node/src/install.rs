@@ -21,8 +21,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chrono::{Datelike, Timelike};
 use lanpatch_protocol::lifecycle::Effect;
+use lanpatch_protocol::rollout;
 use lanpatch_protocol::{
-    Command, Event, FailReason, Hash32, ReleaseManifest, ReleaseState, RollbackCause, Signed, WaitReason, YankAction,
+    Approval, Command, Event, FailReason, Hash32, ReleaseManifest, ReleaseState, RollbackCause, Signed, WaitReason,
+    YankAction,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
@@ -326,7 +328,32 @@ fn wait_detail(why: WaitReason, ring: &lanpatch_protocol::RingName) -> String {
         WaitReason::NotInStatement => {
             "the newest timestamp statement does not list this release as current for this ring".to_string()
         }
+        WaitReason::Wave => "approved, waiting for its rollout wave".to_string(),
+        WaitReason::TooFewReports => "approved, holding too few reports from its ring to judge the rollout".to_string(),
     }
+}
+
+/// The latest report of each node of this node's ring about `hash`, as stored.
+async fn ring_reports(s: &Shared, hash: Hash32) -> Result<Vec<rollout::RingReport>> {
+    let limits = s.trust().limits.clone();
+    Ok(s.store
+        .ring_reports(hash, s.cfg.ring.to_string())
+        .await?
+        .into_iter()
+        .filter_map(|(bytes, received)| {
+            let r = Signed::<lanpatch_protocol::Report>::decode(&bytes, &limits).ok()?;
+            let v = r.value();
+            Some(rollout::RingReport { node: v.node, state: v.state, at: v.at, received })
+        })
+        .collect())
+}
+
+/// What the approval's rollout rules say (halt, wait for a wave or for reports, or go ahead),
+/// with the text beside it.
+async fn rules_gate(s: &Shared, hash: Hash32, approval: &Approval) -> Result<Option<rollout::WaveGate>> {
+    let Some(rules) = &approval.rules else { return Ok(None) };
+    let reports = ring_reports(s, hash).await?;
+    Ok(Some(rollout::wave_gate(rules, approval.issued, &s.node_public(), &hash, &reports, now().0)))
 }
 
 /// Installs that were running (or rolling back) when the node stopped or died: stop what is
@@ -420,7 +447,7 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
             apply(s, &rel, event, format!("release was yanked: {reason}"), None).await;
             continue;
         }
-        if !matches!(state, ReleaseState::Downloaded | ReleaseState::Waiting(_)) {
+        if !matches!(state, ReleaseState::Downloaded | ReleaseState::Waiting(_) | ReleaseState::Halted) {
             continue;
         }
         if v.expires <= now() {
@@ -448,6 +475,44 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
             in_windows(&s.cfg.windows, local.weekday().num_days_from_monday(), local.hour() * 60 + local.minute());
         let t = now();
         let wait = |why: WaitReason| (why, wait_detail(why, &s.cfg.ring));
+        // The approval's rollout rules, once it is in force: a halt holds whatever else is true;
+        // a closed wave or too few reports hold until the approval's deadline.
+        if let Some(a) = approval.as_ref().filter(|a| a.expires > t && t >= a.not_before)
+            && let Some(decision) = rules_gate(s, hash, a).await?
+        {
+            let past_deadline = a.deadline.is_some_and(|d| t >= d);
+            let why = match &decision {
+                rollout::WaveGate::Open => None,
+                rollout::WaveGate::Halt(_) => {
+                    apply(s, &rel, Event::Halt, decision.explain(), None).await;
+                    continue;
+                }
+                rollout::WaveGate::TooFewReports { .. } => Some(WaitReason::TooFewReports),
+                rollout::WaveGate::Closed { opens_at, .. } => {
+                    if let Some(o) = opens_at {
+                        wake_at(*o);
+                    }
+                    Some(WaitReason::Wave)
+                }
+            };
+            if let Some(why) = why {
+                if let Some(d) = a.deadline {
+                    wake_at(d.0);
+                }
+                if !past_deadline {
+                    apply(
+                        s,
+                        &rel,
+                        Event::Wait(why),
+                        format!("{}: {}", wait_detail(why, &s.cfg.ring), decision.explain()),
+                        None,
+                    )
+                    .await;
+                    continue;
+                }
+                tracing::warn!(manifest = %hash.short(), "past the approval's deadline: installing although {}", decision.explain());
+            }
+        }
         let waiting = match install_gate(approval.as_ref(), v.urgent, t, in_window) {
             Gate::NotApproved => wait(WaitReason::NotApproved),
             Gate::ApprovalExpired => wait(WaitReason::ApprovalExpired),

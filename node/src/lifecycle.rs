@@ -113,8 +113,11 @@ impl Lifecycle {
 /// Where the owner sends what it reports.
 pub struct Outlets {
     pub net: NetHandle,
-    /// Set on a collector: its own reports are stored like everyone else's.
-    pub collector: Option<Store>,
+    /// Where its own reports are stored like everyone else's (a collector keeps them all, other
+    /// nodes their ring's).
+    pub store: Store,
+    pub collector: bool,
+    pub ring: lanpatch_protocol::RingName,
     /// Notified when what is installed changed (the inventory loop sends a fresh inventory).
     pub inventory_changed: Arc<Notify>,
 }
@@ -190,9 +193,9 @@ async fn transition(
     } else {
         tracing::info!(manifest = %hash.short(), product = %cmd.release.product, version = %cmd.release.version, from = %current, to = %next, "release state");
     }
-    if let Some(collector) = &outlets.collector
-        && let Err(e) = crate::report::accept_node_message(Some(collector), &reporter.limits, &report).await
-    {
+    let keeps =
+        if outlets.collector { crate::report::Keeps::Everything } else { crate::report::Keeps::Ring(&outlets.ring) };
+    if let Err(e) = crate::report::accept_node_message(&outlets.store, keeps, &reporter.limits, &report).await {
         tracing::error!("own report refused: {e}");
     }
     if let Err(e) = outlets.net.publish(report).await {

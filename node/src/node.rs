@@ -254,7 +254,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
         reporter.clone(),
         crate::lifecycle::Outlets {
             net: net.clone(),
-            collector: cfg.collector.then(|| store.clone()),
+            store: store.clone(),
+            collector: cfg.collector,
+            ring: cfg.ring.clone(),
             inventory_changed: inventory_changed.clone(),
         },
     )?;
@@ -466,9 +468,15 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
                     MessageAcceptance::Reject
                 }
                 Ok(env) if matches!(env.kind, lanpatch_protocol::Kind::Report | lanpatch_protocol::Kind::Inventory) => {
-                    let store = s.cfg.collector.then_some(&s.store);
-                    match crate::report::accept_node_envelope(store, &limits, env, &data).await {
-                        Ok(()) => MessageAcceptance::Accept,
+                    match crate::report::accept_node_envelope(&s.store, s.keeps(), &limits, env, &data).await {
+                        Ok(kept) => {
+                            if kept == crate::report::Kept::Stored && !s.cfg.collector {
+                                // A report of this node's ring: the rollout rules may decide
+                                // differently now.
+                                s.metadata_changed.notify_one();
+                            }
+                            MessageAcceptance::Accept
+                        }
                         Err(e) => {
                             s.refuse_peer(source, RefusalKind::NodeReport, e.to_string()).await;
                             MessageAcceptance::Reject
@@ -696,7 +704,7 @@ async fn send_inventory(s: &Arc<Shared>, inv: lanpatch_protocol::Inventory) -> R
     let (seq, bytes) = s.reporter.inventory(inv);
     s.store.use_seq(seq).await?;
     if s.cfg.collector {
-        crate::report::accept_node_message(Some(&s.store), &s.reporter.limits, &bytes).await?;
+        crate::report::accept_node_message(&s.store, s.keeps(), &s.reporter.limits, &bytes).await?;
     }
     s.net.publish(bytes).await
 }

@@ -162,6 +162,7 @@ mod tests {
             deadline: deadline.map(Timestamp),
             expires: Timestamp(u64::MAX),
             forced_reason: None,
+            rules: None,
         }
     }
 

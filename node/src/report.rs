@@ -15,7 +15,7 @@ use lanpatch_protocol::{
 };
 
 use crate::clock::{now, now_ms};
-use crate::store::Store;
+use crate::store::{Store, StoredReport};
 
 /// The node's report and inventory sequence: `max(last + 1, now in ms)`, so it survives restarts
 /// (the last value is persisted) and a lost database (the clock).
@@ -114,38 +114,86 @@ impl Reporter {
     }
 }
 
-/// Checks a node report or inventory (steps N1 to N3) and, on a collector (`store` given), keeps
-/// it if it is newer than what is stored.
-pub async fn accept_node_message(store: Option<&Store>, limits: &Limits, bytes: &[u8]) -> Result<(), VerifyError> {
-    accept_node_envelope(store, limits, Envelope::decode(bytes, limits)?, bytes).await
+/// What a node keeps of the fleet's reports.
+#[derive(Clone, Copy)]
+pub enum Keeps<'a> {
+    /// A collector: every report and inventory.
+    Everything,
+    /// Any other node: the reports of its own ring (the approval's rollout rules count them).
+    Ring(&'a RingName),
+}
+
+/// What [`accept_node_envelope`] did with a valid message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    /// Stored, newer than what was there: a report of this node's ring, or (collector) anything.
+    Stored,
+    /// Valid, but not kept (older than what is stored, or not this node's to keep).
+    Passed,
+}
+
+/// Checks a node report or inventory (steps N1 to N3) and keeps what `keeps` says if it is newer
+/// than what is stored.
+pub async fn accept_node_message(
+    store: &Store,
+    keeps: Keeps<'_>,
+    limits: &Limits,
+    bytes: &[u8],
+) -> Result<Kept, VerifyError> {
+    accept_node_envelope(store, keeps, limits, Envelope::decode(bytes, limits)?, bytes).await
 }
 
 /// [`accept_node_message`] for an envelope decoded (step N1) at the edge from `bytes`.
 pub async fn accept_node_envelope(
-    store: Option<&Store>,
+    store: &Store,
+    keeps: Keeps<'_>,
     limits: &Limits,
     envelope: Envelope,
     bytes: &[u8],
-) -> Result<(), VerifyError> {
+) -> Result<Kept, VerifyError> {
     let kind = envelope.kind;
-    let stored = |r: Result<bool>| {
-        if let Err(e) = r {
+    let stored = |r: Result<bool>| match r {
+        Ok(true) => Kept::Stored,
+        Ok(false) => Kept::Passed,
+        Err(e) => {
             tracing::error!("cannot store node report: {e:#}");
+            Kept::Passed
         }
     };
-    match kind {
+    let kept = match kind {
         Kind::Report => {
             let r = verify_node_envelope::<Report>(envelope, limits)?;
-            if let Some(store) = store {
-                let v = r.value();
-                stored(store.put_report(v.node().0.to_vec(), v.manifest, v.seq, v.state.rank(), bytes.to_vec()).await);
+            let v = r.value();
+            let keep = match keeps {
+                Keeps::Everything => true,
+                Keeps::Ring(ring) => v.ring == *ring,
+            };
+            if keep {
+                stored(
+                    store
+                        .put_report(StoredReport {
+                            node: v.node().0.to_vec(),
+                            manifest: v.manifest,
+                            seq: v.seq,
+                            rank: v.state.rank(),
+                            ring: v.ring.to_string(),
+                            received: now().0,
+                            envelope: bytes.to_vec(),
+                        })
+                        .await,
+                )
+            } else {
+                Kept::Passed
             }
         }
         Kind::Inventory => {
             let i = verify_node_envelope::<Inventory>(envelope, limits)?;
-            if let Some(store) = store {
-                let v = i.value();
-                stored(store.put_inventory(v.node().0.to_vec(), v.seq, bytes.to_vec()).await);
+            match keeps {
+                Keeps::Everything => {
+                    let v = i.value();
+                    stored(store.put_inventory(v.node().0.to_vec(), v.seq, bytes.to_vec()).await)
+                }
+                Keeps::Ring(_) => Kept::Passed,
             }
         }
         other => {
@@ -154,6 +202,6 @@ pub async fn accept_node_envelope(
                 actual: other,
             }));
         }
-    }
-    Ok(())
+    };
+    Ok(kept)
 }

@@ -92,6 +92,11 @@ impl Shared {
     pub fn progress(&self) -> std::sync::MutexGuard<'_, HashMap<Hash32, Progress>> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
     }
+    /// What this node keeps of the fleet's reports.
+    pub fn keeps(&self) -> crate::report::Keeps<'_> {
+        if self.cfg.collector { crate::report::Keeps::Everything } else { crate::report::Keeps::Ring(&self.cfg.ring) }
+    }
+
     pub fn node_public(&self) -> lanpatch_protocol::PublicKey {
         self.reporter.node_public()
     }

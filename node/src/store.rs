@@ -137,7 +137,23 @@ const MIGRATIONS: &[&str] = &[
         issued    INTEGER NOT NULL,
         envelope  BLOB NOT NULL
      );",
+    // 5 -> 6: every node keeps its ring's reports (rollout rules count them), with the ring and
+    // when this node received each.
+    "ALTER TABLE reports ADD COLUMN ring TEXT NOT NULL DEFAULT '';
+     ALTER TABLE reports ADD COLUMN received INTEGER NOT NULL DEFAULT 0;
+     CREATE INDEX reports_by_release ON reports (manifest, ring);",
 ];
+
+/// A node's report as [`Store::put_report`] keeps it.
+pub struct StoredReport {
+    pub node: Vec<u8>,
+    pub manifest: Hash32,
+    pub seq: u64,
+    pub rank: u8,
+    pub ring: String,
+    pub received: u64,
+    pub envelope: Vec<u8>,
+}
 
 /// A ban as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -627,25 +643,32 @@ impl Store {
         self.call(|c| blobs(c, "SELECT envelope FROM reports_out")).await
     }
 
-    /// Collector: stores a node's report unless one with a higher sequence number, or a later
-    /// state (by `ReleaseState::rank`), is there for the same (node, release). A terminal outcome
-    /// the collector has seen is never replaced by an earlier state.
-    pub async fn put_report(
-        &self,
-        node: Vec<u8>,
-        manifest: Hash32,
-        seq: u64,
-        rank: u8,
-        envelope: Vec<u8>,
-    ) -> Result<bool> {
+    /// Stores a node's report unless one with a higher sequence number, or a later state (by
+    /// `ReleaseState::rank`), is there for the same (node, release). A terminal outcome the node
+    /// has seen is never replaced by an earlier state. `received` is this node's clock.
+    pub async fn put_report(&self, r: StoredReport) -> Result<bool> {
         self.call(move |c| {
             let n = c.execute(
-                "INSERT INTO reports (node, manifest, seq, envelope, rank) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (node, manifest) DO UPDATE SET seq = ?3, envelope = ?4, rank = ?5
+                "INSERT INTO reports (node, manifest, seq, envelope, rank, ring, received)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (node, manifest) DO UPDATE SET seq = ?3, envelope = ?4, rank = ?5, ring = ?6,
+                     received = ?7
                  WHERE ?3 > reports.seq AND ?5 >= reports.rank",
-                params![node, manifest.0.to_vec(), seq as i64, envelope, rank],
+                params![r.node, r.manifest.0.to_vec(), r.seq as i64, r.envelope, r.rank, r.ring, r.received as i64],
             )?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    /// The stored reports about one release from nodes of one ring, with when each arrived.
+    pub async fn ring_reports(&self, manifest: Hash32, ring: String) -> Result<Vec<(Vec<u8>, u64)>> {
+        self.call(move |c| {
+            let mut st = c.prepare("SELECT envelope, received FROM reports WHERE manifest = ?1 AND ring = ?2")?;
+            let rows = st
+                .query_map(params![manifest.0.to_vec(), ring], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -736,12 +759,23 @@ mod tests {
         let s = Store::open(&dir.path().join("state.db")).unwrap();
         let m = Hash32([2; 32]);
         let failed = ReleaseState::Failed(FailReason::CommandFailed).rank();
-        assert!(s.put_report(vec![1], m, 10, failed, vec![1]).await.unwrap());
+        let r = |seq: u64, rank: u8, envelope: u8| StoredReport {
+            node: vec![1],
+            manifest: m,
+            seq,
+            rank,
+            ring: "canary".into(),
+            received: seq,
+            envelope: vec![envelope],
+        };
+        assert!(s.put_report(r(10, failed, 1)).await.unwrap());
         // A replayed or regressed report: newer sequence number, earlier state.
-        assert!(!s.put_report(vec![1], m, 11, ReleaseState::Available.rank(), vec![2]).await.unwrap());
+        assert!(!s.put_report(r(11, ReleaseState::Available.rank(), 2)).await.unwrap());
         // An older sequence number never wins either.
-        assert!(!s.put_report(vec![1], m, 9, failed, vec![3]).await.unwrap());
+        assert!(!s.put_report(r(9, failed, 3)).await.unwrap());
         assert_eq!(s.reports().await.unwrap(), vec![vec![1]]);
+        assert_eq!(s.ring_reports(m, "canary".into()).await.unwrap(), vec![(vec![1], 10)]);
+        assert!(s.ring_reports(m, "broad".into()).await.unwrap().is_empty());
     }
 
     #[tokio::test]

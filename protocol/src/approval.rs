@@ -24,7 +24,37 @@ pub struct Approval {
     pub expires: Timestamp,
     /// Set when an admin overrode the ring gate; the reason is part of the signed record.
     pub forced_reason: Option<String>,
+    /// How the ring's nodes pace and stop the rollout themselves (see `rollout::wave_gate`).
+    /// `None`: every node installs once its gates pass, and nothing halts the ring.
+    pub rules: Option<RolloutRules>,
 }
+
+/// Signed rollout rules: a failure-rate brake and phased waves inside the ring.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRules {
+    /// The ring halts when failures exceed this share of the counted outcomes, in basis points
+    /// (500 = 5 %).
+    pub max_failure_bp: u16,
+    /// Outcomes (installed or failed) needed before the failure rate counts, and reports from
+    /// the ring a node must hold before it installs past the first wave.
+    pub min_reports: u32,
+    /// Cumulative shares of the ring, in order; the last one is 100 %.
+    pub waves: Vec<Wave>,
+}
+
+/// One wave: the nodes whose hash falls below `percent` (and above the previous wave's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Wave {
+    /// Cumulative percent of the ring, 1..=100.
+    pub percent: u8,
+    /// After this wave reached `min_success` installs, the next wave waits this long.
+    pub min_soak_secs: u64,
+    /// Installs in this wave before the next opens (fewer when the wave has fewer nodes).
+    pub min_success: u32,
+}
+
+/// Most waves in a ring.
+pub const MAX_WAVES: usize = 10;
 
 /// What a yank asks nodes to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +92,54 @@ impl Payload for Approval {
         }
         if self.deadline.is_some_and(|d| d < self.not_before) {
             return Err(ValidationError::field("deadline", "must not be before not-before"));
+        }
+        if let Some(r) = &self.rules {
+            r.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl RolloutRules {
+    /// One line for people: "halt above 5 % failed (counted from 3 outcomes); waves 10 % (soak
+    /// 3600 s, 1 install), 100 %".
+    pub fn describe(&self) -> String {
+        let waves: Vec<String> = self
+            .waves
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                if i + 1 == self.waves.len() {
+                    format!("{} %", w.percent)
+                } else {
+                    format!("{} % (soak {} s, {} install(s))", w.percent, w.min_soak_secs, w.min_success)
+                }
+            })
+            .collect();
+        format!(
+            "halt above {} % failed (counted from {} outcomes); waves {}",
+            f64::from(self.max_failure_bp) / 100.0,
+            self.min_reports,
+            waves.join(", ")
+        )
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.max_failure_bp > 10_000 {
+            return Err(ValidationError::field("max failure rate", "must be at most 100 %"));
+        }
+        if self.waves.is_empty() || self.waves.len() > MAX_WAVES {
+            return Err(ValidationError::TooMany { field: "waves", count: self.waves.len(), max: MAX_WAVES });
+        }
+        let mut last = 0u8;
+        for w in &self.waves {
+            if w.percent <= last || w.percent > 100 {
+                return Err(ValidationError::field("waves", "percents must increase, each 1 to 100"));
+            }
+            last = w.percent;
+        }
+        if last != 100 {
+            return Err(ValidationError::field("waves", "the last wave must be 100 %"));
         }
         Ok(())
     }

@@ -75,6 +75,9 @@ pub enum ErrorKind {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub peer_id: String,
+    /// The node's ed25519 key (hex): what its reports name, and what its rollout wave hashes.
+    #[serde(default)]
+    pub node_key: String,
     pub fleet: String,
     pub ring: String,
     pub hostname: String,
@@ -132,6 +135,9 @@ pub struct ReleaseStatus {
     pub approved_rings: Vec<String>,
     /// When the download finished, in milliseconds since the epoch.
     pub finished_ms: Option<u64>,
+    /// This node's rollout wave (1-based) under the approval for its ring, when it has rules.
+    #[serde(default)]
+    pub wave: Option<u32>,
 }
 
 /// One node's latest report about one release.

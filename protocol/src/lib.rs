@@ -28,7 +28,7 @@ pub mod statement;
 pub mod types;
 pub mod verify;
 
-pub use approval::{Approval, Yank, YankAction};
+pub use approval::{Approval, RolloutRules, Wave, Yank, YankAction};
 pub use encoding::DecodeError;
 pub use lifecycle::{Event, FailReason, ReleaseState, RollbackCause, SkipReason, WaitReason};
 pub use limits::Limits;

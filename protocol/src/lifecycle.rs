@@ -39,6 +39,11 @@ pub enum WaitReason {
     /// The newest timestamp statement does not list this release as current (a newer version,
     /// a yank or a different approval exists that this node has not received yet).
     NotInStatement,
+    /// The approval's rollout rules put this node in a wave that has not opened yet.
+    Wave,
+    /// The node holds too few reports from its ring to judge the rollout (partitioned, or too
+    /// few peers): it does not guess.
+    TooFewReports,
 }
 
 /// Why a release failed on a node.
@@ -107,6 +112,9 @@ pub enum ReleaseState {
     Waiting(WaitReason),
     /// The install command runs (recorded before it starts).
     Installing,
+    /// The ring's failure rate for this release crossed the approval's threshold: the node does
+    /// not install. Only a new approval (or a yank) moves it on.
+    Halted,
     /// The node stopped during the install and killed it; resolved (detect, else rollback) at the
     /// next start.
     Interrupted,
@@ -127,7 +135,7 @@ impl ReleaseState {
             Queued => 1,
             Downloading => 2,
             Downloaded => 3,
-            Waiting(_) => 4,
+            Waiting(_) | Halted => 4,
             Installing => 5,
             Interrupted => 6,
             RollingBack(RollbackCause::Yanked) => 8,
@@ -176,6 +184,7 @@ impl ReleaseState {
             Downloading => "downloading",
             Downloaded => "downloaded",
             Waiting(_) => "waiting",
+            Halted => "halted",
             Installing => "installing",
             Interrupted => "interrupted",
             RollingBack(_) => "rolling_back",
@@ -203,8 +212,11 @@ impl ReleaseState {
                     WaitReason::ApprovalExpired => "the approval expired".to_string(),
                     WaitReason::Stale => "no fresh timestamp statement".to_string(),
                     WaitReason::NotInStatement => "not current in the timestamp statement".to_string(),
+                    WaitReason::Wave => "its rollout wave has not opened".to_string(),
+                    WaitReason::TooFewReports => "too few reports from its ring".to_string(),
                 }
             ),
+            Halted => "halted (the ring's failure rate crossed the approval's threshold)".into(),
             Installing => "installing".into(),
             Interrupted => "interrupted".into(),
             RollingBack(c) => format!("rolling back ({})", c.label()),
@@ -272,6 +284,8 @@ pub enum Event {
     StageFailed(FailReason),
     /// The installer looked and the release must wait.
     Wait(WaitReason),
+    /// The ring's failure rate crossed the approval's threshold.
+    Halt,
     /// The detect command says it is installed already (before an install was started).
     AlreadyInstalled,
     InstallStarted,
@@ -325,10 +339,13 @@ pub fn step(state: ReleaseState, event: Event) -> Step {
         (S::Available | S::Queued, E::DownloadStarted) => to(S::Downloading),
         (S::Available | S::Queued | S::Downloading, E::DownloadFinished) => to(S::Downloaded),
         (S::Available | S::Queued | S::Downloading, E::DownloadFailed(why)) => to(S::Failed(why)),
-        (S::Downloaded | S::Waiting(_), E::StageFailed(why)) => to(S::Failed(why)),
-        (S::Downloaded | S::Waiting(_), E::Wait(why)) if state != S::Waiting(why) => to(S::Waiting(why)),
-        (S::Downloaded | S::Waiting(_), E::AlreadyInstalled) => to(S::Skipped(SkipReason::AlreadyInstalled)),
-        (S::Downloaded | S::Waiting(_), E::InstallStarted) => to(S::Installing),
+        (S::Downloaded | S::Waiting(_) | S::Halted, E::StageFailed(why)) => to(S::Failed(why)),
+        (S::Downloaded | S::Waiting(_) | S::Halted, E::Wait(why)) if state != S::Waiting(why) => to(S::Waiting(why)),
+        (S::Downloaded | S::Waiting(_), E::Halt) => to(S::Halted),
+        (S::Downloaded | S::Waiting(_) | S::Halted, E::AlreadyInstalled) => {
+            to(S::Skipped(SkipReason::AlreadyInstalled))
+        }
+        (S::Downloaded | S::Waiting(_) | S::Halted, E::InstallStarted) => to(S::Installing),
         (S::Installing | S::Interrupted, E::InstallSucceeded) => Step::To(S::Installed, vec![Effect::InventoryChanged]),
         (S::Installing | S::Interrupted, E::InstallFailed { cause, has_rollback }) => {
             if has_rollback {
@@ -456,6 +473,26 @@ mod tests {
     }
 
     #[test]
+    fn a_halted_release_resumes_only_through_the_installer_and_never_after_installing() {
+        let halted = after(&[Event::Queue, Event::DownloadFinished, Event::Wait(WaitReason::Wave), Event::Halt]);
+        assert_eq!(halted, ReleaseState::Halted);
+        assert!(!halted.is_failure() && !halted.is_outcome());
+        // A new approval: the installer looks again and waits or starts.
+        assert_eq!(
+            step(halted, Event::Wait(WaitReason::Wave)),
+            Step::To(ReleaseState::Waiting(WaitReason::Wave), vec![])
+        );
+        assert_eq!(step(halted, Event::InstallStarted), Step::To(ReleaseState::Installing, vec![]));
+        assert_eq!(
+            step(halted, Event::Yanked { rollback: false, has_rollback: true }),
+            Step::To(ReleaseState::Skipped(SkipReason::Yanked), vec![])
+        );
+        // Installed nodes are not halted.
+        let installed = after(&[Event::Queue, Event::DownloadFinished, Event::InstallStarted, Event::InstallSucceeded]);
+        assert_eq!(step(installed, Event::Halt), Step::Ignored);
+    }
+
+    #[test]
     fn final_states_ignore_every_event() {
         for s in [
             ReleaseState::Failed(FailReason::CommandFailed),
@@ -481,6 +518,7 @@ mod tests {
             Event::RollbackSucceeded,
             Event::RollbackFailed,
             Event::Expired,
+            Event::Halt,
         ];
         for f in [FailReason::DiskFull, FailReason::OverQuota, FailReason::DownloadError] {
             v.push(Event::DownloadFailed(f));
@@ -493,6 +531,8 @@ mod tests {
             WaitReason::ApprovalExpired,
             WaitReason::Stale,
             WaitReason::NotInStatement,
+            WaitReason::Wave,
+            WaitReason::TooFewReports,
         ] {
             v.push(Event::Wait(w));
         }

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::approval::{RolloutRules, Wave};
 use crate::control::ReportView;
 use crate::lifecycle::{ReleaseState, RollbackCause};
-use crate::types::RingName;
+use crate::types::{Hash32, PublicKey, RingName, Timestamp};
 
 /// A ring's results for one release, from typed states.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub struct RingCounts {
     pub rolled_back_by_yank: usize,
     /// Skipped: not targeted, yanked before install, or already installed.
     pub skipped: usize,
+    /// Halted by the approval's failure-rate rule.
+    pub halted: usize,
     /// Still on its way (queued, downloading, waiting, installing).
     pub in_progress: usize,
 }
@@ -35,6 +38,8 @@ impl RingCounts {
             self.rolled_back_by_yank += 1;
         } else if matches!(state, ReleaseState::Skipped(_)) {
             self.skipped += 1;
+        } else if state == ReleaseState::Halted {
+            self.halted += 1;
         } else {
             self.in_progress += 1;
         }
@@ -102,6 +107,180 @@ pub fn next_ring<'a>(order: &'a [RingName], approved: &[RingName]) -> Option<(&'
     Some((&order[last], order.get(last + 1)?))
 }
 
+/// Domain separation for the wave hash.
+const WAVE_DOMAIN: &[u8] = b"lanpatch-wave-v1";
+
+/// A node's place in a release's rollout, in [0, 10000): the first 8 bytes of
+/// BLAKE3(`lanpatch-wave-v1` || manifest hash || node key), little-endian, modulo 10000. Stable
+/// for a node and a release, independent across releases.
+pub fn wave_position(node: &PublicKey, manifest: &Hash32) -> u16 {
+    let mut h = blake3::Hasher::new();
+    h.update(WAVE_DOMAIN).update(&manifest.0).update(&node.0);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    (u64::from_le_bytes(first) % 10_000) as u16
+}
+
+/// The wave (0-based) a node belongs to: the first whose cumulative `percent` x 100 is above its
+/// position.
+pub fn wave_of(node: &PublicKey, manifest: &Hash32, waves: &[Wave]) -> usize {
+    let pos = wave_position(node, manifest);
+    waves.iter().position(|w| pos < u16::from(w.percent) * 100).unwrap_or(waves.len().saturating_sub(1))
+}
+
+/// One node's latest report about the release, as a node of the same ring holds it.
+#[derive(Clone, Debug)]
+pub struct RingReport {
+    pub node: PublicKey,
+    pub state: ReleaseState,
+    /// The reporting node's time of the report.
+    pub at: Timestamp,
+    /// When this node received it (seconds since the epoch, this node's clock).
+    pub received: u64,
+}
+
+/// The failure rate's figures: failed outcomes among counted ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailureFigures {
+    pub failed: usize,
+    pub counted: usize,
+    pub max_failure_bp: u16,
+    pub min_reports: u32,
+}
+
+impl FailureFigures {
+    /// Whether the rate counts (enough outcomes) and crosses the threshold.
+    pub fn halts(&self) -> bool {
+        self.counted >= self.min_reports as usize
+            && self.counted > 0
+            && (self.failed as u64) * 10_000 > u64::from(self.max_failure_bp) * self.counted as u64
+    }
+
+    pub fn explain(&self) -> String {
+        let pct = if self.counted == 0 { 0.0 } else { self.failed as f64 * 100.0 / self.counted as f64 };
+        format!(
+            "{} of {} outcomes failed ({pct:.0} %), the approval allows {} % (counted from {} outcomes)",
+            self.failed,
+            self.counted,
+            f64::from(self.max_failure_bp) / 100.0,
+            self.min_reports
+        )
+    }
+}
+
+/// Outcomes that count against the threshold: installed or failed (`is_failure`), reported at
+/// or after the approval was issued (so a new approval starts the count again).
+pub fn failure_figures(rules: &RolloutRules, issued: Timestamp, reports: &[RingReport]) -> FailureFigures {
+    let since = reports.iter().filter(|r| r.at >= issued);
+    let (mut failed, mut counted) = (0, 0);
+    for r in since {
+        if r.state.is_failure() {
+            failed += 1;
+            counted += 1;
+        } else if r.state.is_installed() {
+            counted += 1;
+        }
+    }
+    FailureFigures { failed, counted, max_failure_bp: rules.max_failure_bp, min_reports: rules.min_reports }
+}
+
+/// What the rollout rules say about this node installing now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaveGate {
+    Open,
+    /// The ring's failure rate crossed the threshold.
+    Halt(FailureFigures),
+    /// The node holds reports from fewer nodes of its ring than `min_reports` and is past the
+    /// first wave: it does not guess.
+    TooFewReports {
+        seen: usize,
+        needed: u32,
+    },
+    /// An earlier wave has not reached its installs, or is still soaking.
+    Closed {
+        /// This node's wave and the wave it waits for (0-based).
+        wave: usize,
+        waits_for: usize,
+        installed: usize,
+        needed: usize,
+        /// When the soak ends (this node's clock), once the installs are there.
+        opens_at: Option<u64>,
+    },
+}
+
+impl WaveGate {
+    pub fn explain(&self) -> String {
+        match self {
+            WaveGate::Open => "its wave is open".into(),
+            WaveGate::Halt(f) => format!("halted: {}", f.explain()),
+            WaveGate::TooFewReports { seen, needed } => format!(
+                "holds reports from {seen} node(s) of its ring, the approval's rules need {needed} before it installs past the first wave"
+            ),
+            WaveGate::Closed { wave, waits_for, installed, needed, opens_at: None } => format!(
+                "in wave {}: wave {} has {installed} of the {needed} install(s) it needs",
+                wave + 1,
+                waits_for + 1
+            ),
+            WaveGate::Closed { wave, waits_for, opens_at: Some(t), .. } => {
+                format!("in wave {}: wave {} soaks until {t}", wave + 1, waits_for + 1)
+            }
+        }
+    }
+}
+
+/// The rollout rules' decision for node `me` on `manifest` at `now`, from the latest report of
+/// each node of the ring that the node holds (its own included; nodes the release does not
+/// target left out). In order: the halt (any wave); the first wave is open; later waves need
+/// reports from at least `min_reports` nodes, and every earlier wave j needs
+/// min(`waves[j].min_success`, the nodes of wave j seen) installs, the last of them received
+/// at least `waves[j].min_soak_secs` ago.
+pub fn wave_gate(
+    rules: &RolloutRules,
+    issued: Timestamp,
+    me: &PublicKey,
+    manifest: &Hash32,
+    reports: &[RingReport],
+    now: u64,
+) -> WaveGate {
+    let reports: Vec<&RingReport> = reports.iter().filter(|r| !r.state.is_not_targeted()).collect();
+    let owned: Vec<RingReport> = reports.iter().map(|r| (*r).clone()).collect();
+    let figures = failure_figures(rules, issued, &owned);
+    if figures.halts() {
+        return WaveGate::Halt(figures);
+    }
+    let mine = wave_of(me, manifest, &rules.waves);
+    if mine == 0 {
+        return WaveGate::Open;
+    }
+    let seen = reports.len() + usize::from(!reports.iter().any(|r| r.node == *me));
+    if seen < rules.min_reports as usize {
+        return WaveGate::TooFewReports { seen, needed: rules.min_reports };
+    }
+    for (j, wave) in rules.waves.iter().enumerate().take(mine) {
+        let members: Vec<&&RingReport> =
+            reports.iter().filter(|r| wave_of(&r.node, manifest, &rules.waves) == j).collect();
+        let mut installs: Vec<u64> = members.iter().filter(|r| r.state.is_installed()).map(|r| r.received).collect();
+        installs.sort_unstable();
+        let needed = (wave.min_success as usize).min(members.len());
+        if installs.len() < needed {
+            return WaveGate::Closed { wave: mine, waits_for: j, installed: installs.len(), needed, opens_at: None };
+        }
+        if needed > 0 {
+            let opens = installs[needed - 1].saturating_add(wave.min_soak_secs);
+            if now < opens {
+                return WaveGate::Closed {
+                    wave: mine,
+                    waits_for: j,
+                    installed: installs.len(),
+                    needed,
+                    opens_at: Some(opens),
+                };
+            }
+        }
+    }
+    WaveGate::Open
+}
+
 /// The last `n` non-empty lines of a report's detail, on one line.
 pub fn last_lines(s: &str, n: usize) -> String {
     let mut lines: Vec<&str> = s.lines().rev().filter(|l| !l.trim().is_empty()).take(n).collect();
@@ -113,6 +292,30 @@ pub fn last_lines(s: &str, n: usize) -> String {
 mod tests {
     use super::*;
     use crate::lifecycle::FailReason;
+
+    /// Over 64 releases (fixed, so the test is deterministic: the partition is a hash, and a
+    /// random release would fail a 3.4-sigma bound now and then) and 1,000 nodes each.
+    #[test]
+    fn wave_partition_is_stable_and_balanced_within_five_percent_for_a_thousand_nodes() {
+        let r = rules(&[(10, 0, 1), (30, 0, 1), (100, 0, 0)]);
+        for release in 0..64u32 {
+            let m = Hash32(*blake3::hash(&release.to_be_bytes()).as_bytes());
+            let mut sizes = [0usize; 3];
+            for i in 0..1000u32 {
+                let k = key(i);
+                let w = wave_of(&k, &m, &r.waves);
+                assert_eq!(w, wave_of(&k, &m, &r.waves), "stable");
+                sizes[w] += 1;
+            }
+            // Expected 100, 200, 700 of 1000: each within 5 % of the ring (50 nodes).
+            for (size, expected) in sizes.iter().zip([100usize, 200, 700]) {
+                assert!(size.abs_diff(expected) <= 50, "release {release}: {sizes:?}");
+            }
+        }
+        // Another release puts a node elsewhere: the first wave is not always the same nodes.
+        let firsts = |m: Hash32| (0..1000u32).filter(|i| wave_of(&key(*i), &m, &r.waves) == 0).collect::<Vec<_>>();
+        assert_ne!(firsts(Hash32([1; 32])), firsts(Hash32([2; 32])));
+    }
 
     fn report(host: &str, state: ReleaseState) -> ReportView {
         ReportView {
@@ -149,6 +352,78 @@ mod tests {
             gate(&few.iter().collect::<Vec<_>>(), 2),
             Err(GateRefusal::TooFewInstalls { installed: 1, needed: 2 })
         );
+    }
+
+    fn rules(waves: &[(u8, u64, u32)]) -> RolloutRules {
+        RolloutRules {
+            max_failure_bp: 2000,
+            min_reports: 3,
+            waves: waves
+                .iter()
+                .map(|&(percent, min_soak_secs, min_success)| Wave { percent, min_soak_secs, min_success })
+                .collect(),
+        }
+    }
+
+    fn key(i: u32) -> PublicKey {
+        PublicKey(*blake3::hash(&i.to_le_bytes()).as_bytes())
+    }
+
+    /// Nodes 0.. in `wave` of `manifest` under `r`.
+    fn in_wave(r: &RolloutRules, m: &Hash32, wave: usize, n: usize) -> Vec<PublicKey> {
+        (0..).map(key).filter(|k| wave_of(k, m, &r.waves) == wave).take(n).collect()
+    }
+
+    fn rep(node: PublicKey, state: ReleaseState, received: u64) -> RingReport {
+        RingReport { node, state, at: Timestamp(100), received }
+    }
+
+    #[test]
+    fn the_first_wave_opens_at_once_and_later_waves_wait_for_installs_and_soak() {
+        let r = rules(&[(25, 60, 2), (100, 0, 0)]);
+        let m = Hash32([7; 32]);
+        let w0 = in_wave(&r, &m, 0, 3);
+        let w1 = in_wave(&r, &m, 1, 2);
+        assert_eq!(wave_gate(&r, Timestamp(0), &w0[0], &m, &[], 1000), WaveGate::Open);
+        let mut reports: Vec<RingReport> = w1.iter().map(|k| rep(*k, ReleaseState::Downloaded, 0)).collect();
+        reports.push(rep(w0[0], ReleaseState::Installed, 500));
+        reports.push(rep(w0[1], ReleaseState::Downloaded, 0));
+        let closed = wave_gate(&r, Timestamp(0), &w1[0], &m, &reports, 1000);
+        assert!(
+            matches!(closed, WaveGate::Closed { wave: 1, waits_for: 0, installed: 1, needed: 2, opens_at: None }),
+            "{closed:?}"
+        );
+        reports[3] = rep(w0[1], ReleaseState::Installed, 900);
+        assert!(matches!(
+            wave_gate(&r, Timestamp(0), &w1[0], &m, &reports, 930),
+            WaveGate::Closed { opens_at: Some(960), .. }
+        ));
+        assert_eq!(wave_gate(&r, Timestamp(0), &w1[0], &m, &reports, 960), WaveGate::Open);
+    }
+
+    #[test]
+    fn a_node_that_sees_too_few_reports_does_not_install_past_the_first_wave() {
+        let r = rules(&[(25, 0, 1), (100, 0, 0)]);
+        let m = Hash32([8; 32]);
+        let late = in_wave(&r, &m, 1, 1)[0];
+        let early = in_wave(&r, &m, 0, 1)[0];
+        assert_eq!(wave_gate(&r, Timestamp(0), &late, &m, &[], 10), WaveGate::TooFewReports { seen: 1, needed: 3 });
+        assert_eq!(wave_gate(&r, Timestamp(0), &early, &m, &[], 10), WaveGate::Open);
+    }
+
+    #[test]
+    fn the_ring_halts_when_failures_cross_the_threshold_and_a_new_approval_counts_afresh() {
+        let r = rules(&[(100, 0, 0)]);
+        let m = Hash32([9; 32]);
+        let fail = ReleaseState::Failed(crate::lifecycle::FailReason::CommandFailed);
+        let mut reports = vec![rep(key(1), ReleaseState::Installed, 1), rep(key(2), fail, 1)];
+        // Two outcomes: below min_reports, the rate does not count yet.
+        assert_eq!(wave_gate(&r, Timestamp(0), &key(9), &m, &reports, 10), WaveGate::Open);
+        reports.push(rep(key(3), ReleaseState::Installed, 1));
+        let halted = wave_gate(&r, Timestamp(0), &key(9), &m, &reports, 10);
+        assert!(matches!(halted, WaveGate::Halt(FailureFigures { failed: 1, counted: 3, .. })), "{halted:?}");
+        // A yank rollback is not a failure; outcomes before a new approval do not count.
+        assert_eq!(wave_gate(&r, Timestamp(101), &key(9), &m, &reports, 10), WaveGate::Open);
     }
 
     #[test]

@@ -105,6 +105,7 @@ fn approval_value(m: &Signed<ReleaseManifest>, ring: &str) -> Approval {
         deadline: None,
         expires: NOW.plus_secs(7 * DAY),
         forced_reason: None,
+        rules: None,
     }
 }
 

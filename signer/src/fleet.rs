@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use lanpatch_protocol::control::{ControlRequest, ControlResponse, ErrorKind, InventoryView, ReportView};
 use lanpatch_protocol::rollout::{self, RingCounts};
-use lanpatch_protocol::{Hash32, Limits, ReleaseManifest, RingName};
+use lanpatch_protocol::{Approval, Hash32, Limits, PublicKey, ReleaseManifest, RingName, RolloutRules, Timestamp};
 use serde::Serialize;
 
 use crate::bundle::{self, Bundle};
@@ -119,6 +119,9 @@ pub struct ReleaseSummary<'a> {
     pub rings: BTreeMap<String, RingCounts>,
     /// Every node's latest report (the highest sequence number the collector has seen).
     pub nodes: Vec<&'a ReportView>,
+    /// Each node's rollout wave (1-based) under its ring's approval, when a bundle with rules
+    /// was given.
+    pub waves: BTreeMap<&'a str, usize>,
 }
 
 /// `lanpatch-signer status`.
@@ -129,20 +132,19 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
         }
         None => None,
     };
-    // With a bundle, the rings it is approved for: only nodes in those rings count as targeted.
-    let approved: Option<Vec<String>> = bundle.map(|b| {
+    // With a bundle, its approvals by ring: only nodes in those rings count as targeted, and
+    // their rollout rules are shown.
+    let approvals: Option<BTreeMap<String, Approval>> = bundle.map(|b| {
         let dir = Bundle::new(b).approvals_dir();
-        let mut rings: Vec<String> = std::fs::read_dir(dir)
+        std::fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| bundle::load::<lanpatch_protocol::Approval>(&e.path(), limits).ok())
-            .map(|a| a.value().ring.to_string())
-            .collect();
-        rings.sort();
-        rings.dedup();
-        rings
+            .filter_map(|e| bundle::load::<Approval>(&e.path(), limits).ok())
+            .map(|a| (a.value().ring.to_string(), a.value().clone()))
+            .collect()
     });
+    let approved: Option<Vec<String>> = approvals.as_ref().map(|a| a.keys().cloned().collect());
     let all = reports(socket)?;
     let mut by_release: BTreeMap<(&str, u64, &str), Vec<&ReportView>> = BTreeMap::new();
     for r in all.iter().filter(|r| filter.as_ref().is_none_or(|f| *f == r.manifest)) {
@@ -159,10 +161,24 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
         .iter()
         .map(|((product, version, manifest), list)| {
             let rings = RingCounts::by_ring(list.iter().copied());
+            let waves = approvals
+                .as_ref()
+                .map(|ap| {
+                    list.iter()
+                        .filter_map(|r| {
+                            let rules = ap.get(&r.ring)?.rules.as_ref()?;
+                            let node: PublicKey = r.node.parse().ok()?;
+                            let m: Hash32 = manifest.parse().ok()?;
+                            Some((r.node.as_str(), rollout::wave_of(&node, &m, &rules.waves) + 1))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             ReleaseSummary {
                 manifest,
                 product,
                 version: *version,
+                waves,
                 targeted: list
                     .iter()
                     .filter(|r| !r.state.is_not_targeted())
@@ -183,9 +199,14 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
         println!("{} {} (manifest {short}): {installed}/{} targeted nodes installed", s.product, s.version, s.targeted);
         for (ring, c) in &s.rings {
             println!(
-                "  ring {ring}: installed {}, failed {}, in progress {}, skipped {}, rolled back by yank {}",
-                c.installed, c.failed, c.in_progress, c.skipped, c.rolled_back_by_yank
+                "  ring {ring}: installed {}, failed {}, halted {}, in progress {}, skipped {}, rolled back by yank {}",
+                c.installed, c.failed, c.halted, c.in_progress, c.skipped, c.rolled_back_by_yank
             );
+            if let (Some(a), Some(b)) = (approvals.as_ref().and_then(|ap| ap.get(ring)), bundle)
+                && let Some(rules) = &a.rules
+            {
+                print_rules(s, ring, a, rules, socket, b);
+            }
         }
         let failing: Vec<&&ReportView> = s.nodes.iter().filter(|r| r.state.is_failure()).collect();
         if !failing.is_empty() {
@@ -204,10 +225,50 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
             }
         }
         for r in s.nodes.iter().filter(|r| !r.state.is_failure() && !r.state.is_installed()) {
-            println!("  {} [{}]: {}", r.hostname, r.ring, r.state);
+            let wave = s.waves.get(r.node.as_str()).map(|w| format!(" wave {w}")).unwrap_or_default();
+            println!("  {} [{}{wave}]: {}", r.hostname, r.ring, r.state);
         }
     }
     Ok(())
+}
+
+/// A ring's rollout rules against its reports: the failure rate and the threshold, the waves,
+/// and the commands that resume (a new approval counts afresh) or yank.
+fn print_rules(s: &ReleaseSummary, ring: &str, a: &Approval, rules: &RolloutRules, socket: &Path, bundle: &Path) {
+    let reports: Vec<rollout::RingReport> = s
+        .nodes
+        .iter()
+        .filter(|r| r.ring == ring)
+        .filter_map(|r| {
+            Some(rollout::RingReport { node: r.node.parse().ok()?, state: r.state, at: Timestamp(r.at), received: 0 })
+        })
+        .collect();
+    let f = rollout::failure_figures(rules, a.issued, &reports);
+    println!("    rules: {}", rules.describe());
+    let mut per_wave = vec![(0usize, 0usize); rules.waves.len()];
+    for r in s.nodes.iter().filter(|r| r.ring == ring) {
+        if let Some(w) = s.waves.get(r.node.as_str()) {
+            let e = &mut per_wave[w - 1];
+            e.0 += 1;
+            e.1 += usize::from(r.state.is_installed());
+        }
+    }
+    let waves: Vec<String> =
+        per_wave.iter().enumerate().map(|(i, (n, ok))| format!("wave {}: {ok}/{n} installed", i + 1)).collect();
+    println!("    {}", waves.join(", "));
+    let verdict = if f.halts() { "HALTED" } else { "below the threshold" };
+    println!("    failure rate: {} ({verdict})", f.explain());
+    if f.halts() {
+        let b = bundle.display();
+        println!(
+            "    resume (fix first; a new approval counts outcomes afresh): lanpatch-signer approve --key <approve key> --ring {ring} --replace {b} && lanpatch-signer publish --node {} {b}",
+            socket.display()
+        );
+        println!(
+            "    or yank: lanpatch-signer yank --key <approve key> --reason \"...\" [--rollback] {b} && lanpatch-signer publish --node {} {b}",
+            socket.display()
+        );
+    }
 }
 
 /// `lanpatch-signer inventory`.

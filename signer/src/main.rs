@@ -352,6 +352,22 @@ struct ApproveArgs {
     /// Successful installs the previous ring needs (and no failures).
     #[arg(long, default_value_t = 1)]
     min_success: usize,
+    /// Halt the ring when more than this share of its counted outcomes failed ("5%", "5" or
+    /// "0.5%"). Signed into the approval; every node of the ring checks it.
+    #[arg(long, default_value = "5%")]
+    max_failure_rate: String,
+    /// Outcomes (installed or failed) before the failure rate counts; also the reports from the
+    /// ring a node must hold before it installs past the first wave.
+    #[arg(long, default_value_t = 3)]
+    min_reports: u32,
+    /// A wave of the ring: PERCENT[:SOAK[:MIN_SUCCESS]], cumulative percent of the ring's nodes,
+    /// how long the next wave waits after this one reached MIN_SUCCESS installs (e.g. 2h;
+    /// default 0), installs needed (default 1). Repeat; the last must be 100. Default: one wave.
+    #[arg(long = "wave")]
+    waves: Vec<String>,
+    /// Sign no rollout rules: no failure-rate halt, no waves.
+    #[arg(long)]
+    no_rules: bool,
     /// Approve although the previous ring's results are below policy. Needs --reason, which is
     /// recorded in the signed approval.
     #[arg(long, requires = "reason")]
@@ -945,6 +961,7 @@ fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp, k
             Ok(old) if path.exists() => now.max(old.value().issued.plus_secs(1)),
             _ => now,
         };
+        let rules = if a.no_rules { None } else { Some(rollout_rules(&a.max_failure_rate, a.min_reports, &a.waves)?) };
         let value = Approval {
             manifest: m.payload_hash(),
             product: m.value().product.clone(),
@@ -955,12 +972,16 @@ fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp, k
             deadline,
             expires,
             forced_reason,
+            rules,
         };
         check_payload(&value, limits)?;
         Signed::new(value)
     };
     approval.sign(&sk);
     bundle::save(&path, &approval)?;
+    if let Some(r) = &approval.value().rules {
+        println!("rollout rules: {}", r.describe());
+    }
     println!(
         "approved {} {} for ring {} (not before {}{}); {} signature(s)",
         m.value().product,
@@ -1157,4 +1178,54 @@ fn publish(socket: &Path, bundle: &Path, metadata_only: bool) -> Result<()> {
         ControlResponse::Error { message, .. } => bail!("the node refused the bundle: {message}"),
         other => bail!("unexpected response {other:?}"),
     }
+}
+
+/// The rollout rules from `approve`'s flags.
+fn rollout_rules(
+    max_failure_rate: &str,
+    min_reports: u32,
+    waves: &[String],
+) -> Result<lanpatch_protocol::RolloutRules> {
+    use lanpatch_protocol::Wave;
+    let bad = |what: &str, why: String| exit::exit(exit::Code::BadInput, format!("bad {what}: {why}"));
+    let pct: f64 = max_failure_rate
+        .trim()
+        .trim_end_matches('%')
+        .trim()
+        .parse()
+        .map_err(|_| bad("--max-failure-rate", format!("{max_failure_rate:?} is not a percentage such as 5%")))?;
+    if !(0.0..=100.0).contains(&pct) {
+        return Err(bad("--max-failure-rate", format!("{pct} is not between 0 and 100 %")));
+    }
+    let mut list = Vec::new();
+    for w in waves {
+        let mut parts = w.split(':');
+        let percent: u8 = parts
+            .next()
+            .unwrap_or("")
+            .trim_end_matches('%')
+            .parse()
+            .map_err(|_| bad("--wave", format!("{w:?}: the percent must be 1 to 100")))?;
+        let min_soak_secs = match parts.next() {
+            None | Some("") | Some("0") => 0,
+            Some(d) => {
+                humantime::parse_duration(d).map_err(|e| bad("--wave", format!("{w:?}: soak {d:?}: {e}")))?.as_secs()
+            }
+        };
+        let min_success = match parts.next() {
+            None | Some("") => 1,
+            Some(n) => n.parse().map_err(|_| bad("--wave", format!("{w:?}: installs {n:?} is not a number")))?,
+        };
+        if parts.next().is_some() {
+            return Err(bad("--wave", format!("{w:?} is not PERCENT[:SOAK[:MIN_SUCCESS]]")));
+        }
+        list.push(Wave { percent, min_soak_secs, min_success });
+    }
+    if list.is_empty() {
+        list.push(Wave { percent: 100, min_soak_secs: 0, min_success: 1 });
+    }
+    let rules =
+        lanpatch_protocol::RolloutRules { max_failure_bp: (pct * 100.0).round() as u16, min_reports, waves: list };
+    rules.validate().map_err(|e| bad("rollout rules", e.to_string()))?;
+    Ok(rules)
 }

@@ -116,11 +116,12 @@ pub fn verify_bundle(
                 Ok(a) => {
                     let v = a.value();
                     f.ok(format_args!(
-                        "approval for ring {} (not before {}{}{})",
+                        "approval for ring {} (not before {}{}{}); rollout rules: {}",
                         v.ring,
                         time::show(v.not_before),
                         v.deadline.map(|d| format!(", deadline {}", time::show(d))).unwrap_or_default(),
-                        v.forced_reason.as_ref().map(|r| format!(", FORCED: {r}")).unwrap_or_default()
+                        v.forced_reason.as_ref().map(|r| format!(", FORCED: {r}")).unwrap_or_default(),
+                        v.rules.as_ref().map(|r| r.describe()).unwrap_or_else(|| "none".into())
                     ));
                     rings_ok.push(v.ring.clone());
                 }

@@ -214,7 +214,7 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         admin.publish(&v1);
         let rollouts = format!("{base}/rollouts?refresh=0");
         // The canary row: one installed, one failed; the verdict names the failing host.
-        wait_for_text(&c, &rollouts, "tr[data-ring='canary']", "canary results", |t| t == "canary 1 1 0 0 0").await;
+        wait_for_text(&c, &rollouts, "tr[data-ring='canary']", "canary results", |t| t == "canary 1 1 0 0 0 0").await;
         let verdict = text_of(&c, ".verdict.refused").await;
         assert!(verdict.contains("ring canary has 1 failed install(s): kiosk-3"), "{verdict}");
         assert!(verdict.contains("payment terminal busy"), "{verdict}");

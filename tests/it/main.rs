@@ -19,3 +19,4 @@ mod support;
 mod swarm;
 mod tidy;
 mod wan;
+mod waves;
