@@ -28,6 +28,8 @@ fn create(dir: &Path, name: &str, version: u32) -> (PathBuf, Hash32) {
     fs::write(src.join("install.sh"), INSTALL).unwrap();
     fs::write(src.join("rollback.sh"), ROLLBACK).unwrap();
     fs::write(src.join("payload.bin"), crate::fleet::payload(100_000, u64::from(version))).unwrap();
+    // Each try is other content, so another manifest hash and another wave split.
+    fs::write(src.join("nonce"), name).unwrap();
     let v = version.to_string();
     let s = src.to_string_lossy().into_owned();
     signer(
@@ -60,7 +62,7 @@ fn create(dir: &Path, name: &str, version: u32) -> (PathBuf, Hash32) {
 /// Creates releases until `accept` likes the manifest (wave membership is a hash of it), signs
 /// the chosen one and returns it.
 fn release_where(dir: &Path, prefix: &str, version: u32, accept: impl Fn(&Hash32) -> bool) -> (PathBuf, Hash32) {
-    for i in 0..400 {
+    for i in 0..200 {
         let (bundle, hash) = create(dir, &format!("{prefix}-{i}"), version);
         if accept(&hash) {
             for k in ["alice.key", "bob.key"] {
@@ -71,7 +73,7 @@ fn release_where(dir: &Path, prefix: &str, version: u32, accept: impl Fn(&Hash32
         }
         fs::remove_dir_all(&bundle).unwrap();
     }
-    panic!("no manifest with the wanted wave split in 400 tries");
+    panic!("no manifest with the wanted wave split in 200 tries");
 }
 
 /// Approves with bob and carol (the approve threshold), with `rules` as approve flags.
