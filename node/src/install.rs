@@ -192,6 +192,28 @@ fn stage_dir(s: &Shared, manifest: &Hash32) -> PathBuf {
     s.cfg.data_dir.join("stage").join(manifest.to_hex())
 }
 
+/// Removes a release's staging copy once its commands are done: every install, rollback or
+/// detect stages afresh from the verified blobs, so nothing needs it afterwards, and it would
+/// double the release's disk use.
+fn clear_stage(s: &Shared, manifest: &Hash32) {
+    let dir = stage_dir(s, manifest);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("cannot remove the staging copy {}: {e}", dir.display()),
+    }
+}
+
+/// Removes every staging copy (at start, once interrupted installs are resolved: no command runs).
+fn clear_all_stages(s: &Shared) {
+    let Ok(entries) = std::fs::read_dir(s.cfg.data_dir.join("stage")) else { return };
+    for e in entries.flatten() {
+        if let Err(err) = std::fs::remove_dir_all(e.path()) {
+            tracing::warn!("cannot remove the staging copy {}: {err}", e.path().display());
+        }
+    }
+}
+
 /// A stored file whose bytes no longer match the signed hash.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: the stored copy hashes to {actual}, the manifest says {expected}; refusing to run anything from it")]
@@ -292,6 +314,7 @@ pub async fn run(s: Arc<Shared>) {
     if let Err(e) = resolve_interrupted(&s).await {
         tracing::error!("cannot resolve interrupted installs: {e:#}");
     }
+    clear_all_stages(&s);
     let mut shutdown = s.shutdown.clone();
     let mut changes = s.lifecycle.subscribe();
     loop {
@@ -540,6 +563,12 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
 }
 
 async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<()> {
+    let result = install_staged(s, rel, v, reason).await;
+    clear_stage(s, &rel.hash);
+    result
+}
+
+async fn install_staged(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<()> {
     let hash = rel.hash;
     let stage = match stage(s, &hash, v) {
         Ok(d) => d,
@@ -664,6 +693,7 @@ async fn roll_back_yanked(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest
     if effects.contains(&Effect::RunRollback) && !*s.shutdown.borrow() {
         let stage = stage(s, &rel.hash, v)?;
         roll_back(s, rel, v, &stage, &detail, None).await;
+        clear_stage(s, &rel.hash);
     }
     Ok(())
 }

@@ -274,7 +274,7 @@ fn node_killed_during_install_resolves_the_attempt_after_restart() {
 }
 
 #[test]
-fn yank_with_rollback_rolls_back_installed_nodes() {
+fn yank_with_rollback_rolls_back_installed_nodes_and_no_stage_copy_outlives_its_command() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
@@ -284,7 +284,10 @@ fn yank_with_rollback_rolls_back_installed_nodes() {
     wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
     approve(dir, &bundle, "canary", &[]).ok();
     admin.publish(&bundle);
-    wait_until(Duration::from_secs(60), "install", || n.dir.join("data/installed-tool").exists());
+    wait_until(Duration::from_secs(60), "install", || install_state(&n).0 == ReleaseState::Installed);
+    assert!(n.dir.join("data/installed-tool").exists());
+    let stage_empty = || fs::read_dir(n.dir.join("data/stage")).map(|d| d.count() == 0).unwrap_or(true);
+    wait_until(Duration::from_secs(10), "the install's staging copy removed", stage_empty);
     signer(dir, &["yank", "--key", "bob.key", "--rollback", "--reason", "breaks printing", "v1"]).ok();
     signer(dir, &["yank", "--key", "carol.key", "v1"]).ok();
     admin.publish(&bundle);
@@ -293,6 +296,9 @@ fn yank_with_rollback_rolls_back_installed_nodes() {
         install_state(&n).0 == ReleaseState::RolledBack(RollbackCause::Yanked)
     });
     assert!(install_state(&n).1.contains("yanked: breaks printing"));
+    // The rollback ran from a fresh staging copy (rollback.sh is one of the release's files),
+    // removed once it was done.
+    wait_until(Duration::from_secs(10), "the rollback's staging copy removed", stage_empty);
 }
 
 #[test]
