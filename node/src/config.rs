@@ -79,6 +79,11 @@ pub struct Config {
     /// Send the inventory at least this often (it is also sent whenever it changes).
     #[serde(default = "default_inventory_interval")]
     pub inventory_interval_secs: u64,
+    /// Versions per product whose files the node keeps (for serving late peers and for rollback);
+    /// the installed version, and a release still ahead, are kept besides. Yanked and older
+    /// releases are evicted when a download needs room in `cache_quota`, and after installs.
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: usize,
     /// Releases downloaded at the same time; the most severe go first.
     #[serde(default = "default_downloads")]
     pub max_concurrent_downloads: usize,
@@ -230,6 +235,9 @@ pub enum LogFormat {
 
 fn default_rollout_rings() -> Vec<RingName> {
     ["canary", "pilot", "broad"].iter().filter_map(|r| r.parse().ok()).collect()
+}
+fn default_keep_versions() -> usize {
+    2
 }
 fn default_one() -> usize {
     1

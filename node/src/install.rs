@@ -565,6 +565,11 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
 async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<()> {
     let result = install_staged(s, rel, v, reason).await;
     clear_stage(s, &rel.hash);
+    // What the outcome made obsolete (the version before the one now installed, beyond
+    // keep_versions) goes now.
+    if let Err(e) = crate::retention::make_room(s, 0, &[]).await {
+        tracing::warn!("retention: {e:#}");
+    }
     result
 }
 

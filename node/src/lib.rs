@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;
 pub mod report;
+pub mod retention;
 pub mod sched;
 pub mod seeding;
 pub mod selfupdate;

@@ -253,6 +253,21 @@ impl Library {
         self.store.reset_file(*file)
     }
 
+    /// Removes a complete file's blob and forgets it (retention evicted its release): peers are
+    /// told this node no longer has it, and a later download fetches it again. Returns the bytes
+    /// freed. Blocking.
+    pub fn evict(&self, file: &Hash32) -> Result<u64> {
+        let Some(state) = self.file(file).filter(|s| s.complete) else { return Ok(0) };
+        match fs::remove_file(self.blob_path(file)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", self.blob_path(file).display())),
+        }
+        self.write_inner().files.remove(file);
+        self.store.forget_file(*file)?;
+        Ok(state.entry.size)
+    }
+
     /// Bytes held in complete and partial files.
     pub fn used_bytes(&self) -> u64 {
         self.read_inner()

@@ -145,6 +145,7 @@ pub struct Metrics {
     received_bytes: Family<SourceLabels, Counter>,
     duplicate_bytes: Family<SourceLabels, Counter>,
     served_bytes: Counter,
+    evicted_bytes: Counter,
     releases_downloaded: Counter,
     release_bytes_downloaded: Counter,
     chunks_verified: Family<SourceLabels, Counter>,
@@ -173,6 +174,7 @@ impl Metrics {
             received_bytes: Family::default(),
             duplicate_bytes: Family::default(),
             served_bytes: Counter::default(),
+            evicted_bytes: Counter::default(),
             releases_downloaded: Counter::default(),
             release_bytes_downloaded: Counter::default(),
             chunks_verified: Family::default(),
@@ -202,6 +204,12 @@ impl Metrics {
             m.duplicate_bytes.clone(),
         );
         registry.register_with_unit("served", "Bytes of chunks served to peers", Unit::Bytes, m.served_bytes.clone());
+        registry.register_with_unit(
+            "evicted",
+            "Bytes of release files removed by retention (keep_versions, cache_quota)",
+            Unit::Bytes,
+            m.evicted_bytes.clone(),
+        );
         registry.register("releases_downloaded", "Releases downloaded and verified", m.releases_downloaded.clone());
         registry.register_with_unit(
             "releases_downloaded",
@@ -260,6 +268,9 @@ impl Metrics {
     pub fn release_downloaded(&self, bytes: u64) {
         self.releases_downloaded.inc();
         self.release_bytes_downloaded.inc_by(bytes);
+    }
+    pub fn evicted(&self, bytes: u64) {
+        self.evicted_bytes.inc_by(bytes);
     }
     pub fn served(&self, bytes: u64) {
         self.served_bytes.inc_by(bytes);

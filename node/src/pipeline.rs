@@ -6,7 +6,7 @@ use lanpatch_protocol::control::RefusalKind;
 use std::sync::Arc;
 
 use anyhow::Result;
-use lanpatch_protocol::{Envelope, Event, FailReason, ReleaseManifest, Signed};
+use lanpatch_protocol::{Envelope, Event, FailReason, Hash32, ReleaseManifest, Signed};
 
 use crate::clock::now;
 use crate::policy::targets_match;
@@ -123,7 +123,20 @@ pub async fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
         apply(Event::Yanked { rollback: false, has_rollback: v.rollback.is_some() }, "release was yanked".into()).await;
         return;
     }
-    let used = s.library.used_bytes();
+    let mut used = s.library.used_bytes();
+    // A release larger than the whole quota never fits: nothing is evicted for it.
+    if used.saturating_add(v.total_bytes()) > s.cfg.cache_quota && v.total_bytes() <= s.cfg.cache_quota {
+        // Make room first: yanked and superseded releases, oldest first, as retention allows.
+        let protect: Vec<Hash32> = v.files.iter().map(|f| f.hash).collect();
+        match crate::retention::make_room(s, v.total_bytes(), &protect).await {
+            Ok(freed) if freed > 0 => {
+                tracing::info!(product = %v.product, version = %v.version, freed, "evicted older releases to fit the cache quota");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot evict: {e:#}"),
+        }
+        used = s.library.used_bytes();
+    }
     if used.saturating_add(v.total_bytes()) > s.cfg.cache_quota {
         let why = format!("needs {} bytes, cache holds {used} of a {} byte quota", v.total_bytes(), s.cfg.cache_quota);
         tracing::warn!(product = %v.product, "not downloading: {why}");

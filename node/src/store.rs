@@ -392,6 +392,17 @@ impl Store {
         })
     }
 
+    /// Forgets a complete file whose blob was evicted. Blocking.
+    pub fn forget_file(&self, file: Hash32) -> Result<()> {
+        self.call_blocking(|c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM complete_files WHERE file = ?1", params![file.0.to_vec()])?;
+            tx.execute("DELETE FROM chunks WHERE file = ?1", params![file.0.to_vec()])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     /// Marks a file complete (its blob is in place) and drops its chunk map. Blocking.
     pub fn complete_file(&self, file: Hash32, size: u64) -> Result<()> {
         self.call_blocking(|c| {

@@ -332,3 +332,48 @@ fn inventory_of_this_debian_machine_is_collected_and_queried() {
     assert!(inv(&["--package", "dpkg", "--below", "1.0"]).contains("0 of 2"));
     assert!(inv(&["--tag", "kiosk"]).contains("1 of 2"));
 }
+
+#[test]
+fn a_full_cache_quota_evicts_the_superseded_release_keeps_the_rollback_one_and_then_downloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let admin = admin(dir);
+    // Room for two releases of 200 kB, not three; keep two versions.
+    let n = endpoint(dir, "n1", &admin, "ring = \"canary\"\ncache_quota = 500000\nkeep_versions = 2");
+    wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
+    let payload = |v: u32| crate::fleet::blob_name(&crate::fleet::payload(200_000, u64::from(v)));
+    for v in 1..=3u32 {
+        let bundle = release(dir, &format!("v{v}"), v, INSTALL_OK, ROLLBACK, &[]);
+        approve(dir, &bundle, "canary", &[]).ok();
+        admin.publish(&bundle);
+        wait_until(Duration::from_secs(60), &format!("v{v} installs"), || {
+            n.release_state("tool", u64::from(v)) == Some(ReleaseState::Installed)
+        });
+        if v == 2 {
+            // Two versions fit and policy keeps two: nothing was evicted yet.
+            assert!(n.blob(&payload(1)).is_some() && n.blob(&payload(2)).is_some());
+        }
+    }
+    // v3 needed room: v1 (superseded, beyond keep_versions) went; v2, the installed release a
+    // rollback would need while v3 downloaded, stayed (and stays: the second version kept).
+    assert!(n.blob(&payload(1)).is_none(), "the superseded release was not evicted");
+    assert!(n.blob(&payload(2)).is_some() && n.blob(&payload(3)).is_some());
+    let evicted = crate::fleet::sample(&n.scrape(), "lanpatch_evicted_bytes_total");
+    assert!(evicted >= 200_000.0, "evicted {evicted}");
+    let log = fs::read_to_string(n.dir.join("node.log")).unwrap();
+    assert!(log.contains("evicted older releases to fit the cache quota"), "{}", n.log_tail());
+
+    // A release larger than the whole quota: refused with its typed reason, which reaches the
+    // collector, and nothing is evicted for it.
+    let big = crate::fleet::make_release(dir, "v4", 4, &crate::fleet::payload(600_000, 4), 65536, &[]);
+    approve(dir, &big, "canary", &[]).ok();
+    admin.publish(&big);
+    wait_until(Duration::from_secs(60), "v4 refused", || {
+        n.release_state("tool", 4) == Some(ReleaseState::Failed(lanpatch_protocol::FailReason::OverQuota))
+    });
+    wait_until(Duration::from_secs(30), "the refusal on the collector", || {
+        fleet_status(dir, &admin, &big).contains("failed (over cache quota)")
+    });
+    assert!(n.blob(&payload(2)).is_some() && n.blob(&payload(3)).is_some());
+}
