@@ -32,7 +32,7 @@ pub fn evictable(held: &[Held], keep_versions: usize) -> Vec<Hash32> {
     }
     let mut out: Vec<&Held> = Vec::new();
     for list in by_product.values_mut() {
-        list.sort_by(|a, b| b.version.cmp(&a.version));
+        list.sort_by_key(|h| std::cmp::Reverse(h.version));
         let newest = list.first().map(|h| h.version).unwrap_or(0);
         let installed = list.iter().find(|h| h.state.is_installed()).map(|h| h.version);
         for (i, h) in list.iter().enumerate() {
