@@ -342,15 +342,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
     let mut stop = shutdown_rx.clone();
     tasks.spawn(async move {
         let mut resync = tokio::time::interval(Duration::from_secs(15));
+        let resent: Resent = Arc::default();
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = resync.tick() => {
                     expire_metadata(&s).await;
                     s.expire_bans().await;
-                    let s2 = s.clone();
+                    let (s2, resent) = (s.clone(), resent.clone());
                     tokio::spawn(async move {
-                        if let Err(e) = resend_reports(&s2).await {
+                        if let Err(e) = resend_reports(&s2, &resent).await {
                             tracing::debug!("resending reports: {e:#}");
                         }
                     });
@@ -709,9 +710,41 @@ async fn send_inventory(s: &Arc<Shared>, inv: lanpatch_protocol::Inventory) -> R
     s.net.publish(bytes).await
 }
 
-/// Re-sends the latest report of every release, for collectors that were away.
-async fn resend_reports(s: &Arc<Shared>) -> Result<()> {
-    for bytes in s.store.reports_out().await? {
+/// When each report was last sent again (by the BLAKE3 of its bytes).
+type Resent = Arc<Mutex<std::collections::HashMap<Hash32, tokio::time::Instant>>>;
+
+/// A report is sent again at most this often: gossipsub drops (and logs at WARN) a message it
+/// published within its duplicate cache time (60 s), so sooner is noise, not delivery.
+const RESEND_GAP: Duration = Duration::from_secs(90);
+
+/// Re-sends the latest report of every release still known to trust (a retired release's
+/// reports stop), each at most every [`RESEND_GAP`], for collectors and ring peers that were away.
+async fn resend_reports(s: &Arc<Shared>, resent: &Resent) -> Result<()> {
+    let limits = s.trust().limits.clone();
+    let reports = s.store.reports_out().await?;
+    let mut due = Vec::new();
+    {
+        let t = s.trust();
+        let mut last = resent.lock().unwrap_or_else(|p| p.into_inner());
+        let now = tokio::time::Instant::now();
+        let mut live = std::collections::HashSet::new();
+        for bytes in reports {
+            let Ok(r) = Signed::<lanpatch_protocol::Report>::decode(&bytes, &limits) else { continue };
+            if !t.manifests.contains_key(&r.value().manifest) {
+                continue;
+            }
+            let id = Hash32::of(&bytes);
+            live.insert(id);
+            // First seen here: it was published at its transition just now.
+            let sent = last.entry(id).or_insert(now);
+            if now.duration_since(*sent) >= RESEND_GAP {
+                *sent = now;
+                due.push(bytes);
+            }
+        }
+        last.retain(|id, _| live.contains(id));
+    }
+    for bytes in due {
         s.net.publish(bytes).await?;
     }
     Ok(())
