@@ -379,6 +379,10 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         metrics: s.metrics_addr.clone(),
         version: crate::VERSION.to_string(),
         console: s.console_addr.clone(),
+        disk: {
+            let dir = s.cfg.data_dir.clone();
+            tokio::task::spawn_blocking(move || crate::retention::disk_use(&dir)).await?
+        },
     })
 }
 

@@ -457,6 +457,14 @@ pub fn print_status(st: &NodeStatus) {
             println!("      {last}");
         }
     }
+    println!(
+        "disk: {} bytes (blobs {}, partial {}, stage {}, state {})",
+        st.disk.total(),
+        st.disk.blobs,
+        st.disk.partial,
+        st.disk.stage,
+        st.disk.state
+    );
     println!("refusals: {}", st.refusals);
     for r in st.recent_refusals.iter().take(5) {
         println!("  [{}] {} from {}: {}", r.at, r.kind.as_str(), r.source, r.reason);

@@ -77,6 +77,21 @@ label_value!(InstallOutcome, Succeeded => "succeeded", Failed => "failed", Timed
 label_value!(ChunkRefusal, HashMismatch => "hash_mismatch", WrongLength => "wrong_length");
 label_value!(Verdict, Accepted => "accepted", Refused => "refused");
 label_value!(OriginFailure, Bad => "bad", Error => "error");
+label_value!(DiskKind, Blobs => "blobs", Partial => "partial", Stage => "stage", State => "state");
+
+/// What the bytes on disk are.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum DiskKind {
+    Blobs,
+    Partial,
+    Stage,
+    State,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DiskLabels {
+    kind: DiskKind,
+}
 
 /// [`RefusalKind`] as a label value (the protocol crate knows nothing of Prometheus).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -146,6 +161,7 @@ pub struct Metrics {
     duplicate_bytes: Family<SourceLabels, Counter>,
     served_bytes: Counter,
     evicted_bytes: Counter,
+    disk: Family<DiskLabels, Gauge>,
     releases_downloaded: Counter,
     release_bytes_downloaded: Counter,
     chunks_verified: Family<SourceLabels, Counter>,
@@ -175,6 +191,7 @@ impl Metrics {
             duplicate_bytes: Family::default(),
             served_bytes: Counter::default(),
             evicted_bytes: Counter::default(),
+            disk: Family::default(),
             releases_downloaded: Counter::default(),
             release_bytes_downloaded: Counter::default(),
             chunks_verified: Family::default(),
@@ -204,6 +221,12 @@ impl Metrics {
             m.duplicate_bytes.clone(),
         );
         registry.register_with_unit("served", "Bytes of chunks served to peers", Unit::Bytes, m.served_bytes.clone());
+        registry.register_with_unit(
+            "disk",
+            "Bytes in the data directory by kind (read at scrape time)",
+            Unit::Bytes,
+            m.disk.clone(),
+        );
         registry.register_with_unit(
             "evicted",
             "Bytes of release files removed by retention (keep_versions, cache_quota)",
@@ -298,6 +321,15 @@ impl Metrics {
     /// The text exposition, with the state gauges read from `s` now.
     pub fn render(&self, s: &Shared) -> Result<String> {
         self.peers.set(s.net.ready_peers().len() as i64);
+        let d = crate::retention::disk_use(&s.cfg.data_dir);
+        for (kind, bytes) in [
+            (DiskKind::Blobs, d.blobs),
+            (DiskKind::Partial, d.partial),
+            (DiskKind::Stage, d.stage),
+            (DiskKind::State, d.state),
+        ] {
+            self.disk.get_or_create(&DiskLabels { kind }).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
         let states = s.lifecycle.snapshot();
         let known: Vec<lanpatch_protocol::Hash32> = s.trust().manifests.keys().copied().collect();
         let mut counts: std::collections::HashMap<&'static str, i64> =

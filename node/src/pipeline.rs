@@ -123,6 +123,8 @@ pub async fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
         apply(Event::Yanked { rollback: false, has_rollback: v.rollback.is_some() }, "release was yanked".into()).await;
         return;
     }
+    // Release files count (staging copies exist only while a release's commands run; the
+    // database is shown in status and metrics but not counted: its WAL swings by megabytes).
     let mut used = s.library.used_bytes();
     // A release larger than the whole quota never fits: nothing is evicted for it.
     if used.saturating_add(v.total_bytes()) > s.cfg.cache_quota && v.total_bytes() <= s.cfg.cache_quota {

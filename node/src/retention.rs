@@ -108,6 +108,27 @@ pub async fn make_room(s: &Shared, need: u64, protect: &[Hash32]) -> Result<u64>
     Ok(freed)
 }
 
+/// What the data directory holds, by kind (a directory walk; blocking, cheap: a node holds few
+/// files).
+pub fn disk_use(data_dir: &std::path::Path) -> lanpatch_protocol::control::DiskUse {
+    fn tree(p: &std::path::Path) -> u64 {
+        let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
+        if meta.is_dir() {
+            std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| tree(&e.path())).sum()
+        } else if meta.is_file() {
+            meta.len()
+        } else {
+            0
+        }
+    }
+    lanpatch_protocol::control::DiskUse {
+        blobs: tree(&data_dir.join("blobs")),
+        partial: tree(&data_dir.join("partial")),
+        stage: tree(&data_dir.join("stage")),
+        state: ["state.db", "state.db-wal", "state.db-shm"].iter().map(|f| tree(&data_dir.join(f))).sum(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

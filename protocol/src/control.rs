@@ -102,6 +102,28 @@ pub struct NodeStatus {
     /// Where the web console listens (`ip:port`), if it does.
     #[serde(default)]
     pub console: Option<String>,
+    /// Bytes the node holds on disk, by kind.
+    #[serde(default)]
+    pub disk: DiskUse,
+}
+
+/// Bytes in the node's data directory, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUse {
+    /// Complete, verified release files (`blobs/`).
+    pub blobs: u64,
+    /// Downloads in progress (`partial/`).
+    pub partial: u64,
+    /// Staging copies of releases whose commands run (`stage/`).
+    pub stage: u64,
+    /// The node's database (`state.db` and its WAL).
+    pub state: u64,
+}
+
+impl DiskUse {
+    pub fn total(&self) -> u64 {
+        self.blobs + self.partial + self.stage + self.state
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -32,7 +32,8 @@ pub fn make_fleet_keys(dir: &Path) {
 
 /// Deterministic pseudo-random bytes (xorshift), so content is incompressible but reproducible.
 pub fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
+    // Odd and non-zero for every seed (`seed | 1` gave seeds 2 and 3 the same bytes).
+    let mut x = (seed << 1) | 1;
     (0..len)
         .map(|_| {
             x ^= x << 13;

@@ -363,6 +363,12 @@ fn a_full_cache_quota_evicts_the_superseded_release_keeps_the_rollback_one_and_t
     assert!(evicted >= 200_000.0, "evicted {evicted}");
     let log = fs::read_to_string(n.dir.join("node.log")).unwrap();
     assert!(log.contains("evicted older releases to fit the cache quota"), "{}", n.log_tail());
+    // Status and metrics show the disk by kind: two releases' files in blobs/, no staging copy.
+    let disk = n.status().disk;
+    assert!(disk.blobs >= 400_000 && disk.blobs < 500_000, "{disk:?}");
+    assert_eq!(disk.stage, 0, "{disk:?}");
+    assert!(disk.state > 0, "{disk:?}");
+    assert_eq!(crate::fleet::sample(&n.scrape(), "lanpatch_disk_bytes{kind=\"blobs\"}"), disk.blobs as f64);
 
     // A release larger than the whole quota: refused with its typed reason, which reaches the
     // collector, and nothing is evicted for it.
