@@ -349,9 +349,10 @@ impl Config {
             || c.max_origin_inflight == 0
             || c.site_origin_fetchers == 0
             || c.max_concurrent_downloads == 0
+            || c.keep_versions == 0
         {
             anyhow::bail!(
-                "max_inflight_per_peer, max_concurrent_uploads, max_origin_inflight, site_origin_fetchers and max_concurrent_downloads must be at least 1"
+                "max_inflight_per_peer, max_concurrent_uploads, max_origin_inflight, site_origin_fetchers, max_concurrent_downloads and keep_versions must be at least 1"
             );
         }
         if let Some(addr) = &c.console_listen {
