@@ -409,6 +409,22 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_config_parses_as_shipped_and_with_every_commented_example_switched_on() {
+        let shipped = include_str!("../../packaging/node.toml");
+        Config::parse(shipped, Path::new("/")).unwrap();
+        let examples: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") || rest.starts_with("[[") => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::parse(&examples, Path::new("/")).unwrap_or_else(|e| panic!("{e:#}\n{examples}"));
+        assert!(c.collector && c.console_listen.is_some() && c.windows.len() == 1);
+    }
+
+    #[test]
     fn the_rollout_order_defaults_to_the_signers() {
         let c = parse("").unwrap();
         let rings: Vec<&str> = c.rollout_rings.iter().map(|r| r.as_str()).collect();
