@@ -234,6 +234,8 @@ struct ReleaseInfo {
     total_bytes: u64,
     approved: Vec<RingName>,
     yanked: bool,
+    /// The approvals' rollout rules and issue times, by ring.
+    rules: BTreeMap<String, (lanpatch_protocol::RolloutRules, lanpatch_protocol::Timestamp)>,
 }
 
 impl Fleet {
@@ -254,6 +256,14 @@ impl Fleet {
                         severity: Some(v.severity.clone()),
                         total_bytes: v.total_bytes(),
                         approved: t.approved_rings(hash),
+                        rules: t
+                            .approvals
+                            .iter()
+                            .filter(|((m, _), _)| m == hash)
+                            .filter_map(|((_, ring), a)| {
+                                a.value().rules.clone().map(|r| (ring.to_string(), (r, a.value().issued)))
+                            })
+                            .collect(),
                         yanked: t.yanks.contains_key(hash),
                     }
                 })
@@ -276,6 +286,7 @@ impl Fleet {
                     total_bytes: 0,
                     approved: Vec::new(),
                     yanked: false,
+                    rules: BTreeMap::new(),
                 });
             }
         }
@@ -385,6 +396,30 @@ fn verdict_markup(f: &Fleet, rel: &ReleaseInfo, v: &Verdict) -> Markup {
             }
             Verdict::Refused { next, why } => {
                 p.verdict.refused { "Gate for " b { (next) } ": refused: " (why) }
+            }
+        }
+    }
+}
+
+/// Per ring with rollout rules: the rules, and the failure rate against the threshold (as every
+/// node of the ring computes it from the reports).
+fn rules_markup(rel: &ReleaseInfo, reports: &[&ReportView]) -> Markup {
+    html! {
+        @for (ring, (rules, issued)) in &rel.rules {
+            @let ring_reports: Vec<rollout::RingReport> = reports
+                .iter()
+                .filter(|r| r.ring == *ring)
+                .filter_map(|r| Some(rollout::RingReport {
+                    node: r.node.parse().ok()?,
+                    state: r.state,
+                    at: lanpatch_protocol::Timestamp(r.at),
+                    received: 0,
+                }))
+                .collect();
+            @let figures = rollout::failure_figures(rules, *issued, &ring_reports);
+            p.rules data-ring=(ring) {
+                "Ring " b { (ring) } ": " (rules.describe()) ". Failure rate: " (figures.explain()) "."
+                @if figures.halts() { " " span.flag { "HALTED" } }
             }
         }
     }
@@ -561,6 +596,7 @@ async fn rollouts_page(State(c): State<Console>, Query(live): Query<Live>) -> Re
                         }
                     }
                 }
+                (rules_markup(rel, &reports))
                 @if !rel.yanked {
                     (verdict_markup(&f, rel, &verdict(&f, rel, &reports)))
                 }
@@ -613,6 +649,7 @@ async fn release_page(
             "Approved for: "
             @if rel.approved.is_empty() { "no ring" } @else { (rel.approved.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")) }
         }
+        (rules_markup(rel, &reports))
         @if !rel.yanked { (verdict_markup(&f, rel, &verdict(&f, rel, &reports))) }
         h2 { "Fan-out" }
         p #fanout {
@@ -625,12 +662,17 @@ async fn release_page(
         }
         h2 { "Nodes" }
         table #nodes {
-            thead { tr { th { "Host" } th { "Ring" } th { "State" } th { "Download" } th { "From peers" } th { "From origins" } th { "Exit" } th { "Updated" } } }
+            thead { tr { th { "Host" } th { "Ring" } th { "Wave" } th { "State" } th { "Download" } th { "From peers" } th { "From origins" } th { "Exit" } th { "Updated" } } }
             tbody {
                 @for r in &reports {
                     tr data-host=(r.hostname) {
                         td { (r.hostname) }
                         td { (r.ring) }
+                        td {
+                            @if let (Some((rules, _)), Ok(node)) = (rel.rules.get(&r.ring), r.node.parse::<lanpatch_protocol::PublicKey>()) {
+                                (rollout::wave_of(&node, &hash, &rules.waves) + 1)
+                            }
+                        }
                         td { (state_cell(r.state)) }
                         td {
                             @if let Some(p) = r.progress {

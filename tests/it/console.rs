@@ -218,6 +218,9 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         let verdict = text_of(&c, ".verdict.refused").await;
         assert!(verdict.contains("ring canary has 1 failed install(s): kiosk-3"), "{verdict}");
         assert!(verdict.contains("payment terminal busy"), "{verdict}");
+        // The signed rollout rules (the signer's defaults) and the rate every canary node computes.
+        let rules = text_of(&c, "p.rules[data-ring='canary']").await;
+        assert!(rules.contains("halt above 5 % failed") && rules.contains("1 of 2 outcomes failed"), "{rules}");
         screenshot(&c, "rollouts-refused").await;
 
         // The release page: per-node states, the failing node's output as text, the fan-out.
