@@ -409,12 +409,7 @@ fn rules_markup(rel: &ReleaseInfo, reports: &[&ReportView]) -> Markup {
             @let ring_reports: Vec<rollout::RingReport> = reports
                 .iter()
                 .filter(|r| r.ring == *ring)
-                .filter_map(|r| Some(rollout::RingReport {
-                    node: r.node.parse().ok()?,
-                    state: r.state,
-                    at: lanpatch_protocol::Timestamp(r.at),
-                    received: 0,
-                }))
+                .filter_map(|r| rollout::RingReport::from_view(r))
                 .collect();
             @let figures = rollout::failure_figures(rules, *issued, &ring_reports);
             p.rules data-ring=(ring) {

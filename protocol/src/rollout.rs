@@ -139,6 +139,14 @@ pub struct RingReport {
     pub received: u64,
 }
 
+impl RingReport {
+    /// A collector's report as the rules count it; the receipt time is not known there (0), so
+    /// only the failure figures, not the soak, can be computed from it.
+    pub fn from_view(r: &ReportView) -> Option<RingReport> {
+        Some(RingReport { node: r.node.parse().ok()?, state: r.state, at: Timestamp(r.at), received: 0 })
+    }
+}
+
 /// The failure rate's figures: failed outcomes among counted ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FailureFigures {
@@ -170,8 +178,12 @@ impl FailureFigures {
 
 /// Outcomes that count against the threshold: installed or failed (`is_failure`), reported at
 /// or after the approval was issued (so a new approval starts the count again).
-pub fn failure_figures(rules: &RolloutRules, issued: Timestamp, reports: &[RingReport]) -> FailureFigures {
-    let since = reports.iter().filter(|r| r.at >= issued);
+pub fn failure_figures<'a>(
+    rules: &RolloutRules,
+    issued: Timestamp,
+    reports: impl IntoIterator<Item = &'a RingReport>,
+) -> FailureFigures {
+    let since = reports.into_iter().filter(|r| r.at >= issued);
     let (mut failed, mut counted) = (0, 0);
     for r in since {
         if r.state.is_failure() {
@@ -243,8 +255,7 @@ pub fn wave_gate(
     now: u64,
 ) -> WaveGate {
     let reports: Vec<&RingReport> = reports.iter().filter(|r| !r.state.is_not_targeted()).collect();
-    let owned: Vec<RingReport> = reports.iter().map(|r| (*r).clone()).collect();
-    let figures = failure_figures(rules, issued, &owned);
+    let figures = failure_figures(rules, issued, reports.iter().copied());
     if figures.halts() {
         return WaveGate::Halt(figures);
     }

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use lanpatch_protocol::control::{ControlRequest, ControlResponse, ErrorKind, InventoryView, ReportView};
 use lanpatch_protocol::rollout::{self, RingCounts};
-use lanpatch_protocol::{Approval, Hash32, Limits, PublicKey, ReleaseManifest, RingName, RolloutRules, Timestamp};
+use lanpatch_protocol::{Approval, Hash32, Limits, PublicKey, ReleaseManifest, RingName, RolloutRules};
 use serde::Serialize;
 
 use crate::bundle::{self, Bundle};
@@ -235,14 +235,8 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
 /// A ring's rollout rules against its reports: the failure rate and the threshold, the waves,
 /// and the commands that resume (a new approval counts afresh) or yank.
 fn print_rules(s: &ReleaseSummary, ring: &str, a: &Approval, rules: &RolloutRules, socket: &Path, bundle: &Path) {
-    let reports: Vec<rollout::RingReport> = s
-        .nodes
-        .iter()
-        .filter(|r| r.ring == ring)
-        .filter_map(|r| {
-            Some(rollout::RingReport { node: r.node.parse().ok()?, state: r.state, at: Timestamp(r.at), received: 0 })
-        })
-        .collect();
+    let reports: Vec<rollout::RingReport> =
+        s.nodes.iter().filter(|r| r.ring == ring).filter_map(|r| rollout::RingReport::from_view(r)).collect();
     let f = rollout::failure_figures(rules, a.issued, &reports);
     println!("    rules: {}", rules.describe());
     let mut per_wave = vec![(0usize, 0usize); rules.waves.len()];
