@@ -61,6 +61,10 @@ pub struct Config {
     /// Most bytes the blob cache may hold; a release that does not fit is not downloaded.
     #[serde(default = "default_quota")]
     pub cache_quota: u64,
+    /// Free bytes a download never takes from the disk that holds `data_dir`: a release that
+    /// would leave less is not downloaded (`Failed(LowDisk)`, reported).
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk: u64,
     /// Chunk requests in flight to one peer at a time.
     #[serde(default = "default_inflight")]
     pub max_inflight_per_peer: usize,
@@ -254,6 +258,9 @@ fn default_quota() -> u64 {
 }
 fn default_inflight() -> usize {
     4
+}
+fn default_min_free_disk() -> u64 {
+    256 * 1024 * 1024
 }
 fn default_inventory_interval() -> u64 {
     3600

@@ -276,6 +276,16 @@ impl Library {
             .map(|f| if f.complete { f.entry.size } else { f.have_count as u64 * u64::from(f.entry.chunk_size) })
             .sum()
     }
+
+    /// Bytes of these files already held (complete, or the chunks of a partial one).
+    pub fn release_bytes_held(&self, files: &[lanpatch_protocol::FileEntry]) -> u64 {
+        let inner = self.read_inner();
+        files
+            .iter()
+            .filter_map(|e| inner.files.get(&e.hash))
+            .map(|f| if f.complete { f.entry.size } else { f.have_count as u64 * u64::from(f.entry.chunk_size) })
+            .sum()
+    }
 }
 
 fn read_chunk_at(f: &File, entry: &FileEntry, idx: u32) -> Result<Vec<u8>> {

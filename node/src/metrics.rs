@@ -79,6 +79,42 @@ label_value!(Verdict, Accepted => "accepted", Refused => "refused");
 label_value!(OriginFailure, Bad => "bad", Error => "error");
 label_value!(DiskKind, Blobs => "blobs", Partial => "partial", Stage => "stage", State => "state");
 
+/// A gossip message kind as a label value.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct GossipKind(lanpatch_protocol::Kind);
+
+impl EncodeLabelValue for GossipKind {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        use lanpatch_protocol::Kind;
+        let s = match self.0 {
+            Kind::Root => "root",
+            Kind::Manifest => "manifest",
+            Kind::Approval => "approval",
+            Kind::Yank => "yank",
+            Kind::Report => "report",
+            Kind::Inventory => "inventory",
+            Kind::Statement => "statement",
+        };
+        std::fmt::Write::write_str(e, s)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GossipKindLabels {
+    kind: GossipKind,
+}
+
+/// Gossip messages this node published, by kind: the network task counts them (it is started
+/// before the rest of the node), the registry exports them.
+#[derive(Clone, Default)]
+pub struct Published(Family<GossipKindLabels, Counter>);
+
+impl Published {
+    pub fn count(&self, kind: lanpatch_protocol::Kind) {
+        self.0.get_or_create(&GossipKindLabels { kind: GossipKind(kind) }).inc();
+    }
+}
+
 /// What the bytes on disk are.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum DiskKind {
@@ -171,6 +207,7 @@ pub struct Metrics {
     installs: Family<OutcomeLabels, Counter>,
     install_duration: Histogram,
     gossip: Family<VerdictLabels, Counter>,
+    published: Published,
     origin_requests: Counter,
     origin_failures: Family<FailureLabels, Counter>,
     peers: Gauge,
@@ -185,6 +222,11 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_published(Published::default())
+    }
+
+    /// The metrics, exporting the published-message counts the network task keeps.
+    pub fn with_published(published: Published) -> Self {
         let mut registry = Registry::with_prefix("lanpatch");
         let m = Metrics {
             received_bytes: Family::default(),
@@ -202,6 +244,7 @@ impl Metrics {
             // 1 s to about 68 min.
             install_duration: Histogram::new([1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0]),
             gossip: Family::default(),
+            published,
             origin_requests: Counter::default(),
             origin_failures: Family::default(),
             peers: Gauge::default(),
@@ -260,6 +303,11 @@ impl Metrics {
             m.install_duration.clone(),
         );
         registry.register("gossip_messages", "Gossip messages validated, by verdict", m.gossip.clone());
+        registry.register(
+            "gossip_published",
+            "Gossip messages this node published (its own and re-sent), by kind",
+            m.published.0.clone(),
+        );
         registry.register("origin_requests", "Range requests sent to origins", m.origin_requests.clone());
         registry.register(
             "origin_request_failures",

@@ -41,7 +41,7 @@ pub struct Behaviour {
 
 /// Commands to the swarm task.
 enum Command {
-    Publish { data: Vec<u8>, reply: oneshot::Sender<Result<()>> },
+    Publish { data: Vec<u8>, reply: oneshot::Sender<Result<bool>> },
     Validation { id: MessageId, source: PeerId, acceptance: MessageAcceptance },
     Ban { peer: PeerId, ip: Option<std::net::IpAddr> },
     Unban { peer: PeerId, ip: Option<std::net::IpAddr> },
@@ -86,6 +86,8 @@ pub struct NetHandle {
     pub local: PeerId,
     pub protocol: StreamProtocol,
     ready: watch::Receiver<HashSet<PeerId>>,
+    published: crate::metrics::Published,
+    limits: Limits,
 }
 
 impl NetHandle {
@@ -95,7 +97,12 @@ impl NetHandle {
         rx.await.map_err(|_| anyhow!("network task stopped"))
     }
     pub async fn publish(&self, data: Vec<u8>) -> Result<()> {
-        self.ask(|reply| Command::Publish { data, reply }).await?
+        let kind = lanpatch_protocol::Envelope::decode(&data, &self.limits).map(|e| e.kind);
+        let sent = self.ask(|reply| Command::Publish { data, reply }).await??;
+        if let (true, Ok(kind)) = (sent, kind) {
+            self.published.count(kind);
+        }
+        Ok(())
     }
     pub async fn validation(&self, id: MessageId, source: PeerId, acceptance: MessageAcceptance) {
         let _ = self.tx.send(Command::Validation { id, source, acceptance }).await;
@@ -133,6 +140,7 @@ pub struct NetConfig {
     pub limits: Limits,
     pub banned_ips: BannedIps,
     pub conn: ConnLimits,
+    pub published: crate::metrics::Published,
 }
 
 /// Connection limits (node.toml), counted per node.
@@ -244,6 +252,8 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
         local: *swarm.local_peer_id(),
         protocol: xfer_protocol(&fleet)?,
         ready: ready_rx,
+        published: cfg.published,
+        limits: cfg.limits.clone(),
     };
     let task = SwarmTask {
         banned_ips: cfg.banned_ips,
@@ -315,10 +325,11 @@ impl SwarmTask {
         match cmd {
             Command::Publish { data, reply } => {
                 let r = match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), data) {
-                    Ok(_) => Ok(()),
+                    Ok(_) => Ok(true),
                     // Nobody to send to yet: peers catch up through catalog sync when they connect.
-                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
-                    Err(gossipsub::PublishError::Duplicate) => Ok(()),
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(false),
+                    // Sent within the duplicate cache time: those who got it then have it.
+                    Err(gossipsub::PublishError::Duplicate) => Ok(false),
                     Err(e) => Err(anyhow!("gossip publish: {e}")),
                 };
                 let _ = reply.send(r);

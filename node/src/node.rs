@@ -227,6 +227,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
         );
     }
     let banned_ips = crate::ipguard::BannedIps::default();
+    let published = crate::metrics::Published::default();
     let (net, mut net_events, swarm_task) = net::start(net::NetConfig {
         keypair,
         fleet,
@@ -241,6 +242,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
             max_per_peer: cfg.max_connections_per_peer,
             max_per_ip: cfg.max_connections_per_ip,
         },
+        published: published.clone(),
     })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut control = net.control.clone();
@@ -300,7 +302,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
         banned_ips,
         refusal_rate: Mutex::default(),
         refusals: AtomicU64::new(refusals),
-        metrics: crate::metrics::Metrics::new(),
+        metrics: crate::metrics::Metrics::with_published(published),
         exe: crate::selfupdate::Exe::current(),
         restart: Notify::new(),
         metrics_addr: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),

@@ -145,6 +145,20 @@ pub async fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
         apply(Event::DownloadFailed(FailReason::OverQuota), why).await;
         return;
     }
+    if let Some(free) = crate::retention::free_disk(&s.cfg.data_dir) {
+        // What is already downloaded of it takes no more room.
+        let have = s.library.release_bytes_held(&v.files);
+        let need = v.total_bytes().saturating_sub(have);
+        if free < need.saturating_add(s.cfg.min_free_disk) {
+            let why = format!(
+                "needs {need} more bytes, the disk holding the data directory has {free} free and min_free_disk keeps {}",
+                s.cfg.min_free_disk
+            );
+            tracing::warn!(product = %v.product, "not downloading: {why}");
+            apply(Event::DownloadFailed(FailReason::LowDisk), why).await;
+            return;
+        }
+    }
     {
         let mut p = s.progress();
         p.entry(hash).or_default().total_chunks = v.total_chunks();

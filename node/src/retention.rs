@@ -108,6 +108,12 @@ pub async fn make_room(s: &Shared, need: u64, protect: &[Hash32]) -> Result<u64>
     Ok(freed)
 }
 
+/// Bytes available to this process on the filesystem holding `dir` (`None`: cannot tell).
+pub fn free_disk(dir: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
 /// What the data directory holds, by kind (a directory walk; blocking, cheap: a node holds few
 /// files).
 pub fn disk_use(data_dir: &std::path::Path) -> lanpatch_protocol::control::DiskUse {

@@ -70,6 +70,8 @@ pub enum FailReason {
     RollbackFailed,
     /// A rollback was needed, but the release has no rollback command.
     NoRollback,
+    /// The download would leave less free space on the node's disk than its `min_free_disk`.
+    LowDisk,
 }
 
 /// Why a release was rolled back.
@@ -241,6 +243,7 @@ impl FailReason {
         match self {
             FailReason::DiskFull => "disk full",
             FailReason::OverQuota => "over cache quota",
+            FailReason::LowDisk => "would leave too little free disk",
             FailReason::DownloadError => "download error",
             FailReason::StageError => "cannot stage files",
             FailReason::Tampered => "stored file does not match its signed hash",
@@ -520,7 +523,7 @@ mod tests {
             Event::Expired,
             Event::Halt,
         ];
-        for f in [FailReason::DiskFull, FailReason::OverQuota, FailReason::DownloadError] {
+        for f in [FailReason::DiskFull, FailReason::OverQuota, FailReason::LowDisk, FailReason::DownloadError] {
             v.push(Event::DownloadFailed(f));
             v.push(Event::StageFailed(f));
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lanpatch_protocol::{ReleaseState, RollbackCause, SkipReason, WaitReason};
 
 use crate::fleet::{Node, make_fleet_keys, wait_until};
-use crate::support::{Run, signer};
+use crate::support::{Run, cannot_run, is_root, signer};
 
 /// A release whose install script writes `$LANPATCH_DATA/<marker>`; `extra` adds signer flags.
 pub fn release(dir: &Path, name: &str, version: u32, install: &str, rollback: &str, extra: &[&str]) -> PathBuf {
@@ -304,7 +304,7 @@ fn yank_with_rollback_rolls_back_installed_nodes_and_no_stage_copy_outlives_its_
 #[test]
 fn inventory_of_this_debian_machine_is_collected_and_queried() {
     let Ok(dpkg) = fs::read_to_string("/var/lib/dpkg/status") else {
-        crate::support::cannot_run("inventory test: no /var/lib/dpkg/status on this machine");
+        cannot_run("inventory test: no /var/lib/dpkg/status on this machine");
         return;
     };
     let dpkg_version = dpkg
@@ -382,4 +382,55 @@ fn a_full_cache_quota_evicts_the_superseded_release_keeps_the_rollback_one_and_t
         fleet_status(dir, &admin, &big).contains("failed (over cache quota)")
     });
     assert!(n.blob(&payload(2)).is_some() && n.blob(&payload(3)).is_some());
+}
+
+/// Unmounts a tmpfs the test mounted, whatever the test's outcome.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_download_that_would_cross_min_free_disk_is_refused_and_the_reason_reaches_the_collector() {
+    if !is_root() {
+        return cannot_run("needs root (mounts a small tmpfs as an endpoint's data directory)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let admin = admin(dir);
+    // The endpoint's disk: 16 MiB, of which it must keep 12 MiB free.
+    let data = dir.join("n1/data");
+    fs::create_dir_all(&data).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cannot mount a tmpfs on {}", data.display());
+    let _mount = Tmpfs(data.clone());
+    let n = endpoint(dir, "n1", &admin, &format!("ring = \"canary\"\nmin_free_disk = {}", 12 << 20));
+    wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
+    // 1 MiB fits above the reserve; 6 MiB would cross it.
+    let small = crate::fleet::make_release(dir, "v1", 1, &crate::fleet::payload(1 << 20, 1), 65536, &[]);
+    approve(dir, &small, "canary", &[]).ok();
+    admin.publish(&small);
+    wait_until(Duration::from_secs(60), "v1 installs", || n.release_state("tool", 1) == Some(ReleaseState::Installed));
+    let big = crate::fleet::make_release(dir, "v2", 2, &crate::fleet::payload(6 << 20, 2), 65536, &[]);
+    approve(dir, &big, "canary", &[]).ok();
+    admin.publish(&big);
+    wait_until(Duration::from_secs(60), "v2 refused", || {
+        n.release_state("tool", 2) == Some(ReleaseState::Failed(lanpatch_protocol::FailReason::LowDisk))
+    });
+    let detail = n.status().releases.iter().find(|r| r.version == 2).map(|r| r.detail.clone()).unwrap_or_default();
+    assert!(detail.contains("min_free_disk keeps 12582912"), "{detail}");
+    wait_until(Duration::from_secs(30), "the refusal on the collector", || {
+        fleet_status(dir, &admin, &big).contains("failed (would leave too little free disk)")
+    });
+    // Nothing of it was written: the disk still has its reserve.
+    assert_eq!(n.status().disk.partial, 0);
 }
