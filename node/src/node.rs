@@ -715,9 +715,12 @@ async fn send_inventory(s: &Arc<Shared>, inv: lanpatch_protocol::Inventory) -> R
 /// When each report was last sent again (by the BLAKE3 of its bytes).
 type Resent = Arc<Mutex<std::collections::HashMap<Hash32, tokio::time::Instant>>>;
 
-/// A report is sent again at most this often: gossipsub drops (and logs at WARN) a message it
-/// published within its duplicate cache time (60 s), so sooner is noise, not delivery.
-const RESEND_GAP: Duration = Duration::from_secs(90);
+/// A report is sent again at most this often. Gossipsub drops a message it saw within its
+/// duplicate cache time (60 s), and its peer scoring keeps a delivery record of every message id
+/// for 120 s (libp2p-gossipsub's `TIME_CACHE_DURATION`): a copy arriving between the two is
+/// delivered again and logged at WARN ("Unexpected delivery trace") by every receiver. Past both,
+/// a re-send is a fresh delivery and silent.
+const RESEND_GAP: Duration = Duration::from_secs(150);
 
 /// Re-sends the latest report of every release still known to trust (a retired release's
 /// reports stop), each at most every [`RESEND_GAP`], for collectors and ring peers that were away.
