@@ -25,6 +25,13 @@ pub struct FileState {
     pub complete: bool,
 }
 
+impl FileState {
+    /// Bytes of it on disk: the whole file, or the chunks a partial one holds.
+    fn held_bytes(&self) -> u64 {
+        if self.complete { self.entry.size } else { self.have_count as u64 * u64::from(self.entry.chunk_size) }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     files: HashMap<Hash32, FileState>,
@@ -270,21 +277,13 @@ impl Library {
 
     /// Bytes held in complete and partial files.
     pub fn used_bytes(&self) -> u64 {
-        self.read_inner()
-            .files
-            .values()
-            .map(|f| if f.complete { f.entry.size } else { f.have_count as u64 * u64::from(f.entry.chunk_size) })
-            .sum()
+        self.read_inner().files.values().map(FileState::held_bytes).sum()
     }
 
     /// Bytes of these files already held (complete, or the chunks of a partial one).
     pub fn release_bytes_held(&self, files: &[lanpatch_protocol::FileEntry]) -> u64 {
         let inner = self.read_inner();
-        files
-            .iter()
-            .filter_map(|e| inner.files.get(&e.hash))
-            .map(|f| if f.complete { f.entry.size } else { f.have_count as u64 * u64::from(f.entry.chunk_size) })
-            .sum()
+        files.iter().filter_map(|e| inner.files.get(&e.hash)).map(FileState::held_bytes).sum()
     }
 }
 
