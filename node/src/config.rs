@@ -83,6 +83,10 @@ pub struct Config {
     /// Send the inventory at least this often (it is also sent whenever it changes).
     #[serde(default = "default_inventory_interval")]
     pub inventory_interval_secs: u64,
+    /// How long after its reports or inventory change the node publishes its digest (the
+    /// sequence numbers listeners compare to find what they missed; see sync.rs).
+    #[serde(default = "default_report_digest")]
+    pub report_digest_secs: u64,
     /// Versions per product whose files the node keeps (for serving late peers and for rollback);
     /// the installed version, and a release still ahead, are kept besides. Yanked and older
     /// releases are evicted when a download needs room in `cache_quota`, and after installs.
@@ -264,6 +268,9 @@ fn default_min_free_disk() -> u64 {
 }
 fn default_inventory_interval() -> u64 {
     3600
+}
+fn default_report_digest() -> u64 {
+    30
 }
 fn default_downloads() -> usize {
     2

@@ -9,7 +9,7 @@
 //! first start): `GET /login?token=...` sets it as an HttpOnly, SameSite=Strict cookie;
 //! scripts may send `Authorization: Bearer <token>` instead.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -217,6 +217,8 @@ struct Fleet {
     now: u64,
     reports: Vec<ReportView>,
     inventories: Vec<InventoryView>,
+    /// When each node (by hex key) last sent a digest: its heartbeat (sync.rs).
+    heard: HashMap<String, u64>,
     releases: Vec<ReleaseInfo>,
     order: Vec<RingName>,
     min_success: usize,
@@ -242,6 +244,7 @@ impl Fleet {
     async fn load(s: &Shared) -> Result<Fleet> {
         let reports = crate::control::fleet_reports(s).await?;
         let inventories = crate::control::fleet_inventories(s).await?;
+        let heard = s.store.heard_all().await?.into_iter().map(|(node, at)| (hex::encode(node), at)).collect();
         let mut releases: Vec<ReleaseInfo> = {
             let t = s.trust();
             t.manifests
@@ -295,6 +298,7 @@ impl Fleet {
             now: now().0,
             reports,
             inventories,
+            heard,
             releases,
             order: s.cfg.rollout_rings.clone(),
             min_success: s.cfg.gate_min_success,
@@ -524,6 +528,11 @@ async fn fleet_page(State(c): State<Console>) -> Response {
         let row =
             rows.entry(&r.node).or_insert(NodeRow { hostname: &r.hostname, ring: &r.ring, inv: None, last_seen: 0 });
         row.last_seen = row.last_seen.max(r.at);
+    }
+    for (node, row) in rows.iter_mut() {
+        if let Some(at) = f.heard.get(*node) {
+            row.last_seen = row.last_seen.max(*at);
+        }
     }
     let mut rows: Vec<(&str, NodeRow)> = rows.into_iter().collect();
     rows.sort_by(|a, b| (a.1.ring, a.1.hostname).cmp(&(b.1.ring, b.1.hostname)));

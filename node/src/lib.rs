@@ -35,6 +35,7 @@ pub mod selfupdate;
 pub mod serve;
 pub mod shared;
 pub mod store;
+pub mod sync;
 pub mod trust;
 pub mod wan;
 pub mod wire;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use anyhow::{Result, anyhow};
 use lanpatch_protocol::lifecycle::{Effect, Step, step};
-use lanpatch_protocol::{DownloadProgress, Event, Hash32, ReleaseState};
+use lanpatch_protocol::{DownloadProgress, Event, Hash32, ReleaseState, Report, Signed};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::clock::now;
@@ -47,10 +47,19 @@ struct Apply {
     reply: oneshot::Sender<Result<Applied>>,
 }
 
+enum Command {
+    Apply(Apply),
+    /// Send the latest report about a release again under a new sequence number.
+    Restamp {
+        hash: Hash32,
+        reply: oneshot::Sender<Result<bool>>,
+    },
+}
+
 /// A cheap, clonable handle to the lifecycle owner.
 #[derive(Clone)]
 pub struct Lifecycle {
-    tx: mpsc::Sender<Apply>,
+    tx: mpsc::Sender<Command>,
     view: watch::Receiver<Snapshot>,
 }
 
@@ -104,8 +113,17 @@ impl Lifecycle {
         self.send(cmd, rx).await
     }
 
+    /// Sends this node's latest report about `hash` again under a new sequence number (a
+    /// listener pulled it). Serialised with the transitions, so it never overtakes one. False when
+    /// the node never reported on it.
+    pub async fn restamp(&self, hash: Hash32) -> Result<bool> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Restamp { hash, reply }).await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?;
+        rx.await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?
+    }
+
     async fn send(&self, cmd: Apply, rx: oneshot::Receiver<Result<Applied>>) -> Result<Applied> {
-        self.tx.send(cmd).await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?;
+        self.tx.send(Command::Apply(cmd)).await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?;
         rx.await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?
     }
 }
@@ -120,6 +138,8 @@ pub struct Outlets {
     pub ring: lanpatch_protocol::RingName,
     /// Notified when what is installed changed (the inventory loop sends a fresh inventory).
     pub inventory_changed: Arc<Notify>,
+    /// Notified after every report: this node's digest changed (sync.rs).
+    pub digest_changed: Arc<Notify>,
 }
 
 /// Loads the persisted states and starts the owner task. The task ends when every handle is
@@ -131,14 +151,21 @@ pub fn start(store: Store, reporter: Arc<Reporter>, outlets: Outlets) -> Result<
         states.insert(r.manifest, Entry { state: r.state, detail: r.detail, progress: None });
     }
     let (view_tx, view) = watch::channel(Arc::new(states.clone()));
-    let (tx, mut rx) = mpsc::channel::<Apply>(64);
+    let (tx, mut rx) = mpsc::channel::<Command>(64);
     tokio::spawn(async move {
         while let Some(cmd) = rx.recv().await {
-            let result = transition(&store, &reporter, &outlets, &mut states, &cmd).await;
-            if let Ok(Some(_)) = &result {
-                view_tx.send_replace(Arc::new(states.clone()));
+            match cmd {
+                Command::Apply(cmd) => {
+                    let result = transition(&store, &reporter, &outlets, &mut states, &cmd).await;
+                    if let Ok(Some(_)) = &result {
+                        view_tx.send_replace(Arc::new(states.clone()));
+                    }
+                    let _ = cmd.reply.send(result);
+                }
+                Command::Restamp { hash, reply } => {
+                    let _ = reply.send(restamp(&store, &reporter, &outlets, hash).await);
+                }
             }
-            let _ = cmd.reply.send(result);
         }
     });
     Ok(Lifecycle { tx, view })
@@ -199,11 +226,27 @@ async fn transition(
         tracing::error!("own report refused: {e}");
     }
     if let Err(e) = outlets.net.publish(report).await {
-        // Kept in reports_out and re-sent; nobody to tell right now is not an error.
+        // Kept in reports_out; the digest tells who missed it (sync.rs).
         tracing::debug!("report not published now: {e:#}");
     }
+    outlets.digest_changed.notify_one();
     if effects.contains(&Effect::InventoryChanged) {
         outlets.inventory_changed.notify_one();
     }
     Ok(Some((next, effects)))
+}
+
+async fn restamp(store: &Store, reporter: &Reporter, outlets: &Outlets, hash: Hash32) -> Result<bool> {
+    let Some(bytes) = store.report_out(hash).await? else { return Ok(false) };
+    let old = Signed::<Report>::decode(&bytes, &reporter.limits)?;
+    let (seq, report) = reporter.restamp(old.value().clone());
+    store.restamp_report_out(hash, seq, report.clone()).await?;
+    let keeps =
+        if outlets.collector { crate::report::Keeps::Everything } else { crate::report::Keeps::Ring(&outlets.ring) };
+    if let Err(e) = crate::report::accept_node_message(&outlets.store, keeps, &reporter.limits, &report).await {
+        tracing::error!("own report refused: {e}");
+    }
+    outlets.net.publish(report).await?;
+    outlets.digest_changed.notify_one();
+    Ok(true)
 }

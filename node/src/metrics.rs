@@ -94,6 +94,8 @@ impl EncodeLabelValue for GossipKind {
             Kind::Report => "report",
             Kind::Inventory => "inventory",
             Kind::Statement => "statement",
+            Kind::Digest => "digest",
+            Kind::Pull => "pull",
         };
         std::fmt::Write::write_str(e, s)
     }

@@ -97,12 +97,17 @@ impl NetHandle {
         rx.await.map_err(|_| anyhow!("network task stopped"))
     }
     pub async fn publish(&self, data: Vec<u8>) -> Result<()> {
+        self.publish_sent(data).await.map(|_| ())
+    }
+    /// [`NetHandle::publish`], telling whether gossipsub sent it (false: no subscribed peer yet,
+    /// or a duplicate within its cache time).
+    pub async fn publish_sent(&self, data: Vec<u8>) -> Result<bool> {
         let kind = lanpatch_protocol::Envelope::decode(&data, &self.limits).map(|e| e.kind);
         let sent = self.ask(|reply| Command::Publish { data, reply }).await??;
         if let (true, Ok(kind)) = (sent, kind) {
             self.published.count(kind);
         }
-        Ok(())
+        Ok(sent)
     }
     pub async fn validation(&self, id: MessageId, source: PeerId, acceptance: MessageAcceptance) {
         let _ = self.tx.send(Command::Validation { id, source, acceptance }).await;

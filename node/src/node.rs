@@ -251,6 +251,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
     let seq = Seq::starting_after(store.last_seq()?);
     let reporter = Arc::new(Reporter::new(node_key, &facts.hostname, cfg.ring.clone(), limits, seq));
     let inventory_changed = Arc::new(Notify::new());
+    let sync = crate::sync::Sync::default();
     let lifecycle = crate::lifecycle::start(
         store.clone(),
         reporter.clone(),
@@ -260,6 +261,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
             collector: cfg.collector,
             ring: cfg.ring.clone(),
             inventory_changed: inventory_changed.clone(),
+            digest_changed: sync.changed.clone(),
         },
     )?;
     let refusals = store.refusal_count().await?;
@@ -296,6 +298,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
         reporter,
         lifecycle,
         inventory_changed,
+        sync,
         metadata_changed: Notify::new(),
         statement_due: Notify::new(),
         banned: Mutex::default(),
@@ -331,6 +334,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
     tasks.spawn(download_manager(shared.clone()));
     tasks.spawn(crate::install::run(shared.clone()));
     tasks.spawn(inventory_loop(shared.clone()));
+    tasks.spawn(crate::sync::digest_loop(shared.clone()));
     if let Some(key) = timestamp_key {
         tasks.spawn(pipeline::statement_loop(shared.clone(), key));
     }
@@ -344,19 +348,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
     let mut stop = shutdown_rx.clone();
     tasks.spawn(async move {
         let mut resync = tokio::time::interval(Duration::from_secs(15));
-        let resent: Resent = Arc::default();
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = resync.tick() => {
                     expire_metadata(&s).await;
                     s.expire_bans().await;
-                    let (s2, resent) = (s.clone(), resent.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = resend_reports(&s2, &resent).await {
-                            tracing::debug!("resending reports: {e:#}");
-                        }
-                    });
                     // Anti-entropy: ask one peer for its catalog now and then, in case gossip
                     // was missed.
                     let peers = s.net.ready_peers();
@@ -470,6 +467,15 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
                     s.refuse_peer(source, RefusalKind::Metadata, e.to_string()).await;
                     MessageAcceptance::Reject
                 }
+                Ok(env) if matches!(env.kind, lanpatch_protocol::Kind::Digest | lanpatch_protocol::Kind::Pull) => {
+                    match crate::sync::on_envelope(s, env, &limits).await {
+                        Ok(()) => MessageAcceptance::Accept,
+                        Err(e) => {
+                            s.refuse_peer(source, RefusalKind::NodeReport, e.to_string()).await;
+                            MessageAcceptance::Reject
+                        }
+                    }
+                }
                 Ok(env) if matches!(env.kind, lanpatch_protocol::Kind::Report | lanpatch_protocol::Kind::Inventory) => {
                     match crate::report::accept_node_envelope(&s.store, s.keeps(), &limits, env, &data).await {
                         Ok(kept) => {
@@ -500,6 +506,10 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
         }
         NetEvent::PeerReady(peer) => {
             tokio::spawn(catalog_sync(s.clone(), peer));
+            // It may be a collector or a ring peer that was away: it learns what it missed from
+            // this node's digest. A collector asks everyone once when it joins.
+            s.sync.peer_arrived();
+            tokio::spawn(crate::sync::pull_everyone(s.clone()));
         }
         NetEvent::PeerGone(peer) => tracing::info!(%peer, "peer gone"),
         NetEvent::Graylisted { peer, score } => {
@@ -633,13 +643,12 @@ fn start_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
     });
 }
 
-/// Sends the inventory at start, whenever an install changes it, and every
-/// `inventory_interval_secs`, but only when it differs from the last one sent or the interval passed.
+/// Sends the inventory at start and whenever it changes (an install, the OS packages). It is not
+/// re-sent on a timer: the digest (sync.rs) tells a collector that lacks it, which pulls it.
 pub async fn inventory_loop(s: Arc<Shared>) {
     let mut shutdown = s.shutdown.clone();
     let mut last: Option<(Vec<lanpatch_protocol::report::InstalledRelease>, usize)> = None;
-    let mut last_sent = tokio::time::Instant::now();
-    let interval = Duration::from_secs(s.cfg.inventory_interval_secs.max(10));
+    let mut pulled = false;
     // Let connections come up first.
     tokio::select! {
         _ = shutdown.changed() => return,
@@ -671,7 +680,7 @@ pub async fn inventory_loop(s: Arc<Shared>) {
         };
         let installed = crate::inventory::sorted_releases(installed);
         let key = (installed.clone(), machine.packages.len());
-        if last.as_ref() != Some(&key) || last_sent.elapsed() >= interval {
+        if last.as_ref() != Some(&key) || std::mem::take(&mut pulled) {
             let inv = lanpatch_protocol::Inventory {
                 node: s.node_public(),
                 hostname: s.reporter.hostname.clone(),
@@ -688,16 +697,14 @@ pub async fn inventory_loop(s: Arc<Shared>) {
                 agent_version: crate::VERSION.to_string(),
             };
             match send_inventory(&s, inv).await {
-                Ok(()) => {
-                    last = Some(key);
-                    last_sent = tokio::time::Instant::now();
-                }
+                Ok(()) => last = Some(key),
                 Err(e) => tracing::warn!("cannot send inventory: {e:#}"),
             }
         }
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = s.inventory_changed.notified() => {}
+            _ = s.sync.inventory_pulled.notified() => pulled = true,
             _ = tokio::time::sleep(Duration::from_secs(30)) => {}
         }
     }
@@ -706,51 +713,10 @@ pub async fn inventory_loop(s: Arc<Shared>) {
 async fn send_inventory(s: &Arc<Shared>, inv: lanpatch_protocol::Inventory) -> Result<()> {
     let (seq, bytes) = s.reporter.inventory(inv);
     s.store.use_seq(seq).await?;
+    s.store.put_inventory_out(seq, bytes.clone()).await?;
+    s.sync.changed.notify_one();
     if s.cfg.collector {
         crate::report::accept_node_message(&s.store, s.keeps(), &s.reporter.limits, &bytes).await?;
     }
     s.net.publish(bytes).await
-}
-
-/// When each report was last sent again (by the BLAKE3 of its bytes).
-type Resent = Arc<Mutex<std::collections::HashMap<Hash32, tokio::time::Instant>>>;
-
-/// A report is sent again at most this often. Gossipsub drops a message it saw within its
-/// duplicate cache time (60 s), and its peer scoring keeps a delivery record of every message id
-/// for 120 s (libp2p-gossipsub's `TIME_CACHE_DURATION`): a copy arriving between the two is
-/// delivered again and logged at WARN ("Unexpected delivery trace") by every receiver. Past both,
-/// a re-send is a fresh delivery and silent.
-const RESEND_GAP: Duration = Duration::from_secs(150);
-
-/// Re-sends the latest report of every release still known to trust (a retired release's
-/// reports stop), each at most every [`RESEND_GAP`], for collectors and ring peers that were away.
-async fn resend_reports(s: &Arc<Shared>, resent: &Resent) -> Result<()> {
-    let limits = s.trust().limits.clone();
-    let reports = s.store.reports_out().await?;
-    let mut due = Vec::new();
-    {
-        let t = s.trust();
-        let mut last = resent.lock().unwrap_or_else(|p| p.into_inner());
-        let now = tokio::time::Instant::now();
-        let mut live = std::collections::HashSet::new();
-        for bytes in reports {
-            let Ok(r) = Signed::<lanpatch_protocol::Report>::decode(&bytes, &limits) else { continue };
-            if !t.manifests.contains_key(&r.value().manifest) {
-                continue;
-            }
-            let id = Hash32::of(&bytes);
-            live.insert(id);
-            // First seen here: it was published at its transition just now.
-            let sent = last.entry(id).or_insert(now);
-            if now.duration_since(*sent) >= RESEND_GAP {
-                *sent = now;
-                due.push(bytes);
-            }
-        }
-        last.retain(|id, _| live.contains(id));
-    }
-    for bytes in due {
-        s.net.publish(bytes).await?;
-    }
-    Ok(())
 }

@@ -65,7 +65,8 @@ impl Reporter {
         PublicKey(self.key.verifying_key().to_bytes())
     }
 
-    fn sign<T: Payload>(&self, value: T) -> Vec<u8> {
+    /// Signs a node message (report, inventory, digest, pull) with the node key.
+    pub fn sign<T: Payload>(&self, value: T) -> Vec<u8> {
         let mut s = Signed::new(value);
         s.sign(&self.key);
         s.to_bytes()
@@ -105,6 +106,14 @@ impl Reporter {
             progress,
         };
         (seq, self.sign(value))
+    }
+
+    /// The same report under the next sequence number and the current time: what a node sends
+    /// again when a listener pulls it (new bytes, so gossip delivers it as a new message).
+    pub fn restamp(&self, mut report: Report) -> (u64, Vec<u8>) {
+        report.seq = self.seq.next();
+        report.at = now();
+        (report.seq, self.sign(report))
     }
 
     /// Signs an inventory with the next sequence number.

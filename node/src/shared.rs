@@ -53,6 +53,8 @@ pub struct Shared {
     /// The owner of every release's state.
     pub lifecycle: Lifecycle,
     pub inventory_changed: Arc<Notify>,
+    /// Report anti-entropy (sync.rs): digests, pulls, answers.
+    pub sync: crate::sync::Sync,
     /// Notified when trusted metadata changed (an approval, a yank, a new release): the
     /// installer looks again.
     pub metadata_changed: Notify,

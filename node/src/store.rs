@@ -142,6 +142,17 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE reports ADD COLUMN ring TEXT NOT NULL DEFAULT '';
      ALTER TABLE reports ADD COLUMN received INTEGER NOT NULL DEFAULT 0;
      CREATE INDEX reports_by_release ON reports (manifest, ring);",
+    // 6 -> 7: report anti-entropy (sync.rs): the node's own latest inventory (re-sent when pulled,
+    // its sequence number in the digest), and on collectors when each node was last heard from.
+    "CREATE TABLE inventory_out (
+        id        INTEGER PRIMARY KEY CHECK (id = 1),
+        seq       INTEGER NOT NULL,
+        envelope  BLOB NOT NULL
+     );
+     CREATE TABLE heard (
+        node      BLOB PRIMARY KEY,
+        at        INTEGER NOT NULL
+     );",
 ];
 
 /// A node's report as [`Store::put_report`] keeps it.
@@ -590,6 +601,33 @@ impl Store {
         .await
     }
 
+    /// This node's latest report about `manifest`, as sent.
+    pub async fn report_out(&self, manifest: Hash32) -> Result<Option<Vec<u8>>> {
+        self.call(move |c| {
+            Ok(c.query_row("SELECT envelope FROM reports_out WHERE manifest = ?1", params![manifest.0.to_vec()], |r| {
+                r.get(0)
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Replaces this node's latest report about `manifest` with the same report under a new
+    /// sequence number (sync.rs answers a pull with it), with the sequence, in one transaction.
+    pub async fn restamp_report_out(&self, manifest: Hash32, seq: u64, envelope: Vec<u8>) -> Result<()> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            put_seq(&tx, seq)?;
+            tx.execute(
+                "UPDATE reports_out SET envelope = ?2 WHERE manifest = ?1",
+                params![manifest.0.to_vec(), envelope],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Every release's persisted state. Blocking (start-up).
     pub fn releases(&self) -> Result<Vec<ReleaseRecord>> {
         self.call_blocking(|c| {
@@ -703,6 +741,76 @@ impl Store {
 
     pub async fn inventories(&self) -> Result<Vec<Vec<u8>>> {
         self.call(|c| blobs(c, "SELECT envelope FROM inventories")).await
+    }
+
+    /// The sequence number of the stored report of each release from `node`.
+    pub async fn report_seqs(&self, node: Vec<u8>) -> Result<Vec<(Hash32, u64)>> {
+        self.call(move |c| {
+            let mut st = c.prepare_cached("SELECT manifest, seq FROM reports WHERE node = ?1")?;
+            let rows = st
+                .query_map(params![node], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows.into_iter().filter_map(|(m, seq)| Some((Hash32(m.try_into().ok()?), seq))).collect())
+        })
+        .await
+    }
+
+    /// Collector: the sequence number of the stored inventory of `node`.
+    pub async fn inventory_seq(&self, node: Vec<u8>) -> Result<Option<u64>> {
+        self.call(move |c| {
+            Ok(c.query_row("SELECT seq FROM inventories WHERE node = ?1", params![node], |r| r.get::<_, i64>(0))
+                .optional()?
+                .map(|s| s as u64))
+        })
+        .await
+    }
+
+    /// This node's latest inventory, as sent (re-sent when a collector pulls it).
+    pub async fn put_inventory_out(&self, seq: u64, envelope: Vec<u8>) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO inventory_out (id, seq, envelope) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET seq = ?1, envelope = ?2 WHERE ?1 > inventory_out.seq",
+                params![seq as i64, envelope],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn inventory_out(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        self.call(|c| {
+            Ok(c.query_row("SELECT seq, envelope FROM inventory_out WHERE id = 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Collector: `node` was heard from (a digest) at `at`.
+    pub async fn heard(&self, node: Vec<u8>, at: u64) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO heard (node, at) VALUES (?1, ?2)
+                 ON CONFLICT (node) DO UPDATE SET at = max(at, ?2)",
+                params![node, at as i64],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Collector: when each node was last heard from by a digest.
+    pub async fn heard_all(&self) -> Result<Vec<(Vec<u8>, u64)>> {
+        self.call(|c| {
+            let mut st = c.prepare_cached("SELECT node, at FROM heard")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
     }
 }
 

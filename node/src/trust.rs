@@ -121,10 +121,10 @@ impl Trust {
                 Checked::Statement(Box::new(st))
             }
             // Node reports are not fleet metadata; node.rs routes them before they get here.
-            Kind::Report | Kind::Inventory => {
+            Kind::Report | Kind::Inventory | Kind::Digest | Kind::Pull => {
                 return Err(VerifyError::Signature(lanpatch_protocol::SignatureError::WrongKind {
                     expected: Kind::Manifest,
-                    actual: Kind::Report,
+                    actual: envelope.kind,
                 }));
             }
         })

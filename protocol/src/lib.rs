@@ -9,6 +9,7 @@
 //! - [`root`], [`manifest`], [`approval`]: the metadata.
 //! - [`verify`]: the numbered verification steps of docs/PROTOCOL.md.
 //! - [`lifecycle`]: a release's typed states on a node and the pure transition function.
+//! - [`sync`]: report anti-entropy (digests and pulls).
 //! - [`bundle`]: the on-disk layout of a release bundle (paths only).
 
 pub mod approval;
@@ -25,6 +26,7 @@ pub mod rollout;
 pub mod root;
 pub mod signed;
 pub mod statement;
+pub mod sync;
 pub mod types;
 pub mod verify;
 
@@ -39,6 +41,7 @@ pub use report::{DownloadProgress, Inventory, Report};
 pub use root::{Role, RoleKeys, Root, fleet_id};
 pub use signed::{Envelope, Kind, Payload, SignatureEntry, SignatureError, Signed};
 pub use statement::{Current, Statement};
+pub use sync::{Digest, Mark, Pull, PullTarget};
 pub use types::{CveId, Hash32, NameError, ProductName, PublicKey, RelPath, RingName, Tag, Timestamp, Version};
 pub use verify::{Trusted, VerifyError};
 

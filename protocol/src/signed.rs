@@ -27,6 +27,9 @@ pub enum Kind {
     Report,
     Inventory,
     Statement,
+    /// A node's digest of its latest reports (appended: earlier kinds keep their encodings).
+    Digest,
+    Pull,
 }
 
 impl Kind {
@@ -39,6 +42,8 @@ impl Kind {
             Kind::Report => b"report",
             Kind::Inventory => b"inventory",
             Kind::Statement => b"statement",
+            Kind::Digest => b"digest",
+            Kind::Pull => b"pull",
         }
     }
 }

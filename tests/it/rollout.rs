@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lanpatch_protocol::{ReleaseState, RollbackCause, SkipReason, WaitReason};
 
-use crate::fleet::{Node, make_fleet_keys, wait_until};
+use crate::fleet::{Node, make_fleet_keys, wait_for_node, wait_until};
 use crate::support::{Run, cannot_run, is_root, signer};
 
 /// A release whose install script writes `$LANPATCH_DATA/<marker>`; `extra` adds signer flags.
@@ -433,4 +433,39 @@ fn a_download_that_would_cross_min_free_disk_is_refused_and_the_reason_reaches_t
     });
     // Nothing of it was written: the disk still has its reserve.
     assert_eq!(n.status().disk.partial, 0);
+}
+
+/// Reports and inventories go out once, when they are made; a collector that was not running then
+/// learns what it missed from the nodes' digests and pulls it (nothing is re-sent on a timer, so
+/// without the pull it would never see the install).
+#[test]
+fn a_collector_that_joins_after_the_install_pulls_the_missed_report_and_inventories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let bundle = release(dir, "v1", 1, INSTALL_OK, ROLLBACK, &["--target-tag", "endpoint"]);
+    let fast = "report_digest_secs = 1";
+    let mut seed = Node::new(dir, "seed", &dir.join("root.lpr"), &[], &format!("ring = \"admin\"\n{fast}"));
+    seed.start();
+    let e1 = endpoint(dir, "e1", &seed, &format!("ring = \"canary\"\ntags = [\"endpoint\"]\n{fast}"));
+    wait_until(Duration::from_secs(30), "mesh", || seed.status().peers.len() == 1);
+    approve(dir, &bundle, "canary", &[]).ok();
+    seed.publish(&bundle);
+    wait_until(Duration::from_secs(60), "e1 installs", || install_state(&e1).0 == ReleaseState::Installed);
+
+    let collector = endpoint(dir, "collector", &seed, &format!("collector = true\nring = \"admin\"\n{fast}"));
+    let status = || {
+        signer(dir, &["status".as_ref(), "--node".as_ref(), collector.socket().as_os_str(), bundle.as_os_str()])
+            .stdout
+            .clone()
+    };
+    wait_for_node(&collector, Duration::from_secs(60), "the missed install report at the joining collector", || {
+        status().contains("1/1 targeted nodes installed")
+    });
+    let inv = || signer(dir, &["inventory".as_ref(), "--node".as_ref(), collector.socket().as_os_str()]).stdout.clone();
+    wait_until(Duration::from_secs(60), "the missed inventories at the joining collector", || {
+        inv().contains("of 3 node(s)")
+    });
+    let st = fleet_status(dir, &collector, &bundle);
+    assert!(st.contains("ring canary: installed 1"), "{st}");
 }

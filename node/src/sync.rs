@@ -1,0 +1,339 @@
+//! Report anti-entropy on a node (docs/PROTOCOL.md "Reports"; the messages are in
+//! `lanpatch_protocol::sync`). Reports and inventories are published once, when they are made;
+//! this module makes sure a listener that missed one gets it, without re-broadcasting anything on
+//! a timer:
+//!
+//! - [`digest_loop`] publishes this node's [`Digest`] `report_digest_secs` after its reports or
+//!   inventory change, when asked (a new peer, a collector's pull of everyone), and once every
+//!   `inventory_interval_secs` as the node's heartbeat.
+//! - [`on_digest`]: a collector (and a peer of the digest's ring, for the rollout rules) compares
+//!   a digest with what it stored and, after a random pause in which someone else's pull may
+//!   already have brought the message, publishes a [`Pull`] for what it still lacks.
+//! - [`on_pull`]: the node named sends those messages again, each at most once per
+//!   [`RESEND_GAP`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use lanpatch_protocol::report::verify_node_envelope;
+use lanpatch_protocol::sync::{Digest, Mark, Pull, PullTarget, missing};
+use lanpatch_protocol::{Envelope, Hash32, Kind, Limits, Report, Signed, VerifyError};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::clock::now;
+use crate::shared::Shared;
+
+/// A message is sent again at most this often. Gossipsub drops a message it saw within its
+/// duplicate cache time (60 s), and its peer scoring keeps a delivery record of every message id
+/// for 120 s (libp2p-gossipsub's `TIME_CACHE_DURATION`): a copy arriving between the two is
+/// delivered again and logged at WARN ("Unexpected delivery trace") by every receiver. Past both,
+/// a re-send is a fresh delivery and silent. Asks for a digest are limited to the same rate.
+pub const RESEND_GAP: Duration = Duration::from_secs(150);
+
+/// A pull waits up to this many digest delays (at random) before it goes out, and a digest asked
+/// of everyone waits up to this many more: the fleet's answers spread out instead of arriving at
+/// once.
+const SPREAD: u64 = 10;
+
+/// This node's anti-entropy state.
+#[derive(Default)]
+pub struct Sync {
+    /// Notified when this node made a report or an inventory: its digest changed.
+    pub changed: Arc<Notify>,
+    /// Notified when a digest was asked for (the loop waits a random spread first).
+    asked: Notify,
+    /// When a peer's arrival and a pull of everyone last asked for a digest.
+    peer_asked: Mutex<Option<Instant>>,
+    everyone_asked: Mutex<Option<Instant>>,
+    /// When this collector last asked everyone for a digest.
+    pulled_everyone: Mutex<Option<Instant>>,
+    /// When each of this node's messages was last sent again because it was pulled.
+    answered: Mutex<HashMap<Answer, Instant>>,
+    /// Notified when a collector pulled the inventory: the inventory loop sends a fresh one.
+    pub inventory_pulled: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sets `last` to now and returns true if it was unset or at least [`RESEND_GAP`] ago.
+fn take_turn(last: &Mutex<Option<Instant>>) -> bool {
+    let mut last = lock(last);
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < RESEND_GAP) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
+impl Sync {
+    /// A peer became ready: it may be a collector or a ring peer that was away.
+    pub fn peer_arrived(&self) {
+        if take_turn(&self.peer_asked) {
+            self.asked.notify_one();
+        }
+    }
+}
+
+fn random_below(max: u64) -> u64 {
+    let mut b = [0u8; 8];
+    if max == 0 || getrandom::fill(&mut b).is_err() {
+        return 0;
+    }
+    u64::from_le_bytes(b) % max
+}
+
+fn digest_delay(s: &Shared) -> Duration {
+    Duration::from_secs(s.cfg.report_digest_secs.max(1))
+}
+
+/// Publishes this node's digest after a change, when asked, and every inventory interval.
+pub async fn digest_loop(s: Arc<Shared>) {
+    let mut shutdown = s.shutdown.clone();
+    let delay = digest_delay(&s);
+    let heartbeat = Duration::from_secs(s.cfg.inventory_interval_secs.max(10));
+    let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    loop {
+        let wait = tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = s.sync.changed.notified() => delay,
+            _ = s.sync.asked.notified() => delay + Duration::from_millis(random_below(SPREAD * delay.as_millis() as u64)),
+            _ = beat.tick() => Duration::ZERO,
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        // Whatever changed while waiting is in this digest.
+        let _ = take_notification(&s.sync.changed);
+        beat.reset();
+        if let Err(e) = send_digest(&s).await {
+            tracing::debug!("digest not sent: {e:#}");
+        }
+    }
+}
+
+/// Consumes a stored notification, if any (the digest about to go out covers it).
+fn take_notification(n: &Notify) -> bool {
+    use std::future::Future;
+    let fut = n.notified();
+    let mut fut = std::pin::pin!(fut);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    fut.as_mut().poll(&mut cx).is_ready()
+}
+
+/// This node's digest: its latest report of each release it still trusts, newest first, and its
+/// latest inventory's sequence number.
+async fn make_digest(s: &Shared) -> Result<Vec<u8>> {
+    let limits = s.trust().limits.clone();
+    let out = s.store.reports_out().await?;
+    let mut reports: Vec<Mark> = {
+        let t = s.trust();
+        out.iter()
+            .filter_map(|bytes| Signed::<Report>::decode(bytes, &limits).ok())
+            .filter(|r| t.manifests.contains_key(&r.value().manifest))
+            .map(|r| Mark { manifest: r.value().manifest, seq: r.value().seq })
+            .collect()
+    };
+    reports.sort_by_key(|m| std::cmp::Reverse(m.seq));
+    reports.truncate(limits.max_list_items);
+    let inventory = s.store.inventory_out().await?.map(|(seq, _)| seq).unwrap_or(0);
+    let d = Digest {
+        node: s.node_public(),
+        hostname: s.reporter.hostname.clone(),
+        ring: s.cfg.ring.clone(),
+        at: now(),
+        inventory,
+        reports,
+    };
+    Ok(s.reporter.sign(d))
+}
+
+async fn send_digest(s: &Shared) -> Result<()> {
+    let bytes = make_digest(s).await?;
+    if s.cfg.collector {
+        s.store.heard(s.node_public().0.to_vec(), now().0).await?;
+    }
+    s.net.publish(bytes).await
+}
+
+/// A collector joined the fleet (its first ready peer): ask everyone for a digest, once per
+/// [`RESEND_GAP`]. Retried for a while if gossip has no subscribed peer yet.
+pub async fn pull_everyone(s: Arc<Shared>) {
+    if !s.cfg.collector || !take_turn(&s.sync.pulled_everyone) {
+        return;
+    }
+    let pull =
+        Pull { node: s.node_public(), target: PullTarget::Everyone, at: now(), inventory: false, reports: vec![] };
+    let bytes = s.reporter.sign(pull);
+    for _ in 0..30 {
+        match s.net.publish_sent(bytes.clone()).await {
+            Ok(true) => {
+                tracing::debug!("asked every node for its digest");
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!("pull of everyone not sent: {e:#}");
+                return;
+            }
+        }
+        let mut stop = s.shutdown.clone();
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// A digest or a pull from the network, its envelope decoded at the edge: verified (steps N2 and
+/// N3: it validates and the node key it names signed it), then handled. Only a verification
+/// failure is the sender's fault; the rest is logged.
+pub async fn on_envelope(s: &Arc<Shared>, env: Envelope, limits: &Limits) -> Result<(), VerifyError> {
+    let handled = match env.kind {
+        Kind::Digest => on_digest(s, verify_node_envelope::<Digest>(env, limits)?.value()).await,
+        _ => on_pull(s, verify_node_envelope::<Pull>(env, limits)?.value()).await,
+    };
+    if let Err(e) = handled {
+        tracing::debug!("anti-entropy: {e:#}");
+    }
+    Ok(())
+}
+
+/// A verified digest from another node: a collector records that it was heard from, and pulls what
+/// it (or, for its own ring, a ring peer) lacks.
+pub async fn on_digest(s: &Arc<Shared>, digest: &Digest) -> Result<()> {
+    let me = s.node_public();
+    if digest.node == me {
+        return Ok(());
+    }
+    let node = digest.node.0.to_vec();
+    if s.cfg.collector {
+        s.store.heard(node.clone(), now().0).await?;
+    } else if digest.ring != s.cfg.ring {
+        return Ok(());
+    }
+    if lacks(s, digest).await?.is_none() {
+        return Ok(());
+    }
+    // Someone else's pull may bring it meanwhile: wait, then look again.
+    let s = s.clone();
+    let digest = digest.clone();
+    tokio::spawn(async move {
+        let pause = Duration::from_millis(random_below(SPREAD * digest_delay(&s).as_millis() as u64 / 4));
+        let mut stop = s.shutdown.clone();
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        match lacks(&s, &digest).await {
+            Ok(Some((inventory, reports))) => {
+                tracing::debug!(node = %digest.hostname, inventory, reports = reports.len(), "pulling missed messages");
+                let pull = Pull { node: me, target: PullTarget::Node(digest.node), at: now(), inventory, reports };
+                if let Err(e) = s.net.publish(s.reporter.sign(pull)).await {
+                    tracing::debug!("pull not sent: {e:#}");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::debug!("digest comparison: {e:#}"),
+        }
+    });
+    Ok(())
+}
+
+/// What this node lacks of `digest`'s messages, if anything.
+async fn lacks(s: &Shared, digest: &Digest) -> Result<Option<(bool, Vec<Hash32>)>> {
+    let node = digest.node.0.to_vec();
+    let stored: HashMap<Hash32, u64> = s.store.report_seqs(node.clone()).await?.into_iter().collect();
+    let stored_inventory = if s.cfg.collector { s.store.inventory_seq(node).await? } else { None };
+    let (inventory, reports) = missing(digest, s.cfg.collector, stored_inventory, |h| stored.get(h).copied());
+    Ok((inventory || !reports.is_empty()).then_some((inventory, reports)))
+}
+
+/// A verified pull: a pull of everyone asks for this node's digest; a pull of this node, for
+/// messages again.
+pub async fn on_pull(s: &Arc<Shared>, pull: &Pull) -> Result<()> {
+    if !pull.is_fresh(now()) {
+        tracing::debug!(at = pull.at.0, "stale pull ignored");
+        return Ok(());
+    }
+    match pull.target {
+        PullTarget::Everyone => {
+            if take_turn(&s.sync.everyone_asked) {
+                s.sync.asked.notify_one();
+            }
+        }
+        PullTarget::Node(target) if target == s.node_public() => {
+            // Sent again as new messages (restamped: the same content under a new sequence
+            // number), so gossip delivers them however recently the first copy went out.
+            for hash in &pull.reports {
+                if may_send_again(&s.sync, Answer::Report(*hash)) {
+                    s.lifecycle.restamp(*hash).await?;
+                }
+            }
+            if pull.inventory && may_send_again(&s.sync, Answer::Inventory) {
+                s.sync.inventory_pulled.notify_one();
+            }
+        }
+        PullTarget::Node(_) => {}
+    }
+    Ok(())
+}
+
+/// What a pull can have sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Answer {
+    Report(Hash32),
+    Inventory,
+}
+
+/// True (and recorded) when `what` was not sent again within [`RESEND_GAP`].
+fn may_send_again(sync: &Sync, what: Answer) -> bool {
+    let mut answered = lock(&sync.answered);
+    let now = Instant::now();
+    answered.retain(|_, t| now.duration_since(*t) < RESEND_GAP);
+    if answered.contains_key(&what) {
+        return false;
+    }
+    answered.insert(what, now);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_sent_again_at_most_once_per_resend_gap() {
+        let sync = Sync::default();
+        let (a, b) = (Answer::Report(Hash32([1; 32])), Answer::Report(Hash32([2; 32])));
+        assert!(may_send_again(&sync, a));
+        assert!(!may_send_again(&sync, a), "a second pull within the gap is not answered");
+        assert!(may_send_again(&sync, b), "another message has its own turn");
+        assert!(may_send_again(&sync, Answer::Inventory));
+        assert!(!may_send_again(&sync, Answer::Inventory));
+    }
+
+    #[test]
+    fn asks_for_a_digest_are_limited_to_one_per_resend_gap() {
+        let last = Mutex::new(None);
+        assert!(take_turn(&last));
+        assert!(!take_turn(&last));
+        *lock(&last) = Some(Instant::now() - RESEND_GAP);
+        assert!(take_turn(&last), "past the gap a new ask is taken");
+    }
+
+    #[test]
+    fn a_stored_notification_is_consumed_once() {
+        let n = Notify::new();
+        n.notify_one();
+        assert!(take_notification(&n));
+        assert!(!take_notification(&n));
+    }
+}
