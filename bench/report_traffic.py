@@ -235,7 +235,7 @@ def main():
     size = sizes(releases)
     print(f"message bytes (signed, encoded): report {size['report']}, inventory {size['inventory']} "
           f"({size['packages']} packages), digest {size['digest']} ({releases} releases), pull {size['pull_one']}")
-    print(f"{releases} trusted releases, one rollout, collector down 2:00-2:15, loss {loss}, {hours} h")
+    print(f"{releases} trusted releases, two rollouts (0:10, 2:05), collector down 2:00-2:15, loss {loss}, {hours} h")
     print("| N | protocol | sent msgs/node/h | sent bytes/node/h | received msgs/node/h | received bytes/node/h "
           "| collector complete at end | longest repair of a missed message |")
     print("|---|---|---|---|---|---|---|---|")

@@ -123,24 +123,30 @@ pub async fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
         apply(Event::Yanked { rollback: false, has_rollback: v.rollback.is_some() }, "release was yanked".into()).await;
         return;
     }
-    // Release files count (staging copies exist only while a release's commands run; the
-    // database is shown in status and metrics but not counted: its WAL swings by megabytes).
-    let mut used = s.library.used_bytes();
+    // Everything the node writes counts: release files, staging copies of a release whose
+    // commands run, and the database with its WAL.
+    let besides = crate::retention::written_besides_releases(&s.cfg.data_dir);
+    let need = v.total_bytes().saturating_add(besides);
+    let mut used = s.library.used_bytes().saturating_add(besides);
     // A release larger than the whole quota never fits: nothing is evicted for it.
-    if used.saturating_add(v.total_bytes()) > s.cfg.cache_quota && v.total_bytes() <= s.cfg.cache_quota {
+    if used.saturating_add(v.total_bytes()) > s.cfg.cache_quota && need <= s.cfg.cache_quota {
         // Make room first: yanked and superseded releases, oldest first, as retention allows.
         let protect: Vec<Hash32> = v.files.iter().map(|f| f.hash).collect();
-        match crate::retention::make_room(s, v.total_bytes(), &protect).await {
+        match crate::retention::make_room(s, need, &protect).await {
             Ok(freed) if freed > 0 => {
                 tracing::info!(product = %v.product, version = %v.version, freed, "evicted older releases to fit the cache quota");
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("cannot evict: {e:#}"),
         }
-        used = s.library.used_bytes();
+        used = s.library.used_bytes().saturating_add(besides);
     }
     if used.saturating_add(v.total_bytes()) > s.cfg.cache_quota {
-        let why = format!("needs {} bytes, cache holds {used} of a {} byte quota", v.total_bytes(), s.cfg.cache_quota);
+        let why = format!(
+            "needs {} bytes, the node holds {used} (release files, staging, state.db) of a {} byte quota",
+            v.total_bytes(),
+            s.cfg.cache_quota
+        );
         tracing::warn!(product = %v.product, "not downloading: {why}");
         apply(Event::DownloadFailed(FailReason::OverQuota), why).await;
         return;

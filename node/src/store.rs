@@ -219,6 +219,10 @@ impl Store {
         let mut conn = Connection::open(path).with_context(|| format!("cannot open database {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // A small, bounded WAL: it counts against cache_quota, on disks shared with users.
+        // Checkpoint every 100 pages (400 KiB) and truncate the file back to 512 KiB after one.
+        conn.pragma_update(None, "wal_autocheckpoint", 100)?;
+        conn.pragma_update(None, "journal_size_limit", 512 * 1024)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;

@@ -12,11 +12,24 @@ use crate::support::{Run, cannot_run, is_root, signer};
 
 /// A release whose install script writes `$LANPATCH_DATA/<marker>`; `extra` adds signer flags.
 pub fn release(dir: &Path, name: &str, version: u32, install: &str, rollback: &str, extra: &[&str]) -> PathBuf {
+    release_sized(dir, name, version, 200_000, install, rollback, extra)
+}
+
+/// [`release`] with a payload of `size` bytes.
+pub fn release_sized(
+    dir: &Path,
+    name: &str,
+    version: u32,
+    size: usize,
+    install: &str,
+    rollback: &str,
+    extra: &[&str],
+) -> PathBuf {
     let src = dir.join(format!("{name}-src"));
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("install.sh"), install).unwrap();
     fs::write(src.join("rollback.sh"), rollback).unwrap();
-    fs::write(src.join("payload.bin"), crate::fleet::payload(200_000, u64::from(version))).unwrap();
+    fs::write(src.join("payload.bin"), crate::fleet::payload(size, u64::from(version))).unwrap();
     let mut args: Vec<String> = [
         "release",
         "create",
@@ -339,12 +352,13 @@ fn a_full_cache_quota_evicts_the_superseded_release_keeps_the_rollback_one_and_t
     let dir = tmp.path();
     make_fleet_keys(dir);
     let admin = admin(dir);
-    // Room for two releases of 200 kB, not three; keep two versions.
-    let n = endpoint(dir, "n1", &admin, "ring = \"canary\"\ncache_quota = 500000\nkeep_versions = 2");
+    // Room for two releases of 1 MB and the database (its WAL bounded to 512 KiB), not three;
+    // keep two versions. The quota counts state.db too.
+    let n = endpoint(dir, "n1", &admin, "ring = \"canary\"\ncache_quota = 2900000\nkeep_versions = 2");
     wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
-    let payload = |v: u32| crate::fleet::blob_name(&crate::fleet::payload(200_000, u64::from(v)));
+    let payload = |v: u32| crate::fleet::blob_name(&crate::fleet::payload(1_000_000, u64::from(v)));
     for v in 1..=3u32 {
-        let bundle = release(dir, &format!("v{v}"), v, INSTALL_OK, ROLLBACK, &[]);
+        let bundle = release_sized(dir, &format!("v{v}"), v, 1_000_000, INSTALL_OK, ROLLBACK, &[]);
         approve(dir, &bundle, "canary", &[]).ok();
         admin.publish(&bundle);
         wait_until(Duration::from_secs(60), &format!("v{v} installs"), || {
@@ -360,19 +374,19 @@ fn a_full_cache_quota_evicts_the_superseded_release_keeps_the_rollback_one_and_t
     assert!(n.blob(&payload(1)).is_none(), "the superseded release was not evicted");
     assert!(n.blob(&payload(2)).is_some() && n.blob(&payload(3)).is_some());
     let evicted = crate::fleet::sample(&n.scrape(), "lanpatch_evicted_bytes_total");
-    assert!(evicted >= 200_000.0, "evicted {evicted}");
+    assert!(evicted >= 1_000_000.0, "evicted {evicted}");
     let log = fs::read_to_string(n.dir.join("node.log")).unwrap();
     assert!(log.contains("evicted older releases to fit the cache quota"), "{}", n.log_tail());
     // Status and metrics show the disk by kind: two releases' files in blobs/, no staging copy.
     let disk = n.status().disk;
-    assert!(disk.blobs >= 400_000 && disk.blobs < 500_000, "{disk:?}");
+    assert!(disk.blobs >= 2_000_000 && disk.blobs < 2_900_000, "{disk:?}");
     assert_eq!(disk.stage, 0, "{disk:?}");
-    assert!(disk.state > 0, "{disk:?}");
+    assert!(disk.state > 0 && disk.blobs + disk.state <= 2_900_000, "everything written fits the quota: {disk:?}");
     assert_eq!(crate::fleet::sample(&n.scrape(), "lanpatch_disk_bytes{kind=\"blobs\"}"), disk.blobs as f64);
 
     // A release larger than the whole quota: refused with its typed reason, which reaches the
     // collector, and nothing is evicted for it.
-    let big = crate::fleet::make_release(dir, "v4", 4, &crate::fleet::payload(600_000, 4), 65536, &[]);
+    let big = crate::fleet::make_release(dir, "v4", 4, &crate::fleet::payload(3_000_000, 4), 65536, &[]);
     approve(dir, &big, "canary", &[]).ok();
     admin.publish(&big);
     wait_until(Duration::from_secs(60), "v4 refused", || {
