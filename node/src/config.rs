@@ -87,6 +87,11 @@ pub struct Config {
     /// sequence numbers listeners compare to find what they missed; see sync.rs).
     #[serde(default = "default_report_digest")]
     pub report_digest_secs: u64,
+    /// Reports of releases no longer trusted (expired) are deleted this many days after they
+    /// arrived, on every node but a collector (which keeps the fleet's history); a node's own
+    /// latest report of such a release goes too. 0 keeps them.
+    #[serde(default = "default_report_retention")]
+    pub report_retention_days: u64,
     /// Versions per product whose files the node keeps (for serving late peers and for rollback);
     /// the installed version, and a release still ahead, are kept besides. Yanked and older
     /// releases are evicted when a download needs room in `cache_quota`, and after installs.
@@ -271,6 +276,9 @@ fn default_inventory_interval() -> u64 {
 }
 fn default_report_digest() -> u64 {
     30
+}
+fn default_report_retention() -> u64 {
+    90
 }
 fn default_downloads() -> usize {
     2

@@ -348,11 +348,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
     let mut stop = shutdown_rx.clone();
     tasks.spawn(async move {
         let mut resync = tokio::time::interval(Duration::from_secs(15));
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = resync.tick() => {
                     expire_metadata(&s).await;
+                    ticks += 1;
+                    if ticks % 240 == 1 {
+                        // Hourly (and at start).
+                        prune_reports(&s).await;
+                    }
                     s.expire_bans().await;
                     // Anti-entropy: ask one peer for its catalog now and then, in case gossip
                     // was missed.
@@ -521,6 +527,21 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
 
 /// Drops expired metadata from memory; a release that expired before its install ends
 /// `Skipped(Expired)`.
+/// Deletes reports of retired releases past `report_retention_days` (see the config).
+async fn prune_reports(s: &Arc<Shared>) {
+    let days = s.cfg.report_retention_days;
+    if days == 0 {
+        return;
+    }
+    let before = now().0.saturating_sub(days.saturating_mul(86_400));
+    let keep: Vec<Hash32> = s.trust().manifests.keys().copied().collect();
+    match s.store.prune_reports(before, keep, s.cfg.collector).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(rows = n, days, "pruned the reports of retired releases"),
+        Err(e) => tracing::warn!("cannot prune reports: {e:#}"),
+    }
+}
+
 async fn expire_metadata(s: &Arc<Shared>) {
     let gone = s.trust().expire(now());
     if gone.is_empty() {

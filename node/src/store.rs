@@ -605,6 +605,37 @@ impl Store {
         .await
     }
 
+    /// Deletes the stored reports (other nodes', on a non-collector: its ring's) received before
+    /// `before` and this node's own latest reports updated before it, of every release not in
+    /// `keep` (the releases still trusted). Returns the rows deleted.
+    pub async fn prune_reports(&self, before: u64, keep: Vec<Hash32>, own_only: bool) -> Result<usize> {
+        self.call(move |c| {
+            let keep: std::collections::HashSet<Vec<u8>> = keep.iter().map(|h| h.0.to_vec()).collect();
+            let tx = c.transaction()?;
+            let old = |sql: &str| -> Result<Vec<Vec<u8>>> {
+                let mut st = tx.prepare(sql)?;
+                let rows = st.query_map(params![before as i64], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows.into_iter().filter(|m: &Vec<u8>| !keep.contains(m)).collect())
+            };
+            let theirs =
+                if own_only { Vec::new() } else { old("SELECT DISTINCT manifest FROM reports WHERE received < ?1")? };
+            let mine = old(
+                "SELECT r.manifest FROM reports_out r JOIN releases l ON l.manifest = r.manifest WHERE l.updated < ?1",
+            )?;
+            let mut n = 0;
+            for m in &theirs {
+                n +=
+                    tx.execute("DELETE FROM reports WHERE manifest = ?1 AND received < ?2", params![m, before as i64])?;
+            }
+            for m in &mine {
+                n += tx.execute("DELETE FROM reports_out WHERE manifest = ?1", params![m])?;
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+        .await
+    }
+
     /// This node's latest report about `manifest`, as sent.
     pub async fn report_out(&self, manifest: Hash32) -> Result<Option<Vec<u8>>> {
         self.call(move |c| {
@@ -899,6 +930,51 @@ mod tests {
         assert_eq!(s.reports().await.unwrap(), vec![vec![1]]);
         assert_eq!(s.ring_reports(m, "canary".into()).await.unwrap(), vec![(vec![1], 10)]);
         assert!(s.ring_reports(m, "broad".into()).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pruning_deletes_old_reports_of_retired_releases_only_and_a_collector_keeps_the_fleets() {
+        use lanpatch_protocol::ReleaseState;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let (retired, trusted) = (Hash32([1; 32]), Hash32([2; 32]));
+        let r = |node: u8, manifest: Hash32, received: u64| StoredReport {
+            node: vec![node],
+            manifest,
+            seq: received,
+            rank: 0,
+            ring: "broad".into(),
+            received,
+            envelope: vec![node, manifest.0[0]],
+        };
+        for (node, m, at) in [(1, retired, 100), (2, retired, 5_000), (1, trusted, 100)] {
+            assert!(s.put_report(r(node, m, at)).await.unwrap());
+        }
+        for (m, at) in [(retired, 100), (trusted, 100)] {
+            s.commit_transition(Transition {
+                manifest: m,
+                product: "tool".into(),
+                version: u64::from(m.0[0]),
+                state: ReleaseState::Installed,
+                detail: String::new(),
+                exit_code: None,
+                now: at,
+                seq: at,
+                report: vec![m.0[0]],
+            })
+            .await
+            .unwrap();
+        }
+        // A collector prunes only its own latest report of the retired release.
+        assert_eq!(s.prune_reports(1_000, vec![trusted], true).await.unwrap(), 1);
+        assert_eq!(s.reports().await.unwrap().len(), 3);
+        assert_eq!(s.reports_out().await.unwrap(), vec![vec![2]]);
+        // Another node: the retired release's report received before the cutoff goes; the
+        // recent one and the trusted release's stay.
+        assert_eq!(s.prune_reports(1_000, vec![trusted], false).await.unwrap(), 1);
+        let mut left = s.reports().await.unwrap();
+        left.sort();
+        assert_eq!(left, vec![vec![1, 2], vec![2, 1]]);
     }
 
     #[tokio::test]

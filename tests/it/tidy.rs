@@ -57,6 +57,27 @@ fn only_the_store_module_names_rusqlite() {
 }
 
 #[test]
+fn unsafe_code_is_one_mallopt_block_in_the_node_binary() {
+    let mut blocks = 0;
+    for (p, text) in sources("node/src")
+        .into_iter()
+        .chain(sources("signer/src"))
+        .chain(sources("protocol/src"))
+        .chain(sources("assess/src"))
+    {
+        let n =
+            text.matches("unsafe {").count() + text.matches("unsafe fn").count() + text.matches("unsafe impl").count();
+        if n == 0 {
+            continue;
+        }
+        assert!(p.ends_with("node/src/main.rs"), "{} has unsafe code: only main.rs's mallopt may", name(&p));
+        blocks += n;
+        assert!(text.contains("// SAFETY:"), "main.rs's unsafe block has no SAFETY comment");
+    }
+    assert!(blocks <= 1, "{blocks} unsafe blocks in node/src/main.rs, one is allowed");
+}
+
+#[test]
 fn the_store_exposes_no_raw_sql_entry_point() {
     let store = fs::read_to_string(repo().join("node/src/store.rs")).unwrap();
     for bad in ["pub async fn call", "pub fn call", "pub fn connection", "pub conn"] {
