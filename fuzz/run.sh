@@ -22,7 +22,7 @@ fi
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || mapfile -t TARGETS < <("${FUZZ[@]}" list)
-# -s none: the crates are memory-safe Rust (unsafe is forbidden); coverage guidance is what counts.
+# -s none: the crates are memory-safe Rust (unsafe is denied but for one mallopt at start); coverage guidance is what counts.
 # One build, then the target binaries run directly (parallel `cargo fuzz run`s would rebuild).
 "${FUZZ[@]}" build -s none -O
 # cargo fuzz builds into CARGO_TARGET_DIR when that is set (a shared target dir), else fuzz/target.

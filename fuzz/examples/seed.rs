@@ -28,6 +28,11 @@ fn main() {
     let r = lanpatch_fuzz::report(&m);
     let i = lanpatch_fuzz::inventory(&m);
     let st = lanpatch_fuzz::statement(&m);
+    let (digest, pull) = lanpatch_fuzz::sync(&m);
+    write("sync", "digest", &digest.to_bytes());
+    write("sync", "pull", &pull.to_bytes());
+    write("envelope", "digest", &digest.to_bytes());
+    write("envelope", "pull", &pull.to_bytes());
     let all: [(&str, Vec<u8>); 7] = [
         ("statement", st.to_bytes()),
         ("root", root.to_bytes()),

@@ -12,6 +12,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = Signed::<Yank>::open(env.clone(), &limits);
         let _ = Signed::<Report>::open(env.clone(), &limits);
         let _ = Signed::<Inventory>::open(env.clone(), &limits);
+        let _ = Signed::<lanpatch_protocol::Digest>::open(env.clone(), &limits);
+        let _ = Signed::<lanpatch_protocol::Pull>::open(env.clone(), &limits);
         let _ = Signed::<lanpatch_protocol::Statement>::open(env, &limits);
     }
 });

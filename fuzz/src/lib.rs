@@ -123,6 +123,31 @@ pub fn report(m: &Signed<ReleaseManifest>) -> Signed<Report> {
     s
 }
 
+/// A node's digest naming the release, and a pull of its report.
+pub fn sync(m: &Signed<ReleaseManifest>) -> (Signed<lanpatch_protocol::Digest>, Signed<lanpatch_protocol::Pull>) {
+    use lanpatch_protocol::{Digest, Mark, Pull, PullTarget};
+    let node = key(9);
+    let mut d = Signed::new(Digest {
+        node: public(&node),
+        hostname: "kiosk-3".into(),
+        ring: "canary".parse().unwrap_or_else(|_| unreachable!()),
+        at: Timestamp(1_700_000_400),
+        inventory: 1_700_000_300_000,
+        reports: vec![Mark { manifest: m.payload_hash(), seq: 1_700_000_300_123 }],
+    });
+    d.sign(&node);
+    let asker = key(10);
+    let mut p = Signed::new(Pull {
+        node: public(&asker),
+        target: PullTarget::Node(public(&node)),
+        at: Timestamp(1_700_000_410),
+        inventory: true,
+        reports: vec![m.payload_hash()],
+    });
+    p.sign(&asker);
+    (d, p)
+}
+
 pub fn inventory(m: &Signed<ReleaseManifest>) -> Signed<Inventory> {
     let node = key(9);
     let mut s = Signed::new(Inventory {
