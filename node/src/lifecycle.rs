@@ -29,6 +29,8 @@ pub struct Entry {
     /// The download's progress as last reported (in memory: a restarted node reports it again
     /// once a download runs).
     pub progress: Option<DownloadProgress>,
+    /// When its state last changed (seconds since the epoch).
+    pub updated: u64,
 }
 
 pub type Snapshot = Arc<HashMap<Hash32, Entry>>;
@@ -53,6 +55,13 @@ enum Command {
     Restamp {
         hash: Hash32,
         reply: oneshot::Sender<Result<bool>>,
+    },
+    /// Drop from memory every release not in `keep` whose state is an outcome reached before
+    /// `before`.
+    Retire {
+        keep: std::collections::HashSet<Hash32>,
+        before: u64,
+        reply: oneshot::Sender<usize>,
     },
 }
 
@@ -122,6 +131,18 @@ impl Lifecycle {
         rx.await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?
     }
 
+    /// Retires releases from memory: every release not in `keep` (the manifests still trusted)
+    /// whose state is an outcome reached before `before` leaves the map; its row and reports stay
+    /// in the store. An install or rollback under way stays. Returns how many left.
+    pub async fn retire(&self, keep: std::collections::HashSet<Hash32>, before: u64) -> Result<usize> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Retire { keep, before, reply })
+            .await
+            .map_err(|_| anyhow!("the lifecycle owner has stopped"))?;
+        rx.await.map_err(|_| anyhow!("the lifecycle owner has stopped"))
+    }
+
     async fn send(&self, cmd: Apply, rx: oneshot::Receiver<Result<Applied>>) -> Result<Applied> {
         self.tx.send(Command::Apply(cmd)).await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?;
         rx.await.map_err(|_| anyhow!("the lifecycle owner has stopped"))?
@@ -148,7 +169,7 @@ pub struct Outlets {
 pub fn start(store: Store, reporter: Arc<Reporter>, outlets: Outlets) -> Result<Lifecycle> {
     let mut states = HashMap::new();
     for r in store.releases()? {
-        states.insert(r.manifest, Entry { state: r.state, detail: r.detail, progress: None });
+        states.insert(r.manifest, Entry { state: r.state, detail: r.detail, progress: None, updated: r.updated });
     }
     let (view_tx, view) = watch::channel(Arc::new(states.clone()));
     let (tx, mut rx) = mpsc::channel::<Command>(64);
@@ -164,6 +185,15 @@ pub fn start(store: Store, reporter: Arc<Reporter>, outlets: Outlets) -> Result<
                 }
                 Command::Restamp { hash, reply } => {
                     let _ = reply.send(restamp(&store, &reporter, &outlets, hash).await);
+                }
+                Command::Retire { keep, before, reply } => {
+                    let held = states.len();
+                    states.retain(|hash, e| keep.contains(hash) || !e.state.is_outcome() || e.updated >= before);
+                    let gone = held - states.len();
+                    if gone > 0 {
+                        view_tx.send_replace(Arc::new(states.clone()));
+                    }
+                    let _ = reply.send(gone);
                 }
             }
         }
@@ -214,7 +244,7 @@ async fn transition(
             report: report.clone(),
         })
         .await?;
-    states.insert(hash, Entry { state: next, detail, progress });
+    states.insert(hash, Entry { state: next, detail, progress, updated: now().0 });
     if cmd.event.is_none() {
         tracing::debug!(manifest = %hash.short(), ?progress, "download progress reported");
     } else {

@@ -314,6 +314,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
     });
     tracing::info!(peer = %shared.net.local, fleet = %fleet.short(), ring = %shared.cfg.ring, "lanpatch-node starting");
     shared.restore_bans().await?;
+    retire_releases(&shared).await;
 
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(swarm_task.run(shutdown_rx.clone()));
@@ -358,6 +359,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
                     if ticks % 240 == 1 {
                         // Hourly (and at start).
                         prune_reports(&s).await;
+                        retire_releases(&s).await;
                     }
                     s.expire_bans().await;
                     // Anti-entropy: ask one peer for its catalog now and then, in case gossip
@@ -555,6 +557,21 @@ async fn expire_metadata(s: &Arc<Shared>) {
         }
     }
     s.metadata_changed.notify_one();
+}
+
+/// A release whose manifest left trust (expired) leaves the lifecycle's memory this long after
+/// its last transition, once that was an outcome: status still shows a just-expired release, and
+/// memory follows what is trusted, not history. Its row and reports stay in the store.
+const RETIRE_AFTER_SECS: u64 = 86_400;
+
+/// At start and hourly: see [`RETIRE_AFTER_SECS`].
+async fn retire_releases(s: &Arc<Shared>) {
+    let keep = s.trust().manifests.keys().copied().collect();
+    match s.lifecycle.retire(keep, now().0.saturating_sub(RETIRE_AFTER_SECS)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(releases = n, "retired releases from memory"),
+        Err(e) => tracing::error!("cannot retire releases: {e:#}"),
+    }
 }
 
 /// Fetches a peer's catalog and ingests every item.

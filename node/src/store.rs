@@ -180,6 +180,8 @@ pub struct Ban {
 #[derive(Clone, Debug)]
 pub struct ReleaseRecord {
     pub manifest: Hash32,
+    /// When its state last changed (seconds since the epoch).
+    pub updated: u64,
     pub state: ReleaseState,
     pub detail: String,
 }
@@ -666,16 +668,18 @@ impl Store {
     /// Every release's persisted state. Blocking (start-up).
     pub fn releases(&self) -> Result<Vec<ReleaseRecord>> {
         self.call_blocking(|c| {
-            let mut st = c.prepare("SELECT manifest, state, detail FROM releases")?;
+            let mut st = c.prepare("SELECT manifest, state, detail, updated FROM releases")?;
             let rows = st
-                .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?
+                .query_map([], |r| {
+                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut out = Vec::with_capacity(rows.len());
-            for (m, state, detail) in rows {
+            for (m, state, detail, updated) in rows {
                 let manifest = Hash32(m.try_into().map_err(|_| anyhow!("releases: a manifest hash is not 32 bytes"))?);
                 let state: ReleaseState = serde_json::from_str(&state)
                     .with_context(|| format!("releases: unreadable state {state:?} of {}", manifest.short()))?;
-                out.push(ReleaseRecord { manifest, state, detail });
+                out.push(ReleaseRecord { manifest, updated: updated.max(0) as u64, state, detail });
             }
             Ok(out)
         })
