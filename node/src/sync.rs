@@ -215,7 +215,9 @@ pub async fn on_digest(s: &Arc<Shared>, digest: &Digest) -> Result<()> {
     }
     let node = digest.node.0.to_vec();
     if s.cfg.collector {
-        s.store.heard(node.clone(), now().0).await?;
+        // The digest's own time (never past this clock): a replayed old digest cannot make a
+        // silent node look alive.
+        s.store.heard(node.clone(), digest.at.0.min(now().0)).await?;
     } else if digest.ring != s.cfg.ring {
         return Ok(());
     }
