@@ -161,6 +161,9 @@ pub struct Outlets {
     pub inventory_changed: Arc<Notify>,
     /// Notified after every report: this node's digest changed (sync.rs).
     pub digest_changed: Arc<Notify>,
+    /// Releases whose latest report gossip did not send (no peer yet): sent again, restamped,
+    /// when a peer arrives (sync.rs).
+    pub unsent: Arc<std::sync::Mutex<std::collections::HashSet<Hash32>>>,
 }
 
 /// Loads the persisted states and starts the owner task. The task ends when every handle is
@@ -255,9 +258,14 @@ async fn transition(
     if let Err(e) = crate::report::accept_node_message(&outlets.store, keeps, &reporter.limits, &report).await {
         tracing::error!("own report refused: {e}");
     }
-    if let Err(e) = outlets.net.publish(report).await {
-        // Kept in reports_out; the digest tells who missed it (sync.rs).
-        tracing::debug!("report not published now: {e:#}");
+    match outlets.net.publish_sent(report).await {
+        Ok(true) => {}
+        // Kept in reports_out; sent again when a peer arrives, and the digest tells who missed it.
+        Ok(false) => mark_unsent(outlets, hash, true),
+        Err(e) => {
+            tracing::debug!("report not published now: {e:#}");
+            mark_unsent(outlets, hash, true);
+        }
     }
     outlets.digest_changed.notify_one();
     if effects.contains(&Effect::InventoryChanged) {
@@ -267,7 +275,10 @@ async fn transition(
 }
 
 async fn restamp(store: &Store, reporter: &Reporter, outlets: &Outlets, hash: Hash32) -> Result<bool> {
-    let Some(bytes) = store.report_out(hash).await? else { return Ok(false) };
+    let Some(bytes) = store.report_out(hash).await? else {
+        mark_unsent(outlets, hash, false);
+        return Ok(false);
+    };
     let old = Signed::<Report>::decode(&bytes, &reporter.limits)?;
     let (seq, report) = reporter.restamp(old.value().clone());
     store.restamp_report_out(hash, seq, report.clone()).await?;
@@ -276,7 +287,17 @@ async fn restamp(store: &Store, reporter: &Reporter, outlets: &Outlets, hash: Ha
     if let Err(e) = crate::report::accept_node_message(&outlets.store, keeps, &reporter.limits, &report).await {
         tracing::error!("own report refused: {e}");
     }
-    outlets.net.publish(report).await?;
+    let sent = outlets.net.publish_sent(report).await?;
+    mark_unsent(outlets, hash, !sent);
     outlets.digest_changed.notify_one();
     Ok(true)
+}
+
+fn mark_unsent(outlets: &Outlets, hash: Hash32, unsent: bool) {
+    let mut set = outlets.unsent.lock().unwrap_or_else(|p| p.into_inner());
+    if unsent {
+        set.insert(hash);
+    } else {
+        set.remove(&hash);
+    }
 }

@@ -262,6 +262,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
             ring: cfg.ring.clone(),
             inventory_changed: inventory_changed.clone(),
             digest_changed: sync.changed.clone(),
+            unsent: sync.unsent.clone(),
         },
     )?;
     let refusals = store.refusal_count().await?;
@@ -517,6 +518,7 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
             // It may be a collector or a ring peer that was away: it learns what it missed from
             // this node's digest. A collector asks everyone once when it joins.
             s.sync.peer_arrived();
+            tokio::spawn(crate::sync::send_unsent(s.clone()));
             tokio::spawn(crate::sync::pull_everyone(s.clone()));
         }
         NetEvent::PeerGone(peer) => tracing::info!(%peer, "peer gone"),

@@ -52,6 +52,8 @@ pub struct Sync {
     pulled_everyone: Mutex<Option<Instant>>,
     /// When each of this node's messages was last sent again because it was pulled.
     answered: Mutex<HashMap<Answer, Instant>>,
+    /// Releases whose latest report gossip did not send (no subscribed peer then).
+    pub unsent: Arc<Mutex<std::collections::HashSet<Hash32>>>,
     /// Notified when a collector pulled the inventory: the inventory loop sends a fresh one.
     pub inventory_pulled: Notify,
 }
@@ -161,6 +163,28 @@ async fn send_digest(s: &Shared) -> Result<()> {
         s.store.heard(s.node_public().0.to_vec(), now().0).await?;
     }
     s.net.publish(bytes).await
+}
+
+/// A peer arrived: reports made while no peer was subscribed (a node that resolved an install
+/// right after a restart) go out now, restamped. Retried for a while: the new peer's gossip
+/// subscription may follow its connection by a moment.
+pub async fn send_unsent(s: Arc<Shared>) {
+    for _ in 0..30 {
+        let pending: Vec<Hash32> = lock(&s.sync.unsent).iter().copied().collect();
+        if pending.is_empty() {
+            return;
+        }
+        for hash in pending {
+            if let Err(e) = s.lifecycle.restamp(hash).await {
+                tracing::debug!("unsent report: {e:#}");
+            }
+        }
+        let mut stop = s.shutdown.clone();
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 /// A collector joined the fleet (its first ready peer): ask everyone for a digest, once per
