@@ -253,21 +253,7 @@ async fn transition(
     } else {
         tracing::info!(manifest = %hash.short(), product = %cmd.release.product, version = %cmd.release.version, from = %current, to = %next, "release state");
     }
-    let keeps =
-        if outlets.collector { crate::report::Keeps::Everything } else { crate::report::Keeps::Ring(&outlets.ring) };
-    if let Err(e) = crate::report::accept_node_message(&outlets.store, keeps, &reporter.limits, &report).await {
-        tracing::error!("own report refused: {e}");
-    }
-    match outlets.net.publish_sent(report).await {
-        Ok(true) => {}
-        // Kept in reports_out; sent again when a peer arrives, and the digest tells who missed it.
-        Ok(false) => mark_unsent(outlets, hash, true),
-        Err(e) => {
-            tracing::debug!("report not published now: {e:#}");
-            mark_unsent(outlets, hash, true);
-        }
-    }
-    outlets.digest_changed.notify_one();
+    announce(outlets, reporter, hash, report).await;
     if effects.contains(&Effect::InventoryChanged) {
         outlets.inventory_changed.notify_one();
     }
@@ -282,15 +268,29 @@ async fn restamp(store: &Store, reporter: &Reporter, outlets: &Outlets, hash: Ha
     let old = Signed::<Report>::decode(&bytes, &reporter.limits)?;
     let (seq, report) = reporter.restamp(old.value().clone());
     store.restamp_report_out(hash, seq, report.clone()).await?;
+    announce(outlets, reporter, hash, report).await;
+    Ok(true)
+}
+
+/// A report this node just signed: stored like everyone else's (a collector keeps them all,
+/// other nodes their ring's), published, kept as unsent when gossip could not send it, and the
+/// digest told.
+async fn announce(outlets: &Outlets, reporter: &Reporter, hash: Hash32, report: Vec<u8>) {
     let keeps =
         if outlets.collector { crate::report::Keeps::Everything } else { crate::report::Keeps::Ring(&outlets.ring) };
     if let Err(e) = crate::report::accept_node_message(&outlets.store, keeps, &reporter.limits, &report).await {
         tracing::error!("own report refused: {e}");
     }
-    let sent = outlets.net.publish_sent(report).await?;
+    let sent = match outlets.net.publish_sent(report).await {
+        Ok(sent) => sent,
+        Err(e) => {
+            tracing::debug!("report not published now: {e:#}");
+            false
+        }
+    };
+    // Kept in reports_out; an unsent one goes out again when a peer arrives (sync.rs).
     mark_unsent(outlets, hash, !sent);
     outlets.digest_changed.notify_one();
-    Ok(true)
 }
 
 fn mark_unsent(outlets: &Outlets, hash: Hash32, unsent: bool) {
