@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use lanpatch_protocol::{RingName, Tag};
+use lanpatch_protocol::{RingName, SiteName, Tag};
 use serde::Deserialize;
 
 /// A node's configuration. Only `data_dir` and `trust_root` are required.
@@ -28,6 +28,30 @@ pub struct Config {
     /// Discover peers on the LAN with mDNS.
     #[serde(default = "default_true")]
     pub mdns: bool,
+    /// Nodes to join the fleet through from another site or from behind NAT: any node with an
+    /// address this node can reach, written with its peer id (`/ip4/198.51.100.7/tcp/4717/p2p/12D3...`).
+    /// Dialed at start and whenever the connection drops, seeded into Kademlia, and, when this
+    /// node cannot be reached from outside, asked for a relay reservation (if they run `relay`).
+    #[serde(default)]
+    pub bootstrap_peers: Vec<String>,
+    /// The site this node is at (default `default`). Nodes of one site split the work across the
+    /// site's WAN link among themselves; a peer of another site is used like an origin (only by
+    /// the site's fetchers, each chunk once). A single-LAN fleet leaves it alone.
+    #[serde(default = "default_site")]
+    pub site: SiteName,
+    /// Where a site's fetchers get a release from: `origin` (the manifest's origins first, other
+    /// sites' peers when no origin is usable) or `peers` (other sites first, origins for what no
+    /// other site holds). Default `origin`.
+    #[serde(default)]
+    pub site_upstream: crate::site::Upstream,
+    /// Serve as a circuit relay (v2) for nodes of the fleet that cannot be reached directly (behind
+    /// NAT). Set it on bootstrap peers with a reachable address.
+    #[serde(default)]
+    pub relay: bool,
+    /// Whether other nodes can dial this one: `auto` (AutoNAT asks peers to dial back), `public`
+    /// or `private` (always reserve a relay slot on bootstrap peers that relay).
+    #[serde(default)]
+    pub reachability: crate::site::Reachability,
     /// The rollout ring this node belongs to.
     #[serde(default = "default_ring")]
     pub ring: RingName,
@@ -248,6 +272,9 @@ pub enum LogFormat {
 
 fn default_rollout_rings() -> Vec<RingName> {
     ["canary", "pilot", "broad"].iter().filter_map(|r| r.parse().ok()).collect()
+}
+fn default_site() -> SiteName {
+    crate::site::default_site()
 }
 fn default_keep_versions() -> usize {
     2

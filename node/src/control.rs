@@ -303,7 +303,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         .peers()
         .await?
         .into_iter()
-        .map(|p| PeerStatus { peer: p.peer.to_string(), addr: p.addr.to_string() })
+        .map(|p| PeerStatus { peer: p.peer.to_string(), addr: p.addr.to_string(), site: p.site.to_string() })
         .collect();
     let listen = s.net.listening().await?.into_iter().map(|a| a.to_string()).collect();
     let progress = s.progress().clone();
@@ -368,6 +368,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         fleet,
         ring: s.cfg.ring.to_string(),
         hostname: s.facts.hostname.clone(),
+        site: s.cfg.site.to_string(),
         listen,
         peers,
         releases,

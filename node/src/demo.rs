@@ -430,14 +430,14 @@ fn mib(b: u64) -> String {
 }
 
 pub fn print_status(st: &NodeStatus) {
-    println!("node {} (ring {}, host {})", st.peer_id, st.ring, st.hostname);
+    println!("node {} (ring {}, host {}, site {})", st.peer_id, st.ring, st.hostname, st.site);
     println!("fleet {}", st.fleet);
     for l in &st.listen {
         println!("listening on {l}");
     }
     println!("peers: {}", st.peers.len());
     for p in &st.peers {
-        println!("  {} {}", p.peer, p.addr);
+        println!("  {} {} (site {})", p.peer, p.addr, p.site);
     }
     println!("releases:");
     for r in &st.releases {

@@ -27,6 +27,7 @@ use tokio::time::{Instant, timeout};
 
 use crate::sched::Scheduler;
 use crate::shared::Shared;
+use crate::site::Upstream;
 use crate::wan;
 use crate::wire::{self, Request, Response, WireError};
 
@@ -56,6 +57,29 @@ const ORIGIN_ALIVE: Duration = Duration::from_secs(30);
 /// A peer that answered `Busy` is asked again this soon: it holds the chunk, and at the end of a
 /// transfer every node asks the few holders of the last chunks at once.
 const BUSY_BACKOFF_MS: u64 = 150;
+/// How often a running download looks up the release's holders in Kademlia.
+const PROVIDER_LOOKUP: Duration = Duration::from_secs(60);
+
+/// A peer at another site that holds `flat`, spread over the holders by chunk (every call for
+/// the same chunk picks the same one while the holders stay the same).
+fn remote_holder(
+    remote: &HashMap<PeerId, Vec<bool>>,
+    flat: usize,
+    seed: u64,
+    banned: impl Fn(&PeerId) -> bool,
+) -> Option<PeerId> {
+    let mut holders: Vec<PeerId> = remote
+        .iter()
+        .filter(|(p, bits)| bits.get(flat).copied().unwrap_or(false) && !banned(p))
+        .map(|(p, _)| *p)
+        .collect();
+    if holders.is_empty() {
+        return None;
+    }
+    holders.sort_by_key(|p| p.to_bytes());
+    let at = ((flat as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % holders.len();
+    Some(holders[at])
+}
 
 pub enum Outcome {
     Complete,
@@ -145,6 +169,10 @@ struct Refresh {
     last_asked: HashMap<PeerId, Instant>,
     /// Whether the first round (every peer) has been sent.
     first_round_sent: bool,
+    /// Have-maps of peers at other sites. They never enter the scheduler: a chunk crosses to
+    /// this site from another one like from an origin, fetched once by its owner among the
+    /// site's fetchers (see the upstream work in [`download`]).
+    remote: HashMap<PeerId, Vec<bool>>,
 }
 
 /// Download progress goes to the fleet (a report of the `Downloading` state) at every tenth of
@@ -183,10 +211,12 @@ impl ProgressReports {
     }
 }
 
-/// A finished request: from a peer, or from an origin (by index into the manifest's origins).
+/// A finished request: from a peer, from an origin (by index into the manifest's origins), or
+/// from a peer at another site in an origin's stead.
 enum Source {
     Peer(PeerId),
     Origin(usize),
+    Remote(PeerId),
 }
 
 pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outcome> {
@@ -223,8 +253,17 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     let mut progress_reports = ProgressReports::new();
     let (tx, mut rx) = mpsc::channel::<(Source, usize, Result<Vec<u8>, FetchError>)>(64);
     let (have_tx, mut have_rx) = mpsc::channel::<HaveAnswer>(64);
-    let mut refresh =
-        Refresh { tx: have_tx, asking: HashSet::new(), last_asked: HashMap::new(), first_round_sent: false };
+    let mut refresh = Refresh {
+        tx: have_tx,
+        asking: HashSet::new(),
+        last_asked: HashMap::new(),
+        first_round_sent: false,
+        remote: HashMap::new(),
+    };
+    // Nodes holding the release at other sites (or beyond this node's peers) are found in
+    // Kademlia and dialed; asked again while the download runs, for holders that appear later.
+    s.net.find_providers(hash).await;
+    let mut last_provider_lookup = Instant::now();
     let start = Instant::now();
     let mut last_refresh: Option<Instant> = None;
     let mut views: HashMap<PeerId, PeerView> = HashMap::new();
@@ -247,6 +286,10 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         if stop {
             return Ok(Outcome::Stopped);
         }
+        if last_provider_lookup.elapsed() >= PROVIDER_LOOKUP {
+            s.net.find_providers(hash).await;
+            last_provider_lookup = Instant::now();
+        }
         let idle = sched.inflight_total() == 0 && sched.origin_inflight() == 0;
         let due = if idle { IDLE_REFRESH } else { REFRESH };
         if last_refresh.is_none_or(|t| t.elapsed() >= due) {
@@ -261,22 +304,24 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 let _ = tx2.send((Source::Peer(peer), flat, r)).await;
             });
         }
-        // Origin work: chunks no LAN peer holds, split among the nodes that want the release.
+        // Upstream work: chunks nobody at this site holds, split among the site's nodes that want
+        // the release, fetched from an origin or from a peer at another site.
         let usable_origin = (0..origins.len()).find(|i| !bad_origins.contains(i));
+        let origin_ready = usable_origin.is_some() && Instant::now() >= origin_backoff;
         // Origin work starts at ORIGIN_SETTLE whether or not every peer has answered (those that
         // have not count as participants): the site's fetchers then open their connections at
         // about the same moment, before the first of them fills the WAN link's queue, in which
         // a late handshake is easily lost.
-        if let Some(oi) = usable_origin
-            && start.elapsed() >= ORIGIN_SETTLE
-            && Instant::now() >= origin_backoff
-        {
+        if (origin_ready || !refresh.remote.is_empty()) && start.elapsed() >= ORIGIN_SETTLE {
             let me = s.net.local;
             // A connected peer that has not answered a have-map query yet counts as a participant
-            // (for the first STALL of the download): on a loaded site answers are slow, and a node
+            // (for the first STALL_ALWAYS of the download): on a loaded site answers are slow, and a node
             // that counted only the peers that answered would elect itself a fetcher, so that
             // dozens of nodes would open origin connections at once.
-            let unknown_counts = start.elapsed() < STALL;
+            // A loaded node answers late, so an unanswered peer counts as long as a downloading
+            // peer that stopped progressing would (STALL_ALWAYS): counting only those that
+            // answered, every node of a busy site elects itself a fetcher.
+            let unknown_counts = start.elapsed() < STALL_ALWAYS;
             // A peer that said it is not downloading may only not have queued the release yet (on
             // a loaded site that takes a while): early on it counts too, unless it holds it all.
             let undecided_counts = start.elapsed() < UNDECIDED;
@@ -286,7 +331,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 .net
                 .ready_peers()
                 .into_iter()
-                .filter(|p| !sched.is_banned(p) && !s.is_banned(p))
+                .filter(|p| !sched.is_banned(p) && !s.is_banned(p) && s.net.same_site(p))
                 .filter(|p| match views.get(p) {
                     Some(v) if v.downloading => !stalled(v, my_progress),
                     Some(v) => undecided_counts && v.have_count < n,
@@ -319,17 +364,40 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 _ => Vec::new(),
             };
             mine.sort_by_key(|c| (*c as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            // Another site first when configured so, when no origin is usable, or while the
+            // origin keeps failing (a remote endpoint that cannot reach it).
+            let origin_failing = usable_origin.is_some_and(|oi| origin_failures.get(&oi).is_some_and(|f| *f > 0));
+            let peers_first = s.cfg.site_upstream == Upstream::Peers || usable_origin.is_none() || origin_failing;
             for flat in mine {
                 if sched.origin_inflight() >= s.cfg.max_origin_inflight {
                     break;
                 }
                 let Some((file, idx)) = layout.locate(flat) else { continue };
+                let holder = remote_holder(&refresh.remote, flat, seed, |p| sched.is_banned(p) || s.is_banned(p));
+                let source = match (peers_first, holder, usable_origin) {
+                    (true, Some(p), _) => Source::Remote(p),
+                    (_, _, Some(oi)) if origin_ready => Source::Origin(oi),
+                    (false, Some(p), None) => Source::Remote(p),
+                    _ => continue,
+                };
                 sched.start_origin(flat);
-                let (s2, tx2, file, base) = (s.clone(), tx.clone(), file.clone(), origins[oi].clone());
-                tokio::spawn(async move {
-                    let r = fetch_from_origin(&s2, &base, &file, idx).await;
-                    let _ = tx2.send((Source::Origin(oi), flat, r)).await;
-                });
+                let (s2, tx2, file) = (s.clone(), tx.clone(), file.clone());
+                match source {
+                    Source::Origin(oi) => {
+                        let base = origins[oi].clone();
+                        tokio::spawn(async move {
+                            let r = fetch_from_origin(&s2, &base, &file, idx).await;
+                            let _ = tx2.send((Source::Origin(oi), flat, r)).await;
+                        });
+                    }
+                    Source::Remote(p) | Source::Peer(p) => {
+                        tracing::debug!(peer = %p, chunk = flat, "fetching a chunk from another site");
+                        tokio::spawn(async move {
+                            let r = fetch_chunk(&s2, p, &file, idx).await;
+                            let _ = tx2.send((Source::Remote(p), flat, r)).await;
+                        });
+                    }
+                }
             }
         }
         let msg = tokio::select! {
@@ -337,18 +405,19 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             _ = tokio::time::sleep(Duration::from_millis(100)) => None,
             m = rx.recv() => m,
             Some((peer, answer)) = have_rx.recv() => {
-                have_answered(&mut sched, &mut views, &mut refresh, peer, answer);
+                let same_site = s.net.same_site(&peer);
+                have_answered(&mut sched, &mut views, &mut refresh, peer, same_site, answer);
                 None
             }
         };
         let Some((source, flat, result)) = msg else { continue };
         let Some((file, idx)) = layout.locate(flat) else { continue };
         let from = match &source {
-            Source::Peer(p) => p.to_string(),
+            Source::Peer(p) | Source::Remote(p) => p.to_string(),
             Source::Origin(i) => format!("origin {}", origins.get(*i).map(String::as_str).unwrap_or("?")),
         };
         let byte_source = match source {
-            Source::Peer(_) => ByteSource::Peer,
+            Source::Peer(_) | Source::Remote(_) => ByteSource::Peer,
             Source::Origin(_) => ByteSource::Origin,
         };
         // Counted here once, for peers and origins alike.
@@ -372,6 +441,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                         origin_ok.insert(oi, Instant::now());
                         sched.origin_finished(flat, true)
                     }
+                    Source::Remote(_) => sched.origin_finished(flat, true),
                 };
                 s.metrics.received(byte_source, len, new);
                 if new {
@@ -438,6 +508,22 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                     }
                 }
             }
+            (Source::Remote(peer), Err(e)) => {
+                sched.origin_finished(flat, false);
+                if let Some(bits) = refresh.remote.get_mut(&peer)
+                    && let Some(b) = bits.get_mut(flat)
+                {
+                    // Not asked for this chunk again until its next have-map says it holds it.
+                    *b = false;
+                }
+                if matches!(e, FetchError::Bad(_) | FetchError::BadLength(_)) {
+                    refresh.remote.remove(&peer);
+                    sched.ban(&peer);
+                    s.ban(peer, format!("sent a corrupt chunk: {e}")).await;
+                } else {
+                    tracing::debug!(%peer, chunk = flat, "chunk request to another site failed: {e}");
+                }
+            }
             (Source::Peer(peer), Err(FetchError::Bad(e))) => {
                 sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
                 sched.ban(&peer);
@@ -491,6 +577,7 @@ fn refresh_peers(
         views.remove(&p);
         refresh.last_asked.remove(&p);
     }
+    refresh.remote.retain(|p, _| ready_set.contains(p));
     let n = sched.len();
     let candidates: Vec<PeerId> =
         ready.into_iter().filter(|p| !s.is_banned(p) && !sched.is_banned(p) && !refresh.asking.contains(p)).collect();
@@ -500,7 +587,10 @@ fn refresh_peers(
     } else {
         // A peer holding every chunk has nothing new to tell (as long as no request to it failed:
         // a failure clears that chunk from its map until it is asked again).
-        let useful: Vec<PeerId> = candidates.into_iter().filter(|p| !sched.peer_has_all(p)).collect();
+        let useful: Vec<PeerId> = candidates
+            .into_iter()
+            .filter(|p| !sched.peer_has_all(p) && !refresh.remote.get(p).is_some_and(|b| b.iter().all(|x| *x)))
+            .collect();
         let downloading: Vec<PeerId> =
             useful.iter().copied().filter(|p| views.get(p).is_some_and(|v| v.downloading)).collect();
         let mut ids: Vec<Vec<u8>> = downloading.iter().map(|p| p.to_bytes()).collect();
@@ -532,6 +622,7 @@ fn have_answered(
     views: &mut HashMap<PeerId, PeerView>,
     refresh: &mut Refresh,
     peer: PeerId,
+    same_site: bool,
     answer: HaveResult,
 ) {
     refresh.asking.remove(&peer);
@@ -542,6 +633,10 @@ fn have_answered(
     // unknown, which counts as a participant early in the download (see the origin work above).
     if let Ok(Ok(Some((bits, downloading)))) = answer {
         if sched.is_banned(&peer) {
+            return;
+        }
+        if !same_site {
+            refresh.remote.insert(peer, bits);
             return;
         }
         let count = bits.iter().filter(|b| **b).count();

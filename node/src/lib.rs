@@ -34,6 +34,7 @@ pub mod seeding;
 pub mod selfupdate;
 pub mod serve;
 pub mod shared;
+pub mod site;
 pub mod store;
 pub mod sync;
 pub mod trust;

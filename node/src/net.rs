@@ -5,6 +5,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use crate::site::Reachability;
+use lanpatch_protocol::SiteName;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+
 use anyhow::{Context, Result, anyhow};
 use lanpatch_protocol::{Hash32, Limits};
 use libp2p::futures::StreamExt;
@@ -12,8 +17,8 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, connection_limits, identify, identity, mdns, noise,
-    tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, autonat, connection_limits, dcutr, identify, identity,
+    kad, mdns, noise, relay, tcp, yamux,
 };
 
 use crate::ipguard::{BannedIps, IpGuard, ip_of};
@@ -24,6 +29,17 @@ pub fn xfer_protocol(fleet: &Hash32) -> Result<StreamProtocol> {
     StreamProtocol::try_from_owned(format!("/lanpatch/{}/xfer/1", fleet.short()))
         .map_err(|e| anyhow!("protocol name: {e}"))
 }
+/// The fleet's own Kademlia: nodes of other fleets (or of the public IPFS DHT) never join it.
+fn kad_protocol(fleet: &Hash32) -> Result<StreamProtocol> {
+    StreamProtocol::try_from_owned(format!("/lanpatch/{}/kad/1", fleet.short()))
+        .map_err(|e| anyhow!("protocol name: {e}"))
+}
+/// The Kademlia key under which the nodes holding a whole release announce themselves.
+fn provider_key(manifest: &Hash32) -> kad::RecordKey {
+    kad::RecordKey::new(&manifest.0)
+}
+/// Relay reservations this node keeps when it cannot be reached directly.
+const RELAYS_WANTED: usize = 2;
 fn identify_version(fleet: &Hash32) -> String {
     format!("lanpatch/1/{}", fleet.to_hex())
 }
@@ -37,6 +53,11 @@ pub struct Behaviour {
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     stream: libp2p_stream::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    relay_client: relay::client::Behaviour,
+    relay: Toggle<relay::Behaviour>,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::Behaviour,
 }
 
 /// Commands to the swarm task.
@@ -48,6 +69,8 @@ enum Command {
     Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
     Listening { reply: oneshot::Sender<Vec<Multiaddr>> },
     Dial { peer: PeerId, addrs: Vec<Multiaddr> },
+    Provide(Hash32),
+    FindProviders(Hash32),
 }
 
 /// What the swarm task tells the rest of the node.
@@ -77,6 +100,8 @@ pub struct PeerInfo {
     pub addr: Multiaddr,
     /// The addresses it says it listens on (from identify).
     pub listen: Vec<Multiaddr>,
+    /// The site it says it is at.
+    pub site: SiteName,
 }
 
 #[derive(Clone)]
@@ -85,7 +110,8 @@ pub struct NetHandle {
     pub control: libp2p_stream::Control,
     pub local: PeerId,
     pub protocol: StreamProtocol,
-    ready: watch::Receiver<HashSet<PeerId>>,
+    ready: watch::Receiver<HashMap<PeerId, SiteName>>,
+    pub site: SiteName,
     published: crate::metrics::Published,
     limits: Limits,
 }
@@ -127,12 +153,24 @@ impl NetHandle {
     pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
         let _ = self.tx.send(Command::Dial { peer, addrs }).await;
     }
+    /// Announces in Kademlia that this node holds every chunk of a release.
+    pub async fn provide(&self, manifest: Hash32) {
+        let _ = self.tx.send(Command::Provide(manifest)).await;
+    }
+    /// Looks up the nodes holding a release (in any site) and dials those not connected.
+    pub async fn find_providers(&self, manifest: Hash32) {
+        let _ = self.tx.send(Command::FindProviders(manifest)).await;
+    }
     pub async fn listening(&self) -> Result<Vec<Multiaddr>> {
         self.ask(|reply| Command::Listening { reply }).await
     }
     /// Peers of this fleet that are connected and identified.
     pub fn ready_peers(&self) -> Vec<PeerId> {
-        self.ready.borrow().iter().copied().collect()
+        self.ready.borrow().keys().copied().collect()
+    }
+    /// Whether a ready peer says it is at this node's site (false for a peer not ready).
+    pub fn same_site(&self, peer: &PeerId) -> bool {
+        self.ready.borrow().get(peer).is_some_and(|s| *s == self.site)
     }
 }
 
@@ -141,7 +179,11 @@ pub struct NetConfig {
     pub fleet: Hash32,
     pub listen: Vec<Multiaddr>,
     pub static_peers: Vec<Multiaddr>,
+    pub bootstrap_peers: Vec<Multiaddr>,
     pub mdns: bool,
+    pub site: SiteName,
+    pub relay: bool,
+    pub reachability: Reachability,
     pub limits: Limits,
     pub banned_ips: BannedIps,
     pub conn: ConnLimits,
@@ -199,11 +241,17 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
     let fleet = cfg.fleet;
     let conn = cfg.conn;
     let banned_ips = cfg.banned_ips.clone();
+    let kad_proto = kad_protocol(&fleet)?;
+    let kad_proto2 = kad_proto.clone();
+    let agent = crate::site::agent(&cfg.site);
+    let serve_relay = cfg.relay;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
         .context("TCP transport")?
-        .with_behaviour(|key| {
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .context("relay transport")?
+        .with_behaviour(|key, relay_client| {
             let gs_config = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(700))
                 .validation_mode(ValidationMode::Strict)
@@ -231,32 +279,101 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
                 .with_max_pending_outgoing(Some(conn.max_pending))
                 .with_max_established(Some(conn.max_established))
                 .with_max_established_per_peer(Some(conn.max_per_peer));
+            let me = key.public().to_peer_id();
+            let mut kad_cfg = kad::Config::new(kad_proto2);
+            // Inbound records are not stored blindly: only provider records for a release key
+            // (see `SwarmTask::kad_event`); plain records are never used, so never kept.
+            kad_cfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+            kad_cfg.set_query_timeout(Duration::from_secs(30));
+            let store = kad::store::MemoryStore::with_config(
+                me,
+                kad::store::MemoryStoreConfig {
+                    max_records: 16,
+                    max_value_bytes: 1024,
+                    max_providers_per_key: 20,
+                    max_provided_keys: 1024,
+                },
+            );
+            let relay = serve_relay.then(|| {
+                relay::Behaviour::new(
+                    me,
+                    relay::Config {
+                        max_reservations: 256,
+                        max_reservations_per_peer: 2,
+                        reservation_duration: Duration::from_secs(3600),
+                        max_circuits: 128,
+                        max_circuits_per_peer: 8,
+                        // Releases may flow through a circuit: the defaults (2 min, 128 KiB) are
+                        // meant for hole-punching only.
+                        max_circuit_duration: Duration::from_secs(3600),
+                        max_circuit_bytes: 4 << 30,
+                        ..Default::default()
+                    },
+                )
+            });
+            let autonat = autonat::Behaviour::new(
+                me,
+                autonat::Config {
+                    // Fleets live on private addresses: a LAN or a VPN is what they have.
+                    only_global_ips: false,
+                    boot_delay: Duration::from_secs(3),
+                    retry_interval: Duration::from_secs(30),
+                    refresh_interval: Duration::from_secs(600),
+                    throttle_server_period: Duration::from_secs(10),
+                    ..Default::default()
+                },
+            );
             Ok(Behaviour {
                 blocked: Default::default(),
                 limits: connection_limits::Behaviour::new(limits),
                 ipguard: IpGuard::new(banned_ips.clone(), conn.max_per_ip),
                 gossipsub,
-                identify: identify::Behaviour::new(identify::Config::new(identify_version(&fleet), key.public())),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(identify_version(&fleet), key.public())
+                        .with_agent_version(agent)
+                        // A relay reservation adds an address after the connection is identified.
+                        .with_push_listen_addr_updates(true),
+                ),
                 mdns: Toggle::from(mdns),
                 stream: libp2p_stream::Behaviour::new(),
+                kad: kad::Behaviour::with_config(me, store, kad_cfg),
+                relay_client,
+                relay: Toggle::from(relay),
+                dcutr: dcutr::Behaviour::new(me),
+                autonat,
             })
         })
         .map_err(|e| anyhow!("network behaviour: {e}"))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
         .build();
     swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| anyhow!("subscribe: {e}"))?;
+    swarm.behaviour_mut().kad.set_mode(match cfg.reachability {
+        Reachability::Public => Some(kad::Mode::Server),
+        Reachability::Private => Some(kad::Mode::Client),
+        // Server once AutoNAT confirmed an external address.
+        Reachability::Auto => None,
+    });
+    let mut bootstrap = Vec::new();
+    for addr in &cfg.bootstrap_peers {
+        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+            anyhow::bail!("bootstrap peer {addr} has no /p2p/<peer id> at its end");
+        };
+        swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+        bootstrap.push(addr.clone());
+    }
     for addr in &cfg.listen {
         swarm.listen_on(addr.clone()).with_context(|| format!("cannot listen on {addr}"))?;
     }
     let (tx, rx) = mpsc::channel(256);
     let (ev_tx, ev_rx) = mpsc::channel(1024);
-    let (ready_tx, ready_rx) = watch::channel(HashSet::new());
+    let (ready_tx, ready_rx) = watch::channel(HashMap::new());
     let handle = NetHandle {
         tx,
         control: swarm.behaviour().stream.new_control(),
         local: *swarm.local_peer_id(),
         protocol: xfer_protocol(&fleet)?,
         ready: ready_rx,
+        site: cfg.site.clone(),
         published: cfg.published,
         limits: cfg.limits.clone(),
     };
@@ -268,7 +385,13 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
         events: ev_tx,
         ready: ready_tx,
         fleet_version: identify_version(&fleet),
-        static_peers: cfg.static_peers.into_iter().map(|a| (a, false)).collect(),
+        static_peers: cfg.static_peers.into_iter().chain(bootstrap).map(|a| (a, false)).collect(),
+        kad_protocol: kad_proto,
+        reachability: cfg.reachability,
+        private: cfg.reachability == Reachability::Private,
+        dialed: HashMap::new(),
+        relay_capable: HashSet::new(),
+        relays: HashMap::new(),
         mdns_peers: HashMap::new(),
         addrs: HashMap::new(),
         listen_addrs: HashMap::new(),
@@ -282,10 +405,20 @@ pub struct SwarmTask {
     topic: IdentTopic,
     commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<NetEvent>,
-    ready: watch::Sender<HashSet<PeerId>>,
+    ready: watch::Sender<HashMap<PeerId, SiteName>>,
     fleet_version: String,
-    /// Static peer addresses and whether a connection to them is up.
+    /// Static and bootstrap peer addresses and whether a connection to them is up.
     static_peers: Vec<(Multiaddr, bool)>,
+    kad_protocol: StreamProtocol,
+    reachability: Reachability,
+    /// Whether this node is (configured or found by AutoNAT to be) unreachable from outside.
+    private: bool,
+    /// The address this node dialed to reach a peer (a relay is listened on through it).
+    dialed: HashMap<PeerId, Multiaddr>,
+    /// Fleet peers that offer circuit relay.
+    relay_capable: HashSet<PeerId>,
+    /// Relay reservations this node listens through, by relay.
+    relays: HashMap<PeerId, ListenerId>,
     /// Peers seen by mDNS, with an address to dial.
     mdns_peers: HashMap<PeerId, Multiaddr>,
     /// Remote address of each connected peer, for status.
@@ -323,6 +456,34 @@ impl SwarmTask {
             self.mdns_peers.iter().filter(|(p, _)| !self.swarm.is_connected(p)).map(|(p, a)| (*p, a.clone())).collect();
         for (peer, addr) in missing {
             let _ = self.swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(vec![addr]).build());
+        }
+        self.keep_relays();
+    }
+
+    /// A private node listens through up to [`RELAYS_WANTED`] relays it dialed itself (a relay
+    /// is reached on the address this node used, which works through NAT).
+    fn keep_relays(&mut self) {
+        if !self.private || self.relays.len() >= RELAYS_WANTED {
+            return;
+        }
+        let mut candidates: Vec<(PeerId, Multiaddr)> = self
+            .relay_capable
+            .iter()
+            .filter(|p| !self.relays.contains_key(p) && self.swarm.is_connected(p))
+            .filter_map(|p| Some((*p, self.dialed.get(p)?.clone())))
+            .collect();
+        candidates.sort_by_key(|(p, _)| p.to_bytes());
+        for (peer, addr) in candidates.into_iter().take(RELAYS_WANTED - self.relays.len()) {
+            let mut circuit: Multiaddr = addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+            circuit.push(Protocol::P2p(peer));
+            circuit.push(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    tracing::info!(relay = %peer, %circuit, "reserving a relay slot (this node is not reachable directly)");
+                    self.relays.insert(peer, id);
+                }
+                Err(e) => tracing::warn!(relay = %peer, "cannot listen through the relay: {e}"),
+            }
         }
     }
 
@@ -375,11 +536,12 @@ impl SwarmTask {
                     .ready
                     .borrow()
                     .iter()
-                    .filter_map(|p| {
+                    .filter_map(|(p, site)| {
                         Some(PeerInfo {
                             peer: *p,
                             addr: self.addrs.get(p)?.clone(),
                             listen: self.listen_addrs.get(p).cloned().unwrap_or_default(),
+                            site: site.clone(),
                         })
                     })
                     .collect();
@@ -394,7 +556,67 @@ impl SwarmTask {
                     let _ = self.swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build());
                 }
             }
+            Command::Provide(manifest) => {
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(provider_key(&manifest)) {
+                    tracing::debug!(manifest = %manifest.short(), "cannot announce the release in Kademlia: {e}");
+                }
+            }
+            Command::FindProviders(manifest) => {
+                self.swarm.behaviour_mut().kad.get_providers(provider_key(&manifest));
+            }
         }
+    }
+
+    fn kad_event(&mut self, ev: kad::Event) {
+        match ev {
+            kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { key, providers })),
+                ..
+            } => {
+                let me = *self.swarm.local_peer_id();
+                for p in providers {
+                    if p != me && !self.swarm.is_connected(&p) {
+                        tracing::info!(provider = %p, key = %hex::encode(key.as_ref()), "dialing a holder of the release found in Kademlia");
+                        // Kademlia supplies the addresses the query learned.
+                        let _ = self.swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(p).build());
+                    }
+                }
+            }
+            // Kademlia checked that the provider is the peer that sent it; the key must be a
+            // release's (32 bytes). The store bounds keys and providers per key.
+            kad::Event::InboundRequest { request: kad::InboundRequest::AddProvider { record: Some(record) } }
+                if record.key.as_ref().len() == 32 =>
+            {
+                let _ = kad::store::RecordStore::add_provider(self.swarm.behaviour_mut().kad.store_mut(), record);
+            }
+            _ => {}
+        }
+    }
+
+    /// A peer of this fleet identified itself (at connection, and again when its addresses
+    /// change): note its addresses, its site and what it offers.
+    fn identified(&mut self, peer_id: PeerId, info: identify::Info) {
+        let listen: Vec<Multiaddr> = info.listen_addrs.into_iter().take(crate::wire::MAX_ADDRS_PER_PEER).collect();
+        if info.protocols.contains(&self.kad_protocol) {
+            for addr in &listen {
+                self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+            }
+        }
+        if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+            self.relay_capable.insert(peer_id);
+        }
+        self.listen_addrs.insert(peer_id, listen);
+        let site = crate::site::site_of(&info.agent_version).unwrap_or_else(crate::site::default_site);
+        let mut new = false;
+        self.ready.send_if_modified(|s| {
+            new = !s.contains_key(&peer_id);
+            s.insert(peer_id, site.clone()).as_ref() != Some(&site)
+        });
+        if new {
+            tracing::info!(%peer_id, %site, "peer ready");
+            let _ = self.events.try_send(NetEvent::PeerReady(peer_id));
+        }
+        self.keep_relays();
     }
 
     fn set_static(&mut self, addr: &Multiaddr, up: bool) {
@@ -407,11 +629,23 @@ impl SwarmTask {
 
     fn event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                // Configured reachable: what it listens on is what others dial (and what its
+                // Kademlia provider records carry). `auto` leaves this to AutoNAT.
+                if self.reachability == Reachability::Public
+                    && !address.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+                {
+                    self.swarm.add_external_address(address);
+                }
+            }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 let addr = endpoint.get_remote_address().clone();
                 if endpoint.is_dialer() {
                     self.set_static(&addr, true);
+                    if !addr.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+                        self.dialed.insert(peer_id, addr.clone());
+                    }
                 }
                 self.addrs.insert(peer_id, addr);
             }
@@ -422,7 +656,9 @@ impl SwarmTask {
                 if num_established == 0 {
                     self.addrs.remove(&peer_id);
                     self.listen_addrs.remove(&peer_id);
-                    let was = self.ready.send_if_modified(|s| s.remove(&peer_id));
+                    self.dialed.remove(&peer_id);
+                    self.relay_capable.remove(&peer_id);
+                    let was = self.ready.send_if_modified(|s| s.remove(&peer_id).is_some());
                     if was {
                         let _ = self.events.try_send(NetEvent::PeerGone(peer_id));
                     }
@@ -438,13 +674,31 @@ impl SwarmTask {
                     self.mdns_peers.remove(&peer_id);
                     return;
                 }
-                self.listen_addrs
-                    .insert(peer_id, info.listen_addrs.into_iter().take(crate::wire::MAX_ADDRS_PER_PEER).collect());
-                let new = self.ready.send_if_modified(|s| s.insert(peer_id));
-                if new {
-                    tracing::info!(%peer_id, "peer ready");
-                    let _ = self.events.try_send(NetEvent::PeerReady(peer_id));
+                self.identified(peer_id, info);
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                if let Some(relay) = self.relays.iter().find(|(_, l)| **l == listener_id).map(|(p, _)| *p) {
+                    tracing::info!(%relay, ?reason, "relay reservation closed");
+                    self.relays.remove(&relay);
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(ev)) => self.kad_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new })) => {
+                tracing::info!(?old, ?new, "reachability (AutoNAT)");
+                if self.reachability == Reachability::Auto {
+                    self.private = matches!(new, autonat::NatStatus::Private);
+                    self.keep_relays();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal: false,
+                ..
+            })) => {
+                tracing::info!(relay = %relay_peer_id, "relay reservation accepted: reachable through the relay");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(ev)) => {
+                tracing::info!(peer = %ev.remote_peer_id, result = ?ev.result.map(|_| ()), "direct connection upgrade (hole punching)");
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 let me = *self.swarm.local_peer_id();

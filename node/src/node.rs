@@ -233,7 +233,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
         fleet,
         listen,
         static_peers: parse_addrs(&cfg.static_peers, "static peer")?,
+        bootstrap_peers: parse_addrs(&cfg.bootstrap_peers, "bootstrap peer")?,
         mdns: cfg.mdns,
+        site: cfg.site.clone(),
+        relay: cfg.relay,
+        reachability: cfg.reachability,
         limits: limits.clone(),
         banned_ips: banned_ips.clone(),
         conn: net::ConnLimits {
@@ -659,6 +663,8 @@ fn start_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
                 }
                 s2.metrics.release_downloaded(total_bytes);
                 record(Event::DownloadFinished, String::new()).await;
+                // Other sites (and nodes beyond this one's peers) find it in Kademlia.
+                s2.net.provide(hash).await;
             }
             Ok(crate::download::Outcome::Stopped) => {}
             Err(e) => {

@@ -103,6 +103,11 @@ pub async fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
     let rel = release_ref(&m);
     let v = m.value();
     let state = s.lifecycle.state(&hash);
+    // Held whole (published here, downloaded before a restart, or seeded without being targeted):
+    // announced in Kademlia, so nodes at other sites or beyond this node's peers find it.
+    if s.library.release_bytes_held(&v.files) >= v.total_bytes() {
+        s.net.provide(hash).await;
+    }
     if state.rank() >= lanpatch_protocol::ReleaseState::Downloaded.rank() {
         return;
     }

@@ -81,6 +81,9 @@ pub struct NodeStatus {
     pub fleet: String,
     pub ring: String,
     pub hostname: String,
+    /// The site this node is at (node.toml `site`).
+    #[serde(default)]
+    pub site: String,
     pub listen: Vec<String>,
     pub peers: Vec<PeerStatus>,
     pub releases: Vec<ReleaseStatus>,
@@ -130,6 +133,9 @@ impl DiskUse {
 pub struct PeerStatus {
     pub peer: String,
     pub addr: String,
+    /// The site the peer says it is at.
+    #[serde(default)]
+    pub site: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

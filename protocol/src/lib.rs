@@ -42,7 +42,9 @@ pub use root::{Role, RoleKeys, Root, fleet_id};
 pub use signed::{Envelope, Kind, Payload, SignatureEntry, SignatureError, Signed};
 pub use statement::{Current, Statement};
 pub use sync::{Digest, Mark, Pull, PullTarget};
-pub use types::{CveId, Hash32, NameError, ProductName, PublicKey, RelPath, RingName, Tag, Timestamp, Version};
+pub use types::{
+    CveId, Hash32, NameError, ProductName, PublicKey, RelPath, RingName, SiteName, Tag, Timestamp, Version,
+};
 pub use verify::{Trusted, VerifyError};
 
 /// Why a decoded payload was refused.

@@ -262,6 +262,11 @@ ident_newtype!(
     RingName, "ring name", 32
 );
 ident_newtype!(
+    /// A site (an office, a data centre, one remote endpoint's home): the nodes that share one
+    /// LAN and one WAN link, and split that link's work among themselves.
+    SiteName, "site name", 32
+);
+ident_newtype!(
     /// A product name: the unit whose versions must only go up.
     ProductName, "product name", 64
 );

@@ -15,6 +15,7 @@ mod package;
 mod rollout;
 mod service;
 mod signer;
+mod sites;
 mod support;
 mod swarm;
 mod tidy;
