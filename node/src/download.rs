@@ -57,6 +57,9 @@ const ORIGIN_ALIVE: Duration = Duration::from_secs(30);
 /// A peer that answered `Busy` is asked again this soon: it holds the chunk, and at the end of a
 /// transfer every node asks the few holders of the last chunks at once.
 const BUSY_BACKOFF_MS: u64 = 150;
+/// Have-map queries per round to peers at other sites, and how often one such peer is asked.
+const REMOTE_FANOUT: usize = 2;
+const REMOTE_REFRESH: Duration = Duration::from_secs(2);
 /// How often a running download looks up the release's holders in Kademlia.
 const PROVIDER_LOOKUP: Duration = Duration::from_secs(60);
 
@@ -293,7 +296,11 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         let idle = sched.inflight_total() == 0 && sched.origin_inflight() == 0;
         let due = if idle { IDLE_REFRESH } else { REFRESH };
         if last_refresh.is_none_or(|t| t.elapsed() >= due) {
-            refresh_peers(&s, hash, &mut sched, &mut views, &mut refresh);
+            // Other sites' have-maps matter only to a fetcher that would take chunks from them.
+            let usable = (0..origins.len()).find(|i| !bad_origins.contains(i));
+            let failing = usable.is_some_and(|oi| origin_failures.get(&oi).is_some_and(|f| *f > 0));
+            let want_remote = was_fetcher && (s.cfg.site_upstream == Upstream::Peers || usable.is_none() || failing);
+            refresh_peers(&s, hash, &mut sched, &mut views, &mut refresh, want_remote);
             last_refresh = Some(Instant::now());
         }
         for (peer, flat) in sched.next_requests(elapsed_ms(start)) {
@@ -562,6 +569,7 @@ fn refresh_peers(
     sched: &mut Scheduler<PeerId>,
     views: &mut HashMap<PeerId, PeerView>,
     refresh: &mut Refresh,
+    want_remote: bool,
 ) {
     let ready: Vec<PeerId> = s.net.ready_peers();
     // Peers that disconnected drop out; their in-flight chunks become free and their share of
@@ -599,10 +607,23 @@ fn refresh_peers(
             .into_iter()
             .filter_map(|i| downloading.get(i).copied())
             .collect();
-        let mut others: Vec<PeerId> = useful.into_iter().filter(|p| !fetchers.contains(p)).collect();
+        let (mut others, mut remote): (Vec<PeerId>, Vec<PeerId>) =
+            useful.into_iter().filter(|p| !fetchers.contains(p)).partition(|p| s.net.same_site(p));
         others.sort_by_key(|p| refresh.last_asked.get(p).copied());
         others.truncate(HAVE_FANOUT);
-        fetchers.into_iter().chain(others).collect()
+        // Peers at other sites are asked only by a fetcher that may take chunks from them, a
+        // few per round and each at most every REMOTE_REFRESH: every query crosses two sites'
+        // links, and a site's nodes asking every other site's every 0.15 s cost more than the
+        // release itself.
+        if want_remote {
+            let now = Instant::now();
+            remote.retain(|p| refresh.last_asked.get(p).is_none_or(|t| now.duration_since(*t) >= REMOTE_REFRESH));
+            remote.sort_by_key(|p| refresh.last_asked.get(p).copied());
+            remote.truncate(REMOTE_FANOUT);
+        } else {
+            remote.clear();
+        }
+        fetchers.into_iter().chain(others).chain(remote).collect()
     };
     let now = Instant::now();
     for p in ask {

@@ -68,7 +68,7 @@ enum Command {
     Unban { peer: PeerId, ip: Option<std::net::IpAddr> },
     Peers { reply: oneshot::Sender<Vec<PeerInfo>> },
     Listening { reply: oneshot::Sender<Vec<Multiaddr>> },
-    Dial { peer: PeerId, addrs: Vec<Multiaddr> },
+    Dial { peer: PeerId, addrs: Vec<Multiaddr>, via: PeerId },
     Provide(Hash32),
     FindProviders(Hash32),
 }
@@ -149,9 +149,9 @@ impl NetHandle {
     pub async fn peers(&self) -> Result<Vec<PeerInfo>> {
         self.ask(|reply| Command::Peers { reply }).await
     }
-    /// Dials a peer learned through peer exchange, unless already connected.
-    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        let _ = self.tx.send(Command::Dial { peer, addrs }).await;
+    /// Dials a peer learned through peer exchange with `via`, unless already connected.
+    pub async fn dial(&self, peer: PeerId, addrs: Vec<Multiaddr>, via: PeerId) {
+        let _ = self.tx.send(Command::Dial { peer, addrs, via }).await;
     }
     /// Announces in Kademlia that this node holds every chunk of a release.
     pub async fn provide(&self, manifest: Hash32) {
@@ -201,6 +201,12 @@ pub struct ConnLimits {
 
 /// Below this gossip score a peer is ignored by gossipsub and banned by the node.
 const GRAYLIST: f64 = -400.0;
+/// The application score of a peer at another site: below zero, so gossipsub never grafts it into
+/// this node's mesh (however many first deliveries it makes: they add at most 50), and well above
+/// the gossip threshold (-100), so messages still cross sites through IHAVE / IWANT, once per
+/// message and node, instead of over every mesh link between two sites. A node alone at its site
+/// has an empty mesh and publishes to a few peers at random, as gossipsub does for a small mesh.
+const OTHER_SITE_SCORE: f64 = -60.0;
 
 /// Gossipsub peer scoring: a peer whose messages are refused (`Reject`) loses score
 /// quadratically (P4) and, past the thresholds, is no longer gossiped with, then ignored
@@ -221,7 +227,8 @@ fn peer_score(topic: &IdentTopic) -> (gossipsub::PeerScoreParams, gossipsub::Pee
         invalid_message_deliveries_decay: 0.99,
         ..Default::default()
     };
-    let mut params = gossipsub::PeerScoreParams { ip_colocation_factor_weight: 0.0, ..Default::default() };
+    let mut params =
+        gossipsub::PeerScoreParams { ip_colocation_factor_weight: 0.0, app_specific_weight: 1.0, ..Default::default() };
     params.topics.insert(topic.hash(), topic_params);
     let thresholds = gossipsub::PeerScoreThresholds {
         gossip_threshold: -100.0,
@@ -257,6 +264,15 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
                 .validation_mode(ValidationMode::Strict)
                 .validate_messages()
                 .max_transmit_size(max_transmit)
+                // A node's own messages go to its mesh, like everyone else's, not to every
+                // connected peer: flooding sent each report to all peers, most of them at other
+                // sites, so every report crossed every site link several times.
+                .flood_publish(false)
+                // Lazy gossip (IHAVE) is how messages cross sites (see OTHER_SITE_SCORE): each
+                // id is offered to 3 peers per heartbeat for 2 heartbeats, not 6 for 3, which
+                // was half of what crossed a site link besides the release.
+                .gossip_lazy(3)
+                .history_gossip(2)
                 .message_id_fn(|m: &gossipsub::Message| MessageId::from(blake3::hash(&m.data).as_bytes().to_vec()))
                 .build()
                 .map_err(|e| anyhow!("gossipsub config: {e}"))?;
@@ -387,6 +403,7 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
         fleet_version: identify_version(&fleet),
         static_peers: cfg.static_peers.into_iter().chain(bootstrap).map(|a| (a, false)).collect(),
         kad_protocol: kad_proto,
+        site: cfg.site.clone(),
         reachability: cfg.reachability,
         private: cfg.reachability == Reachability::Private,
         dialed: HashMap::new(),
@@ -410,6 +427,7 @@ pub struct SwarmTask {
     /// Static and bootstrap peer addresses and whether a connection to them is up.
     static_peers: Vec<(Multiaddr, bool)>,
     kad_protocol: StreamProtocol,
+    site: SiteName,
     reachability: Reachability,
     /// Whether this node is (configured or found by AutoNAT to be) unreachable from outside.
     private: bool,
@@ -447,7 +465,13 @@ impl SwarmTask {
 
     fn redial(&mut self) {
         for (addr, up) in &self.static_peers {
-            if !*up {
+            // An address naming its peer is up while that peer is connected, whoever dialed
+            // (mDNS or peer exchange may have connected it first): no duplicate connections.
+            let up = match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => self.swarm.is_connected(&peer),
+                _ => *up,
+            };
+            if !up {
                 let _ = self.swarm.dial(addr.clone());
             }
         }
@@ -550,7 +574,13 @@ impl SwarmTask {
             Command::Listening { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
-            Command::Dial { peer, addrs } => {
+            Command::Dial { peer, mut addrs, via } => {
+                // A loopback address a peer announced is its own machine's, not ours, unless
+                // that peer is itself reached over loopback (nodes sharing one host).
+                let via_loopback = self.addrs.get(&via).and_then(ip_of).is_some_and(|ip| ip.is_loopback());
+                if !via_loopback {
+                    addrs.retain(|a| !ip_of(a).is_some_and(|ip| ip.is_loopback()));
+                }
                 if peer != *self.swarm.local_peer_id() && !self.swarm.is_connected(&peer) && !addrs.is_empty() {
                     tracing::debug!(%peer, "dialing peer learned from peer exchange");
                     let _ = self.swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(addrs).build());
@@ -607,6 +637,8 @@ impl SwarmTask {
         }
         self.listen_addrs.insert(peer_id, listen);
         let site = crate::site::site_of(&info.agent_version).unwrap_or_else(crate::site::default_site);
+        let app_score = if site == self.site { 0.0 } else { OTHER_SITE_SCORE };
+        self.swarm.behaviour_mut().gossipsub.set_application_score(&peer_id, app_score);
         let mut new = false;
         self.ready.send_if_modified(|s| {
             new = !s.contains_key(&peer_id);

@@ -599,7 +599,7 @@ pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
     if let Ok(peers) = crate::download::request_peers(&s, peer).await {
         for (p, addrs) in peers {
             if !s.is_banned(&p) {
-                s.net.dial(p, addrs).await;
+                s.net.dial(p, addrs, peer).await;
             }
         }
     }

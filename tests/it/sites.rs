@@ -179,16 +179,16 @@ fn bootstrap_list(addrs: &[String]) -> String {
 fn three_sites_of_six_nodes_pull_the_release_across_each_site_link_about_once() {
     const SITES: usize = 3;
     const HOSTS: usize = 6;
-    let Some(lab) = Sites::up(SITES, HOSTS, "40mbit", "60mbit", None) else { return };
+    let Some(lab) = Sites::up(SITES, HOSTS, "40mbit", "100mbit", None) else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
-    let data = payload(16 * 1024 * 1024, 77);
+    let data = payload(64 * 1024 * 1024, 77);
     std::fs::write(www.join("payload.bin"), &data).unwrap();
     let _origin = Origin::start(&lab, &www);
-    let bundle = make_release(dir, "bundle", 1, &data, 256 * 1024, &["--origin", "http://10.20.250.2:8000"]);
+    let bundle = make_release(dir, "bundle", 1, &data, 512 * 1024, &["--origin", "http://10.20.250.2:8000"]);
     // Each site's first host is a bootstrap peer for the others; everyone else finds its own
     // site by mDNS and the other sites through the bootstrap peers and peer exchange.
     let mut first: Vec<Node> = (1..=SITES)
@@ -220,6 +220,8 @@ fn three_sites_of_six_nodes_pull_the_release_across_each_site_link_about_once() 
         assert_eq!(mine, HOSTS - 1, "{} sees {mine} peers at its own site: {:?}", st.hostname, st.peers);
     }
     let before: Vec<u64> = (1..=SITES).map(|k| lab.site_link_bytes(k)).collect();
+    let origin_before = lab.link_bytes(&lab.ns("origin"), "eth0");
+    let started = std::time::Instant::now();
     signer(
         dir,
         &[
@@ -239,13 +241,19 @@ fn three_sites_of_six_nodes_pull_the_release_across_each_site_link_about_once() 
     for k in 1..=SITES {
         figures.push((lab.site_link_bytes(k) - before[k - 1]) as f64 / size);
     }
-    eprintln!("site link bytes (both directions) / release size: {figures:.3?}");
+    let origin = (lab.link_bytes(&lab.ns("origin"), "eth0") - origin_before) as f64 / size;
+    eprintln!(
+        "{SITES} sites x {HOSTS} nodes, {} MiB in {:.1} s: site link bytes (both directions) / release size {figures:.3?}; origin link {origin:.3} (sites: {SITES})",
+        data.len() >> 20,
+        started.elapsed().as_secs_f64()
+    );
     for n in &all {
         assert_eq!(n.blob(&blob_name(&data)).as_deref(), Some(&data[..]), "{}", n.dir.display());
     }
     if std::env::var_os("LANPATCH_KEEP_LAB_LOGS").is_some() {
         eprintln!("logs kept in {}", tmp.keep().display());
     }
+    assert!(origin <= 1.1 * SITES as f64, "the origin sent {origin:.3} x the release to {SITES} sites");
     for (k, f) in figures.iter().enumerate() {
         assert!(*f <= 1.1, "site {} link carried {f:.3} x the release (all sites: {figures:.3?})", k + 1);
     }
