@@ -44,7 +44,7 @@ shape() { # shape NS IF RATE
 router() {
   ip netns add "$1"
   ip -n "$1" link set lo up
-  ip netns exec "$1" sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec "$1" sh -c "echo 1 > /proc/sys/net/ipv4/ip_forward"
 }
 host() { # host NS
   ip netns add "$1"
