@@ -787,6 +787,36 @@ async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Re
 }
 
 #[cfg(test)]
+mod remote_tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_held_at_other_sites_goes_to_one_unbanned_holder_the_same_each_time_and_spread_by_chunk() {
+        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let mut remote = HashMap::new();
+        for (i, p) in peers.iter().enumerate() {
+            // Peer i holds the chunks whose index is not i (mod 4).
+            remote.insert(*p, (0..64).map(|c| c % 4 != i).collect::<Vec<bool>>());
+        }
+        let none_banned = |_: &PeerId| false;
+        let mut picked = HashSet::new();
+        for c in 0..64 {
+            let h = remote_holder(&remote, c, 7, none_banned).unwrap();
+            assert!(remote[&h][c], "chunk {c} went to a peer that does not hold it");
+            assert_eq!(remote_holder(&remote, c, 7, none_banned), Some(h), "not stable");
+            picked.insert(h);
+        }
+        assert_eq!(picked.len(), 4, "every holder gets a share");
+        let banned = peers[1];
+        for c in 0..64 {
+            assert_ne!(remote_holder(&remote, c, 7, |p| *p == banned), Some(banned));
+        }
+        assert_eq!(remote_holder(&remote, 64, 7, none_banned), None, "beyond the release");
+        assert_eq!(remote_holder(&HashMap::new(), 3, 7, none_banned), None);
+    }
+}
+
+#[cfg(test)]
 mod progress_tests {
     use super::*;
 

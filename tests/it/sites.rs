@@ -371,3 +371,28 @@ fn a_node_behind_nat_reachable_only_through_a_relay_installs_and_its_report_and_
     collector.stop();
     other.stop();
 }
+
+#[test]
+fn a_bootstrap_peer_without_a_peer_id_or_a_bad_site_is_refused_at_start_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    for (name, extra, named) in [
+        ("no-id", "bootstrap_peers = [\"/ip4/127.0.0.1/tcp/4999\"]", "has no /p2p/<peer id>"),
+        ("bad-site", "site = \"Head Office\"", "site name"),
+    ] {
+        let bad = Node::with_config(
+            dir,
+            name,
+            &format!(
+                "data_dir = \"data\"\ntrust_root = \"{}\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmdns = false\n{extra}\n",
+                dir.join("root.lpr").display()
+            ),
+            0,
+            None,
+        );
+        let (code, log) = bad.run_expecting_exit(Duration::from_secs(30));
+        assert_eq!(code, Some(2), "{name}: {log}");
+        assert!(log.contains(named), "{name}: the refusal does not say {named:?}:\n{log}");
+    }
+}
