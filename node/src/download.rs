@@ -264,9 +264,11 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         remote: HashMap::new(),
     };
     // Nodes holding the release at other sites (or beyond this node's peers) are found in
-    // Kademlia and dialed; asked again while the download runs, for holders that appear later.
-    s.net.find_providers(hash).await;
-    let mut last_provider_lookup = Instant::now();
+    // Kademlia and dialed, and asked again while the download runs for holders that appear
+    // later, but only while this node may take chunks from other sites (see `remote_needed`
+    // below): a lookup crosses every site's link, and at a site that pulls from its origin
+    // lookups from every node cost more of the link than the release's gossip and reports.
+    let mut last_provider_lookup: Option<Instant> = None;
     let start = Instant::now();
     let mut last_refresh: Option<Instant> = None;
     let mut views: HashMap<PeerId, PeerView> = HashMap::new();
@@ -289,17 +291,19 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         if stop {
             return Ok(Outcome::Stopped);
         }
-        if last_provider_lookup.elapsed() >= PROVIDER_LOOKUP {
+        // Other sites matter when the site pulls from them, or when no origin works.
+        let usable = (0..origins.len()).find(|i| !bad_origins.contains(i));
+        let failing = usable.is_some_and(|oi| origin_failures.get(&oi).is_some_and(|f| *f > 0));
+        let remote_needed = s.cfg.site_upstream == Upstream::Peers || usable.is_none() || failing;
+        if remote_needed && last_provider_lookup.is_none_or(|t| t.elapsed() >= PROVIDER_LOOKUP) {
             s.net.find_providers(hash).await;
-            last_provider_lookup = Instant::now();
+            last_provider_lookup = Some(Instant::now());
         }
         let idle = sched.inflight_total() == 0 && sched.origin_inflight() == 0;
         let due = if idle { IDLE_REFRESH } else { REFRESH };
         if last_refresh.is_none_or(|t| t.elapsed() >= due) {
             // Other sites' have-maps matter only to a fetcher that would take chunks from them.
-            let usable = (0..origins.len()).find(|i| !bad_origins.contains(i));
-            let failing = usable.is_some_and(|oi| origin_failures.get(&oi).is_some_and(|f| *f > 0));
-            let want_remote = was_fetcher && (s.cfg.site_upstream == Upstream::Peers || usable.is_none() || failing);
+            let want_remote = was_fetcher && remote_needed;
             refresh_peers(&s, hash, &mut sched, &mut views, &mut refresh, want_remote);
             last_refresh = Some(Instant::now());
         }
