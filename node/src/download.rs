@@ -291,10 +291,12 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         if stop {
             return Ok(Outcome::Stopped);
         }
-        // Other sites matter when the site pulls from them, or when no origin works.
-        let usable = (0..origins.len()).find(|i| !bad_origins.contains(i));
-        let failing = usable.is_some_and(|oi| origin_failures.get(&oi).is_some_and(|f| *f > 0));
-        let remote_needed = s.cfg.site_upstream == Upstream::Peers || usable.is_none() || failing;
+        // Other sites come first (for provider lookups, their have-maps and upstream work) when
+        // configured so, when no origin is usable, or while the origin keeps failing (a remote
+        // endpoint that cannot reach it).
+        let usable_origin = (0..origins.len()).find(|i| !bad_origins.contains(i));
+        let origin_failing = usable_origin.is_some_and(|oi| origin_failures.get(&oi).is_some_and(|f| *f > 0));
+        let remote_needed = s.cfg.site_upstream == Upstream::Peers || usable_origin.is_none() || origin_failing;
         if remote_needed && last_provider_lookup.is_none_or(|t| t.elapsed() >= PROVIDER_LOOKUP) {
             s.net.find_providers(hash).await;
             last_provider_lookup = Some(Instant::now());
@@ -317,7 +319,6 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         }
         // Upstream work: chunks nobody at this site holds, split among the site's nodes that want
         // the release, fetched from an origin or from a peer at another site.
-        let usable_origin = (0..origins.len()).find(|i| !bad_origins.contains(i));
         let origin_ready = usable_origin.is_some() && Instant::now() >= origin_backoff;
         // Origin work starts at ORIGIN_SETTLE whether or not every peer has answered (those that
         // have not count as participants): the site's fetchers then open their connections at
@@ -375,17 +376,13 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 _ => Vec::new(),
             };
             mine.sort_by_key(|c| (*c as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            // Another site first when configured so, when no origin is usable, or while the
-            // origin keeps failing (a remote endpoint that cannot reach it).
-            let origin_failing = usable_origin.is_some_and(|oi| origin_failures.get(&oi).is_some_and(|f| *f > 0));
-            let peers_first = s.cfg.site_upstream == Upstream::Peers || usable_origin.is_none() || origin_failing;
             for flat in mine {
                 if sched.origin_inflight() >= s.cfg.max_origin_inflight {
                     break;
                 }
                 let Some((file, idx)) = layout.locate(flat) else { continue };
                 let holder = remote_holder(&refresh.remote, flat, seed, |p| sched.is_banned(p) || s.is_banned(p));
-                let source = match (peers_first, holder, usable_origin) {
+                let source = match (remote_needed, holder, usable_origin) {
                     (true, Some(p), _) => Source::Remote(p),
                     (_, _, Some(oi)) if origin_ready => Source::Origin(oi),
                     (false, Some(p), None) => Source::Remote(p),
