@@ -656,15 +656,18 @@ fn start_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
         s2.downloading.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
         s2.queue_changed.notify_one();
         match result {
-            Ok(crate::download::Outcome::Complete) => {
+            Ok(crate::download::Outcome::Complete { announce }) => {
                 tracing::info!(manifest = %hash.short(), "release downloaded and verified");
                 if let Some(e) = s2.progress().get_mut(&hash) {
                     e.finished_ms = Some(now_ms());
                 }
                 s2.metrics.release_downloaded(total_bytes);
                 record(Event::DownloadFinished, String::new()).await;
-                // Other sites (and nodes beyond this one's peers) find it in Kademlia.
-                s2.net.provide(hash).await;
+                // Other sites (and nodes beyond this one's peers) find it in Kademlia: a couple
+                // of holders per site announce it.
+                if announce {
+                    s2.net.provide(hash).await;
+                }
             }
             Ok(crate::download::Outcome::Stopped) => {}
             Err(e) => {
