@@ -566,10 +566,11 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         let fh = f.hash;
         tokio::task::spawn_blocking(move || lib.finalize(&fh)).await??;
     }
-    // The site's holders as this node last saw them: peers that fetched or hold chunks of it.
+    // The site's holders as this node last saw them: peers that fetched or hold chunks of it
+    // (`views` holds same-site peers only; other sites' have-maps live in `refresh.remote`).
     let holders: Vec<Vec<u8>> = views
         .iter()
-        .filter(|(p, v)| (v.downloading || v.have_count > 0) && s.net.same_site(p) && !s.is_banned(p))
+        .filter(|(p, v)| (v.downloading || v.have_count > 0) && !s.is_banned(p))
         .map(|(p, _)| p.to_bytes())
         .collect();
     Ok(Outcome::Complete { announce: wan::announces(&hash, &s.net.local.to_bytes(), &holders) })
