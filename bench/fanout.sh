@@ -17,7 +17,8 @@
 #
 # usage: sudo bench/fanout.sh [N=8] [S_MIB=32] [R_MBIT=20]    (KEEP=1 keeps the work directory,
 #        ONLY=lanpatch skips the HTTP and BitTorrent runs, LANPATCH_BIN=DIR takes lanpatch-node
-#        and lanpatch-signer from DIR instead of building them: to measure a before and an after)
+#        and lanpatch-signer from DIR instead of building them: to measure a before and an after,
+#        NODE_TOML_EXTRA='key = value' appends lines to every node's node.toml)
 set -euo pipefail
 N=${1:-8}
 S_MIB=${2:-32}
@@ -137,6 +138,7 @@ trust_root = "$WORK/keys/root.lpr"
 listen = ["/ip4/0.0.0.0/tcp/4717"]
 mdns = true
 log = "info,libp2p_mdns=error,libp2p_gossipsub=error"
+${NODE_TOML_EXTRA:-}
 TOML
   ip netns exec "$P-$i" "$BIN/lanpatch-node" run --config "$d/node.toml" 2> "$d/node.log" &
   NODE_PIDS+=($!)
@@ -157,11 +159,28 @@ rss() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
 IDLE_RSS=(); CPU0=(); SYS0=()
 for p in "${NODE_PIDS[@]}"; do IDLE_RSS+=("$(rss "$p" VmRSS)"); CPU0+=("$(cpu "$p")"); SYS0+=("$(sys "$p")"); done
 e0=$(egress); t0=$(now)
+# The source's tx counter every 0.2 s, for the timeline below: when the release's bytes left it.
+( while :; do echo "$(now) $(egress)"; sleep 0.2; done ) > "$WORK/egress.log" 2>/dev/null &
+SAMPLER=$!
+PIDS+=("$SAMPLER")
 "$SIGNER" publish ${PUBLISH_ARGS[@]+"${PUBLISH_ARGS[@]}"} --node "$WORK/lp/h1/data/control.sock" bundle >/dev/null
 # The nodes' own completion times (ms), so polling does not count.
 FIN=$(python3 "$HERE/poll.py" done 900 "${SOCKS[@]}") || { echo "lanpatch did not finish" >&2; exit 1; }
 e1=$(egress)
+kill "$SAMPLER" 2>/dev/null || true
 t1=$(python3 -c "import sys; print(max(int(x) for x in sys.argv[1:]) / 1000)" $FIN)
+# Seconds after publish at which the source had sent 1 %, 50 %, 90 %, 100 % of S (headers
+# included, so 100 % is reached just before the last byte of the release).
+python3 - "$WORK/egress.log" "$t0" "$e0" "$SIZE" <<'PY'
+import sys
+log, t0, e0, size = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rows = [tuple(map(float, l.split())) for l in open(log) if len(l.split()) == 2]
+marks = []
+for frac in (0.01, 0.5, 0.9, 1.0):
+    at = next((t - t0 for t, b in rows if b - e0 >= frac * size), None)
+    marks.append(f"{int(frac * 100)} % at {at:.1f} s" if at is not None else f"{int(frac * 100)} %: never")
+print("  source sent S: " + ", ".join(marks))
+PY
 echo "  lanpatch per-node completion (s after publish): $(python3 -c "import sys; print(' '.join(f'{int(x)/1000 - $t0:.1f}' for x in sys.argv[1:]))" $FIN)"
 ok=0
 for i in $(seq "$FIRST" "$N"); do

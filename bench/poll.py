@@ -5,7 +5,8 @@ on a 2-core machine, and would slow down the transfer it measures.
 
 usage: poll.py peers WANT TIMEOUT SOCK...   until every node has >= WANT peers; prints the fewest
        poll.py done TIMEOUT SOCK...         until every node finished its (one) release; prints
-                                            each node's finished_ms, one per line
+                                            each node's finished_ms, one per line, and on stderr
+                                            how many nodes fetched from an origin and how much
 Exit code 1 on timeout (with what was seen), 2 on bad usage.
 """
 import json
@@ -31,6 +32,16 @@ def status(path):
         return None
 
 
+def origin_summary(sts):
+    """Verified bytes taken from origins (bytes_from keys "origin <url>"): how many nodes fetched
+    and their sum over the release size. Above 1 means a range was fetched twice."""
+    per_node = [sum(v for k, v in st["releases"][0]["bytes_from"].items() if k.startswith("origin ")) for st in sts]
+    size = max(st["releases"][0]["total_bytes"] for st in sts) or 1
+    fetchers = sum(1 for b in per_node if b > 0)
+    print(f"  origin fetchers: {fetchers} of {len(sts)} nodes; verified bytes from the origin {sum(per_node) / size:.3f} x S",
+          file=sys.stderr)
+
+
 def main():
     if len(sys.argv) < 4 or sys.argv[1] not in ("peers", "done"):
         print(__doc__, file=sys.stderr)
@@ -52,6 +63,7 @@ def main():
             fin = [st["releases"][0]["finished_ms"] if st and st["releases"] else None for st in sts]
             if all(fin):
                 print("\n".join(str(f) for f in fin))
+                origin_summary(sts)
                 return
         if time.time() > deadline:
             seen = fewest if mode == "peers" else sum(1 for f in fin if f)

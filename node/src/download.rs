@@ -34,8 +34,13 @@ use crate::wire::{self, Request, Response, WireError};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const HAVE_TIMEOUT: Duration = Duration::from_secs(3);
 const REFRESH: Duration = Duration::from_millis(700);
-/// Origin fetching starts this long after a download starts, so that every node that received
-/// the release at about the same time is known and the origin work is split once, not redone.
+/// Origin fetching starts once every peer asked in the first have-map round has answered (or
+/// failed), so that chunks a site peer already holds are not fetched across the WAN, and at the
+/// latest this long after the download started, so that a peer slow to answer on a loaded site
+/// does not hold up the site's origin work. Who fetches does not wait on answers: a connected
+/// peer that has not answered counts as a participant (see the upstream work in [`download`]).
+/// On an idle LAN the answers are in within tens of milliseconds; a fixed 0.8 s wait was 6 % of
+/// the physical limit of a 32 MiB release over a 20 Mbit/s link.
 const ORIGIN_SETTLE: Duration = Duration::from_millis(800);
 /// When nothing is in flight, have-maps are refreshed this soon rather than after `REFRESH`, so a
 /// node waiting for the last chunks notices them quickly.
@@ -57,6 +62,9 @@ const ORIGIN_ALIVE: Duration = Duration::from_secs(30);
 /// A peer that answered `Busy` is asked again this soon: it holds the chunk, and at the end of a
 /// transfer every node asks the few holders of the last chunks at once.
 const BUSY_BACKOFF_MS: u64 = 150;
+/// Every this many bytes stored, the partial file's writes so far go to disk in the background
+/// (see `Library::sync_partial`).
+const SYNC_STEP: u64 = 8 * 1024 * 1024;
 /// Have-map queries per round to peers at other sites, and how often one such peer is asked.
 const REMOTE_FANOUT: usize = 2;
 const REMOTE_REFRESH: Duration = Duration::from_secs(2);
@@ -176,6 +184,8 @@ struct Refresh {
     last_asked: HashMap<PeerId, Instant>,
     /// Whether the first round (every peer) has been sent.
     first_round_sent: bool,
+    /// Peers of the first round that have not answered yet.
+    first_round_pending: HashSet<PeerId>,
     /// Have-maps of peers at other sites. They never enter the scheduler: a chunk crosses to
     /// this site from another one like from an origin, fetched once by its owner among the
     /// site's fetchers (see the upstream work in [`download`]).
@@ -268,6 +278,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         asking: HashSet::new(),
         last_asked: HashMap::new(),
         first_round_sent: false,
+        first_round_pending: HashSet::new(),
         remote: HashMap::new(),
     };
     // Nodes holding the release at other sites (or beyond this node's peers) are found in
@@ -289,6 +300,9 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     // When this node last got a chunk it did not have (the site's progress, as seen from here).
     let mut last_new_chunk = start;
     let mut was_fetcher = false;
+    // Bytes stored since the last background sync was started, and whether one is running.
+    let mut unsynced: u64 = 0;
+    let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut shutdown = s.shutdown.clone();
     while !sched.is_done() {
         let stop = {
@@ -327,11 +341,11 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         // Upstream work: chunks nobody at this site holds, split among the site's nodes that want
         // the release, fetched from an origin or from a peer at another site.
         let origin_ready = usable_origin.is_some() && Instant::now() >= origin_backoff;
-        // Origin work starts at ORIGIN_SETTLE whether or not every peer has answered (those that
-        // have not count as participants): the site's fetchers then open their connections at
-        // about the same moment, before the first of them fills the WAN link's queue, in which
-        // a late handshake is easily lost.
-        if (origin_ready || !refresh.remote.is_empty()) && start.elapsed() >= ORIGIN_SETTLE {
+        // Origin work starts when the first round is answered, at ORIGIN_SETTLE at the latest
+        // whether or not every peer has answered (those that have not count as participants).
+        let settled =
+            start.elapsed() >= ORIGIN_SETTLE || (refresh.first_round_sent && refresh.first_round_pending.is_empty());
+        if (origin_ready || !refresh.remote.is_empty()) && settled {
             let me = s.net.local;
             // A connected peer that has not answered a have-map query yet counts as a participant
             // (for the first STALL_ALWAYS of the download): on a loaded site answers are slow, and a node
@@ -449,6 +463,18 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 tokio::task::spawn_blocking(move || lib.write_chunk(&fh, idx, &bytes))
                     .await?
                     .with_context(|| format!("storing chunk {idx} of {}", file.path))?;
+                unsynced += len;
+                if unsynced >= SYNC_STEP && !syncing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    unsynced = 0;
+                    let (lib, syncing) = (s.library.clone(), syncing.clone());
+                    tokio::task::spawn_blocking(move || {
+                        // A failure here is not the download's: finalize syncs again and fails then.
+                        if let Err(e) = lib.sync_partial(&fh) {
+                            tracing::debug!("background sync: {e:#}");
+                        }
+                        syncing.store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
                 let new = match source {
                     Source::Peer(peer) => sched.completed(&peer, flat),
                     Source::Origin(oi) => {
@@ -599,6 +625,7 @@ fn refresh_peers(
         sched.remove_peer(&p);
         views.remove(&p);
         refresh.last_asked.remove(&p);
+        refresh.first_round_pending.remove(&p);
     }
     refresh.remote.retain(|p, _| ready_set.contains(p));
     let n = sched.len();
@@ -606,6 +633,7 @@ fn refresh_peers(
         ready.into_iter().filter(|p| !s.is_banned(p) && !sched.is_banned(p) && !refresh.asking.contains(p)).collect();
     let ask: Vec<PeerId> = if !refresh.first_round_sent {
         refresh.first_round_sent = true;
+        refresh.first_round_pending = candidates.iter().copied().collect();
         candidates
     } else {
         // A peer holding every chunk has nothing new to tell (as long as no request to it failed:
@@ -662,6 +690,7 @@ fn have_answered(
     answer: HaveResult,
 ) {
     refresh.asking.remove(&peer);
+    refresh.first_round_pending.remove(&peer);
     // A peer that did not answer keeps its last have-map and view: on a busy site a slow answer
     // is not a departure, and dropping it would move its share of origin work to others and
     // fetch those chunks twice.

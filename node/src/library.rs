@@ -221,6 +221,15 @@ impl Library {
         Ok(())
     }
 
+    /// Starts the disk writes of a partial file's chunks so far and waits for them (fdatasync).
+    /// A download calls it in the background every [`crate::download`] sync step, so that
+    /// `finalize`'s sync finds little left to write: at the end of a distribution every node
+    /// flushing its whole copy at once was a visible part of the last node's time. Blocking.
+    pub fn sync_partial(&self, file: &Hash32) -> Result<()> {
+        let path = self.partial_path(file);
+        File::open(&path).and_then(|f| f.sync_data()).with_context(|| format!("cannot sync {}", path.display()))
+    }
+
     /// Imports a local file (a bundle being published), verifying every chunk on the way in.
     /// Blocking.
     pub fn import(&self, entry: &FileEntry, src: &Path) -> Result<()> {
