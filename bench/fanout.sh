@@ -5,7 +5,8 @@
 # the origin seeding). For each: seconds until the last verified copy, that time over S/R (the
 # physical limit of the WAN link), and origin egress bytes over S (from the origin's interface
 # counters, so TCP/IP headers are included). Also lanpatch's idle RSS, peak RSS and CPU seconds
-# per node.
+# per node, how many nodes fetched from the origin and their verified origin bytes over S, and
+# when 1/50/90/100 % of S had left the source.
 #
 # The origin is nginx (Debian's package: static files, range requests, keep-alive), as a vendor
 # mirror or the company's download server would be.
