@@ -19,7 +19,8 @@
 # usage: sudo bench/fanout.sh [N=8] [S_MIB=32] [R_MBIT=20]    (KEEP=1 keeps the work directory,
 #        ONLY=lanpatch skips the HTTP and BitTorrent runs, LANPATCH_BIN=DIR takes lanpatch-node
 #        and lanpatch-signer from DIR instead of building them: to measure a before and an after,
-#        NODE_TOML_EXTRA='key = value' appends lines to every node's node.toml)
+#        NODE_TOML_EXTRA='key = value' appends lines to every node's node.toml, NODE_LOG sets
+#        the nodes' log filter)
 set -euo pipefail
 N=${1:-8}
 S_MIB=${2:-32}
@@ -138,7 +139,7 @@ data_dir = "data"
 trust_root = "$WORK/keys/root.lpr"
 listen = ["/ip4/0.0.0.0/tcp/4717"]
 mdns = true
-log = "info,libp2p_mdns=error,libp2p_gossipsub=error"
+log = "${NODE_LOG:-info,libp2p_mdns=error,libp2p_gossipsub=error}"
 ${NODE_TOML_EXTRA:-}
 TOML
   ip netns exec "$P-$i" "$BIN/lanpatch-node" run --config "$d/node.toml" 2> "$d/node.log" &

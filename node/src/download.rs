@@ -157,12 +157,20 @@ fn elapsed_ms(start: Instant) -> u64 {
 /// (a congested WAN link), nobody is stalled and the origin fetchers stay who they are; dropping
 /// them then would only elect more fetchers and open more connections across the congested link.
 ///
+/// The quiet must have been seen: the peer answered a have-map query [`STALL`] or more after its
+/// last progress. A peer this node has not heard from lately (its answers late on a loaded site,
+/// or not asked again yet: at 64 nodes each is asked about every 5 s) is not judged on an old
+/// map. Judged on old maps, the busiest peers (the fetchers, uploading to everyone) looked stalled
+/// to some nodes and not to others, the nodes disagreed on who the fetchers were, and ranges were
+/// fetched twice (1.15-1.32 x S from the origin at 64 nodes).
+///
 /// Whatever the site does, a peer whose have-map has not grown for [`STALL_ALWAYS`] is stalled:
 /// peers that claim to download and never progress (a Sybil set ground to rank first as fetchers)
 /// hold up the site's origin work for at most that long.
 fn stalled(v: &PeerView, my_progress: Instant) -> bool {
     let quiet = v.last_progress.elapsed();
-    quiet >= STALL_ALWAYS || (quiet >= STALL && my_progress > v.last_progress + STALL)
+    let seen_quiet = v.last_answer.saturating_duration_since(v.last_progress) >= STALL;
+    quiet >= STALL_ALWAYS || (seen_quiet && my_progress > v.last_progress + STALL)
 }
 
 /// What this node last learned about a peer for the current release.
@@ -170,6 +178,8 @@ struct PeerView {
     downloading: bool,
     have_count: usize,
     last_progress: Instant,
+    /// When the peer last answered a have-map query.
+    last_answer: Instant,
 }
 
 /// What one have-map query returned: the peer's chunks and whether it is downloading, `None`
@@ -300,6 +310,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     // When this node last got a chunk it did not have (the site's progress, as seen from here).
     let mut last_new_chunk = start;
     let mut was_fetcher = false;
+    let mut last_fetchers: Vec<Vec<u8>> = Vec::new();
     // Bytes stored since the last background sync was started, and whether one is running.
     let mut unsynced: u64 = 0;
     let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -327,7 +338,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         if last_refresh.is_none_or(|t| t.elapsed() >= due) {
             // Other sites' have-maps matter only to a fetcher that would take chunks from them.
             let want_remote = was_fetcher && remote_needed;
-            refresh_peers(&s, hash, &mut sched, &mut views, &mut refresh, want_remote);
+            refresh_peers(&s, hash, &mut sched, &mut views, &mut refresh, want_remote, (start, last_new_chunk));
             last_refresh = Some(Instant::now());
         }
         for (peer, flat) in sched.next_requests(elapsed_ms(start)) {
@@ -347,30 +358,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             start.elapsed() >= ORIGIN_SETTLE || (refresh.first_round_sent && refresh.first_round_pending.is_empty());
         if (origin_ready || !refresh.remote.is_empty()) && settled {
             let me = s.net.local;
-            // A connected peer that has not answered a have-map query yet counts as a participant
-            // (for the first STALL_ALWAYS of the download): on a loaded site answers are slow, and a node
-            // that counted only the peers that answered would elect itself a fetcher, so that
-            // dozens of nodes would open origin connections at once.
-            // A loaded node answers late, so an unanswered peer counts as long as a downloading
-            // peer that stopped progressing would (STALL_ALWAYS): counting only those that
-            // answered, every node of a busy site elects itself a fetcher.
-            let unknown_counts = start.elapsed() < STALL_ALWAYS;
-            // A peer that said it is not downloading may only not have queued the release yet (on
-            // a loaded site that takes a while): early on it counts too, unless it holds it all.
-            let undecided_counts = start.elapsed() < UNDECIDED;
-            let n = sched.len();
-            let my_progress = last_new_chunk;
-            let mut participants: Vec<PeerId> = s
-                .net
-                .ready_peers()
-                .into_iter()
-                .filter(|p| !sched.is_banned(p) && !s.is_banned(p) && s.net.same_site(p))
-                .filter(|p| match views.get(p) {
-                    Some(v) if v.downloading => !stalled(v, my_progress),
-                    Some(v) => undecided_counts && v.have_count < n,
-                    None => unknown_counts,
-                })
-                .collect();
+            let mut participants = participants(&s, &sched, &views, start, last_new_chunk);
             participants.push(me);
             let ids: Vec<Vec<u8>> = participants.iter().map(|p| p.to_bytes()).collect();
             // Only a handful of the site's nodes fetch from the origin (see wan.rs); the others
@@ -382,6 +370,17 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             if me_at.is_some() != was_fetcher {
                 was_fetcher = me_at.is_some();
                 tracing::debug!(manifest = %hash.short(), participants = participants.len(), fetcher = was_fetcher, views = views.len(), "origin fetcher role changed");
+            }
+            // A fetcher whose set changes hands chunks to or takes them from others: logged, as a
+            // changed set on a site that did not change is how ranges get fetched twice.
+            if was_fetcher && fetchers.iter().map(|f| f.as_slice()).ne(last_fetchers.iter().map(Vec::as_slice)) {
+                last_fetchers = fetchers.iter().map(|f| (*f).clone()).collect();
+                let set: Vec<String> = fetchers
+                    .iter()
+                    .filter_map(|f| PeerId::from_bytes(f).ok())
+                    .map(|p| p.to_base58().chars().rev().take(6).collect())
+                    .collect();
+                tracing::debug!(manifest = %hash.short(), participants = participants.len(), fetchers = ?set, "origin fetcher set");
             }
             if s.cfg.site_origin_limit > 0 {
                 let share = s.cfg.site_origin_limit / fetchers.len().max(1) as u64;
@@ -602,6 +601,38 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     Ok(Outcome::Complete { announce: wan::announces(&hash, &s.net.local.to_bytes(), &holders) })
 }
 
+/// The same-site peers that take part in the release's origin work as this node sees them
+/// (this node not included). The site's origin fetchers are the best-ranked of them (see wan.rs),
+/// for the origin work and for the have-map rounds alike.
+fn participants(
+    s: &Shared,
+    sched: &Scheduler<PeerId>,
+    views: &HashMap<PeerId, PeerView>,
+    start: Instant,
+    my_progress: Instant,
+) -> Vec<PeerId> {
+    // A connected peer that has not answered a have-map query yet counts (for the first
+    // STALL_ALWAYS of the download, as long as a downloading peer that stopped progressing
+    // would): on a loaded site answers are slow, and a node that counted only the peers that
+    // answered would elect itself a fetcher, so that dozens of nodes would open origin
+    // connections at once.
+    let unknown_counts = start.elapsed() < STALL_ALWAYS;
+    // A peer that said it is not downloading may only not have queued the release yet (on a
+    // loaded site that takes a while): early on it counts too, unless it holds it all.
+    let undecided_counts = start.elapsed() < UNDECIDED;
+    let n = sched.len();
+    s.net
+        .ready_peers()
+        .into_iter()
+        .filter(|p| !sched.is_banned(p) && !s.is_banned(p) && s.net.same_site(p))
+        .filter(|p| match views.get(p) {
+            Some(v) if v.downloading => !stalled(v, my_progress),
+            Some(v) => undecided_counts && v.have_count < n,
+            None => unknown_counts,
+        })
+        .collect()
+}
+
 /// Starts a round of have-map queries (see the module docs for whom it asks) and drops the peers
 /// that disconnected. Answers arrive through `refresh.tx` and go to [`have_answered`].
 fn refresh_peers(
@@ -611,6 +642,7 @@ fn refresh_peers(
     views: &mut HashMap<PeerId, PeerView>,
     refresh: &mut Refresh,
     want_remote: bool,
+    (start, my_progress): (Instant, Instant),
 ) {
     let ready: Vec<PeerId> = s.net.ready_peers();
     // Peers that disconnected drop out; their in-flight chunks become free and their share of
@@ -642,17 +674,27 @@ fn refresh_peers(
             .into_iter()
             .filter(|p| !sched.peer_has_all(p) && !refresh.remote.get(p).is_some_and(|b| b.iter().all(|x| *x)))
             .collect();
-        let downloading: Vec<PeerId> =
-            useful.iter().copied().filter(|p| views.get(p).is_some_and(|v| v.downloading)).collect();
-        let mut ids: Vec<Vec<u8>> = downloading.iter().map(|p| p.to_bytes()).collect();
+        // The site's origin fetchers, chosen from the same participants as the origin work: the
+        // new chunks appear there first. Chosen from the peers that said they are downloading
+        // only, a fetcher whose first answer came before it had queued the release (on a loaded
+        // site of 64) was missed until the rotation below reached it again, past UNDECIDED: the
+        // node then saw another fetcher set than the rest and fetched others' chunks again.
+        let parts = participants(s, sched, views, start, my_progress);
+        let mut ids: Vec<Vec<u8>> = parts.iter().map(|p| p.to_bytes()).collect();
         ids.push(s.net.local.to_bytes());
+        let useful_set: HashSet<PeerId> = useful.iter().copied().collect();
         let fetchers: HashSet<PeerId> = wan::fetchers(&manifest, &ids, s.cfg.site_origin_fetchers)
             .into_iter()
-            .filter_map(|i| downloading.get(i).copied())
+            .filter_map(|i| parts.get(i).copied())
+            .filter(|p| useful_set.contains(p))
             .collect();
         let (mut others, mut remote): (Vec<PeerId>, Vec<PeerId>) =
             useful.into_iter().filter(|p| !fetchers.contains(p)).partition(|p| s.net.same_site(p));
-        others.sort_by_key(|p| refresh.last_asked.get(p).copied());
+        // Peers that said they are not downloading (yet) first: whether they are decides who the
+        // site's fetchers are. Then the least recently asked.
+        let n = sched.len();
+        let undecided = |p: &PeerId| views.get(p).is_some_and(|v| !v.downloading && v.have_count < n);
+        others.sort_by_key(|p| (!undecided(p), refresh.last_asked.get(p).copied()));
         others.truncate(HAVE_FANOUT);
         // Peers at other sites are asked only by a fetcher that may take chunks from them, a
         // few per round and each at most every REMOTE_REFRESH: every query crosses two sites'
@@ -705,11 +747,17 @@ fn have_answered(
             return;
         }
         let count = bits.iter().filter(|b| **b).count();
-        let view =
-            views.entry(peer).or_insert(PeerView { downloading, have_count: count, last_progress: Instant::now() });
+        let now = Instant::now();
+        let view = views.entry(peer).or_insert(PeerView {
+            downloading,
+            have_count: count,
+            last_progress: now,
+            last_answer: now,
+        });
         if count > view.have_count || (downloading && !view.downloading) {
-            view.last_progress = Instant::now();
+            view.last_progress = now;
         }
+        view.last_answer = now;
         view.have_count = count;
         view.downloading = downloading;
         sched.set_peer_have(peer, bits);
@@ -857,6 +905,30 @@ mod remote_tests {
         }
         assert_eq!(remote_holder(&remote, 64, 7, none_banned), None, "beyond the release");
         assert_eq!(remote_holder(&HashMap::new(), 3, 7, none_banned), None);
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+
+    fn view(progress_ago: Duration, answer_ago: Duration) -> PeerView {
+        let now = Instant::now();
+        PeerView { downloading: true, have_count: 3, last_progress: now - progress_ago, last_answer: now - answer_ago }
+    }
+
+    #[test]
+    fn a_peer_is_stalled_only_on_a_seen_quiet_or_after_the_hard_limit() {
+        let me_now = Instant::now();
+        // Answered 16 s after its last progress while this node progressed: stalled.
+        assert!(stalled(&view(Duration::from_secs(17), Duration::from_secs(1)), me_now));
+        // Not heard from since its last progress 17 s ago (slow answers, not asked again):
+        // not judged on the old map.
+        assert!(!stalled(&view(Duration::from_secs(17), Duration::from_secs(17)), me_now));
+        // Heard from, but this node did not progress either (the whole site waits): not stalled.
+        assert!(!stalled(&view(Duration::from_secs(17), Duration::from_secs(1)), me_now - Duration::from_secs(10)));
+        // Past STALL_ALWAYS a peer is stalled whatever was seen.
+        assert!(stalled(&view(STALL_ALWAYS, STALL_ALWAYS), me_now));
     }
 }
 
