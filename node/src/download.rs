@@ -692,7 +692,6 @@ fn refresh_peers(
             useful.into_iter().filter(|p| !fetchers.contains(p)).partition(|p| s.net.same_site(p));
         // Peers that said they are not downloading (yet) first: whether they are decides who the
         // site's fetchers are. Then the least recently asked.
-        let n = sched.len();
         let undecided = |p: &PeerId| views.get(p).is_some_and(|v| !v.downloading && v.have_count < n);
         others.sort_by_key(|p| (!undecided(p), refresh.last_asked.get(p).copied()));
         others.truncate(HAVE_FANOUT);

@@ -222,7 +222,7 @@ impl Library {
     }
 
     /// Starts the disk writes of a partial file's chunks so far and waits for them (fdatasync).
-    /// A download calls it in the background every [`crate::download`] sync step, so that
+    /// A download calls it in the background every `SYNC_STEP` bytes stored (download.rs), so that
     /// `finalize`'s sync finds little left to write: at the end of a distribution every node
     /// flushing its whole copy at once was a visible part of the last node's time. Blocking.
     pub fn sync_partial(&self, file: &Hash32) -> Result<()> {
