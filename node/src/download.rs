@@ -459,9 +459,13 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 let len = bytes.len() as u64;
                 let lib = s.library.clone();
                 let fh = file.hash;
-                tokio::task::spawn_blocking(move || lib.write_chunk(&fh, idx, &bytes))
-                    .await?
-                    .with_context(|| format!("storing chunk {idx} of {}", file.path))?;
+                tokio::task::spawn_blocking(move || {
+                    let stored = lib.write_chunk(&fh, idx, &bytes);
+                    crate::bufpool::give(bytes);
+                    stored
+                })
+                .await?
+                .with_context(|| format!("storing chunk {idx} of {}", file.path))?;
                 unsynced += len;
                 if unsynced >= SYNC_STEP && !syncing.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     unsynced = 0;

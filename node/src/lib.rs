@@ -8,6 +8,7 @@ pub const VERSION: &str = match option_env!("LANPATCH_BUILD_VERSION") {
     None => env!("CARGO_PKG_VERSION"),
 };
 
+pub mod bufpool;
 pub mod clock;
 pub mod config;
 pub mod console;

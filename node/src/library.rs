@@ -298,7 +298,7 @@ impl Library {
 
 fn read_chunk_at(f: &File, entry: &FileEntry, idx: u32) -> Result<Vec<u8>> {
     let (offset, len) = entry.chunk_range(idx).ok_or_else(|| anyhow!("no chunk {idx} in {}", entry.path))?;
-    let mut buf = vec![0u8; len as usize];
+    let mut buf = crate::bufpool::zeroed(len as usize);
     f.read_exact_at(&mut buf, offset)?;
     Ok(buf)
 }

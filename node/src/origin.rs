@@ -105,7 +105,7 @@ impl Origins {
         if status != 206 && status != 200 {
             return Err(OriginError::Status(status));
         }
-        let mut body = Vec::with_capacity(len as usize);
+        let mut body = crate::bufpool::with_capacity(len as usize);
         let mut resp = resp;
         while let Some(piece) = resp.chunk().await.map_err(|e| OriginError::Http(e.to_string()))? {
             if body.len() + piece.len() > len as usize {

@@ -138,7 +138,9 @@ async fn serve_chunk(
         *b ^= 0xff;
     }
     wire::write_chunk(stream, &data).await?;
-    s.metrics.served(data.len() as u64);
-    let _ = s.store.add_transfer(peer.to_string(), 0, data.len() as u64).await;
+    let len = data.len() as u64;
+    crate::bufpool::give(data);
+    s.metrics.served(len);
+    let _ = s.store.add_transfer(peer.to_string(), 0, len).await;
     Ok(())
 }

@@ -562,11 +562,12 @@ impl Store {
 
     pub async fn add_transfer(&self, peer: String, down: u64, up: u64) -> Result<()> {
         self.call(move |c| {
-            c.execute(
+            // Once per chunk sent or received: the statement is parsed once, not every time.
+            c.prepare_cached(
                 "INSERT INTO transfer (peer, bytes_down, bytes_up) VALUES (?1, ?2, ?3)
                  ON CONFLICT (peer) DO UPDATE SET bytes_down = bytes_down + ?2, bytes_up = bytes_up + ?3",
-                params![peer, down as i64, up as i64],
-            )?;
+            )?
+            .execute(params![peer, down as i64, up as i64])?;
             Ok(())
         })
         .await

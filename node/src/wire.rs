@@ -104,7 +104,7 @@ pub async fn read_chunk_body<R: AsyncRead + Unpin>(
     if announced != expected {
         return Err(WireError::WrongLength { expected, actual: announced });
     }
-    let mut buf = vec![0u8; expected as usize];
+    let mut buf = crate::bufpool::zeroed(expected as usize);
     r.read_exact(&mut buf).await?;
     Ok(buf)
 }
