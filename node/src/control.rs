@@ -331,6 +331,8 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
                     have_chunks: p.have_chunks,
                     resumed_chunks: p.resumed_chunks,
                     fetched_chunks: p.fetched_chunks,
+                    from_origin: p.from_origin,
+                    from_peers: p.from_peers,
                     bytes_from: p.bytes_from,
                     approved_rings: t.approved_rings(hash).into_iter().map(|r| r.to_string()).collect(),
                     finished_ms: p.finished_ms,

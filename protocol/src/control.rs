@@ -160,6 +160,11 @@ pub struct ReleaseStatus {
     pub fetched_chunks: usize,
     /// Verified bytes fetched in this process, by peer id.
     pub bytes_from: BTreeMap<String, u64>,
+    /// Of those, the bytes fetched from origins (HTTP) and from peers (this site's or others').
+    #[serde(default)]
+    pub from_origin: u64,
+    #[serde(default)]
+    pub from_peers: u64,
     pub approved_rings: Vec<String>,
     /// When the download finished, in milliseconds since the epoch.
     pub finished_ms: Option<u64>,

@@ -245,8 +245,20 @@ fn three_sites_of_six_nodes_pull_the_release_across_each_site_link_about_once() 
         both.push((rx + tx - before[k - 1].0 - before[k - 1].1) as f64 / size);
     }
     let origin = (lab.link_bytes(&lab.ns("origin"), "eth0").1 - origin_before) as f64 / size;
+    // The release's own bytes into each site: what the site's nodes verified from the origin
+    // (no node fetched from another site: the origin was up and `site_upstream` is "origin").
+    let mut verified = vec![0u64; SITES];
+    let mut from_peers = vec![0u64; SITES];
+    for n in &all {
+        let st = n.status();
+        let k = (1..=SITES).find(|k| st.site == format!("site{k}")).expect("a node of a known site");
+        let r = st.releases.iter().find(|r| r.product == "tool" && r.version == 1).expect("the release");
+        verified[k - 1] += r.from_origin;
+        from_peers[k - 1] += r.from_peers;
+    }
+    let verified: Vec<f64> = verified.iter().map(|b| *b as f64 / size).collect();
     eprintln!(
-        "{SITES} sites x {HOSTS} nodes, {} MiB in {:.1} s; per site link / release size: into the site {inbound:.3?}, both directions {both:.3?}; origin sent {origin:.3}",
+        "{SITES} sites x {HOSTS} nodes, {} MiB in {:.1} s; per site link / release size: into the site {inbound:.3?}, both directions {both:.3?}; verified from the origin {verified:.3?}; origin sent {origin:.3}",
         data.len() >> 20,
         started.elapsed().as_secs_f64()
     );
@@ -257,8 +269,27 @@ fn three_sites_of_six_nodes_pull_the_release_across_each_site_link_about_once() 
         eprintln!("logs kept in {}", tmp.keep().display());
     }
     assert!(origin <= 1.1 * SITES as f64, "the origin sent {origin:.3} x the release to {SITES} sites");
+    // The release crossed each site link once: its chunks were fetched from the origin by the
+    // site's nodes between them, a range at most rarely twice (a timeout under load).
+    for (k, v) in verified.iter().enumerate() {
+        assert!(
+            *v >= 0.999 && *v <= 1.05,
+            "site {} took {v:.3} x the release from the origin (all: {verified:.3?})",
+            k + 1
+        );
+        let local = from_peers[k] as f64 / size;
+        assert!(
+            (local - (HOSTS as f64 - *v)).abs() < 0.01,
+            "site {}: {local:.3} x the release from peers and {v:.3} from the origin for {HOSTS} copies",
+            k + 1
+        );
+    }
+    // Everything else that crossed into a site (IP/TCP headers, HTTP, gossip, have-maps,
+    // Kademlia) stays a small fraction of the release. Gossip overhead grows with the run's length
+    // (~45 KB/s while the release downloads, docs/BENCHMARKS.md), so the bound leaves room for
+    // a run on a loaded machine: 1.11-1.115 was seen in 35-43 s runs; twice the release is 2.0.
     for (k, f) in inbound.iter().enumerate() {
-        assert!(*f <= 1.1, "site {} link carried {f:.3} x the release into the site (all: {inbound:.3?})", k + 1);
+        assert!(*f <= 1.2, "site {} link carried {f:.3} x the release into the site (all: {inbound:.3?})", k + 1);
     }
 }
 
