@@ -33,9 +33,14 @@ def status(path):
 
 
 def origin_summary(sts):
-    """Verified bytes taken from origins (bytes_from keys "origin <url>"): how many nodes fetched
+    """Verified bytes taken from origins (each release status's from_origin): how many nodes fetched
     and their sum over the release size. Above 1 means a range was fetched twice."""
-    per_node = [sum(v for k, v in st["releases"][0]["bytes_from"].items() if k.startswith("origin ")) for st in sts]
+    def from_origin(r):
+        if "from_origin" in r:
+            return r["from_origin"]
+        # Binaries from before the typed field (a "before" run with LANPATCH_BIN).
+        return sum(v for k, v in r["bytes_from"].items() if k.startswith("origin "))
+    per_node = [from_origin(st["releases"][0]) for st in sts]
     size = max(st["releases"][0]["total_bytes"] for st in sts) or 1
     fetchers = sum(1 for b in per_node if b > 0)
     print(f"  origin fetchers: {fetchers} of {len(sts)} nodes; verified bytes from the origin {sum(per_node) / size:.3f} x S",
