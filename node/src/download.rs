@@ -311,6 +311,8 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     let mut last_new_chunk = start;
     let mut was_fetcher = false;
     let mut last_fetchers: Vec<Vec<u8>> = Vec::new();
+    // The fetcher set the chunk owners were computed for, and each chunk's owner among them.
+    let mut assigned: (Vec<Vec<u8>>, Vec<usize>) = (Vec::new(), Vec::new());
     // Bytes stored since the last background sync was started, and whether one is running.
     let mut unsynced: u64 = 0;
     let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -387,12 +389,15 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 let rate = if s.cfg.origin_limit > 0 { share.min(s.cfg.origin_limit) } else { share };
                 s.origin_limit.set_rate(rate.max(1));
             }
+            // Who owns which chunk, recomputed only when the fetcher set changes.
+            if fetchers.iter().map(|f| f.as_slice()).ne(assigned.0.iter().map(Vec::as_slice)) {
+                assigned =
+                    (fetchers.iter().map(|f| (*f).clone()).collect(), wan::assign(&hash, sched.len(), &fetchers));
+            }
             let mut mine: Vec<usize> = match me_at {
-                Some(at) if sched.origin_inflight() < s.cfg.max_origin_inflight => sched
-                    .origin_candidates()
-                    .into_iter()
-                    .filter(|c| wan::owner(&hash, *c, &fetchers) == Some(at))
-                    .collect(),
+                Some(at) if sched.origin_inflight() < s.cfg.max_origin_inflight => {
+                    sched.origin_candidates().into_iter().filter(|c| assigned.1.get(*c) == Some(&at)).collect()
+                }
                 _ => Vec::new(),
             };
             mine.sort_by_key(|c| (*c as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15));

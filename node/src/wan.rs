@@ -1,17 +1,17 @@
 //! Splitting origin (WAN) work among the LAN nodes that want the same release.
 //!
-//! Each node computes the same owner for every chunk by rendezvous hashing over the participants
-//! (the nodes downloading the release that are not stalled): the owner is the participant with
-//! the highest `BLAKE3(manifest || chunk || node id)`. Only the owner fetches a chunk from the
-//! origin; everyone else waits for it to appear in the owner's have-map and fetches it over the
-//! LAN. When a participant leaves or stalls, only its chunks move, each to the next-highest node.
-//!
 //! The origin work of a site does not grow with the number of nodes: only `site_origin_fetchers`
-//! participants (the ones with the highest `BLAKE3(manifest || node id)`) fetch from the origin at
-//! all, so a site keeps about `site_origin_fetchers x max_origin_inflight` requests open across its
-//! WAN link whether it has 8 nodes or 500. A shaped or congested link drops handshakes when
+//! participants (the nodes downloading the release that are not stalled, ranked by
+//! `BLAKE3(manifest || node id)`) fetch from the origin at all, so a site keeps about
+//! `site_origin_fetchers x max_origin_inflight` requests open across its WAN link whether it has
+//! 8 nodes or 500. A shaped or congested link drops handshakes when
 //! hundreds of connections open at once; a handful fills it. When a fetcher leaves or stalls, the
-//! next-highest participant takes its place and only the leaver's chunks move.
+//! next-highest participant takes its place.
+//!
+//! Each node computes the same owner for every chunk among the fetchers ([`assign`]): rendezvous
+//! hashing on `BLAKE3(manifest || chunk || node id)` with bounded loads, so that every fetcher owns
+//! at most its fair share rounded up. Only the owner fetches a chunk from the origin; everyone else waits for it to
+//! appear in the owner's have-map and fetches it over the LAN.
 
 use lanpatch_protocol::Hash32;
 
@@ -31,9 +31,34 @@ fn fetcher_score(manifest: &Hash32, node: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Index into `participants` of the node that fetches `chunk` from the origin.
-pub fn owner<N: AsRef<[u8]>>(manifest: &Hash32, chunk: usize, participants: &[N]) -> Option<usize> {
-    participants.iter().enumerate().max_by_key(|(_, n)| score(manifest, chunk, n.as_ref())).map(|(i, _)| i)
+/// The owner of every chunk of a release among its site's origin `fetchers`, as indices into
+/// `fetchers`: rendezvous hashing with bounded loads. Chunks are taken in order; each goes to the
+/// fetcher with the highest `score` among those that own fewer than `ceil(chunks / k)` so far.
+/// No fetcher owns more than the fair share rounded up, so they all finish their share at about
+/// the same time: with plain rendezvous hashing the largest of 4 shares of 128 chunks is on
+/// average 1.18 x the fair share, and the WAN link idled for that long while the last fetcher
+/// finished alone. Deterministic and independent of the order of `fetchers`; when a fetcher
+/// leaves, its chunks move and, through the raised bound, a few others (see the tests).
+/// Empty when there are no fetchers.
+pub fn assign<N: AsRef<[u8]>>(manifest: &Hash32, chunks: usize, fetchers: &[N]) -> Vec<usize> {
+    let k = fetchers.len();
+    if k == 0 {
+        return Vec::new();
+    }
+    let cap = chunks.div_ceil(k);
+    let mut load = vec![0usize; k];
+    let mut ranked: Vec<(usize, [u8; 32])> = Vec::with_capacity(k);
+    (0..chunks)
+        .map(|c| {
+            ranked.clear();
+            ranked.extend(fetchers.iter().enumerate().map(|(i, f)| (i, score(manifest, c, f.as_ref()))));
+            ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            // Every fetcher at the bound would mean more than k x cap chunks: one always has room.
+            let at = ranked.iter().map(|(i, _)| *i).find(|i| load[*i] < cap).unwrap_or(ranked[0].0);
+            load[at] += 1;
+            at
+        })
+        .collect()
 }
 
 /// Indices into `participants` of the (at most `k`) nodes that fetch this release from the origin,
@@ -65,11 +90,11 @@ pub fn announces(manifest: &Hash32, me: &[u8], holders: &[Vec<u8>]) -> bool {
 mod tests {
     use super::*;
 
-    /// The owner of `chunk` among the fetchers, as an index into `participants`.
-    fn owner_among_fetchers(m: &Hash32, chunk: usize, participants: &[Vec<u8>], k: usize) -> Option<usize> {
+    /// The owner of every chunk among the fetchers, as indices into `participants`.
+    fn owners_among_fetchers(m: &Hash32, chunks: usize, participants: &[Vec<u8>], k: usize) -> Vec<usize> {
         let chosen = fetchers(m, participants, k);
         let ids: Vec<&Vec<u8>> = chosen.iter().map(|&i| &participants[i]).collect();
-        owner(m, chunk, &ids).map(|j| chosen[j])
+        assign(m, chunks, &ids).into_iter().map(|j| chosen[j]).collect()
     }
 
     fn nodes(n: u8) -> Vec<Vec<u8>> {
@@ -77,28 +102,35 @@ mod tests {
     }
 
     #[test]
-    fn work_is_split_about_evenly() {
-        let m = Hash32([9; 32]);
-        let p = nodes(8);
-        let mut counts = [0usize; 8];
-        for c in 0..4000 {
-            counts[owner(&m, c, &p).unwrap()] += 1;
+    fn no_fetcher_owns_more_than_its_fair_share_rounded_up() {
+        for (chunks, k) in [(128usize, 4u8), (4000, 8), (129, 4), (3, 4), (1, 1), (0, 3), (4096, 5)] {
+            let m = Hash32([chunks as u8; 32]);
+            let a = assign(&m, chunks, &nodes(k));
+            assert_eq!(a.len(), chunks);
+            let mut counts = vec![0usize; usize::from(k)];
+            for o in &a {
+                counts[*o] += 1;
+            }
+            let hi = counts.iter().max().unwrap();
+            assert!(*hi <= chunks.div_ceil(usize::from(k)), "{chunks} chunks over {k}: {counts:?}");
         }
-        assert!(counts.iter().all(|n| (400..600).contains(n)), "{counts:?}");
+        assert!(assign(&Hash32([0; 32]), 10, &Vec::<Vec<u8>>::new()).is_empty());
     }
 
     #[test]
-    fn a_leaving_node_moves_only_its_own_chunks() {
+    fn a_leaving_fetcher_moves_its_own_chunks_and_few_others() {
         let m = Hash32([1; 32]);
         let all = nodes(5);
         let without: Vec<Vec<u8>> = all.iter().filter(|n| n[0] != 2).cloned().collect();
-        for c in 0..1000 {
-            let before = &all[owner(&m, c, &all).unwrap()];
-            let after = &without[owner(&m, c, &without).unwrap()];
-            if before[0] != 2 {
-                assert_eq!(before, after, "chunk {c} moved although its owner stayed");
-            }
-        }
+        let (before, after) = (assign(&m, 1000, &all), assign(&m, 1000, &without));
+        let moved_between_stayers =
+            (0..1000).filter(|&c| all[before[c]][0] != 2 && all[before[c]] != without[after[c]]).count();
+        // Plain rendezvous hashing moves none; the bound moves some where a fetcher's share grew
+        // past what its first choices give it. Far fewer than a reshuffle (~800).
+        assert!(
+            moved_between_stayers <= 150,
+            "{moved_between_stayers} of 1000 chunks moved between fetchers that stayed"
+        );
     }
 
     #[test]
@@ -109,7 +141,7 @@ mod tests {
             let k = 4;
             let f = fetchers(&m, &p, k);
             assert_eq!(f.len(), usize::from(n).min(k), "n = {n}");
-            let mut owners: Vec<usize> = (0..2000).filter_map(|c| owner_among_fetchers(&m, c, &p, k)).collect();
+            let mut owners = owners_among_fetchers(&m, 2000, &p, k);
             owners.sort_unstable();
             owners.dedup();
             assert_eq!(owners.len(), f.len(), "n = {n}: every fetcher gets work, nobody else does");
@@ -118,7 +150,7 @@ mod tests {
     }
 
     #[test]
-    fn a_leaving_fetcher_is_replaced_and_the_other_fetchers_keep_their_chunks() {
+    fn a_leaving_fetcher_is_replaced_and_the_other_fetchers_keep_most_of_their_chunks() {
         let m = Hash32([7; 32]);
         let all = nodes(20);
         let k = 4;
@@ -132,15 +164,11 @@ mod tests {
             assert!(after.iter().any(|&j| rest[j] == all[i]), "a remaining fetcher lost its place");
         }
         let newcomer = after.iter().map(|&i| &rest[i]).find(|n| !before.iter().any(|&b| all[b] == **n)).unwrap();
-        for c in 0..1000 {
-            let was = &all[owner_among_fetchers(&m, c, &all, k).unwrap()];
-            let now = &rest[owner_among_fetchers(&m, c, &rest, k).unwrap()];
-            if *was != gone {
-                // Rendezvous hashing: the newcomer takes its share, no chunk moves between the
-                // fetchers that stayed.
-                assert!(was == now || now == newcomer, "chunk {c} moved between two fetchers that stayed");
-            }
-        }
+        let (was, now) = (owners_among_fetchers(&m, 1000, &all, k), owners_among_fetchers(&m, 1000, &rest, k));
+        let moved = (0..1000)
+            .filter(|&c| all[was[c]] != gone && rest[now[c]] != *newcomer && all[was[c]] != rest[now[c]])
+            .count();
+        assert!(moved <= 150, "{moved} of 1000 chunks moved between two fetchers that stayed");
     }
 
     #[test]
@@ -160,8 +188,9 @@ mod tests {
         let a = nodes(6);
         let mut b = a.clone();
         b.reverse();
+        let (oa, ob) = (assign(&m, 200, &a), assign(&m, 200, &b));
         for c in 0..200 {
-            assert_eq!(a[owner(&m, c, &a).unwrap()], b[owner(&m, c, &b).unwrap()]);
+            assert_eq!(a[oa[c]], b[ob[c]]);
         }
     }
 
