@@ -52,7 +52,7 @@ pub fn assign<N: AsRef<[u8]>>(manifest: &Hash32, chunks: usize, fetchers: &[N]) 
         .map(|c| {
             ranked.clear();
             ranked.extend(fetchers.iter().enumerate().map(|(i, f)| (i, score(manifest, c, f.as_ref()))));
-            ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1));
+            ranked.sort_unstable_by_key(|r| std::cmp::Reverse(r.1));
             // Every fetcher at the bound would mean more than k x cap chunks: one always has room.
             let at = ranked.iter().map(|(i, _)| *i).find(|i| load[*i] < cap).unwrap_or(ranked[0].0);
             load[at] += 1;
