@@ -10,8 +10,8 @@
 //!
 //! Each node computes the same owner for every chunk among the fetchers ([`assign`]): rendezvous
 //! hashing on `BLAKE3(manifest || chunk || node id)` with bounded loads, so that every fetcher owns
-//! at most its fair share rounded up. Only the owner fetches a chunk from the origin; everyone else waits for it to
-//! appear in the owner's have-map and fetches it over the LAN.
+//! at most its fair share rounded up. Only the owner fetches a chunk from the origin; everyone
+//! else waits for it to appear in the owner's have-map and fetches it over the LAN.
 
 use lanpatch_protocol::Hash32;
 
@@ -36,8 +36,8 @@ fn fetcher_score(manifest: &Hash32, node: &[u8]) -> [u8; 32] {
 /// fetcher with the highest `score` among those that own fewer than `ceil(chunks / k)` so far.
 /// No fetcher owns more than the fair share rounded up, so they all finish their share at about
 /// the same time: with plain rendezvous hashing the largest of 4 shares of 128 chunks is on
-/// average 1.18 x the fair share, and the WAN link idled for that long while the last fetcher
-/// finished alone. Deterministic and independent of the order of `fetchers`; when a fetcher
+/// average 1.18 x the fair share, and where each fetcher is held to its part of
+/// `site_origin_limit` the last one finished that much later. Deterministic and independent of the order of `fetchers`; when a fetcher
 /// leaves, its chunks move and, through the raised bound, a few others (see the tests).
 /// Empty when there are no fetchers.
 pub fn assign<N: AsRef<[u8]>>(manifest: &Hash32, chunks: usize, fetchers: &[N]) -> Vec<usize> {

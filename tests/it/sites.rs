@@ -247,8 +247,8 @@ fn three_sites_of_six_nodes_pull_the_release_across_each_site_link_about_once() 
     let origin = (lab.link_bytes(&lab.ns("origin"), "eth0").1 - origin_before) as f64 / size;
     // The release's own bytes into each site: what the site's nodes verified from the origin
     // (no node fetched from another site: the origin was up and `site_upstream` is "origin").
-    let mut verified = vec![0u64; SITES];
-    let mut from_peers = vec![0u64; SITES];
+    let mut verified = [0u64; SITES];
+    let mut from_peers = [0u64; SITES];
     for n in &all {
         let st = n.status();
         let k = (1..=SITES).find(|k| st.site == format!("site{k}")).expect("a node of a known site");
