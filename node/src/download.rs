@@ -310,9 +310,9 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     // When this node last got a chunk it did not have (the site's progress, as seen from here).
     let mut last_new_chunk = start;
     let mut was_fetcher = false;
-    let mut last_fetchers: Vec<Vec<u8>> = Vec::new();
-    // The fetcher set the chunk owners were computed for, and each chunk's owner among them.
-    let mut assigned: (Vec<Vec<u8>>, Vec<usize>) = (Vec::new(), Vec::new());
+    // The fetcher set last seen, and each chunk's owner among it (`wan::assign`).
+    let mut fetcher_set: Vec<Vec<u8>> = Vec::new();
+    let mut owners: Vec<usize> = Vec::new();
     // Bytes stored since the last background sync was started, and whether one is running.
     let mut unsynced: u64 = 0;
     let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -373,30 +373,29 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 was_fetcher = me_at.is_some();
                 tracing::debug!(manifest = %hash.short(), participants = participants.len(), fetcher = was_fetcher, views = views.len(), "origin fetcher role changed");
             }
-            // A fetcher whose set changes hands chunks to or takes them from others: logged, as a
-            // changed set on a site that did not change is how ranges get fetched twice.
-            if was_fetcher && fetchers.iter().map(|f| f.as_slice()).ne(last_fetchers.iter().map(Vec::as_slice)) {
-                last_fetchers = fetchers.iter().map(|f| (*f).clone()).collect();
-                let set: Vec<String> = fetchers
-                    .iter()
-                    .filter_map(|f| PeerId::from_bytes(f).ok())
-                    .map(|p| p.to_base58().chars().rev().take(6).collect())
-                    .collect();
-                tracing::debug!(manifest = %hash.short(), participants = participants.len(), fetchers = ?set, "origin fetcher set");
+            // Who owns which chunk, recomputed only when the fetcher set changes. A fetcher whose
+            // set changes hands chunks to or takes them from others: logged, as a changed set on a
+            // site that did not change is how ranges get fetched twice.
+            if fetchers.iter().map(|f| f.as_slice()).ne(fetcher_set.iter().map(Vec::as_slice)) {
+                fetcher_set = fetchers.iter().map(|f| (*f).clone()).collect();
+                owners = wan::assign(&hash, sched.len(), &fetchers);
+                if was_fetcher {
+                    let set: Vec<String> = fetchers
+                        .iter()
+                        .filter_map(|f| PeerId::from_bytes(f).ok())
+                        .map(|p| p.to_base58().chars().rev().take(6).collect())
+                        .collect();
+                    tracing::debug!(manifest = %hash.short(), participants = participants.len(), fetchers = ?set, "origin fetcher set");
+                }
             }
             if s.cfg.site_origin_limit > 0 {
                 let share = s.cfg.site_origin_limit / fetchers.len().max(1) as u64;
                 let rate = if s.cfg.origin_limit > 0 { share.min(s.cfg.origin_limit) } else { share };
                 s.origin_limit.set_rate(rate.max(1));
             }
-            // Who owns which chunk, recomputed only when the fetcher set changes.
-            if fetchers.iter().map(|f| f.as_slice()).ne(assigned.0.iter().map(Vec::as_slice)) {
-                assigned =
-                    (fetchers.iter().map(|f| (*f).clone()).collect(), wan::assign(&hash, sched.len(), &fetchers));
-            }
             let mut mine: Vec<usize> = match me_at {
                 Some(at) if sched.origin_inflight() < s.cfg.max_origin_inflight => {
-                    sched.origin_candidates().into_iter().filter(|c| assigned.1.get(*c) == Some(&at)).collect()
+                    sched.origin_candidates().into_iter().filter(|c| owners.get(*c) == Some(&at)).collect()
                 }
                 _ => Vec::new(),
             };

@@ -4,9 +4,9 @@
 //! participants (the nodes downloading the release that are not stalled, ranked by
 //! `BLAKE3(manifest || node id)`) fetch from the origin at all, so a site keeps about
 //! `site_origin_fetchers x max_origin_inflight` requests open across its WAN link whether it has
-//! 8 nodes or 500. A shaped or congested link drops handshakes when
-//! hundreds of connections open at once; a handful fills it. When a fetcher leaves or stalls, the
-//! next-highest participant takes its place.
+//! 8 nodes or 500. A shaped or congested link drops handshakes when hundreds of connections open
+//! at once; a handful fills it. When a fetcher leaves or stalls, the next-highest participant
+//! takes its place.
 //!
 //! Each node computes the same owner for every chunk among the fetchers ([`assign`]): rendezvous
 //! hashing on `BLAKE3(manifest || chunk || node id)` with bounded loads, so that every fetcher owns
@@ -37,8 +37,9 @@ fn fetcher_score(manifest: &Hash32, node: &[u8]) -> [u8; 32] {
 /// No fetcher owns more than the fair share rounded up, so they all finish their share at about
 /// the same time: with plain rendezvous hashing the largest of 4 shares of 128 chunks is on
 /// average 1.18 x the fair share, and where each fetcher is held to its part of
-/// `site_origin_limit` the last one finished that much later. Deterministic and independent of the order of `fetchers`; when a fetcher
-/// leaves, its chunks move and, through the raised bound, a few others (see the tests).
+/// `site_origin_limit` the last one finished that much later. Deterministic and independent of
+/// the order of `fetchers`; when a fetcher leaves, its chunks move and, through the raised bound,
+/// a few others (see the tests).
 /// Empty when there are no fetchers.
 pub fn assign<N: AsRef<[u8]>>(manifest: &Hash32, chunks: usize, fetchers: &[N]) -> Vec<usize> {
     let k = fetchers.len();
