@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use futures::AsyncWriteExt;
-use lanpatch_protocol::{ChunkError, DownloadProgress, FileEntry, Hash32, ReleaseManifest, Signed, verify_chunk};
+use lanpatch_protocol::{ChunkError, DownloadProgress, FileEntry, Hash32, ReleaseManifest, Signed, VerifiedChunk};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
@@ -113,8 +113,9 @@ enum FetchError {
     NotFound,
     #[error("peer is busy")]
     Busy,
+    /// The peer (a seed) sent that chunk to another peer already, named if it said which.
     #[error("peer sent that chunk to another peer already")]
-    Elsewhere,
+    Elsewhere(Option<PeerId>),
     #[error("timed out")]
     Timeout,
     /// The origin redirected where the policy does not allow (another origin, a file:// URL).
@@ -281,7 +282,7 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     }
     let release = crate::shared::release_ref(&m);
     let mut progress_reports = ProgressReports::new();
-    let (tx, mut rx) = mpsc::channel::<(Source, usize, Result<Vec<u8>, FetchError>)>(64);
+    let (tx, mut rx) = mpsc::channel::<(Source, usize, Result<VerifiedChunk, FetchError>)>(64);
     let (have_tx, mut have_rx) = mpsc::channel::<HaveAnswer>(64);
     let mut refresh = Refresh {
         tx: have_tx,
@@ -459,17 +460,13 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             s.metrics.chunk_refused(byte_source, reason);
         }
         match (source, result) {
-            (source, Ok(bytes)) => {
-                let len = bytes.len() as u64;
+            (source, Ok(chunk)) => {
+                let len = chunk.len() as u64;
                 let lib = s.library.clone();
                 let fh = file.hash;
-                tokio::task::spawn_blocking(move || {
-                    let stored = lib.write_chunk(&fh, idx, &bytes);
-                    crate::bufpool::give(bytes);
-                    stored
-                })
-                .await?
-                .with_context(|| format!("storing chunk {idx} of {}", file.path))?;
+                tokio::task::spawn_blocking(move || lib.write_chunk(&fh, chunk))
+                    .await?
+                    .with_context(|| format!("storing chunk {idx} of {}", file.path))?;
                 unsynced += len;
                 if unsynced >= SYNC_STEP && !syncing.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     unsynced = 0;
@@ -587,7 +584,19 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 let jitter = (seed ^ flat as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57;
                 sched.busy(&peer, flat, elapsed_ms(start), BUSY_BACKOFF_MS + jitter);
             }
-            (Source::Peer(peer), Err(FetchError::Elsewhere)) => sched.elsewhere(&peer, flat),
+            (Source::Peer(peer), Err(FetchError::Elsewhere(holder))) => {
+                sched.elsewhere(&peer, flat);
+                // The seed named the peer it sent the chunk to: ask that peer now rather than
+                // after a have-map round shows it (a peer of this site, connected, not banned).
+                if let Some(h) = holder
+                    && h != peer
+                    && h != s.net.local
+                    && s.net.same_site(&h)
+                    && !s.is_banned(&h)
+                {
+                    sched.hint(h, flat);
+                }
+            }
             (Source::Peer(peer), Err(e)) => {
                 tracing::debug!(%peer, chunk = flat, "chunk request failed: {e}");
                 sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
@@ -842,7 +851,7 @@ fn chunk_refusal(e: &FetchError) -> Option<ChunkRefusal> {
     }
 }
 
-async fn fetch_from_origin(s: &Shared, base: &str, file: &FileEntry, idx: u32) -> Result<Vec<u8>, FetchError> {
+async fn fetch_from_origin(s: &Shared, base: &str, file: &FileEntry, idx: u32) -> Result<VerifiedChunk, FetchError> {
     let Some((_, expected)) = file.chunk_range(idx) else { return Err(FetchError::NotFound) };
     s.origin_limit.acquire(u64::from(expected)).await;
     s.metrics.origin_request();
@@ -852,11 +861,19 @@ async fn fetch_from_origin(s: &Shared, base: &str, file: &FileEntry, idx: u32) -
         other => FetchError::Other(other.to_string()),
     })?;
     // Step C1, as for peers.
-    verify_chunk(file, idx, &bytes)?;
-    Ok(bytes)
+    verified(file, idx, bytes)
 }
 
-async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Result<Vec<u8>, FetchError> {
+/// Step C1: the bytes are checked against the signed manifest before anything else touches
+/// them; a refused chunk's buffer goes back to the pool.
+fn verified(file: &FileEntry, idx: u32, bytes: Vec<u8>) -> Result<VerifiedChunk, FetchError> {
+    VerifiedChunk::verify(file, idx, bytes).map_err(|(e, bytes)| {
+        crate::bufpool::give(bytes);
+        FetchError::Bad(e)
+    })
+}
+
+async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Result<VerifiedChunk, FetchError> {
     let Some((_, expected)) = file.chunk_range(idx) else { return Err(FetchError::NotFound) };
     s.down_limit.acquire(u64::from(expected)).await;
     let fut = async {
@@ -873,16 +890,18 @@ async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Re
                 })?
             }
             Response::Busy => return Err(FetchError::Busy),
-            Response::Elsewhere => return Err(FetchError::Elsewhere),
+            Response::Elsewhere => return Err(FetchError::Elsewhere(None)),
+            Response::ElsewhereAt { holder } => {
+                let holder = (holder.len() <= wire::MAX_PEER_ID).then(|| PeerId::from_bytes(&holder).ok()).flatten();
+                return Err(FetchError::Elsewhere(holder));
+            }
             _ => return Err(FetchError::NotFound),
         };
         let _ = stream.close().await;
         Ok(bytes)
     };
     let bytes = timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| FetchError::Timeout)??;
-    // Step C1: verify before anything else touches the bytes.
-    verify_chunk(file, idx, &bytes)?;
-    Ok(bytes)
+    verified(file, idx, bytes)
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //!
 //! Complete files live in `blobs/<BLAKE3 hex>`. A file being downloaded lives in
 //! `partial/<BLAKE3 hex>`, written chunk by chunk at its offset; each chunk is verified before it
-//! is written, recorded in SQLite after it is written, and only then served to peers. When every
-//! chunk is there the whole file is hashed once more and renamed into `blobs/`.
+//! is written (`write_chunk` takes only a [`VerifiedChunk`], and does not hash it again), recorded
+//! in SQLite after it is written, and only then served to peers. When every chunk is there the
+//! whole file is hashed once more and renamed into `blobs/`.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, Result, anyhow, bail};
-use lanpatch_protocol::{FileEntry, Hash32, verify_chunk};
+use lanpatch_protocol::{FileEntry, Hash32, VerifiedChunk, verify_chunk};
 
 use crate::store::Store;
 
@@ -40,6 +41,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Library {
     inner: Arc<RwLock<Inner>>,
+    /// Notified whenever a chunk is stored (see [`Library::wait_for_chunk`]).
+    stored: Arc<tokio::sync::Notify>,
     blobs: PathBuf,
     partial: PathBuf,
     store: Store,
@@ -61,7 +64,7 @@ impl Library {
         for d in [&blobs, &partial] {
             crate::fsmode::create_dir(d, crate::fsmode::DIR)?;
         }
-        Ok(Library { inner: Arc::default(), blobs, partial, store })
+        Ok(Library { inner: Arc::default(), stored: Arc::default(), blobs, partial, store })
     }
 
     pub fn blob_path(&self, file: &Hash32) -> PathBuf {
@@ -144,6 +147,35 @@ impl Library {
         Some(out)
     }
 
+    /// Whether this node holds a chunk: `Some(true)` if it does, `Some(false)` if the file is
+    /// being assembled here without it, `None` if the file is unknown.
+    pub fn holds(&self, file: &Hash32, idx: u32) -> Option<bool> {
+        let inner = self.read_inner();
+        let state = inner.files.get(file)?;
+        Some(state.complete || state.have.get(idx as usize).copied().unwrap_or(false))
+    }
+
+    /// Waits up to `within` for a chunk of a partial file to be stored; returns whether it is
+    /// held. A peer that was told this node got a chunk (`ElsewhereAt`) may ask before the chunk
+    /// has arrived and been verified here.
+    pub async fn wait_for_chunk(&self, file: &Hash32, idx: u32, within: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        loop {
+            // Registered before the check, so a chunk stored in between wakes it.
+            let notified = self.stored.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.holds(file, idx) {
+                Some(true) => return true,
+                None => return false,
+                Some(false) => {}
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.holds(file, idx) == Some(true);
+            }
+        }
+    }
+
     /// Reads a chunk this node holds. Blocking.
     pub fn read_chunk(&self, file: &Hash32, idx: u32) -> Result<Option<Vec<u8>>> {
         let Some(state) = self.file(file) else { return Ok(None) };
@@ -155,15 +187,24 @@ impl Library {
         read_chunk_at(&f, &state.entry, idx).map(Some)
     }
 
-    /// Stores a chunk that the caller has verified. Blocking. Returns whether the file is now
-    /// complete (all chunks present, not yet finalized).
-    pub fn write_chunk(&self, file: &Hash32, idx: u32, bytes: &[u8]) -> Result<bool> {
+    /// Stores a verified chunk. Blocking. Returns whether the file is now complete (all chunks
+    /// present, not yet finalized).
+    ///
+    /// The bytes are not hashed again: a [`VerifiedChunk`] matched its signed chunk hash when it
+    /// was made, and this file's own entry must expect that same hash at that index and that
+    /// length (so a chunk verified against another manifest's entry for the same file hash, with
+    /// another chunk list, is refused).
+    pub fn write_chunk(&self, file: &Hash32, chunk: VerifiedChunk) -> Result<bool> {
+        let idx = chunk.index();
         let state = self.file(file).ok_or_else(|| anyhow!("unknown file {}", file.short()))?;
         if state.complete || state.have.get(idx as usize).copied().unwrap_or(false) {
             return Ok(state.complete);
         }
-        verify_chunk(&state.entry, idx, bytes)?;
-        let (offset, _) = state.entry.chunk_range(idx).ok_or_else(|| anyhow!("no chunk {idx}"))?;
+        let (offset, len) = state.entry.chunk_range(idx).ok_or_else(|| anyhow!("no chunk {idx}"))?;
+        if state.entry.chunks.get(idx as usize) != Some(&chunk.hash()) || chunk.len() != len as usize {
+            bail!("chunk {idx} was verified against another entry than file {}'s", file.short());
+        }
+        let bytes = chunk.bytes();
         let path = self.partial_path(file);
         use std::os::unix::fs::OpenOptionsExt;
         let f = OpenOptions::new()
@@ -185,7 +226,11 @@ impl Library {
             *slot = true;
             s.have_count += 1;
         }
-        Ok(s.have_count == s.have.len())
+        let complete = s.have_count == s.have.len();
+        drop(inner);
+        self.stored.notify_waiters();
+        crate::bufpool::give(chunk.into_bytes());
+        Ok(complete)
     }
 
     /// Checks the whole file hash of a file whose chunks are all present and moves it into
@@ -244,9 +289,10 @@ impl Library {
         }
         for idx in 0..entry.chunks.len() as u32 {
             let bytes = read_chunk_at(&f, entry, idx)?;
-            verify_chunk(entry, idx, &bytes)
+            let chunk = VerifiedChunk::verify(entry, idx, bytes)
+                .map_err(|(e, _)| e)
                 .with_context(|| format!("{} does not match the signed manifest", src.display()))?;
-            self.write_chunk(&entry.hash, idx, &bytes)?;
+            self.write_chunk(&entry.hash, chunk)?;
         }
         self.finalize(&entry.hash)
     }
@@ -298,7 +344,7 @@ impl Library {
 
 fn read_chunk_at(f: &File, entry: &FileEntry, idx: u32) -> Result<Vec<u8>> {
     let (offset, len) = entry.chunk_range(idx).ok_or_else(|| anyhow!("no chunk {idx} in {}", entry.path))?;
-    let mut buf = crate::bufpool::zeroed(len as usize);
+    let mut buf = crate::bufpool::for_overwrite(len as usize);
     f.read_exact_at(&mut buf, offset)?;
     Ok(buf)
 }
@@ -311,4 +357,58 @@ pub fn is_disk_full(e: &anyhow::Error) -> bool {
                 || io.raw_os_error() == Some(28)
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanpatch_protocol::FileHasher;
+
+    fn entry(bytes: &[u8], chunk_size: u32) -> FileEntry {
+        let mut h = FileHasher::new(chunk_size);
+        h.update(bytes);
+        h.finish("pkg.deb".parse().unwrap(), false)
+    }
+
+    fn library(dir: &Path) -> Library {
+        Library::open(dir, Store::open(&dir.join("state.db")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn verified_chunks_are_stored_and_the_assembled_file_finalizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = library(dir.path());
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let e = entry(&data, 4096);
+        lib.register(&e).unwrap();
+        let mut complete = false;
+        for idx in 0..e.chunks.len() as u32 {
+            let (off, len) = e.chunk_range(idx).unwrap();
+            let chunk =
+                VerifiedChunk::verify(&e, idx, data[off as usize..(off + u64::from(len)) as usize].to_vec()).unwrap();
+            complete = lib.write_chunk(&e.hash, chunk).unwrap();
+        }
+        assert!(complete);
+        lib.finalize(&e.hash).unwrap();
+        assert_eq!(fs::read(lib.blob_path(&e.hash)).unwrap(), data);
+    }
+
+    #[test]
+    fn a_chunk_verified_against_another_entry_for_the_same_file_hash_is_not_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = library(dir.path());
+        let data = vec![7u8; 8192];
+        let e = entry(&data, 4096);
+        lib.register(&e).unwrap();
+        // Another (signed) entry claims the same file hash with other chunk hashes: bytes that
+        // match its chunk 0 must not land in this file's chunk 0.
+        let other_bytes = vec![9u8; 4096];
+        let mut other = e.clone();
+        other.chunks[0] = Hash32::of(&other_bytes);
+        let chunk = VerifiedChunk::verify(&other, 0, other_bytes).unwrap();
+        let err = lib.write_chunk(&e.hash, chunk).unwrap_err();
+        assert!(err.to_string().contains("verified against another entry"), "{err}");
+        assert_eq!(lib.file(&e.hash).unwrap().have_count, 0, "nothing recorded");
+        assert!(lib.read_chunk(&e.hash, 0).unwrap().is_none(), "nothing served");
+    }
 }

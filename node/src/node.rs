@@ -290,6 +290,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
         origin_limit: RateLimiter::new(cfg.origin_limit),
         origins: crate::origin::Origins::new(cfg.origin_redirects)?,
         uploads: Semaphore::new(cfg.max_concurrent_uploads),
+        parked: Semaphore::new(crate::serve::MAX_PARKED),
         seeding: Default::default(),
         cfg,
         store,

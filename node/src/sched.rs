@@ -259,6 +259,26 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
         }
     }
 
+    /// The peer was named as holding chunk `c` (by the seed that sent it there): it goes into
+    /// the peer's map until its next one. A peer with no map yet gets one with just that chunk.
+    pub fn hint(&mut self, peer: P, c: usize) {
+        let n = self.have.len();
+        if c >= n {
+            return;
+        }
+        let p = self.peers.entry(peer).or_insert_with(|| PeerState {
+            avail: vec![false; n],
+            avail_count: 0,
+            inflight: 0,
+            banned: false,
+            backoff_until_ms: 0,
+        });
+        if !p.avail[c] {
+            p.avail[c] = true;
+            p.avail_count += 1;
+        }
+    }
+
     pub fn failed(&mut self, peer: &P, c: usize, now_ms: u64, backoff_ms: u64) {
         // It evidently does not have it (any more); do not ask again until its next map.
         self.elsewhere(peer, c);
@@ -306,6 +326,27 @@ mod tests {
         let from_peer = reqs.iter().filter(|(p, _)| *p == "peer").count();
         assert_eq!(from_peer, 2, "{reqs:?}");
         assert_eq!(reqs.len(), 4);
+    }
+
+    #[test]
+    fn a_holder_named_by_the_seed_is_asked_for_that_chunk_next() {
+        let mut s = Scheduler::new(vec![false; 2], 4, 0);
+        s.set_peer_have("seed", all(2));
+        let first = s.next_requests(0);
+        assert_eq!(first.len(), 2);
+        // The seed sent chunk 0 to "a" already; "a" never answered a have-map query.
+        s.elsewhere(&"seed", 0);
+        s.hint("a", 0);
+        assert_eq!(s.next_requests(0), vec![("a", 0)]);
+        // A banned peer stays banned whatever it is named for.
+        let mut s = Scheduler::new(vec![false; 1], 4, 0);
+        s.set_peer_have("liar", all(1));
+        s.ban(&"liar");
+        s.hint("liar", 0);
+        assert!(s.next_requests(0).is_empty());
+        // Out of range: ignored.
+        s.hint("b", 5);
+        assert!(s.next_requests(0).is_empty());
     }
 
     #[test]

@@ -14,6 +14,14 @@ use crate::config::CorruptUploads;
 use crate::shared::Shared;
 use crate::wire::{self, Request, Response};
 
+/// How long a request for a chunk this node is still fetching waits for it. The seed names this
+/// node to peers as soon as it starts sending it a chunk (`ElsewhereAt`), so those peers often
+/// ask before the chunk is here: the request is answered when the chunk has been verified and
+/// stored instead of with `NotFound`.
+pub const PARK: Duration = Duration::from_secs(2);
+/// Most requests waiting that way at once; past it, `NotFound` at once.
+pub const MAX_PARKED: usize = 64;
+
 /// Per-peer request budget: a token bucket of `rate` per second, bursts of twice that.
 struct Budget {
     tokens: f64,
@@ -116,13 +124,21 @@ async fn serve_chunk(
     file: Hash32,
     index: u32,
 ) -> anyhow::Result<()> {
+    // A chunk of a file this node is assembling that is not here yet: wait for it, briefly and
+    // without holding an upload slot.
+    if s.library.holds(&file, index) == Some(false)
+        && let Ok(_parked) = s.parked.try_acquire()
+    {
+        s.library.wait_for_chunk(&file, index, PARK).await;
+    }
     let Ok(_permit) = s.uploads.try_acquire() else {
         wire::write_frame(stream, &Response::Busy).await?;
         return Ok(());
     };
     // After the permit: a chunk counts as sent only when it is about to go out.
-    if s.seeding.answer(&file, index) == crate::seeding::Answer::Elsewhere {
-        wire::write_frame(stream, &Response::Elsewhere).await?;
+    let connected = |p: &PeerId| s.net.same_site(p);
+    if let crate::seeding::Answer::Elsewhere(holder) = s.seeding.answer(&file, index, &peer, connected) {
+        wire::write_frame(stream, &Response::ElsewhereAt { holder: holder.to_bytes() }).await?;
         return Ok(());
     }
     let lib = s.library.clone();

@@ -72,8 +72,11 @@ pub struct Shared {
     pub origin_limit: RateLimiter,
     pub origins: crate::origin::Origins,
     pub uploads: Semaphore,
+    /// Requests for a chunk this node is still fetching, waiting for it (see serve.rs); at most
+    /// `serve::MAX_PARKED` at once.
+    pub parked: Semaphore,
     /// Releases this node published and is the first to seed (see seeding.rs).
-    pub seeding: crate::seeding::Seeding,
+    pub seeding: crate::seeding::Seeding<PeerId>,
     pub refusals: AtomicU64,
     pub metrics: crate::metrics::Metrics,
     /// Where the metrics endpoint listens (`ip:port`), if it is on.

@@ -58,7 +58,18 @@ pub enum Response {
     /// take it from a peer that holds it. The requester drops the chunk from this peer's
     /// have-map until its next have-map round, so it comes back here if nobody else has it.
     Elsewhere,
+    /// `Elsewhere`, naming the peer the chunk went to (its peer id's bytes, at most
+    /// [`MAX_PEER_ID`]): the requester asks that peer for it at once, without waiting for a
+    /// have-map round to show who holds it. The named peer serves it as soon as it has stored
+    /// it (see serve.rs).
+    ElsewhereAt {
+        #[serde(with = "serde_bytes")]
+        holder: Vec<u8>,
+    },
 }
+
+/// Longest peer id accepted in a response (an Ed25519 peer id is 38 bytes).
+pub const MAX_PEER_ID: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -104,7 +115,7 @@ pub async fn read_chunk_body<R: AsyncRead + Unpin>(
     if announced != expected {
         return Err(WireError::WrongLength { expected, actual: announced });
     }
-    let mut buf = crate::bufpool::zeroed(expected as usize);
+    let mut buf = crate::bufpool::for_overwrite(expected as usize);
     r.read_exact(&mut buf).await?;
     Ok(buf)
 }

@@ -35,7 +35,8 @@ pub use encoding::DecodeError;
 pub use lifecycle::{Event, FailReason, ReleaseState, RollbackCause, SkipReason, WaitReason};
 pub use limits::Limits;
 pub use manifest::{
-    ChunkError, Command, FileEntry, FileHasher, ReleaseManifest, Severity, SeverityLevel, Targets, verify_chunk,
+    ChunkError, Command, FileEntry, FileHasher, ReleaseManifest, Severity, SeverityLevel, Targets, VerifiedChunk,
+    verify_chunk,
 };
 pub use report::{DownloadProgress, Inventory, Report};
 pub use root::{Role, RoleKeys, Root, fleet_id};

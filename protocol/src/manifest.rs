@@ -323,6 +323,53 @@ pub fn verify_chunk(file: &FileEntry, index: u32, bytes: &[u8]) -> Result<(), Ch
     Ok(())
 }
 
+/// A chunk's bytes that hashed to the chunk hash a signed manifest gives for them. Only
+/// [`VerifiedChunk::verify`] makes one, so code that takes a `VerifiedChunk` (the node's store)
+/// cannot be handed unverified bytes, and does not hash them a second time: it only checks that
+/// its own file entry expects the same chunk hash at the same index.
+#[derive(Debug)]
+pub struct VerifiedChunk {
+    index: u32,
+    hash: Hash32,
+    bytes: Vec<u8>,
+}
+
+impl VerifiedChunk {
+    /// Verifies `bytes` as chunk `index` of `file` ([`verify_chunk`]). On a refusal the bytes are
+    /// returned beside the reason, so the caller can reuse the buffer.
+    pub fn verify(file: &FileEntry, index: u32, bytes: Vec<u8>) -> Result<VerifiedChunk, (ChunkError, Vec<u8>)> {
+        match verify_chunk(file, index, &bytes) {
+            Ok(()) => Ok(VerifiedChunk { index, hash: file.chunks[index as usize], bytes }),
+            Err(e) => Err((e, bytes)),
+        }
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The signed chunk hash the bytes matched.
+    pub fn hash(&self) -> Hash32 {
+        self.hash
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// Computes a file's size, hash and chunk hashes from its bytes, fed in pieces of any size.
 pub struct FileHasher {
     chunk_size: u32,

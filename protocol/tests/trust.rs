@@ -377,6 +377,20 @@ fn tampered_chunk_is_refused() {
 }
 
 #[test]
+fn a_verified_chunk_is_made_only_from_bytes_that_match_and_a_refusal_returns_the_buffer() {
+    let bytes = vec![9u8; 40_000];
+    let entry = file("a.bin", &bytes);
+    let ok = VerifiedChunk::verify(&entry, 1, bytes[16 * 1024..32 * 1024].to_vec()).unwrap();
+    assert_eq!((ok.index(), ok.hash(), ok.len()), (1, entry.chunks[1], 16 * 1024));
+    let mut bad = bytes[..16 * 1024].to_vec();
+    bad[7] ^= 1;
+    let (e, back) = VerifiedChunk::verify(&entry, 0, bad.clone()).unwrap_err();
+    assert!(matches!(e, ChunkError::HashMismatch { index: 0, .. }));
+    assert_eq!(back, bad, "the refused buffer comes back unchanged");
+    assert!(matches!(VerifiedChunk::verify(&entry, 9, vec![0; 10]), Err((ChunkError::NoSuchChunk { .. }, _))));
+}
+
+#[test]
 fn tampered_file_hash_breaks_the_signatures() {
     let f = fleet();
     let m = signed_manifest(&f, 1, &[&f.release_keys[0], &f.release_keys[1]]);
