@@ -40,7 +40,10 @@ fn six_nodes_get_identical_verified_copies_and_the_seed_uploads_far_less_than_si
     let copies = seed_up as f64 / data.len() as f64;
     let peer_bytes: u64 = nodes.iter().flat_map(|n| n.status().transfers).map(|t| t.bytes_down).sum::<u64>() - seed_up;
     eprintln!("seed uploaded {copies:.2} copies; {peer_bytes} bytes moved between endpoints");
-    assert!(copies < 2.5, "seed uploaded {copies:.2} copies of the release; peers should carry most of it");
+    // Initial seeding: each chunk leaves the seed once, and a peer that asks for a chunk sent
+    // already is told who got it (`ElsewhereAt`) and takes it from there (1.00 copies measured
+    // on an idle machine; a re-send needs a 10 s hold to end first).
+    assert!(copies < 1.5, "seed uploaded {copies:.2} copies of the release; peers should carry the rest");
     assert!(copies >= 1.0, "someone must have fetched every chunk from the seed at least once");
 }
 
@@ -162,7 +165,10 @@ fn gossip_signed_outside_the_root_or_replaying_an_older_release_is_refused_and_n
     let attacker_cfg = format!("{line}\n[fault_injection]\nraw_gossip = \"allow\"");
     let mut attacker = Node::new(dir, "attacker", &root, &[b.port], &attacker_cfg);
     attacker.start();
-    let mut c = Node::new(dir, "c", &root, &[b.port], line);
+    // c keeps to one connection: Kademlia's bootstrap learns the attacker's address from b and
+    // would otherwise connect c to it directly (seen on a loaded machine), and the junk would
+    // then reach c from the attacker, not through b.
+    let mut c = Node::new(dir, "c", &root, &[b.port], &format!("{line}\nmax_connections = 1"));
     c.start();
     wait_until(Duration::from_secs(20), "line topology", || b.status().peers.len() == 2 && c.status().peers.len() == 1);
 
@@ -205,6 +211,7 @@ fn gossip_signed_outside_the_root_or_replaying_an_older_release_is_refused_and_n
         c.release_state("tool", 3).is_some()
     });
     let cs = c.status();
+    assert_eq!(cs.peers.len(), 1, "c is connected to b only: {:?}", cs.peers);
     assert_eq!(cs.refusals, 0, "c saw forwarded junk: {:?}", cs.recent_refusals);
     assert!(cs.releases.iter().all(|r| r.product != "evil" && r.version != 1), "{:?}", cs.releases);
 }
