@@ -26,6 +26,13 @@ struct PeerState {
     backoff_until_ms: u64,
 }
 
+impl PeerState {
+    /// A peer of which nothing is known yet: no chunks out of `n`, nothing in flight.
+    fn unknown(n: usize) -> Self {
+        PeerState { avail: vec![false; n], avail_count: 0, inflight: 0, banned: false, backoff_until_ms: 0 }
+    }
+}
+
 #[derive(Debug)]
 pub struct Scheduler<P> {
     have: Vec<bool>,
@@ -86,13 +93,7 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
             return;
         }
         let avail_count = avail.iter().filter(|a| **a).count();
-        let e = self.peers.entry(peer).or_insert(PeerState {
-            avail: Vec::new(),
-            avail_count: 0,
-            inflight: 0,
-            banned: false,
-            backoff_until_ms: 0,
-        });
+        let e = self.peers.entry(peer).or_insert_with(|| PeerState::unknown(0));
         e.avail = avail;
         e.avail_count = avail_count;
     }
@@ -266,13 +267,7 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
         if c >= n {
             return;
         }
-        let p = self.peers.entry(peer).or_insert_with(|| PeerState {
-            avail: vec![false; n],
-            avail_count: 0,
-            inflight: 0,
-            banned: false,
-            backoff_until_ms: 0,
-        });
+        let p = self.peers.entry(peer).or_insert_with(|| PeerState::unknown(n));
         if !p.avail[c] {
             p.avail[c] = true;
             p.avail_count += 1;

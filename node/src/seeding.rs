@@ -29,10 +29,10 @@ pub enum Answer<P> {
 
 #[derive(Debug)]
 struct InitialSeed<P> {
-    /// When each chunk first went out (ms on the caller's clock), and to whom.
+    /// When each chunk last went out (ms on the caller's clock), and to whom.
     sent: Vec<Option<(u64, P)>>,
     unsent: usize,
-    /// When the last chunk to go out first went out.
+    /// When any chunk last went out.
     newest_ms: u64,
 }
 
@@ -60,7 +60,7 @@ impl<P: Clone + PartialEq> InitialSeed<P> {
         }
     }
 
-    /// Every chunk went out once and no hold is running: nothing left to refuse.
+    /// Every chunk went out and no hold is running: nothing left to refuse.
     fn ended(&self, now_ms: u64) -> bool {
         self.unsent == 0 && now_ms.saturating_sub(self.newest_ms) >= HOLD_MS
     }
