@@ -24,14 +24,28 @@ fn main() {
     let releases = args.get(1).copied().unwrap_or(20);
     let key = SigningKey::from_bytes(&[7; 32]);
     let node = PublicKey(key.verifying_key().to_bytes());
-    let ring = "broad".parse().expect("ring");
+    let ring: lanpatch_protocol::RingName = "broad".parse().expect("ring");
+    // Every node message carries its author's certificate, signed here by one enroll key.
+    let enroll = SigningKey::from_bytes(&[8; 32]);
+    let mut c = Signed::new(lanpatch_protocol::NodeCertificate {
+        fleet: Hash32([9; 32]),
+        node,
+        hostname: "ws-0421.branch.example".into(),
+        ring: ring.clone(),
+        site: "branch-12".parse().expect("site"),
+        tags: vec!["office".parse().expect("tag")],
+        issued: Timestamp(1_796_000_000),
+        expires: Timestamp(1_827_536_000),
+    });
+    c.sign(&enroll);
+    let cert = c.into_envelope();
     let hostname = "ws-0421.branch.example".to_string();
     let at = Timestamp(1_796_000_000);
     let seq = 1_796_000_000_123;
     let report = Report {
         node,
         hostname: hostname.clone(),
-        ring: "broad".parse().expect("ring"),
+        ring: ring.clone(),
         manifest: Hash32([1; 32]),
         product: "openssl".parse().expect("product"),
         version: Version(202612011),
@@ -46,6 +60,7 @@ fn main() {
             from_peers: 70 << 20,
             from_origin: 4 << 20,
         }),
+        certificate: Some(cert.clone()),
     };
     let inventory = Inventory {
         node,
@@ -54,7 +69,7 @@ fn main() {
         os_version: "12".into(),
         kernel: "6.1.0-28-amd64".into(),
         arch: "x86_64".into(),
-        ring: "broad".parse().expect("ring"),
+        ring: ring.clone(),
         tags: vec!["office".parse().expect("tag")],
         packages: (0..packages)
             .map(|i| Package {
@@ -74,6 +89,7 @@ fn main() {
         at,
         seq,
         agent_version: "0.1.0".into(),
+        certificate: Some(cert.clone()),
     };
     let digest = Digest {
         node,
@@ -84,9 +100,10 @@ fn main() {
         reports: (0..releases.min(256))
             .map(|i| Mark { manifest: Hash32([i as u8; 32]), seq: seq + i as u64 })
             .collect(),
+        certificate: Some(cert.clone()),
     };
-    let pull_one = Pull { node, target: PullTarget::Node(node), at, inventory: false, reports: vec![Hash32([1; 32])] };
-    let pull_everyone = Pull { node, target: PullTarget::Everyone, at, inventory: false, reports: vec![] };
+    let pull_one = Pull { node, target: PullTarget::Node(node), at, inventory: false, reports: vec![Hash32([1; 32])], certificate: Some(cert.clone()) };
+    let pull_everyone = Pull { node, target: PullTarget::Everyone, at, inventory: false, reports: vec![], certificate: Some(cert) };
     println!(
         "{{\"packages\": {packages}, \"releases\": {releases}, \"report\": {}, \"inventory\": {}, \"digest\": {}, \"pull_one\": {}, \"pull_everyone\": {}}}",
         signed(&key, report),

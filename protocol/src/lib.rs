@@ -21,6 +21,7 @@ pub mod keyfile;
 pub mod lifecycle;
 pub mod limits;
 pub mod manifest;
+pub mod membership;
 pub mod report;
 pub mod rollout;
 pub mod root;
@@ -38,6 +39,7 @@ pub use manifest::{
     ChunkError, Command, FileEntry, FileHasher, ReleaseManifest, Severity, SeverityLevel, Targets, VerifiedChunk,
     verify_chunk,
 };
+pub use membership::{MemberRefusal, NodeCertificate, RefusalReason, Revocations};
 pub use report::{DownloadProgress, Inventory, Report};
 pub use root::{Role, RoleKeys, Root, fleet_id};
 pub use signed::{Envelope, Kind, Payload, SignatureEntry, SignatureError, Signed};

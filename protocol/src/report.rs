@@ -33,6 +33,9 @@ pub struct Report {
     /// How far the download got and where its bytes came from, once it started (kept on the
     /// reports after it, so an installed node's report still tells the fan-out saving).
     pub progress: Option<DownloadProgress>,
+    /// The author's node certificate: a listener counts the report only for the ring it enrolls
+    /// (`None` only in fleets run with `enrollment = "off"`).
+    pub certificate: Option<Envelope>,
 }
 
 /// A release's download on one node: chunks held, and verified bytes by kind of source, fetched
@@ -90,6 +93,8 @@ pub struct Inventory {
     pub seq: u64,
     /// The lanpatch-node version that sent it.
     pub agent_version: String,
+    /// The author's node certificate (see [`Report::certificate`]).
+    pub certificate: Option<Envelope>,
 }
 
 /// Most packages in one inventory.
@@ -159,19 +164,69 @@ impl Payload for Inventory {
     }
 }
 
-/// The node key a node report speaks for.
+/// The node key a node report speaks for, the certificate it carries, and the ring it claims.
 pub trait FromNode {
     fn node(&self) -> PublicKey;
+    fn certificate(&self) -> Option<&Envelope>;
+    /// The ring the message speaks for (`None`: it names none).
+    fn ring(&self) -> Option<&RingName>;
 }
 impl FromNode for Report {
     fn node(&self) -> PublicKey {
         self.node
+    }
+    fn certificate(&self) -> Option<&Envelope> {
+        self.certificate.as_ref()
+    }
+    fn ring(&self) -> Option<&RingName> {
+        Some(&self.ring)
     }
 }
 impl FromNode for Inventory {
     fn node(&self) -> PublicKey {
         self.node
     }
+    fn certificate(&self) -> Option<&Envelope> {
+        self.certificate.as_ref()
+    }
+    fn ring(&self) -> Option<&RingName> {
+        Some(&self.ring)
+    }
+}
+
+/// Who may author node messages: the trust state a listener checks certificates against.
+/// `None` where the fleet runs with `enrollment = "off"`.
+pub struct MemberCheck<'a> {
+    pub root: &'a crate::Root,
+    pub fleet: &'a Hash32,
+    pub revoked: Option<&'a crate::Revocations>,
+    pub now: Timestamp,
+}
+
+/// Step N4: the message carries a certificate that makes its author a member now (M1 to M6),
+/// and the ring it speaks for is the ring its certificate enrolls.
+pub fn check_author<T: FromNode>(
+    msg: &T,
+    check: &MemberCheck<'_>,
+    limits: &Limits,
+) -> Result<crate::NodeCertificate, crate::MemberRefusal> {
+    let cert = msg.certificate().ok_or(crate::MemberRefusal::NoCertificate)?;
+    let c = crate::membership::verify_certificate(
+        cert,
+        check.root,
+        check.fleet,
+        &msg.node(),
+        check.revoked,
+        limits,
+        check.now,
+    )?;
+    let c = c.value().clone();
+    if let Some(ring) = msg.ring()
+        && *ring != c.ring
+    {
+        return Err(crate::MemberRefusal::WrongRing { claimed: ring.clone(), certified: c.ring });
+    }
+    Ok(c)
 }
 
 /// Steps N1 to N3: the envelope decodes within limits (N1), the payload decodes and validates

@@ -23,19 +23,24 @@ pub enum Role {
     /// Signs short-lived freshness statements (TUF's timestamp role). An online key, held by
     /// the admin workstation's node. Optional: a root without it has no freeze protection.
     Timestamp,
+    /// Signs node certificates (fleet membership) and revocation lists. May be one online key
+    /// on the admin node, like `timestamp`. Optional in the root's encoding; a node refuses to
+    /// start without it unless `enrollment = "off"`.
+    Enroll,
 }
 
 impl Role {
     /// The roles every root must have.
     pub const ALL: [Role; 3] = [Role::Root, Role::Release, Role::Approve];
     /// Every role a root may have.
-    pub const ANY: [Role; 4] = [Role::Root, Role::Release, Role::Approve, Role::Timestamp];
+    pub const ANY: [Role; 5] = [Role::Root, Role::Release, Role::Approve, Role::Timestamp, Role::Enroll];
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Root => "root",
             Role::Release => "release",
             Role::Approve => "approve",
             Role::Timestamp => "timestamp",
+            Role::Enroll => "enroll",
         }
     }
 }
@@ -52,7 +57,7 @@ impl FromStr for Role {
         Role::ANY.into_iter().find(|r| r.as_str() == s).ok_or_else(|| NameError::Invalid {
             what: "role",
             value: s.chars().take(40).collect(),
-            why: "unknown role; the roles are root, release, approve and timestamp",
+            why: "unknown role; the roles are root, release, approve, timestamp and enroll",
         })
     }
 }
@@ -73,7 +78,7 @@ pub struct Root {
     /// `None` in version 1; the id of the fleet (derived from version 1) in every later version.
     pub fleet: Option<Hash32>,
     pub expires: Timestamp,
-    /// Every role in [`Role::ALL`] must be present; [`Role::Timestamp`] may be. A `BTreeMap` keeps the encoding deterministic.
+    /// Every role in [`Role::ALL`] must be present; [`Role::Timestamp`] and [`Role::Enroll`] may be. A `BTreeMap` keeps the encoding deterministic.
     pub roles: BTreeMap<Role, RoleKeys>,
 }
 

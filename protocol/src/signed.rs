@@ -30,6 +30,10 @@ pub enum Kind {
     /// A node's digest of its latest reports (appended: earlier kinds keep their encodings).
     Digest,
     Pull,
+    /// A node certificate (fleet membership), signed by the enroll role.
+    Certificate,
+    /// A list of revoked node keys, signed by the enroll role.
+    Revocation,
 }
 
 impl Kind {
@@ -44,6 +48,8 @@ impl Kind {
             Kind::Statement => b"statement",
             Kind::Digest => b"digest",
             Kind::Pull => b"pull",
+            Kind::Certificate => b"certificate",
+            Kind::Revocation => b"revocation",
         }
     }
 }

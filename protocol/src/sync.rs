@@ -31,6 +31,8 @@ pub struct Digest {
     /// The sequence number of the node's latest inventory (0: none sent yet).
     pub inventory: u64,
     pub reports: Vec<Mark>,
+    /// The author's node certificate (see `Report::certificate`).
+    pub certificate: Option<crate::Envelope>,
 }
 
 /// Who a pull asks.
@@ -54,6 +56,8 @@ pub struct Pull {
     pub inventory: bool,
     /// Send the latest report about each of these releases again.
     pub reports: Vec<Hash32>,
+    /// The author's node certificate (see `Report::certificate`).
+    pub certificate: Option<crate::Envelope>,
 }
 
 /// A pull older (or further in the future) than this, by the receiver's clock, is ignored.
@@ -110,10 +114,22 @@ impl FromNode for Digest {
     fn node(&self) -> PublicKey {
         self.node
     }
+    fn certificate(&self) -> Option<&crate::Envelope> {
+        self.certificate.as_ref()
+    }
+    fn ring(&self) -> Option<&RingName> {
+        Some(&self.ring)
+    }
 }
 impl FromNode for Pull {
     fn node(&self) -> PublicKey {
         self.node
+    }
+    fn certificate(&self) -> Option<&crate::Envelope> {
+        self.certificate.as_ref()
+    }
+    fn ring(&self) -> Option<&RingName> {
+        None
     }
 }
 
@@ -144,6 +160,7 @@ mod tests {
             at: Timestamp(100),
             inventory,
             reports: reports.iter().map(|(h, seq)| Mark { manifest: Hash32([*h; 32]), seq: *seq }).collect(),
+            certificate: None,
         }
     }
 
@@ -177,6 +194,7 @@ mod tests {
             at: Timestamp(10_000),
             inventory: false,
             reports: vec![],
+            certificate: None,
         };
         assert!(p.is_fresh(Timestamp(10_000 + PULL_MAX_AGE_SECS)));
         assert!(p.is_fresh(Timestamp(10_000 - PULL_MAX_AGE_SECS)));
@@ -192,6 +210,7 @@ mod tests {
             at: Timestamp(1),
             inventory: true,
             reports: vec![],
+            certificate: None,
         };
         assert!(p.validate(&Limits::default()).is_err());
     }

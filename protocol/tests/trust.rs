@@ -528,6 +528,7 @@ fn report_value(node: &SigningKey) -> Report {
             from_peers: 2 << 20,
             from_origin: 1 << 20,
         }),
+        certificate: None,
     }
 }
 
@@ -553,6 +554,7 @@ fn node_reports_and_inventories_round_trip() {
         at: NOW,
         seq: 1,
         agent_version: "0.1.0".into(),
+        certificate: None,
     });
 }
 
