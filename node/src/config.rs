@@ -52,7 +52,17 @@ pub struct Config {
     /// or `private` (always reserve a relay slot on bootstrap peers that relay).
     #[serde(default)]
     pub reachability: crate::site::Reachability,
-    /// The rollout ring this node belongs to.
+    /// Fleet membership (docs/OPERATIONS.md "Enrolling nodes"): `required` (the default) makes
+    /// the node start only with a valid certificate from the trust root's enroll role, talk only
+    /// to peers that show one, and count only members' reports; `off` is for throwaway test
+    /// fleets: anyone holding the fleet's root can join, read inventories and move ring gates.
+    #[serde(default)]
+    pub enrollment: Enrollment,
+    /// The node certificate (`lanpatch-signer enroll node`); default `<data_dir>/node.cert`.
+    /// With enrollment, ring, site, tags and hostname come from it, not from this file.
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// The rollout ring this node belongs to (with enrollment: the certificate's ring).
     #[serde(default = "default_ring")]
     pub ring: RingName,
     /// Free-form tags used by release targeting.
@@ -258,6 +268,13 @@ fn default_listen() -> Vec<String> {
 fn default_true() -> bool {
     true
 }
+impl Config {
+    /// The ring a node is in when node.toml names none.
+    pub fn default_ring() -> RingName {
+        default_ring()
+    }
+}
+
 fn default_ring() -> RingName {
     RingName::try_from("broad".to_string()).unwrap_or_else(|_| unreachable!("valid literal"))
 }
@@ -365,7 +382,22 @@ fn default_log() -> String {
     "info,libp2p_gossipsub=warn,libp2p_mdns=warn".into()
 }
 
+/// Whether the fleet checks membership (see [`Config::enrollment`]). An enum, not a bool: turning
+/// it off is a decision that reads as one in node.toml.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enrollment {
+    #[default]
+    Required,
+    Off,
+}
+
 impl Config {
+    /// The node certificate's path (always set by [`Config::parse`]).
+    pub fn certificate_path(&self) -> PathBuf {
+        self.certificate.clone().unwrap_or_else(|| self.data_dir.join("node.cert"))
+    }
+
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         // Made absolute here, so install commands (which run in their staging directory) and
@@ -383,6 +415,10 @@ impl Config {
         c.data_dir = base.join(&c.data_dir);
         c.trust_root = base.join(&c.trust_root);
         c.timestamp_key = c.timestamp_key.map(|k| base.join(k));
+        c.certificate = Some(match c.certificate.take() {
+            Some(p) => base.join(p),
+            None => c.data_dir.join("node.cert"),
+        });
         c.console_feeds_db = c.console_feeds_db.map(|k| base.join(k));
         if c.statement_interval_secs == 0 || c.statement_lifetime_secs <= c.statement_interval_secs {
             anyhow::bail!("statement_lifetime_secs must be longer than statement_interval_secs (> 0)");

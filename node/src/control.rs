@@ -144,6 +144,7 @@ pub async fn fleet_reports(s: &Shared) -> Result<Vec<ReportView>> {
                 at: v.at.0,
                 seq: v.seq,
                 progress: v.progress,
+                envelope: Some(hex::encode(r.to_bytes())),
             }
         })
         .collect())
@@ -200,6 +201,7 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
             }
             Ok(ControlResponse::Inventories(fleet_inventories(s).await?))
         }
+        ControlRequest::PublishMetadata { hex } => publish_metadata(s, &hex).await,
         ControlRequest::RawGossip { hex } => {
             if s.cfg.fault_injection.raw_gossip != RawGossip::Allow {
                 bail!("raw gossip is refused (fault_injection.raw_gossip is not \"allow\")");
@@ -209,6 +211,35 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
             Ok(ControlResponse::Done)
         }
     }
+}
+
+/// One signed envelope from `lanpatch-signer publish --metadata`: verified exactly as from gossip
+/// (a revocation list, or any metadata the pipeline takes), kept, and gossiped.
+async fn publish_metadata(s: &Arc<Shared>, hex_text: &str) -> Result<ControlResponse> {
+    let bytes =
+        hex::decode(hex_text.trim()).map_err(|e| fail(ErrorKind::BadRequest, format!("metadata must be hex: {e}")))?;
+    let limits = s.trust().limits.clone();
+    let env = lanpatch_protocol::Envelope::decode(&bytes, &limits)
+        .map_err(|e| fail(ErrorKind::BadRequest, format!("not a signed envelope: {e}")))?;
+    if env.kind == lanpatch_protocol::Kind::Revocation {
+        if s.members.is_none() {
+            return Err(fail(
+                ErrorKind::Refused,
+                "this node runs with enrollment = \"off\": it does not check membership, so a revocation list means nothing to it",
+            ));
+        }
+        crate::pipeline::ingest_revocations(s, env)
+            .await
+            .map_err(|e| fail(ErrorKind::Refused, format!("revocation list refused: {e}")))?;
+    } else {
+        crate::pipeline::ingest(s, &bytes, crate::pipeline::Source::LocalPublish)
+            .await
+            .map_err(|e| fail(ErrorKind::Refused, format!("metadata refused: {e:#}")))?;
+    }
+    if let Err(e) = s.net.publish(bytes).await {
+        tracing::debug!("metadata not gossiped now (peers get it through catalog sync): {e:#}");
+    }
+    Ok(ControlResponse::Done)
 }
 
 /// Verifies a bundle against this node's trust state, imports its files (verifying every chunk)
@@ -354,6 +385,17 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         .into_iter()
         .map(|(at, source, kind, reason)| Refusal { at, source, kind, reason })
         .collect();
+    // Refusals at the door are kept by `Members` (the door runs outside the node's tasks).
+    let mut recent_refusals: Vec<Refusal> = recent_refusals;
+    if let Some(m) = &s.members {
+        recent_refusals.extend(m.recent().into_iter().map(|r| Refusal {
+            at: r.at.0,
+            source: r.peer,
+            kind: lanpatch_protocol::control::RefusalKind::Membership,
+            reason: format!("refused at the door ({}): {}", r.reason.as_str(), r.detail),
+        }));
+        recent_refusals.sort_by_key(|r| std::cmp::Reverse(r.at));
+    }
     let transfers = s
         .store
         .transfers()
@@ -370,6 +412,13 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         fleet,
         ring: s.cfg.ring.to_string(),
         hostname: s.facts.hostname.clone(),
+        membership: match &s.members {
+            Some(m) => lanpatch_protocol::control::Membership::Enrolled {
+                expires: m.own().expires.0,
+                peers_refused: m.refused_total(),
+            },
+            None => lanpatch_protocol::control::Membership::Off,
+        },
         site: s.cfg.site.to_string(),
         listen,
         peers,

@@ -85,6 +85,54 @@ fn signer(dir: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The ring of the demo's node `i` (1 is the admin workstation).
+fn ring_of(i: usize) -> &'static str {
+    match i {
+        1 => "admin",
+        2 => "canary",
+        _ => "broad",
+    }
+}
+
+/// Enrolls one demo node the way an admin enrolls a host: the host prints its key, the admin
+/// signs a certificate with the enroll key, the host checks and installs it.
+fn enroll_node(self_exe: &Path, dir: &Path, ndir: &Path, name: &str, ring: &str) -> Result<()> {
+    let config = ndir.join("node.toml");
+    let out = Command::new(self_exe).args(["id", "--json", "--config"]).arg(&config).output()?;
+    if !out.status.success() {
+        bail!("lanpatch-node id failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let id: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let key = id["node_key"].as_str().context("lanpatch-node id printed no node_key")?;
+    let cert = format!("{name}.cert");
+    signer(
+        dir,
+        &[
+            "enroll",
+            "node",
+            "--root",
+            "root.lpr",
+            "--key",
+            "enroll.key",
+            "--node-key",
+            key,
+            "--hostname",
+            name,
+            "--ring",
+            ring,
+            "--expires",
+            "1d",
+            "--out",
+            &cert,
+        ],
+    )?;
+    let out = Command::new(self_exe).arg("join").arg(dir.join(&cert)).arg("--config").arg(&config).output()?;
+    if !out.status.success() {
+        bail!("lanpatch-node join failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -126,8 +174,11 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
         dir.display()
     );
 
-    println!("\n1. Three admins make keys and a 2-of-3 trust root (lanpatch-signer keygen, root init, root sign)");
-    for a in ["alice", "bob", "carol"] {
+    println!(
+        "\n1. Three admins make keys and a 2-of-3 trust root, with an enroll key for the admin node \
+         (lanpatch-signer keygen, root init, root sign)"
+    );
+    for a in ["alice", "bob", "carol", "enroll"] {
         signer(dir, &["keygen", "--out", &format!("{a}.key")])?;
     }
     let mut root_args: Vec<String> = ["root", "init", "--out", "root.lpr"].map(String::from).to_vec();
@@ -137,6 +188,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
         }
         root_args.extend([format!("--{role}-threshold"), "2".into()]);
     }
+    root_args.extend(["--enroll-key".into(), "enroll.key.pub".into(), "--enroll-threshold".into(), "1".into()]);
     signer(dir, &root_args.iter().map(String::as_str).collect::<Vec<_>>())?;
     signer(dir, &["root", "sign", "--key", "alice.key", "root.lpr"])?;
     signer(dir, &["root", "sign", "--key", "bob.key", "root.lpr"])?;
@@ -190,8 +242,9 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
     println!("   lanpatch-signer verify: {}", verify.lines().last().unwrap_or(""));
 
     println!(
-        "3. Starting {} nodes: the admin workstation (seed and report collector, uplink limited to {} MiB/s), \
-         node2 in ring canary, the rest in ring broad",
+        "3. Enrolling and starting {} nodes (lanpatch-node id, lanpatch-signer enroll node, lanpatch-node join): \
+         the admin workstation (seed and report collector, uplink limited to {} MiB/s), node2 in ring canary, \
+         the rest in ring broad",
         args.nodes, args.seed_upload_mib
     );
     let seed_port = free_port()?;
@@ -217,6 +270,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> Result<()> {
             "data_dir = \"data\"\ntrust_root = \"../root.lpr\"\nhostname = \"{name}\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nstatic_peers = [{peers}]\nmdns = false\nmetrics_listen = \"127.0.0.1:0\"\n{extra}\n"
         );
         std::fs::write(ndir.join("node.toml"), toml)?;
+        enroll_node(&self_exe, dir, &ndir, &name, ring_of(i))?;
         let log = std::fs::File::create(ndir.join("node.log"))?;
         let child = Command::new(&self_exe)
             .args(["run", "--config"])

@@ -278,7 +278,15 @@ async fn restamp(store: &Store, reporter: &Reporter, outlets: &Outlets, hash: Ha
 async fn announce(outlets: &Outlets, reporter: &Reporter, hash: Hash32, report: Vec<u8>) {
     let keeps =
         if outlets.collector { crate::report::Keeps::Everything } else { crate::report::Keeps::Ring(&outlets.ring) };
-    if let Err(e) = crate::report::accept_node_message(&outlets.store, keeps, &reporter.limits, &report).await {
+    if let Err(e) = crate::report::accept_node_message(
+        &outlets.store,
+        keeps,
+        &reporter.limits,
+        &report,
+        crate::report::Author::Local,
+    )
+    .await
+    {
         tracing::error!("own report refused: {e}");
     }
     let sent = match outlets.net.publish_sent(report).await {

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use lanpatch_node::{config, control, demo, node};
+use lanpatch_node::{config, control, demo, enrollment, node};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
@@ -46,6 +46,27 @@ enum Cmd {
         /// The node's config; default /etc/lanpatch/node.toml (the package's).
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Print this node's key (created on first use) for an admin to enroll: `lanpatch-signer
+    /// enroll node --node-key KEY ...`.
+    Id {
+        /// The node's config; default /etc/lanpatch/node.toml (the package's).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a node certificate against this host's trust root and key, and install it where
+    /// `run` reads it (node.toml `certificate`, default `<data_dir>/node.cert`). Exit 4 when the
+    /// certificate is refused.
+    Join {
+        /// The certificate file from `lanpatch-signer enroll`.
+        certificate: PathBuf,
+        /// The node's config; default /etc/lanpatch/node.toml (the package's).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
     /// Start a small fleet on this machine, publish a signed release, watch it spread.
     Demo(demo::DemoArgs),
@@ -98,9 +119,13 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             // Exit codes (docs/OPERATIONS.md): 3 another process holds what the node needs (its
-            // data directory or a listen address), 2 anything else (bad config, I/O).
+            // data directory or a listen address), 4 not enrolled (no certificate, or one that is
+            // refused: expired, revoked, another node's or fleet's), 2 anything else (bad config,
+            // I/O).
             if e.downcast_ref::<node::StartError>().is_some() {
                 std::process::ExitCode::from(3)
+            } else if e.downcast_ref::<lanpatch_node::membership::CertificateError>().is_some() {
+                std::process::ExitCode::from(4)
             } else {
                 std::process::ExitCode::from(2)
             }
@@ -180,6 +205,14 @@ async fn run(cli: Cli) -> Result<()> {
             })?;
             println!("http://{addr}/login?token={}", token.trim());
             Ok(())
+        }
+        Cmd::Id { config, json } => {
+            let cfg = config::Config::load(&config.unwrap_or_else(|| PathBuf::from(PACKAGED_CONFIG)))?;
+            enrollment::print_id(&cfg, json)
+        }
+        Cmd::Join { certificate, config, json } => {
+            let cfg = config::Config::load(&config.unwrap_or_else(|| PathBuf::from(PACKAGED_CONFIG)))?;
+            enrollment::print_join(&cfg, &certificate, json)
         }
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::Completions { shell } => {

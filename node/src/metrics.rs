@@ -96,6 +96,8 @@ impl EncodeLabelValue for GossipKind {
             Kind::Statement => "statement",
             Kind::Digest => "digest",
             Kind::Pull => "pull",
+            Kind::Certificate => "certificate",
+            Kind::Revocation => "revocation",
         };
         std::fmt::Write::write_str(e, s)
     }
@@ -139,6 +141,21 @@ impl EncodeLabelValue for KindLabel {
     fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
         std::fmt::Write::write_str(e, self.0.as_str())
     }
+}
+
+/// A membership refusal's reason as a label value.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct ReasonLabel(lanpatch_protocol::RefusalReason);
+
+impl EncodeLabelValue for ReasonLabel {
+    fn encode(&self, e: &mut LabelValueEncoder) -> std::fmt::Result {
+        std::fmt::Write::write_str(e, self.0.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: ReasonLabel,
 }
 
 /// A release state as a label: the state's kind without its reason (a handful of values).
@@ -214,6 +231,7 @@ pub struct Metrics {
     origin_failures: Family<FailureLabels, Counter>,
     peers: Gauge,
     releases: Family<StateLabels, Gauge>,
+    door_refusals: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -251,6 +269,7 @@ impl Metrics {
             origin_failures: Family::default(),
             peers: Gauge::default(),
             releases: Family::default(),
+            door_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register_with_unit(
@@ -317,6 +336,11 @@ impl Metrics {
             m.origin_failures.clone(),
         );
         registry.register("peers_connected", "Peers connected and ready", m.peers.clone());
+        registry.register(
+            "door_refusals",
+            "Peers refused at the door or cut off later (no valid certificate, expired, revoked), by reason",
+            m.door_refusals.clone(),
+        );
         registry.register("releases", "Releases known to this node, by state", m.releases.clone());
         let build: Family<VersionLabels, Gauge> = Family::default();
         build.get_or_create(&VersionLabels { version: crate::VERSION }).set(1);
@@ -371,6 +395,13 @@ impl Metrics {
     /// The text exposition, with the state gauges read from `s` now.
     pub fn render(&self, s: &Shared) -> Result<String> {
         self.peers.set(s.net.ready_peers().len() as i64);
+        if let Some(members) = &s.members {
+            // The door counts in `Members` (it runs inside libp2p's upgrade); brought up to date here.
+            for (reason, n) in members.refusals() {
+                let c = self.door_refusals.get_or_create(&ReasonLabels { reason: ReasonLabel(reason) });
+                c.inc_by(n.saturating_sub(c.get()));
+            }
+        }
         let d = crate::retention::disk_use(&s.cfg.data_dir);
         for (kind, bytes) in [
             (DiskKind::Blobs, d.blobs),

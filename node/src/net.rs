@@ -18,10 +18,13 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, allow_block_list, autonat, connection_limits, dcutr, identify, identity,
-    kad, mdns, noise, relay, tcp, yamux,
+    kad, mdns, relay, tcp, yamux,
 };
 
+use crate::door::Door;
 use crate::ipguard::{BannedIps, IpGuard, ip_of};
+use crate::membership::Members;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Protocol names carry the fleet id, so nodes of different fleets cannot even negotiate them.
@@ -188,6 +191,8 @@ pub struct NetConfig {
     pub banned_ips: BannedIps,
     pub conn: ConnLimits,
     pub published: crate::metrics::Published,
+    /// Membership checked at the door (`None`: `enrollment = "off"`).
+    pub members: Option<Arc<Members>>,
 }
 
 /// Connection limits (node.toml), counted per node.
@@ -252,11 +257,18 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
     let kad_proto2 = kad_proto.clone();
     let agent = crate::site::agent(&cfg.site);
     let serve_relay = cfg.relay;
+    // Every connection, direct or through a relay, passes the door (door.rs) before it is
+    // multiplexed: a peer without a valid certificate never reaches any behaviour below.
+    let (door_tcp, door_relay) = (cfg.members.clone(), cfg.members.clone());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            move |k: &identity::Keypair| Door::new(k, door_tcp),
+            yamux::Config::default,
+        )
         .context("TCP transport")?
-        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .with_relay_client(move |k: &identity::Keypair| Door::new(k, door_relay), yamux::Config::default)
         .context("relay transport")?
         .with_behaviour(|key, relay_client| {
             let gs_config = gossipsub::ConfigBuilder::default()
@@ -419,6 +431,8 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
         mdns_peers: HashMap::new(),
         addrs: HashMap::new(),
         listen_addrs: HashMap::new(),
+        members: cfg.members,
+        provided_by: HashMap::new(),
     };
     Ok((handle, ev_rx, task))
 }
@@ -450,16 +464,38 @@ pub struct SwarmTask {
     addrs: HashMap<PeerId, Multiaddr>,
     /// Listen addresses each ready peer announced through identify.
     listen_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Membership (`None`: `enrollment = "off"`).
+    members: Option<Arc<Members>>,
+    /// Provider records each peer stored here (Kademlia), against [`PROVIDER_RECORDS_PER_PEER`].
+    provided_by: HashMap<PeerId, HashMap<kad::RecordKey, std::time::Instant>>,
 }
+
+/// Provider records one peer may store on this node: a member announces the releases it holds,
+/// a few dozen at most; the node's own announcements are counted apart (the store's
+/// `max_provided_keys`).
+pub const PROVIDER_RECORDS_PER_PEER: usize = 64;
 
 impl SwarmTask {
     /// Runs until `shutdown` fires or every handle is dropped.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut redial = tokio::time::interval(Duration::from_secs(3));
+        let members = self.members.clone();
         loop {
+            let changed = async {
+                match &members {
+                    Some(m) => m.changed.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = redial.tick() => self.redial(),
+                _ = redial.tick() => {
+                    self.sweep_members();
+                    self.redial();
+                }
+                // `notify_one` keeps a permit when nobody waits: a change made while this loop
+                // was busy is not lost.
+                _ = changed => self.sweep_members(),
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd),
                     None => break,
@@ -468,6 +504,19 @@ impl SwarmTask {
             }
         }
         tracing::debug!("swarm task stopped");
+    }
+
+    /// Disconnects and blocks peers whose certificate expired or was revoked since the door
+    /// admitted them (checked every redial tick and at once when the revocation list changes).
+    fn sweep_members(&mut self) {
+        let Some(members) = &self.members else { return };
+        let now = crate::clock::now();
+        for (peer, refusal) in members.sweep(now) {
+            tracing::warn!(%peer, reason = refusal.reason().as_str(), "cutting off a peer that is no longer a member: {refusal}");
+            members.record(format!("peer {peer}"), &refusal, now);
+            self.mdns_peers.remove(&peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
     }
 
     fn redial(&mut self) {
@@ -621,9 +670,19 @@ impl SwarmTask {
             }
             // Kademlia checked that the provider is the peer that sent it; the key must be a
             // release's (32 bytes). The store bounds keys and providers per key.
+            // Each peer stores at most PROVIDER_RECORDS_PER_PEER keys here (with enrollment, only
+            // members reach Kademlia at all).
             kad::Event::InboundRequest { request: kad::InboundRequest::AddProvider { record: Some(record) } }
                 if record.key.as_ref().len() == 32 =>
             {
+                let keys = self.provided_by.entry(record.provider).or_default();
+                // Kademlia's provider records live 48 h unless renewed.
+                keys.retain(|_, at| at.elapsed() < Duration::from_secs(48 * 3600));
+                if !keys.contains_key(&record.key) && keys.len() >= PROVIDER_RECORDS_PER_PEER {
+                    tracing::debug!(peer = %record.provider, "provider record over the per-peer budget ignored");
+                    return;
+                }
+                keys.insert(record.key.clone(), std::time::Instant::now());
                 let _ = kad::store::RecordStore::add_provider(self.swarm.behaviour_mut().kad.store_mut(), record);
             }
             _ => {}
@@ -643,7 +702,10 @@ impl SwarmTask {
             self.relay_capable.insert(peer_id);
         }
         self.listen_addrs.insert(peer_id, listen);
-        let site = crate::site::site_of(&info.agent_version).unwrap_or_else(crate::site::default_site);
+        // With enrollment the site is the one the admins enrolled the peer at, not what it says.
+        let certified = self.members.as_ref().and_then(|m| m.certificate_of(&peer_id)).map(|c| c.site);
+        let site =
+            certified.or_else(|| crate::site::site_of(&info.agent_version)).unwrap_or_else(crate::site::default_site);
         let app_score = if site == self.site { 0.0 } else { OTHER_SITE_SCORE };
         self.swarm.behaviour_mut().gossipsub.set_application_score(&peer_id, app_score);
         let mut new = false;
@@ -693,6 +755,9 @@ impl SwarmTask {
                     self.set_static(endpoint.get_remote_address(), false);
                 }
                 if num_established == 0 {
+                    if let Some(m) = &self.members {
+                        m.forget(&peer_id);
+                    }
                     self.addrs.remove(&peer_id);
                     self.listen_addrs.remove(&peer_id);
                     self.dialed.remove(&peer_id);

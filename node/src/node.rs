@@ -26,7 +26,7 @@ use crate::shared::{Shared, release_ref};
 use crate::store::Store;
 use crate::trust::Trust;
 
-fn load_or_create_identity(cfg: &Config) -> Result<identity::Keypair> {
+pub fn load_or_create_identity(cfg: &Config) -> Result<identity::Keypair> {
     let path = cfg.data_dir.join("node.key");
     match std::fs::read(&path) {
         Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
@@ -77,6 +77,52 @@ fn load_trust(cfg: &Config, store: &Store, limits: &Limits) -> Result<Trust> {
     }
     Ok(trust)
 }
+
+/// With `enrollment = "required"`: loads and checks this node's certificate and the revocation
+/// list held, and takes ring, site, tags and hostname from the certificate (a different value in
+/// node.toml is named in a warning). With `off`, says loudly what that gives away.
+fn enroll(
+    cfg: &mut Config,
+    trust: &Trust,
+    node_key: &ed25519_dalek::SigningKey,
+    limits: &Limits,
+) -> Result<Option<Arc<crate::membership::Members>>> {
+    if cfg.enrollment == crate::config::Enrollment::Off {
+        tracing::warn!(
+            "enrollment = \"off\": any process holding this fleet's trust root can join, read inventories and reports, and move ring gates; use it only for throwaway test fleets (docs/OPERATIONS.md \"Enrolling nodes\")"
+        );
+        return Ok(None);
+    }
+    let me = lanpatch_protocol::PublicKey(node_key.verifying_key().to_bytes());
+    let members = crate::membership::Members::load(
+        &cfg.certificate_path(),
+        &cfg.data_dir.join(REVOCATIONS_FILE),
+        trust.root.value(),
+        trust.fleet,
+        &me,
+        limits.clone(),
+        now(),
+    )?;
+    let cert = members.own();
+    if cfg.ring != cert.ring && cfg.ring != crate::config::Config::default_ring() {
+        tracing::warn!(config = %cfg.ring, certificate = %cert.ring, "node.toml's ring is ignored: the certificate's ring applies");
+    }
+    if cfg.site != cert.site && cfg.site != crate::site::default_site() {
+        tracing::warn!(config = %cfg.site, certificate = %cert.site, "node.toml's site is ignored: the certificate's site applies");
+    }
+    if !cfg.tags.is_empty() && cfg.tags != cert.tags {
+        tracing::warn!("node.toml's tags are ignored: the certificate's tags apply");
+    }
+    cfg.ring = cert.ring.clone();
+    cfg.site = cert.site.clone();
+    cfg.tags = cert.tags.clone();
+    cfg.hostname = Some(cert.hostname.clone());
+    tracing::info!(hostname = %cert.hostname, ring = %cert.ring, site = %cert.site, expires = cert.expires.0, "enrolled");
+    Ok(Some(Arc::new(members)))
+}
+
+/// The revocation list held, in the data directory.
+pub const REVOCATIONS_FILE: &str = "revocations.lpv";
 
 /// Why a node could not start, where the cause is another process: exit code 3.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +232,7 @@ pub enum Exit {
     Upgraded(std::path::PathBuf),
 }
 
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option<Reload>) -> Result<Exit> {
+pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Option<Reload>) -> Result<Exit> {
     let group = cfg.control_socket_group.as_deref().map(crate::control::group_id).transpose()?;
     let dir_mode = if group.is_some() { 0o710 } else { crate::fsmode::DIR };
     crate::fsmode::create_dir(&cfg.data_dir, dir_mode)?;
@@ -215,6 +261,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
     };
     let trust = load_trust(&cfg, &store, &limits)?;
     let fleet = trust.fleet;
+    let members = enroll(&mut cfg, &trust, &node_key, &limits)?;
     let timestamp_key = cfg.timestamp_key.as_deref().map(pipeline::load_timestamp_key).transpose()?;
     if trust.has_timestamp_role() {
         tracing::info!(
@@ -247,13 +294,15 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
             max_per_ip: cfg.max_connections_per_ip,
         },
         published: published.clone(),
+        members: members.clone(),
     })?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut control = net.control.clone();
     let incoming = control.accept(net.protocol.clone()).map_err(|e| anyhow!("register transfer protocol: {e}"))?;
     let facts = Facts::local(cfg.hostname(), cfg.tags.clone());
     let seq = Seq::starting_after(store.last_seq()?);
-    let reporter = Arc::new(Reporter::new(node_key, &facts.hostname, cfg.ring.clone(), limits, seq));
+    let certificate = members.as_ref().and_then(|m| m.own_envelope());
+    let reporter = Arc::new(Reporter::new(node_key, &facts.hostname, cfg.ring.clone(), limits, seq, certificate));
     let inventory_changed = Arc::new(Notify::new());
     let sync = crate::sync::Sync::default();
     let lifecycle = crate::lifecycle::start(
@@ -306,6 +355,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, reload: Option
         inventory_changed,
         sync,
         metadata_changed: Notify::new(),
+        members,
         statement_due: Notify::new(),
         banned: Mutex::default(),
         banned_ips,
@@ -483,15 +533,26 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
                 }
                 Ok(env) if matches!(env.kind, lanpatch_protocol::Kind::Digest | lanpatch_protocol::Kind::Pull) => {
                     match crate::sync::on_envelope(s, env, &limits).await {
-                        Ok(()) => MessageAcceptance::Accept,
-                        Err(e) => {
-                            s.refuse_peer(source, RefusalKind::NodeReport, e.to_string()).await;
-                            MessageAcceptance::Reject
+                        Ok(crate::sync::Handled::Acted) => MessageAcceptance::Accept,
+                        Ok(crate::sync::Handled::OverBudget) => {
+                            s.refuse(
+                                format!("peer {source}"),
+                                RefusalKind::MemberFlood,
+                                format!(
+                                    "the author sent more than {} digests and pulls this minute",
+                                    crate::membership::MESSAGES_PER_MINUTE
+                                ),
+                            )
+                            .await;
+                            MessageAcceptance::Ignore
                         }
+                        Err(e) => refuse_node_message(s, source, e).await,
                     }
                 }
                 Ok(env) if matches!(env.kind, lanpatch_protocol::Kind::Report | lanpatch_protocol::Kind::Inventory) => {
-                    match crate::report::accept_node_envelope(&s.store, s.keeps(), &limits, env, &data).await {
+                    let known: std::collections::HashSet<Hash32> = s.trust().manifests.keys().copied().collect();
+                    let author = crate::report::Author::Peer { members: s.members.as_deref(), known: &known };
+                    match crate::report::accept_node_envelope(&s.store, s.keeps(), &limits, env, &data, author).await {
                         Ok(kept) => {
                             if kept == crate::report::Kept::Stored && !s.cfg.collector {
                                 // A report of this node's ring: the rollout rules may decide
@@ -500,8 +561,14 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
                             }
                             MessageAcceptance::Accept
                         }
+                        Err(e) => refuse_node_message(s, source, e).await,
+                    }
+                }
+                Ok(env) if env.kind == lanpatch_protocol::Kind::Revocation => {
+                    match pipeline::ingest_revocations(s, env).await {
+                        Ok(_) => MessageAcceptance::Accept,
                         Err(e) => {
-                            s.refuse_peer(source, RefusalKind::NodeReport, e.to_string()).await;
+                            s.refuse_peer(source, RefusalKind::Metadata, e.to_string()).await;
                             MessageAcceptance::Reject
                         }
                     }
@@ -531,6 +598,23 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
             let why = format!("gossip score {score:.0} below the graylist threshold (refused messages)");
             s.ban(peer, why).await;
         }
+    }
+}
+
+/// A node message refused: a membership refusal that depends on time or news (an expiry, a
+/// revocation the forwarder may not hold yet) is ignored; anything else is the forwarder's fault
+/// (it forwards only what it accepted) and counts towards its ban.
+async fn refuse_node_message(s: &Arc<Shared>, source: PeerId, e: crate::report::NodeMessageError) -> MessageAcceptance {
+    let kind = match &e {
+        crate::report::NodeMessageError::Member(_) => RefusalKind::Membership,
+        crate::report::NodeMessageError::Verify(_) => RefusalKind::NodeReport,
+    };
+    if e.is_timing() {
+        s.refuse(format!("peer {source}"), kind, e.to_string()).await;
+        MessageAcceptance::Ignore
+    } else {
+        s.refuse_peer(source, kind, e.to_string()).await;
+        MessageAcceptance::Reject
     }
 }
 
@@ -589,7 +673,17 @@ pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
     match crate::download::request_catalog(&s, peer).await {
         Ok(items) => {
             for item in items {
-                let _ = pipeline::ingest(&s, &item, pipeline::Source::Peer(peer)).await;
+                let limits = s.trust().limits.clone();
+                match lanpatch_protocol::Envelope::decode(&item, &limits) {
+                    Ok(env) if env.kind == lanpatch_protocol::Kind::Revocation => {
+                        if let Err(e) = pipeline::ingest_revocations(&s, env).await {
+                            s.refuse_peer(peer, RefusalKind::Metadata, e.to_string()).await;
+                        }
+                    }
+                    _ => {
+                        let _ = pipeline::ingest(&s, &item, pipeline::Source::Peer(peer)).await;
+                    }
+                }
             }
         }
         Err(e) => tracing::debug!(%peer, "catalog sync failed: {e:#}"),
@@ -745,6 +839,7 @@ pub async fn inventory_loop(s: Arc<Shared>) {
                 at: now(),
                 seq: 0,
                 agent_version: crate::VERSION.to_string(),
+                certificate: None,
             };
             match send_inventory(&s, inv).await {
                 Ok(()) => last = Some(key),
@@ -766,7 +861,14 @@ async fn send_inventory(s: &Arc<Shared>, inv: lanpatch_protocol::Inventory) -> R
     s.store.put_inventory_out(seq, bytes.clone()).await?;
     s.sync.changed.notify_one();
     if s.cfg.collector {
-        crate::report::accept_node_message(&s.store, s.keeps(), &s.reporter.limits, &bytes).await?;
+        crate::report::accept_node_message(
+            &s.store,
+            s.keeps(),
+            &s.reporter.limits,
+            &bytes,
+            crate::report::Author::Local,
+        )
+        .await?;
     }
     s.net.publish(bytes).await
 }

@@ -52,6 +52,27 @@ async fn settle(
     }
 }
 
+/// A revocation list (gossip, catalog sync or local publish): steps V1 to V4, then kept in the
+/// data directory and applied at once (the swarm task cuts off revoked peers). Returns whether
+/// it was newer than the list held. With `enrollment = "off"` there is nothing to revoke.
+pub async fn ingest_revocations(
+    s: &Arc<Shared>,
+    env: Envelope,
+) -> Result<bool, lanpatch_protocol::membership::RevocationError> {
+    let Some(m) = &s.members else { return Ok(false) };
+    let new = m.offer_revocations(env)?;
+    if new {
+        if let Some(bytes) = m.revocations_bytes() {
+            let path = s.cfg.data_dir.join(crate::node::REVOCATIONS_FILE);
+            if let Err(e) = crate::membership::persist_revocations(&path, &bytes) {
+                tracing::error!("cannot keep the revocation list: {e:#}");
+            }
+        }
+        tracing::info!("new revocation list: revoked peers are cut off");
+    }
+    Ok(new)
+}
+
 /// Applies a checked message: memory, database, then follow-up work.
 pub async fn commit(s: &Arc<Shared>, checked: Checked, bytes: &[u8]) -> Result<Accepted> {
     let manifest = match &checked {
@@ -64,7 +85,13 @@ pub async fn commit(s: &Arc<Shared>, checked: Checked, bytes: &[u8]) -> Result<A
     }
     let t = now().0;
     match &accepted {
-        Accepted::Root { version, .. } => s.store.put_root(*version, bytes.to_vec(), t).await?,
+        Accepted::Root { version, .. } => {
+            s.store.put_root(*version, bytes.to_vec(), t).await?;
+            // Membership is checked against the enroll keys of the root in force.
+            if let Some(m) = &s.members {
+                m.set_root(s.trust().root.value().clone());
+            }
+        }
         Accepted::Manifest { hash, .. } => {
             if let Some(m) = manifest {
                 let v = m.value();

@@ -4,6 +4,7 @@
 //! Reports are made by the lifecycle owner (`lifecycle.rs`) for every transition, with a sequence
 //! number from [`Seq`] that only goes up, across restarts too (it is persisted with the transition).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,7 +16,9 @@ use lanpatch_protocol::{
 };
 
 use crate::clock::{now, now_ms};
+use crate::membership::Members;
 use crate::store::{Store, StoredReport};
+use lanpatch_protocol::{MemberRefusal, RefusalReason};
 
 /// The node's report and inventory sequence: `max(last + 1, now in ms)`, so it survives restarts
 /// (the last value is persisted) and a lost database (the clock).
@@ -46,6 +49,8 @@ pub struct Reporter {
     pub ring: RingName,
     pub limits: Limits,
     pub seq: Seq,
+    /// This node's certificate, carried by every message it signs (`None`: enrollment off).
+    pub certificate: Option<lanpatch_protocol::Envelope>,
 }
 
 /// What a report is about.
@@ -57,8 +62,15 @@ pub struct ReleaseRef {
 }
 
 impl Reporter {
-    pub fn new(key: ed25519_dalek::SigningKey, hostname: &str, ring: RingName, limits: Limits, seq: Seq) -> Self {
-        Reporter { key, hostname: hostname.chars().take(64).collect(), ring, limits, seq }
+    pub fn new(
+        key: ed25519_dalek::SigningKey,
+        hostname: &str,
+        ring: RingName,
+        limits: Limits,
+        seq: Seq,
+        certificate: Option<lanpatch_protocol::Envelope>,
+    ) -> Self {
+        Reporter { key, hostname: hostname.chars().take(64).collect(), ring, limits, seq, certificate }
     }
 
     pub fn node_public(&self) -> PublicKey {
@@ -104,6 +116,7 @@ impl Reporter {
             at: now(),
             seq,
             progress,
+            certificate: self.certificate.clone(),
         };
         (seq, self.sign(value))
     }
@@ -113,12 +126,14 @@ impl Reporter {
     pub fn restamp(&self, mut report: Report) -> (u64, Vec<u8>) {
         report.seq = self.seq.next();
         report.at = now();
+        report.certificate = self.certificate.clone();
         (report.seq, self.sign(report))
     }
 
     /// Signs an inventory with the next sequence number.
     pub fn inventory(&self, mut inv: Inventory) -> (u64, Vec<u8>) {
         inv.seq = self.seq.next();
+        inv.certificate = self.certificate.clone();
         (inv.seq, self.sign(inv))
     }
 }
@@ -141,15 +156,53 @@ pub enum Kept {
     Passed,
 }
 
-/// Checks a node report or inventory (steps N1 to N3) and keeps what `keeps` says if it is newer
+/// Who a node message comes from, and what that allows.
+#[derive(Clone, Copy)]
+pub enum Author<'a> {
+    /// This node's own message.
+    Local,
+    /// From the network: its author must be a member now, for the ring it speaks for (step N4,
+    /// when `members` is set), and a report is kept only about a release in `known` (a member
+    /// cannot make others store reports about releases that do not exist).
+    Peer { members: Option<&'a Members>, known: &'a HashSet<Hash32> },
+}
+
+/// Why a node message from the network was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeMessageError {
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("author is not a member: {0}")]
+    Member(#[from] MemberRefusal),
+}
+
+impl NodeMessageError {
+    /// Whether the refusal depends on this node's clock or on news its peers may not have yet
+    /// (an expiry, a revocation): the forwarder is not at fault.
+    pub fn is_timing(&self) -> bool {
+        matches!(self, NodeMessageError::Member(m) if matches!(m.reason(), RefusalReason::Expired | RefusalReason::Revoked))
+    }
+}
+
+/// Step N4 for a message from a peer (nothing for this node's own).
+pub fn check_author<T: FromNode>(author: Author<'_>, msg: &T) -> Result<(), MemberRefusal> {
+    match author {
+        Author::Peer { members: Some(m), .. } => m.check_author(msg, now()).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a node report or inventory (steps N1 to N4) and keeps what `keeps` says if it is newer
 /// than what is stored.
 pub async fn accept_node_message(
     store: &Store,
     keeps: Keeps<'_>,
     limits: &Limits,
     bytes: &[u8],
-) -> Result<Kept, VerifyError> {
-    accept_node_envelope(store, keeps, limits, Envelope::decode(bytes, limits)?, bytes).await
+    author: Author<'_>,
+) -> Result<Kept, NodeMessageError> {
+    let envelope = Envelope::decode(bytes, limits).map_err(VerifyError::from)?;
+    accept_node_envelope(store, keeps, limits, envelope, bytes, author).await
 }
 
 /// [`accept_node_message`] for an envelope decoded (step N1) at the edge from `bytes`.
@@ -159,7 +212,8 @@ pub async fn accept_node_envelope(
     limits: &Limits,
     envelope: Envelope,
     bytes: &[u8],
-) -> Result<Kept, VerifyError> {
+    author: Author<'_>,
+) -> Result<Kept, NodeMessageError> {
     let kind = envelope.kind;
     let stored = |r: Result<bool>| match r {
         Ok(true) => Kept::Stored,
@@ -173,10 +227,16 @@ pub async fn accept_node_envelope(
         Kind::Report => {
             let r = verify_node_envelope::<Report>(envelope, limits)?;
             let v = r.value();
-            let keep = match keeps {
-                Keeps::Everything => true,
-                Keeps::Ring(ring) => v.ring == *ring,
+            check_author(author, v)?;
+            let known = match author {
+                Author::Local => true,
+                Author::Peer { known, .. } => known.contains(&v.manifest),
             };
+            let keep = known
+                && match keeps {
+                    Keeps::Everything => true,
+                    Keeps::Ring(ring) => v.ring == *ring,
+                };
             if keep {
                 stored(
                     store
@@ -197,6 +257,7 @@ pub async fn accept_node_envelope(
         }
         Kind::Inventory => {
             let i = verify_node_envelope::<Inventory>(envelope, limits)?;
+            check_author(author, i.value())?;
             match keeps {
                 Keeps::Everything => {
                     let v = i.value();
@@ -209,7 +270,8 @@ pub async fn accept_node_envelope(
             return Err(VerifyError::Signature(lanpatch_protocol::SignatureError::WrongKind {
                 expected: Kind::Report,
                 actual: other,
-            }));
+            })
+            .into());
         }
     };
     Ok(kept)

@@ -107,6 +107,11 @@ async fn handle(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream) -> an
         }
         Request::Catalog => {
             let mut items = s.trust().catalog(crate::clock::now());
+            // The revocation list goes first: a late joiner learns who is cut off before
+            // anything else, and truncation never drops it.
+            if let Some(r) = s.members.as_ref().and_then(|m| m.revocations_bytes()) {
+                items.insert(0, r);
+            }
             items.truncate(wire::MAX_CATALOG_ITEMS);
             let items = items.into_iter().map(serde_bytes::ByteBuf::from).collect();
             wire::write_frame(&mut stream, &Response::Catalog { items }).await?;

@@ -58,6 +58,9 @@ pub struct Shared {
     /// Notified when trusted metadata changed (an approval, a yank, a new release): the
     /// installer looks again.
     pub metadata_changed: Notify,
+    /// Fleet membership: this node's certificate, the peers admitted at the door, the revocation
+    /// list. `None` with `enrollment = "off"`.
+    pub members: Option<Arc<crate::membership::Members>>,
     /// Notified when the current set changed: the node holding the timestamp key signs a new
     /// statement at once rather than at its next interval.
     pub statement_due: Notify,

@@ -19,11 +19,12 @@ use std::time::Duration;
 use anyhow::Result;
 use lanpatch_protocol::report::verify_node_envelope;
 use lanpatch_protocol::sync::{Digest, Mark, Pull, PullTarget, missing};
-use lanpatch_protocol::{Envelope, Hash32, Kind, Limits, Report, Signed, VerifyError};
+use lanpatch_protocol::{Envelope, Hash32, Kind, Limits, Report, Signed};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::clock::now;
+use crate::report::NodeMessageError;
 use crate::shared::Shared;
 
 /// A message is sent again at most this often. Gossipsub drops a message it saw within its
@@ -153,6 +154,7 @@ async fn make_digest(s: &Shared) -> Result<Vec<u8>> {
         at: now(),
         inventory,
         reports,
+        certificate: s.reporter.certificate.clone(),
     };
     Ok(s.reporter.sign(d))
 }
@@ -193,8 +195,14 @@ pub async fn pull_everyone(s: Arc<Shared>) {
     if !s.cfg.collector || !take_turn(&s.sync.pulled_everyone) {
         return;
     }
-    let pull =
-        Pull { node: s.node_public(), target: PullTarget::Everyone, at: now(), inventory: false, reports: vec![] };
+    let pull = Pull {
+        node: s.node_public(),
+        target: PullTarget::Everyone,
+        at: now(),
+        inventory: false,
+        reports: vec![],
+        certificate: s.reporter.certificate.clone(),
+    };
     let bytes = s.reporter.sign(pull);
     for _ in 0..30 {
         match s.net.publish_sent(bytes.clone()).await {
@@ -216,18 +224,47 @@ pub async fn pull_everyone(s: Arc<Shared>) {
     }
 }
 
+/// What [`on_envelope`] did with a valid digest or pull.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handled {
+    Acted,
+    /// Its author spent this minute's budget ([`crate::membership::MESSAGES_PER_MINUTE`]):
+    /// valid, not acted on, not forwarded.
+    OverBudget,
+}
+
 /// A digest or a pull from the network, its envelope decoded at the edge: verified (steps N2 and
-/// N3: it validates and the node key it names signed it), then handled. Only a verification
-/// failure is the sender's fault; the rest is logged.
-pub async fn on_envelope(s: &Arc<Shared>, env: Envelope, limits: &Limits) -> Result<(), VerifyError> {
+/// N3: it validates and the node key it names signed it; N4: its author is a member for the ring
+/// it names), held to its author's budget, then handled. Only a verification failure is the
+/// sender's fault; the rest is logged.
+pub async fn on_envelope(s: &Arc<Shared>, env: Envelope, limits: &Limits) -> Result<Handled, NodeMessageError> {
+    let author = |node: &lanpatch_protocol::PublicKey| s.members.as_ref().is_none_or(|m| m.within_budget(node, now()));
     let handled = match env.kind {
-        Kind::Digest => on_digest(s, verify_node_envelope::<Digest>(env, limits)?.value()).await,
-        _ => on_pull(s, verify_node_envelope::<Pull>(env, limits)?.value()).await,
+        Kind::Digest => {
+            let d = verify_node_envelope::<Digest>(env, limits)?;
+            if let Some(m) = &s.members {
+                m.check_author(d.value(), now())?;
+            }
+            if !author(&d.value().node) {
+                return Ok(Handled::OverBudget);
+            }
+            on_digest(s, d.value()).await
+        }
+        _ => {
+            let p = verify_node_envelope::<Pull>(env, limits)?;
+            if let Some(m) = &s.members {
+                m.check_author(p.value(), now())?;
+            }
+            if !author(&p.value().node) {
+                return Ok(Handled::OverBudget);
+            }
+            on_pull(s, p.value()).await
+        }
     };
     if let Err(e) = handled {
         tracing::debug!("anti-entropy: {e:#}");
     }
-    Ok(())
+    Ok(Handled::Acted)
 }
 
 /// A verified digest from another node: a collector records that it was heard from, and pulls what
@@ -245,12 +282,18 @@ pub async fn on_digest(s: &Arc<Shared>, digest: &Digest) -> Result<()> {
     } else if digest.ring != s.cfg.ring {
         return Ok(());
     }
-    if lacks(s, digest).await?.is_none() {
+    // Only releases this node trusts: a digest naming others cannot make it pull (and so make
+    // the fleet send) anything.
+    let mut digest = digest.clone();
+    {
+        let t = s.trust();
+        digest.reports.retain(|m| t.manifests.contains_key(&m.manifest));
+    }
+    if lacks(s, &digest).await?.is_none() {
         return Ok(());
     }
     // Someone else's pull may bring it meanwhile: wait, then look again.
     let s = s.clone();
-    let digest = digest.clone();
     tokio::spawn(async move {
         let pause = Duration::from_millis(random_below(SPREAD * digest_delay(&s).as_millis() as u64 / 4));
         let mut stop = s.shutdown.clone();
@@ -261,7 +304,14 @@ pub async fn on_digest(s: &Arc<Shared>, digest: &Digest) -> Result<()> {
         match lacks(&s, &digest).await {
             Ok(Some((inventory, reports))) => {
                 tracing::debug!(node = %digest.hostname, inventory, reports = reports.len(), "pulling missed messages");
-                let pull = Pull { node: me, target: PullTarget::Node(digest.node), at: now(), inventory, reports };
+                let pull = Pull {
+                    node: me,
+                    target: PullTarget::Node(digest.node),
+                    at: now(),
+                    inventory,
+                    reports,
+                    certificate: s.reporter.certificate.clone(),
+                };
                 if let Err(e) = s.net.publish(s.reporter.sign(pull)).await {
                     tracing::debug!("pull not sent: {e:#}");
                 }

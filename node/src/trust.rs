@@ -120,8 +120,9 @@ impl Trust {
                 }
                 Checked::Statement(Box::new(st))
             }
-            // Node reports are not fleet metadata; node.rs routes them before they get here.
-            Kind::Report | Kind::Inventory | Kind::Digest | Kind::Pull => {
+            // Node reports are not fleet metadata, and membership is checked by `Members`:
+            // node.rs routes them before they get here.
+            Kind::Report | Kind::Inventory | Kind::Digest | Kind::Pull | Kind::Certificate | Kind::Revocation => {
                 return Err(VerifyError::Signature(lanpatch_protocol::SignatureError::WrongKind {
                     expected: Kind::Manifest,
                     actual: envelope.kind,

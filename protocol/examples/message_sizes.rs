@@ -102,8 +102,16 @@ fn main() {
             .collect(),
         certificate: Some(cert.clone()),
     };
-    let pull_one = Pull { node, target: PullTarget::Node(node), at, inventory: false, reports: vec![Hash32([1; 32])], certificate: Some(cert.clone()) };
-    let pull_everyone = Pull { node, target: PullTarget::Everyone, at, inventory: false, reports: vec![], certificate: Some(cert) };
+    let pull_one = Pull {
+        node,
+        target: PullTarget::Node(node),
+        at,
+        inventory: false,
+        reports: vec![Hash32([1; 32])],
+        certificate: Some(cert.clone()),
+    };
+    let pull_everyone =
+        Pull { node, target: PullTarget::Everyone, at, inventory: false, reports: vec![], certificate: Some(cert) };
     println!(
         "{{\"packages\": {packages}, \"releases\": {releases}, \"report\": {}, \"inventory\": {}, \"digest\": {}, \"pull_one\": {}, \"pull_everyone\": {}}}",
         signed(&key, report),

@@ -27,6 +27,11 @@ pub enum ControlRequest {
     Reports,
     /// The fleet's inventories, as stored by a collector node.
     Inventories,
+    /// Verify one signed envelope (hex; a revocation list, or any other fleet metadata) exactly
+    /// as if it came from gossip, keep it and gossip it.
+    PublishMetadata {
+        hex: String,
+    },
 }
 
 /// Whether the publishing node seeds the files or only announces the release (whose files then
@@ -81,6 +86,9 @@ pub struct NodeStatus {
     pub fleet: String,
     pub ring: String,
     pub hostname: String,
+    /// The node's membership: its certificate's expiry, or why it has none.
+    #[serde(default)]
+    pub membership: Membership,
     /// The site this node is at (node.toml `site`).
     #[serde(default)]
     pub site: String,
@@ -108,6 +116,16 @@ pub struct NodeStatus {
     /// Bytes the node holds on disk, by kind.
     #[serde(default)]
     pub disk: DiskUse,
+}
+
+/// A node's own membership, as its status shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Membership {
+    /// `enrollment = "off"`: the node talks to anyone holding the fleet's root.
+    #[default]
+    Off,
+    /// Enrolled by a certificate that expires at `expires` (seconds since the epoch).
+    Enrolled { expires: u64, peers_refused: u64 },
 }
 
 /// Bytes in the node's data directory, by kind.
@@ -189,6 +207,10 @@ pub struct ReportView {
     pub seq: u64,
     #[serde(default)]
     pub progress: Option<crate::report::DownloadProgress>,
+    /// The signed report as stored (hex of its envelope), so a reader such as the signer's ring
+    /// gate can check the author's certificate itself instead of trusting the collector.
+    #[serde(default)]
+    pub envelope: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -241,6 +263,11 @@ pub enum RefusalKind {
     /// A peer sent requests faster than allowed.
     #[serde(alias = "request-flood")]
     RequestFlood,
+    /// A peer or a message's author is not a member: no valid certificate, expired, revoked, or
+    /// speaking for a ring its certificate does not enroll.
+    Membership,
+    /// A member sent more digests or pulls than its budget allows.
+    MemberFlood,
 }
 
 impl RefusalKind {
@@ -253,6 +280,8 @@ impl RefusalKind {
             RefusalKind::OriginFailing => "origin_failing",
             RefusalKind::PeerBanned => "peer_banned",
             RefusalKind::RequestFlood => "request_flood",
+            RefusalKind::Membership => "membership",
+            RefusalKind::MemberFlood => "member_flood",
         }
     }
 }

@@ -305,7 +305,13 @@ mod tests {
         }
         s.into_envelope()
     }
-    fn check(env: &Envelope, root: &Root, node: &SigningKey, revoked: Option<&Revocations>, now: u64) -> Result<(), RefusalReason> {
+    fn check(
+        env: &Envelope,
+        root: &Root,
+        node: &SigningKey,
+        revoked: Option<&Revocations>,
+        now: u64,
+    ) -> Result<(), RefusalReason> {
         verify_certificate(env, root, &FLEET, &public(node), revoked, &Limits::default(), Timestamp(now))
             .map(|_| ())
             .map_err(|e| e.reason())
@@ -325,7 +331,11 @@ mod tests {
         let (e1, e2, n, other) = (key(2), key(3), key(9), key(10));
         let r = root(&[&e1, &e2], 2);
         assert_eq!(check(&signed(cert(&n, 500), &[&e1]), &r, &n, None, 200), Err(RefusalReason::Signature));
-        assert_eq!(check(&signed(cert(&n, 500), &[&n]), &r, &n, None, 200), Err(RefusalReason::Signature), "self-signed");
+        assert_eq!(
+            check(&signed(cert(&n, 500), &[&n]), &r, &n, None, 200),
+            Err(RefusalReason::Signature),
+            "self-signed"
+        );
         let both = signed(cert(&n, 500), &[&e1, &e2]);
         assert_eq!(check(&both, &r, &other, None, 200), Err(RefusalReason::WrongNode), "presented by another key");
         let mut c = cert(&n, 500);
@@ -347,7 +357,8 @@ mod tests {
         assert_eq!(check(&signed(cert(&n, 500), &[&e]), &r, &n, Some(newer.value()), 200), Err(RefusalReason::Revoked));
         let older = verify_revocations(list(200, vec![]), &r, &FLEET, Some(newer.value()), &Limits::default());
         assert!(matches!(older, Err(RevocationError::Older { .. })), "{older:?}");
-        let unsorted = verify_revocations(list(400, vec![public(&n), public(&e)]), &r, &FLEET, None, &Limits::default());
+        let unsorted =
+            verify_revocations(list(400, vec![public(&n), public(&e)]), &r, &FLEET, None, &Limits::default());
         let sorted_ok = public(&n) < public(&e);
         assert_eq!(unsorted.is_ok(), sorted_ok);
     }

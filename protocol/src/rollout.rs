@@ -342,6 +342,7 @@ mod tests {
             at: 0,
             seq: 1,
             progress: None,
+            envelope: None,
         }
     }
 

@@ -8,17 +8,22 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use anyhow::{Result, bail};
-use lanpatch_protocol::control::{ControlRequest, ControlResponse, ErrorKind, InventoryView, ReportView};
+use lanpatch_protocol::control::{ControlRequest, ControlResponse, ErrorKind, InventoryView, Membership, ReportView};
+use lanpatch_protocol::report::{MemberCheck, check_author, verify_node_envelope};
 use lanpatch_protocol::rollout::{self, RingCounts};
-use lanpatch_protocol::{Approval, Hash32, Limits, PublicKey, ReleaseManifest, RingName, RolloutRules};
+use lanpatch_protocol::{
+    Approval, Envelope, Hash32, Limits, PublicKey, RefusalReason, ReleaseManifest, Report, RingName, Role,
+    RolloutRules, Root, Timestamp, fleet_id,
+};
 use serde::Serialize;
 
 use crate::bundle::{self, Bundle};
 use crate::exit::{Code, exit};
 use lanpatch_protocol::debver;
 
-/// One request, one response, over a node's control socket.
-pub fn request(socket: &Path, req: &ControlRequest) -> Result<ControlResponse> {
+/// One request, one response, over a node's control socket; the node's `Error` comes back as a
+/// response, not as an error.
+pub fn request_any(socket: &Path, req: &ControlRequest) -> Result<ControlResponse> {
     let unreachable = |e: std::io::Error| {
         exit(Code::Unreachable, format!("cannot talk to the node at {} (is it running?): {e}", socket.display()))
     };
@@ -28,8 +33,17 @@ pub fn request(socket: &Path, req: &ControlRequest) -> Result<ControlResponse> {
     stream.write_all(&line).map_err(unreachable)?;
     let mut resp = String::new();
     BufReader::new(stream).take(256 * 1024 * 1024).read_line(&mut resp).map_err(unreachable)?;
-    let resp: ControlResponse = serde_json::from_str(&resp)
-        .map_err(|e| exit(Code::Unreachable, format!("bad response from {}: {e}", socket.display())))?;
+    serde_json::from_str(&resp)
+        .map_err(|e| exit(Code::Unreachable, format!("bad response from {}: {e}", socket.display())))
+}
+
+/// One request, one response, over a node's control socket. The node's `Error` becomes an error
+/// with the exit code its kind maps to.
+pub fn request(socket: &Path, req: &ControlRequest) -> Result<ControlResponse> {
+    error_as_exit(request_any(socket, req)?)
+}
+
+fn error_as_exit(resp: ControlResponse) -> Result<ControlResponse> {
     if let ControlResponse::Error { kind, message } = resp {
         let code = match kind {
             ErrorKind::BadRequest => Code::BadInput,
@@ -57,17 +71,27 @@ pub fn inventories(socket: &Path) -> Result<Vec<InventoryView>> {
     }
 }
 
+/// What the gate for approving `ring` looks at.
+pub struct Gate<'a> {
+    pub ring: &'a RingName,
+    /// The rollout order; each ring is gated on the one before it.
+    pub order: &'a [RingName],
+    /// The collector's control socket.
+    pub node: Option<&'a Path>,
+    pub manifest: &'a Hash32,
+    /// Installs the previous ring needs (and no failures).
+    pub min_success: usize,
+    /// The trust root: when it has an enroll role, a report counts only if its author's
+    /// certificate makes it a member of the previous ring now.
+    pub root: Option<&'a Path>,
+    pub limits: &'a Limits,
+    pub now: Timestamp,
+}
+
 /// The gate for approving `ring`: the ring before it in `order` must have at least `min_success`
 /// installs and no failures. Returns the reason to record when `force` overrides a refusal.
-pub fn ring_gate(
-    ring: &RingName,
-    order: &[RingName],
-    node: Option<&Path>,
-    manifest: &Hash32,
-    min_success: usize,
-    force: bool,
-    reason: Option<&str>,
-) -> Result<Option<String>> {
+pub fn ring_gate(g: &Gate<'_>, force: bool, reason: Option<&str>) -> Result<Option<String>> {
+    let (ring, order) = (g.ring, g.order);
     let Some(pos) = order.iter().position(|r| r == ring) else {
         if force {
             return Ok(reason.map(str::to_string));
@@ -79,15 +103,26 @@ pub fn ring_gate(
         return Ok(force.then(|| reason.map(str::to_string)).flatten());
     }
     let prev = &order[pos - 1];
-    let verdict = match node {
+    let verdict = match g.node {
         None => {
             Err(format!("approving {ring} needs the results of ring {prev}: give --node <collector control socket>"))
         }
         Some(sock) => {
-            let all = reports(sock)?;
-            let mine: Vec<&ReportView> =
-                all.iter().filter(|r| r.manifest == manifest.to_hex() && r.ring == prev.as_str()).collect();
-            rollout::gate(&mine, min_success).map_err(|why| why.explain(prev))
+            let (mine, uncounted) = previous_ring(g, sock, prev)?;
+            let note = uncounted_note(prev, &uncounted);
+            let refs: Vec<&ReportView> = mine.iter().collect();
+            match rollout::gate(&refs, g.min_success) {
+                Ok(()) => {
+                    if let Some(n) = &note {
+                        eprintln!("note: {n}");
+                    }
+                    Ok(())
+                }
+                Err(why) => Err(match note {
+                    Some(n) => format!("{}; {n}", why.explain(prev)),
+                    None => why.explain(prev),
+                }),
+            }
         }
     };
     match (verdict, force) {
@@ -101,6 +136,134 @@ pub fn ring_gate(
             format!("refusing to approve {ring}: {why} (override with --force --reason \"...\")"),
         )),
     }
+}
+
+/// Where `approve` looks for the trust root without `--root`.
+pub const DEFAULT_ROOT: &str = "root.lpr";
+
+/// The previous ring's reports on the release that count, and how many did not, by reason.
+/// With a trust root that has an enroll role, a report counts only when its signed envelope
+/// carries a certificate enrolling its author in `prev` now. Without `--root` the root is
+/// [`DEFAULT_ROOT`] if it exists; with none at all the collector must run without enrollment (else
+/// the gate would count reports from nodes nobody enrolled). A root with no enroll role (fleets
+/// run with `enrollment = "off"`) counts every report, as before.
+fn previous_ring(
+    g: &Gate<'_>,
+    sock: &Path,
+    prev: &RingName,
+) -> Result<(Vec<ReportView>, BTreeMap<RefusalReason, usize>)> {
+    let root_path = g.root.or_else(|| Some(Path::new(DEFAULT_ROOT)).filter(|p| p.exists()));
+    let root = match root_path {
+        Some(p) => Some(bundle::load::<Root>(p, g.limits)?),
+        None => {
+            require_no_enrollment(sock)?;
+            None
+        }
+    };
+    let all = reports(sock)?;
+    let mine = all.into_iter().filter(|r| r.manifest == g.manifest.to_hex() && r.ring == prev.as_str());
+    let Some(root) = root.filter(|r| r.value().roles.contains_key(&Role::Enroll)) else {
+        return Ok((mine.collect(), BTreeMap::new()));
+    };
+    let fleet = fleet_id(root.value(), &root.envelope().payload);
+    let check = MemberCheck { root: root.value(), fleet: &fleet, revoked: None, now: g.now };
+    Ok(count_members(mine, prev, &check, g.limits))
+}
+
+/// Splits the previous ring's reports into those whose author is a member of ring `prev` (the
+/// report's signed envelope verifies as its node's, and `check_author` accepts the certificate it
+/// carries: steps N1 to N4, M1 to M6) and the count of the others, by reason. What counts is the
+/// signed report, not the collector's summary of it.
+pub fn count_members(
+    views: impl IntoIterator<Item = ReportView>,
+    prev: &RingName,
+    check: &MemberCheck<'_>,
+    limits: &Limits,
+) -> (Vec<ReportView>, BTreeMap<RefusalReason, usize>) {
+    let mut counted = Vec::new();
+    let mut uncounted: BTreeMap<RefusalReason, usize> = BTreeMap::new();
+    for v in views {
+        match member_report(&v, prev, check, limits) {
+            Ok(signed) => counted.push(view_of(&signed)),
+            Err(why) => *uncounted.entry(why).or_default() += 1,
+        }
+    }
+    (counted, uncounted)
+}
+
+/// The signed report behind `view`, when its author is a member of ring `prev`.
+fn member_report(
+    view: &ReportView,
+    prev: &RingName,
+    check: &MemberCheck<'_>,
+    limits: &Limits,
+) -> Result<Report, RefusalReason> {
+    // A collector that sends no signed report (an older version) gives nothing to check.
+    let hex_text = view.envelope.as_deref().ok_or(RefusalReason::NoCertificate)?;
+    let bytes = hex::decode(hex_text).map_err(|_| RefusalReason::Malformed)?;
+    let envelope = Envelope::decode(&bytes, limits).map_err(|_| RefusalReason::Malformed)?;
+    let signed = verify_node_envelope::<Report>(envelope, limits).map_err(|_| RefusalReason::Malformed)?;
+    let report = signed.value();
+    // The summary must say what the node signed.
+    if report.node.to_hex() != view.node
+        || report.ring.as_str() != view.ring
+        || report.manifest.to_hex() != view.manifest
+    {
+        return Err(RefusalReason::Malformed);
+    }
+    let cert = check_author(report, check, limits).map_err(|e| e.reason())?;
+    if cert.ring != *prev {
+        return Err(RefusalReason::WrongRing);
+    }
+    Ok(signed.value().clone())
+}
+
+/// The collector's view of a signed report (as the node builds it).
+fn view_of(r: &Report) -> ReportView {
+    ReportView {
+        node: r.node.to_hex(),
+        hostname: r.hostname.clone(),
+        ring: r.ring.to_string(),
+        manifest: r.manifest.to_hex(),
+        product: r.product.to_string(),
+        version: r.version.0,
+        state: r.state,
+        detail: r.detail.clone(),
+        exit_code: r.exit_code,
+        at: r.at.0,
+        seq: r.seq,
+        progress: r.progress,
+        envelope: None,
+    }
+}
+
+/// "3 report(s) from ring canary not counted: no_certificate 2, expired 1", or nothing.
+fn uncounted_note(prev: &RingName, uncounted: &BTreeMap<RefusalReason, usize>) -> Option<String> {
+    let total: usize = uncounted.values().sum();
+    if total == 0 {
+        return None;
+    }
+    let why: Vec<String> = uncounted.iter().map(|(r, n)| format!("{} {n}", r.as_str())).collect();
+    Some(format!(
+        "{total} report(s) from ring {prev} not counted (not from a node enrolled in {prev}): {}",
+        why.join(", ")
+    ))
+}
+
+/// Refuses (bad input) when the collector checks membership but the gate was given no root to
+/// check it with.
+fn require_no_enrollment(sock: &Path) -> Result<()> {
+    let ControlResponse::Status(status) = request(sock, &ControlRequest::Status)? else {
+        bail!("unexpected response to a status request from {}", sock.display());
+    };
+    if matches!(status.membership, Membership::Enrolled { .. }) {
+        return Err(exit(
+            Code::BadInput,
+            "the collector runs with enrollment: give --root <trust root file> so the gate counts only reports \
+             from nodes enrolled in the ring",
+        ));
+    }
+    Ok(())
 }
 
 fn join(rings: &[RingName]) -> String {
@@ -330,4 +493,97 @@ pub fn inventory(
     }
     println!("{} of {} node(s)", shown.len(), invs.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enroll::tests::{key, public, root};
+    use ed25519_dalek::SigningKey;
+    use lanpatch_protocol::{FailReason, NodeCertificate, ReleaseState, Signed, Version};
+
+    const FLEET: Hash32 = Hash32([7; 32]);
+    const MANIFEST: Hash32 = Hash32([9; 32]);
+
+    fn cert(node: &SigningKey, ring: &str, expires: u64, by: &SigningKey) -> Envelope {
+        let mut s = Signed::new(NodeCertificate {
+            fleet: FLEET,
+            node: public(node),
+            hostname: "h".into(),
+            ring: ring.parse().unwrap(),
+            site: "default".parse().unwrap(),
+            tags: vec![],
+            issued: Timestamp(1),
+            expires: Timestamp(expires),
+        });
+        s.sign(by);
+        s.into_envelope()
+    }
+
+    /// The collector's view of a report `node` signed, claiming `ring`, in `state`.
+    fn view(node: &SigningKey, ring: &str, state: ReleaseState, certificate: Option<Envelope>) -> ReportView {
+        let report = Report {
+            node: public(node),
+            hostname: "h".into(),
+            ring: ring.parse().unwrap(),
+            manifest: MANIFEST,
+            product: "tool".parse().unwrap(),
+            version: Version(1),
+            state,
+            detail: String::new(),
+            exit_code: None,
+            at: Timestamp(5),
+            seq: 1,
+            progress: None,
+            certificate,
+        };
+        let mut s = Signed::new(report);
+        s.sign(node);
+        ReportView { envelope: Some(hex::encode(s.to_bytes())), ..view_of(s.value()) }
+    }
+
+    #[test]
+    fn only_signed_reports_from_nodes_enrolled_in_the_ring_count_and_the_others_are_told_by_reason() {
+        let (enroll, outsider) = (key(2), key(3));
+        let r = root(&[&enroll], 1);
+        let check = MemberCheck { root: &r, fleet: &FLEET, revoked: None, now: Timestamp(100) };
+        let canary: RingName = "canary".parse().unwrap();
+        let nodes: Vec<SigningKey> = (10..17).map(key).collect();
+        let installed = ReleaseState::Installed;
+        let mut unsigned = view(&nodes[5], "canary", installed, Some(cert(&nodes[5], "canary", 500, &enroll)));
+        unsigned.envelope = None;
+        // The collector's summary says failed; the node signed installed.
+        let mut lying = view(&nodes[6], "canary", installed, Some(cert(&nodes[6], "canary", 500, &enroll)));
+        lying.state = ReleaseState::Failed(FailReason::DiskFull);
+        let views = vec![
+            view(&nodes[0], "canary", installed, Some(cert(&nodes[0], "canary", 500, &enroll))),
+            view(&nodes[1], "canary", installed, None),
+            view(&nodes[2], "canary", installed, Some(cert(&nodes[2], "broad", 500, &enroll))),
+            view(&nodes[3], "canary", installed, Some(cert(&nodes[3], "canary", 50, &enroll))),
+            view(&nodes[4], "canary", installed, Some(cert(&nodes[4], "canary", 500, &outsider))),
+            unsigned,
+            lying,
+        ];
+        let (counted, uncounted) = count_members(views, &canary, &check, &Limits::default());
+        assert_eq!(counted.len(), 2);
+        assert!(counted.iter().all(|v| v.state == ReleaseState::Installed), "the signed state counts");
+        let by: BTreeMap<&str, usize> = uncounted.iter().map(|(r, n)| (r.as_str(), *n)).collect();
+        assert_eq!(by, BTreeMap::from([("expired", 1), ("no_certificate", 2), ("signature", 1), ("wrong_ring", 1)]));
+        let note = uncounted_note(&canary, &uncounted).unwrap();
+        assert!(note.starts_with("5 report(s) from ring canary not counted"), "{note}");
+        assert!(note.contains("no_certificate 2"), "{note}");
+    }
+
+    #[test]
+    fn a_summary_that_differs_from_the_signed_report_does_not_count() {
+        let enroll = key(2);
+        let r = root(&[&enroll], 1);
+        let check = MemberCheck { root: &r, fleet: &FLEET, revoked: None, now: Timestamp(100) };
+        let n = key(10);
+        let mut v = view(&n, "broad", ReleaseState::Installed, Some(cert(&n, "broad", 500, &enroll)));
+        v.ring = "canary".into();
+        let (counted, uncounted) = count_members([v], &"canary".parse().unwrap(), &check, &Limits::default());
+        assert!(counted.is_empty());
+        assert_eq!(uncounted.get(&RefusalReason::Malformed), Some(&1));
+    }
 }

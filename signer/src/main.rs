@@ -1,10 +1,12 @@
 //! `lanpatch-signer`: the admin's tool for keys, trust roots, releases, approvals and yanks.
 
 mod bundle;
+mod enroll;
 mod exit;
 mod fleet;
 mod keys;
 mod report;
+mod revoke;
 mod time;
 mod verify;
 
@@ -68,16 +70,26 @@ enum Cmd {
     /// version V, and nodes per tag, OS or ring.
     Inventory(InventoryArgs),
     /// Hand a signed bundle to a running node on this machine, which verifies it, seeds its files
-    /// and gossips its manifest, approvals and yank to the fleet.
+    /// and gossips its manifest, approvals and yank to the fleet; or (--metadata) one signed file
+    /// such as a revocation list, which the node verifies, keeps and gossips.
     Publish {
         /// The node's control socket (`<data_dir>/control.sock`).
         #[arg(long)]
         node: PathBuf,
         /// Only announce the release; nodes fetch its files from the manifest's origins.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "metadata")]
         metadata_only: bool,
-        bundle: PathBuf,
+        /// Publish this signed metadata file (a revocation list from `revoke`) instead of a bundle.
+        #[arg(long, conflicts_with = "bundle")]
+        metadata: Option<PathBuf>,
+        #[arg(required_unless_present = "metadata")]
+        bundle: Option<PathBuf>,
     },
+    /// Enroll nodes: issue, co-sign and show node certificates (signed by the root's enroll role).
+    #[command(subcommand)]
+    Enroll(enroll::EnrollCmd),
+    /// Revoke node keys (or take them off the list): write a new signed revocation list.
+    Revoke(revoke::RevokeArgs),
     /// Import vulnerability feeds (OSV Debian records, EPSS CSV, CISA KEV JSON) from local files,
     /// or show what is imported.
     #[command(subcommand)]
@@ -178,6 +190,14 @@ struct RoleFlags {
     /// How many timestamp keys must sign a statement.
     #[arg(long)]
     timestamp_threshold: Option<u32>,
+    /// An enroll key: signs node certificates and revocation lists (`enroll`, `revoke`). May be
+    /// an online key on the admin workstation. Repeat for each key. Without an enroll role,
+    /// nodes start only with `enrollment = "off"`.
+    #[arg(long = "enroll-key")]
+    enroll_keys: Vec<String>,
+    /// How many enroll keys must sign a node certificate or revocation list.
+    #[arg(long)]
+    enroll_threshold: Option<u32>,
     /// When the root expires: a duration (365d) or a date.
     #[arg(long, default_value = "365d")]
     expires: String,
@@ -375,6 +395,11 @@ struct ApproveArgs {
     /// Why the gate was overridden.
     #[arg(long)]
     reason: Option<String>,
+    /// The trust root (default: root.lpr in the current directory, if it exists). With an enroll
+    /// role, the gate counts a report only when its author's node certificate enrolls it in the
+    /// previous ring. Without any root the collector must run with enrollment = "off".
+    #[arg(long)]
+    root: Option<PathBuf>,
     bundle: PathBuf,
 }
 
@@ -694,7 +719,13 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             a.ring.as_deref(),
             a.json,
         )?,
-        Cmd::Publish { node, metadata_only, bundle } => publish(&node, &bundle, metadata_only)?,
+        Cmd::Publish { node, metadata: Some(file), .. } => revoke::publish_metadata(&node, &file, &limits)?,
+        Cmd::Publish { node, metadata_only, bundle: Some(bundle), metadata: None } => {
+            publish(&node, &bundle, metadata_only)?
+        }
+        Cmd::Publish { bundle: None, metadata: None, .. } => bail!("give a bundle directory or --metadata FILE"),
+        Cmd::Enroll(cmd) => enroll::run(cmd, &limits, now, key_mode)?,
+        Cmd::Revoke(args) => revoke::run(args, &limits, now, key_mode)?,
         Cmd::Feeds(FeedsCmd::Import { db, osv, epss, kev }) => feeds_import(db, osv, epss, kev)?,
         Cmd::Feeds(FeedsCmd::Show { db, json }) => {
             let store = feedstore::FeedStore::open(&db.unwrap_or_else(feedstore::default_path))?;
@@ -756,14 +787,24 @@ fn role_map(flags: &RoleFlags, base: Option<&Root>) -> Result<BTreeMap<Role, Rol
         (Role::Release, &flags.release_keys, flags.release_threshold),
         (Role::Approve, &flags.approve_keys, flags.approve_threshold),
         (Role::Timestamp, &flags.timestamp_keys, flags.timestamp_threshold),
+        (Role::Enroll, &flags.enroll_keys, flags.enroll_threshold),
     ];
     let mut map = BTreeMap::new();
     for (role, keys, threshold) in specs {
-        // The timestamp role is optional: kept from the base root, or absent.
-        if role == Role::Timestamp && keys.is_empty() && base.is_none_or(|b| !b.roles.contains_key(&Role::Timestamp)) {
-            eprintln!(
-                "note: no --timestamp-key: nodes cannot detect a freeze (withheld updates); see docs/THREAT-MODEL.md"
-            );
+        // The timestamp and enroll roles are optional: kept from the base root, or absent.
+        let optional = matches!(role, Role::Timestamp | Role::Enroll);
+        if optional && keys.is_empty() && base.is_none_or(|b| !b.roles.contains_key(&role)) {
+            if threshold.is_some() {
+                bail!("--{role}-threshold needs --{role}-key (repeatable)");
+            }
+            match role {
+                Role::Timestamp => eprintln!(
+                    "note: no --timestamp-key: nodes cannot detect a freeze (withheld updates); see docs/THREAT-MODEL.md"
+                ),
+                _ => eprintln!(
+                    "note: no --enroll-key: nodes refuse to start unless node.toml sets enrollment = \"off\"; see docs/OPERATIONS.md"
+                ),
+            }
             continue;
         }
         let rk = if keys.is_empty() {
@@ -946,15 +987,17 @@ fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp, k
         {
             bail!("--deadline {} lies after the approval's expiry {}", time::show(d), time::show(expires));
         }
-        let forced_reason = fleet::ring_gate(
-            &a.ring,
-            &a.rings,
-            a.node.as_deref(),
-            &m.payload_hash(),
-            a.min_success,
-            a.force,
-            a.reason.as_deref(),
-        )?;
+        let gate = fleet::Gate {
+            ring: &a.ring,
+            order: &a.rings,
+            node: a.node.as_deref(),
+            manifest: &m.payload_hash(),
+            min_success: a.min_success,
+            root: a.root.as_deref(),
+            limits,
+            now,
+        };
+        let forced_reason = fleet::ring_gate(&gate, a.force, a.reason.as_deref())?;
         // A replacement must be strictly newer than the approval it replaces (nodes keep the
         // latest by issue time, in seconds), even when made within the same second.
         let issued = match bundle::load::<Approval>(&path, limits) {

@@ -6,18 +6,21 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lanpatch_protocol::ReleaseState;
 use lanpatch_protocol::control::NodeStatus;
 
 use crate::support::{bin, signer};
 
-/// Keys for three admins and a 2-of-3 trust root, in `dir`.
+/// Keys for three admins and a 2-of-3 trust root, in `dir`, with a 1-of-1 enroll role
+/// (`enroll.key`, the admin node's online key): nodes whose root lies beside `enroll.key` are
+/// enrolled by [`Node::start`] as their node.toml describes them.
 pub fn make_fleet_keys(dir: &Path) {
     for admin in ["alice", "bob", "carol"] {
         signer(dir, &["keygen", "--out", &format!("{admin}.key")]).ok();
     }
+    signer(dir, &["keygen", "--out", "enroll.key"]).ok();
     let mut args: Vec<String> = ["root", "init", "--out", "root.lpr"].map(String::from).to_vec();
     for role in ["root", "release", "approve"] {
         for admin in ["alice", "bob", "carol"] {
@@ -25,6 +28,7 @@ pub fn make_fleet_keys(dir: &Path) {
         }
         args.extend([format!("--{role}-threshold"), "2".into()]);
     }
+    args.extend(["--enroll-key".into(), "enroll.key.pub".into(), "--enroll-threshold".into(), "1".into()]);
     signer(dir, &args).ok();
     signer(dir, &["root", "sign", "--key", "alice.key", "root.lpr"]).ok();
     signer(dir, &["root", "sign", "--key", "bob.key", "root.lpr"]).ok();
@@ -159,6 +163,9 @@ impl Node {
 
     /// Runs the node expecting it to refuse to start: its exit code and its log.
     pub fn run_expecting_exit(&self, limit: Duration) -> (Option<i32>, String) {
+        if self.needs_enrollment() {
+            self.enroll(&[]);
+        }
         let mut child = self.command().spawn().unwrap();
         let deadline = Instant::now() + limit;
         loop {
@@ -178,7 +185,84 @@ impl Node {
         self.child.as_ref().map(|c| c.id())
     }
 
+    /// This node's key (`lanpatch-node id`; created on first use).
+    pub fn node_key(&self) -> String {
+        self.try_node_key().unwrap_or_else(|| panic!("lanpatch-node id failed for {}", self.dir.display()))
+    }
+
+    fn try_node_key(&self) -> Option<String> {
+        let out =
+            Command::new(bin("lanpatch-node")).args(["id", "--json", "--config"]).arg(&self.config).output().ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(v["node_key"].as_str()?.to_string())
+    }
+
+    /// Enrolls this node as its node.toml describes it (hostname, ring, site, tags): the admin's
+    /// `lanpatch-signer enroll node` with the enroll key beside the trust root, then the host's
+    /// `lanpatch-node join`. `extra` goes to the signer (`--expires 5s`, say). Returns the
+    /// certificate file the signer wrote.
+    pub fn enroll(&self, extra: &[&str]) -> PathBuf {
+        let cfg: toml::Table = toml::from_str(&fs::read_to_string(&self.config).unwrap()).unwrap();
+        let s = |k: &str| cfg.get(k).and_then(|v| v.as_str()).map(String::from);
+        let root = self.dir.join(s("trust_root").unwrap());
+        let keys = root.parent().unwrap();
+        let name = self.dir.file_name().unwrap().to_string_lossy().into_owned();
+        let hostname = s("hostname").unwrap_or_else(|| name.clone());
+        let cert = self.dir.join(format!("{name}.cert"));
+        let _ = fs::remove_file(&cert);
+        let mut args: Vec<String> = vec![
+            "enroll".into(),
+            "node".into(),
+            "--root".into(),
+            root.display().to_string(),
+            "--key".into(),
+            "enroll.key".into(),
+            "--node-key".into(),
+            self.node_key(),
+            "--hostname".into(),
+            hostname,
+            "--ring".into(),
+            s("ring").unwrap_or_else(|| "broad".into()),
+            "--site".into(),
+            s("site").unwrap_or_else(|| "default".into()),
+            "--out".into(),
+            cert.display().to_string(),
+        ];
+        for t in cfg.get("tags").and_then(|v| v.as_array()).into_iter().flatten() {
+            args.extend(["--tag".into(), t.as_str().unwrap().to_string()]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        signer(keys, &args).ok();
+        let out = Command::new(bin("lanpatch-node"))
+            .arg("join")
+            .arg(&cert)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "lanpatch-node join: {}", String::from_utf8_lossy(&out.stderr));
+        cert
+    }
+
+    /// Whether [`Node::start`] enrolls this node first: its config leaves enrollment on, it has
+    /// no certificate yet, and its trust root lies beside an enroll key.
+    fn needs_enrollment(&self) -> bool {
+        let text = fs::read_to_string(&self.config).unwrap_or_default();
+        let Ok(cfg) = toml::from_str::<toml::Table>(&text) else { return false };
+        if cfg.get("enrollment").and_then(|v| v.as_str()) == Some("off") || cfg.contains_key("certificate") {
+            return false;
+        }
+        let data = self.dir.join(cfg.get("data_dir").and_then(|v| v.as_str()).unwrap_or("data"));
+        let root = cfg.get("trust_root").and_then(|v| v.as_str()).map(|r| self.dir.join(r));
+        !data.join("node.cert").exists()
+            && root.is_some_and(|r| r.parent().is_some_and(|p| p.join("enroll.key").exists()))
+            && self.try_node_key().is_some()
+    }
+
     pub fn start(&mut self) {
+        if self.needs_enrollment() {
+            self.enroll(&[]);
+        }
         let child = self.command().spawn().unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -346,4 +430,73 @@ pub fn processes_in(dir: &Path) -> Vec<u32> {
         }
     }
     out
+}
+
+// The admin node and endpoints most tests start (moved here from hardening.rs: one harness).
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+pub fn secret(dir: &Path, name: &str) -> ed25519_dalek::SigningKey {
+    let text = fs::read_to_string(dir.join(name)).unwrap();
+    ed25519_dalek::SigningKey::from_bytes(&lanpatch_protocol::keyfile::parse_secret(&text).unwrap())
+}
+
+/// A release of `tool` whose install writes `$LANPATCH_DATA/installed`, signed by alice and bob.
+pub fn release(dir: &Path, name: &str, version: u32, extra: &[&str]) -> PathBuf {
+    let src = dir.join(format!("{name}-src"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("install.sh"), "touch \"$LANPATCH_DATA/installed\"\n").unwrap();
+    fs::write(src.join("payload.bin"), payload(150_000, u64::from(version))).unwrap();
+    let mut args: Vec<String> = [
+        "release",
+        "create",
+        "--product",
+        "tool",
+        "--version",
+        &version.to_string(),
+        "--dir",
+        &src.to_string_lossy(),
+        "--install",
+        "sh install.sh",
+        "--out",
+        name,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    signer(dir, &args).ok();
+    for k in ["alice.key", "bob.key"] {
+        signer(dir, &["release", "sign", "--key", k, name]).ok();
+    }
+    dir.join(name)
+}
+
+pub fn approve(dir: &Path, name: &str, ring: &str) {
+    for k in ["bob.key", "carol.key"] {
+        signer(dir, &["approve", "--key", k, "--ring", ring, name]).ok();
+    }
+}
+
+pub fn admin(dir: &Path, extra: &str) -> Node {
+    let mut a =
+        Node::new(dir, "admin", &dir.join("root.lpr"), &[], &format!("collector = true\nring = \"admin\"\n{extra}"));
+    a.start();
+    a
+}
+
+pub fn endpoint(dir: &Path, name: &str, admin: &Node, extra: &str) -> Node {
+    let mut n = Node::new(dir, name, &dir.join("root.lpr"), &[admin.port], &format!("ring = \"canary\"\n{extra}"));
+    n.start();
+    wait_until(Duration::from_secs(30), "connected", || !n.status().peers.is_empty());
+    n
+}
+
+/// A node's own ed25519 secret key, from its libp2p key file (protobuf: type Ed25519, then the
+/// 64 bytes of secret and public key): tests sign messages as that node would.
+pub fn node_secret(n: &Node) -> ed25519_dalek::SigningKey {
+    let bytes = fs::read(n.dir.join("data/node.key")).unwrap();
+    assert_eq!(&bytes[..4], &[0x08, 0x01, 0x12, 0x40], "not an ed25519 libp2p key file");
+    ed25519_dalek::SigningKey::from_bytes(bytes[4..36].try_into().unwrap())
 }

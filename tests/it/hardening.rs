@@ -5,74 +5,18 @@
 use lanpatch_protocol::control::RefusalKind;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
 
 use lanpatch_protocol::{
     Approval, FailReason, Limits, ReleaseManifest, ReleaseState, Signed, SkipReason, Timestamp, WaitReason,
 };
 
-use crate::fleet::{Node, blob_name, make_fleet_keys, payload, wait_for_node, wait_until};
+use crate::fleet::{
+    Node, admin, approve, blob_name, endpoint, make_fleet_keys, payload, release, secret, unix_now, wait_for_node,
+    wait_until,
+};
 use crate::support::{Run, signer};
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-fn secret(dir: &Path, name: &str) -> ed25519_dalek::SigningKey {
-    let text = fs::read_to_string(dir.join(name)).unwrap();
-    ed25519_dalek::SigningKey::from_bytes(&lanpatch_protocol::keyfile::parse_secret(&text).unwrap())
-}
-
-/// A release of `tool` whose install writes `$LANPATCH_DATA/installed`, signed by alice and bob.
-fn release(dir: &Path, name: &str, version: u32, extra: &[&str]) -> PathBuf {
-    let src = dir.join(format!("{name}-src"));
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("install.sh"), "touch \"$LANPATCH_DATA/installed\"\n").unwrap();
-    fs::write(src.join("payload.bin"), payload(150_000, u64::from(version))).unwrap();
-    let mut args: Vec<String> = [
-        "release",
-        "create",
-        "--product",
-        "tool",
-        "--version",
-        &version.to_string(),
-        "--dir",
-        &src.to_string_lossy(),
-        "--install",
-        "sh install.sh",
-        "--out",
-        name,
-    ]
-    .map(String::from)
-    .to_vec();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    signer(dir, &args).ok();
-    for k in ["alice.key", "bob.key"] {
-        signer(dir, &["release", "sign", "--key", k, name]).ok();
-    }
-    dir.join(name)
-}
-
-fn approve(dir: &Path, name: &str, ring: &str) {
-    for k in ["bob.key", "carol.key"] {
-        signer(dir, &["approve", "--key", k, "--ring", ring, name]).ok();
-    }
-}
-
-fn admin(dir: &Path, extra: &str) -> Node {
-    let mut a =
-        Node::new(dir, "admin", &dir.join("root.lpr"), &[], &format!("collector = true\nring = \"admin\"\n{extra}"));
-    a.start();
-    a
-}
-
-fn endpoint(dir: &Path, name: &str, admin: &Node, extra: &str) -> Node {
-    let mut n = Node::new(dir, name, &dir.join("root.lpr"), &[admin.port], &format!("ring = \"canary\"\n{extra}"));
-    n.start();
-    wait_until(Duration::from_secs(30), "connected", || !n.status().peers.is_empty());
-    n
-}
 
 fn state(n: &Node) -> Option<ReleaseState> {
     n.status().releases.iter().find(|r| r.product == "tool").map(|r| r.state)
@@ -128,7 +72,7 @@ fn expired_manifest_is_never_installed_even_when_its_approval_comes_due_after_ex
 fn node_without_a_fresh_timestamp_statement_starts_no_install_and_resumes_when_one_arrives() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    for who in ["alice", "bob", "carol", "ts"] {
+    for who in ["alice", "bob", "carol", "ts", "enroll"] {
         signer(dir, &["keygen", "--out", &format!("{who}.key")]).ok();
     }
     let mut args: Vec<String> = ["root", "init", "--out", "root.lpr"].map(String::from).to_vec();
@@ -139,6 +83,7 @@ fn node_without_a_fresh_timestamp_statement_starts_no_install_and_resumes_when_o
         args.extend([format!("--{role}-threshold"), "2".into()]);
     }
     args.extend(["--timestamp-key".into(), "ts.key.pub".into(), "--timestamp-threshold".into(), "1".into()]);
+    args.extend(["--enroll-key".into(), "enroll.key.pub".into(), "--enroll-threshold".into(), "1".into()]);
     signer(dir, &args).ok();
     signer(dir, &["root", "sign", "--key", "alice.key", "root.lpr"]).ok();
     signer(dir, &["root", "sign", "--key", "bob.key", "root.lpr"]).ok();

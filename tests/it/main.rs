@@ -9,6 +9,7 @@ mod fleet;
 mod hardening;
 mod lab;
 mod lifecycle;
+mod membership;
 mod metrics;
 mod origin_server;
 mod package;

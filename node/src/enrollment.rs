@@ -1,0 +1,124 @@
+//! `lanpatch-node id` and `lanpatch-node join`: the host's half of enrolling it
+//! (docs/OPERATIONS.md "Enrolling nodes").
+//!
+//! `id` prints the node key an admin enrolls (creating it on first use, as `run` would); `join`
+//! checks a certificate the admin made against this host's trust root and node key, then puts it
+//! where `run` reads it. Both are one command per host, with `--json` for scripts.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use lanpatch_protocol::{Envelope, Limits, PublicKey};
+use serde::Serialize;
+
+use crate::clock::now;
+use crate::config::Config;
+
+/// What `id --json` prints.
+#[derive(Serialize)]
+pub struct NodeId {
+    pub node_key: String,
+    pub peer_id: String,
+    pub hostname: String,
+    pub certificate: String,
+    pub enrolled: bool,
+}
+
+/// The node's key (created in the data directory if missing) and where its certificate goes.
+pub fn id(cfg: &Config) -> Result<NodeId> {
+    crate::fsmode::create_dir(&cfg.data_dir, crate::fsmode::DIR)?;
+    let kp = crate::node::load_or_create_identity(cfg)?;
+    let ed = kp.clone().try_into_ed25519().map_err(|e| anyhow!("node key is not ed25519: {e}"))?;
+    let key = PublicKey(ed.public().to_bytes());
+    let cert = cfg.certificate_path();
+    Ok(NodeId {
+        node_key: key.to_hex(),
+        peer_id: kp.public().to_peer_id().to_string(),
+        hostname: cfg.hostname(),
+        enrolled: cert.exists(),
+        certificate: cert.display().to_string(),
+    })
+}
+
+pub fn print_id(cfg: &Config, json: bool) -> Result<()> {
+    let id = id(cfg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&id)?);
+        return Ok(());
+    }
+    println!("node key:    {}", id.node_key);
+    println!("peer id:     {}", id.peer_id);
+    println!("certificate: {} ({})", id.certificate, if id.enrolled { "present" } else { "missing" });
+    if !id.enrolled {
+        println!();
+        println!("next: on the signing workstation,");
+        println!(
+            "  lanpatch-signer enroll node --root root.lpr --key enroll.key --node-key {} --hostname {} --ring <ring> --out {}.cert",
+            id.node_key, id.hostname, id.hostname
+        );
+        println!("then here: lanpatch-node join {}.cert", id.hostname);
+    }
+    Ok(())
+}
+
+/// Checks `cert_file` (steps M1 to M6 for this host's key, against the configured trust root)
+/// and installs it at the configured path (mode 0600, atomically). Returns what it says.
+pub fn join(cfg: &Config, cert_file: &Path) -> Result<lanpatch_protocol::NodeCertificate> {
+    let limits = Limits::default();
+    let root_bytes = std::fs::read(&cfg.trust_root)
+        .with_context(|| format!("cannot read trust root {}", cfg.trust_root.display()))?;
+    let trust = crate::trust::Trust::new(&root_bytes, limits.clone(), now())
+        .with_context(|| format!("trust root {} refused", cfg.trust_root.display()))?;
+    let bytes = std::fs::read(cert_file).with_context(|| format!("cannot read {}", cert_file.display()))?;
+    let env =
+        Envelope::decode(&bytes, &limits).with_context(|| format!("{} is not a certificate", cert_file.display()))?;
+    let me = id(cfg)?;
+    let key: PublicKey = me.node_key.parse().map_err(|e| anyhow!("{e}"))?;
+    let cert = lanpatch_protocol::membership::verify_certificate(
+        &env,
+        trust.root.value(),
+        &trust.fleet,
+        &key,
+        None,
+        &limits,
+        now(),
+    )
+    .map_err(|e| {
+        anyhow::Error::new(crate::membership::CertificateError::Refused {
+            path: cert_file.display().to_string(),
+            refusal: e,
+        })
+    })?;
+    let dest = cfg.certificate_path();
+    write_private(&dest, &bytes)?;
+    Ok(cert.value().clone())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::membership::persist_revocations(path, bytes)
+}
+
+pub fn print_join(cfg: &Config, cert_file: &Path, json: bool) -> Result<()> {
+    let c = join(cfg, cert_file)?;
+    if json {
+        let v = serde_json::json!({
+            "certificate": cfg.certificate_path().display().to_string(),
+            "hostname": c.hostname,
+            "ring": c.ring.to_string(),
+            "site": c.site.to_string(),
+            "expires": c.expires.0,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "enrolled as {} in ring {} at site {} until {} (certificate at {})",
+            c.hostname,
+            c.ring,
+            c.site,
+            crate::clock::format_time(c.expires.0),
+            cfg.certificate_path().display()
+        );
+        println!("next: start (or restart) the node: systemctl restart lanpatch-node");
+    }
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! Fleet membership on a node: its own certificate, the revocation list it holds, the peers it
+//! admitted at the door (`door.rs`) and what their certificates say, and the per-member budget for
+//! messages that make other nodes work (digests and pulls).
+//!
+//! One [`Members`] is shared by the door (which runs inside libp2p's connection upgrade), the
+//! swarm task (which cuts off peers whose certificate expired or was revoked) and the node (which
+//! checks the author of every report, inventory, digest and pull). Every check runs at the moment
+//! of use against the current root and revocation list (steps M1 to M6, N4 of docs/PROTOCOL.md).
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+
+use anyhow::{Context, Result, anyhow};
+use lanpatch_protocol::membership::{self, MemberRefusal, RefusalReason, RevocationError};
+use lanpatch_protocol::report::{FromNode, MemberCheck};
+use lanpatch_protocol::{Envelope, Hash32, Limits, NodeCertificate, PublicKey, Revocations, Root, Signed, Timestamp};
+use libp2p::PeerId;
+use libp2p::identity;
+use tokio::sync::Notify;
+
+/// Most door refusals kept for status and the console (oldest dropped first).
+pub const RECENT_REFUSALS: usize = 64;
+/// Digests and pulls one member may make this node act on per minute; more are ignored and
+/// counted. A member sends one digest per change burst and heartbeat, and a pull per digest it
+/// lacks something from: a handful a minute even during a rollout.
+pub const MESSAGES_PER_MINUTE: u32 = 30;
+/// Members whose budget is tracked at once; past it, windows that ended are forgotten.
+const BUDGET_ENTRIES: usize = 8192;
+
+/// The libp2p peer id of a node key (ed25519).
+pub fn peer_of(key: &PublicKey) -> Option<PeerId> {
+    let ed = identity::ed25519::PublicKey::try_from_bytes(&key.0).ok()?;
+    Some(identity::PublicKey::from(ed).to_peer_id())
+}
+
+/// One refusal at the door, for status and the console.
+#[derive(Clone, Debug)]
+pub struct DoorRefusal {
+    pub at: Timestamp,
+    pub peer: String,
+    pub reason: RefusalReason,
+    pub detail: String,
+}
+
+/// This node's membership state. See the module docs.
+pub struct Members {
+    pub fleet: Hash32,
+    limits: Limits,
+    /// The envelope of this node's own certificate, as sent at the door.
+    own: RwLock<(Vec<u8>, NodeCertificate)>,
+    root: RwLock<Root>,
+    revoked: RwLock<Option<Signed<Revocations>>>,
+    admitted: Mutex<HashMap<PeerId, NodeCertificate>>,
+    refused: [AtomicU64; RefusalReason::ALL.len()],
+    recent: Mutex<VecDeque<DoorRefusal>>,
+    budget: Mutex<HashMap<PublicKey, (u64, u32)>>,
+    /// Fired when the revocation list or the root changed: the swarm task checks its peers again.
+    pub changed: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Why the node cannot start with its certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum CertificateError {
+    #[error(
+        "no node certificate at {path}: enroll this node (`lanpatch-node id` prints its key; an admin runs `lanpatch-signer enroll node --node-key KEY ...` and copies the file here), or set enrollment = \"off\" in node.toml for a throwaway test fleet"
+    )]
+    Missing { path: String },
+    #[error("node certificate {path} is refused: {refusal}")]
+    Refused { path: String, refusal: MemberRefusal },
+    #[error("cannot read node certificate {path}: {why}")]
+    Unreadable { path: String, why: String },
+}
+
+impl Members {
+    /// Loads and checks this node's certificate (M1 to M6 against its own key) and the
+    /// revocation list kept in the data directory.
+    pub fn load(
+        cert_path: &Path,
+        revocations_path: &Path,
+        root: &Root,
+        fleet: Hash32,
+        me: &PublicKey,
+        limits: Limits,
+        now: Timestamp,
+    ) -> Result<Members> {
+        let path = cert_path.display().to_string();
+        let bytes = match read_capped(cert_path, limits.max_envelope_bytes) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CertificateError::Missing { path }.into()),
+            Err(e) => return Err(CertificateError::Unreadable { path, why: e.to_string() }.into()),
+        };
+        let revoked = match read_capped(revocations_path, limits.max_envelope_bytes) {
+            Ok(b) => {
+                let env = Envelope::decode(&b, &limits)
+                    .with_context(|| format!("revocation list {}", revocations_path.display()))?;
+                Some(
+                    membership::verify_revocations(env, root, &fleet, None, &limits)
+                        .with_context(|| format!("revocation list {}", revocations_path.display()))?,
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(anyhow!("cannot read {}: {e}", revocations_path.display())),
+        };
+        let env = Envelope::decode(&bytes, &limits).map_err(|e| CertificateError::Refused {
+            path: path.clone(),
+            refusal: MemberRefusal::Malformed(e.to_string()),
+        })?;
+        let cert =
+            membership::verify_certificate(&env, root, &fleet, me, revoked.as_ref().map(|r| r.value()), &limits, now)
+                .map_err(|refusal| CertificateError::Refused { path, refusal })?;
+        Ok(Members {
+            fleet,
+            limits,
+            own: RwLock::new((bytes, cert.value().clone())),
+            root: RwLock::new(root.clone()),
+            revoked: RwLock::new(revoked),
+            admitted: Mutex::default(),
+            refused: Default::default(),
+            recent: Mutex::default(),
+            budget: Mutex::default(),
+            changed: Notify::new(),
+        })
+    }
+
+    /// This node's certificate.
+    pub fn own(&self) -> NodeCertificate {
+        read(&self.own).1.clone()
+    }
+    pub fn own_envelope_bytes(&self) -> Vec<u8> {
+        read(&self.own).0.clone()
+    }
+    /// This node's certificate as an envelope, for the messages it signs.
+    pub fn own_envelope(&self) -> Option<Envelope> {
+        Envelope::decode(&read(&self.own).0, &self.limits).ok()
+    }
+
+    /// Steps M1 to M6 for a peer at the door: `bytes` must be a certificate for `peer`'s key.
+    pub fn check_peer(&self, bytes: &[u8], peer: &PeerId, now: Timestamp) -> Result<NodeCertificate, MemberRefusal> {
+        if bytes.is_empty() {
+            return Err(MemberRefusal::NoCertificate);
+        }
+        let env = Envelope::decode(bytes, &self.limits).map_err(|e| MemberRefusal::Malformed(e.to_string()))?;
+        // The key the certificate names must be the key the peer proved in the Noise handshake.
+        let named = Signed::<NodeCertificate>::open(env.clone(), &self.limits)
+            .map_err(|e| MemberRefusal::Malformed(e.to_string()))?
+            .value()
+            .node;
+        if peer_of(&named).as_ref() != Some(peer) {
+            return Err(MemberRefusal::WrongNode {
+                certified: named,
+                actual: key_of(peer).unwrap_or(PublicKey([0; 32])),
+            });
+        }
+        let root = read(&self.root);
+        let revoked = read(&self.revoked);
+        membership::verify_certificate(
+            &env,
+            &root,
+            &self.fleet,
+            &named,
+            revoked.as_ref().map(|r| r.value()),
+            &self.limits,
+            now,
+        )
+        .map(|c| c.value().clone())
+    }
+
+    /// Step N4 for a node message: its author is a member now, for the ring it speaks for.
+    pub fn check_author<T: FromNode>(&self, msg: &T, now: Timestamp) -> Result<NodeCertificate, MemberRefusal> {
+        let root = read(&self.root);
+        let revoked = read(&self.revoked);
+        let check = MemberCheck { root: &root, fleet: &self.fleet, revoked: revoked.as_ref().map(|r| r.value()), now };
+        lanpatch_protocol::report::check_author(msg, &check, &self.limits)
+    }
+
+    pub fn admit(&self, peer: PeerId, cert: NodeCertificate) {
+        lock(&self.admitted).insert(peer, cert);
+    }
+    pub fn forget(&self, peer: &PeerId) {
+        lock(&self.admitted).remove(peer);
+    }
+    /// What the certificate of an admitted peer says.
+    pub fn certificate_of(&self, peer: &PeerId) -> Option<NodeCertificate> {
+        lock(&self.admitted).get(peer).cloned()
+    }
+
+    /// Admitted peers that are no longer members at `now` (expired, revoked), with why; they are
+    /// forgotten here, and the caller disconnects them.
+    pub fn sweep(&self, now: Timestamp) -> Vec<(PeerId, MemberRefusal)> {
+        let revoked = read(&self.revoked);
+        let mut admitted = lock(&self.admitted);
+        let mut out = Vec::new();
+        admitted.retain(|peer, cert| {
+            match membership::check_member(cert, &self.fleet, &cert.node, revoked.as_ref().map(|r| r.value()), now) {
+                Ok(()) => true,
+                Err(e) => {
+                    out.push((*peer, e));
+                    false
+                }
+            }
+        });
+        out
+    }
+
+    /// Counts a refusal and keeps it in the bounded recent list.
+    pub fn record(&self, peer: String, refusal: &MemberRefusal, now: Timestamp) {
+        let reason = refusal.reason();
+        if let Some(c) = RefusalReason::ALL.iter().position(|r| *r == reason).and_then(|i| self.refused.get(i)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut recent = lock(&self.recent);
+        if recent.len() >= RECENT_REFUSALS {
+            recent.pop_front();
+        }
+        recent.push_back(DoorRefusal { at: now, peer, reason, detail: refusal.to_string() });
+    }
+
+    /// Refusals so far, by reason (for metrics).
+    pub fn refusals(&self) -> Vec<(RefusalReason, u64)> {
+        RefusalReason::ALL.iter().zip(&self.refused).map(|(r, c)| (*r, c.load(Ordering::Relaxed))).collect()
+    }
+    pub fn refused_total(&self) -> u64 {
+        self.refused.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+    pub fn recent(&self) -> Vec<DoorRefusal> {
+        lock(&self.recent).iter().cloned().collect()
+    }
+
+    /// The revocation list held, as envelope bytes (for the catalog and the data directory).
+    pub fn revocations_bytes(&self) -> Option<Vec<u8>> {
+        read(&self.revoked).as_ref().map(|r| r.to_bytes())
+    }
+
+    /// Steps V1 to V4, then keeps the list if it is newer than the one held. Returns whether it
+    /// was new; the swarm task is told to check its peers again.
+    pub fn offer_revocations(&self, env: Envelope) -> Result<bool, RevocationError> {
+        let root = read(&self.root).clone();
+        let mut held = write(&self.revoked);
+        let list =
+            membership::verify_revocations(env, &root, &self.fleet, held.as_ref().map(|r| r.value()), &self.limits)?;
+        let new = held.as_ref().is_none_or(|h| h.value().issued < list.value().issued);
+        if new {
+            *held = Some(list);
+            drop(held);
+            self.changed.notify_one();
+        }
+        Ok(new)
+    }
+
+    /// A new trust root (rotation): later checks use its enroll keys.
+    pub fn set_root(&self, root: Root) {
+        *write(&self.root) = root;
+        self.changed.notify_one();
+    }
+
+    /// Whether `node` may make this node act on one more digest or pull this minute.
+    pub fn within_budget(&self, node: &PublicKey, now: Timestamp) -> bool {
+        let minute = now.0 / 60;
+        let mut budget = lock(&self.budget);
+        if budget.len() >= BUDGET_ENTRIES {
+            budget.retain(|_, (m, _)| *m == minute);
+        }
+        let e = budget.entry(*node).or_insert((minute, 0));
+        if e.0 != minute {
+            *e = (minute, 0);
+        }
+        e.1 += 1;
+        e.1 <= MESSAGES_PER_MINUTE
+    }
+}
+
+/// The node key of an ed25519 peer id (its identity multihash holds the key).
+pub fn key_of(peer: &PeerId) -> Option<PublicKey> {
+    let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
+    if mh.code() != 0 {
+        return None;
+    }
+    let pk = identity::PublicKey::try_decode_protobuf(mh.digest()).ok()?;
+    Some(PublicKey(pk.try_into_ed25519().ok()?.to_bytes()))
+}
+
+/// Reads at most `max` bytes of a regular file (a larger file is an error, not a truncation).
+fn read_capped(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    let mut out = Vec::new();
+    f.take(max as u64 + 1).read_to_end(&mut out)?;
+    if out.len() > max {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("larger than {max} bytes")));
+    }
+    Ok(out)
+}
+
+/// Writes the revocation list held into the data directory (0600, atomically).
+pub fn persist_revocations(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::fsmode::FILE)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_id_and_its_node_key_map_to_each_other() {
+        let kp = identity::Keypair::generate_ed25519();
+        let peer = kp.public().to_peer_id();
+        let key = key_of(&peer).unwrap();
+        assert_eq!(peer_of(&key), Some(peer));
+    }
+}
