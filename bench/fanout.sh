@@ -20,7 +20,9 @@
 #        ONLY=lanpatch skips the HTTP and BitTorrent runs, LANPATCH_BIN=DIR takes lanpatch-node
 #        and lanpatch-signer from DIR instead of building them: to measure a before and an after,
 #        NODE_TOML_EXTRA='key = value' appends lines to every node's node.toml, NODE_LOG sets
-#        the nodes' log filter)
+#        the nodes' log filter, ENROLLMENT=off runs the nodes without membership certificates
+#        (as before enrollment existed: the before/after of the door's cost), PAYLOAD=FILE
+#        distributes FILE (a real package, say) instead of S_MIB random bytes)
 set -euo pipefail
 N=${1:-8}
 S_MIB=${2:-32}
@@ -80,7 +82,11 @@ else
   sh "$LAB" up "$N" "$P" "${R_MBIT}mbit"
 fi
 mkdir -p "$WORK/www" "$WORK/keys" "$WORK/lp" "$WORK/http" "$WORK/bt" "$WORK/tracker"
-head -c $((S_MIB * 1024 * 1024)) /dev/urandom > "$WORK/www/payload.bin"
+if [ -n "${PAYLOAD:-}" ]; then
+  cp "$PAYLOAD" "$WORK/www/payload.bin"
+else
+  head -c $((S_MIB * 1024 * 1024)) /dev/urandom > "$WORK/www/payload.bin"
+fi
 SIZE=$(stat -c %s "$WORK/www/payload.bin")
 SHA=$(sha256sum "$WORK/www/payload.bin" | cut -d' ' -f1)
 LIMIT=$(python3 -c "print($SIZE * 8 / ($R_MBIT * 1e6))")
@@ -120,10 +126,11 @@ report() { # name seconds egress_bytes verified
 
 # ---- lanpatch -----------------------------------------------------------------------------
 cd "$WORK/keys"
-for a in alice bob; do "$SIGNER" keygen --out $a.key >/dev/null; done
+for a in alice bob enroll; do "$SIGNER" keygen --out $a.key >/dev/null; done
 "$SIGNER" root init --out root.lpr --root-key alice.key.pub --root-key bob.key.pub --root-threshold 2 \
   --release-key alice.key.pub --release-key bob.key.pub --release-threshold 2 \
-  --approve-key alice.key.pub --approve-key bob.key.pub --approve-threshold 2 >/dev/null
+  --approve-key alice.key.pub --approve-key bob.key.pub --approve-threshold 2 \
+  --enroll-key enroll.key.pub --enroll-threshold 1 >/dev/null
 "$SIGNER" root sign --key alice.key root.lpr >/dev/null
 "$SIGNER" root sign --key bob.key root.lpr >/dev/null
 "$SIGNER" release create --product bench --version 1 --dir "$WORK/www" --install "sh -c true" \
@@ -142,6 +149,19 @@ mdns = true
 log = "${NODE_LOG:-info,libp2p_mdns=error,libp2p_gossipsub=error}"
 ${NODE_TOML_EXTRA:-}
 TOML
+  if [ "${ENROLLMENT:-on}" = off ]; then
+    echo 'enrollment = "off"' >> "$d/node.toml"
+  else
+    # Enrolled as an admin enrolls a host: its key, a certificate from the enroll key, join.
+    key=$("$BIN/lanpatch-node" id --json --config "$d/node.toml" | python3 -c 'import json,sys; print(json.load(sys.stdin)["node_key"])')
+    "$SIGNER" enroll node --root root.lpr --key enroll.key --node-key "$key" --hostname "h$i" --ring broad \
+      --expires 1d --out "h$i.cert" >/dev/null
+    "$BIN/lanpatch-node" join --config "$d/node.toml" "h$i.cert" >/dev/null
+  fi
+done
+T_START=$(now)
+for i in $(seq 1 "$N"); do
+  d=$WORK/lp/h$i
   ip netns exec "$P-$i" "$BIN/lanpatch-node" run --config "$d/node.toml" 2> "$d/node.log" &
   NODE_PIDS+=($!)
   PIDS+=($!)
@@ -153,7 +173,7 @@ SOCKS=()
 for i in $(seq 1 "$N"); do SOCKS+=("$WORK/lp/h$i/data/control.sock"); done
 fewest=$(python3 "$HERE/poll.py" peers "$want" 240 "${SOCKS[@]}") \
   || { echo "lanpatch nodes did not find each other by mDNS (want $want peers each)" >&2; exit 1; }
-echo "  discovery: every node has >= $fewest peers after $SECONDS s"
+echo "  discovery: every node has >= $fewest peers $(python3 -c "print(f'{$(now) - $T_START:.1f}')") s after the nodes started (enrollment ${ENROLLMENT:-on})"
 ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sys() { awk '{print $15}' "/proc/$1/stat"; }

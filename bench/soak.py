@@ -132,10 +132,12 @@ def main():
 
     try:
         signer("keygen", "--out", "alice.key")
+        signer("keygen", "--out", "enroll.key")
         signer("root", "init", "--out", "root.lpr",
                "--root-key", "alice.key.pub", "--root-threshold", "1",
                "--release-key", "alice.key.pub", "--release-threshold", "1",
-               "--approve-key", "alice.key.pub", "--approve-threshold", "1")
+               "--approve-key", "alice.key.pub", "--approve-threshold", "1",
+               "--enroll-key", "enroll.key.pub", "--enroll-threshold", "1")
         signer("root", "sign", "--key", "alice.key", "root.lpr")
         seed_port = free_port()
         socks, logs = [], []
@@ -150,6 +152,15 @@ def main():
                 f.write(f'data_dir = "data"\ntrust_root = "../root.lpr"\nhostname = "{name}"\n'
                         f'listen = ["/ip4/127.0.0.1/tcp/{port}"]\nstatic_peers = [{peers}]\nmdns = false\n'
                         f'metrics_listen = "127.0.0.1:0"\n{extra}')
+            # Enrolled as an admin enrolls a host (lanpatch-node id, enroll node, join).
+            cfg = os.path.join(d, "node.toml")
+            key = json.loads(subprocess.run([node_bin, "id", "--json", "--config", cfg], check=True,
+                                            capture_output=True, text=True).stdout)["node_key"]
+            signer("enroll", "node", "--root", "root.lpr", "--key", "enroll.key", "--node-key", key,
+                   "--hostname", name, "--ring", "admin" if i == 1 else "broad", "--expires", "30d",
+                   "--out", f"{name}.cert")
+            subprocess.run([node_bin, "join", "--config", cfg, os.path.join(work, f"{name}.cert")], check=True,
+                           capture_output=True)
             log = open(os.path.join(d, "node.log"), "w")
             procs.append(subprocess.Popen([node_bin, "run", "--config", os.path.join(d, "node.toml")],
                                           stdin=subprocess.DEVNULL, stdout=log, stderr=log))

@@ -27,7 +27,7 @@ pub struct NodeId {
 /// The node's key (created in the data directory if missing) and where its certificate goes.
 pub fn id(cfg: &Config) -> Result<NodeId> {
     crate::fsmode::create_dir(&cfg.data_dir, crate::fsmode::DIR)?;
-    let kp = crate::node::load_or_create_identity(cfg)?;
+    let kp = crate::membership::load_or_create_identity(cfg)?;
     let ed = kp.clone().try_into_ed25519().map_err(|e| anyhow!("node key is not ed25519: {e}"))?;
     let key = PublicKey(ed.public().to_bytes());
     let cert = cfg.certificate_path();

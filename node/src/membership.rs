@@ -22,12 +22,58 @@ use tokio::sync::Notify;
 
 /// Most door refusals kept for status and the console (oldest dropped first).
 pub const RECENT_REFUSALS: usize = 64;
-/// Digests and pulls one member may make this node act on per minute; more are ignored and
-/// counted. A member sends one digest per change burst and heartbeat, and a pull per digest it
-/// lacks something from: a handful a minute even during a rollout.
-pub const MESSAGES_PER_MINUTE: u32 = 30;
+/// What a member's message asks of others, for its budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Budgeted {
+    /// Digests and pulls: each can make listeners pull or send messages again.
+    AntiEntropy,
+    /// Reports and inventories: each is stored by collectors and ring peers, and forwarded.
+    Reports,
+}
+
+impl Budgeted {
+    /// Messages of this class one member may make this node act on (store, forward, answer) per
+    /// minute; more are ignored, not forwarded, and counted. A member sends one digest per change
+    /// burst and heartbeat and a pull per digest it lacks something from, a handful a minute
+    /// even during a rollout; and about ten reports per release it installs, re-sent only when
+    /// pulled.
+    pub fn per_minute(self) -> u32 {
+        match self {
+            Budgeted::AntiEntropy => 30,
+            Budgeted::Reports => 120,
+        }
+    }
+}
 /// Members whose budget is tracked at once; past it, windows that ended are forgotten.
 const BUDGET_ENTRIES: usize = 8192;
+
+/// The revocation list held, in the data directory.
+pub const REVOCATIONS_FILE: &str = "revocations.lpv";
+
+/// The node's libp2p identity (`<data_dir>/node.key`, mode 0600), created on first use.
+pub fn load_or_create_identity(cfg: &crate::config::Config) -> Result<identity::Keypair> {
+    let path = cfg.data_dir.join("node.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| anyhow!("{} is not a node key: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kp = identity::Keypair::generate_ed25519();
+            let bytes = kp.to_protobuf_encoding().map_err(|e| anyhow!("encode node key: {e}"))?;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            Ok(kp)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
 
 /// The libp2p peer id of a node key (ed25519).
 pub fn peer_of(key: &PublicKey) -> Option<PeerId> {
@@ -55,7 +101,7 @@ pub struct Members {
     admitted: Mutex<HashMap<PeerId, NodeCertificate>>,
     refused: [AtomicU64; RefusalReason::ALL.len()],
     recent: Mutex<VecDeque<DoorRefusal>>,
-    budget: Mutex<HashMap<PublicKey, (u64, u32)>>,
+    budget: Mutex<HashMap<(PublicKey, Budgeted), (u64, u32)>>,
     /// Fired when the revocation list or the root changed: the swarm task checks its peers again.
     pub changed: Notify,
 }
@@ -185,6 +231,15 @@ impl Members {
         lanpatch_protocol::report::check_author(msg, &check, &self.limits)
     }
 
+    /// Step N4 again for a message stored earlier, at its use (a ring gate, a failure rate): its
+    /// certificate must still verify under the root in force, name the ring it spoke for, and
+    /// its author must not be revoked now; expiry is checked at `said` (when the message was
+    /// made: it passed the check against this node's clock on arrival), so a renewed node's
+    /// earlier reports keep counting.
+    pub fn check_stored<T: FromNode>(&self, msg: &T, said: Timestamp) -> Result<NodeCertificate, MemberRefusal> {
+        self.check_author(msg, said)
+    }
+
     pub fn admit(&self, peer: PeerId, cert: NodeCertificate) {
         lock(&self.admitted).insert(peer, cert);
     }
@@ -265,19 +320,19 @@ impl Members {
         self.changed.notify_one();
     }
 
-    /// Whether `node` may make this node act on one more digest or pull this minute.
-    pub fn within_budget(&self, node: &PublicKey, now: Timestamp) -> bool {
+    /// Whether `node` may make this node act on one more message of `class` this minute.
+    pub fn within_budget(&self, node: &PublicKey, class: Budgeted, now: Timestamp) -> bool {
         let minute = now.0 / 60;
         let mut budget = lock(&self.budget);
         if budget.len() >= BUDGET_ENTRIES {
             budget.retain(|_, (m, _)| *m == minute);
         }
-        let e = budget.entry(*node).or_insert((minute, 0));
+        let e = budget.entry((*node, class)).or_insert((minute, 0));
         if e.0 != minute {
             *e = (minute, 0);
         }
-        e.1 += 1;
-        e.1 <= MESSAGES_PER_MINUTE
+        e.1 = e.1.saturating_add(1);
+        e.1 <= class.per_minute()
     }
 }
 
@@ -328,6 +383,48 @@ pub fn persist_revocations(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_members_budget_is_per_class_and_per_minute() {
+        let m = Members {
+            fleet: Hash32([0; 32]),
+            limits: Limits::default(),
+            own: RwLock::new((Vec::new(), cert())),
+            root: RwLock::new(Root {
+                version: lanpatch_protocol::Version(1),
+                fleet: None,
+                expires: Timestamp(0),
+                roles: Default::default(),
+            }),
+            revoked: RwLock::new(None),
+            admitted: Mutex::default(),
+            refused: Default::default(),
+            recent: Mutex::default(),
+            budget: Mutex::default(),
+            changed: Notify::new(),
+        };
+        let k = PublicKey([1; 32]);
+        let t = Timestamp(600);
+        let n = Budgeted::AntiEntropy.per_minute();
+        assert!((0..n).all(|_| m.within_budget(&k, Budgeted::AntiEntropy, t)));
+        assert!(!m.within_budget(&k, Budgeted::AntiEntropy, t), "over the budget");
+        assert!(m.within_budget(&k, Budgeted::Reports, t), "another class has its own budget");
+        assert!(m.within_budget(&PublicKey([2; 32]), Budgeted::AntiEntropy, t), "another member too");
+        assert!(m.within_budget(&k, Budgeted::AntiEntropy, Timestamp(660)), "the next minute starts afresh");
+    }
+
+    fn cert() -> NodeCertificate {
+        NodeCertificate {
+            fleet: Hash32([0; 32]),
+            node: PublicKey([1; 32]),
+            hostname: "h".into(),
+            ring: "broad".parse().unwrap(),
+            site: "default".parse().unwrap(),
+            tags: vec![],
+            issued: Timestamp(0),
+            expires: Timestamp(1),
+        }
+    }
 
     #[test]
     fn a_peer_id_and_its_node_key_map_to_each_other() {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use lanpatch_protocol::{Event, FailReason, Hash32, Limits, ReleaseManifest, Signed};
 use libp2p::gossipsub::MessageAcceptance;
-use libp2p::{Multiaddr, PeerId, identity};
+use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::clock::{now, now_ms};
@@ -25,30 +25,6 @@ use crate::report::{Reporter, Seq};
 use crate::shared::{Shared, release_ref};
 use crate::store::Store;
 use crate::trust::Trust;
-
-pub fn load_or_create_identity(cfg: &Config) -> Result<identity::Keypair> {
-    let path = cfg.data_dir.join("node.key");
-    match std::fs::read(&path) {
-        Ok(bytes) => identity::Keypair::from_protobuf_encoding(&bytes)
-            .map_err(|e| anyhow!("{} is not a node key: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let kp = identity::Keypair::generate_ed25519();
-            let bytes = kp.to_protobuf_encoding().map_err(|e| anyhow!("encode node key: {e}"))?;
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            Ok(kp)
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
 
 /// Rebuilds the trust state from the provisioned root and the database. Stored metadata is
 /// checked again: whatever expired or no longer verifies is left out.
@@ -96,7 +72,7 @@ fn enroll(
     let me = lanpatch_protocol::PublicKey(node_key.verifying_key().to_bytes());
     let members = crate::membership::Members::load(
         &cfg.certificate_path(),
-        &cfg.data_dir.join(REVOCATIONS_FILE),
+        &cfg.data_dir.join(crate::membership::REVOCATIONS_FILE),
         trust.root.value(),
         trust.fleet,
         &me,
@@ -120,9 +96,6 @@ fn enroll(
     tracing::info!(hostname = %cert.hostname, ring = %cert.ring, site = %cert.site, expires = cert.expires.0, "enrolled");
     Ok(Some(Arc::new(members)))
 }
-
-/// The revocation list held, in the data directory.
-pub const REVOCATIONS_FILE: &str = "revocations.lpv";
 
 /// Why a node could not start, where the cause is another process: exit code 3.
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +226,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
     let limits = Limits::default();
     let store = Store::open(&cfg.data_dir.join("state.db"))?;
     let library = Library::open(&cfg.data_dir, store.clone())?;
-    let keypair = load_or_create_identity(&cfg)?;
+    let keypair = crate::membership::load_or_create_identity(&cfg)?;
     let node_key = {
         let ed = keypair.clone().try_into_ed25519().map_err(|e| anyhow!("node key is not ed25519: {e}"))?;
         let secret: [u8; 32] = ed.secret().as_ref().try_into().map_err(|_| anyhow!("node key has a bad length"))?;
@@ -540,7 +513,7 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
                                 RefusalKind::MemberFlood,
                                 format!(
                                     "the author sent more than {} digests and pulls this minute",
-                                    crate::membership::MESSAGES_PER_MINUTE
+                                    crate::membership::Budgeted::AntiEntropy.per_minute()
                                 ),
                             )
                             .await;
@@ -607,6 +580,7 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
 async fn refuse_node_message(s: &Arc<Shared>, source: PeerId, e: crate::report::NodeMessageError) -> MessageAcceptance {
     let kind = match &e {
         crate::report::NodeMessageError::Member(_) => RefusalKind::Membership,
+        crate::report::NodeMessageError::OverBudget => RefusalKind::MemberFlood,
         crate::report::NodeMessageError::Verify(_) => RefusalKind::NodeReport,
     };
     if e.is_timing() {

@@ -63,7 +63,7 @@ pub async fn ingest_revocations(
     let new = m.offer_revocations(env)?;
     if new {
         if let Some(bytes) = m.revocations_bytes() {
-            let path = s.cfg.data_dir.join(crate::node::REVOCATIONS_FILE);
+            let path = s.cfg.data_dir.join(crate::membership::REVOCATIONS_FILE);
             if let Err(e) = crate::membership::persist_revocations(&path, &bytes) {
                 tracing::error!("cannot keep the revocation list: {e:#}");
             }

@@ -16,7 +16,7 @@ use lanpatch_protocol::{
 };
 
 use crate::clock::{now, now_ms};
-use crate::membership::Members;
+use crate::membership::{Budgeted, Members};
 use crate::store::{Store, StoredReport};
 use lanpatch_protocol::{MemberRefusal, RefusalReason};
 
@@ -174,20 +174,33 @@ pub enum NodeMessageError {
     Verify(#[from] VerifyError),
     #[error("author is not a member: {0}")]
     Member(#[from] MemberRefusal),
+    #[error("the author sent more than {} reports and inventories this minute", Budgeted::Reports.per_minute())]
+    OverBudget,
 }
 
 impl NodeMessageError {
     /// Whether the refusal depends on this node's clock or on news its peers may not have yet
     /// (an expiry, a revocation): the forwarder is not at fault.
     pub fn is_timing(&self) -> bool {
-        matches!(self, NodeMessageError::Member(m) if matches!(m.reason(), RefusalReason::Expired | RefusalReason::Revoked))
+        match self {
+            NodeMessageError::Member(m) => matches!(m.reason(), RefusalReason::Expired | RefusalReason::Revoked),
+            // The forwarder passed it on within its own view of the budget.
+            NodeMessageError::OverBudget => true,
+            NodeMessageError::Verify(_) => false,
+        }
     }
 }
 
-/// Step N4 for a message from a peer (nothing for this node's own).
-pub fn check_author<T: FromNode>(author: Author<'_>, msg: &T) -> Result<(), MemberRefusal> {
+/// Step N4 for a message from a peer (nothing for this node's own), then its author's budget.
+pub fn check_author<T: FromNode>(author: Author<'_>, msg: &T) -> Result<(), NodeMessageError> {
     match author {
-        Author::Peer { members: Some(m), .. } => m.check_author(msg, now()).map(|_| ()),
+        Author::Peer { members: Some(m), .. } => {
+            m.check_author(msg, now())?;
+            if !m.within_budget(&msg.node(), Budgeted::Reports, now()) {
+                return Err(NodeMessageError::OverBudget);
+            }
+            Ok(())
+        }
         _ => Ok(()),
     }
 }

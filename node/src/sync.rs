@@ -228,7 +228,7 @@ pub async fn pull_everyone(s: Arc<Shared>) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Handled {
     Acted,
-    /// Its author spent this minute's budget ([`crate::membership::MESSAGES_PER_MINUTE`]):
+    /// Its author spent this minute's budget ([`crate::membership::Budgeted::per_minute`]):
     /// valid, not acted on, not forwarded.
     OverBudget,
 }
@@ -238,7 +238,9 @@ pub enum Handled {
 /// it names), held to its author's budget, then handled. Only a verification failure is the
 /// sender's fault; the rest is logged.
 pub async fn on_envelope(s: &Arc<Shared>, env: Envelope, limits: &Limits) -> Result<Handled, NodeMessageError> {
-    let author = |node: &lanpatch_protocol::PublicKey| s.members.as_ref().is_none_or(|m| m.within_budget(node, now()));
+    let author = |node: &lanpatch_protocol::PublicKey| {
+        s.members.as_ref().is_none_or(|m| m.within_budget(node, crate::membership::Budgeted::AntiEntropy, now()))
+    };
     let handled = match env.kind {
         Kind::Digest => {
             let d = verify_node_envelope::<Digest>(env, limits)?;

@@ -278,3 +278,28 @@ fn the_console_never_marks_text_as_pre_escaped() {
         );
     }
 }
+
+/// ARCHITECTURE.md invariant: every connection passes the door. The swarm's TCP and relay
+/// transports are built with `door::Door` as their security upgrade, and no other module builds
+/// a Noise upgrade of its own (which would be a way around the certificate exchange).
+#[test]
+fn every_transport_is_built_with_the_door() {
+    for (p, text) in sources("node/src") {
+        if p.ends_with("node/src/door.rs") {
+            continue;
+        }
+        assert!(
+            !non_test(&text).contains("noise::Config::new"),
+            "{} builds a Noise upgrade itself: connections are secured only by door::Door",
+            name(&p)
+        );
+    }
+    let net = fs::read_to_string(repo().join("node/src/net.rs")).unwrap();
+    let code = non_test(&net);
+    let builder = code.split(".with_tcp(").nth(1).expect("net.rs builds a TCP transport");
+    let tcp = builder.split(".with_relay_client(").next().unwrap_or("");
+    assert!(tcp.contains("Door::new"), "the TCP transport is not secured by door::Door");
+    let relay = builder.split(".with_relay_client(").nth(1).expect("net.rs builds a relay transport");
+    assert!(relay.split(')').next().unwrap_or("").contains("Door::new"), "the relay transport is not secured by door::Door");
+    assert_eq!(code.matches("SwarmBuilder::").count(), 1, "net.rs builds one swarm");
+}
