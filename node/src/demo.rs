@@ -486,6 +486,20 @@ fn mib(b: u64) -> String {
 pub fn print_status(st: &NodeStatus) {
     println!("node {} (ring {}, host {}, site {})", st.peer_id, st.ring, st.hostname, st.site);
     println!("fleet {}", st.fleet);
+    match &st.membership {
+        lanpatch_protocol::control::Membership::Enrolled { expires, peers_refused } => println!(
+            "enrolled until {} ({peers_refused} peer connection(s) refused at the door)",
+            crate::clock::format_time(*expires)
+        ),
+        lanpatch_protocol::control::Membership::Off => {
+            println!("enrollment off: any holder of the fleet's root can join (node.toml enrollment = \"off\")")
+        }
+        lanpatch_protocol::control::Membership::NoEnrollRole => {
+            println!(
+                "membership NOT checked: the fleet's trust root has no enroll role yet (rotate it: docs/OPERATIONS.md)"
+            )
+        }
+    }
     for l in &st.listen {
         println!("listening on {l}");
     }

@@ -6,7 +6,7 @@
 //!
 //! The exchange, over the Noise channel, each side at once:
 //! - D1: send `u32` big-endian length + this node's certificate envelope;
-//! - D2: read the peer's (at most [`MAX_CERTIFICATE_BYTES`]) and check it (steps M1 to M6, the
+//! - D2: read the peer's (at most [`MAX_CERTIFICATE_BYTES`]) and check it (steps C1 to C6, the
 //!   key it names must be the key the peer proved in the Noise handshake);
 //! - D3: send one verdict byte: 0 admitted, else the refusal's code
 //!   ([`lanpatch_protocol::RefusalReason::code`]), so a refused node can tell its operator why;
@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
-use lanpatch_protocol::{MemberRefusal, NodeCertificate, RefusalReason};
+use lanpatch_protocol::{Envelope, MemberRefusal, NodeCertificate, RefusalReason};
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
 use libp2p::{PeerId, identity, noise};
 
@@ -129,9 +129,9 @@ where
         Ok(Err(DoorError::Refused(MemberRefusal::NoCertificate)))
     };
     match exchanged {
-        Ok(Ok(cert)) => {
+        Ok(Ok((cert, envelope))) => {
             tracing::debug!(%peer, hostname = %cert.hostname, ring = %cert.ring, site = %cert.site, "admitted at the door");
-            members.admit(peer, cert);
+            members.admit(peer, cert, envelope);
             Ok((peer, io))
         }
         Ok(Err(DoorError::Refused(refusal))) => {
@@ -157,7 +157,7 @@ where
 }
 
 /// Steps D1 to D4 over an authenticated stream.
-async fn exchange<S>(io: &mut S, peer: &PeerId, members: &Members) -> Result<NodeCertificate, DoorError>
+async fn exchange<S>(io: &mut S, peer: &PeerId, members: &Members) -> Result<(NodeCertificate, Envelope), DoorError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

@@ -61,18 +61,45 @@ pub fn print_id(cfg: &Config, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// Checks `cert_file` (steps M1 to M6 for this host's key, against the configured trust root)
-/// and installs it at the configured path (mode 0600, atomically). Returns what it says.
-pub fn join(cfg: &Config, cert_file: &Path) -> Result<lanpatch_protocol::NodeCertificate> {
+/// Checks `cert_file` (steps C1 to C6 for this host's key) against the newest trust root this
+/// node holds (its `trust_root` file, the rotations it stored, and `rotated`: rotations not
+/// published yet, each checked as an update of the one before) and installs it at the
+/// configured path (mode 0600, atomically). The rotated roots it was checked against are kept in
+/// the node's database, as if they had come from the fleet, so the node starts under them.
+/// Returns what it says.
+pub async fn join(
+    cfg: &Config,
+    cert_file: &Path,
+    rotated: &[std::path::PathBuf],
+) -> Result<lanpatch_protocol::NodeCertificate> {
     let limits = Limits::default();
     let root_bytes = std::fs::read(&cfg.trust_root)
         .with_context(|| format!("cannot read trust root {}", cfg.trust_root.display()))?;
-    let trust = crate::trust::Trust::new(&root_bytes, limits.clone(), now())
+    let mut trust = crate::trust::Trust::new(&root_bytes, limits.clone(), now())
         .with_context(|| format!("trust root {} refused", cfg.trust_root.display()))?;
+    let me = id(cfg)?;
+    let store = crate::store::Store::open(&cfg.data_dir.join("state.db"))?;
+    for r in store.roots()? {
+        let _ = trust.ingest(&r, now());
+    }
+    let mut new_roots = Vec::new();
+    for path in rotated {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if let crate::trust::Accepted::Root { version, new: true } =
+            trust.ingest(&bytes, now()).with_context(|| format!("rotated root {} refused", path.display()))?
+        {
+            new_roots.push((version, bytes));
+        }
+    }
+    if !trust.root.value().roles.contains_key(&lanpatch_protocol::Role::Enroll) {
+        anyhow::bail!(
+            "the newest trust root this node holds (version {}) has no enroll role: give the rotated root that has one with --root ROOT.lpr",
+            trust.root.value().version
+        );
+    }
     let bytes = std::fs::read(cert_file).with_context(|| format!("cannot read {}", cert_file.display()))?;
     let env =
         Envelope::decode(&bytes, &limits).with_context(|| format!("{} is not a certificate", cert_file.display()))?;
-    let me = id(cfg)?;
     let key: PublicKey = me.node_key.parse().map_err(|e| anyhow!("{e}"))?;
     let cert = lanpatch_protocol::membership::verify_certificate(
         &env,
@@ -89,6 +116,9 @@ pub fn join(cfg: &Config, cert_file: &Path) -> Result<lanpatch_protocol::NodeCer
             refusal: e,
         })
     })?;
+    for (version, root) in new_roots {
+        store.put_root(version, root, now().0).await?;
+    }
     let dest = cfg.certificate_path();
     write_private(&dest, &bytes)?;
     Ok(cert.value().clone())
@@ -98,8 +128,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     crate::membership::persist_revocations(path, bytes)
 }
 
-pub fn print_join(cfg: &Config, cert_file: &Path, json: bool) -> Result<()> {
-    let c = join(cfg, cert_file)?;
+pub async fn print_join(cfg: &Config, cert_file: &Path, rotated: &[std::path::PathBuf], json: bool) -> Result<()> {
+    let c = join(cfg, cert_file, rotated).await?;
     if json {
         let v = serde_json::json!({
             "certificate": cfg.certificate_path().display().to_string(),
@@ -118,7 +148,9 @@ pub fn print_join(cfg: &Config, cert_file: &Path, json: bool) -> Result<()> {
             crate::clock::format_time(c.expires.0),
             cfg.certificate_path().display()
         );
-        println!("next: start (or restart) the node: systemctl restart lanpatch-node");
+        println!(
+            "next: start the node, or apply it to the running one: systemctl reload lanpatch-node (a renewal), systemctl restart lanpatch-node (a first certificate)"
+        );
     }
     Ok(())
 }

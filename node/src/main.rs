@@ -65,6 +65,10 @@ enum Cmd {
         /// The node's config; default /etc/lanpatch/node.toml (the package's).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// A rotated trust root not published to the fleet yet (moving a fleet to enrollment),
+        /// checked as an update of the newest root this node holds. Repeatable, oldest first.
+        #[arg(long = "root")]
+        roots: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -210,9 +214,9 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = config::Config::load(&config.unwrap_or_else(|| PathBuf::from(PACKAGED_CONFIG)))?;
             enrollment::print_id(&cfg, json)
         }
-        Cmd::Join { certificate, config, json } => {
+        Cmd::Join { certificate, config, roots, json } => {
             let cfg = config::Config::load(&config.unwrap_or_else(|| PathBuf::from(PACKAGED_CONFIG)))?;
-            enrollment::print_join(&cfg, &certificate, json)
+            enrollment::print_join(&cfg, &certificate, &roots, json).await
         }
         Cmd::Demo(args) => demo::run(args).await,
         Cmd::Completions { shell } => {

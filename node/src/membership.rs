@@ -5,7 +5,7 @@
 //! One [`Members`] is shared by the door (which runs inside libp2p's connection upgrade), the
 //! swarm task (which cuts off peers whose certificate expired or was revoked) and the node (which
 //! checks the author of every report, inventory, digest and pull). Every check runs at the moment
-//! of use against the current root and revocation list (steps M1 to M6, N4 of docs/PROTOCOL.md).
+//! of use against the current root and revocation list (steps C1 to C6, N4 of docs/PROTOCOL.md).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -46,6 +46,9 @@ impl Budgeted {
 }
 /// Members whose budget is tracked at once; past it, windows that ended are forgotten.
 const BUDGET_ENTRIES: usize = 8192;
+
+/// A node warns at start (and on reload) when its certificate has less than this left.
+pub const RENEW_WARNING_SECS: u64 = 7 * 86_400;
 
 /// The revocation list held, in the data directory.
 pub const REVOCATIONS_FILE: &str = "revocations.lpv";
@@ -98,7 +101,12 @@ pub struct Members {
     own: RwLock<(Vec<u8>, NodeCertificate)>,
     root: RwLock<Root>,
     revoked: RwLock<Option<Signed<Revocations>>>,
-    admitted: Mutex<HashMap<PeerId, NodeCertificate>>,
+    /// Peers admitted at the door: what their certificates say, and the envelope (checked again
+    /// in full when the root changes).
+    admitted: Mutex<HashMap<PeerId, (NodeCertificate, Envelope)>>,
+    /// Set by a root rotation: the next sweep verifies every admitted certificate's signatures
+    /// again, under the new root's enroll keys.
+    reverify: std::sync::atomic::AtomicBool,
     refused: [AtomicU64; RefusalReason::ALL.len()],
     recent: Mutex<VecDeque<DoorRefusal>>,
     budget: Mutex<HashMap<(PublicKey, Budgeted), (u64, u32)>>,
@@ -130,7 +138,7 @@ pub enum CertificateError {
 }
 
 impl Members {
-    /// Loads and checks this node's certificate (M1 to M6 against its own key) and the
+    /// Loads and checks this node's certificate (C1 to C6 against its own key) and the
     /// revocation list kept in the data directory.
     pub fn load(
         cert_path: &Path,
@@ -173,6 +181,7 @@ impl Members {
             root: RwLock::new(root.clone()),
             revoked: RwLock::new(revoked),
             admitted: Mutex::default(),
+            reverify: Default::default(),
             refused: Default::default(),
             recent: Mutex::default(),
             budget: Mutex::default(),
@@ -192,8 +201,13 @@ impl Members {
         Envelope::decode(&read(&self.own).0, &self.limits).ok()
     }
 
-    /// Steps M1 to M6 for a peer at the door: `bytes` must be a certificate for `peer`'s key.
-    pub fn check_peer(&self, bytes: &[u8], peer: &PeerId, now: Timestamp) -> Result<NodeCertificate, MemberRefusal> {
+    /// Steps C1 to C6 for a peer at the door: `bytes` must be a certificate for `peer`'s key.
+    pub fn check_peer(
+        &self,
+        bytes: &[u8],
+        peer: &PeerId,
+        now: Timestamp,
+    ) -> Result<(NodeCertificate, Envelope), MemberRefusal> {
         if bytes.is_empty() {
             return Err(MemberRefusal::NoCertificate);
         }
@@ -220,7 +234,7 @@ impl Members {
             &self.limits,
             now,
         )
-        .map(|c| c.value().clone())
+        .map(|c| (c.value().clone(), env))
     }
 
     /// Step N4 for a node message: its author is a member now, for the ring it speaks for.
@@ -240,25 +254,34 @@ impl Members {
         self.check_author(msg, said)
     }
 
-    pub fn admit(&self, peer: PeerId, cert: NodeCertificate) {
-        lock(&self.admitted).insert(peer, cert);
+    pub fn admit(&self, peer: PeerId, cert: NodeCertificate, envelope: Envelope) {
+        lock(&self.admitted).insert(peer, (cert, envelope));
     }
     pub fn forget(&self, peer: &PeerId) {
         lock(&self.admitted).remove(peer);
     }
     /// What the certificate of an admitted peer says.
     pub fn certificate_of(&self, peer: &PeerId) -> Option<NodeCertificate> {
-        lock(&self.admitted).get(peer).cloned()
+        lock(&self.admitted).get(peer).map(|(c, _)| c.clone())
     }
 
     /// Admitted peers that are no longer members at `now` (expired, revoked), with why; they are
     /// forgotten here, and the caller disconnects them.
     pub fn sweep(&self, now: Timestamp) -> Vec<(PeerId, MemberRefusal)> {
+        let full = self.reverify.swap(false, Ordering::Relaxed);
+        let root = read(&self.root);
         let revoked = read(&self.revoked);
+        let revoked = revoked.as_ref().map(|r| r.value());
         let mut admitted = lock(&self.admitted);
         let mut out = Vec::new();
-        admitted.retain(|peer, cert| {
-            match membership::check_member(cert, &self.fleet, &cert.node, revoked.as_ref().map(|r| r.value()), now) {
+        admitted.retain(|peer, (cert, env)| {
+            let checked = if full {
+                membership::verify_certificate(env, &root, &self.fleet, &cert.node, revoked, &self.limits, now)
+                    .map(|_| ())
+            } else {
+                membership::check_member(cert, &self.fleet, &cert.node, revoked, now)
+            };
+            match checked {
                 Ok(()) => true,
                 Err(e) => {
                     out.push((*peer, e));
@@ -317,7 +340,44 @@ impl Members {
     /// A new trust root (rotation): later checks use its enroll keys.
     pub fn set_root(&self, root: Root) {
         *write(&self.root) = root;
+        self.reverify.store(true, Ordering::Relaxed);
         self.changed.notify_one();
+    }
+
+    /// Reads this node's certificate again (a renewal: `lanpatch-node join`, then SIGHUP) and
+    /// uses it from now on if it verifies (steps C1 to C6); otherwise keeps the one in use.
+    pub fn reload_own(&self, cert_path: &Path, me: &PublicKey, now: Timestamp) -> Result<NodeCertificate> {
+        let path = cert_path.display().to_string();
+        let bytes = read_capped(cert_path, self.limits.max_envelope_bytes)
+            .map_err(|e| CertificateError::Unreadable { path: path.clone(), why: e.to_string() })?;
+        let env = Envelope::decode(&bytes, &self.limits).map_err(|e| CertificateError::Refused {
+            path: path.clone(),
+            refusal: MemberRefusal::Malformed(e.to_string()),
+        })?;
+        let cert = {
+            let root = read(&self.root);
+            let revoked = read(&self.revoked);
+            membership::verify_certificate(
+                &env,
+                &root,
+                &self.fleet,
+                me,
+                revoked.as_ref().map(|r| r.value()),
+                &self.limits,
+                now,
+            )
+            .map_err(|refusal| CertificateError::Refused { path, refusal })?
+        };
+        let own = read(&self.own).1.clone();
+        if (&cert.value().ring, &cert.value().site, &cert.value().tags, &cert.value().hostname)
+            != (&own.ring, &own.site, &own.tags, &own.hostname)
+        {
+            anyhow::bail!(
+                "the new certificate moves this node (ring, site, tags or hostname): restart the node to apply it"
+            );
+        }
+        *write(&self.own) = (bytes, cert.value().clone());
+        Ok(cert.value().clone())
     }
 
     /// Whether `node` may make this node act on one more message of `class` this minute.
@@ -398,6 +458,7 @@ mod tests {
             }),
             revoked: RwLock::new(None),
             admitted: Mutex::default(),
+            reverify: Default::default(),
             refused: Default::default(),
             recent: Mutex::default(),
             budget: Mutex::default(),

@@ -432,7 +432,7 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
         addrs: HashMap::new(),
         listen_addrs: HashMap::new(),
         members: cfg.members,
-        provided_by: HashMap::new(),
+        provided_by: ProviderBudget::default(),
     };
     Ok((handle, ev_rx, task))
 }
@@ -467,13 +467,49 @@ pub struct SwarmTask {
     /// Membership (`None`: `enrollment = "off"`).
     members: Option<Arc<Members>>,
     /// Provider records each peer stored here (Kademlia), against [`PROVIDER_RECORDS_PER_PEER`].
-    provided_by: HashMap<PeerId, HashMap<kad::RecordKey, std::time::Instant>>,
+    provided_by: ProviderBudget,
+}
+
+/// The provider records other peers stored on this node, against [`PROVIDER_RECORDS_PER_PEER`]
+/// and [`PROVIDER_KEYS_FOR_OTHERS`].
+#[derive(Default)]
+pub struct ProviderBudget {
+    by_peer: HashMap<PeerId, HashMap<kad::RecordKey, std::time::Instant>>,
+}
+
+/// How long Kademlia keeps a provider record that is not renewed.
+const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(48 * 3600);
+
+impl ProviderBudget {
+    /// Whether `provider` may store a record under `key` now (and, if so, it is counted).
+    pub fn admit(&mut self, provider: PeerId, key: kad::RecordKey, now: std::time::Instant) -> bool {
+        for keys in self.by_peer.values_mut() {
+            keys.retain(|_, at| now.saturating_duration_since(*at) < PROVIDER_RECORD_TTL);
+        }
+        self.by_peer.retain(|_, keys| !keys.is_empty());
+        let renewal = self.by_peer.get(&provider).is_some_and(|k| k.contains_key(&key));
+        if !renewal {
+            if self.by_peer.get(&provider).is_some_and(|k| k.len() >= PROVIDER_RECORDS_PER_PEER) {
+                return false;
+            }
+            let all: HashSet<&kad::RecordKey> = self.by_peer.values().flat_map(|k| k.keys()).collect();
+            if !all.contains(&key) && all.len() >= PROVIDER_KEYS_FOR_OTHERS {
+                return false;
+            }
+        }
+        self.by_peer.entry(provider).or_default().insert(key, now);
+        true
+    }
 }
 
 /// Provider records one peer may store on this node: a member announces the releases it holds,
-/// a few dozen at most; the node's own announcements are counted apart (the store's
-/// `max_provided_keys`).
+/// a few dozen at most. Together, others may hold [`PROVIDER_KEYS_FOR_OTHERS`] keys here, so the
+/// node's own announcements always have room.
 pub const PROVIDER_RECORDS_PER_PEER: usize = 64;
+/// Release keys this node stores provider records under for other peers, of the store's 1,024
+/// (`max_provided_keys`, which counts every key): the rest stays free for this node's own
+/// announcements, whatever others send.
+pub const PROVIDER_KEYS_FOR_OTHERS: usize = 768;
 
 impl SwarmTask {
     /// Runs until `shutdown` fires or every handle is dropped.
@@ -675,14 +711,10 @@ impl SwarmTask {
             kad::Event::InboundRequest { request: kad::InboundRequest::AddProvider { record: Some(record) } }
                 if record.key.as_ref().len() == 32 =>
             {
-                let keys = self.provided_by.entry(record.provider).or_default();
-                // Kademlia's provider records live 48 h unless renewed.
-                keys.retain(|_, at| at.elapsed() < Duration::from_secs(48 * 3600));
-                if !keys.contains_key(&record.key) && keys.len() >= PROVIDER_RECORDS_PER_PEER {
-                    tracing::debug!(peer = %record.provider, "provider record over the per-peer budget ignored");
+                if !self.provided_by.admit(record.provider, record.key.clone(), std::time::Instant::now()) {
+                    tracing::debug!(peer = %record.provider, "provider record over its budget ignored");
                     return;
                 }
-                keys.insert(record.key.clone(), std::time::Instant::now());
                 let _ = kad::store::RecordStore::add_provider(self.swarm.behaviour_mut().kad.store_mut(), record);
             }
             _ => {}
@@ -844,5 +876,35 @@ impl SwarmTask {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> kad::RecordKey {
+        kad::RecordKey::new(&i.to_le_bytes())
+    }
+
+    #[test]
+    fn a_peer_stores_at_most_its_budget_of_provider_keys_and_others_leave_room_for_the_nodes_own() {
+        let mut b = ProviderBudget::default();
+        let now = std::time::Instant::now();
+        let p = PeerId::random();
+        assert!((0..PROVIDER_RECORDS_PER_PEER).all(|i| b.admit(p, key(i), now)));
+        assert!(!b.admit(p, key(10_000), now), "over the per-peer budget");
+        assert!(b.admit(p, key(0), now), "a renewal is not a new key");
+        // Many peers together fill the room for others, never the whole store.
+        let mut admitted = PROVIDER_RECORDS_PER_PEER;
+        for n in 0..100 {
+            let q = PeerId::random();
+            admitted += (0..PROVIDER_RECORDS_PER_PEER).filter(|i| b.admit(q, key(100_000 + n * 1000 + i), now)).count();
+        }
+        assert_eq!(admitted, PROVIDER_KEYS_FOR_OTHERS);
+        assert!(b.admit(PeerId::random(), key(0), now), "a key already stored for others may get another provider");
+        // Records age out with Kademlia's: the budget comes back.
+        let later = now + PROVIDER_RECORD_TTL + Duration::from_secs(1);
+        assert!(b.admit(p, key(10_000), later));
     }
 }

@@ -69,6 +69,14 @@ fn enroll(
         );
         return Ok(None);
     }
+    if !trust.root.value().roles.contains_key(&lanpatch_protocol::Role::Enroll) {
+        // A fleet from before enrollment: no certificate can exist yet. Refusing to start here
+        // would stop every node that upgrades itself; it runs open and says so at every start.
+        tracing::warn!(
+            "the fleet's trust root has no enroll role: membership is NOT checked (anyone holding the root can join, read inventories and move ring gates) until the root is rotated to one with an enroll role and this node restarts with a certificate (docs/OPERATIONS.md \"Moving a fleet to enrollment\")"
+        );
+        return Ok(None);
+    }
     let me = lanpatch_protocol::PublicKey(node_key.verifying_key().to_bytes());
     let members = crate::membership::Members::load(
         &cfg.certificate_path(),
@@ -88,6 +96,17 @@ fn enroll(
     }
     if !cfg.tags.is_empty() && cfg.tags != cert.tags {
         tracing::warn!("node.toml's tags are ignored: the certificate's tags apply");
+    }
+    if cfg.hostname.as_ref().is_some_and(|h| *h != cert.hostname) {
+        tracing::warn!(certificate = %cert.hostname, "node.toml's hostname is ignored: the certificate's hostname applies");
+    }
+    let left = cert.expires.0.saturating_sub(now().0);
+    if left < crate::membership::RENEW_WARNING_SECS {
+        tracing::warn!(
+            expires = %crate::clock::format_time(cert.expires.0),
+            "this node's certificate expires in {} h: enroll it again (lanpatch-node join NEW.cert, then reload)",
+            left / 3600
+        );
     }
     cfg.ring = cert.ring.clone();
     cfg.site = cert.site.clone();
@@ -274,8 +293,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
     let incoming = control.accept(net.protocol.clone()).map_err(|e| anyhow!("register transfer protocol: {e}"))?;
     let facts = Facts::local(cfg.hostname(), cfg.tags.clone());
     let seq = Seq::starting_after(store.last_seq()?);
-    let certificate = members.as_ref().and_then(|m| m.own_envelope());
-    let reporter = Arc::new(Reporter::new(node_key, &facts.hostname, cfg.ring.clone(), limits, seq, certificate));
+    let reporter = Arc::new(Reporter::new(node_key, &facts.hostname, cfg.ring.clone(), limits, seq, members.clone()));
     let inventory_changed = Arc::new(Notify::new());
     let sync = crate::sync::Sync::default();
     let lifecycle = crate::lifecycle::start(
@@ -489,6 +507,16 @@ async fn reload_on_sighup(s: Arc<Shared>, r: Reload) {
                 }
             }
             Err(e) => tracing::error!("SIGHUP: config not reloaded, nothing changed: {e:#}"),
+        }
+        // A renewed certificate (`lanpatch-node join`) is taken at once; one that does not
+        // verify, or that moves the node, leaves the one in use.
+        if let Some(m) = &s.members {
+            match m.reload_own(&s.cfg.certificate_path(), &s.node_public(), now()) {
+                Ok(c) => {
+                    tracing::info!(expires = %crate::clock::format_time(c.expires.0), "SIGHUP: node certificate reloaded")
+                }
+                Err(e) => tracing::warn!("SIGHUP: node certificate not reloaded, the one in use stays: {e:#}"),
+            }
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }

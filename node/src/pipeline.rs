@@ -88,8 +88,15 @@ pub async fn commit(s: &Arc<Shared>, checked: Checked, bytes: &[u8]) -> Result<A
         Accepted::Root { version, .. } => {
             s.store.put_root(*version, bytes.to_vec(), t).await?;
             // Membership is checked against the enroll keys of the root in force.
+            let root = s.trust().root.value().clone();
             if let Some(m) = &s.members {
-                m.set_root(s.trust().root.value().clone());
+                m.set_root(root);
+            } else if s.cfg.enrollment == crate::config::Enrollment::Required
+                && root.roles.contains_key(&lanpatch_protocol::Role::Enroll)
+            {
+                tracing::warn!(
+                    "the rotated trust root has an enroll role: restart this node once its certificate is in place (lanpatch-node join); until then it does not check membership"
+                );
             }
         }
         Accepted::Manifest { hash, .. } => {

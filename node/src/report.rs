@@ -49,8 +49,9 @@ pub struct Reporter {
     pub ring: RingName,
     pub limits: Limits,
     pub seq: Seq,
-    /// This node's certificate, carried by every message it signs (`None`: enrollment off).
-    pub certificate: Option<lanpatch_protocol::Envelope>,
+    /// This node's membership: its certificate is carried by every message it signs (`None`:
+    /// enrollment off). Read at each signature, so a certificate renewed by a reload is used at once.
+    members: Option<Arc<Members>>,
 }
 
 /// What a report is about.
@@ -68,9 +69,14 @@ impl Reporter {
         ring: RingName,
         limits: Limits,
         seq: Seq,
-        certificate: Option<lanpatch_protocol::Envelope>,
+        members: Option<Arc<Members>>,
     ) -> Self {
-        Reporter { key, hostname: hostname.chars().take(64).collect(), ring, limits, seq, certificate }
+        Reporter { key, hostname: hostname.chars().take(64).collect(), ring, limits, seq, members }
+    }
+
+    /// This node's certificate, as its messages carry it.
+    pub fn certificate(&self) -> Option<Envelope> {
+        self.members.as_ref().and_then(|m| m.own_envelope())
     }
 
     pub fn node_public(&self) -> PublicKey {
@@ -116,7 +122,7 @@ impl Reporter {
             at: now(),
             seq,
             progress,
-            certificate: self.certificate.clone(),
+            certificate: self.certificate(),
         };
         (seq, self.sign(value))
     }
@@ -126,14 +132,14 @@ impl Reporter {
     pub fn restamp(&self, mut report: Report) -> (u64, Vec<u8>) {
         report.seq = self.seq.next();
         report.at = now();
-        report.certificate = self.certificate.clone();
+        report.certificate = self.certificate();
         (report.seq, self.sign(report))
     }
 
     /// Signs an inventory with the next sequence number.
     pub fn inventory(&self, mut inv: Inventory) -> (u64, Vec<u8>) {
         inv.seq = self.seq.next();
-        inv.certificate = self.certificate.clone();
+        inv.certificate = self.certificate();
         (inv.seq, self.sign(inv))
     }
 }

@@ -154,7 +154,7 @@ async fn make_digest(s: &Shared) -> Result<Vec<u8>> {
         at: now(),
         inventory,
         reports,
-        certificate: s.reporter.certificate.clone(),
+        certificate: s.reporter.certificate(),
     };
     Ok(s.reporter.sign(d))
 }
@@ -201,7 +201,7 @@ pub async fn pull_everyone(s: Arc<Shared>) {
         at: now(),
         inventory: false,
         reports: vec![],
-        certificate: s.reporter.certificate.clone(),
+        certificate: s.reporter.certificate(),
     };
     let bytes = s.reporter.sign(pull);
     for _ in 0..30 {
@@ -312,7 +312,7 @@ pub async fn on_digest(s: &Arc<Shared>, digest: &Digest) -> Result<()> {
                     at: now(),
                     inventory,
                     reports,
-                    certificate: s.reporter.certificate.clone(),
+                    certificate: s.reporter.certificate(),
                 };
                 if let Err(e) = s.net.publish(s.reporter.sign(pull)).await {
                     tracing::debug!("pull not sent: {e:#}");

@@ -126,6 +126,10 @@ pub enum Membership {
     Off,
     /// Enrolled by a certificate that expires at `expires` (seconds since the epoch).
     Enrolled { expires: u64, peers_refused: u64 },
+    /// `enrollment = "required"`, but the trust root the node holds has no enroll role yet (a
+    /// fleet from before enrollment, migrating): the node talks to anyone holding the root until
+    /// the root is rotated to one with an enroll role and the node restarts with a certificate.
+    NoEnrollRole,
 }
 
 /// Bytes in the node's data directory, by kind.

@@ -3,7 +3,7 @@
 //! A [`NodeCertificate`] binds a node key (the node's libp2p identity) to the hostname, ring,
 //! tags and site the admins gave it, until an expiry; a threshold of the trust root's `enroll`
 //! role signs it. Peers exchange certificates right after the Noise handshake, before anything
-//! else is spoken on the connection (steps M1 to M6), and every message a node asks others to
+//! else is spoken on the connection (steps C1 to C6), and every message a node asks others to
 //! store or act on (report, inventory, digest, pull) carries its author's certificate, so a
 //! listener counts it only for the ring the admins enrolled that node in.
 //!
@@ -174,10 +174,10 @@ impl MemberRefusal {
     }
 }
 
-/// Steps M1 to M6: is `envelope` a certificate that makes `node` a member of `fleet` at `now`?
-/// M1 the envelope is a certificate within the limits; M2 a threshold of the root's enroll keys
-/// signed its payload bytes; M3 it decodes and validates; M4 it is for this fleet; M5 for this
-/// node key; M6 unexpired and not revoked. Run again at every use, not only on arrival.
+/// Steps C1 to C6: is `envelope` a certificate that makes `node` a member of `fleet` at `now`?
+/// C1 the envelope is a certificate within the limits; C2 a threshold of the root's enroll keys
+/// signed its payload bytes; C3 it decodes and validates; C4 it is for this fleet; C5 for this
+/// node key; C6 unexpired and not revoked. Run again at every use, not only on arrival.
 pub fn verify_certificate(
     envelope: &Envelope,
     root: &Root,
@@ -187,17 +187,17 @@ pub fn verify_certificate(
     limits: &Limits,
     now: Timestamp,
 ) -> Result<Signed<NodeCertificate>, MemberRefusal> {
-    // M1 and M2 (the envelope decoded at the edge, within `max_envelope_bytes`).
+    // C1 and C2 (the envelope decoded at the edge, within `max_envelope_bytes`).
     let Some(keys) = root.roles.get(&Role::Enroll) else { return Err(MemberRefusal::NoEnrollRole) };
     envelope.check_threshold(Kind::Certificate, Role::Enroll, keys, limits).map_err(MemberRefusal::Signature)?;
-    // M3
+    // C3
     let cert = Signed::<NodeCertificate>::open(envelope.clone(), limits)
         .map_err(|e| MemberRefusal::Malformed(e.to_string()))?;
     check_member(cert.value(), fleet, node, revoked, now)?;
     Ok(cert)
 }
 
-/// Steps M4 to M6 on a certificate already verified (M1 to M3): still this fleet's, this node's,
+/// Steps C4 to C6 on a certificate already verified (C1 to C3): still this fleet's, this node's,
 /// unexpired and unrevoked at `now`.
 pub fn check_member(
     cert: &NodeCertificate,

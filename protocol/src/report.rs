@@ -203,7 +203,7 @@ pub struct MemberCheck<'a> {
     pub now: Timestamp,
 }
 
-/// Step N4: the message carries a certificate that makes its author a member now (M1 to M6),
+/// Step N4: the message carries a certificate that makes its author a member now (C1 to C6),
 /// and the ring it speaks for is the ring its certificate enrolls.
 pub fn check_author<T: FromNode>(
     msg: &T,

@@ -172,7 +172,7 @@ fn previous_ring(
 
 /// Splits the previous ring's reports into those whose author is a member of ring `prev` (the
 /// report's signed envelope verifies as its node's, and `check_author` accepts the certificate it
-/// carries: steps N1 to N4, M1 to M6) and the count of the others, by reason. What counts is the
+/// carries: steps N1 to N4, C1 to C6) and the count of the others, by reason. What counts is the
 /// signed report, not the collector's summary of it.
 pub fn count_members(
     views: impl IntoIterator<Item = ReportView>,

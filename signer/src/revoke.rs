@@ -30,8 +30,13 @@ pub struct RevokeArgs {
     #[arg(long = "remove-node-key")]
     remove_node_keys: Vec<String>,
     /// The current revocation list: the new one keeps its nodes and is issued after it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "first")]
     list: Option<PathBuf>,
+    /// This is the fleet's first revocation list (there is no --list to extend). Without one of
+    /// the two the command refuses: a new list replaces the old one on every node, so leaving out
+    /// the current list would take every earlier revocation back.
+    #[arg(long)]
+    first: bool,
     /// Where to write the new list (mode 0644; never overwritten).
     #[arg(long)]
     out: PathBuf,
@@ -98,6 +103,12 @@ pub fn run(a: RevokeArgs, limits: &Limits, now: Timestamp, key_mode: KeyMode) ->
         .iter()
         .map(|k| k.parse::<PublicKey>().map_err(|e| exit(Code::BadInput, format!("--remove-node-key: {e}"))))
         .collect::<Result<Vec<_>>>()?;
+    if a.list.is_none() && !a.first {
+        return Err(exit(
+            Code::BadInput,
+            "give --list CURRENT.lpv (the fleet's current revocation list, which the new one extends) or --first              (the fleet has none yet): a new list replaces the old one on every node",
+        ));
+    }
     let er = EnrollRoot::load(&a.signer.root, limits)?;
     let signers = er.signers(&a.signer.keys, key_mode)?;
     let old = match &a.list {
@@ -273,10 +284,21 @@ mod tests {
             signer: SignerArgs { root: dir.join("root.lpr"), keys: vec![dir.join(key)] },
             node_keys: add.iter().map(|k| k.to_hex()).collect(),
             remove_node_keys: remove.iter().map(|k| k.to_hex()).collect(),
+            first: list.is_none(),
             list: list.map(|l| dir.join(l)),
             out: dir.join(out),
             json: false,
         }
+    }
+
+    #[test]
+    fn revoke_without_the_current_list_or_first_is_refused_before_anything_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut a = args(tmp.path(), "enroll.key", &keys(&[3]), &[], None, "r.lpv");
+        a.first = false;
+        let err = run(a, &Limits::default(), Timestamp(100), KeyMode::Strict).unwrap_err();
+        assert_eq!(crate::exit::code_of(&err), Code::BadInput as u8);
+        assert!(err.to_string().contains("--first"), "{err}");
     }
 
     #[test]

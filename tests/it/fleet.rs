@@ -202,9 +202,16 @@ impl Node {
     /// `lanpatch-node join`. `extra` goes to the signer (`--expires 5s`, say). Returns the
     /// certificate file the signer wrote.
     pub fn enroll(&self, extra: &[&str]) -> PathBuf {
+        self.enroll_under(None, extra)
+    }
+
+    /// [`Node::enroll`] under `rotated`, a rotated root the node may not hold yet (moving a fleet
+    /// to enrollment): the signer enrolls against it, and `join --root` hands it to the node.
+    /// The enroll key lies beside `rotated`.
+    pub fn enroll_under(&self, rotated: Option<&Path>, extra: &[&str]) -> PathBuf {
         let cfg: toml::Table = toml::from_str(&fs::read_to_string(&self.config).unwrap()).unwrap();
         let s = |k: &str| cfg.get(k).and_then(|v| v.as_str()).map(String::from);
-        let root = self.dir.join(s("trust_root").unwrap());
+        let root = rotated.map(Path::to_path_buf).unwrap_or_else(|| self.dir.join(s("trust_root").unwrap()));
         let keys = root.parent().unwrap();
         let name = self.dir.file_name().unwrap().to_string_lossy().into_owned();
         let hostname = s("hostname").unwrap_or_else(|| name.clone());

@@ -321,7 +321,18 @@ fn a_revoked_node_is_cut_off_within_ten_seconds_and_refused_when_it_comes_back()
     wait_until(Duration::from_secs(30), "b and c connected", || peer_ids(&b).contains(&c_id));
     signer(
         dir,
-        &["revoke", "--root", "root.lpr", "--key", "enroll.key", "--node-key", &c.node_key(), "--out", "revoked.lpv"],
+        &[
+            "revoke",
+            "--root",
+            "root.lpr",
+            "--key",
+            "enroll.key",
+            "--first",
+            "--node-key",
+            &c.node_key(),
+            "--out",
+            "revoked.lpv",
+        ],
     )
     .ok();
     let started = Instant::now();
@@ -388,4 +399,78 @@ fn ring_site_and_tags_come_from_the_certificate_not_from_node_toml() {
     let st = n.status();
     assert_eq!((st.ring.as_str(), st.site.as_str()), ("broad", "hq"));
     assert!(fs::read_to_string(n.dir.join("node.log")).unwrap().contains("node.toml's ring is ignored"));
+}
+
+#[test]
+fn a_fleet_from_before_enrollment_runs_unchecked_then_moves_to_enrollment_by_a_rotated_root() {
+    use lanpatch_protocol::control::Membership;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The previous release's root: no enroll role. The enroll key is made later, elsewhere.
+    for admin in ["alice", "bob", "carol"] {
+        signer(dir, &["keygen", "--out", &format!("{admin}.key")]).ok();
+    }
+    let mut args: Vec<String> = ["root", "init", "--out", "root.lpr"].map(String::from).to_vec();
+    for role in ["root", "release", "approve"] {
+        for admin in ["alice", "bob", "carol"] {
+            args.extend([format!("--{role}-key"), format!("{admin}.key.pub")]);
+        }
+        args.extend([format!("--{role}-threshold"), "2".into()]);
+    }
+    let made = signer(dir, &args);
+    assert!(made.all().contains("no --enroll-key"), "{}", made.all());
+    signer(dir, &["root", "sign", "--key", "alice.key", "root.lpr"]).ok();
+    signer(dir, &["root", "sign", "--key", "bob.key", "root.lpr"]).ok();
+    let mut a = Node::new(dir, "admin", &dir.join("root.lpr"), &[], "collector = true\nring = \"admin\"");
+    a.start();
+    let mut b = Node::new(dir, "b", &dir.join("root.lpr"), &[a.port], "");
+    b.start();
+    wait_until(Duration::from_secs(30), "connected, unchecked", || !b.status().peers.is_empty());
+    assert_eq!(b.status().membership, Membership::NoEnrollRole);
+    assert!(fs::read_to_string(b.dir.join("node.log")).unwrap().contains("membership is NOT checked"));
+
+    // Rotate the root to add the enroll role; enroll both nodes against it before publishing it.
+    let keys = dir.join("enroll-keys");
+    fs::create_dir_all(&keys).unwrap();
+    signer(&keys, &["keygen", "--out", "enroll.key"]).ok();
+    let root2 = keys.join("root-2.lpr");
+    let current = dir.join("root.lpr");
+    signer(
+        dir,
+        &[
+            "root".as_ref(),
+            "rotate".as_ref(),
+            "--current".as_ref(),
+            current.as_os_str(),
+            "--enroll-key".as_ref(),
+            keys.join("enroll.key.pub").as_os_str(),
+            "--enroll-threshold".as_ref(),
+            "1".as_ref(),
+            "--out".as_ref(),
+            root2.as_os_str(),
+        ],
+    )
+    .ok();
+    for k in ["alice.key", "bob.key"] {
+        signer(dir, &["root".as_ref(), "sign".as_ref(), "--key".as_ref(), k.as_ref(), root2.as_os_str()]).ok();
+    }
+    a.enroll_under(Some(&root2), &[]);
+    b.enroll_under(Some(&root2), &[]);
+    signer(
+        dir,
+        &["publish".as_ref(), "--node".as_ref(), a.socket().as_os_str(), "--metadata".as_ref(), root2.as_os_str()],
+    )
+    .ok();
+    wait_for_node(&b, Duration::from_secs(30), "b told to restart under the rotated root", || {
+        fs::read_to_string(b.dir.join("node.log")).unwrap().contains("the rotated trust root has an enroll role")
+    });
+    // Restart the site: both enrolled, connected through the door.
+    a.stop();
+    b.stop();
+    a.start();
+    b.start();
+    wait_until(Duration::from_secs(30), "connected, enrolled", || !b.status().peers.is_empty());
+    for n in [&a, &b] {
+        assert!(matches!(n.status().membership, Membership::Enrolled { .. }), "{:?}", n.status().membership);
+    }
 }

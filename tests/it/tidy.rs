@@ -300,6 +300,9 @@ fn every_transport_is_built_with_the_door() {
     let tcp = builder.split(".with_relay_client(").next().unwrap_or("");
     assert!(tcp.contains("Door::new"), "the TCP transport is not secured by door::Door");
     let relay = builder.split(".with_relay_client(").nth(1).expect("net.rs builds a relay transport");
-    assert!(relay.split(')').next().unwrap_or("").contains("Door::new"), "the relay transport is not secured by door::Door");
+    assert!(
+        relay.split(')').next().unwrap_or("").contains("Door::new"),
+        "the relay transport is not secured by door::Door"
+    );
     assert_eq!(code.matches("SwarmBuilder::").count(), 1, "net.rs builds one swarm");
 }
