@@ -240,13 +240,12 @@ impl Node {
         }
         args.extend(extra.iter().map(|a| a.to_string()));
         signer(keys, &args).ok();
-        let out = Command::new(bin("lanpatch-node"))
-            .arg("join")
-            .arg(&cert)
-            .arg("--config")
-            .arg(&self.config)
-            .output()
-            .unwrap();
+        let mut join = Command::new(bin("lanpatch-node"));
+        join.arg("join").arg(&cert).arg("--config").arg(&self.config);
+        if let Some(r) = rotated {
+            join.arg("--root").arg(r);
+        }
+        let out = join.output().unwrap();
         assert!(out.status.success(), "lanpatch-node join: {}", String::from_utf8_lossy(&out.stderr));
         cert
     }
