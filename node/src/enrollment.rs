@@ -78,9 +78,17 @@ pub async fn join(
     let mut trust = crate::trust::Trust::new(&root_bytes, limits.clone(), now())
         .with_context(|| format!("trust root {} refused", cfg.trust_root.display()))?;
     let me = id(cfg)?;
-    let store = crate::store::Store::open(&cfg.data_dir.join("state.db"))?;
-    for r in store.roots()? {
-        let _ = trust.ingest(&r, now());
+    // The node's database, for the rotations it holds; created only to keep a rotated root given
+    // here (a host that never ran), with the node's file mode.
+    let db = cfg.data_dir.join("state.db");
+    let store = if db.exists() || !rotated.is_empty() { Some(crate::store::Store::open(&db)?) } else { None };
+    for name in ["state.db", "state.db-wal", "state.db-shm"] {
+        crate::fsmode::ensure(&cfg.data_dir.join(name), crate::fsmode::FILE)?;
+    }
+    if let Some(store) = &store {
+        for r in store.roots()? {
+            let _ = trust.ingest(&r, now());
+        }
     }
     let mut new_roots = Vec::new();
     for path in rotated {
@@ -116,8 +124,10 @@ pub async fn join(
             refusal: e,
         })
     })?;
-    for (version, root) in new_roots {
-        store.put_root(version, root, now().0).await?;
+    if let Some(store) = &store {
+        for (version, root) in new_roots {
+            store.put_root(version, root, now().0).await?;
+        }
     }
     let dest = cfg.certificate_path();
     write_private(&dest, &bytes)?;

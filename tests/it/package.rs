@@ -137,6 +137,43 @@ fn debian_packages_install_with_their_modes_run_under_the_installed_config_and_p
     let tmp = tempfile::tempdir().unwrap();
     make_fleet_keys(tmp.path());
     fs::copy(tmp.path().join("root.lpr"), "/etc/lanpatch/root.lpr").unwrap();
+    // Not enrolled yet: the installed node refuses to start (exit 4), saying what to do.
+    let refused = run(Command::new("unshare").args([
+        "--net",
+        "/usr/bin/lanpatch-node",
+        "run",
+        "--config",
+        "/etc/lanpatch/node.toml",
+    ]));
+    assert_eq!(refused.code, Some(4), "{}", refused.all());
+    assert!(refused.all().contains("lanpatch-node id"), "{}", refused.all());
+    // Enrolled as an admin enrolls a host: `id` on the host (the packaged config by default),
+    // `enroll node` on the workstation, `join` on the host.
+    let id = run(Command::new("/usr/bin/lanpatch-node").args(["id", "--json"]));
+    let id: serde_json::Value = serde_json::from_str(&id.ok().stdout).unwrap();
+    let key = id["node_key"].as_str().unwrap().to_string();
+    crate::support::signer(
+        tmp.path(),
+        &[
+            "enroll",
+            "node",
+            "--root",
+            "root.lpr",
+            "--key",
+            "enroll.key",
+            "--node-key",
+            &key,
+            "--hostname",
+            "pkg-host",
+            "--ring",
+            "broad",
+            "--out",
+            "pkg-host.cert",
+        ],
+    )
+    .ok();
+    run(Command::new("/usr/bin/lanpatch-node").arg("join").arg(tmp.path().join("pkg-host.cert"))).ok();
+    assert_eq!(mode_of("/var/lib/lanpatch/node.cert").0, 0o600);
     let log = fs::File::create(tmp.path().join("installed.log")).unwrap();
     let mut child = Command::new("unshare")
         .args([
