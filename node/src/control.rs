@@ -213,7 +213,11 @@ async fn respond(s: &Arc<Shared>, req: ControlRequest) -> Result<ControlResponse
                 bail!("raw gossip is refused (fault_injection.raw_gossip is not \"allow\")");
             }
             let bytes = hex::decode(hex.trim()).context("raw gossip must be hex")?;
-            s.net.publish(bytes).await?;
+            // Said when gossip did not send it (no subscribed peer yet), so a test playing an
+            // attacker knows its message left.
+            if !s.net.publish_sent(bytes).await? {
+                bail!("not sent: no peer subscribed yet, or a duplicate within gossip's cache time");
+            }
             Ok(ControlResponse::Done)
         }
     }

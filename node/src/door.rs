@@ -32,8 +32,9 @@ pub const DOOR_PROTOCOL: &str = "/lanpatch/door/1";
 /// The largest certificate envelope a peer may send (a certificate with 32 signatures and 256
 /// tags is well under this).
 pub const MAX_CERTIFICATE_BYTES: usize = 32 * 1024;
-/// The whole exchange must end within this.
-pub const DOOR_TIMEOUT: Duration = Duration::from_secs(10);
+/// The whole exchange must end within this: shorter than the swarm's 10 s limit on the whole
+/// connection upgrade, so a peer that stalls here is counted and logged as such.
+pub const DOOR_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a connection did not pass the door.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +138,7 @@ where
         Ok(Err(DoorError::Refused(refusal))) => {
             tracing::info!(%peer, reason = refusal.reason().as_str(), "refused at the door: {refusal}");
             members.record(format!("peer {peer}"), &refusal, now());
+            members.refused(peer);
             Err(DoorError::Refused(refusal))
         }
         Ok(Err(DoorError::RefusedByPeer(reason))) => {
@@ -150,7 +152,9 @@ where
         Ok(Err(e)) => Err(e),
         Err(_) => {
             let refusal = MemberRefusal::NoCertificate;
-            members.record(format!("peer {peer}"), &refusal, now());
+            tracing::info!(%peer, "refused at the door: no certificate within {DOOR_TIMEOUT:?}");
+            members.record(format!("peer {peer} (timed out)"), &refusal, now());
+            members.refused(peer);
             Err(DoorError::Timeout)
         }
     }

@@ -22,6 +22,19 @@ use tokio::sync::Notify;
 
 /// Most door refusals kept for status and the console (oldest dropped first).
 pub const RECENT_REFUSALS: usize = 64;
+/// Which of a member's messages a newness mark is about: a report per release, its inventory,
+/// its digest, its pulls per target (`None`: of everyone).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Seen {
+    Report(Hash32),
+    Inventory,
+    Digest,
+    Pull(Option<PublicKey>),
+}
+
+/// Most newness marks kept (members x releases they report on); past it they start afresh.
+const SEEN_ENTRIES: usize = 65_536;
+
 /// What a member's message asks of others, for its budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Budgeted {
@@ -46,6 +59,11 @@ impl Budgeted {
 }
 /// Members whose budget is tracked at once; past it, windows that ended are forgotten.
 const BUDGET_ENTRIES: usize = 8192;
+
+/// A peer refused at the door is not dialed again for this long (it may still dial us).
+pub const REFUSED_BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most refused peers remembered for the back-off.
+const REFUSED_PEERS: usize = 4096;
 
 /// A node warns at start (and on reload) when its certificate has less than this left.
 pub const RENEW_WARNING_SECS: u64 = 7 * 86_400;
@@ -110,6 +128,11 @@ pub struct Members {
     refused: [AtomicU64; RefusalReason::ALL.len()],
     recent: Mutex<VecDeque<DoorRefusal>>,
     budget: Mutex<HashMap<(PublicKey, Budgeted), (u64, u32)>>,
+    /// The highest sequence number (reports, inventories) or time (digests, pulls) seen from each
+    /// member, per kind of message.
+    seen: Mutex<HashMap<(PublicKey, Seen), u64>>,
+    /// Peers refused at the door lately, for the dial back-off.
+    refused_peers: Mutex<HashMap<PeerId, std::time::Instant>>,
     /// Fired when the revocation list or the root changed: the swarm task checks its peers again.
     pub changed: Notify,
 }
@@ -156,14 +179,20 @@ impl Members {
             Err(e) => return Err(CertificateError::Unreadable { path, why: e.to_string() }.into()),
         };
         let revoked = match read_capped(revocations_path, limits.max_envelope_bytes) {
-            Ok(b) => {
-                let env = Envelope::decode(&b, &limits)
-                    .with_context(|| format!("revocation list {}", revocations_path.display()))?;
-                Some(
-                    membership::verify_revocations(env, root, &fleet, None, &limits)
-                        .with_context(|| format!("revocation list {}", revocations_path.display()))?,
-                )
-            }
+            // A list that no longer verifies (its enroll keys rotated away) does not stop the
+            // node: it starts without one and takes the next list published under the new keys.
+            Ok(b) => match Envelope::decode(&b, &limits).map_err(|e| e.to_string()).and_then(|env| {
+                membership::verify_revocations(env, root, &fleet, None, &limits).map_err(|e| e.to_string())
+            }) {
+                Ok(list) => Some(list),
+                Err(e) => {
+                    tracing::warn!(
+                        "the revocation list kept in {} is not used: {e}; publish the current list again (lanpatch-signer publish --metadata)",
+                        revocations_path.display()
+                    );
+                    None
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(anyhow!("cannot read {}: {e}", revocations_path.display())),
         };
@@ -185,6 +214,8 @@ impl Members {
             refused: Default::default(),
             recent: Mutex::default(),
             budget: Mutex::default(),
+            refused_peers: Mutex::default(),
+            seen: Mutex::default(),
             changed: Notify::new(),
         })
     }
@@ -254,7 +285,24 @@ impl Members {
         self.check_author(msg, said)
     }
 
+    /// Notes a refusal at the door, for [`Members::refused_lately`].
+    pub fn refused(&self, peer: PeerId) {
+        let mut r = lock(&self.refused_peers);
+        if r.len() >= REFUSED_PEERS {
+            r.retain(|_, at| at.elapsed() < REFUSED_BACKOFF);
+        }
+        if r.len() < REFUSED_PEERS {
+            r.insert(peer, std::time::Instant::now());
+        }
+    }
+
+    /// Whether `peer` was refused at the door within [`REFUSED_BACKOFF`].
+    pub fn refused_lately(&self, peer: &PeerId) -> bool {
+        lock(&self.refused_peers).get(peer).is_some_and(|at| at.elapsed() < REFUSED_BACKOFF)
+    }
+
     pub fn admit(&self, peer: PeerId, cert: NodeCertificate, envelope: Envelope) {
+        lock(&self.refused_peers).remove(&peer);
         lock(&self.admitted).insert(peer, (cert, envelope));
     }
     pub fn forget(&self, peer: &PeerId) {
@@ -380,6 +428,26 @@ impl Members {
         Ok(cert.value().clone())
     }
 
+    /// Whether `value` (a sequence number or a time) is newer than anything seen from `node` for
+    /// `what`; if so it is the new mark.
+    pub fn is_new(&self, node: &PublicKey, what: Seen, value: u64) -> bool {
+        let mut seen = lock(&self.seen);
+        if seen.len() >= SEEN_ENTRIES {
+            seen.clear();
+        }
+        match seen.get_mut(&(*node, what)) {
+            Some(last) if *last >= value => false,
+            Some(last) => {
+                *last = value;
+                true
+            }
+            None => {
+                seen.insert((*node, what), value);
+                true
+            }
+        }
+    }
+
     /// Whether `node` may make this node act on one more message of `class` this minute.
     pub fn within_budget(&self, node: &PublicKey, class: Budgeted, now: Timestamp) -> bool {
         let minute = now.0 / 60;
@@ -446,7 +514,32 @@ mod tests {
 
     #[test]
     fn a_members_budget_is_per_class_and_per_minute() {
-        let m = Members {
+        let m = members_for_test();
+        let k = PublicKey([1; 32]);
+        let t = Timestamp(600);
+        let n = Budgeted::AntiEntropy.per_minute();
+        assert!((0..n).all(|_| m.within_budget(&k, Budgeted::AntiEntropy, t)));
+        assert!(!m.within_budget(&k, Budgeted::AntiEntropy, t), "over the budget");
+        assert!(m.within_budget(&k, Budgeted::Reports, t), "another class has its own budget");
+        assert!(m.within_budget(&PublicKey([2; 32]), Budgeted::AntiEntropy, t), "another member too");
+        assert!(m.within_budget(&k, Budgeted::AntiEntropy, Timestamp(660)), "the next minute starts afresh");
+    }
+
+    #[test]
+    fn only_newer_messages_are_new_per_author_and_kind() {
+        let m = members_for_test();
+        let (a, b) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        assert!(m.is_new(&a, Seen::Inventory, 10));
+        assert!(!m.is_new(&a, Seen::Inventory, 10), "the same again is a replay");
+        assert!(!m.is_new(&a, Seen::Inventory, 9), "an older one too");
+        assert!(m.is_new(&a, Seen::Inventory, 11));
+        assert!(m.is_new(&b, Seen::Inventory, 5), "per author");
+        assert!(m.is_new(&a, Seen::Report(Hash32([3; 32])), 5), "per kind and release");
+        assert!(m.is_new(&a, Seen::Report(Hash32([4; 32])), 5));
+    }
+
+    fn members_for_test() -> Members {
+        Members {
             fleet: Hash32([0; 32]),
             limits: Limits::default(),
             own: RwLock::new((Vec::new(), cert())),
@@ -462,16 +555,10 @@ mod tests {
             refused: Default::default(),
             recent: Mutex::default(),
             budget: Mutex::default(),
+            refused_peers: Mutex::default(),
+            seen: Mutex::default(),
             changed: Notify::new(),
-        };
-        let k = PublicKey([1; 32]);
-        let t = Timestamp(600);
-        let n = Budgeted::AntiEntropy.per_minute();
-        assert!((0..n).all(|_| m.within_budget(&k, Budgeted::AntiEntropy, t)));
-        assert!(!m.within_budget(&k, Budgeted::AntiEntropy, t), "over the budget");
-        assert!(m.within_budget(&k, Budgeted::Reports, t), "another class has its own budget");
-        assert!(m.within_budget(&PublicKey([2; 32]), Budgeted::AntiEntropy, t), "another member too");
-        assert!(m.within_budget(&k, Budgeted::AntiEntropy, Timestamp(660)), "the next minute starts afresh");
+        }
     }
 
     fn cert() -> NodeCertificate {

@@ -548,11 +548,28 @@ impl SwarmTask {
         let Some(members) = &self.members else { return };
         let now = crate::clock::now();
         for (peer, refusal) in members.sweep(now) {
+            if !self.swarm.is_connected(&peer) {
+                continue;
+            }
             tracing::warn!(%peer, reason = refusal.reason().as_str(), "cutting off a peer that is no longer a member: {refusal}");
             members.record(format!("peer {peer}"), &refusal, now);
             self.mdns_peers.remove(&peer);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
+        // No connected peer without a certificate on record, whatever the order of events.
+        let unrecorded: Vec<PeerId> =
+            self.swarm.connected_peers().filter(|p| members.certificate_of(p).is_none()).copied().collect();
+        for peer in unrecorded {
+            tracing::debug!(%peer, "connected without a certificate on record; closing");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    /// Whether `peer` was refused at the door lately: it is not dialed again until
+    /// [`crate::membership::REFUSED_BACKOFF`] has passed (an outsider announcing itself by mDNS
+    /// would otherwise cost every node a handshake every few seconds).
+    fn refused_lately(&self, peer: &PeerId) -> bool {
+        self.members.as_ref().is_some_and(|m| m.refused_lately(peer))
     }
 
     fn redial(&mut self) {
@@ -563,13 +580,21 @@ impl SwarmTask {
                 Some(Protocol::P2p(peer)) => self.swarm.is_connected(&peer),
                 _ => *up,
             };
-            if !up {
+            let refused = match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => self.refused_lately(&peer),
+                _ => false,
+            };
+            if !up && !refused {
                 let _ = self.swarm.dial(addr.clone());
             }
         }
         // mDNS peers that the smaller id did not dial (or could not): dial them now.
-        let missing: Vec<(PeerId, Multiaddr)> =
-            self.mdns_peers.iter().filter(|(p, _)| !self.swarm.is_connected(p)).map(|(p, a)| (*p, a.clone())).collect();
+        let missing: Vec<(PeerId, Multiaddr)> = self
+            .mdns_peers
+            .iter()
+            .filter(|(p, _)| !self.swarm.is_connected(p) && !self.refused_lately(p))
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
         for (peer, addr) in missing {
             let _ = self.swarm.dial(libp2p::swarm::dial_opts::DialOpts::peer_id(peer).addresses(vec![addr]).build());
         }
@@ -773,6 +798,16 @@ impl SwarmTask {
                 }
             }
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                // Every connection passed the door, which recorded the peer's certificate; one
+                // whose record is gone (its other connection closed while this one was still
+                // being set up) is not let through unchecked.
+                if let Some(m) = &self.members
+                    && m.certificate_of(&peer_id).is_none()
+                {
+                    tracing::debug!(%peer_id, "connection without a certificate on record; closing it (the peer may dial again)");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
                 let addr = endpoint.get_remote_address().clone();
                 if endpoint.is_dialer() {
                     self.set_static(&addr, true);
@@ -846,7 +881,7 @@ impl SwarmTask {
                     self.mdns_peers.insert(peer, addr.clone());
                     // Only one side dials, to avoid duplicate connections; the redial timer
                     // covers the case where the other side never saw us.
-                    if new && me < peer && !self.swarm.is_connected(&peer) {
+                    if new && me < peer && !self.swarm.is_connected(&peer) && !self.refused_lately(&peer) {
                         tracing::info!(%peer, %addr, "discovered by mDNS; dialing");
                         let _ = self
                             .swarm

@@ -567,11 +567,13 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
                 }
                 Ok(env) if env.kind == lanpatch_protocol::Kind::Revocation => {
                     match pipeline::ingest_revocations(s, env).await {
-                        Ok(_) => MessageAcceptance::Accept,
-                        Err(e) => {
-                            s.refuse_peer(source, RefusalKind::Metadata, e.to_string()).await;
-                            MessageAcceptance::Reject
+                        Ok(pipeline::RevocationsTaken::New | pipeline::RevocationsTaken::Held) => {
+                            MessageAcceptance::Accept
                         }
+                        // A node that does not check membership has nothing to check it with:
+                        // it does not pass it on either.
+                        Ok(pipeline::RevocationsTaken::NotChecked) => MessageAcceptance::Ignore,
+                        Err(e) => refuse_revocations(s, source, e).await,
                     }
                 }
                 Ok(env) => match pipeline::ingest_envelope(s, env, &data, pipeline::Source::Peer(source)).await {
@@ -602,6 +604,28 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
     }
 }
 
+/// A revocation list refused. An older list than the one held (a peer that is behind, gossip out
+/// of order) and one signed under enroll keys a root rotation retired are news an honest peer
+/// may carry: ignored, and only the rest counts towards the peer's ban.
+async fn refuse_revocations(
+    s: &Arc<Shared>,
+    source: PeerId,
+    e: lanpatch_protocol::membership::RevocationError,
+) -> MessageAcceptance {
+    use lanpatch_protocol::membership::RevocationError;
+    match e {
+        RevocationError::Older { .. } => MessageAcceptance::Ignore,
+        RevocationError::Signature(_) | RevocationError::NoEnrollRole => {
+            s.refuse(format!("peer {source}"), RefusalKind::Metadata, format!("revocation list: {e}")).await;
+            MessageAcceptance::Ignore
+        }
+        RevocationError::Malformed(_) | RevocationError::WrongFleet { .. } => {
+            s.refuse_peer(source, RefusalKind::Metadata, format!("revocation list: {e}")).await;
+            MessageAcceptance::Reject
+        }
+    }
+}
+
 /// A node message refused: a membership refusal that depends on time or news (an expiry, a
 /// revocation the forwarder may not hold yet) is ignored; anything else is the forwarder's fault
 /// (it forwards only what it accepted) and counts towards its ban.
@@ -610,6 +634,11 @@ async fn refuse_node_message(s: &Arc<Shared>, source: PeerId, e: crate::report::
         crate::report::NodeMessageError::Member(_) => RefusalKind::Membership,
         crate::report::NodeMessageError::OverBudget => RefusalKind::MemberFlood,
         crate::report::NodeMessageError::Verify(_) => RefusalKind::NodeReport,
+        // A replay or a late copy: not forwarded, not worth a line in the refusal log.
+        crate::report::NodeMessageError::Stale => {
+            tracing::debug!(%source, "stale node message ignored");
+            return MessageAcceptance::Ignore;
+        }
     };
     if e.is_timing() {
         s.refuse(format!("peer {source}"), kind, e.to_string()).await;
@@ -679,7 +708,7 @@ pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
                 match lanpatch_protocol::Envelope::decode(&item, &limits) {
                     Ok(env) if env.kind == lanpatch_protocol::Kind::Revocation => {
                         if let Err(e) = pipeline::ingest_revocations(&s, env).await {
-                            s.refuse_peer(peer, RefusalKind::Metadata, e.to_string()).await;
+                            refuse_revocations(&s, peer, e).await;
                         }
                     }
                     _ => {

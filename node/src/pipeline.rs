@@ -52,25 +52,36 @@ async fn settle(
     }
 }
 
+/// What [`ingest_revocations`] did with a list that verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevocationsTaken {
+    /// Newer than the list held: kept, and revoked peers are cut off.
+    New,
+    /// The list held (or one issued in the same second).
+    Held,
+    /// This node runs with enrollment off or under a root without an enroll role: it checks no
+    /// membership, so it neither keeps nor forwards lists.
+    NotChecked,
+}
+
 /// A revocation list (gossip, catalog sync or local publish): steps V1 to V4, then kept in the
-/// data directory and applied at once (the swarm task cuts off revoked peers). Returns whether
-/// it was newer than the list held. With `enrollment = "off"` there is nothing to revoke.
+/// data directory and applied at once (the swarm task cuts off revoked peers).
 pub async fn ingest_revocations(
     s: &Arc<Shared>,
     env: Envelope,
-) -> Result<bool, lanpatch_protocol::membership::RevocationError> {
-    let Some(m) = &s.members else { return Ok(false) };
-    let new = m.offer_revocations(env)?;
-    if new {
-        if let Some(bytes) = m.revocations_bytes() {
-            let path = s.cfg.data_dir.join(crate::membership::REVOCATIONS_FILE);
-            if let Err(e) = crate::membership::persist_revocations(&path, &bytes) {
-                tracing::error!("cannot keep the revocation list: {e:#}");
-            }
-        }
-        tracing::info!("new revocation list: revoked peers are cut off");
+) -> Result<RevocationsTaken, lanpatch_protocol::membership::RevocationError> {
+    let Some(m) = &s.members else { return Ok(RevocationsTaken::NotChecked) };
+    if !m.offer_revocations(env)? {
+        return Ok(RevocationsTaken::Held);
     }
-    Ok(new)
+    if let Some(bytes) = m.revocations_bytes() {
+        let path = s.cfg.data_dir.join(crate::membership::REVOCATIONS_FILE);
+        if let Err(e) = crate::membership::persist_revocations(&path, &bytes) {
+            tracing::error!("cannot keep the revocation list: {e:#}");
+        }
+    }
+    tracing::info!("new revocation list: revoked peers are cut off");
+    Ok(RevocationsTaken::New)
 }
 
 /// Applies a checked message: memory, database, then follow-up work.

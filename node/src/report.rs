@@ -16,7 +16,7 @@ use lanpatch_protocol::{
 };
 
 use crate::clock::{now, now_ms};
-use crate::membership::{Budgeted, Members};
+use crate::membership::{Budgeted, Members, Seen};
 use crate::store::{Store, StoredReport};
 use lanpatch_protocol::{MemberRefusal, RefusalReason};
 
@@ -71,7 +71,13 @@ impl Reporter {
         seq: Seq,
         members: Option<Arc<Members>>,
     ) -> Self {
-        Reporter { key, hostname: hostname.chars().take(64).collect(), ring, limits, seq, members }
+        // Whole up to the limit a report's fields allow (a certificate's host name always fits: the
+        // messages must show it exactly), cut on a character boundary beyond.
+        let mut end = hostname.len().min(limits.max_short_bytes);
+        while !hostname.is_char_boundary(end) {
+            end -= 1;
+        }
+        Reporter { key, hostname: hostname[..end].to_string(), ring, limits, seq, members }
     }
 
     /// This node's certificate, as its messages carry it.
@@ -182,6 +188,9 @@ pub enum NodeMessageError {
     Member(#[from] MemberRefusal),
     #[error("the author sent more than {} reports and inventories this minute", Budgeted::Reports.per_minute())]
     OverBudget,
+    /// No newer than what this node saw from the author: a replay, or news that came late.
+    #[error("not newer than what was seen from the author")]
+    Stale,
 }
 
 impl NodeMessageError {
@@ -191,17 +200,23 @@ impl NodeMessageError {
         match self {
             NodeMessageError::Member(m) => matches!(m.reason(), RefusalReason::Expired | RefusalReason::Revoked),
             // The forwarder passed it on within its own view of the budget.
-            NodeMessageError::OverBudget => true,
+            NodeMessageError::OverBudget | NodeMessageError::Stale => true,
             NodeMessageError::Verify(_) => false,
         }
     }
 }
 
 /// Step N4 for a message from a peer (nothing for this node's own), then its author's budget.
-pub fn check_author<T: FromNode>(author: Author<'_>, msg: &T) -> Result<(), NodeMessageError> {
+pub fn check_author<T: FromNode>(author: Author<'_>, msg: &T, seen: Seen, value: u64) -> Result<(), NodeMessageError> {
     match author {
         Author::Peer { members: Some(m), .. } => {
             m.check_author(msg, now())?;
+            // A replay (of this member's own old messages, by anyone) is neither charged to
+            // the member's budget nor forwarded: otherwise replays could use up the budget and
+            // silence it.
+            if !m.is_new(&msg.node(), seen, value) {
+                return Err(NodeMessageError::Stale);
+            }
             if !m.within_budget(&msg.node(), Budgeted::Reports, now()) {
                 return Err(NodeMessageError::OverBudget);
             }
@@ -246,7 +261,7 @@ pub async fn accept_node_envelope(
         Kind::Report => {
             let r = verify_node_envelope::<Report>(envelope, limits)?;
             let v = r.value();
-            check_author(author, v)?;
+            check_author(author, v, Seen::Report(v.manifest), v.seq)?;
             let known = match author {
                 Author::Local => true,
                 Author::Peer { known, .. } => known.contains(&v.manifest),
@@ -276,7 +291,7 @@ pub async fn accept_node_envelope(
         }
         Kind::Inventory => {
             let i = verify_node_envelope::<Inventory>(envelope, limits)?;
-            check_author(author, i.value())?;
+            check_author(author, i.value(), Seen::Inventory, i.value().seq)?;
             match keeps {
                 Keeps::Everything => {
                     let v = i.value();

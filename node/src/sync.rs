@@ -238,29 +238,46 @@ pub enum Handled {
 /// it names), held to its author's budget, then handled. Only a verification failure is the
 /// sender's fault; the rest is logged.
 pub async fn on_envelope(s: &Arc<Shared>, env: Envelope, limits: &Limits) -> Result<Handled, NodeMessageError> {
-    let author = |node: &lanpatch_protocol::PublicKey| {
-        s.members.as_ref().is_none_or(|m| m.within_budget(node, crate::membership::Budgeted::AntiEntropy, now()))
-    };
+    use crate::membership::{Budgeted, Seen};
+    let t = now();
     let handled = match env.kind {
         Kind::Digest => {
             let d = verify_node_envelope::<Digest>(env, limits)?;
+            let v = d.value();
             if let Some(m) = &s.members {
-                m.check_author(d.value(), now())?;
+                m.check_author(v, t)?;
+                // Fresh, and newer than the author's last digest (a replay is not charged).
+                let fresh = v.at.0.abs_diff(t.0) <= lanpatch_protocol::sync::PULL_MAX_AGE_SECS;
+                if !fresh || !m.is_new(&v.node, Seen::Digest, v.at.0) {
+                    return Err(NodeMessageError::Stale);
+                }
+                if !m.within_budget(&v.node, Budgeted::AntiEntropy, t) {
+                    return Ok(Handled::OverBudget);
+                }
             }
-            if !author(&d.value().node) {
-                return Ok(Handled::OverBudget);
-            }
-            on_digest(s, d.value()).await
+            on_digest(s, v).await
         }
         _ => {
             let p = verify_node_envelope::<Pull>(env, limits)?;
+            let v = p.value();
             if let Some(m) = &s.members {
-                m.check_author(p.value(), now())?;
+                m.check_author(v, t)?;
+                let target = match v.target {
+                    PullTarget::Everyone => None,
+                    PullTarget::Node(k) => Some(k),
+                };
+                if !v.is_fresh(t) || !m.is_new(&v.node, Seen::Pull(target), v.at.0) {
+                    return Err(NodeMessageError::Stale);
+                }
+                // A pull of one node costs only that node work: only it holds the author to
+                // the budget (every node forwarding it would otherwise drop a collector's
+                // catch-up of a large fleet).
+                let charged = target.is_none_or(|k| k == s.node_public());
+                if charged && !m.within_budget(&v.node, Budgeted::AntiEntropy, t) {
+                    return Ok(Handled::OverBudget);
+                }
             }
-            if !author(&p.value().node) {
-                return Ok(Handled::OverBudget);
-            }
-            on_pull(s, p.value()).await
+            on_pull(s, v).await
         }
     };
     if let Err(e) = handled {

@@ -108,6 +108,8 @@ pub enum MemberRefusal {
     Revoked(PublicKey),
     #[error("message says ring {claimed}, the certificate enrolls ring {certified}")]
     WrongRing { claimed: RingName, certified: RingName },
+    #[error("message shows host {claimed:?}, the certificate enrolls host {certified:?}")]
+    WrongHostname { claimed: String, certified: String },
 }
 
 /// [`MemberRefusal`] without its data: the label of a refusal counter.
@@ -122,10 +124,11 @@ pub enum RefusalReason {
     Expired,
     Revoked,
     WrongRing,
+    WrongHostname,
 }
 
 impl RefusalReason {
-    pub const ALL: [RefusalReason; 9] = [
+    pub const ALL: [RefusalReason; 10] = [
         RefusalReason::NoEnrollRole,
         RefusalReason::NoCertificate,
         RefusalReason::Malformed,
@@ -135,6 +138,7 @@ impl RefusalReason {
         RefusalReason::Expired,
         RefusalReason::Revoked,
         RefusalReason::WrongRing,
+        RefusalReason::WrongHostname,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -147,6 +151,7 @@ impl RefusalReason {
             RefusalReason::Expired => "expired",
             RefusalReason::Revoked => "revoked",
             RefusalReason::WrongRing => "wrong_ring",
+            RefusalReason::WrongHostname => "wrong_hostname",
         }
     }
     /// The code sent on the wire when a door refuses (never 0, which means "admitted").
@@ -170,6 +175,7 @@ impl MemberRefusal {
             MemberRefusal::Expired { .. } => RefusalReason::Expired,
             MemberRefusal::Revoked(_) => RefusalReason::Revoked,
             MemberRefusal::WrongRing { .. } => RefusalReason::WrongRing,
+            MemberRefusal::WrongHostname { .. } => RefusalReason::WrongHostname,
         }
     }
 }
@@ -361,6 +367,36 @@ mod tests {
             verify_revocations(list(400, vec![public(&n), public(&e)]), &r, &FLEET, None, &Limits::default());
         let sorted_ok = public(&n) < public(&e);
         assert_eq!(unsorted.is_ok(), sorted_ok);
+    }
+
+    #[test]
+    fn a_message_counts_only_for_the_ring_and_host_its_certificate_enrolls() {
+        use crate::report::{MemberCheck, Report, check_author};
+        let (e, n) = (key(2), key(9));
+        let r = root(&[&e], 1);
+        let report = |ring: &str, host: &str| Report {
+            node: public(&n),
+            hostname: host.into(),
+            ring: ring.parse().unwrap(),
+            manifest: Hash32([1; 32]),
+            product: "tool".parse().unwrap(),
+            version: crate::Version(1),
+            state: crate::ReleaseState::Installed,
+            detail: String::new(),
+            exit_code: Some(0),
+            at: Timestamp(200),
+            seq: 1,
+            progress: None,
+            certificate: Some(signed(cert(&n, 500), &[&e])),
+        };
+        let check = MemberCheck { root: &r, fleet: &FLEET, revoked: None, now: Timestamp(200) };
+        let reason = |m: &Report| check_author(m, &check, &Limits::default()).map(|_| ()).map_err(|e| e.reason());
+        assert_eq!(reason(&report("canary", "web-1")), Ok(()));
+        assert_eq!(reason(&report("broad", "web-1")), Err(RefusalReason::WrongRing));
+        assert_eq!(reason(&report("canary", "db-1")), Err(RefusalReason::WrongHostname));
+        let mut none = report("canary", "web-1");
+        none.certificate = None;
+        assert_eq!(reason(&none), Err(RefusalReason::NoCertificate));
     }
 
     #[test]

@@ -170,6 +170,8 @@ pub trait FromNode {
     fn certificate(&self) -> Option<&Envelope>;
     /// The ring the message speaks for (`None`: it names none).
     fn ring(&self) -> Option<&RingName>;
+    /// The host name the message shows (`None`: it shows none).
+    fn hostname(&self) -> Option<&str>;
 }
 impl FromNode for Report {
     fn node(&self) -> PublicKey {
@@ -181,6 +183,9 @@ impl FromNode for Report {
     fn ring(&self) -> Option<&RingName> {
         Some(&self.ring)
     }
+    fn hostname(&self) -> Option<&str> {
+        Some(&self.hostname)
+    }
 }
 impl FromNode for Inventory {
     fn node(&self) -> PublicKey {
@@ -191,6 +196,9 @@ impl FromNode for Inventory {
     }
     fn ring(&self) -> Option<&RingName> {
         Some(&self.ring)
+    }
+    fn hostname(&self) -> Option<&str> {
+        Some(&self.hostname)
     }
 }
 
@@ -225,6 +233,14 @@ pub fn check_author<T: FromNode>(
         && *ring != c.ring
     {
         return Err(crate::MemberRefusal::WrongRing { claimed: ring.clone(), certified: c.ring });
+    }
+    if let Some(h) = msg.hostname()
+        && h != c.hostname
+    {
+        return Err(crate::MemberRefusal::WrongHostname {
+            claimed: h.chars().take(64).collect(),
+            certified: c.hostname,
+        });
     }
     Ok(c)
 }

@@ -120,6 +120,9 @@ impl FromNode for Digest {
     fn ring(&self) -> Option<&RingName> {
         Some(&self.ring)
     }
+    fn hostname(&self) -> Option<&str> {
+        Some(&self.hostname)
+    }
 }
 impl FromNode for Pull {
     fn node(&self) -> PublicKey {
@@ -129,6 +132,9 @@ impl FromNode for Pull {
         self.certificate.as_ref()
     }
     fn ring(&self) -> Option<&RingName> {
+        None
+    }
+    fn hostname(&self) -> Option<&str> {
         None
     }
 }

@@ -397,7 +397,7 @@ pub fn wait_for_node(n: &Node, limit: Duration, what: &str, cond: impl FnMut() -
 }
 
 /// Polls `cond` every 200 ms for at most `limit`; whether it held.
-fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if cond() {

@@ -182,7 +182,8 @@ fn gossip_signed_outside_the_root_or_replaying_an_older_release_is_refused_and_n
         writeln!(s, "{}", serde_json::json!({ "RawGossip": { "hex": hex } })).unwrap();
         let mut resp = String::new();
         std::io::BufReader::new(s).read_line(&mut resp).unwrap();
-        assert!(resp.contains("Done"), "{resp}");
+        // "not sent" until b is subscribed, or for a duplicate within gossip's cache time.
+        assert!(resp.contains("Done") || resp.contains("not sent"), "{resp}");
     };
     // Until the attacker is in b's gossip mesh its messages go nowhere: send again until b has
     // seen (and refused) both.
