@@ -220,6 +220,28 @@ impl Members {
         })
     }
 
+    /// A `Members` for unit tests: `own` is this node's certificate envelope (not checked here).
+    #[cfg(test)]
+    pub(crate) fn for_test(root: Root, fleet: Hash32, own: Envelope) -> Members {
+        let limits = Limits::default();
+        let cert = Signed::<NodeCertificate>::open(own.clone(), &limits).map(|c| c.value().clone());
+        Members {
+            fleet,
+            limits,
+            own: RwLock::new((own.to_bytes(), cert.unwrap_or_else(|e| panic!("test certificate: {e}")))),
+            root: RwLock::new(root),
+            revoked: RwLock::new(None),
+            admitted: Mutex::default(),
+            reverify: Default::default(),
+            refused: Default::default(),
+            recent: Mutex::default(),
+            budget: Mutex::default(),
+            refused_peers: Mutex::default(),
+            seen: Mutex::default(),
+            changed: Notify::new(),
+        }
+    }
+
     /// This node's certificate.
     pub fn own(&self) -> NodeCertificate {
         read(&self.own).1.clone()

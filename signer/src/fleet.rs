@@ -163,6 +163,9 @@ fn previous_ring(
     let all = reports(sock)?;
     let mine = all.into_iter().filter(|r| r.manifest == g.manifest.to_hex() && r.ring == prev.as_str());
     let Some(root) = root.filter(|r| r.value().roles.contains_key(&Role::Enroll)) else {
+        // A root without an enroll role (a fleet not enrolled yet, or a stale root.lpr here):
+        // only right if the collector does not check membership either.
+        require_no_enrollment(sock)?;
         return Ok((mine.collect(), BTreeMap::new()));
     };
     let fleet = fleet_id(root.value(), &root.envelope().payload);
@@ -180,15 +183,22 @@ pub fn count_members(
     check: &MemberCheck<'_>,
     limits: &Limits,
 ) -> (Vec<ReportView>, BTreeMap<RefusalReason, usize>) {
-    let mut counted = Vec::new();
+    let mut counted: BTreeMap<String, Report> = BTreeMap::new();
     let mut uncounted: BTreeMap<RefusalReason, usize> = BTreeMap::new();
     for v in views {
         match member_report(&v, prev, check, limits) {
-            Ok(signed) => counted.push(view_of(&signed)),
+            // One report per node, its latest: a collector that lists one node's report twice
+            // does not count it twice.
+            Ok(signed) => {
+                let keep = counted.get(&signed.node.to_hex()).is_none_or(|old| signed.seq > old.seq);
+                if keep {
+                    counted.insert(signed.node.to_hex(), signed);
+                }
+            }
             Err(why) => *uncounted.entry(why).or_default() += 1,
         }
     }
-    (counted, uncounted)
+    (counted.values().map(view_of).collect(), uncounted)
 }
 
 /// The signed report behind `view`, when its author is a member of ring `prev`.
@@ -211,7 +221,10 @@ fn member_report(
     {
         return Err(RefusalReason::Malformed);
     }
-    let cert = check_author(report, check, limits).map_err(|e| e.reason())?;
+    // Expiry as the node checks a stored report at use: the certificate was valid when the
+    // report was made (a renewed node's earlier reports still count); never later than now.
+    let at_made = MemberCheck { now: report.at.min(check.now), ..*check };
+    let cert = check_author(report, &at_made, limits).map_err(|e| e.reason())?;
     if cert.ring != *prev {
         return Err(RefusalReason::WrongRing);
     }
@@ -559,7 +572,8 @@ mod tests {
             view(&nodes[0], "canary", installed, Some(cert(&nodes[0], "canary", 500, &enroll))),
             view(&nodes[1], "canary", installed, None),
             view(&nodes[2], "canary", installed, Some(cert(&nodes[2], "broad", 500, &enroll))),
-            view(&nodes[3], "canary", installed, Some(cert(&nodes[3], "canary", 50, &enroll))),
+            // Made after its certificate expired (at 5, the certificate ends at 4).
+            view(&nodes[3], "canary", installed, Some(cert(&nodes[3], "canary", 4, &enroll))),
             view(&nodes[4], "canary", installed, Some(cert(&nodes[4], "canary", 500, &outsider))),
             unsigned,
             lying,
@@ -572,6 +586,18 @@ mod tests {
         let note = uncounted_note(&canary, &uncounted).unwrap();
         assert!(note.starts_with("5 report(s) from ring canary not counted"), "{note}");
         assert!(note.contains("no_certificate 2"), "{note}");
+    }
+
+    #[test]
+    fn a_report_made_while_its_certificate_was_valid_counts_after_a_renewal_and_one_node_counts_once() {
+        let enroll = key(2);
+        let r = root(&[&enroll], 1);
+        // Now (100) is past the certificate's end (50); the report was made at 5.
+        let check = MemberCheck { root: &r, fleet: &FLEET, revoked: None, now: Timestamp(100) };
+        let n = key(10);
+        let v = view(&n, "canary", ReleaseState::Installed, Some(cert(&n, "canary", 50, &enroll)));
+        let (counted, _) = count_members([v.clone(), v], &"canary".parse().unwrap(), &check, &Limits::default());
+        assert_eq!(counted.len(), 1, "listed twice, counted once");
     }
 
     #[test]
