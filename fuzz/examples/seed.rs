@@ -29,6 +29,11 @@ fn main() {
     let i = lanpatch_fuzz::inventory(&m);
     let st = lanpatch_fuzz::statement(&m);
     let (digest, pull) = lanpatch_fuzz::sync(&m);
+    write("membership", "certificate", &lanpatch_fuzz::certificate().to_bytes());
+    write("membership", "revocations", &lanpatch_fuzz::revocations().to_bytes());
+    write("membership", "report", &r.to_bytes());
+    write("envelope", "certificate", &lanpatch_fuzz::certificate().to_bytes());
+    write("envelope", "revocations", &lanpatch_fuzz::revocations().to_bytes());
     write("sync", "digest", &digest.to_bytes());
     write("sync", "pull", &pull.to_bytes());
     write("envelope", "digest", &digest.to_bytes());

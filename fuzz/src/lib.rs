@@ -29,6 +29,39 @@ pub fn root() -> Signed<Root> {
     s
 }
 
+/// The fleet id of [`root`].
+pub fn fleet() -> Hash32 {
+    let r = root();
+    lanpatch_protocol::fleet_id(r.value(), &r.envelope().payload)
+}
+
+/// A certificate enrolling node key 9 as kiosk-3 in ring canary, signed by an enroll key.
+pub fn certificate() -> Signed<lanpatch_protocol::NodeCertificate> {
+    let mut s = Signed::new(lanpatch_protocol::NodeCertificate {
+        fleet: fleet(),
+        node: public(&key(9)),
+        hostname: "kiosk-3".into(),
+        ring: "canary".parse().unwrap_or_else(|_| unreachable!()),
+        site: "branch-12".parse().unwrap_or_else(|_| unreachable!()),
+        tags: vec!["kiosk".parse().unwrap_or_else(|_| unreachable!())],
+        issued: Timestamp(1_700_000_000),
+        expires: Timestamp(4_000_000_000),
+    });
+    s.sign(&key(2));
+    s
+}
+
+/// A revocation list naming node key 10.
+pub fn revocations() -> Signed<lanpatch_protocol::Revocations> {
+    let mut s = Signed::new(lanpatch_protocol::Revocations {
+        fleet: fleet(),
+        issued: Timestamp(1_700_000_500),
+        nodes: vec![public(&key(10))],
+    });
+    s.sign(&key(1));
+    s
+}
+
 fn product() -> ProductName {
     "openssl".parse().unwrap_or_else(|_| unreachable!())
 }
@@ -118,6 +151,7 @@ pub fn report(m: &Signed<ReleaseManifest>) -> Signed<Report> {
         at: Timestamp(1_700_000_300),
         seq: 1_700_000_300_123,
         progress: Some(DownloadProgress { have_chunks: 64, total_chunks: 64, from_peers: 7 << 20, from_origin: 1 << 20 }),
+        certificate: Some(certificate().into_envelope()),
     });
     s.sign(&node);
     s
@@ -134,6 +168,7 @@ pub fn sync(m: &Signed<ReleaseManifest>) -> (Signed<lanpatch_protocol::Digest>, 
         at: Timestamp(1_700_000_400),
         inventory: 1_700_000_300_000,
         reports: vec![Mark { manifest: m.payload_hash(), seq: 1_700_000_300_123 }],
+        certificate: Some(certificate().into_envelope()),
     });
     d.sign(&node);
     let asker = key(10);
@@ -143,6 +178,7 @@ pub fn sync(m: &Signed<ReleaseManifest>) -> (Signed<lanpatch_protocol::Digest>, 
         at: Timestamp(1_700_000_410),
         inventory: true,
         reports: vec![m.payload_hash()],
+        certificate: None,
     });
     p.sign(&asker);
     (d, p)
@@ -169,6 +205,7 @@ pub fn inventory(m: &Signed<ReleaseManifest>) -> Signed<Inventory> {
         at: Timestamp(1_700_000_400),
         seq: 1_700_000_400_000,
         agent_version: "0.1.0".into(),
+        certificate: Some(certificate().into_envelope()),
     });
     s.sign(&node);
     s
