@@ -561,26 +561,13 @@ mod tests {
     }
 
     fn members_for_test() -> Members {
-        Members {
-            fleet: Hash32([0; 32]),
-            limits: Limits::default(),
-            own: RwLock::new((Vec::new(), cert())),
-            root: RwLock::new(Root {
-                version: lanpatch_protocol::Version(1),
-                fleet: None,
-                expires: Timestamp(0),
-                roles: Default::default(),
-            }),
-            revoked: RwLock::new(None),
-            admitted: Mutex::default(),
-            reverify: Default::default(),
-            refused: Default::default(),
-            recent: Mutex::default(),
-            budget: Mutex::default(),
-            refused_peers: Mutex::default(),
-            seen: Mutex::default(),
-            changed: Notify::new(),
-        }
+        let root = Root {
+            version: lanpatch_protocol::Version(1),
+            fleet: None,
+            expires: Timestamp(0),
+            roles: Default::default(),
+        };
+        Members::for_test(root, Hash32([0; 32]), Signed::new(cert()).into_envelope())
     }
 
     fn cert() -> NodeCertificate {

@@ -506,3 +506,18 @@ pub fn node_secret(n: &Node) -> ed25519_dalek::SigningKey {
     assert_eq!(&bytes[..4], &[0x08, 0x01, 0x12, 0x40], "not an ed25519 libp2p key file");
     ed25519_dalek::SigningKey::from_bytes(bytes[4..36].try_into().unwrap())
 }
+
+/// "mallory": an enrolled node of ring broad, connected to `admin`, whose control socket
+/// publishes raw gossip (`[fault_injection]`): a member turned attacker.
+pub fn enrolled_attacker(dir: &Path, admin: &Node) -> Node {
+    let mut mallory = Node::new(
+        dir,
+        "mallory",
+        &dir.join("root.lpr"),
+        &[admin.port],
+        "ring = \"broad\"\n[fault_injection]\nraw_gossip = \"allow\"",
+    );
+    mallory.start();
+    wait_until(Duration::from_secs(30), "mallory connected", || !mallory.status().peers.is_empty());
+    mallory
+}

@@ -13,7 +13,8 @@ use lanpatch_protocol::{
 };
 
 use crate::fleet::{
-    Node, admin, approve, endpoint, make_fleet_keys, node_secret, release, sample, unix_now, wait_for_node, wait_until,
+    Node, admin, approve, endpoint, enrolled_attacker, make_fleet_keys, node_secret, release, sample, unix_now,
+    wait_for_node, wait_until,
 };
 use crate::support::signer;
 
@@ -166,15 +167,7 @@ fn fake_installed_reports_from_an_unenrolled_key_or_for_another_ring_move_neithe
     let admin = admin(dir, "ban_refusals_per_minute = 1000");
     // The real canary has the release but it is not approved for canary yet: nothing installed.
     let canary = endpoint(dir, "canary1", &admin, "");
-    let mut mallory = Node::new(
-        dir,
-        "mallory",
-        &dir.join("root.lpr"),
-        &[admin.port],
-        "ring = \"broad\"\n[fault_injection]\nraw_gossip = \"allow\"",
-    );
-    mallory.start();
-    wait_until(Duration::from_secs(30), "mallory connected", || !mallory.status().peers.is_empty());
+    let mallory = enrolled_attacker(dir, &admin);
     let bundle = release(dir, "v1", 1, &[]);
     admin.publish(&bundle);
     let m = manifest_hash(&bundle);
@@ -233,15 +226,7 @@ fn two_thousand_reports_from_unenrolled_keys_store_nothing() {
     let dir = tmp.path();
     make_fleet_keys(dir);
     let admin = admin(dir, "");
-    let mut mallory = Node::new(
-        dir,
-        "mallory",
-        &dir.join("root.lpr"),
-        &[admin.port],
-        "ring = \"broad\"\n[fault_injection]\nraw_gossip = \"allow\"",
-    );
-    mallory.start();
-    wait_until(Duration::from_secs(30), "mallory connected", || !mallory.status().peers.is_empty());
+    let mallory = enrolled_attacker(dir, &admin);
     let bundle = release(dir, "v1", 1, &[]);
     admin.publish(&bundle);
     let m = manifest_hash(&bundle);
@@ -280,15 +265,7 @@ fn a_member_flooding_digests_is_held_to_its_budget_and_the_pulls_it_causes_stay_
     let dir = tmp.path();
     make_fleet_keys(dir);
     let admin = admin(dir, "");
-    let mut mallory = Node::new(
-        dir,
-        "mallory",
-        &dir.join("root.lpr"),
-        &[admin.port],
-        "ring = \"broad\"\n[fault_injection]\nraw_gossip = \"allow\"",
-    );
-    mallory.start();
-    wait_until(Duration::from_secs(30), "mallory connected", || !mallory.status().peers.is_empty());
+    let mallory = enrolled_attacker(dir, &admin);
     let bundle = release(dir, "v1", 1, &[]);
     admin.publish(&bundle);
     let m = manifest_hash(&bundle);
