@@ -77,7 +77,7 @@ pub async fn join(
         .with_context(|| format!("cannot read trust root {}", cfg.trust_root.display()))?;
     let mut trust = crate::trust::Trust::new(&root_bytes, limits.clone(), now())
         .with_context(|| format!("trust root {} refused", cfg.trust_root.display()))?;
-    let me = id(cfg)?;
+    crate::fsmode::create_dir(&cfg.data_dir, crate::fsmode::DIR)?;
     // The node's database, for the rotations it holds; created only to keep a rotated root given
     // here (a host that never ran), with the node's file mode.
     let db = cfg.data_dir.join("state.db");
@@ -105,10 +105,32 @@ pub async fn join(
             trust.root.value().version
         );
     }
-    let bytes = std::fs::read(cert_file).with_context(|| format!("cannot read {}", cert_file.display()))?;
+    let file = std::fs::read(cert_file).with_context(|| format!("cannot read {}", cert_file.display()))?;
+    // A join bundle (`enroll batch` with `-` for the key) brings the node's key with it.
+    let bundle = match lanpatch_protocol::membership::JoinBundle::decode(&file, &limits) {
+        Some(b) => Some(b.with_context(|| format!("{} is a damaged join bundle", cert_file.display()))?),
+        None => None,
+    };
+    let (bytes, key) = match &bundle {
+        Some(b) => {
+            let key = PublicKey(ed25519_dalek::SigningKey::from_bytes(&b.secret).verifying_key().to_bytes());
+            if let Some(held) = crate::membership::existing_identity(cfg)?
+                && held != key
+            {
+                anyhow::bail!(
+                    "this host already has node key {held} ({}); the join bundle brings key {key}: it is for a host that has none yet",
+                    cfg.data_dir.join("node.key").display()
+                );
+            }
+            (b.certificate.to_bytes(), key)
+        }
+        None => {
+            let me = id(cfg)?;
+            (file, me.node_key.parse().map_err(|e| anyhow!("{e}"))?)
+        }
+    };
     let env =
         Envelope::decode(&bytes, &limits).with_context(|| format!("{} is not a certificate", cert_file.display()))?;
-    let key: PublicKey = me.node_key.parse().map_err(|e| anyhow!("{e}"))?;
     let cert = lanpatch_protocol::membership::verify_certificate(
         &env,
         trust.root.value(),
@@ -128,6 +150,9 @@ pub async fn join(
         for (version, root) in new_roots {
             store.put_root(version, root, now().0).await?;
         }
+    }
+    if let Some(b) = &bundle {
+        crate::membership::install_identity(cfg, &b.secret)?;
     }
     let dest = cfg.certificate_path();
     write_private(&dest, &bytes)?;

@@ -96,6 +96,46 @@ pub fn load_or_create_identity(cfg: &crate::config::Config) -> Result<identity::
     }
 }
 
+/// The node key in `<data_dir>/node.key`, if there is one.
+pub fn existing_identity(cfg: &crate::config::Config) -> Result<Option<PublicKey>> {
+    let path = cfg.data_dir.join("node.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let kp = identity::Keypair::from_protobuf_encoding(&bytes)
+                .map_err(|e| anyhow!("{} is not a node key: {e}", path.display()))?;
+            let ed = kp.try_into_ed25519().map_err(|e| anyhow!("{} is not an ed25519 key: {e}", path.display()))?;
+            Ok(Some(PublicKey(ed.public().to_bytes())))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Writes `secret` as the node's libp2p identity (`<data_dir>/node.key`, mode 0600) unless that
+/// very key is there already; never replaces another key.
+pub fn install_identity(cfg: &crate::config::Config, secret: &[u8; 32]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = *secret;
+    let kp = identity::Keypair::ed25519_from_bytes(&mut bytes).map_err(|e| anyhow!("bad node key: {e}"))?;
+    let public =
+        PublicKey(kp.clone().try_into_ed25519().map_err(|e| anyhow!("bad node key: {e}"))?.public().to_bytes());
+    if let Some(held) = existing_identity(cfg)? {
+        return if held == public { Ok(()) } else { Err(anyhow!("this host already has another node key ({held})")) };
+    }
+    let encoded = kp.to_protobuf_encoding().map_err(|e| anyhow!("encode node key: {e}"))?;
+    let path = cfg.data_dir.join("node.key");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::fsmode::FILE)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(&encoded)?;
+    f.sync_all()?;
+    Ok(())
+}
+
 /// The libp2p peer id of a node key (ed25519).
 pub fn peer_of(key: &PublicKey) -> Option<PeerId> {
     let ed = identity::ed25519::PublicKey::try_from_bytes(&key.0).ok()?;

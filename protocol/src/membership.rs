@@ -53,6 +53,34 @@ impl Payload for NodeCertificate {
     }
 }
 
+/// What `lanpatch-signer enroll batch` writes for a host whose key it made (`-` as its node key):
+/// the host's node secret key and its certificate, so joining is one command on the host
+/// (`lanpatch-node join HOST.join`). A bearer secret: whoever holds the file can be that node
+/// until it is revoked; it is written mode 0600 and belongs deleted once the host joined.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinBundle {
+    #[serde(with = "crate::types::byte_array")]
+    pub secret: [u8; 32],
+    pub certificate: Envelope,
+}
+
+impl JoinBundle {
+    /// The first bytes of a join bundle file (never the start of an envelope).
+    pub const MAGIC: &'static [u8] = b"lanpatch-join-v1\n";
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Self::MAGIC.to_vec();
+        out.extend_from_slice(&crate::encoding::encode(self));
+        out
+    }
+
+    /// `None` when `bytes` is not a join bundle at all (no magic); an error when it is a broken one.
+    pub fn decode(bytes: &[u8], limits: &Limits) -> Option<Result<JoinBundle, crate::DecodeError>> {
+        let body = bytes.strip_prefix(Self::MAGIC)?;
+        Some(crate::encoding::decode("join bundle", body, limits.max_envelope_bytes))
+    }
+}
+
 /// Most node keys one revocation list may name (32 bytes each: well inside an envelope).
 pub const MAX_REVOKED: usize = 16_384;
 
@@ -397,6 +425,16 @@ mod tests {
         let mut none = report("canary", "web-1");
         none.certificate = None;
         assert_eq!(reason(&none), Err(RefusalReason::NoCertificate));
+    }
+
+    #[test]
+    fn a_join_bundle_round_trips_and_anything_else_is_not_one() {
+        let e = key(2);
+        let b = JoinBundle { secret: [5; 32], certificate: signed(cert(&key(5), 500), &[&e]) };
+        let bytes = b.encode();
+        assert_eq!(JoinBundle::decode(&bytes, &Limits::default()), Some(Ok(b.clone())));
+        assert_eq!(JoinBundle::decode(&b.certificate.to_bytes(), &Limits::default()), None, "a certificate");
+        assert!(matches!(JoinBundle::decode(&bytes[..bytes.len() - 3], &Limits::default()), Some(Err(_))));
     }
 
     #[test]

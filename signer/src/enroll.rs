@@ -242,6 +242,9 @@ pub struct Host {
     pub line: usize,
     pub hostname: String,
     pub node: PublicKey,
+    /// The node's secret key, when the line said `-` and the signer made the key: the host then
+    /// gets a join bundle (key and certificate) instead of a certificate.
+    pub secret: Option<[u8; 32]>,
     pub ring: RingName,
     pub site: SiteName,
     pub tags: Vec<Tag>,
@@ -301,7 +304,13 @@ fn parse_host(line: usize, fields: &[&str], limits: &Limits) -> Result<Host, Str
             limits.max_short_bytes
         ));
     }
-    let node = parse_node_key(node)?;
+    let (node, secret) = if *node == "-" {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| format!("no randomness from the OS: {e}"))?;
+        (PublicKey(SigningKey::from_bytes(&seed).verifying_key().to_bytes()), Some(seed))
+    } else {
+        (parse_node_key(node)?, None)
+    };
     let ring: RingName = ring.parse().map_err(|e| format!("bad ring: {e}"))?;
     let site: SiteName = match rest.first() {
         Some(s) => s.parse().map_err(|e| format!("bad site: {e}"))?,
@@ -318,7 +327,7 @@ fn parse_host(line: usize, fields: &[&str], limits: &Limits) -> Result<Host, Str
     if tags.len() > limits.max_list_items {
         return Err(format!("{} tags, the limit is {}", tags.len(), limits.max_list_items));
     }
-    Ok(Host { line, hostname: hostname.to_string(), node, ring, site, tags })
+    Ok(Host { line, hostname: hostname.to_string(), node, secret, ring, site, tags })
 }
 
 fn default_site() -> SiteName {
@@ -392,7 +401,7 @@ fn node(a: NodeArgs, limits: &Limits, now: Timestamp, key_mode: KeyMode) -> Resu
     let expires = parse_expires(&a.expires, now)?;
     let er = EnrollRoot::load(&a.signer.root, limits)?;
     let signers = er.signers(&a.signer.keys, key_mode)?;
-    let host = Host { line: 0, hostname: a.hostname, node, ring: a.ring, site: a.site, tags: a.tags };
+    let host = Host { line: 0, hostname: a.hostname, node, secret: None, ring: a.ring, site: a.site, tags: a.tags };
     let signed = certificate(&er, &host, now, expires, &signers, limits)?;
     bundle::write_new(&a.out, &signed.to_bytes(), PUBLIC_MODE)?;
     if a.json {
@@ -412,8 +421,14 @@ fn batch(a: BatchArgs, limits: &Limits, now: Timestamp, key_mode: KeyMode) -> Re
     let expires = parse_expires(&a.expires, now)?;
     let er = EnrollRoot::load(&a.signer.root, limits)?;
     let signers = er.signers(&a.signer.keys, key_mode)?;
-    let out: Vec<(PathBuf, &Host)> =
-        hosts.iter().map(|h| (a.out_dir.join(format!("{}.cert", h.hostname)), h)).collect();
+    // A host whose key is made here gets a join bundle (its key and certificate, a secret).
+    let out: Vec<(PathBuf, &Host)> = hosts
+        .iter()
+        .map(|h| {
+            let ext = if h.secret.is_some() { "join" } else { "cert" };
+            (a.out_dir.join(format!("{}.{ext}", h.hostname)), h)
+        })
+        .collect();
     let existing: Vec<String> = out.iter().filter(|(p, _)| p.exists()).map(|(p, _)| p.display().to_string()).collect();
     if !existing.is_empty() {
         bail!("refusing to overwrite existing certificates (nothing written): {}", existing.join(", "));
@@ -427,8 +442,16 @@ fn batch(a: BatchArgs, limits: &Limits, now: Timestamp, key_mode: KeyMode) -> Re
         .collect::<Result<Vec<_>>>()?;
     create_dir(&a.out_dir)?;
     let mut written: Vec<&Path> = Vec::new();
-    for ((path, _), cert) in out.iter().zip(&certs) {
-        if let Err(e) = bundle::write_new(path, &cert.to_bytes(), PUBLIC_MODE) {
+    for ((path, host), cert) in out.iter().zip(&certs) {
+        let written_now = match host.secret {
+            Some(secret) => bundle::write_new(
+                path,
+                &lanpatch_protocol::membership::JoinBundle { secret, certificate: cert.envelope().clone() }.encode(),
+                0o600,
+            ),
+            None => bundle::write_new(path, &cert.to_bytes(), PUBLIC_MODE),
+        };
+        if let Err(e) = written_now {
             for p in written {
                 let _ = std::fs::remove_file(p);
             }
@@ -441,8 +464,14 @@ fn batch(a: BatchArgs, limits: &Limits, now: Timestamp, key_mode: KeyMode) -> Re
             out.iter().zip(&certs).map(|((p, _), c)| cert_json(&er, p, c.value(), c.envelope())).collect();
         return crate::print_json(&serde_json::Value::Array(list));
     }
-    for ((path, _), cert) in out.iter().zip(&certs) {
+    for ((path, host), cert) in out.iter().zip(&certs) {
         println!("wrote {}: {}", path.display(), describe(cert.value()));
+        if host.secret.is_some() {
+            println!(
+                "  (a join bundle, mode 0600: the host's new key with its certificate; copy it to the host over a trusted channel, run `lanpatch-node join {}` there, then delete it)",
+                path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            );
+        }
     }
     let first = certs.first().map(|c| er.valid_signatures(c.envelope())).unwrap_or(0);
     println!(
@@ -632,6 +661,14 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_dash_for_the_node_key_makes_a_fresh_key_for_that_host() {
+        let hosts = parse_hosts("kiosk-1 - broad lyon\nkiosk-2 - broad lyon\n", &Limits::default()).unwrap();
+        let secret = hosts[0].secret.expect("a key was made");
+        assert_eq!(hosts[0].node, public(&SigningKey::from_bytes(&secret)), "the certificate names the made key");
+        assert_ne!(hosts[0].node, hosts[1].node, "each host its own key");
+    }
+
+    #[test]
     fn every_bad_line_of_a_hosts_file_is_named_by_its_number() {
         let good = hex_key(20);
         let text = [
@@ -705,6 +742,7 @@ pub(crate) mod tests {
             line: 1,
             hostname: "web-1".into(),
             node: public(&n),
+            secret: None,
             ring: "canary".parse().unwrap(),
             site: default_site(),
             tags: vec![],

@@ -467,3 +467,51 @@ fn a_fleet_from_before_enrollment_runs_unchecked_then_moves_to_enrollment_by_a_r
         assert!(matches!(n.status().membership, Membership::Enrolled { .. }), "{:?}", n.status().membership);
     }
 }
+
+#[test]
+fn a_host_joins_with_one_command_from_a_batch_that_made_its_key_and_a_keyed_host_refuses_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let admin = admin(dir, "");
+    // `-` for the node key: the signer makes the key and writes a join bundle.
+    fs::write(dir.join("hosts.tsv"), "kiosk-1 - canary lyon kiosk\n").unwrap();
+    signer(
+        dir,
+        &["enroll", "batch", "--root", "root.lpr", "--key", "enroll.key", "--hosts", "hosts.tsv", "--out-dir", "certs"],
+    )
+    .ok();
+    let bundle = dir.join("certs/kiosk-1.join");
+    assert_eq!(fs::metadata(&bundle).unwrap().permissions().mode() & 0o777, 0o600, "a join bundle is a secret");
+    let mut n = Node::new(dir, "kiosk-1", &dir.join("root.lpr"), &[admin.port], "");
+    let join = |n: &Node| {
+        std::process::Command::new(crate::support::bin("lanpatch-node"))
+            .arg("join")
+            .arg(&bundle)
+            .arg("--config")
+            .arg(&n.config)
+            .output()
+            .unwrap()
+    };
+    // The one command on the host.
+    let out = join(&n);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(fs::metadata(n.dir.join("data/node.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    n.start();
+    let id = n.status().peer_id;
+    wait_until(Duration::from_secs(30), "kiosk-1 admitted by the admin node", || peer_ids(&admin).contains(&id));
+    let st = n.status();
+    assert_eq!((st.hostname.as_str(), st.ring.as_str(), st.site.as_str()), ("kiosk-1", "canary", "lyon"));
+    // A host that already has its own key does not take another's.
+    let other = Node::new(dir, "other", &dir.join("root.lpr"), &[admin.port], "");
+    other.node_key();
+    let out = join(&other);
+    assert!(!out.status.success(), "a keyed host took the bundle");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already has node key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!other.dir.join("data/node.cert").exists());
+}
