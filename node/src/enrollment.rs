@@ -155,12 +155,8 @@ pub async fn join(
         crate::membership::install_identity(cfg, &b.secret)?;
     }
     let dest = cfg.certificate_path();
-    write_private(&dest, &bytes)?;
+    crate::membership::write_private(&dest, &bytes)?;
     Ok(cert.value().clone())
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    crate::membership::persist_revocations(path, bytes)
 }
 
 pub async fn print_join(cfg: &Config, cert_file: &Path, rotated: &[std::path::PathBuf], json: bool) -> Result<()> {

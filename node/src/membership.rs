@@ -79,21 +79,27 @@ pub fn load_or_create_identity(cfg: &crate::config::Config) -> Result<identity::
             .map_err(|e| anyhow!("{} is not a node key: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let kp = identity::Keypair::generate_ed25519();
-            let bytes = kp.to_protobuf_encoding().map_err(|e| anyhow!("encode node key: {e}"))?;
-            use std::io::Write;
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
+            write_identity(&path, &kp)?;
             Ok(kp)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Writes a new `node.key` (mode 0600); never replaces one.
+fn write_identity(path: &Path, kp: &identity::Keypair) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let bytes = kp.to_protobuf_encoding().map_err(|e| anyhow!("encode node key: {e}"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::fsmode::FILE)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(&bytes)?;
+    f.sync_all()?;
+    Ok(())
 }
 
 /// The node key in `<data_dir>/node.key`, if there is one.
@@ -114,8 +120,6 @@ pub fn existing_identity(cfg: &crate::config::Config) -> Result<Option<PublicKey
 /// Writes `secret` as the node's libp2p identity (`<data_dir>/node.key`, mode 0600) unless that
 /// very key is there already; never replaces another key.
 pub fn install_identity(cfg: &crate::config::Config, secret: &[u8; 32]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let mut bytes = *secret;
     let kp = identity::Keypair::ed25519_from_bytes(&mut bytes).map_err(|e| anyhow!("bad node key: {e}"))?;
     let public =
@@ -123,17 +127,7 @@ pub fn install_identity(cfg: &crate::config::Config, secret: &[u8; 32]) -> Resul
     if let Some(held) = existing_identity(cfg)? {
         return if held == public { Ok(()) } else { Err(anyhow!("this host already has another node key ({held})")) };
     }
-    let encoded = kp.to_protobuf_encoding().map_err(|e| anyhow!("encode node key: {e}"))?;
-    let path = cfg.data_dir.join("node.key");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(crate::fsmode::FILE)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(&encoded)?;
-    f.sync_all()?;
-    Ok(())
+    write_identity(&cfg.data_dir.join("node.key"), &kp)
 }
 
 /// The libp2p peer id of a node key (ed25519).
@@ -156,7 +150,7 @@ pub struct Members {
     pub fleet: Hash32,
     limits: Limits,
     /// The envelope of this node's own certificate, as sent at the door.
-    own: RwLock<(Vec<u8>, NodeCertificate)>,
+    own: RwLock<Signed<NodeCertificate>>,
     root: RwLock<Root>,
     revoked: RwLock<Option<Signed<Revocations>>>,
     /// Peers admitted at the door: what their certificates say, and the envelope (checked again
@@ -212,12 +206,6 @@ impl Members {
         limits: Limits,
         now: Timestamp,
     ) -> Result<Members> {
-        let path = cert_path.display().to_string();
-        let bytes = match read_capped(cert_path, limits.max_envelope_bytes) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CertificateError::Missing { path }.into()),
-            Err(e) => return Err(CertificateError::Unreadable { path, why: e.to_string() }.into()),
-        };
         let revoked = match read_capped(revocations_path, limits.max_envelope_bytes) {
             // A list that no longer verifies (its enroll keys rotated away) does not stop the
             // node: it starts without one and takes the next list published under the new keys.
@@ -236,41 +224,23 @@ impl Members {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(anyhow!("cannot read {}: {e}", revocations_path.display())),
         };
-        let env = Envelope::decode(&bytes, &limits).map_err(|e| CertificateError::Refused {
-            path: path.clone(),
-            refusal: MemberRefusal::Malformed(e.to_string()),
-        })?;
-        let cert =
-            membership::verify_certificate(&env, root, &fleet, me, revoked.as_ref().map(|r| r.value()), &limits, now)
-                .map_err(|refusal| CertificateError::Refused { path, refusal })?;
-        Ok(Members {
-            fleet,
-            limits,
-            own: RwLock::new((bytes, cert.value().clone())),
-            root: RwLock::new(root.clone()),
-            revoked: RwLock::new(revoked),
-            admitted: Mutex::default(),
-            reverify: Default::default(),
-            refused: Default::default(),
-            recent: Mutex::default(),
-            budget: Mutex::default(),
-            refused_peers: Mutex::default(),
-            seen: Mutex::default(),
-            changed: Notify::new(),
-        })
+        let own = read_own_certificate(cert_path, root, &fleet, me, revoked.as_ref().map(|r| r.value()), &limits, now)?;
+        Ok(Members::new(fleet, limits, own, root.clone(), revoked))
     }
 
-    /// A `Members` for unit tests: `own` is this node's certificate envelope (not checked here).
-    #[cfg(test)]
-    pub(crate) fn for_test(root: Root, fleet: Hash32, own: Envelope) -> Members {
-        let limits = Limits::default();
-        let cert = Signed::<NodeCertificate>::open(own.clone(), &limits).map(|c| c.value().clone());
+    fn new(
+        fleet: Hash32,
+        limits: Limits,
+        own: Signed<NodeCertificate>,
+        root: Root,
+        revoked: Option<Signed<Revocations>>,
+    ) -> Members {
         Members {
             fleet,
             limits,
-            own: RwLock::new((own.to_bytes(), cert.unwrap_or_else(|e| panic!("test certificate: {e}")))),
+            own: RwLock::new(own),
             root: RwLock::new(root),
-            revoked: RwLock::new(None),
+            revoked: RwLock::new(revoked),
             admitted: Mutex::default(),
             reverify: Default::default(),
             refused: Default::default(),
@@ -282,16 +252,24 @@ impl Members {
         }
     }
 
+    /// A `Members` for unit tests: `own` is this node's certificate envelope (not checked here).
+    #[cfg(test)]
+    pub(crate) fn for_test(root: Root, fleet: Hash32, own: Envelope) -> Members {
+        let own = Signed::<NodeCertificate>::open(own, &Limits::default())
+            .unwrap_or_else(|e| panic!("test certificate: {e}"));
+        Members::new(fleet, Limits::default(), own, root, None)
+    }
+
     /// This node's certificate.
     pub fn own(&self) -> NodeCertificate {
-        read(&self.own).1.clone()
+        read(&self.own).value().clone()
     }
     pub fn own_envelope_bytes(&self) -> Vec<u8> {
-        read(&self.own).0.clone()
+        read(&self.own).to_bytes()
     }
     /// This node's certificate as an envelope, for the messages it signs.
-    pub fn own_envelope(&self) -> Option<Envelope> {
-        Envelope::decode(&read(&self.own).0, &self.limits).ok()
+    pub fn own_envelope(&self) -> Envelope {
+        read(&self.own).envelope().clone()
     }
 
     /// Steps C1 to C6 for a peer at the door: `bytes` must be a certificate for `peer`'s key.
@@ -457,37 +435,28 @@ impl Members {
     /// Reads this node's certificate again (a renewal: `lanpatch-node join`, then SIGHUP) and
     /// uses it from now on if it verifies (steps C1 to C6); otherwise keeps the one in use.
     pub fn reload_own(&self, cert_path: &Path, me: &PublicKey, now: Timestamp) -> Result<NodeCertificate> {
-        let path = cert_path.display().to_string();
-        let bytes = read_capped(cert_path, self.limits.max_envelope_bytes)
-            .map_err(|e| CertificateError::Unreadable { path: path.clone(), why: e.to_string() })?;
-        let env = Envelope::decode(&bytes, &self.limits).map_err(|e| CertificateError::Refused {
-            path: path.clone(),
-            refusal: MemberRefusal::Malformed(e.to_string()),
-        })?;
         let cert = {
             let root = read(&self.root);
             let revoked = read(&self.revoked);
-            membership::verify_certificate(
-                &env,
+            read_own_certificate(
+                cert_path,
                 &root,
                 &self.fleet,
                 me,
                 revoked.as_ref().map(|r| r.value()),
                 &self.limits,
                 now,
-            )
-            .map_err(|refusal| CertificateError::Refused { path, refusal })?
+            )?
         };
-        let own = read(&self.own).1.clone();
-        if (&cert.value().ring, &cert.value().site, &cert.value().tags, &cert.value().hostname)
-            != (&own.ring, &own.site, &own.tags, &own.hostname)
-        {
+        let (new, own) = (cert.value(), self.own());
+        if (&new.ring, &new.site, &new.tags, &new.hostname) != (&own.ring, &own.site, &own.tags, &own.hostname) {
             anyhow::bail!(
                 "the new certificate moves this node (ring, site, tags or hostname): restart the node to apply it"
             );
         }
-        *write(&self.own) = (bytes, cert.value().clone());
-        Ok(cert.value().clone())
+        let taken = new.clone();
+        *write(&self.own) = cert;
+        Ok(taken)
     }
 
     /// Whether `value` (a sequence number or a time) is newer than anything seen from `node` for
@@ -526,6 +495,31 @@ impl Members {
     }
 }
 
+/// Reads this node's certificate file (at most `max_envelope_bytes`) and checks it for `me`
+/// (steps C1 to C6), with the typed error `run` turns into exit 4.
+fn read_own_certificate(
+    cert_path: &Path,
+    root: &Root,
+    fleet: &Hash32,
+    me: &PublicKey,
+    revoked: Option<&Revocations>,
+    limits: &Limits,
+    now: Timestamp,
+) -> Result<Signed<NodeCertificate>> {
+    let path = cert_path.display().to_string();
+    let bytes = match read_capped(cert_path, limits.max_envelope_bytes) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CertificateError::Missing { path }.into()),
+        Err(e) => return Err(CertificateError::Unreadable { path, why: e.to_string() }.into()),
+    };
+    let env = Envelope::decode(&bytes, limits).map_err(|e| CertificateError::Refused {
+        path: path.clone(),
+        refusal: MemberRefusal::Malformed(e.to_string()),
+    })?;
+    membership::verify_certificate(&env, root, fleet, me, revoked, limits, now)
+        .map_err(|refusal| CertificateError::Refused { path, refusal }.into())
+}
+
 /// The node key of an ed25519 peer id (its identity multihash holds the key).
 pub fn key_of(peer: &PeerId) -> Option<PublicKey> {
     let mh: &libp2p::multihash::Multihash<64> = peer.as_ref();
@@ -552,8 +546,8 @@ fn read_capped(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes the revocation list held into the data directory (0600, atomically).
-pub fn persist_revocations(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes a file of the node's (the revocation list held, its certificate) atomically, mode 0600.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");

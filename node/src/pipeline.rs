@@ -76,7 +76,7 @@ pub async fn ingest_revocations(
     }
     if let Some(bytes) = m.revocations_bytes() {
         let path = s.cfg.data_dir.join(crate::membership::REVOCATIONS_FILE);
-        if let Err(e) = crate::membership::persist_revocations(&path, &bytes) {
+        if let Err(e) = crate::membership::write_private(&path, &bytes) {
             tracing::error!("cannot keep the revocation list: {e:#}");
         }
     }

@@ -82,7 +82,7 @@ impl Reporter {
 
     /// This node's certificate, as its messages carry it.
     pub fn certificate(&self) -> Option<Envelope> {
-        self.members.as_ref().and_then(|m| m.own_envelope())
+        self.members.as_ref().map(|m| m.own_envelope())
     }
 
     pub fn node_public(&self) -> PublicKey {
