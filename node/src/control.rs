@@ -131,10 +131,7 @@ pub async fn fleet_reports(s: &Shared) -> Result<Vec<ReportView>> {
         .filter_map(|b| Signed::<Report>::decode(b, &limits).ok())
         // Only members' reports, checked again at this use (a node revoked since stops counting
         // in the console's gate and in `lanpatch-signer status`).
-        .filter(|r| {
-            let v = r.value();
-            s.members.as_ref().is_none_or(|m| v.node == s.node_public() || m.check_stored(v, v.at).is_ok())
-        })
+        .filter(|r| s.report_counts(r.value()))
         .map(|r| {
             let v = r.value();
             ReportView {

@@ -367,10 +367,7 @@ async fn ring_reports(s: &Shared, hash: Hash32) -> Result<Vec<rollout::RingRepor
             let r = Signed::<lanpatch_protocol::Report>::decode(&bytes, &limits).ok()?;
             let v = r.value();
             // Members of this ring only, checked again now (a revoked node stops counting).
-            if let Some(m) = &s.members
-                && v.node != s.node_public()
-                && m.check_stored(v, v.at).is_err()
-            {
+            if !s.report_counts(v) {
                 return None;
             }
             Some(rollout::RingReport { node: v.node, state: v.state, at: v.at, received })

@@ -50,6 +50,14 @@ impl Budgeted {
     /// burst and heartbeat and a pull per digest it lacks something from, a handful a minute
     /// even during a rollout; and about ten reports per release it installs, re-sent only when
     /// pulled.
+    /// What the class is, for people.
+    pub fn what(self) -> &'static str {
+        match self {
+            Budgeted::AntiEntropy => "digests and pulls",
+            Budgeted::Reports => "reports and inventories",
+        }
+    }
+
     pub fn per_minute(self) -> u32 {
         match self {
             Budgeted::AntiEntropy => 30,
@@ -314,15 +322,6 @@ impl Members {
         let revoked = read(&self.revoked);
         let check = MemberCheck { root: &root, fleet: &self.fleet, revoked: revoked.as_ref().map(|r| r.value()), now };
         lanpatch_protocol::report::check_author(msg, &check, &self.limits)
-    }
-
-    /// Step N4 again for a message stored earlier, at its use (a ring gate, a failure rate): its
-    /// certificate must still verify under the root in force, name the ring it spoke for, and
-    /// its author must not be revoked now; expiry is checked at `said` (when the message was
-    /// made: it passed the check against this node's clock on arrival), so a renewed node's
-    /// earlier reports keep counting.
-    pub fn check_stored<T: FromNode>(&self, msg: &T, said: Timestamp) -> Result<NodeCertificate, MemberRefusal> {
-        self.check_author(msg, said)
     }
 
     /// Notes a refusal at the door, for [`Members::refused_lately`].

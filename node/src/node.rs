@@ -534,24 +534,12 @@ async fn handle_net_event(s: &Arc<Shared>, ev: NetEvent) {
                 }
                 Ok(env) if matches!(env.kind, lanpatch_protocol::Kind::Digest | lanpatch_protocol::Kind::Pull) => {
                     match crate::sync::on_envelope(s, env, &limits).await {
-                        Ok(crate::sync::Handled::Acted) => MessageAcceptance::Accept,
-                        Ok(crate::sync::Handled::OverBudget) => {
-                            s.refuse(
-                                format!("peer {source}"),
-                                RefusalKind::MemberFlood,
-                                format!(
-                                    "the author sent more than {} digests and pulls this minute",
-                                    crate::membership::Budgeted::AntiEntropy.per_minute()
-                                ),
-                            )
-                            .await;
-                            MessageAcceptance::Ignore
-                        }
+                        Ok(()) => MessageAcceptance::Accept,
                         Err(e) => refuse_node_message(s, source, e).await,
                     }
                 }
                 Ok(env) if matches!(env.kind, lanpatch_protocol::Kind::Report | lanpatch_protocol::Kind::Inventory) => {
-                    let known: std::collections::HashSet<Hash32> = s.trust().manifests.keys().copied().collect();
+                    let known = |m: &Hash32| s.trust().manifests.contains_key(m);
                     let author = crate::report::Author::Peer { members: s.members.as_deref(), known: &known };
                     match crate::report::accept_node_envelope(&s.store, s.keeps(), &limits, env, &data, author).await {
                         Ok(kept) => {
@@ -632,7 +620,7 @@ async fn refuse_revocations(
 async fn refuse_node_message(s: &Arc<Shared>, source: PeerId, e: crate::report::NodeMessageError) -> MessageAcceptance {
     let kind = match &e {
         crate::report::NodeMessageError::Member(_) => RefusalKind::Membership,
-        crate::report::NodeMessageError::OverBudget => RefusalKind::MemberFlood,
+        crate::report::NodeMessageError::OverBudget(_) => RefusalKind::MemberFlood,
         crate::report::NodeMessageError::Verify(_) => RefusalKind::NodeReport,
         // A replay or a late copy: not forwarded, not worth a line in the refusal log.
         crate::report::NodeMessageError::Stale => {
@@ -703,15 +691,20 @@ pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
     }
     match crate::download::request_catalog(&s, peer).await {
         Ok(items) => {
+            let limits = s.trust().limits.clone();
             for item in items {
-                let limits = s.trust().limits.clone();
+                // Decoded once (step 1): a revocation list goes to membership, the rest through
+                // the pipeline, which records a refusal for what does not decode.
                 match lanpatch_protocol::Envelope::decode(&item, &limits) {
                     Ok(env) if env.kind == lanpatch_protocol::Kind::Revocation => {
                         if let Err(e) = pipeline::ingest_revocations(&s, env).await {
                             refuse_revocations(&s, peer, e).await;
                         }
                     }
-                    _ => {
+                    Ok(env) => {
+                        let _ = pipeline::ingest_envelope(&s, env, &item, pipeline::Source::Peer(peer)).await;
+                    }
+                    Err(_) => {
                         let _ = pipeline::ingest(&s, &item, pipeline::Source::Peer(peer)).await;
                     }
                 }

@@ -4,7 +4,6 @@
 //! Reports are made by the lifecycle owner (`lifecycle.rs`) for every transition, with a sequence
 //! number from [`Seq`] that only goes up, across restarts too (it is persisted with the transition).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -176,7 +175,7 @@ pub enum Author<'a> {
     /// From the network: its author must be a member now, for the ring it speaks for (step N4,
     /// when `members` is set), and a report is kept only about a release in `known` (a member
     /// cannot make others store reports about releases that do not exist).
-    Peer { members: Option<&'a Members>, known: &'a HashSet<Hash32> },
+    Peer { members: Option<&'a Members>, known: &'a (dyn Fn(&Hash32) -> bool + Sync) },
 }
 
 /// Why a node message from the network was refused.
@@ -186,8 +185,8 @@ pub enum NodeMessageError {
     Verify(#[from] VerifyError),
     #[error("author is not a member: {0}")]
     Member(#[from] MemberRefusal),
-    #[error("the author sent more than {} reports and inventories this minute", Budgeted::Reports.per_minute())]
-    OverBudget,
+    #[error("the author sent more than {} {} this minute", .0.per_minute(), .0.what())]
+    OverBudget(Budgeted),
     /// No newer than what this node saw from the author: a replay, or news that came late.
     #[error("not newer than what was seen from the author")]
     Stale,
@@ -200,7 +199,7 @@ impl NodeMessageError {
         match self {
             NodeMessageError::Member(m) => matches!(m.reason(), RefusalReason::Expired | RefusalReason::Revoked),
             // The forwarder passed it on within its own view of the budget.
-            NodeMessageError::OverBudget | NodeMessageError::Stale => true,
+            NodeMessageError::OverBudget(_) | NodeMessageError::Stale => true,
             NodeMessageError::Verify(_) => false,
         }
     }
@@ -218,7 +217,7 @@ pub fn check_author<T: FromNode>(author: Author<'_>, msg: &T, seen: Seen, value:
                 return Err(NodeMessageError::Stale);
             }
             if !m.within_budget(&msg.node(), Budgeted::Reports, now()) {
-                return Err(NodeMessageError::OverBudget);
+                return Err(NodeMessageError::OverBudget(Budgeted::Reports));
             }
             Ok(())
         }
@@ -264,7 +263,7 @@ pub async fn accept_node_envelope(
             check_author(author, v, Seen::Report(v.manifest), v.seq)?;
             let known = match author {
                 Author::Local => true,
-                Author::Peer { known, .. } => known.contains(&v.manifest),
+                Author::Peer { known, .. } => known(&v.manifest),
             };
             let keep = known
                 && match keeps {

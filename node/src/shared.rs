@@ -112,6 +112,14 @@ impl Shared {
         self.banned.lock().unwrap_or_else(|p| p.into_inner()).get(peer).is_some_and(|until| *until > now().0)
     }
 
+    /// Whether a stored report still counts where it is used (rollout rules, the collector's
+    /// list): this node's own, or one whose author's certificate, checked again now against the
+    /// root and revocation list held (expiry at the report's own time: it was valid when made),
+    /// still enrolls it for the ring and host the report names (step N4).
+    pub fn report_counts(&self, r: &lanpatch_protocol::Report) -> bool {
+        self.members.as_ref().is_none_or(|m| r.node == self.node_public() || m.check_author(r, r.at).is_ok())
+    }
+
     /// Logs, counts and stores a refusal. Every refused message or chunk goes through here.
     pub async fn refuse(&self, source: String, kind: RefusalKind, reason: String) {
         tracing::warn!(%source, kind = kind.as_str(), %reason, "refused");

@@ -224,20 +224,11 @@ pub async fn pull_everyone(s: Arc<Shared>) {
     }
 }
 
-/// What [`on_envelope`] did with a valid digest or pull.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Handled {
-    Acted,
-    /// Its author spent this minute's budget ([`crate::membership::Budgeted::per_minute`]):
-    /// valid, not acted on, not forwarded.
-    OverBudget,
-}
-
 /// A digest or a pull from the network, its envelope decoded at the edge: verified (steps N2 and
 /// N3: it validates and the node key it names signed it; N4: its author is a member for the ring
 /// it names), held to its author's budget, then handled. Only a verification failure is the
 /// sender's fault; the rest is logged.
-pub async fn on_envelope(s: &Arc<Shared>, env: Envelope, limits: &Limits) -> Result<Handled, NodeMessageError> {
+pub async fn on_envelope(s: &Arc<Shared>, env: Envelope, limits: &Limits) -> Result<(), NodeMessageError> {
     use crate::membership::{Budgeted, Seen};
     let t = now();
     let handled = match env.kind {
@@ -252,7 +243,7 @@ pub async fn on_envelope(s: &Arc<Shared>, env: Envelope, limits: &Limits) -> Res
                     return Err(NodeMessageError::Stale);
                 }
                 if !m.within_budget(&v.node, Budgeted::AntiEntropy, t) {
-                    return Ok(Handled::OverBudget);
+                    return Err(NodeMessageError::OverBudget(Budgeted::AntiEntropy));
                 }
             }
             on_digest(s, v).await
@@ -274,7 +265,7 @@ pub async fn on_envelope(s: &Arc<Shared>, env: Envelope, limits: &Limits) -> Res
                 // catch-up of a large fleet).
                 let charged = target.is_none_or(|k| k == s.node_public());
                 if charged && !m.within_budget(&v.node, Budgeted::AntiEntropy, t) {
-                    return Ok(Handled::OverBudget);
+                    return Err(NodeMessageError::OverBudget(Budgeted::AntiEntropy));
                 }
             }
             on_pull(s, v).await
@@ -283,7 +274,7 @@ pub async fn on_envelope(s: &Arc<Shared>, env: Envelope, limits: &Limits) -> Res
     if let Err(e) = handled {
         tracing::debug!("anti-entropy: {e:#}");
     }
-    Ok(Handled::Acted)
+    Ok(())
 }
 
 /// A verified digest from another node: a collector records that it was heard from, and pulls what
