@@ -132,24 +132,7 @@ pub async fn fleet_reports(s: &Shared) -> Result<Vec<ReportView>> {
         // Only members' reports, checked again at this use (a node revoked since stops counting
         // in the console's gate and in `lanpatch-signer status`).
         .filter(|r| s.report_counts(r.value()))
-        .map(|r| {
-            let v = r.value();
-            ReportView {
-                node: v.node.to_hex(),
-                hostname: v.hostname.clone(),
-                ring: v.ring.to_string(),
-                manifest: v.manifest.to_hex(),
-                product: v.product.to_string(),
-                version: v.version.0,
-                state: v.state,
-                detail: v.detail.clone(),
-                exit_code: v.exit_code,
-                at: v.at.0,
-                seq: v.seq,
-                progress: v.progress,
-                envelope: Some(hex::encode(r.to_bytes())),
-            }
-        })
+        .map(|r| ReportView::of(&r))
         .collect())
 }
 

@@ -217,6 +217,28 @@ pub struct ReportView {
     pub envelope: Option<String>,
 }
 
+impl ReportView {
+    /// The view of a signed report, carrying the signed envelope (hex) beside the summary.
+    pub fn of(r: &crate::Signed<crate::Report>) -> ReportView {
+        let v = r.value();
+        ReportView {
+            node: v.node.to_hex(),
+            hostname: v.hostname.clone(),
+            ring: v.ring.to_string(),
+            manifest: v.manifest.to_hex(),
+            product: v.product.to_string(),
+            version: v.version.0,
+            state: v.state,
+            detail: v.detail.clone(),
+            exit_code: v.exit_code,
+            at: v.at.0,
+            seq: v.seq,
+            progress: v.progress,
+            envelope: Some(hex::encode(r.to_bytes())),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct InventoryView {
     pub node: String,

@@ -13,7 +13,7 @@ use lanpatch_protocol::report::{MemberCheck, check_author, verify_node_envelope}
 use lanpatch_protocol::rollout::{self, RingCounts};
 use lanpatch_protocol::{
     Approval, Envelope, Hash32, Limits, PublicKey, RefusalReason, ReleaseManifest, Report, RingName, Role,
-    RolloutRules, Root, Timestamp, fleet_id,
+    RolloutRules, Root, Signed, Timestamp, fleet_id,
 };
 use serde::Serialize;
 
@@ -183,22 +183,23 @@ pub fn count_members(
     check: &MemberCheck<'_>,
     limits: &Limits,
 ) -> (Vec<ReportView>, BTreeMap<RefusalReason, usize>) {
-    let mut counted: BTreeMap<String, Report> = BTreeMap::new();
+    let mut counted: BTreeMap<String, Signed<Report>> = BTreeMap::new();
     let mut uncounted: BTreeMap<RefusalReason, usize> = BTreeMap::new();
     for v in views {
         match member_report(&v, prev, check, limits) {
             // One report per node, its latest: a collector that lists one node's report twice
             // does not count it twice.
             Ok(signed) => {
-                let keep = counted.get(&signed.node.to_hex()).is_none_or(|old| signed.seq > old.seq);
+                let node = signed.value().node.to_hex();
+                let keep = counted.get(&node).is_none_or(|old| signed.value().seq > old.value().seq);
                 if keep {
-                    counted.insert(signed.node.to_hex(), signed);
+                    counted.insert(node, signed);
                 }
             }
             Err(why) => *uncounted.entry(why).or_default() += 1,
         }
     }
-    (counted.values().map(view_of).collect(), uncounted)
+    (counted.values().map(ReportView::of).collect(), uncounted)
 }
 
 /// The signed report behind `view`, when its author is a member of ring `prev`.
@@ -207,7 +208,7 @@ fn member_report(
     prev: &RingName,
     check: &MemberCheck<'_>,
     limits: &Limits,
-) -> Result<Report, RefusalReason> {
+) -> Result<Signed<Report>, RefusalReason> {
     // A collector that sends no signed report (an older version) gives nothing to check.
     let hex_text = view.envelope.as_deref().ok_or(RefusalReason::NoCertificate)?;
     let bytes = hex::decode(hex_text).map_err(|_| RefusalReason::Malformed)?;
@@ -228,26 +229,7 @@ fn member_report(
     if cert.ring != *prev {
         return Err(RefusalReason::WrongRing);
     }
-    Ok(signed.value().clone())
-}
-
-/// The collector's view of a signed report (as the node builds it).
-fn view_of(r: &Report) -> ReportView {
-    ReportView {
-        node: r.node.to_hex(),
-        hostname: r.hostname.clone(),
-        ring: r.ring.to_string(),
-        manifest: r.manifest.to_hex(),
-        product: r.product.to_string(),
-        version: r.version.0,
-        state: r.state,
-        detail: r.detail.clone(),
-        exit_code: r.exit_code,
-        at: r.at.0,
-        seq: r.seq,
-        progress: r.progress,
-        envelope: None,
-    }
+    Ok(signed)
 }
 
 /// "3 report(s) from ring canary not counted: no_certificate 2, expired 1", or nothing.
@@ -552,7 +534,7 @@ mod tests {
         };
         let mut s = Signed::new(report);
         s.sign(node);
-        ReportView { envelope: Some(hex::encode(s.to_bytes())), ..view_of(s.value()) }
+        ReportView::of(&s)
     }
 
     #[test]
