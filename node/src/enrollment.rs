@@ -73,10 +73,7 @@ pub async fn join(
     rotated: &[std::path::PathBuf],
 ) -> Result<lanpatch_protocol::NodeCertificate> {
     let limits = Limits::default();
-    let root_bytes = std::fs::read(&cfg.trust_root)
-        .with_context(|| format!("cannot read trust root {}", cfg.trust_root.display()))?;
-    let mut trust = crate::trust::Trust::new(&root_bytes, limits.clone(), now())
-        .with_context(|| format!("trust root {} refused", cfg.trust_root.display()))?;
+    let mut trust = crate::trust::Trust::from_file(&cfg.trust_root, limits.clone(), now())?;
     crate::fsmode::create_dir(&cfg.data_dir, crate::fsmode::DIR)?;
     // The node's database, for the rotations it holds; created only to keep a rotated root given
     // here (a host that never ran), with the node's file mode.
@@ -112,18 +109,10 @@ pub async fn join(
         None => None,
     };
     let (bytes, key) = match &bundle {
-        Some(b) => {
-            let key = PublicKey(ed25519_dalek::SigningKey::from_bytes(&b.secret).verifying_key().to_bytes());
-            if let Some(held) = crate::membership::existing_identity(cfg)?
-                && held != key
-            {
-                anyhow::bail!(
-                    "this host already has node key {held} ({}); the join bundle brings key {key}: it is for a host that has none yet",
-                    cfg.data_dir.join("node.key").display()
-                );
-            }
-            (b.certificate.to_bytes(), key)
-        }
+        Some(b) => (
+            b.certificate.to_bytes(),
+            PublicKey(ed25519_dalek::SigningKey::from_bytes(&b.secret).verifying_key().to_bytes()),
+        ),
         None => {
             let me = id(cfg)?;
             (file, me.node_key.parse().map_err(|e| anyhow!("{e}"))?)
@@ -146,13 +135,14 @@ pub async fn join(
             refusal: e,
         })
     })?;
+    // The bundle's key first: a host with a key of its own refuses it before anything is kept.
+    if let Some(b) = &bundle {
+        crate::membership::install_identity(cfg, &b.secret)?;
+    }
     if let Some(store) = &store {
         for (version, root) in new_roots {
             store.put_root(version, root, now().0).await?;
         }
-    }
-    if let Some(b) = &bundle {
-        crate::membership::install_identity(cfg, &b.secret)?;
     }
     let dest = cfg.certificate_path();
     crate::membership::write_private(&dest, &bytes)?;

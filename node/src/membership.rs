@@ -132,10 +132,15 @@ pub fn install_identity(cfg: &crate::config::Config, secret: &[u8; 32]) -> Resul
     let kp = identity::Keypair::ed25519_from_bytes(&mut bytes).map_err(|e| anyhow!("bad node key: {e}"))?;
     let public =
         PublicKey(kp.clone().try_into_ed25519().map_err(|e| anyhow!("bad node key: {e}"))?.public().to_bytes());
-    if let Some(held) = existing_identity(cfg)? {
-        return if held == public { Ok(()) } else { Err(anyhow!("this host already has another node key ({held})")) };
+    let path = cfg.data_dir.join("node.key");
+    match existing_identity(cfg)? {
+        Some(held) if held == public => Ok(()),
+        Some(held) => Err(anyhow!(
+            "this host already has node key {held} ({}); the join bundle brings key {public}: it is for a host that has none yet",
+            path.display()
+        )),
+        None => write_identity(&path, &kp),
     }
-    write_identity(&cfg.data_dir.join("node.key"), &kp)
 }
 
 /// The libp2p peer id of a node key (ed25519).

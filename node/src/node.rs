@@ -29,11 +29,8 @@ use crate::trust::Trust;
 /// Rebuilds the trust state from the provisioned root and the database. Stored metadata is
 /// checked again: whatever expired or no longer verifies is left out.
 fn load_trust(cfg: &Config, store: &Store, limits: &Limits) -> Result<Trust> {
-    let first = std::fs::read(&cfg.trust_root)
-        .with_context(|| format!("cannot read trust root {}", cfg.trust_root.display()))?;
     let t = now();
-    let mut trust = Trust::new(&first, limits.clone(), t)
-        .with_context(|| format!("trust root {} refused", cfg.trust_root.display()))?;
+    let mut trust = Trust::from_file(&cfg.trust_root, limits.clone(), t)?;
     let mut replay = store.roots()?;
     replay.extend(store.manifests()?);
     replay.extend(store.approvals()?);

@@ -58,6 +58,13 @@ pub enum Checked {
 }
 
 impl Trust {
+    /// Starts from the root file a node is provisioned with (node.toml `trust_root`).
+    pub fn from_file(path: &std::path::Path, limits: Limits, now: Timestamp) -> anyhow::Result<Trust> {
+        use anyhow::Context;
+        let first = std::fs::read(path).with_context(|| format!("cannot read trust root {}", path.display()))?;
+        Trust::new(&first, limits, now).with_context(|| format!("trust root {} refused", path.display()))
+    }
+
     /// Starts from the provisioned root (steps R1 to R3 of docs/PROTOCOL.md).
     pub fn new(first_root: &[u8], limits: Limits, now: Timestamp) -> Result<Trust, VerifyError> {
         let root = verify::verify_first_root(first_root, &limits, now)?;
