@@ -13,6 +13,15 @@ use lanpatch_protocol::{FileEntry, FileHasher, Limits, Payload, RelPath, Signed}
 pub use lanpatch_protocol::bundle::BundleLayout as Bundle;
 
 /// Reads and decodes a signed file of type `T` (signatures are not checked here).
+/// The bytes of a signed file, refused unread when it is larger than any envelope may be.
+pub fn read_limited(path: &Path, limits: &Limits) -> Result<Vec<u8>> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.len() > limits.max_envelope_bytes as u64 {
+        bail!("{} is {} bytes, larger than any signed lanpatch file", path.display(), meta.len());
+    }
+    fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 pub fn load<T: Payload>(path: &Path, limits: &Limits) -> Result<Signed<T>> {
     let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.len() > limits.max_envelope_bytes as u64 {

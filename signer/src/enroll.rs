@@ -508,7 +508,7 @@ fn create_dir(dir: &Path) -> Result<()> {
 fn sign(a: SignArgs, limits: &Limits, key_mode: KeyMode) -> Result<()> {
     let er = EnrollRoot::load(&a.signer.root, limits)?;
     let signers = er.signers(&a.signer.keys, key_mode)?;
-    let bytes = read_envelope_file(&a.file, limits)?;
+    let bytes = bundle::read_limited(&a.file, limits)?;
     let envelope = Envelope::decode(&bytes, limits)
         .with_context(|| format!("{} is not a signed lanpatch file", a.file.display()))?;
     let (what, fleet) = match envelope.kind {
@@ -543,14 +543,6 @@ fn sign(a: SignArgs, limits: &Limits, key_mode: KeyMode) -> Result<()> {
     println!("signed {}: {what}", a.file.display());
     println!("{}", er.progress(&envelope, &a.file));
     Ok(())
-}
-
-fn read_envelope_file(path: &Path, limits: &Limits) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.len() > limits.max_envelope_bytes as u64 {
-        bail!("{} is {} bytes, larger than any signed lanpatch file", path.display(), meta.len());
-    }
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
 fn show(a: ShowArgs, limits: &Limits, now: Timestamp) -> Result<()> {

@@ -159,7 +159,7 @@ pub fn run(a: RevokeArgs, limits: &Limits, now: Timestamp, key_mode: KeyMode) ->
 /// The current list: it must verify against the root's enroll role (a list that lost entries on
 /// the way would un-revoke nodes).
 fn load_list(er: &EnrollRoot, path: &Path, limits: &Limits) -> Result<Revocations> {
-    let bytes = read_limited(path, limits)?;
+    let bytes = bundle::read_limited(path, limits)?;
     let envelope = Envelope::decode(&bytes, limits)
         .with_context(|| format!("{} is not a signed lanpatch file", path.display()))?;
     let list = verify_revocations(envelope, &er.root, &er.fleet, None, limits).map_err(|e| {
@@ -176,18 +176,10 @@ fn load_list(er: &EnrollRoot, path: &Path, limits: &Limits) -> Result<Revocation
     Ok(list.value().clone())
 }
 
-fn read_limited(path: &Path, limits: &Limits) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.len() > limits.max_envelope_bytes as u64 {
-        bail!("{} is {} bytes, larger than any signed lanpatch file", path.display(), meta.len());
-    }
-    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
-}
-
 /// `publish --metadata FILE`: hands one signed file (a revocation list) to the node, which
 /// verifies it as if it came from gossip, keeps it and gossips it.
 pub fn publish_metadata(socket: &Path, file: &Path, limits: &Limits) -> Result<()> {
-    let bytes = read_limited(file, limits)?;
+    let bytes = bundle::read_limited(file, limits)?;
     let envelope = Envelope::decode(&bytes, limits)
         .with_context(|| format!("{} is not a signed lanpatch file", file.display()))?;
     let what = match envelope.kind {
