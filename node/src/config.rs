@@ -244,6 +244,18 @@ pub struct FaultInjection {
     /// Accept raw gossip from the control socket and publish it unchecked.
     #[serde(default)]
     pub raw_gossip: RawGossip,
+    /// Drop every chunk download once the peer has answered that it sends the chunk (a
+    /// requester trying to capture a seed's initial seeding).
+    #[serde(default)]
+    pub drop_downloads: DropDownloads,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DropDownloads {
+    #[default]
+    Never,
+    AfterHeader,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]

@@ -25,6 +25,7 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
+use crate::config::DropDownloads;
 use crate::sched::Scheduler;
 use crate::shared::Shared;
 use crate::site::Upstream;
@@ -883,6 +884,9 @@ async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Re
         stream.flush().await.map_err(|e| FetchError::Other(e.to_string()))?;
         let resp: Response = wire::read_frame(&mut stream, wire::MAX_RESPONSE).await.map_err(io)?;
         let bytes = match resp {
+            Response::Chunk { .. } if s.cfg.fault_injection.drop_downloads == DropDownloads::AfterHeader => {
+                return Err(FetchError::Other("dropped after the header (fault injection)".into()));
+            }
             Response::Chunk { len } => {
                 wire::read_chunk_body(&mut stream, len, expected).await.map_err(|e| match e {
                     WireError::WrongLength { .. } => FetchError::BadLength(e),

@@ -11,13 +11,14 @@ use libp2p::PeerId;
 use tokio::time::timeout;
 
 use crate::config::CorruptUploads;
+use crate::seeding::Answer;
 use crate::shared::Shared;
 use crate::wire::{self, Request, Response};
 
 /// How long a request for a chunk this node is still fetching waits for it. The seed names this
-/// node to peers as soon as it starts sending it a chunk (`ElsewhereAt`), so those peers often
-/// ask before the chunk is here: the request is answered when the chunk has been verified and
-/// stored instead of with `NotFound`.
+/// node to peers as soon as it finished sending it a chunk (`ElsewhereAt`), so those peers often
+/// ask before the chunk is verified and stored here: the request is answered when it is,
+/// instead of with `NotFound`.
 pub const PARK: Duration = Duration::from_secs(2);
 /// Most requests waiting that way at once; past it, `NotFound` at once.
 pub const MAX_PARKED: usize = 64;
@@ -140,11 +141,21 @@ async fn serve_chunk(
         wire::write_frame(stream, &Response::Busy).await?;
         return Ok(());
     };
-    // After the permit: a chunk counts as sent only when it is about to go out.
+    // After the permit, so that a send starts only when it can go out; it counts as sent only
+    // once the whole chunk was written (`sending.finished()` below; dropped early, the guard
+    // tells the seeding state the send was abandoned).
     let connected = |p: &PeerId| s.net.same_site(p);
-    if let crate::seeding::Answer::Elsewhere(holder) = s.seeding.answer(&file, index, &peer, connected) {
-        wire::write_frame(stream, &Response::ElsewhereAt { holder: holder.to_bytes() }).await?;
-        return Ok(());
+    let (answer, sending) = s.seeding.answer(&file, index, &peer, connected);
+    match answer {
+        Answer::Serve => {}
+        Answer::Wait => {
+            wire::write_frame(stream, &Response::Elsewhere).await?;
+            return Ok(());
+        }
+        Answer::Elsewhere(holder) => {
+            wire::write_frame(stream, &Response::ElsewhereAt { holder: holder.to_bytes() }).await?;
+            return Ok(());
+        }
     }
     let lib = s.library.clone();
     let data = tokio::task::spawn_blocking(move || lib.read_chunk(&file, index)).await??;
@@ -159,6 +170,10 @@ async fn serve_chunk(
         *b ^= 0xff;
     }
     wire::write_chunk(stream, &data).await?;
+    stream.flush().await?;
+    if let Some(sending) = sending {
+        sending.finished();
+    }
     let len = data.len() as u64;
     crate::bufpool::give(data);
     s.metrics.served(len);

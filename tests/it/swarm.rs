@@ -47,6 +47,66 @@ fn six_nodes_get_identical_verified_copies_and_the_seed_uploads_far_less_than_si
     assert!(copies >= 1.0, "someone must have fetched every chunk from the seed at least once");
 }
 
+/// The capture the seed must not fall for: a requester that asks the seed for chunks and drops
+/// each stream once the seed answered that it sends the chunk, again and again (fault injection
+/// `drop_downloads`). Were it named as the holder of every chunk it asked for, honest nodes would
+/// be sent to it for chunks it never got until it stopped (46-49 s measured against the code
+/// before; with this test's attacker, the code before missed the 40 s limit in two runs of two).
+/// The seed names only peers a whole chunk was written to and that kept their word, so the
+/// honest nodes finish while the attacker is still at it.
+#[test]
+fn a_requester_that_drops_streams_cannot_capture_the_seed_and_honest_nodes_finish_without_waiting_for_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let data = payload(5 * MIB, 9);
+    let bundle = make_release(dir, "bundle", 1, &data, 256 * 1024, &[]);
+    let root = dir.join("root.lpr");
+    let mut seed = Node::new(dir, "seed", &root, &[], "upload_limit = 1048576");
+    seed.start();
+    let mut mallory = Node::new(
+        dir,
+        "mallory",
+        &root,
+        &[seed.port],
+        "max_inflight_per_peer = 8\n[fault_injection]\ndrop_downloads = \"after-header\"",
+    );
+    mallory.start();
+    let mut nodes: Vec<Node> = (1..=3).map(|i| Node::new(dir, &format!("n{i}"), &root, &[seed.port], "")).collect();
+    for n in &mut nodes {
+        n.start();
+    }
+    wait_until(Duration::from_secs(30), "full mesh", || {
+        nodes.iter().chain([&mallory]).all(|n| n.status().peers.len() == 4)
+    });
+    let mallory_id = mallory.status().peer_id;
+    let seed_id = seed.status().peer_id;
+    // Chunk streams from the seed that mallory dropped after the seed committed to sending.
+    let dropped = || {
+        let log = std::fs::read_to_string(mallory.dir.join("node.log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains("dropped after the header") && l.contains(&seed_id)).count()
+    };
+    seed.publish(&bundle);
+    wait_until(Duration::from_secs(30), "mallory dropping the seed's chunks", || dropped() >= 10);
+    let started = std::time::Instant::now();
+    wait_until(Duration::from_secs(40), "the honest nodes' downloads", || nodes.iter().all(|n| downloaded(n, 1)));
+    let took = started.elapsed();
+    let name = blob_name(&data);
+    for n in &nodes {
+        assert!(n.blob(&name).as_deref() == Some(&data[..]), "{} holds different bytes", n.dir.display());
+    }
+    // Still attacking, still connected, never finished: the honest nodes did not wait for it.
+    let st = mallory.status();
+    assert!(!downloaded(&mallory, 1), "mallory dropped every chunk, it cannot have the release");
+    assert!(!st.peers.is_empty(), "mallory was cut off: the test no longer shows the seed resisting it");
+    assert!(!seed.status().banned.contains(&mallory_id), "mallory was banned: the test shows nothing");
+    eprintln!(
+        "honest nodes finished {:.1} s after mallory had dropped 10 of the seed's chunk streams ({} by now)",
+        took.as_secs_f64(),
+        dropped()
+    );
+}
+
 #[test]
 fn node_killed_mid_download_resumes_without_refetching_verified_chunks() {
     let tmp = tempfile::tempdir().unwrap();
