@@ -327,7 +327,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         .map(|p| PeerStatus { peer: p.peer.to_string(), addr: p.addr.to_string(), site: p.site.to_string() })
         .collect();
     let listen = s.net.listening().await?.into_iter().map(|a| a.to_string()).collect();
-    let progress = s.progress().clone();
+    let progress = s.downloads.progress();
     let states = s.lifecycle.snapshot();
     let releases = {
         let t = s.trust();
@@ -424,7 +424,7 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         console: s.console_addr.clone(),
         disk: {
             let dir = s.cfg.data_dir.clone();
-            tokio::task::spawn_blocking(move || crate::retention::disk_use(&dir)).await?
+            tokio::task::spawn_blocking(move || crate::disk::disk_use(&dir)).await?
         },
     })
 }

@@ -7,7 +7,6 @@
 //! comes from a typed enum below: no label is built from peer-controlled text, so a peer cannot
 //! grow the number of series.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -20,7 +19,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::shared::Shared;
+/// The node's current state that the gauges show, read at scrape time by the caller.
+#[derive(Clone, Debug, Default)]
+pub struct Gauges {
+    /// Connected peers that passed the door.
+    pub peers: usize,
+    /// Door refusals by reason, as `Members` counts them.
+    pub door_refusals: Vec<(lanpatch_protocol::RefusalReason, u64)>,
+    pub disk: lanpatch_protocol::control::DiskUse,
+    /// The state of every release this node trusts.
+    pub releases: Vec<ReleaseState>,
+}
 
 /// Where verified bytes came from.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -392,17 +401,15 @@ impl Metrics {
         self.origin_failures.get_or_create(&FailureLabels { reason }).inc();
     }
 
-    /// The text exposition, with the state gauges read from `s` now.
-    pub fn render(&self, s: &Shared) -> Result<String> {
-        self.peers.set(s.net.ready_peers().len() as i64);
-        if let Some(members) = &s.members {
-            // The door counts in `Members` (it runs inside libp2p's upgrade); brought up to date here.
-            for (reason, n) in members.refusals() {
-                let c = self.door_refusals.get_or_create(&ReasonLabels { reason: ReasonLabel(reason) });
-                c.inc_by(n.saturating_sub(c.get()));
-            }
+    /// The text exposition, with the state gauges set from `g`, read by the caller now.
+    pub fn render(&self, g: &Gauges) -> Result<String> {
+        self.peers.set(i64::try_from(g.peers).unwrap_or(i64::MAX));
+        // The door counts in `Members` (it runs inside libp2p's upgrade); brought up to date here.
+        for (reason, n) in &g.door_refusals {
+            let c = self.door_refusals.get_or_create(&ReasonLabels { reason: ReasonLabel(*reason) });
+            c.inc_by(n.saturating_sub(c.get()));
         }
-        let d = crate::retention::disk_use(&s.cfg.data_dir);
+        let d = &g.disk;
         for (kind, bytes) in [
             (DiskKind::Blobs, d.blobs),
             (DiskKind::Partial, d.partial),
@@ -411,12 +418,9 @@ impl Metrics {
         ] {
             self.disk.get_or_create(&DiskLabels { kind }).set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }
-        let states = s.lifecycle.snapshot();
-        let known: Vec<lanpatch_protocol::Hash32> = s.trust().manifests.keys().copied().collect();
         let mut counts: std::collections::HashMap<&'static str, i64> =
             ALL_STATES.iter().map(|name| (*name, 0)).collect();
-        for hash in known {
-            let state = states.get(&hash).map(|e| e.state).unwrap_or(ReleaseState::Available);
+        for state in &g.releases {
             *counts.entry(state.kind_name()).or_default() += 1;
         }
         for (name, n) in counts {
@@ -468,22 +472,26 @@ pub fn classic_text(openmetrics: &str) -> String {
     out
 }
 
-/// Serves `GET /metrics` on `listener` until shutdown.
-pub async fn serve(s: Arc<Shared>, listener: tokio::net::TcpListener) {
+/// Serves `GET /metrics` on `listener` until `shutdown` turns true; `render` makes the
+/// exposition of each scrape.
+pub async fn serve(
+    render: impl Fn() -> Result<String> + Clone + Send + Sync + 'static,
+    listener: tokio::net::TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
-    let s2 = s.clone();
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move |headers: axum::http::HeaderMap| {
-            let s = s2.clone();
+            let render = render.clone();
             // Prometheus asks for OpenMetrics; everyone else gets the classic text format.
             let openmetrics = headers
                 .get_all(header::ACCEPT)
                 .iter()
                 .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
             async move {
-                match s.metrics.render(&s) {
+                match render() {
                     Ok(text) if openmetrics => (
                         StatusCode::OK,
                         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
@@ -501,7 +509,6 @@ pub async fn serve(s: Arc<Shared>, listener: tokio::net::TcpListener) {
             }
         }),
     );
-    let mut shutdown = s.shutdown.clone();
     let stop = async move {
         let _ = shutdown.wait_for(|v| *v).await;
     };

@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use lanpatch_protocol::{Event, FailReason, Hash32, Limits, ReleaseManifest, Signed};
+use lanpatch_protocol::{Event, Hash32, Limits};
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{Notify, Semaphore, watch};
 
-use crate::clock::{now, now_ms};
+use crate::clock::now;
 use crate::config::Config;
 use crate::library::Library;
 use crate::net::{self, NetEvent};
@@ -292,7 +292,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
     let seq = Seq::starting_after(store.last_seq()?);
     let reporter = Arc::new(Reporter::new(node_key, &facts.hostname, cfg.ring.clone(), limits, seq, members.clone()));
     let inventory_changed = Arc::new(Notify::new());
-    let sync = crate::sync::Sync::default();
+    let sync = crate::sync::state::Sync::default();
     let lifecycle = crate::lifecycle::start(
         store.clone(),
         reporter.clone(),
@@ -320,6 +320,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
         Some(_) => Some(crate::console::load_or_create_token(&cfg.console_token())?),
         None => None,
     };
+    let (downloads, downloads_inbox) = crate::downloads::handle::channel();
     let shared = Arc::new(Shared {
         facts,
         up_limit: RateLimiter::new(cfg.upload_limit),
@@ -334,10 +335,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
         library,
         trust: Mutex::new(trust),
         net,
-        progress: Mutex::default(),
-        downloading: Mutex::default(),
-        queue: Mutex::default(),
-        queue_changed: Notify::new(),
+        downloads,
         reporter,
         lifecycle,
         inventory_changed,
@@ -357,10 +355,12 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
         shutdown: shutdown_rx.clone(),
     });
     tracing::info!(peer = %shared.net.local, fleet = %fleet.short(), ring = %shared.cfg.ring, "lanpatch-node starting");
+    // First: everything below may hand a release to the download owner and wait for its answer.
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::downloads::owner::run(shared.clone(), downloads_inbox));
     shared.restore_bans().await?;
     retire_releases(&shared).await;
 
-    let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(swarm_task.run(shutdown_rx.clone()));
     tasks.spawn(crate::serve::serve(shared.clone(), incoming));
     tasks.spawn(crate::control::serve(shared.clone(), control_listener));
@@ -368,7 +368,8 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
         if let Some(a) = &shared.metrics_addr {
             tracing::info!("metrics on http://{a}/metrics");
         }
-        tasks.spawn(crate::metrics::serve(shared.clone(), l));
+        let s = shared.clone();
+        tasks.spawn(crate::metrics::serve(move || s.metrics.render(&s.gauges()), l, shutdown_rx.clone()));
     }
     if let (Some(l), Some(token)) = (console_listener, console_token) {
         if let Some(a) = &shared.console_addr {
@@ -376,7 +377,6 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
         }
         tasks.spawn(crate::console::serve(shared.clone(), l, token));
     }
-    tasks.spawn(download_manager(shared.clone()));
     tasks.spawn(crate::install::run(shared.clone()));
     tasks.spawn(inventory_loop(shared.clone()));
     tasks.spawn(crate::sync::digest_loop(shared.clone()));
@@ -686,7 +686,7 @@ pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
     if s.is_banned(&peer) {
         return;
     }
-    match crate::download::request_catalog(&s, peer).await {
+    match crate::request::catalog(&s.net, peer).await {
         Ok(items) => {
             let limits = s.trust().limits.clone();
             for item in items {
@@ -712,100 +712,13 @@ pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
     if !s.cfg.peer_exchange {
         return;
     }
-    if let Ok(peers) = crate::download::request_peers(&s, peer).await {
+    if let Ok(peers) = crate::request::peers(&s.net, peer).await {
         for (p, addrs) in peers {
             if !s.is_banned(&p) {
                 s.net.dial(p, addrs, peer).await;
             }
         }
     }
-}
-
-/// Starts queued downloads, most severe first, at most `max_concurrent_downloads` at a time.
-pub async fn download_manager(s: Arc<Shared>) {
-    let mut shutdown = s.shutdown.clone();
-    loop {
-        loop {
-            let running = s.downloading.lock().unwrap_or_else(|p| p.into_inner()).len();
-            if running >= s.cfg.max_concurrent_downloads {
-                break;
-            }
-            let next = {
-                let mut q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
-                let best = q.iter().enumerate().max_by_key(|(_, m)| m.value().severity.priority_key()).map(|(i, _)| i);
-                best.map(|i| q.remove(i))
-            };
-            let Some(m) = next else { break };
-            start_download(&s, m);
-        }
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = s.queue_changed.notified() => {}
-        }
-    }
-}
-
-fn start_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
-    let hash = m.payload_hash();
-    if !s.trust().is_current(&hash, now()) {
-        // Expired (or dropped) while queued: the sweep records it.
-        return;
-    }
-    if !s.downloading.lock().unwrap_or_else(|p| p.into_inner()).insert(hash) {
-        return;
-    }
-    let s2 = s.clone();
-    let rel = release_ref(&m);
-    tokio::spawn(async move {
-        let record = |event: Event, detail: String| {
-            let (s2, rel) = (s2.clone(), rel.clone());
-            async move {
-                if let Err(e) = s2.lifecycle.apply(&rel, event, detail, None).await {
-                    tracing::error!("cannot record release state: {e:#}");
-                }
-            }
-        };
-        record(Event::DownloadStarted, String::new()).await;
-        let files: Vec<Hash32> = m.value().files.iter().map(|f| f.hash).collect();
-        let total_bytes = m.value().total_bytes();
-        let result = crate::download::download(s2.clone(), m).await;
-        s2.downloading.lock().unwrap_or_else(|p| p.into_inner()).remove(&hash);
-        s2.queue_changed.notify_one();
-        match result {
-            Ok(crate::download::Outcome::Complete { announce }) => {
-                tracing::info!(manifest = %hash.short(), "release downloaded and verified");
-                if let Some(e) = s2.progress().get_mut(&hash) {
-                    e.finished_ms = Some(now_ms());
-                }
-                s2.metrics.release_downloaded(total_bytes);
-                record(Event::DownloadFinished, String::new()).await;
-                // Other sites (and nodes beyond this one's peers) find it in Kademlia: a couple
-                // of holders per site announce it.
-                if announce {
-                    s2.net.provide(hash).await;
-                }
-            }
-            Ok(crate::download::Outcome::Stopped) => {}
-            Err(e) => {
-                let detail = format!("download failed: {e:#}");
-                tracing::error!(manifest = %hash.short(), "{detail}");
-                let reason = if crate::library::is_disk_full(&e) {
-                    // Give the space back; a later download starts over (documented).
-                    let lib = s2.library.clone();
-                    let discarded =
-                        tokio::task::spawn_blocking(move || files.iter().try_for_each(|f| lib.discard_partial(f)))
-                            .await;
-                    if let Ok(Err(e)) | Err(e) = discarded.map_err(anyhow::Error::from) {
-                        tracing::error!("cannot remove partial files: {e:#}");
-                    }
-                    FailReason::DiskFull
-                } else {
-                    FailReason::DownloadError
-                };
-                record(Event::DownloadFailed(reason), detail).await;
-            }
-        }
-    });
 }
 
 /// Sends the inventory at start and whenever it changes (an install, the OS packages). It is not

@@ -6,7 +6,7 @@ use lanpatch_protocol::control::RefusalKind;
 use std::sync::Arc;
 
 use anyhow::Result;
-use lanpatch_protocol::{Envelope, Event, FailReason, Hash32, ReleaseManifest, Signed};
+use lanpatch_protocol::{Envelope, Event, ReleaseManifest, Signed};
 
 use crate::clock::now;
 use crate::policy::targets_match;
@@ -140,9 +140,9 @@ pub async fn commit(s: &Arc<Shared>, checked: Checked, bytes: &[u8]) -> Result<A
     Ok(accepted)
 }
 
-/// Queues a download of `m` unless it does not target this node, is yanked, does not fit the
-/// cache quota, or is past downloading already (its persisted state says so, restarts
-/// included). The download manager starts queued downloads most severe first.
+/// Hands `m` to the download owner unless it does not target this node, is yanked, or is past
+/// downloading already (its persisted state says so, restarts included). The owner admits it
+/// (quota, free disk) and starts queued downloads most severe first.
 pub async fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
     let hash = m.payload_hash();
     let rel = release_ref(&m);
@@ -173,64 +173,10 @@ pub async fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
         apply(Event::Yanked { rollback: false, has_rollback: v.rollback.is_some() }, "release was yanked".into()).await;
         return;
     }
-    // Everything the node writes counts: release files, staging copies of a release whose
-    // commands run, and the database with its WAL.
-    let besides = crate::retention::written_besides_releases(&s.cfg.data_dir);
-    let need = v.total_bytes().saturating_add(besides);
-    let mut used = s.library.used_bytes().saturating_add(besides);
-    // A release larger than the whole quota never fits: nothing is evicted for it.
-    if used.saturating_add(v.total_bytes()) > s.cfg.cache_quota && need <= s.cfg.cache_quota {
-        // Make room first: yanked and superseded releases, oldest first, as retention allows.
-        let protect: Vec<Hash32> = v.files.iter().map(|f| f.hash).collect();
-        match crate::retention::make_room(s, need, &protect).await {
-            Ok(freed) if freed > 0 => {
-                tracing::info!(product = %v.product, version = %v.version, freed, "evicted older releases to fit the cache quota");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot evict: {e:#}"),
-        }
-        used = s.library.used_bytes().saturating_add(besides);
+    // Admission (quota, free disk) and the queue belong to the download owner.
+    if let Err(e) = s.downloads.consider(m).await {
+        tracing::error!("cannot queue the download: {e:#}");
     }
-    if used.saturating_add(v.total_bytes()) > s.cfg.cache_quota {
-        let why = format!(
-            "needs {} bytes, the node holds {used} (release files, staging, state.db) of a {} byte quota",
-            v.total_bytes(),
-            s.cfg.cache_quota
-        );
-        tracing::warn!(product = %v.product, "not downloading: {why}");
-        apply(Event::DownloadFailed(FailReason::OverQuota), why).await;
-        return;
-    }
-    if let Some(free) = crate::retention::free_disk(&s.cfg.data_dir) {
-        // What is already downloaded of it takes no more room.
-        let have = s.library.release_bytes_held(&v.files);
-        let need = v.total_bytes().saturating_sub(have);
-        if free < need.saturating_add(s.cfg.min_free_disk) {
-            let why = format!(
-                "needs {need} more bytes, the disk holding the data directory has {free} free and min_free_disk keeps {}",
-                s.cfg.min_free_disk
-            );
-            tracing::warn!(product = %v.product, "not downloading: {why}");
-            apply(Event::DownloadFailed(FailReason::LowDisk), why).await;
-            return;
-        }
-    }
-    {
-        let mut p = s.progress();
-        p.entry(hash).or_default().total_chunks = v.total_chunks();
-    }
-    if s.downloading.lock().unwrap_or_else(|p| p.into_inner()).contains(&hash) {
-        return;
-    }
-    {
-        let mut q = s.queue.lock().unwrap_or_else(|p| p.into_inner());
-        if q.iter().any(|x| x.payload_hash() == hash) {
-            return;
-        }
-        q.push(m);
-    }
-    apply(Event::Queue, String::new()).await;
-    s.queue_changed.notify_one();
 }
 
 /// On the node holding the online timestamp key: signs a statement of the current set every

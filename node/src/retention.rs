@@ -108,45 +108,6 @@ pub async fn make_room(s: &Shared, need: u64, protect: &[Hash32]) -> Result<u64>
     Ok(freed)
 }
 
-/// Bytes available to this process on the filesystem holding `dir` (`None`: cannot tell).
-pub fn free_disk(dir: &std::path::Path) -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
-}
-
-/// Bytes of the files under `p` (symbolic links and special files count nothing).
-fn tree(p: &std::path::Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
-    if meta.is_dir() {
-        std::fs::read_dir(p).into_iter().flatten().flatten().map(|e| tree(&e.path())).sum()
-    } else if meta.is_file() {
-        meta.len()
-    } else {
-        0
-    }
-}
-
-fn state_bytes(data_dir: &std::path::Path) -> u64 {
-    ["state.db", "state.db-wal", "state.db-shm"].iter().map(|f| tree(&data_dir.join(f))).sum()
-}
-
-/// What the data directory holds, by kind (a directory walk; blocking, cheap: a node holds few
-/// files).
-pub fn disk_use(data_dir: &std::path::Path) -> lanpatch_protocol::control::DiskUse {
-    lanpatch_protocol::control::DiskUse {
-        blobs: tree(&data_dir.join("blobs")),
-        partial: tree(&data_dir.join("partial")),
-        stage: tree(&data_dir.join("stage")),
-        state: state_bytes(data_dir),
-    }
-}
-
-/// What `cache_quota` counts besides the release files the library holds: staging copies (a
-/// release whose commands run) and the database with its WAL (blocking, a few `stat`s).
-pub fn written_besides_releases(data_dir: &std::path::Path) -> u64 {
-    tree(&data_dir.join("stage")) + state_bytes(data_dir)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

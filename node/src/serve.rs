@@ -81,13 +81,7 @@ async fn handle(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream) -> an
                 Some(have) => {
                     // Downloading it, or queued to: either way a participant in the site's origin
                     // work (a node counting only running downloads would elect itself a fetcher).
-                    let running = s.downloading.lock().unwrap_or_else(|p| p.into_inner()).contains(&manifest);
-                    let downloading = running
-                        || s.queue
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .iter()
-                            .any(|m| m.payload_hash() == manifest);
+                    let downloading = s.downloads.takes_part(&manifest);
                     Response::Have { bits: wire::pack_bits(&have), downloading }
                 }
                 None => Response::NotFound,

@@ -1,16 +1,17 @@
 //! State shared by the node's tasks, and the handles they reach each other through.
 
 use lanpatch_protocol::control::RefusalKind;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lanpatch_protocol::{Hash32, ReleaseManifest, Signed};
+use lanpatch_protocol::{ReleaseManifest, Signed};
 use libp2p::PeerId;
 use tokio::sync::{Notify, Semaphore, watch};
 
 use crate::clock::now;
 use crate::config::Config;
+use crate::downloads::handle::Downloads;
 use crate::library::Library;
 use crate::lifecycle::Lifecycle;
 use crate::net::NetHandle;
@@ -20,21 +21,6 @@ use crate::report::{ReleaseRef, Reporter};
 use crate::store::Store;
 use crate::trust::Trust;
 
-/// Download progress of one release, for status.
-#[derive(Clone, Debug, Default)]
-pub struct Progress {
-    pub total_chunks: usize,
-    pub have_chunks: usize,
-    pub resumed_chunks: usize,
-    pub fetched_chunks: usize,
-    pub bytes_from: BTreeMap<String, u64>,
-    /// Verified bytes fetched in this process from peers and from origins.
-    pub from_peers: u64,
-    pub from_origin: u64,
-    /// When the download finished in this process (ms since the epoch).
-    pub finished_ms: Option<u64>,
-}
-
 /// State shared by the node's tasks.
 pub struct Shared {
     pub cfg: Config,
@@ -43,18 +29,15 @@ pub struct Shared {
     pub library: Library,
     pub trust: Mutex<Trust>,
     pub net: NetHandle,
-    pub progress: Mutex<HashMap<Hash32, Progress>>,
-    pub downloading: Mutex<HashSet<Hash32>>,
-    /// Downloads waiting for a slot.
-    pub queue: Mutex<Vec<Signed<ReleaseManifest>>>,
-    pub queue_changed: Notify,
+    /// The download owner: queue, running downloads, progress.
+    pub downloads: Downloads,
     /// Signs this node's reports and inventories (its libp2p ed25519 identity).
     pub reporter: Arc<Reporter>,
     /// The owner of every release's state.
     pub lifecycle: Lifecycle,
     pub inventory_changed: Arc<Notify>,
     /// Report anti-entropy (sync.rs): digests, pulls, answers.
-    pub sync: crate::sync::Sync,
+    pub sync: crate::sync::state::Sync,
     /// Notified when trusted metadata changed (an approval, a yank, a new release): the
     /// installer looks again.
     pub metadata_changed: Notify,
@@ -97,9 +80,24 @@ impl Shared {
     pub fn trust(&self) -> std::sync::MutexGuard<'_, Trust> {
         self.trust.lock().unwrap_or_else(|p| p.into_inner())
     }
-    pub fn progress(&self) -> std::sync::MutexGuard<'_, HashMap<Hash32, Progress>> {
-        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    /// The state the metrics gauges show, read now (a directory walk of the data directory:
+    /// blocking, cheap).
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        let states = self.lifecycle.snapshot();
+        let releases = self
+            .trust()
+            .manifests
+            .keys()
+            .map(|h| states.get(h).map(|e| e.state).unwrap_or(lanpatch_protocol::ReleaseState::Available))
+            .collect();
+        crate::metrics::Gauges {
+            peers: self.net.ready_peers().len(),
+            door_refusals: self.members.as_ref().map(|m| m.refusals()).unwrap_or_default(),
+            disk: crate::disk::disk_use(&self.cfg.data_dir),
+            releases,
+        }
     }
+
     /// What this node keeps of the fleet's reports.
     pub fn keeps(&self) -> crate::report::Keeps<'_> {
         if self.cfg.collector { crate::report::Keeps::Everything } else { crate::report::Keeps::Ring(&self.cfg.ring) }

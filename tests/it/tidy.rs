@@ -306,3 +306,83 @@ fn every_transport_is_built_with_the_door() {
     );
     assert_eq!(code.matches("SwarmBuilder::").count(), 1, "net.rs builds one swarm");
 }
+
+/// The modules a node source file imports (`crate::a::b` and, in a folder module, `super::x`
+/// paths outside comments and tests), each as the path of the file that defines it.
+fn node_imports(file: &Path, text: &str, modules: &std::collections::HashSet<String>) -> Vec<String> {
+    let src = repo().join("node/src");
+    let rel = file.strip_prefix(&src).unwrap().with_extension("");
+    let mut own: Vec<String> = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+    if own.last().is_some_and(|l| l == "mod") {
+        own.pop();
+    }
+    let parent: Vec<String> = own[..own.len().saturating_sub(1)].to_vec();
+    let code: String =
+        non_test(text).lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+    let mut out = Vec::new();
+    for (prefix, base) in [("crate::", Vec::new()), ("super::", parent)] {
+        for (at, _) in code.match_indices(prefix) {
+            let path: String = code[at + prefix.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            let mut segs = base.clone();
+            segs.extend(path.split("::").filter(|s| !s.is_empty()).map(str::to_string));
+            // The longest prefix of the path that is a module of the node.
+            while !segs.is_empty() && !modules.contains(&segs.join("::")) {
+                segs.pop();
+            }
+            let target = segs.join("::");
+            if !target.is_empty() && target != own.join("::") && !out.contains(&target) {
+                out.push(target);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn no_import_cycle_among_the_node_modules() {
+    let src = repo().join("node/src");
+    let files: Vec<(PathBuf, String)> =
+        sources("node/src").into_iter().filter(|(p, _)| !p.ends_with("lib.rs") && !p.ends_with("main.rs")).collect();
+    let module = |p: &Path| {
+        let rel = p.strip_prefix(&src).unwrap().with_extension("");
+        let mut segs: Vec<String> = rel.iter().map(|c| c.to_string_lossy().into_owned()).collect();
+        if segs.last().is_some_and(|l| l == "mod") {
+            segs.pop();
+        }
+        segs.join("::")
+    };
+    let modules: std::collections::HashSet<String> = files.iter().map(|(p, _)| module(p)).collect();
+    let graph: std::collections::BTreeMap<String, Vec<String>> =
+        files.iter().map(|(p, text)| (module(p), node_imports(p, text, &modules))).collect();
+    assert!(graph["downloads::owner"].contains(&"shared".to_string()), "the import scan found nothing: {graph:?}");
+    // Depth-first search; a module met again while on the stack closes a cycle.
+    fn visit<'a>(
+        m: &'a str,
+        graph: &'a std::collections::BTreeMap<String, Vec<String>>,
+        stack: &mut Vec<&'a str>,
+        done: &mut std::collections::HashSet<&'a str>,
+    ) {
+        if let Some(at) = stack.iter().position(|s| *s == m) {
+            panic!(
+                "import cycle among the node's modules: {} -> {m} (docs/ARCHITECTURE.md: handles sit below Shared, \
+                 their owners above it)",
+                stack[at..].join(" -> ")
+            );
+        }
+        if !done.insert(m) {
+            return;
+        }
+        stack.push(m);
+        for next in graph.get(m).into_iter().flatten() {
+            visit(next, graph, stack, done);
+        }
+        stack.pop();
+    }
+    let mut done = std::collections::HashSet::new();
+    for m in graph.keys() {
+        visit(m, &graph, &mut Vec::new(), &mut done);
+    }
+}

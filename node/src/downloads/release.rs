@@ -1,4 +1,5 @@
-//! Swarm download of one release: the [`Scheduler`] decides, this module does the I/O.
+//! Swarm download of one release: the [`Scheduler`] decides, this module does the I/O and
+//! reports progress to the download owner.
 //!
 //! Peers' have-maps are refreshed in rounds (every 0.7 s, sooner when idle); chunk requests and
 //! have-map queries run in their own tasks, each on a fresh stream, and report back over channels,
@@ -18,13 +19,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use futures::AsyncWriteExt;
 use lanpatch_protocol::{ChunkError, DownloadProgress, FileEntry, Hash32, ReleaseManifest, Signed, VerifiedChunk};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
+use super::handle::Progress;
 use crate::config::DropDownloads;
 use crate::sched::Scheduler;
 use crate::shared::Shared;
@@ -222,7 +224,7 @@ impl ProgressReports {
         ProgressReports { next_tenth: 1, last: None }
     }
 
-    fn due(&mut self, p: &crate::shared::Progress) -> Option<DownloadProgress> {
+    fn due(&mut self, p: &Progress) -> Option<DownloadProgress> {
         if p.total_chunks == 0 {
             return None;
         }
@@ -270,14 +272,14 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
     let layout = Layout::new(&files);
     let seed = u64::from_le_bytes(blake3::hash(&s.net.local.to_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]));
     let mut sched = Scheduler::<PeerId>::new(have, s.cfg.max_inflight_per_peer, seed);
-    {
-        let mut p = s.progress();
-        if let Some(e) = p.get_mut(&hash) {
-            e.total_chunks = sched.len();
-            e.have_chunks = sched.len() - sched.missing();
-            e.resumed_chunks = resumed;
-        }
-    }
+    // This download's progress, owned here and sent to the download owner as it changes.
+    let mut progress = Progress {
+        total_chunks: sched.len(),
+        have_chunks: sched.len() - sched.missing(),
+        resumed_chunks: resumed,
+        ..Progress::default()
+    };
+    s.downloads.report(hash, progress.clone()).await;
     if resumed > 0 {
         tracing::info!(manifest = %hash.short(), resumed, missing = sched.missing(), "resuming download");
     }
@@ -492,19 +494,15 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
                 s.metrics.received(byte_source, len, new);
                 if new {
                     last_new_chunk = Instant::now();
-                    let due = {
-                        let mut p = s.progress();
-                        p.get_mut(&hash).and_then(|e| {
-                            e.have_chunks += 1;
-                            e.fetched_chunks += 1;
-                            *e.bytes_from.entry(from.clone()).or_default() += len;
-                            match byte_source {
-                                ByteSource::Peer => e.from_peers += len,
-                                ByteSource::Origin => e.from_origin += len,
-                            }
-                            progress_reports.due(e)
-                        })
-                    };
+                    progress.have_chunks += 1;
+                    progress.fetched_chunks += 1;
+                    *progress.bytes_from.entry(from.clone()).or_default() += len;
+                    match byte_source {
+                        ByteSource::Peer => progress.from_peers += len,
+                        ByteSource::Origin => progress.from_origin += len,
+                    }
+                    s.downloads.report(hash, progress.clone()).await;
+                    let due = progress_reports.due(&progress);
                     if let Some(p) = due
                         && let Err(e) = s.lifecycle.progress(&release, p).await
                     {
@@ -781,23 +779,8 @@ fn have_answered(
     }
 }
 
-async fn open(s: &Shared, peer: PeerId) -> Result<libp2p::Stream> {
-    let mut control = s.net.control.clone();
-    control.open_stream(peer, s.net.protocol.clone()).await.map_err(|e| anyhow!("open stream to {peer}: {e}"))
-}
-
-/// One small request on a fresh stream, and its (bounded) response frame.
-async fn ask(s: &Shared, peer: PeerId, req: &Request) -> Result<Response> {
-    let mut stream = open(s, peer).await?;
-    wire::write_frame(&mut stream, req).await?;
-    stream.flush().await?;
-    let resp = wire::read_frame(&mut stream, wire::MAX_RESPONSE).await?;
-    let _ = stream.close().await;
-    Ok(resp)
-}
-
 async fn request_have(s: &Shared, peer: PeerId, manifest: Hash32, n: usize) -> Result<Option<(Vec<bool>, bool)>> {
-    Ok(match ask(s, peer, &Request::Have { manifest }).await? {
+    Ok(match crate::request::ask(&s.net, peer, &Request::Have { manifest }).await? {
         Response::Have { bits, downloading } => {
             let have =
                 wire::unpack_bits(&bits, n).ok_or_else(|| anyhow!("peer {peer} sent a have-map of the wrong size"))?;
@@ -805,42 +788,6 @@ async fn request_have(s: &Shared, peer: PeerId, manifest: Hash32, n: usize) -> R
         }
         _ => None,
     })
-}
-
-/// Fetches every signed envelope a peer holds.
-pub async fn request_catalog(s: &Shared, peer: PeerId) -> Result<Vec<Vec<u8>>> {
-    let fut = async {
-        match ask(s, peer, &Request::Catalog).await? {
-            Response::Catalog { items } if items.len() <= wire::MAX_CATALOG_ITEMS => {
-                Ok(items.into_iter().map(|b| b.into_vec()).collect())
-            }
-            Response::Catalog { items } => {
-                bail!("peer sent {} catalog items, the limit is {}", items.len(), wire::MAX_CATALOG_ITEMS)
-            }
-            other => bail!("unexpected catalog response {other:?}"),
-        }
-    };
-    timeout(Duration::from_secs(10), fut).await.map_err(|_| anyhow!("catalog request timed out"))?
-}
-
-/// Peer exchange: the peers a peer knows, with their listen addresses (bounded, unparseable
-/// entries dropped).
-pub async fn request_peers(s: &Shared, peer: PeerId) -> Result<Vec<(PeerId, Vec<libp2p::Multiaddr>)>> {
-    let fut = async {
-        let Response::Peers { peers } = ask(s, peer, &Request::Peers).await? else {
-            bail!("unexpected peer-exchange response")
-        };
-        Ok(peers
-            .into_iter()
-            .take(wire::MAX_PEERS)
-            .filter_map(|(id, addrs)| {
-                let id = id.parse::<PeerId>().ok()?;
-                let addrs = addrs.iter().take(wire::MAX_ADDRS_PER_PEER).filter_map(|a| a.parse().ok()).collect();
-                Some((id, addrs))
-            })
-            .collect())
-    };
-    timeout(Duration::from_secs(10), fut).await.map_err(|_| anyhow!("peer exchange timed out"))?
 }
 
 /// The metric reason for a chunk that failed its check, if that is why `e` happened.
@@ -878,7 +825,7 @@ async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Re
     let Some((_, expected)) = file.chunk_range(idx) else { return Err(FetchError::NotFound) };
     s.down_limit.acquire(u64::from(expected)).await;
     let fut = async {
-        let mut stream = open(s, peer).await.map_err(|e| FetchError::Other(e.to_string()))?;
+        let mut stream = crate::request::open(&s.net, peer).await.map_err(|e| FetchError::Other(e.to_string()))?;
         let io = |e: WireError| FetchError::Other(e.to_string());
         wire::write_frame(&mut stream, &Request::Chunk { file: file.hash, index: idx }).await.map_err(io)?;
         stream.flush().await.map_err(|e| FetchError::Other(e.to_string()))?;
@@ -966,8 +913,8 @@ mod stall_tests {
 mod progress_tests {
     use super::*;
 
-    fn at(have: usize) -> crate::shared::Progress {
-        crate::shared::Progress { total_chunks: 100, have_chunks: have, ..Default::default() }
+    fn at(have: usize) -> Progress {
+        Progress { total_chunks: 100, have_chunks: have, ..Default::default() }
     }
 
     #[test]
@@ -984,6 +931,6 @@ mod progress_tests {
         assert!(r.due(&at(31)).is_some());
         r.last = Some(Instant::now() - PROGRESS_REPORT_INTERVAL);
         assert!(r.due(&at(35)).is_none(), "still in the same tenth");
-        assert!(ProgressReports::new().due(&crate::shared::Progress::default()).is_none());
+        assert!(ProgressReports::new().due(&Progress::default()).is_none());
     }
 }

@@ -1,0 +1,13 @@
+//! Downloads: one owner for the queue, the running set and their progress.
+//!
+//! - [`handle`]: the [`Downloads`](handle::Downloads) handle other tasks hold, and the
+//!   [`View`](handle::View) they read. It imports nothing of the node, so `Shared` holds it.
+//! - [`owner`]: the task that admits releases ([`admission`]: quota, free disk), queues them and
+//!   starts them, most severe first.
+//! - [`release`]: one release's swarm download (the [`Scheduler`](crate::sched::Scheduler)
+//!   decides, it does the I/O), which reports its progress to the owner.
+
+pub mod admission;
+pub mod handle;
+pub mod owner;
+pub mod release;
