@@ -33,6 +33,9 @@ impl FileState {
     }
 }
 
+/// Chunks a have-map subscriber may fall behind before it is told it lagged.
+pub const NEWS_BACKLOG: usize = 1024;
+
 #[derive(Default)]
 struct Inner {
     files: HashMap<Hash32, FileState>,
@@ -43,6 +46,8 @@ pub struct Library {
     inner: Arc<RwLock<Inner>>,
     /// Notified whenever a chunk is stored (see [`Library::wait_for_chunk`]).
     stored: Arc<tokio::sync::Notify>,
+    /// Every chunk stored, (file, index), for have-map subscriptions (see serve.rs).
+    news: tokio::sync::broadcast::Sender<(Hash32, u32)>,
     blobs: PathBuf,
     partial: PathBuf,
     store: Store,
@@ -64,7 +69,8 @@ impl Library {
         for d in [&blobs, &partial] {
             crate::fsmode::create_dir(d, crate::fsmode::DIR)?;
         }
-        Ok(Library { inner: Arc::default(), stored: Arc::default(), blobs, partial, store })
+        let (news, _) = tokio::sync::broadcast::channel(NEWS_BACKLOG);
+        Ok(Library { inner: Arc::default(), stored: Arc::default(), news, blobs, partial, store })
     }
 
     pub fn blob_path(&self, file: &Hash32) -> PathBuf {
@@ -176,6 +182,12 @@ impl Library {
         }
     }
 
+    /// Chunks stored from now on. A receiver that falls more than [`NEWS_BACKLOG`] behind is
+    /// told it lagged (and then reads the whole have-map again).
+    pub fn news(&self) -> tokio::sync::broadcast::Receiver<(Hash32, u32)> {
+        self.news.subscribe()
+    }
+
     /// Reads a chunk this node holds. Blocking.
     pub fn read_chunk(&self, file: &Hash32, idx: u32) -> Result<Option<Vec<u8>>> {
         let Some(state) = self.file(file) else { return Ok(None) };
@@ -229,6 +241,8 @@ impl Library {
         let complete = s.have_count == s.have.len();
         drop(inner);
         self.stored.notify_waiters();
+        // Nobody listening is not an error.
+        let _ = self.news.send((*file, idx));
         crate::bufpool::give(chunk.into_bytes());
         Ok(complete)
     }

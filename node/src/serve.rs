@@ -22,6 +22,8 @@ use crate::wire::{self, Request, Response};
 pub const PARK: Duration = Duration::from_secs(2);
 /// Most requests waiting that way at once; past it, `NotFound` at once.
 pub const MAX_PARKED: usize = 64;
+/// Most have-map subscriptions served at once (one per downloading peer and release).
+pub const MAX_SUBSCRIPTIONS: usize = 512;
 
 /// Per-peer request budget: a token bucket of `rate` per second, bursts of twice that.
 struct Budget {
@@ -60,10 +62,7 @@ pub async fn serve(s: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams)
         b.tokens -= 1.0;
         let s = s.clone();
         tokio::spawn(async move {
-            if let Err(e) = timeout(Duration::from_secs(60), handle(&s, peer, stream))
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
-            {
+            if let Err(e) = handle(&s, peer, stream).await {
                 tracing::debug!(%peer, "request failed: {e:#}");
             }
         });
@@ -72,7 +71,19 @@ pub async fn serve(s: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams)
 
 async fn handle(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream) -> anyhow::Result<()> {
     let req: Request = timeout(Duration::from_secs(10), wire::read_frame(&mut stream, wire::MAX_REQUEST)).await??;
+    if let Request::Subscribe { manifest } = req {
+        // Long-lived: it ends when the subscriber closes the stream, or at shutdown.
+        return subscription(s, stream, manifest).await;
+    }
+    timeout(Duration::from_secs(60), answer(s, peer, stream, req))
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+}
+
+/// Answers one request on its stream.
+async fn answer(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream, req: Request) -> anyhow::Result<()> {
     match req {
+        Request::Subscribe { .. } => {}
         Request::Chunk { file, index } => serve_chunk(s, peer, &mut stream, file, index).await?,
         Request::Have { manifest } => {
             let files: Option<Vec<Hash32>> =
@@ -115,6 +126,101 @@ async fn handle(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream) -> an
     stream.flush().await?;
     let _ = stream.close().await;
     Ok(())
+}
+
+/// A have-map subscription: the release's have-map now, then a `HaveDelta` for every batch of
+/// chunks stored and every change of whether this node takes part in the download, until the
+/// subscriber closes the stream or the node stops. At most `MAX_SUBSCRIPTIONS` at once (past
+/// it `Busy`); nothing is sent while nothing changes.
+async fn subscription(s: &Arc<Shared>, mut stream: libp2p::Stream, manifest: Hash32) -> anyhow::Result<()> {
+    let Ok(_slot) = s.subscriptions.try_acquire() else {
+        wire::write_frame(&mut stream, &Response::Busy).await?;
+        return Ok(stream.close().await?);
+    };
+    let files: Option<Vec<Hash32>> =
+        s.trust().manifests.get(&manifest).map(|m| m.value().files.iter().map(|f| f.hash).collect());
+    // Listening before the snapshot, so a chunk stored in between is in one or the other.
+    let mut news = s.library.news();
+    let mut part = s.downloads.taking_part_changes();
+    let have = files.as_deref().and_then(|f| s.library.have_flat(f));
+    let (Some(files), Some(have)) = (files, have) else {
+        wire::write_frame(&mut stream, &Response::NotFound).await?;
+        return Ok(stream.close().await?);
+    };
+    let n = have.len();
+    let mut downloading = s.downloads.takes_part(&manifest);
+    wire::write_frame(&mut stream, &Response::Have { bits: wire::pack_bits(&have), downloading }).await?;
+    stream.flush().await?;
+    let starts = flat_starts(s, &manifest, &files);
+    let mut shutdown = s.shutdown.clone();
+    let mut probe = [0u8; 1];
+    loop {
+        let mut chunks: Vec<u32> = Vec::new();
+        let mut full = false;
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            // The subscriber sends nothing after its request: any byte or the end closes it.
+            _ = futures::AsyncReadExt::read(&mut stream, &mut probe) => break,
+            r = news.recv() => match r {
+                Ok(c) => push_flat(&starts, c, &mut chunks),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => full = true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            r = part.changed() => if r.is_err() { break },
+        }
+        // Everything else that is already here goes in the same frame.
+        loop {
+            match news.try_recv() {
+                Ok(c) => push_flat(&starts, c, &mut chunks),
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => full = true,
+                Err(_) => break,
+            }
+        }
+        let now = s.downloads.takes_part(&manifest);
+        if chunks.is_empty() && !full && now == downloading {
+            continue;
+        }
+        downloading = now;
+        let frame = if full || chunks.len() > wire::MAX_DELTA {
+            let have = s.library.have_flat(&files).unwrap_or_else(|| vec![false; n]);
+            Response::Have { bits: wire::pack_bits(&have), downloading }
+        } else {
+            Response::HaveDelta { chunks, downloading }
+        };
+        wire::write_frame(&mut stream, &frame).await?;
+        stream.flush().await?;
+    }
+    let _ = stream.close().await;
+    Ok(())
+}
+
+/// Where each file of a release starts in its flat chunk numbering.
+fn flat_starts(s: &Shared, manifest: &Hash32, files: &[Hash32]) -> Vec<(Hash32, u32)> {
+    let counts: Vec<usize> = s
+        .trust()
+        .manifests
+        .get(manifest)
+        .map(|m| m.value().files.iter().map(|f| f.chunks.len()).collect())
+        .unwrap_or_default();
+    let mut at = 0u32;
+    files
+        .iter()
+        .zip(counts)
+        .map(|(f, c)| {
+            let start = at;
+            at = at.saturating_add(u32::try_from(c).unwrap_or(u32::MAX));
+            (*f, start)
+        })
+        .collect()
+}
+
+/// The flat numbers of a stored chunk in the release (a file may appear more than once).
+fn push_flat(starts: &[(Hash32, u32)], (file, idx): (Hash32, u32), out: &mut Vec<u32>) {
+    for (f, start) in starts {
+        if *f == file {
+            out.push(start.saturating_add(idx));
+        }
+    }
 }
 
 async fn serve_chunk(
