@@ -219,11 +219,24 @@ for k in "${!NODE_PIDS[@]}"; do
     $((k + 1)) "$(python3 -c "print(${IDLE_RSS[$k]}/1024)")" "$(python3 -c "print($(rss "$p" VmHWM)/1024)")" \
     "$c" "$k_s" "$(python3 -c "print($c * 1073741824 / $SIZE)")")")
 done
+# The downloaders' CPU per GiB received (host 1 seeds in MODE=lan), and the share of the lab's
+# cores all lanpatch nodes used over the transfer: a figure taken while the cores were busy says
+# more about the lab than about the protocol.
+LP_CPU=$(for k in "${!NODE_PIDS[@]}"; do echo "$(cpu "${NODE_PIDS[$k]}") ${CPU0[$k]}"; done | python3 -c "
+import sys
+rows = [tuple(map(float, l.split())) for l in sys.stdin]
+ticks, size, first, secs, cores = $ticks, $SIZE, $FIRST, $t1 - $t0, $(nproc)
+used = [(a - b) / ticks for a, b in rows]
+down = used[first - 1:]
+per_gib = sum(down) / len(down) * 1073741824 / size
+print(f'{per_gib:.2f} CPU s per GiB received per downloader (mean of {len(down)}), the nodes used {100 * sum(used) / (cores * secs):.0f} % of the lab\'s {cores} cores')
+")
+CPU_LINES=("lanpatch:   $LP_CPU")
 for p in "${NODE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 sleep 1
 
 if [ "${ONLY:-}" = lanpatch ]; then
-  printf '%s\n' "${RES_LINES[@]}"
+  printf '%s\n' "${RES_LINES[@]}" "${CPU_LINES[@]}"
   exit 0
 fi
 
@@ -260,10 +273,13 @@ ip netns exec "$SRC_NS" aria2c "${ARIA[@]}" --check-integrity=true --dir="$WORK/
 PIDS+=($!)
 sleep 2
 e0=$(egress); t0=$(now)
+ARIA_PIDS=()
 for i in $(seq "$FIRST" "$N"); do
   mkdir -p "$WORK/bt/h$i"
+  # `ip netns exec` execs aria2c: the pid is aria2c's, for its CPU below.
   ip netns exec "$P-$i" aria2c "${ARIA[@]}" --dir="$WORK/bt/h$i" "$WORK/bt/payload.torrent" > "$WORK/bt/h$i.log" 2>&1 &
   PIDS+=($!)
+  ARIA_PIDS+=($!)
 done
 deadline=$((SECONDS + 900))
 while :; do
@@ -277,6 +293,12 @@ while :; do
   sleep 0.2
 done
 t1=$(now); e1=$(egress)
+BT_CPU=$(for p in "${ARIA_PIDS[@]}"; do cpu "$p"; done | python3 -c "
+import sys
+used = [float(l) / $ticks for l in sys.stdin]
+print(f'{sum(used) / len(used) * 1073741824 / $SIZE:.2f} CPU s per GiB received per downloader (mean of {len(used)}), the leechers used {100 * sum(used) / ($(nproc) * ($t1 - $t0)):.0f} % of the lab\'s $(nproc) cores')
+")
+CPU_LINES+=("bittorrent: $BT_CPU")
 ok=0
 for i in $(seq "$FIRST" "$N"); do [ "$(sha256sum "$WORK/bt/h$i/payload.bin" | cut -d' ' -f1)" = "$SHA" ] && ok=$((ok + 1)); done
 report bittorrent "$(python3 -c "print($t1 - $t0)")" $((e1 - e0)) $ok
@@ -287,3 +309,6 @@ printf '%s\n' "${RESULTS[@]}"
 echo
 echo "lanpatch per node (idle RSS before publish, peak RSS over the run, CPU seconds during the transfer):"
 printf '%s\n' "${RES_LINES[@]}"
+echo
+echo "CPU (user + kernel, until the last verified copy):"
+printf '%s\n' "${CPU_LINES[@]}"

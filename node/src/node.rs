@@ -329,7 +329,6 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
         origins: crate::origin::Origins::new(cfg.origin_redirects)?,
         uploads: Semaphore::new(cfg.max_concurrent_uploads),
         parked: Semaphore::new(crate::serve::MAX_PARKED),
-        subscriptions: Semaphore::new(crate::serve::MAX_SUBSCRIPTIONS),
         seeding: Default::default(),
         cfg,
         store,

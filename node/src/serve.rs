@@ -22,8 +22,48 @@ use crate::wire::{self, Request, Response};
 pub const PARK: Duration = Duration::from_secs(2);
 /// Most requests waiting that way at once; past it, `NotFound` at once.
 pub const MAX_PARKED: usize = 64;
-/// Most have-map subscriptions served at once (one per downloading peer and release).
+/// Most have-map subscriptions served at once (one per downloading peer and release), and per
+/// peer: a peer downloads a few releases at a time, and one member cannot take every slot.
 pub const MAX_SUBSCRIPTIONS: usize = 512;
+pub const MAX_SUBSCRIPTIONS_PER_PEER: u32 = 8;
+
+/// The subscriptions being served: one slot each, counted per peer.
+#[derive(Default)]
+struct Subscribers {
+    per_peer: std::sync::Mutex<std::collections::HashMap<PeerId, u32>>,
+}
+
+/// A subscription's slot; given back when dropped.
+struct Slot<'a> {
+    subscribers: &'a Subscribers,
+    peer: PeerId,
+}
+
+impl Subscribers {
+    /// A slot for `peer`, unless `MAX_SUBSCRIPTIONS` are served or the peer has its share.
+    fn take(&self, peer: PeerId) -> Option<Slot<'_>> {
+        let mut map = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let total: u32 = map.values().sum();
+        let mine = map.entry(peer).or_default();
+        if total as usize >= MAX_SUBSCRIPTIONS || *mine >= MAX_SUBSCRIPTIONS_PER_PEER {
+            return None;
+        }
+        *mine += 1;
+        Some(Slot { subscribers: self, peer })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut map = self.subscribers.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
 
 /// Per-peer request budget: a token bucket of `rate` per second, bursts of twice that.
 struct Budget {
@@ -35,6 +75,7 @@ pub async fn serve(s: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams)
     let mut shutdown = s.shutdown.clone();
     let rate = f64::from(s.cfg.max_requests_per_peer_per_sec.max(1));
     let mut budgets: std::collections::HashMap<PeerId, Budget> = std::collections::HashMap::new();
+    let subscribers = Arc::new(Subscribers::default());
     loop {
         let next = tokio::select! {
             _ = shutdown.changed() => break,
@@ -60,18 +101,27 @@ pub async fn serve(s: Arc<Shared>, mut incoming: libp2p_stream::IncomingStreams)
             continue;
         }
         b.tokens -= 1.0;
-        let s = s.clone();
+        let (s, subscribers) = (s.clone(), subscribers.clone());
         tokio::spawn(async move {
-            if let Err(e) = handle(&s, peer, stream).await {
+            if let Err(e) = handle(&s, &subscribers, peer, stream).await {
                 tracing::debug!(%peer, "request failed: {e:#}");
             }
         });
     }
 }
 
-async fn handle(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream) -> anyhow::Result<()> {
+async fn handle(
+    s: &Arc<Shared>,
+    subscribers: &Subscribers,
+    peer: PeerId,
+    mut stream: libp2p::Stream,
+) -> anyhow::Result<()> {
     let req: Request = timeout(Duration::from_secs(10), wire::read_frame(&mut stream, wire::MAX_REQUEST)).await??;
     if let Request::Subscribe { manifest } = req {
+        let Some(_slot) = subscribers.take(peer) else {
+            wire::write_frame(&mut stream, &Response::Busy).await?;
+            return Ok(stream.close().await?);
+        };
         // Long-lived: it ends when the subscriber closes the stream, or at shutdown.
         return subscription(s, stream, manifest).await;
     }
@@ -130,13 +180,9 @@ async fn answer(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream, req: 
 
 /// A have-map subscription: the release's have-map now, then a `HaveDelta` for every batch of
 /// chunks stored and every change of whether this node takes part in the download, until the
-/// subscriber closes the stream or the node stops. At most `MAX_SUBSCRIPTIONS` at once (past
-/// it `Busy`); nothing is sent while nothing changes.
+/// subscriber closes the stream or the node stops. At most `MAX_SUBSCRIPTIONS` at once and
+/// `MAX_SUBSCRIPTIONS_PER_PEER` per peer (past it `Busy`); nothing is sent while nothing changes.
 async fn subscription(s: &Arc<Shared>, mut stream: libp2p::Stream, manifest: Hash32) -> anyhow::Result<()> {
-    let Ok(_slot) = s.subscriptions.try_acquire() else {
-        wire::write_frame(&mut stream, &Response::Busy).await?;
-        return Ok(stream.close().await?);
-    };
     let files: Option<Vec<Hash32>> =
         s.trust().manifests.get(&manifest).map(|m| m.value().files.iter().map(|f| f.hash).collect());
     // Listening before the snapshot, so a chunk stored in between is in one or the other.
@@ -279,4 +325,23 @@ async fn serve_chunk(
     s.metrics.served(len);
     let _ = s.store.add_transfer(peer.to_string(), 0, len).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscriptions_are_bounded_per_peer_and_in_all_and_a_dropped_slot_is_given_back() {
+        let subs = Subscribers::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let slots: Vec<Slot<'_>> = (0..MAX_SUBSCRIPTIONS_PER_PEER).map(|_| subs.take(a).unwrap()).collect();
+        assert!(subs.take(a).is_none(), "a peer has at most its share");
+        assert!(subs.take(b).is_some(), "another peer still gets one");
+        drop(slots);
+        assert!(subs.take(a).is_some(), "slots come back when their subscriptions end");
+        let many: Vec<Slot<'_>> = (0..MAX_SUBSCRIPTIONS).filter_map(|_| subs.take(PeerId::random())).collect();
+        assert_eq!(many.len(), MAX_SUBSCRIPTIONS, "the total bound counts every peer's");
+        assert!(subs.take(PeerId::random()).is_none());
+    }
 }

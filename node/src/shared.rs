@@ -61,8 +61,6 @@ pub struct Shared {
     /// Requests for a chunk this node is still fetching, waiting for it (see serve.rs); at most
     /// `serve::MAX_PARKED` at once.
     pub parked: Semaphore,
-    /// Have-map subscriptions served at once (see serve.rs); at most `serve::MAX_SUBSCRIPTIONS`.
-    pub subscriptions: Semaphore,
     /// Releases this node published and is the first to seed (see seeding.rs).
     pub seeding: crate::seeding::Seeding<PeerId>,
     pub refusals: AtomicU64,

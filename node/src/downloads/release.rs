@@ -36,8 +36,6 @@ use crate::wan;
 /// The loop looks again at least this often while a download runs: is the release still
 /// current (not yanked, not expired), and who are the site's fetchers now.
 const TICK: Duration = Duration::from_secs(1);
-/// Upstream work is planned at most this often (it ranks the site's participants).
-const UPSTREAM_GAP: Duration = Duration::from_millis(100);
 const BACKOFF_MS: u64 = 1500;
 /// A peer that answered `Busy` is asked again this soon: it holds the chunk, and at the end of a
 /// transfer every node asks the few holders of the last chunks at once.
@@ -151,7 +149,6 @@ struct Download {
     start: Instant,
     /// When this node last got a chunk it did not have (the site's progress, as seen from here).
     last_new_chunk: Instant,
-    last_upstream: Option<Instant>,
     last_provider_lookup: Option<Instant>,
     /// Bytes stored since the last background sync was started, and whether one is running.
     unsynced: u64,
@@ -234,7 +231,6 @@ impl Download {
             upstream: Upstream::new(m.value().origins.clone()),
             start: now,
             last_new_chunk: now,
-            last_upstream: None,
             last_provider_lookup: None,
             unsynced: 0,
             syncing: Arc::new(AtomicBool::new(false)),
@@ -280,9 +276,7 @@ impl Download {
                 let _ = tx.send((Source::Peer(peer), flat, r)).await;
             });
         }
-        if self.last_upstream.is_none_or(|t| t.elapsed() >= UPSTREAM_GAP) {
-            self.upstream_work(remote_needed);
-        }
+        self.upstream_work(remote_needed);
     }
 
     /// Origin work starts once the first look at the peers is answered, at [`ORIGIN_SETTLE`]
@@ -298,7 +292,6 @@ impl Download {
         if !((origin_ready || !self.maps.remote.is_empty()) && self.settled()) {
             return;
         }
-        self.last_upstream = Some(Instant::now());
         let mut participants = self.maps.participants(&self.s, &self.sched, self.start, self.last_new_chunk);
         participants.push(self.s.net.local);
         let Some(at) = self.upstream.role(&self.s, &self.hash, &participants, self.sched.len()) else { return };
@@ -346,9 +339,7 @@ impl Download {
         let backoff =
             self.sched.next_backoff_end(elapsed_ms(self.start)).map(|ms| self.start + Duration::from_millis(ms));
         let settle = (!self.settled()).then(|| self.start + ORIGIN_SETTLE);
-        let upstream_due = self.upstream.origin_ready() || !self.maps.remote.is_empty();
-        let upstream = self.last_upstream.filter(|_| upstream_due).map(|t| t + UPSTREAM_GAP);
-        [backoff, settle, self.upstream.backoff_end(), self.maps.next_wake(), upstream]
+        [backoff, settle, self.upstream.backoff_end(), self.maps.next_wake()]
             .into_iter()
             .flatten()
             .fold(Instant::now() + TICK, Instant::min)

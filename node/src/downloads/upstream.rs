@@ -27,9 +27,6 @@ pub const ORIGIN_SETTLE: Duration = Duration::from_millis(800);
 const BACKOFF_MS: u64 = 1500;
 /// An origin that delivered a chunk this recently is alive: a failed request is congestion.
 const ORIGIN_ALIVE: Duration = Duration::from_secs(30);
-/// While upstream work may be due, the fetcher set is judged again at least this often: who
-/// takes part changes with time (a peer stalls, an undecided one drops out).
-pub const UPSTREAM_TICK: Duration = Duration::from_secs(1);
 
 /// A peer at another site that holds `flat`, spread over the holders by chunk (every call for
 /// the same chunk picks the same one while the holders stay the same).
