@@ -9,10 +9,14 @@
 //! - A chunk counts as sent only once it was fully written ([`Seeding::sent`]); a send that was
 //!   dropped half way ([`Seeding::abandoned`], also when the [`Sending`] guard is dropped) names
 //!   nobody. While a send runs, other requesters are told plain `Elsewhere` (ask others, come
-//!   back after the next have-map round) for at most [`SEND_GRACE_MS`]; after that they are served.
+//!   back later) for at most [`SEND_GRACE_MS`]; after that they are served. A slow reader keeps
+//!   others from at most one chunk per upload slot it holds, for that long.
 //! - A holder is named only while it keeps its word: a requester sent to a holder that comes back
-//!   for the same chunk (a redirect without progress) is served at once, and that holder is never
-//!   named again for the file ([`MAX_DISTRUSTED`] such peers per file; past that nobody is named).
+//!   for the same chunk (a redirect without progress) is served at once and holds the chunk from
+//!   then on, and the old holder gets a strike; a peer with [`MAX_STRIKES`] is never named again
+//!   for the file (strikes are kept for [`MAX_DISTRUSTED`] peers per file; past that nobody is
+//!   named). An honest holder whose port is merely saturated loses one chunk's hold; a liar
+//!   costs each chunk at most one wasted request before its hold moves.
 //! - A holder that asks again for its own chunk (its copy did not arrive) is served, and is not
 //!   named for that chunk any more: asking again cannot restart its hold.
 //! - A hold lasts [`HOLD_MS`] from the send that started it, and only while the holder is
@@ -31,13 +35,17 @@ use lanpatch_protocol::Hash32;
 
 /// How long after a chunk went out to a holder another request for it is answered `ElsewhereAt`.
 pub const HOLD_MS: u64 = 10_000;
-/// How long a send that has not finished keeps other requesters away from the chunk.
-pub const SEND_GRACE_MS: u64 = 2_000;
+/// How long a send that has not finished keeps other requesters away from the chunk. Long
+/// enough for a chunk to cross a seed's port shared by all its upload slots: at 2 s, sends at a
+/// 20 Mbit/s seed outlasted it and second copies went out (1.30 copies from the seed at N = 16).
+pub const SEND_GRACE_MS: u64 = 10_000;
 /// Requesters remembered per chunk as redirected in its current hold; past it, requesters are
 /// served instead of redirected.
 pub const MAX_REDIRECTED: usize = 32;
-/// Peers per file that lost the right to be named; past it, nobody is named for the file.
+/// Peers per file whose strikes are kept; past it, nobody is named for the file.
 pub const MAX_DISTRUSTED: usize = 64;
+/// Failed redirects after which a holder is not named again for the file.
+pub const MAX_STRIKES: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer<P> {
@@ -61,6 +69,10 @@ enum Chunk<P> {
     Held { by: P, since: u64, redirected: Vec<P> },
 }
 
+fn distrusted<P: PartialEq>(strikes: &[(P, u32)], p: &P) -> bool {
+    strikes.iter().any(|(q, n)| q == p && *n >= MAX_STRIKES)
+}
+
 #[derive(Debug)]
 struct InitialSeed<P> {
     chunks: Vec<Chunk<P>>,
@@ -69,8 +81,8 @@ struct InitialSeed<P> {
     unsent: usize,
     /// When any hold last started.
     newest_ms: u64,
-    /// Peers a redirect to failed: never named again for this file.
-    distrusted: Vec<P>,
+    /// Peers a redirect to failed, and how often: at [`MAX_STRIKES`] never named again.
+    strikes: Vec<(P, u32)>,
     /// More than [`MAX_DISTRUSTED`] peers failed: nobody is named for this file any more.
     name_nobody: bool,
 }
@@ -82,7 +94,7 @@ impl<P: Clone + PartialEq> InitialSeed<P> {
             sent_once: vec![false; chunks],
             unsent: chunks,
             newest_ms: 0,
-            distrusted: Vec::new(),
+            strikes: Vec::new(),
             name_nobody: false,
         }
     }
@@ -115,15 +127,16 @@ impl<P: Clone + PartialEq> InitialSeed<P> {
             Chunk::Held { by, since, redirected } => {
                 let live = now_ms.saturating_sub(*since) < HOLD_MS && present(by);
                 let came_back = redirected.contains(to);
-                if came_back && !self.distrusted.contains(by) {
+                if came_back {
                     // Sent there in this hold and asking again: the holder did not deliver.
-                    if self.distrusted.len() < MAX_DISTRUSTED {
-                        self.distrusted.push(by.clone());
-                    } else {
-                        self.name_nobody = true;
+                    let full = self.strikes.len() >= MAX_DISTRUSTED;
+                    match self.strikes.iter_mut().find(|(p, _)| p == by) {
+                        Some((_, n)) => *n += 1,
+                        None if full => self.name_nobody = true,
+                        None => self.strikes.push((by.clone(), 1)),
                     }
                 }
-                let trusted = !self.name_nobody && !self.distrusted.contains(by);
+                let trusted = !self.name_nobody && !distrusted(&self.strikes, by);
                 if live && !came_back && trusted && redirected.len() < MAX_REDIRECTED {
                     redirected.push(to.clone());
                     return Answer::Elsewhere(by.clone());
@@ -148,7 +161,7 @@ impl<P: Clone + PartialEq> InitialSeed<P> {
             // A second send finished while the first holder's hold runs: the first stays named.
             Chunk::Held { .. } => return,
         };
-        if self.name_nobody || not.as_ref() == Some(to) || self.distrusted.contains(to) {
+        if self.name_nobody || not.as_ref() == Some(to) || distrusted(&self.strikes, to) {
             *chunk = Chunk::Open { not };
             return;
         }
@@ -360,21 +373,37 @@ mod tests {
     }
 
     #[test]
-    fn a_redirect_without_progress_is_served_and_the_holder_is_never_named_again() {
+    fn a_redirect_without_progress_is_served_and_a_holder_that_keeps_failing_is_never_named_again() {
         let s = Seeding::default();
         let f = Hash32([6; 32]);
-        s.start(f, 3);
+        s.start(f, 5);
         // mallory takes whole chunks and then serves nobody.
-        assert_eq!(get(&s, &f, 0, "mallory", 0), Answer::Serve);
-        assert_eq!(get(&s, &f, 1, "mallory", 0), Answer::Serve);
-        assert_eq!(get(&s, &f, 0, "b", 10), Answer::Elsewhere("mallory"));
-        // b comes back for the same chunk: it is served at once ...
-        assert_eq!(get(&s, &f, 0, "b", 20), Answer::Serve);
-        // ... and mallory is named for no chunk of the file any more, in this hold or later.
-        assert_eq!(get(&s, &f, 1, "c", 30), Answer::Serve, "mallory's other hold is not used either");
-        assert_eq!(get(&s, &f, 2, "mallory", 40), Answer::Serve);
-        assert_eq!(get(&s, &f, 2, "d", 50), Answer::Serve, "a distrusted peer is not made a holder");
-        assert_eq!(get(&s, &f, 2, "e", 60), Answer::Elsewhere("d"));
+        for c in 0..4 {
+            assert_eq!(get(&s, &f, c, "mallory", 0), Answer::Serve);
+        }
+        for (c, who) in [(0, "b"), (1, "c"), (2, "d")] {
+            assert_eq!(get(&s, &f, c, who, 10), Answer::Elsewhere("mallory"));
+            // The requester comes back for the same chunk: it is served at once, and holds it.
+            assert_eq!(get(&s, &f, c, who, 20), Answer::Serve);
+            assert_eq!(get(&s, &f, c, "x", 30), Answer::Elsewhere(who), "the hold moved to {who}");
+        }
+        // Three strikes: mallory is named for no chunk of the file any more, in a hold or later.
+        assert_eq!(get(&s, &f, 3, "e", 40), Answer::Serve, "mallory's last hold is not used either");
+        assert_eq!(get(&s, &f, 4, "mallory", 50), Answer::Serve);
+        assert_eq!(get(&s, &f, 4, "g", 60), Answer::Serve, "a distrusted peer is not made a holder");
+        assert_eq!(get(&s, &f, 4, "h", 70), Answer::Elsewhere("g"));
+    }
+
+    #[test]
+    fn one_failed_redirect_moves_the_hold_but_leaves_the_holder_named_elsewhere() {
+        let s = Seeding::default();
+        let f = Hash32([10; 32]);
+        s.start(f, 2);
+        assert_eq!(get(&s, &f, 0, "a", 0), Answer::Serve);
+        assert_eq!(get(&s, &f, 1, "a", 0), Answer::Serve);
+        assert_eq!(get(&s, &f, 0, "b", 10), Answer::Elsewhere("a"));
+        assert_eq!(get(&s, &f, 0, "b", 20), Answer::Serve, "a's port was busy: b is served");
+        assert_eq!(get(&s, &f, 1, "c", 30), Answer::Elsewhere("a"), "one strike: a still holds chunk 1");
     }
 
     #[test]
@@ -408,7 +437,7 @@ mod tests {
     }
 
     #[test]
-    fn redirects_per_hold_and_distrusted_peers_per_file_are_bounded() {
+    fn redirects_per_hold_and_peers_with_strikes_per_file_are_bounded() {
         let s = Seeding::default();
         let f = Hash32([4; 32]);
         s.start(f, 2);
@@ -427,7 +456,7 @@ mod tests {
             seed.sent(chunk, &liar, 0);
             assert_eq!(seed.answer(chunk, &requester, 0, |_| true), Answer::Elsewhere(liar));
             assert_eq!(seed.answer(chunk, &requester, 0, |_| true), Answer::Serve, "came back");
-            assert!(seed.distrusted.len() <= MAX_DISTRUSTED);
+            assert!(seed.strikes.len() <= MAX_DISTRUSTED);
         }
         assert!(seed.name_nobody, "more liars than the bound: nobody is named");
         assert_eq!(seed.answer(last, &1, 0, |_| true), Answer::Serve);

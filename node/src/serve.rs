@@ -18,8 +18,10 @@ use crate::wire::{self, Request, Response};
 /// How long a request for a chunk this node is still fetching waits for it. The seed names this
 /// node to peers as soon as it finished sending it a chunk (`ElsewhereAt`), so those peers often
 /// ask before the chunk is verified and stored here: the request is answered when it is,
-/// instead of with `NotFound`.
-pub const PARK: Duration = Duration::from_secs(2);
+/// instead of with `NotFound`. "Finished" at the seed means written to its socket: on a
+/// saturated 20 Mbit/s port the chunk may still be a few seconds away, and a requester answered
+/// `NotFound` goes back to the seed, which then sends a second copy.
+pub const PARK: Duration = Duration::from_secs(6);
 /// Most requests waiting that way at once; past it, `NotFound` at once.
 pub const MAX_PARKED: usize = 64;
 /// Most have-map subscriptions served at once (one per downloading peer and release), and per
@@ -183,17 +185,20 @@ async fn answer(s: &Arc<Shared>, peer: PeerId, mut stream: libp2p::Stream, req: 
 /// subscriber closes the stream or the node stops. At most `MAX_SUBSCRIPTIONS` at once and
 /// `MAX_SUBSCRIPTIONS_PER_PEER` per peer (past it `Busy`); nothing is sent while nothing changes.
 async fn subscription(s: &Arc<Shared>, mut stream: libp2p::Stream, manifest: Hash32) -> anyhow::Result<()> {
-    let files: Option<Vec<Hash32>> =
-        s.trust().manifests.get(&manifest).map(|m| m.value().files.iter().map(|f| f.hash).collect());
-    // Listening before the snapshot, so a chunk stored in between is in one or the other.
-    let mut news = s.library.news();
-    let mut part = s.downloads.taking_part_changes();
-    let have = files.as_deref().and_then(|f| s.library.have_flat(f));
-    let (Some(files), Some(have)) = (files, have) else {
+    let release: Option<(Vec<Hash32>, usize)> = s.trust().manifests.get(&manifest).map(|m| {
+        let v = m.value();
+        (v.files.iter().map(|f| f.hash).collect(), v.total_chunks())
+    });
+    let Some((files, n)) = release else {
         wire::write_frame(&mut stream, &Response::NotFound).await?;
         return Ok(stream.close().await?);
     };
-    let n = have.len();
+    // Listening before the snapshot, so a chunk stored in between is in one or the other.
+    let mut news = s.library.news();
+    let mut part = s.downloads.taking_part_changes();
+    // A release this node knows but does not download (yet, or at all: not targeted) has an
+    // empty map; its chunks are told as they come, should it start.
+    let have = s.library.have_flat(&files).unwrap_or_else(|| vec![false; n]);
     let mut downloading = s.downloads.takes_part(&manifest);
     wire::write_frame(&mut stream, &Response::Have { bits: wire::pack_bits(&have), downloading }).await?;
     stream.flush().await?;

@@ -35,8 +35,9 @@ const HAVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Polls of peers that cannot be subscribed to, and the restore of cleared map bits.
 pub const REFRESH: Duration = Duration::from_millis(700);
 /// A peer that did not know the release yet, was busy, or whose subscription broke is
-/// subscribed to again this much later.
+/// subscribed to again this much later, doubled for each failure in a row up to 16 times that.
 const RESUBSCRIBE: Duration = Duration::from_millis(500);
+const RESUBSCRIBE_DOUBLINGS: u32 = 4;
 /// Polls per round of peers of an earlier version.
 const LEGACY_FANOUT: usize = 8;
 /// Have-map queries per round to peers at other sites, and how often one such peer is asked.
@@ -112,6 +113,8 @@ pub struct Maps {
     tx: mpsc::Sender<HaveEvent>,
     subscriptions: HashMap<PeerId, AbortHandle>,
     retry_at: HashMap<PeerId, Instant>,
+    /// Subscriptions in a row that ended without a map, per peer.
+    failures: HashMap<PeerId, u32>,
     legacy: HashSet<PeerId>,
     /// What each same-site peer announced: what the scheduler's maps are restored from.
     announced: HashMap<PeerId, Vec<bool>>,
@@ -150,6 +153,7 @@ impl Maps {
             tx,
             subscriptions: HashMap::new(),
             retry_at: HashMap::new(),
+            failures: HashMap::new(),
             legacy: HashSet::new(),
             announced: HashMap::new(),
             cleared: None,
@@ -218,6 +222,7 @@ impl Maps {
         self.last_asked.remove(p);
         self.first_round_pending.remove(p);
         self.retry_at.remove(p);
+        self.failures.remove(p);
         if let Some(task) = self.subscriptions.remove(p) {
             task.abort();
         }
@@ -312,6 +317,7 @@ impl Maps {
                     }
                     let count = bits.iter().filter(|b| **b).count();
                     self.view(peer, count, downloading);
+                    self.failures.remove(&peer);
                     self.announced.insert(peer, bits.clone());
                     sched.set_peer_have(peer, bits);
                 }
@@ -341,7 +347,10 @@ impl Maps {
                         self.legacy.insert(peer);
                     }
                     SubEnd::NotYet | SubEnd::Closed => {
-                        self.retry_at.insert(peer, Instant::now() + RESUBSCRIBE);
+                        let failures = self.failures.entry(peer).or_default();
+                        let wait = RESUBSCRIBE * (1 << (*failures).min(RESUBSCRIBE_DOUBLINGS));
+                        *failures += 1;
+                        self.retry_at.insert(peer, Instant::now() + wait);
                     }
                 }
             }

@@ -36,6 +36,8 @@ use crate::wan;
 /// The loop looks again at least this often while a download runs: is the release still
 /// current (not yanked, not expired), and who are the site's fetchers now.
 const TICK: Duration = Duration::from_secs(1);
+/// Most events of each kind taken in between two plans.
+const BATCH: usize = 64;
 const BACKOFF_MS: u64 = 1500;
 /// A peer that answered `Busy` is asked again this soon: it holds the chunk, and at the end of a
 /// transfer every node asks the few holders of the last chunks at once.
@@ -172,11 +174,14 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
             Some(c) = chunk_rx.recv() => d.on_chunk(c).await?,
             Some(ev) = have_rx.recv() => d.on_have(ev),
         }
-        // Whatever else arrived meanwhile is taken in before the next plan.
-        while let Ok(ev) = have_rx.try_recv() {
+        // Whatever else arrived meanwhile is taken in before the next plan (a bounded batch, so
+        // a stream of news cannot hold requests back).
+        for _ in 0..BATCH {
+            let Ok(ev) = have_rx.try_recv() else { break };
             d.on_have(ev);
         }
-        while let Ok(c) = chunk_rx.try_recv() {
+        for _ in 0..BATCH {
+            let Ok(c) = chunk_rx.try_recv() else { break };
             d.on_chunk(c).await?;
         }
     }
