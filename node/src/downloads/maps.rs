@@ -298,8 +298,10 @@ impl Maps {
         self.retry_at.values().copied().chain(restore).chain(poll).min()
     }
 
-    /// Takes in news about a peer's map; `same_site`: the peer is at this node's site.
-    pub fn on_event(&mut self, ev: HaveEvent, same_site: bool, sched: &mut Scheduler<PeerId>) {
+    /// Takes in news about a peer's map; `same_site`: the peer is at this node's site. Returns
+    /// whether the site's participants may have changed (then the upstream work is planned
+    /// again); a delta that only adds chunks does not change them.
+    pub fn on_event(&mut self, ev: HaveEvent, same_site: bool, sched: &mut Scheduler<PeerId>) -> bool {
         match ev {
             HaveEvent::Map(peer, answer) => {
                 self.asking.remove(&peer);
@@ -313,7 +315,7 @@ impl Maps {
                 {
                     if !same_site {
                         self.remote.insert(peer, bits);
-                        return;
+                        return true;
                     }
                     let count = bits.iter().filter(|b| **b).count();
                     self.view(peer, count, downloading);
@@ -321,10 +323,11 @@ impl Maps {
                     self.announced.insert(peer, bits.clone());
                     sched.set_peer_have(peer, bits);
                 }
+                true
             }
             HaveEvent::Delta(peer, chunks, downloading) => {
                 if sched.is_banned(&peer) || !same_site {
-                    return;
+                    return false;
                 }
                 let n = self.n;
                 let bits = self.announced.entry(peer).or_insert_with(|| vec![false; n]);
@@ -333,8 +336,9 @@ impl Maps {
                     bits[*c] = true;
                 }
                 let count = bits.iter().filter(|b| **b).count();
-                self.view(peer, count, downloading);
+                let changed = self.view(peer, count, downloading);
                 sched.add_peer_chunks(peer, &flat);
+                changed
             }
             HaveEvent::Ended(peer, end) => {
                 self.subscriptions.remove(&peer);
@@ -353,13 +357,17 @@ impl Maps {
                         self.retry_at.insert(peer, Instant::now() + wait);
                     }
                 }
+                true
             }
         }
     }
 
-    fn view(&mut self, peer: PeerId, count: usize, downloading: bool) {
+    /// Updates a peer's view; returns whether who takes part may have changed (a new view, or
+    /// its `downloading` flipped).
+    fn view(&mut self, peer: PeerId, count: usize, downloading: bool) -> bool {
         let now = Instant::now();
         let live = self.subscriptions.contains_key(&peer);
+        let changed = self.views.get(&peer).is_none_or(|v| v.downloading != downloading);
         let view = self.views.entry(peer).or_insert(PeerView {
             downloading,
             have_count: count,
@@ -374,6 +382,7 @@ impl Maps {
         view.have_count = count;
         view.downloading = downloading;
         view.live = live;
+        changed
     }
 
     /// The same-site peers that take part in the release's origin work as this node sees them
@@ -430,7 +439,7 @@ fn unpack(peer: PeerId, bits: &[u8], n: usize) -> Result<Vec<bool>> {
 }
 
 /// One subscription, until it ends; says why.
-async fn subscribe(net: NetHandle, peer: PeerId, manifest: Hash32, n: usize, tx: mpsc::Sender<HaveEvent>) {
+pub(super) async fn subscribe(net: NetHandle, peer: PeerId, manifest: Hash32, n: usize, tx: mpsc::Sender<HaveEvent>) {
     let end = match follow_peer(&net, peer, manifest, n, &tx).await {
         Ok(end) => end,
         Err(e) => {

@@ -9,10 +9,13 @@
 //!   [`maps`]: the peers' have-maps (subscriptions, pushed; polls for earlier versions and
 //!   other sites); [`upstream`]: the site's origin work and the origin's health; [`fetch`]: one
 //!   chunk request and its check against the manifest.
+//! - [`holders`]: while this node seeds a release it published, it follows its peers' have-maps
+//!   so the seed names only holders that announced a chunk.
 
 pub mod admission;
 pub mod fetch;
 pub mod handle;
+pub mod holders;
 pub mod maps;
 pub mod owner;
 pub mod release;

@@ -152,6 +152,10 @@ struct Download {
     /// When this node last got a chunk it did not have (the site's progress, as seen from here).
     last_new_chunk: Instant,
     last_provider_lookup: Option<Instant>,
+    /// What the next plan must look at again besides requests to peers: the ready peers
+    /// (subscriptions), the upstream work. Deltas that only add chunks set neither.
+    peers_dirty: bool,
+    upstream_dirty: bool,
     /// Bytes stored since the last background sync was started, and whether one is running.
     unsynced: u64,
     syncing: Arc<AtomicBool>,
@@ -169,8 +173,13 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         let wake = d.next_wake();
         tokio::select! {
             _ = shutdown.changed() => return Ok(Outcome::Stopped),
-            _ = tokio::time::sleep_until(wake) => {}
-            r = ready.changed() => if r.is_err() { return Ok(Outcome::Stopped) },
+            _ = tokio::time::sleep_until(wake) => d.look_again(),
+            r = ready.changed() => {
+                if r.is_err() {
+                    return Ok(Outcome::Stopped);
+                }
+                d.look_again();
+            }
             Some(c) = chunk_rx.recv() => d.on_chunk(c).await?,
             Some(ev) = have_rx.recv() => d.on_have(ev),
         }
@@ -237,6 +246,8 @@ impl Download {
             start: now,
             last_new_chunk: now,
             last_provider_lookup: None,
+            peers_dirty: true,
+            upstream_dirty: true,
             unsynced: 0,
             syncing: Arc::new(AtomicBool::new(false)),
             s,
@@ -259,6 +270,13 @@ impl Download {
             || self.upstream.origin_failing()
     }
 
+    /// Something changed that is not a chunk's news (time passed, peers came or went): the next
+    /// plan looks at everything.
+    fn look_again(&mut self) {
+        self.peers_dirty = true;
+        self.upstream_dirty = true;
+    }
+
     /// Starts what is due now.
     async fn plan(&mut self) {
         let remote_needed = self.remote_needed();
@@ -269,7 +287,9 @@ impl Download {
             self.s.net.find_providers(self.hash).await;
             self.last_provider_lookup = Some(Instant::now());
         }
-        self.maps.follow(&self.s, &mut self.sched);
+        if std::mem::take(&mut self.peers_dirty) {
+            self.maps.follow(&self.s, &mut self.sched);
+        }
         // Other sites' have-maps matter only to a fetcher that would take chunks from them.
         self.maps.poll(&self.s, &self.sched, self.upstream.was_fetcher && remote_needed);
         self.maps.restore(&mut self.sched);
@@ -281,7 +301,9 @@ impl Download {
                 let _ = tx.send((Source::Peer(peer), flat, r)).await;
             });
         }
-        self.upstream_work(remote_needed);
+        if std::mem::take(&mut self.upstream_dirty) {
+            self.upstream_work(remote_needed);
+        }
     }
 
     /// Origin work starts once the first look at the peers is answered, at [`ORIGIN_SETTLE`]
@@ -355,7 +377,12 @@ impl Download {
             HaveEvent::Map(p, _) | HaveEvent::Delta(p, _, _) | HaveEvent::Ended(p, _) => *p,
         };
         let same_site = self.s.net.same_site(&peer);
-        self.maps.on_event(ev, same_site, &mut self.sched);
+        if matches!(ev, HaveEvent::Ended(..)) {
+            self.peers_dirty = true;
+        }
+        if self.maps.on_event(ev, same_site, &mut self.sched) {
+            self.upstream_dirty = true;
+        }
     }
 
     async fn on_chunk(&mut self, (source, flat, result): ChunkResult) -> Result<()> {
@@ -369,6 +396,10 @@ impl Download {
             && let Some(reason) = chunk_refusal(e)
         {
             self.s.metrics.chunk_refused(byte_source, reason);
+        }
+        if !matches!(source, Source::Peer(_)) {
+            // An upstream slot is free again.
+            self.upstream_dirty = true;
         }
         match (source, result) {
             (source, Ok(chunk)) => self.on_stored(source, flat, &file, idx, chunk).await?,
