@@ -263,12 +263,10 @@ async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<Contr
             Ok(())
         })
         .await??;
-        // This node holds the only copy: send each chunk out once before any twice, and name a
-        // peer as a chunk's holder once it announced the chunk.
+        // This node holds the only copy: send each chunk out once before any twice.
         for f in &manifest.value().files {
             s.seeding.start(f.hash, f.chunks.len());
         }
-        tokio::spawn(crate::downloads::holders::follow(s.clone(), manifest.clone()));
     } else if manifest.value().origins.is_empty() {
         return Err(fail(
             ErrorKind::BadRequest,

@@ -33,9 +33,6 @@ impl FileState {
     }
 }
 
-/// Chunks a have-map subscriber may fall behind before it is told it lagged.
-pub const NEWS_BACKLOG: usize = 1024;
-
 #[derive(Default)]
 struct Inner {
     files: HashMap<Hash32, FileState>,
@@ -46,8 +43,6 @@ pub struct Library {
     inner: Arc<RwLock<Inner>>,
     /// Notified whenever a chunk is stored (see [`Library::wait_for_chunk`]).
     stored: Arc<tokio::sync::Notify>,
-    /// Every chunk stored, (file, index), for have-map subscriptions (see serve.rs).
-    news: tokio::sync::broadcast::Sender<(Hash32, u32)>,
     blobs: PathBuf,
     partial: PathBuf,
     store: Store,
@@ -69,8 +64,7 @@ impl Library {
         for d in [&blobs, &partial] {
             crate::fsmode::create_dir(d, crate::fsmode::DIR)?;
         }
-        let (news, _) = tokio::sync::broadcast::channel(NEWS_BACKLOG);
-        Ok(Library { inner: Arc::default(), stored: Arc::default(), news, blobs, partial, store })
+        Ok(Library { inner: Arc::default(), stored: Arc::default(), blobs, partial, store })
     }
 
     pub fn blob_path(&self, file: &Hash32) -> PathBuf {
@@ -182,12 +176,6 @@ impl Library {
         }
     }
 
-    /// Chunks stored from now on. A receiver that falls more than [`NEWS_BACKLOG`] behind is
-    /// told it lagged (and then reads the whole have-map again).
-    pub fn news(&self) -> tokio::sync::broadcast::Receiver<(Hash32, u32)> {
-        self.news.subscribe()
-    }
-
     /// Reads a chunk this node holds. Blocking.
     pub fn read_chunk(&self, file: &Hash32, idx: u32) -> Result<Option<Vec<u8>>> {
         let Some(state) = self.file(file) else { return Ok(None) };
@@ -241,8 +229,6 @@ impl Library {
         let complete = s.have_count == s.have.len();
         drop(inner);
         self.stored.notify_waiters();
-        // Nobody listening is not an error.
-        let _ = self.news.send((*file, idx));
         crate::bufpool::give(chunk.into_bytes());
         Ok(complete)
     }

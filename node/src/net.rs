@@ -171,10 +171,6 @@ impl NetHandle {
     pub fn ready_peers(&self) -> Vec<PeerId> {
         self.ready.borrow().keys().copied().collect()
     }
-    /// Changes whenever a peer becomes ready or leaves.
-    pub fn ready_changes(&self) -> watch::Receiver<HashMap<PeerId, SiteName>> {
-        self.ready.clone()
-    }
     /// Whether a ready peer says it is at this node's site (false for a peer not ready).
     pub fn same_site(&self, peer: &PeerId) -> bool {
         self.ready.borrow().get(peer).is_some_and(|s| *s == self.site)

@@ -98,31 +98,6 @@ impl<P: Clone + Eq + Hash + Ord> Scheduler<P> {
         e.avail_count = avail_count;
     }
 
-    /// A peer announced chunks (a have-map delta): they go into its map. A peer with no map yet
-    /// gets one with just those chunks; numbers beyond the release are ignored.
-    pub fn add_peer_chunks(&mut self, peer: P, chunks: &[usize]) {
-        let n = self.have.len();
-        let p = self.peers.entry(peer).or_insert_with(|| PeerState::unknown(n));
-        if p.avail.len() != n {
-            p.avail = vec![false; n];
-            p.avail_count = 0;
-        }
-        for &c in chunks {
-            if let Some(a) = p.avail.get_mut(c)
-                && !*a
-            {
-                *a = true;
-                p.avail_count += 1;
-            }
-        }
-    }
-
-    /// When the first backoff still running at `now_ms` ends, if any: the next time a request
-    /// may go out without anything else happening first.
-    pub fn next_backoff_end(&self, now_ms: u64) -> Option<u64> {
-        self.peers.values().filter(|p| !p.banned && p.backoff_until_ms > now_ms).map(|p| p.backoff_until_ms).min()
-    }
-
     /// Peers the scheduler knows (with a have-map).
     pub fn peers(&self) -> impl Iterator<Item = P> + '_ {
         self.peers.keys().cloned()
@@ -314,21 +289,6 @@ mod tests {
 
     fn all(n: usize) -> Vec<bool> {
         vec![true; n]
-    }
-
-    #[test]
-    fn announced_chunks_join_a_peers_map_and_the_next_backoff_end_is_known() {
-        let mut s = Scheduler::new(vec![false; 4], 2, 0);
-        s.add_peer_chunks("a", &[1, 3, 9]);
-        assert_eq!(s.next_requests(0).into_iter().map(|(_, c)| c).collect::<Vec<_>>().len(), 2);
-        s.add_peer_chunks("a", &[0]);
-        assert!(!s.peer_has_all(&"a"));
-        s.add_peer_chunks("a", &[2]);
-        assert!(s.peer_has_all(&"a"), "a delta completes the map");
-        assert_eq!(s.next_backoff_end(0), None, "no backoff runs");
-        s.failed(&"a", 1, 100, 1500);
-        assert_eq!(s.next_backoff_end(100), Some(1600));
-        assert_eq!(s.next_backoff_end(1600), None, "it ended");
     }
 
     #[test]

@@ -6,10 +6,7 @@
 //!
 //! A requester cannot capture the seed (make it point everyone at a peer that does not hold the
 //! chunk). The rules, each unit-tested below:
-//! - A holder is named only once it announced the chunk in its have-map ([`Seeding::announced`],
-//!   fed by downloads/holders.rs); until then, for at most [`SEND_GRACE_MS`] after the send,
-//!   others are told plain `Elsewhere` and find it through the holder's own announcements.
-//! - A chunk counts as sent only once it was fully written ([`Seeding::sent_at`]); a send that was
+//! - A chunk counts as sent only once it was fully written ([`Seeding::sent`]); a send that was
 //!   dropped half way ([`Seeding::abandoned`], also when the [`Sending`] guard is dropped) names
 //!   nobody. While a send runs, other requesters are told plain `Elsewhere` (ask others, come
 //!   back later) for at most [`SEND_GRACE_MS`]; after that they are served. A slow reader keeps
@@ -52,7 +49,7 @@ pub const MAX_STRIKES: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer<P> {
-    /// Send the chunk; report how it went with [`Sending::finished`] (or drop the guard).
+    /// Send the chunk; report how it went with [`Seeding::sent`] or [`Seeding::abandoned`].
     Serve,
     /// The chunk is on its way to another peer: ask others, and this node again later
     /// (`Elsewhere` on the wire).
@@ -68,9 +65,7 @@ enum Chunk<P> {
     Open { not: Option<P> },
     /// A send to `to` started at `since` and has not finished.
     Sending { to: P, since: u64, not: Option<P> },
-    /// The whole chunk was written to `to` at `at`; `to` has not announced it yet.
-    Sent { to: P, at: u64, not: Option<P> },
-    /// `by` announced the chunk at `since`; `redirected` were sent to it in this hold.
+    /// `by` got the whole chunk at `since`; `redirected` were sent to it in this hold.
     Held { by: P, since: u64, redirected: Vec<P> },
 }
 
@@ -123,19 +118,6 @@ impl<P: Clone + PartialEq> InitialSeed<P> {
                 *chunk = serve(not);
                 Answer::Serve
             }
-            // Written to the socket, not announced yet: on its way, or the peer lied.
-            Chunk::Sent { to: other, at, .. }
-                if other != to && now_ms.saturating_sub(*at) < SEND_GRACE_MS && present(other) =>
-            {
-                Answer::Wait
-            }
-            Chunk::Sent { to: other, not, .. } => {
-                // The peer it went to asks again (its copy did not arrive), or it never said it
-                // holds it in time: sent again.
-                let not = if other == to { Some(other.clone()) } else { not.take() };
-                *chunk = serve(not);
-                Answer::Serve
-            }
             Chunk::Held { by, .. } if by == to => {
                 // Its copy did not arrive: sent again, but it is not named for this chunk again.
                 let not = Some(by.clone());
@@ -165,7 +147,7 @@ impl<P: Clone + PartialEq> InitialSeed<P> {
         }
     }
 
-    /// The chunk was fully written to `to`: others wait for `to` to announce it.
+    /// The chunk was fully written to `to`: it holds it from now on, unless it may not be named.
     fn sent(&mut self, idx: usize, to: &P, now_ms: u64) {
         let Some(chunk) = self.chunks.get_mut(idx) else { return };
         if let Some(once) = self.sent_once.get_mut(idx)
@@ -175,7 +157,7 @@ impl<P: Clone + PartialEq> InitialSeed<P> {
             self.unsent -= 1;
         }
         let not = match chunk {
-            Chunk::Open { not } | Chunk::Sending { not, .. } | Chunk::Sent { not, .. } => not.take(),
+            Chunk::Open { not } | Chunk::Sending { not, .. } => not.take(),
             // A second send finished while the first holder's hold runs: the first stays named.
             Chunk::Held { .. } => return,
         };
@@ -183,23 +165,7 @@ impl<P: Clone + PartialEq> InitialSeed<P> {
             *chunk = Chunk::Open { not };
             return;
         }
-        *chunk = Chunk::Sent { to: to.clone(), at: now_ms, not };
-        self.newest_ms = self.newest_ms.max(now_ms);
-    }
-
-    /// `by` announced it holds the chunk (its have-map): it is named from now on, unless a hold
-    /// runs already or it may not be named.
-    fn announced(&mut self, idx: usize, by: &P, now_ms: u64) {
-        let Some(chunk) = self.chunks.get_mut(idx) else { return };
-        let not = match chunk {
-            Chunk::Open { not } | Chunk::Sending { not, .. } | Chunk::Sent { not, .. } => not.as_ref(),
-            Chunk::Held { .. } => return,
-        };
-        // A peer that asked again for its own copy does not get the chunk's hold back.
-        if not == Some(by) || self.name_nobody || distrusted(&self.strikes, by) {
-            return;
-        }
-        *chunk = Chunk::Held { by: by.clone(), since: now_ms, redirected: Vec::new() };
+        *chunk = Chunk::Held { by: to.clone(), since: now_ms, redirected: Vec::new() };
         self.newest_ms = self.newest_ms.max(now_ms);
     }
 
@@ -309,18 +275,6 @@ impl<P: Clone + PartialEq> Seeding<P> {
         }
     }
 
-    /// Peer `by` announced it holds chunk `idx` of `file` (see downloads/holders.rs).
-    pub fn announced(&self, file: &Hash32, idx: u32, by: &P) {
-        self.announced_at(file, idx, by, self.now_ms());
-    }
-
-    /// `announced` at `now_ms` on the seeding clock.
-    pub fn announced_at(&self, file: &Hash32, idx: u32, by: &P, now_ms: u64) {
-        if let Some(seed) = self.lock().get_mut(file) {
-            seed.announced(idx as usize, by, now_ms);
-        }
-    }
-
     /// A send of chunk `idx` of `file` to `to` did not finish.
     pub fn abandoned(&self, file: &Hash32, idx: u32, to: &P) {
         if let Some(seed) = self.lock().get_mut(file) {
@@ -332,8 +286,8 @@ impl<P: Clone + PartialEq> Seeding<P> {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Whether this node still seeds `file` initially.
-    pub fn is_seeding(&self, file: &Hash32) -> bool {
+    #[cfg(test)]
+    fn is_seeding(&self, file: &Hash32) -> bool {
         self.lock().contains_key(file)
     }
 
@@ -350,33 +304,13 @@ mod tests {
         true
     }
 
-    /// Asks for a chunk at `t` and, when served, finishes the send at once and the requester
-    /// announces the chunk.
+    /// Asks for a chunk at `t` and, when served, finishes the send at once.
     fn get(s: &Seeding<&'static str>, f: &Hash32, idx: u32, to: &'static str, t: u64) -> Answer<&'static str> {
         let a = s.answer_at(f, idx, &to, t, all);
         if a == Answer::Serve {
             s.sent_at(f, idx, &to, t);
-            s.announced_at(f, idx, &to, t);
         }
         a
-    }
-
-    #[test]
-    fn a_holder_is_named_only_once_it_announced_the_chunk_and_others_wait_until_then() {
-        let s = Seeding::default();
-        let f = Hash32([11; 32]);
-        s.start(f, 2);
-        assert_eq!(s.answer_at(&f, 0, &"a", 0, all), Answer::Serve);
-        s.sent_at(&f, 0, &"a", 100);
-        // Written to the socket, not announced: others are told to look elsewhere, not sent to a.
-        assert_eq!(s.answer_at(&f, 0, &"b", 200, all), Answer::Wait);
-        s.announced_at(&f, 0, &"a", 300);
-        assert_eq!(s.answer_at(&f, 0, &"b", 400, all), Answer::Elsewhere("a"), "announced: named");
-        // A peer that takes a chunk and never announces it keeps others waiting only so long.
-        assert_eq!(s.answer_at(&f, 1, &"mallory", 0, all), Answer::Serve);
-        s.sent_at(&f, 1, &"mallory", 10);
-        assert_eq!(s.answer_at(&f, 1, &"b", 10 + SEND_GRACE_MS - 1, all), Answer::Wait);
-        assert_eq!(s.answer_at(&f, 1, &"b", 10 + SEND_GRACE_MS, all), Answer::Serve);
     }
 
     #[test]
@@ -433,7 +367,6 @@ mod tests {
         let (a, guard) = s.answer(&f, 0, &"b", |_| true);
         assert_eq!(a, Answer::Serve, "the dropped send named nobody");
         guard.expect("a guard for a send").finished();
-        s.announced(&f, 0, &"b");
         let (a, guard) = s.answer(&f, 0, &"c", |_| true);
         assert_eq!(a, Answer::Elsewhere("b"));
         assert!(guard.is_none(), "no send, no guard");
@@ -500,7 +433,6 @@ mod tests {
         let a_left = |p: &&str| *p != "a";
         assert_eq!(s.answer_at(&f, 0, &"b", 10, a_left), Answer::Serve, "a is gone: b gets it from the seed");
         s.sent_at(&f, 0, &"b", 10);
-        s.announced_at(&f, 0, &"b", 15);
         assert_eq!(s.answer_at(&f, 0, &"c", 20, a_left), Answer::Elsewhere("b"), "and b is named from now on");
     }
 
@@ -522,7 +454,6 @@ mod tests {
             let (chunk, requester) = (liar, 10_000 + liar);
             assert_eq!(seed.answer(chunk, &liar, 0, |_| true), Answer::Serve);
             seed.sent(chunk, &liar, 0);
-            seed.announced(chunk, &liar, 0);
             assert_eq!(seed.answer(chunk, &requester, 0, |_| true), Answer::Elsewhere(liar));
             assert_eq!(seed.answer(chunk, &requester, 0, |_| true), Answer::Serve, "came back");
             assert!(seed.strikes.len() <= MAX_DISTRUSTED);

@@ -15,8 +15,6 @@ pub const MAX_RESPONSE: usize = 8 * 1024 * 1024;
 /// Most peers in one peer-exchange response, and addresses per peer.
 pub const MAX_PEERS: usize = 64;
 pub const MAX_ADDRS_PER_PEER: usize = 8;
-/// Most chunks in one `HaveDelta` (a responder with more news sends its whole `Have` again).
-pub const MAX_DELTA: usize = 4096;
 /// Most envelopes in one catalog response.
 pub const MAX_CATALOG_ITEMS: usize = 4096;
 
@@ -32,9 +30,6 @@ pub enum Request {
     /// Peers the responder is connected to, with their listen addresses (peer exchange, so
     /// nodes that know one static peer find the rest).
     Peers,
-    /// Keep me told what you hold of this release: a `Have` now, then a `HaveDelta` whenever
-    /// that changes, on this stream, until the requester closes it.
-    Subscribe { manifest: Hash32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,13 +65,6 @@ pub enum Response {
     ElsewhereAt {
         #[serde(with = "serde_bytes")]
         holder: Vec<u8>,
-    },
-    /// On a subscription, after its `Have`: chunks the responder stored since its last frame
-    /// (flat numbers, at most [`MAX_DELTA`]), and whether it takes part in the download.
-    /// Appended last, so earlier variants keep their encodings.
-    HaveDelta {
-        chunks: Vec<u32>,
-        downloading: bool,
     },
 }
 

@@ -49,15 +49,12 @@ pub(super) enum Command {
 pub struct Downloads {
     tx: mpsc::Sender<Command>,
     view: watch::Receiver<View>,
-    taking_part: watch::Receiver<HashSet<Hash32>>,
 }
 
 /// The owner's ends of the channels, handed to [`super::owner::run`].
 pub struct Inbox {
     pub(super) rx: mpsc::Receiver<Command>,
     pub(super) view: watch::Sender<View>,
-    /// The releases queued or running, changed only when that set changes.
-    pub(super) taking_part: watch::Sender<HashSet<Hash32>>,
 }
 
 /// A handle and the owner's inbox. Commands wait in a bounded channel (back-pressure on chunk
@@ -65,8 +62,7 @@ pub struct Inbox {
 pub fn channel() -> (Downloads, Inbox) {
     let (tx, rx) = mpsc::channel(256);
     let (view_tx, view) = watch::channel(View::default());
-    let (part_tx, taking_part) = watch::channel(HashSet::new());
-    (Downloads { tx, view, taking_part }, Inbox { rx, view: view_tx, taking_part: part_tx })
+    (Downloads { tx, view }, Inbox { rx, view: view_tx })
 }
 
 impl Downloads {
@@ -93,13 +89,8 @@ impl Downloads {
     /// Whether this node downloads the release or waits to (either way a participant in its
     /// site's origin work).
     pub fn takes_part(&self, hash: &Hash32) -> bool {
-        self.taking_part.borrow().contains(hash)
-    }
-
-    /// Changes when a release starts or stops taking part (queued, running, ended); not on
-    /// progress.
-    pub fn taking_part_changes(&self) -> watch::Receiver<HashSet<Hash32>> {
-        self.taking_part.clone()
+        let v = self.view.borrow();
+        v.running.contains(hash) || v.queued.contains(hash)
     }
 
     /// The progress of every release this process admitted.

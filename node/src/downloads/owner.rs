@@ -17,7 +17,7 @@ use crate::shared::{Shared, release_ref};
 
 /// Runs the owner until shutdown.
 pub async fn run(s: Arc<Shared>, inbox: Inbox) {
-    let Inbox { mut rx, view, taking_part } = inbox;
+    let Inbox { mut rx, view } = inbox;
     let mut queue: Vec<Signed<ReleaseManifest>> = Vec::new();
     let mut shutdown = s.shutdown.clone();
     loop {
@@ -42,13 +42,6 @@ pub async fn run(s: Arc<Shared>, inbox: Inbox) {
             }),
         }
         start_ready(&s, &view, &mut queue);
-        taking_part.send_if_modified(|set| {
-            let v = view.borrow();
-            let now: std::collections::HashSet<Hash32> = v.queued.union(&v.running).copied().collect();
-            let changed = *set != now;
-            *set = now;
-            changed
-        });
     }
 }
 

@@ -1,52 +1,99 @@
-//! One release's swarm download: the [`Scheduler`] decides which chunk to ask from whom, this
-//! module does the I/O, and the download reports its progress to the owner.
+//! Swarm download of one release: the [`Scheduler`] decides, this module does the I/O and
+//! reports progress to the download owner.
 //!
-//! Driven by events, not a clock: a finished chunk request, news of a peer's have-map
-//! (maps.rs: subscriptions, pushed as peers store chunks), a peer arriving or leaving. After
-//! each batch of events [`Download::plan`] starts what is due: requests to peers, upstream work
-//! (upstream.rs), resubscriptions. Between events the loop sleeps until the next thing that
-//! is due (a backoff ending, the origin settle time, a map restore) or [`TICK`], whichever
-//! comes first; the tick checks that the release is still current and lets the site's
-//! fetchers be judged again. Chunk requests run in their own tasks, each on a fresh stream,
-//! and report back over a channel, so a slow peer never holds up the loop. Every chunk is
-//! verified against the signed manifest before it is written (fetch.rs); a peer that sends a
-//! bad chunk is banned at once.
+//! Peers' have-maps are refreshed in rounds (every 0.7 s, sooner when idle); chunk requests and
+//! have-map queries run in their own tasks, each on a fresh stream, and report back over channels,
+//! so a slow peer never holds up the loop. Every chunk is verified against the signed manifest
+//! before it is written; a peer that sends a bad chunk is banned at once.
+//!
+//! The first round asks every peer (peers that have not answered yet count as participants in the
+//! origin work, so the site's origin fetchers are chosen alike on every node); later
+//! rounds ask the site's origin fetchers (where new chunks appear first) and at most
+//! [`HAVE_FANOUT`] others, least recently asked first, and never a peer that already holds the
+//! whole release. A node's have-map queries per round therefore stay bounded at any fleet size
+//! instead of growing with N (N x N across the site).
 
+use crate::metrics::{ByteSource, ChunkRefusal, OriginFailure};
+use lanpatch_protocol::control::RefusalKind;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
-use lanpatch_protocol::{DownloadProgress, FileEntry, Hash32, ReleaseManifest, Signed, VerifiedChunk};
+use futures::AsyncWriteExt;
+use lanpatch_protocol::{ChunkError, DownloadProgress, FileEntry, Hash32, ReleaseManifest, Signed, VerifiedChunk};
 use libp2p::PeerId;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Instant, timeout};
 
-use super::fetch::{FetchError, chunk_refusal, fetch_chunk, fetch_from_origin};
 use super::handle::Progress;
-use super::maps::{HaveEvent, Maps};
-use super::upstream::{ORIGIN_SETTLE, Upstream, remote_holder};
-use crate::metrics::ByteSource;
-use crate::report::ReleaseRef;
+use crate::config::DropDownloads;
 use crate::sched::Scheduler;
 use crate::shared::Shared;
-use crate::site::Upstream as SiteUpstream;
+use crate::site::Upstream;
 use crate::wan;
+use crate::wire::{self, Request, Response, WireError};
 
-/// The loop looks again at least this often while a download runs: is the release still
-/// current (not yanked, not expired), and who are the site's fetchers now.
-const TICK: Duration = Duration::from_secs(1);
-/// Most events of each kind taken in between two plans.
-const BATCH: usize = 64;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+const HAVE_TIMEOUT: Duration = Duration::from_secs(3);
+const REFRESH: Duration = Duration::from_millis(700);
+/// Origin fetching starts once every peer asked in the first have-map round has answered (or
+/// failed), so that chunks a site peer already holds are not fetched across the WAN, and at the
+/// latest this long after the download started, so that a peer slow to answer on a loaded site
+/// does not hold up the site's origin work. Who fetches does not wait on answers: a connected
+/// peer that has not answered counts as a participant (see the upstream work in [`download`]).
+/// On an idle LAN the answers are in within tens of milliseconds; a fixed 0.8 s wait was 6 % of
+/// the physical limit of a 32 MiB release over a 20 Mbit/s link.
+const ORIGIN_SETTLE: Duration = Duration::from_millis(800);
+/// When nothing is in flight, have-maps are refreshed this soon rather than after `REFRESH`, so a
+/// node waiting for the last chunks notices them quickly.
+const IDLE_REFRESH: Duration = Duration::from_millis(150);
+/// A downloading peer whose have-map has not grown for this long is presumed stalled; its share
+/// of origin work moves to the others.
+const STALL: Duration = Duration::from_secs(15);
+/// A downloading peer whose have-map has not grown for this long is stalled even if nobody else
+/// progressed either.
+const STALL_ALWAYS: Duration = Duration::from_secs(60);
+/// For this long after a download starts, a peer that said it is not downloading the release (and
+/// does not hold all of it) still counts as a participant in the origin work.
+const UNDECIDED: Duration = Duration::from_secs(5);
+/// Have-map queries per refresh round besides the origin fetchers.
+const HAVE_FANOUT: usize = 8;
 const BACKOFF_MS: u64 = 1500;
+/// An origin that delivered a chunk this recently is alive: a failed request is congestion.
+const ORIGIN_ALIVE: Duration = Duration::from_secs(30);
 /// A peer that answered `Busy` is asked again this soon: it holds the chunk, and at the end of a
 /// transfer every node asks the few holders of the last chunks at once.
 const BUSY_BACKOFF_MS: u64 = 150;
 /// Every this many bytes stored, the partial file's writes so far go to disk in the background
 /// (see `Library::sync_partial`).
 const SYNC_STEP: u64 = 8 * 1024 * 1024;
+/// Have-map queries per round to peers at other sites, and how often one such peer is asked.
+const REMOTE_FANOUT: usize = 2;
+const REMOTE_REFRESH: Duration = Duration::from_secs(2);
 /// How often a running download looks up the release's holders in Kademlia.
 const PROVIDER_LOOKUP: Duration = Duration::from_secs(60);
+
+/// A peer at another site that holds `flat`, spread over the holders by chunk (every call for
+/// the same chunk picks the same one while the holders stay the same).
+fn remote_holder(
+    remote: &HashMap<PeerId, Vec<bool>>,
+    flat: usize,
+    seed: u64,
+    banned: impl Fn(&PeerId) -> bool,
+) -> Option<PeerId> {
+    let mut holders: Vec<PeerId> = remote
+        .iter()
+        .filter(|(p, bits)| bits.get(flat).copied().unwrap_or(false) && !banned(p))
+        .map(|(p, _)| *p)
+        .collect();
+    if holders.is_empty() {
+        return None;
+    }
+    holders.sort_by_key(|p| p.to_bytes());
+    let at = ((flat as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % holders.len();
+    Some(holders[at])
+}
 
 pub enum Outcome {
     /// Every chunk verified and stored; `announce`: this node is one of its site's announcers
@@ -55,6 +102,30 @@ pub enum Outcome {
         announce: bool,
     },
     Stopped,
+}
+
+/// Why one chunk request failed.
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    /// The peer sent bytes that do not match the signed manifest: it lied.
+    #[error(transparent)]
+    Bad(#[from] ChunkError),
+    #[error("peer sent a chunk of the wrong length: {0}")]
+    BadLength(WireError),
+    #[error("peer does not have the chunk")]
+    NotFound,
+    #[error("peer is busy")]
+    Busy,
+    /// The peer (a seed) sent that chunk to another peer already, named if it said which.
+    #[error("peer sent that chunk to another peer already")]
+    Elsewhere(Option<PeerId>),
+    #[error("timed out")]
+    Timeout,
+    /// The origin redirected where the policy does not allow (another origin, a file:// URL).
+    #[error("{0}")]
+    Redirect(String),
+    #[error("{0}")]
+    Other(String),
 }
 
 /// Maps a flat chunk number of a release to (file, chunk index).
@@ -83,6 +154,56 @@ impl Layout {
 
 fn elapsed_ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
+}
+
+/// A downloading peer is stalled when its have-map has not grown for [`STALL`] while this node's
+/// did: it hung or lost its way to the origin while the site moved on. When the whole site waits
+/// (a congested WAN link), nobody is stalled and the origin fetchers stay who they are; dropping
+/// them then would only elect more fetchers and open more connections across the congested link.
+///
+/// The quiet must have been seen: the peer answered a have-map query [`STALL`] or more after its
+/// last progress. A peer this node has not heard from lately (its answers late on a loaded site,
+/// or not asked again yet: at 64 nodes each is asked about every 5 s) is not judged on an old
+/// map. Judged on old maps, the busiest peers (the fetchers, uploading to everyone) looked stalled
+/// to some nodes and not to others, the nodes disagreed on who the fetchers were, and ranges were
+/// fetched twice (1.15-1.32 x S from the origin at 64 nodes).
+///
+/// Whatever the site does, a peer whose have-map has not grown for [`STALL_ALWAYS`] is stalled:
+/// peers that claim to download and never progress (a Sybil set ground to rank first as fetchers)
+/// hold up the site's origin work for at most that long.
+fn stalled(v: &PeerView, my_progress: Instant) -> bool {
+    let quiet = v.last_progress.elapsed();
+    let seen_quiet = v.last_answer.saturating_duration_since(v.last_progress) >= STALL;
+    quiet >= STALL_ALWAYS || (seen_quiet && my_progress > v.last_progress + STALL)
+}
+
+/// What this node last learned about a peer for the current release.
+struct PeerView {
+    downloading: bool,
+    have_count: usize,
+    last_progress: Instant,
+    /// When the peer last answered a have-map query.
+    last_answer: Instant,
+}
+
+/// What one have-map query returned: the peer's chunks and whether it is downloading, `None`
+/// when it does not know the release; an error; or no answer in time.
+type HaveResult = Result<Result<Option<(Vec<bool>, bool)>>, tokio::time::error::Elapsed>;
+type HaveAnswer = (PeerId, HaveResult);
+
+/// The have-map queries of one download: who is being asked, who was asked when.
+struct Refresh {
+    tx: mpsc::Sender<HaveAnswer>,
+    asking: HashSet<PeerId>,
+    last_asked: HashMap<PeerId, Instant>,
+    /// Whether the first round (every peer) has been sent.
+    first_round_sent: bool,
+    /// Peers of the first round that have not answered yet.
+    first_round_pending: HashSet<PeerId>,
+    /// Have-maps of peers at other sites. They never enter the scheduler: a chunk crosses to
+    /// this site from another one like from an origin, fetched once by its owner among the
+    /// site's fetchers (see the upstream work in [`download`]).
+    remote: HashMap<PeerId, Vec<bool>>,
 }
 
 /// Download progress goes to the fleet (a report of the `Downloading` state) at every tenth of
@@ -132,261 +253,205 @@ enum Source {
     Remote(PeerId),
 }
 
-type ChunkResult = (Source, usize, Result<VerifiedChunk, FetchError>);
-
-/// One release's download in progress.
-struct Download {
-    s: Arc<Shared>,
-    hash: Hash32,
-    release: ReleaseRef,
-    layout: Layout,
-    /// This node's tie-breaker (from its peer id): nodes that start together pick differently.
-    seed: u64,
-    sched: Scheduler<PeerId>,
-    progress: Progress,
-    reports: ProgressReports,
-    chunks: mpsc::Sender<ChunkResult>,
-    maps: Maps,
-    upstream: Upstream,
-    start: Instant,
-    /// When this node last got a chunk it did not have (the site's progress, as seen from here).
-    last_new_chunk: Instant,
-    last_provider_lookup: Option<Instant>,
-    /// What the next plan must look at again besides requests to peers: the ready peers
-    /// (subscriptions), the upstream work. Deltas that only add chunks set neither.
-    peers_dirty: bool,
-    upstream_dirty: bool,
-    /// Bytes stored since the last background sync was started, and whether one is running.
-    unsynced: u64,
-    syncing: Arc<AtomicBool>,
-}
-
 pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outcome> {
-    let (mut d, mut chunk_rx, mut have_rx) = Download::new(s, &m).await?;
-    let mut ready = d.s.net.ready_changes();
-    let mut shutdown = d.s.shutdown.clone();
-    while !d.sched.is_done() {
-        if d.stopped() {
+    let hash = m.payload_hash();
+    let files = m.value().files.clone();
+    let origins = m.value().origins.clone();
+    let lib = s.library.clone();
+    let files2 = files.clone();
+    let resumed = tokio::task::spawn_blocking(move || -> Result<usize> {
+        let mut resumed = 0;
+        for f in &files2 {
+            resumed += lib.register(f)?.resumed_chunks;
+        }
+        Ok(resumed)
+    })
+    .await??;
+    let file_hashes: Vec<Hash32> = files.iter().map(|f| f.hash).collect();
+    let have = s.library.have_flat(&file_hashes).ok_or_else(|| anyhow!("files not registered"))?;
+    let layout = Layout::new(&files);
+    let seed = u64::from_le_bytes(blake3::hash(&s.net.local.to_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]));
+    let mut sched = Scheduler::<PeerId>::new(have, s.cfg.max_inflight_per_peer, seed);
+    // This download's progress, owned here and sent to the download owner as it changes.
+    let mut progress = Progress {
+        total_chunks: sched.len(),
+        have_chunks: sched.len() - sched.missing(),
+        resumed_chunks: resumed,
+        ..Progress::default()
+    };
+    s.downloads.report(hash, progress.clone()).await;
+    if resumed > 0 {
+        tracing::info!(manifest = %hash.short(), resumed, missing = sched.missing(), "resuming download");
+    }
+    let release = crate::shared::release_ref(&m);
+    let mut progress_reports = ProgressReports::new();
+    let (tx, mut rx) = mpsc::channel::<(Source, usize, Result<VerifiedChunk, FetchError>)>(64);
+    let (have_tx, mut have_rx) = mpsc::channel::<HaveAnswer>(64);
+    let mut refresh = Refresh {
+        tx: have_tx,
+        asking: HashSet::new(),
+        last_asked: HashMap::new(),
+        first_round_sent: false,
+        first_round_pending: HashSet::new(),
+        remote: HashMap::new(),
+    };
+    // Nodes holding the release at other sites (or beyond this node's peers) are found in
+    // Kademlia and dialed, and asked again while the download runs for holders that appear
+    // later, but only while this node may take chunks from other sites (see `remote_needed`
+    // below): a lookup crosses every site's link, and at a site that pulls from its origin
+    // lookups from every node cost more of the link than the release's gossip and reports.
+    let mut last_provider_lookup: Option<Instant> = None;
+    let start = Instant::now();
+    let mut last_refresh: Option<Instant> = None;
+    let mut views: HashMap<PeerId, PeerView> = HashMap::new();
+    let mut bad_origins: HashSet<usize> = HashSet::new();
+    let mut origin_backoff = Instant::now();
+    // Consecutive failures per origin; reset by a success.
+    let mut origin_failures: HashMap<usize, u32> = HashMap::new();
+    // When each origin last delivered a chunk: a failure soon after is congestion on the way to a
+    // live origin (a shaped WAN link dropping handshakes), not a dead origin.
+    let mut origin_ok: HashMap<usize, Instant> = HashMap::new();
+    // When this node last got a chunk it did not have (the site's progress, as seen from here).
+    let mut last_new_chunk = start;
+    let mut was_fetcher = false;
+    // The fetcher set last seen, and each chunk's owner among it (`wan::assign`).
+    let mut fetcher_set: Vec<Vec<u8>> = Vec::new();
+    let mut owners: Vec<usize> = Vec::new();
+    // Bytes stored since the last background sync was started, and whether one is running.
+    let mut unsynced: u64 = 0;
+    let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut shutdown = s.shutdown.clone();
+    while !sched.is_done() {
+        let stop = {
+            let t = s.trust();
+            t.yanks.contains_key(&hash) || !t.is_current(&hash, crate::clock::now())
+        };
+        if stop {
             return Ok(Outcome::Stopped);
         }
-        d.plan().await;
-        let wake = d.next_wake();
-        tokio::select! {
-            _ = shutdown.changed() => return Ok(Outcome::Stopped),
-            _ = tokio::time::sleep_until(wake) => d.look_again(),
-            r = ready.changed() => {
-                if r.is_err() {
-                    return Ok(Outcome::Stopped);
-                }
-                d.look_again();
-            }
-            Some(c) = chunk_rx.recv() => d.on_chunk(c).await?,
-            Some(ev) = have_rx.recv() => d.on_have(ev),
+        // Other sites come first (for provider lookups, their have-maps and upstream work) when
+        // configured so, when no origin is usable, or while the origin keeps failing (a remote
+        // endpoint that cannot reach it).
+        let usable_origin = (0..origins.len()).find(|i| !bad_origins.contains(i));
+        let origin_failing = usable_origin.is_some_and(|oi| origin_failures.get(&oi).is_some_and(|f| *f > 0));
+        let remote_needed = s.cfg.site_upstream == Upstream::Peers || usable_origin.is_none() || origin_failing;
+        if remote_needed && last_provider_lookup.is_none_or(|t| t.elapsed() >= PROVIDER_LOOKUP) {
+            s.net.find_providers(hash).await;
+            last_provider_lookup = Some(Instant::now());
         }
-        // Whatever else arrived meanwhile is taken in before the next plan (a bounded batch, so
-        // a stream of news cannot hold requests back).
-        for _ in 0..BATCH {
-            let Ok(ev) = have_rx.try_recv() else { break };
-            d.on_have(ev);
+        let idle = sched.inflight_total() == 0 && sched.origin_inflight() == 0;
+        let due = if idle { IDLE_REFRESH } else { REFRESH };
+        if last_refresh.is_none_or(|t| t.elapsed() >= due) {
+            // Other sites' have-maps matter only to a fetcher that would take chunks from them.
+            let want_remote = was_fetcher && remote_needed;
+            refresh_peers(&s, hash, &mut sched, &mut views, &mut refresh, want_remote, (start, last_new_chunk));
+            last_refresh = Some(Instant::now());
         }
-        for _ in 0..BATCH {
-            let Ok(c) = chunk_rx.try_recv() else { break };
-            d.on_chunk(c).await?;
-        }
-    }
-    d.finish().await
-}
-
-impl Download {
-    async fn new(
-        s: Arc<Shared>,
-        m: &Signed<ReleaseManifest>,
-    ) -> Result<(Download, mpsc::Receiver<ChunkResult>, mpsc::Receiver<HaveEvent>)> {
-        let hash = m.payload_hash();
-        let files = m.value().files.clone();
-        let (lib, files2) = (s.library.clone(), files.clone());
-        let resumed = tokio::task::spawn_blocking(move || -> Result<usize> {
-            let mut resumed = 0;
-            for f in &files2 {
-                resumed += lib.register(f)?.resumed_chunks;
-            }
-            Ok(resumed)
-        })
-        .await??;
-        let file_hashes: Vec<Hash32> = files.iter().map(|f| f.hash).collect();
-        let have = s.library.have_flat(&file_hashes).ok_or_else(|| anyhow!("files not registered"))?;
-        let seed =
-            u64::from_le_bytes(blake3::hash(&s.net.local.to_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]));
-        let sched = Scheduler::<PeerId>::new(have, s.cfg.max_inflight_per_peer, seed);
-        // This download's progress, owned here and sent to the download owner as it changes.
-        let progress = Progress {
-            total_chunks: sched.len(),
-            have_chunks: sched.len() - sched.missing(),
-            resumed_chunks: resumed,
-            ..Progress::default()
-        };
-        s.downloads.report(hash, progress.clone()).await;
-        if resumed > 0 {
-            tracing::info!(manifest = %hash.short(), resumed, missing = sched.missing(), "resuming download");
-        }
-        let (chunks, chunk_rx) = mpsc::channel(64);
-        let (maps, have_rx) = Maps::new(hash, sched.len());
-        let now = Instant::now();
-        let d = Download {
-            hash,
-            release: crate::shared::release_ref(m),
-            layout: Layout::new(&files),
-            seed,
-            sched,
-            progress,
-            reports: ProgressReports::new(),
-            chunks,
-            maps,
-            upstream: Upstream::new(m.value().origins.clone()),
-            start: now,
-            last_new_chunk: now,
-            last_provider_lookup: None,
-            peers_dirty: true,
-            upstream_dirty: true,
-            unsynced: 0,
-            syncing: Arc::new(AtomicBool::new(false)),
-            s,
-        };
-        Ok((d, chunk_rx, have_rx))
-    }
-
-    /// Yanked, or no longer current (expired, superseded, or absent from a fresh statement).
-    fn stopped(&self) -> bool {
-        let t = self.s.trust();
-        t.yanks.contains_key(&self.hash) || !t.is_current(&self.hash, crate::clock::now())
-    }
-
-    /// Other sites come first (for provider lookups, their have-maps and upstream work) when
-    /// configured so, when no origin is usable, or while the origin keeps failing (a remote
-    /// endpoint that cannot reach it).
-    fn remote_needed(&self) -> bool {
-        self.s.cfg.site_upstream == SiteUpstream::Peers
-            || self.upstream.usable_origin().is_none()
-            || self.upstream.origin_failing()
-    }
-
-    /// Something changed that is not a chunk's news (time passed, peers came or went): the next
-    /// plan looks at everything.
-    fn look_again(&mut self) {
-        self.peers_dirty = true;
-        self.upstream_dirty = true;
-    }
-
-    /// Starts what is due now.
-    async fn plan(&mut self) {
-        let remote_needed = self.remote_needed();
-        // Nodes holding the release at other sites (or beyond this node's peers) are found in
-        // Kademlia and dialed, and asked again while the download runs, but only while this node
-        // may take chunks from other sites: a lookup crosses every site's link.
-        if remote_needed && self.last_provider_lookup.is_none_or(|t| t.elapsed() >= PROVIDER_LOOKUP) {
-            self.s.net.find_providers(self.hash).await;
-            self.last_provider_lookup = Some(Instant::now());
-        }
-        if std::mem::take(&mut self.peers_dirty) {
-            self.maps.follow(&self.s, &mut self.sched);
-        }
-        // Other sites' have-maps matter only to a fetcher that would take chunks from them.
-        self.maps.poll(&self.s, &self.sched, self.upstream.was_fetcher && remote_needed);
-        self.maps.restore(&mut self.sched);
-        for (peer, flat) in self.sched.next_requests(elapsed_ms(self.start)) {
-            let Some((file, idx)) = self.layout.locate(flat) else { continue };
-            let (s, tx, file) = (self.s.clone(), self.chunks.clone(), file.clone());
+        for (peer, flat) in sched.next_requests(elapsed_ms(start)) {
+            let Some((file, idx)) = layout.locate(flat) else { continue };
+            let (s2, tx2, file) = (s.clone(), tx.clone(), file.clone());
             tokio::spawn(async move {
-                let r = fetch_chunk(&s, peer, &file, idx).await;
-                let _ = tx.send((Source::Peer(peer), flat, r)).await;
+                let r = fetch_chunk(&s2, peer, &file, idx).await;
+                let _ = tx2.send((Source::Peer(peer), flat, r)).await;
             });
         }
-        if std::mem::take(&mut self.upstream_dirty) {
-            self.upstream_work(remote_needed);
-        }
-    }
-
-    /// Origin work starts once the first look at the peers is answered, at [`ORIGIN_SETTLE`]
-    /// at the latest (peers that have not answered count as participants).
-    fn settled(&self) -> bool {
-        self.start.elapsed() >= ORIGIN_SETTLE || self.maps.first_round_done()
-    }
-
-    /// Upstream work: chunks nobody at this site holds, split among the site's nodes that want
-    /// the release, fetched from an origin or from a peer at another site.
-    fn upstream_work(&mut self, remote_needed: bool) {
-        let origin_ready = self.upstream.origin_ready();
-        if !((origin_ready || !self.maps.remote.is_empty()) && self.settled()) {
-            return;
-        }
-        let mut participants = self.maps.participants(&self.s, &self.sched, self.start, self.last_new_chunk);
-        participants.push(self.s.net.local);
-        let Some(at) = self.upstream.role(&self.s, &self.hash, &participants, self.sched.len()) else { return };
-        let max = self.s.cfg.max_origin_inflight;
-        if self.sched.origin_inflight() >= max {
-            return;
-        }
-        let usable_origin = self.upstream.usable_origin();
-        for flat in self.upstream.mine(at, self.sched.origin_candidates(), self.seed) {
-            if self.sched.origin_inflight() >= max {
-                break;
+        // Upstream work: chunks nobody at this site holds, split among the site's nodes that want
+        // the release, fetched from an origin or from a peer at another site.
+        let origin_ready = usable_origin.is_some() && Instant::now() >= origin_backoff;
+        // Origin work starts when the first round is answered, at ORIGIN_SETTLE at the latest
+        // whether or not every peer has answered (those that have not count as participants).
+        let settled =
+            start.elapsed() >= ORIGIN_SETTLE || (refresh.first_round_sent && refresh.first_round_pending.is_empty());
+        if (origin_ready || !refresh.remote.is_empty()) && settled {
+            let me = s.net.local;
+            let mut participants = participants(&s, &sched, &views, start, last_new_chunk);
+            participants.push(me);
+            let ids: Vec<Vec<u8>> = participants.iter().map(|p| p.to_bytes()).collect();
+            // Only a handful of the site's nodes fetch from the origin (see wan.rs); the others
+            // have no origin work at all and spend nothing on it.
+            let fetchers: Vec<&Vec<u8>> =
+                wan::fetchers(&hash, &ids, s.cfg.site_origin_fetchers).into_iter().map(|i| &ids[i]).collect();
+            let my_id = me.to_bytes();
+            let me_at = fetchers.iter().position(|f| **f == my_id);
+            if me_at.is_some() != was_fetcher {
+                was_fetcher = me_at.is_some();
+                tracing::debug!(manifest = %hash.short(), participants = participants.len(), fetcher = was_fetcher, views = views.len(), "origin fetcher role changed");
             }
-            let Some((file, idx)) = self.layout.locate(flat) else { continue };
-            let banned = |p: &PeerId| self.sched.is_banned(p) || self.s.is_banned(p);
-            let holder = remote_holder(&self.maps.remote, flat, self.seed, banned);
-            let source = match (remote_needed, holder, usable_origin) {
-                (true, Some(p), _) => Source::Remote(p),
-                (_, _, Some(oi)) if origin_ready => Source::Origin(oi),
-                (false, Some(p), None) => Source::Remote(p),
-                _ => continue,
+            // Who owns which chunk, recomputed only when the fetcher set changes. A fetcher whose
+            // set changes hands chunks to or takes them from others: logged, as a changed set on a
+            // site that did not change is how ranges get fetched twice.
+            if fetchers.iter().map(|f| f.as_slice()).ne(fetcher_set.iter().map(Vec::as_slice)) {
+                fetcher_set = fetchers.iter().map(|f| (*f).clone()).collect();
+                owners = wan::assign(&hash, sched.len(), &fetchers);
+                if was_fetcher {
+                    let set: Vec<String> = fetchers
+                        .iter()
+                        .filter_map(|f| PeerId::from_bytes(f).ok())
+                        .map(|p| p.to_base58().chars().rev().take(6).collect())
+                        .collect();
+                    tracing::debug!(manifest = %hash.short(), participants = participants.len(), fetchers = ?set, "origin fetcher set");
+                }
+            }
+            if s.cfg.site_origin_limit > 0 {
+                let share = s.cfg.site_origin_limit / fetchers.len().max(1) as u64;
+                let rate = if s.cfg.origin_limit > 0 { share.min(s.cfg.origin_limit) } else { share };
+                s.origin_limit.set_rate(rate.max(1));
+            }
+            let mut mine: Vec<usize> = match me_at {
+                Some(at) if sched.origin_inflight() < s.cfg.max_origin_inflight => {
+                    sched.origin_candidates().into_iter().filter(|c| owners.get(*c) == Some(&at)).collect()
+                }
+                _ => Vec::new(),
             };
-            self.sched.start_origin(flat);
-            let (s, tx, file) = (self.s.clone(), self.chunks.clone(), file.clone());
-            match source {
-                Source::Origin(oi) => {
-                    let base = self.upstream.origins[oi].clone();
-                    tokio::spawn(async move {
-                        let r = fetch_from_origin(&s, &base, &file, idx).await;
-                        let _ = tx.send((Source::Origin(oi), flat, r)).await;
-                    });
+            mine.sort_by_key(|c| (*c as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            for flat in mine {
+                if sched.origin_inflight() >= s.cfg.max_origin_inflight {
+                    break;
                 }
-                Source::Remote(p) | Source::Peer(p) => {
-                    tracing::debug!(peer = %p, chunk = flat, "fetching a chunk from another site");
-                    tokio::spawn(async move {
-                        let r = fetch_chunk(&s, p, &file, idx).await;
-                        let _ = tx.send((Source::Remote(p), flat, r)).await;
-                    });
+                let Some((file, idx)) = layout.locate(flat) else { continue };
+                let holder = remote_holder(&refresh.remote, flat, seed, |p| sched.is_banned(p) || s.is_banned(p));
+                let source = match (remote_needed, holder, usable_origin) {
+                    (true, Some(p), _) => Source::Remote(p),
+                    (_, _, Some(oi)) if origin_ready => Source::Origin(oi),
+                    (false, Some(p), None) => Source::Remote(p),
+                    _ => continue,
+                };
+                sched.start_origin(flat);
+                let (s2, tx2, file) = (s.clone(), tx.clone(), file.clone());
+                match source {
+                    Source::Origin(oi) => {
+                        let base = origins[oi].clone();
+                        tokio::spawn(async move {
+                            let r = fetch_from_origin(&s2, &base, &file, idx).await;
+                            let _ = tx2.send((Source::Origin(oi), flat, r)).await;
+                        });
+                    }
+                    Source::Remote(p) | Source::Peer(p) => {
+                        tracing::debug!(peer = %p, chunk = flat, "fetching a chunk from another site");
+                        tokio::spawn(async move {
+                            let r = fetch_chunk(&s2, p, &file, idx).await;
+                            let _ = tx2.send((Source::Remote(p), flat, r)).await;
+                        });
+                    }
                 }
             }
         }
-    }
-
-    /// The next time something is due if no news arrives.
-    fn next_wake(&self) -> Instant {
-        let backoff =
-            self.sched.next_backoff_end(elapsed_ms(self.start)).map(|ms| self.start + Duration::from_millis(ms));
-        let settle = (!self.settled()).then(|| self.start + ORIGIN_SETTLE);
-        [backoff, settle, self.upstream.backoff_end(), self.maps.next_wake()]
-            .into_iter()
-            .flatten()
-            .fold(Instant::now() + TICK, Instant::min)
-    }
-
-    fn on_have(&mut self, ev: HaveEvent) {
-        let peer = match &ev {
-            HaveEvent::Map(p, _) | HaveEvent::Delta(p, _, _) | HaveEvent::Ended(p, _) => *p,
+        let msg = tokio::select! {
+            _ = shutdown.changed() => return Ok(Outcome::Stopped),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => None,
+            m = rx.recv() => m,
+            Some((peer, answer)) = have_rx.recv() => {
+                let same_site = s.net.same_site(&peer);
+                have_answered(&mut sched, &mut views, &mut refresh, peer, same_site, answer);
+                None
+            }
         };
-        let same_site = self.s.net.same_site(&peer);
-        if matches!(ev, HaveEvent::Ended(..)) {
-            self.peers_dirty = true;
-        }
-        if self.maps.on_event(ev, same_site, &mut self.sched) {
-            self.upstream_dirty = true;
-        }
-    }
-
-    async fn on_chunk(&mut self, (source, flat, result): ChunkResult) -> Result<()> {
-        let Some((file, idx)) = self.layout.locate(flat).map(|(f, i)| (f.clone(), i)) else { return Ok(()) };
+        let Some((source, flat, result)) = msg else { continue };
+        let Some((file, idx)) = layout.locate(flat) else { continue };
+        let from = match &source {
+            Source::Peer(p) | Source::Remote(p) => p.to_string(),
+            Source::Origin(i) => format!("origin {}", origins.get(*i).map(String::as_str).unwrap_or("?")),
+        };
         let byte_source = match source {
             Source::Peer(_) | Source::Remote(_) => ByteSource::Peer,
             Source::Origin(_) => ByteSource::Origin,
@@ -395,152 +460,452 @@ impl Download {
         if let Err(e) = &result
             && let Some(reason) = chunk_refusal(e)
         {
-            self.s.metrics.chunk_refused(byte_source, reason);
-        }
-        if !matches!(source, Source::Peer(_)) {
-            // An upstream slot is free again.
-            self.upstream_dirty = true;
+            s.metrics.chunk_refused(byte_source, reason);
         }
         match (source, result) {
-            (source, Ok(chunk)) => self.on_stored(source, flat, &file, idx, chunk).await?,
+            (source, Ok(chunk)) => {
+                let len = chunk.len() as u64;
+                let lib = s.library.clone();
+                let fh = file.hash;
+                tokio::task::spawn_blocking(move || lib.write_chunk(&fh, chunk))
+                    .await?
+                    .with_context(|| format!("storing chunk {idx} of {}", file.path))?;
+                unsynced += len;
+                if unsynced >= SYNC_STEP && !syncing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    unsynced = 0;
+                    let (lib, syncing) = (s.library.clone(), syncing.clone());
+                    tokio::task::spawn_blocking(move || {
+                        // A failure here is not the download's: finalize syncs again and fails then.
+                        if let Err(e) = lib.sync_partial(&fh) {
+                            tracing::debug!("background sync: {e:#}");
+                        }
+                        syncing.store(false, std::sync::atomic::Ordering::Release);
+                    });
+                }
+                let new = match source {
+                    Source::Peer(peer) => sched.completed(&peer, flat),
+                    Source::Origin(oi) => {
+                        origin_failures.remove(&oi);
+                        origin_ok.insert(oi, Instant::now());
+                        sched.origin_finished(flat, true)
+                    }
+                    Source::Remote(_) => sched.origin_finished(flat, true),
+                };
+                s.metrics.received(byte_source, len, new);
+                if new {
+                    last_new_chunk = Instant::now();
+                    progress.have_chunks += 1;
+                    progress.fetched_chunks += 1;
+                    *progress.bytes_from.entry(from.clone()).or_default() += len;
+                    match byte_source {
+                        ByteSource::Peer => progress.from_peers += len,
+                        ByteSource::Origin => progress.from_origin += len,
+                    }
+                    s.downloads.report(hash, progress.clone()).await;
+                    let due = progress_reports.due(&progress);
+                    if let Some(p) = due
+                        && let Err(e) = s.lifecycle.progress(&release, p).await
+                    {
+                        tracing::warn!(manifest = %hash.short(), "cannot report download progress: {e:#}");
+                    }
+                }
+                let _ = s.store.add_transfer(from, len, 0).await;
+            }
             (Source::Origin(oi), Err(e)) => {
-                self.sched.origin_finished(flat, false);
-                self.upstream.failed(&self.s, oi, flat, e).await;
-            }
-            (Source::Remote(peer), Err(e)) => self.on_remote_failed(peer, flat, e).await,
-            (Source::Peer(peer), Err(e)) => self.on_peer_failed(peer, flat, e).await,
-        }
-        Ok(())
-    }
-
-    /// A verified chunk: stored, counted, reported.
-    async fn on_stored(
-        &mut self,
-        source: Source,
-        flat: usize,
-        file: &FileEntry,
-        idx: u32,
-        chunk: VerifiedChunk,
-    ) -> Result<()> {
-        let len = chunk.len() as u64;
-        let (lib, fh) = (self.s.library.clone(), file.hash);
-        tokio::task::spawn_blocking(move || lib.write_chunk(&fh, chunk))
-            .await?
-            .with_context(|| format!("storing chunk {idx} of {}", file.path))?;
-        self.sync_in_background(fh, len);
-        let (new, from, byte_source) = match source {
-            Source::Peer(peer) => (self.sched.completed(&peer, flat), peer.to_string(), ByteSource::Peer),
-            Source::Origin(oi) => {
-                self.upstream.succeeded(oi);
-                let from = format!("origin {}", self.upstream.origins.get(oi).map(String::as_str).unwrap_or("?"));
-                (self.sched.origin_finished(flat, true), from, ByteSource::Origin)
-            }
-            Source::Remote(peer) => (self.sched.origin_finished(flat, true), peer.to_string(), ByteSource::Peer),
-        };
-        self.s.metrics.received(byte_source, len, new);
-        if new {
-            self.last_new_chunk = Instant::now();
-            self.count_new_chunk(&from, len, byte_source).await;
-        }
-        let _ = self.s.store.add_transfer(from, len, 0).await;
-        Ok(())
-    }
-
-    /// Every [`SYNC_STEP`] bytes stored, the partial file's writes go to disk in the background.
-    fn sync_in_background(&mut self, file: Hash32, len: u64) {
-        self.unsynced += len;
-        if self.unsynced < SYNC_STEP || self.syncing.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        self.unsynced = 0;
-        let (lib, syncing) = (self.s.library.clone(), self.syncing.clone());
-        tokio::task::spawn_blocking(move || {
-            // A failure here is not the download's: finalize syncs again and fails then.
-            if let Err(e) = lib.sync_partial(&file) {
-                tracing::debug!("background sync: {e:#}");
-            }
-            syncing.store(false, Ordering::Release);
-        });
-    }
-
-    async fn count_new_chunk(&mut self, from: &str, len: u64, source: ByteSource) {
-        let p = &mut self.progress;
-        p.have_chunks += 1;
-        p.fetched_chunks += 1;
-        *p.bytes_from.entry(from.to_string()).or_default() += len;
-        match source {
-            ByteSource::Peer => p.from_peers += len,
-            ByteSource::Origin => p.from_origin += len,
-        }
-        self.s.downloads.report(self.hash, self.progress.clone()).await;
-        if let Some(due) = self.reports.due(&self.progress)
-            && let Err(e) = self.s.lifecycle.progress(&self.release, due).await
-        {
-            tracing::warn!(manifest = %self.hash.short(), "cannot report download progress: {e:#}");
-        }
-    }
-
-    async fn on_remote_failed(&mut self, peer: PeerId, flat: usize, e: FetchError) {
-        self.sched.origin_finished(flat, false);
-        if let Some(bits) = self.maps.remote.get_mut(&peer)
-            && let Some(b) = bits.get_mut(flat)
-        {
-            // Not asked for this chunk again until its next have-map says it holds it.
-            *b = false;
-        }
-        if matches!(e, FetchError::Bad(_) | FetchError::BadLength(_)) {
-            self.maps.remote.remove(&peer);
-            self.sched.ban(&peer);
-            self.s.ban(peer, format!("sent a corrupt chunk: {e}")).await;
-        } else {
-            tracing::debug!(%peer, chunk = flat, "chunk request to another site failed: {e}");
-        }
-    }
-
-    async fn on_peer_failed(&mut self, peer: PeerId, flat: usize, e: FetchError) {
-        let now = elapsed_ms(self.start);
-        match e {
-            FetchError::Bad(_) | FetchError::BadLength(_) => {
-                self.sched.failed(&peer, flat, now, BACKOFF_MS);
-                self.sched.ban(&peer);
-                let what = if matches!(e, FetchError::Bad(_)) { "corrupt" } else { "malformed" };
-                self.s.ban(peer, format!("sent a {what} chunk: {e}")).await;
-            }
-            FetchError::Busy => {
-                // Jitter, so the nodes turned away together do not come back together.
-                let jitter = (self.seed ^ flat as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57;
-                self.sched.busy(&peer, flat, now, BUSY_BACKOFF_MS + jitter);
-            }
-            FetchError::Elsewhere(holder) => {
-                self.sched.elsewhere(&peer, flat);
-                self.maps.note_cleared();
-                // The seed named the peer it sent the chunk to: ask that peer now rather than
-                // after its next have-map shows it (a peer of this site, connected, not banned).
-                if let Some(h) = holder
-                    && h != peer
-                    && h != self.s.net.local
-                    && self.s.net.same_site(&h)
-                    && !self.s.is_banned(&h)
-                {
-                    self.sched.hint(h, flat);
+                sched.origin_finished(flat, false);
+                // Wrong bytes or a refused redirect: this origin is not used again for the release.
+                let bad = matches!(e, FetchError::Bad(_) | FetchError::BadLength(_) | FetchError::Redirect(_));
+                s.metrics.origin_failed(if bad { OriginFailure::Bad } else { OriginFailure::Error });
+                let alive = origin_ok.get(&oi).is_some_and(|t| t.elapsed() < ORIGIN_ALIVE);
+                if bad {
+                    bad_origins.insert(oi);
+                    s.refuse(
+                        from,
+                        RefusalKind::OriginChunk,
+                        format!("{e}; not using this origin for the rest of the release"),
+                    )
+                    .await;
+                } else if alive {
+                    // Congestion: try again soon, and do not count it towards dropping the origin.
+                    tracing::info!(origin = %from, chunk = flat, "origin request failed: {e}; the origin is alive (congestion?), next try in {BACKOFF_MS} ms");
+                    origin_backoff = Instant::now() + Duration::from_millis(BACKOFF_MS);
+                } else {
+                    let failures = origin_failures.entry(oi).or_default();
+                    *failures += 1;
+                    // The last usable origin is not dropped for failures that may be transient:
+                    // this node owns a share of the site's origin work, and without an origin it
+                    // would hold that share until the others see it stall.
+                    let another = (0..origins.len()).any(|i| i != oi && !bad_origins.contains(&i));
+                    if *failures >= s.cfg.origin_max_failures && another {
+                        bad_origins.insert(oi);
+                        let why = format!(
+                            "{e}; {failures} failures in a row, not using this origin for the rest of the release"
+                        );
+                        s.refuse(from, RefusalKind::OriginFailing, why).await;
+                    } else {
+                        // Exponential backoff: 1.5 s, 3 s, 6 s ... at most 60 s (12 s for the
+                        // last usable origin).
+                        let cap = if another { 60_000 } else { 12_000 };
+                        let wait = (BACKOFF_MS << (*failures - 1).min(6)).min(cap);
+                        tracing::warn!(origin = %from, chunk = flat, failures = *failures, "origin request failed: {e}; next try in {wait} ms");
+                        origin_backoff = Instant::now() + Duration::from_millis(wait);
+                    }
                 }
             }
-            other => {
-                tracing::debug!(%peer, chunk = flat, "chunk request failed: {other}");
-                self.sched.failed(&peer, flat, now, BACKOFF_MS);
-                self.maps.note_cleared();
+            (Source::Remote(peer), Err(e)) => {
+                sched.origin_finished(flat, false);
+                if let Some(bits) = refresh.remote.get_mut(&peer)
+                    && let Some(b) = bits.get_mut(flat)
+                {
+                    // Not asked for this chunk again until its next have-map says it holds it.
+                    *b = false;
+                }
+                if matches!(e, FetchError::Bad(_) | FetchError::BadLength(_)) {
+                    refresh.remote.remove(&peer);
+                    sched.ban(&peer);
+                    s.ban(peer, format!("sent a corrupt chunk: {e}")).await;
+                } else {
+                    tracing::debug!(%peer, chunk = flat, "chunk request to another site failed: {e}");
+                }
+            }
+            (Source::Peer(peer), Err(FetchError::Bad(e))) => {
+                sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
+                sched.ban(&peer);
+                s.ban(peer, format!("sent a corrupt chunk: {e}")).await;
+            }
+            (Source::Peer(peer), Err(FetchError::BadLength(e))) => {
+                sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
+                sched.ban(&peer);
+                s.ban(peer, format!("sent a malformed chunk: {e}")).await;
+            }
+            (Source::Peer(peer), Err(FetchError::Busy)) => {
+                // Jitter, so the nodes turned away together do not come back together.
+                let jitter = (seed ^ flat as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57;
+                sched.busy(&peer, flat, elapsed_ms(start), BUSY_BACKOFF_MS + jitter);
+            }
+            (Source::Peer(peer), Err(FetchError::Elsewhere(holder))) => {
+                sched.elsewhere(&peer, flat);
+                // The seed named the peer it sent the chunk to: ask that peer now rather than
+                // after a have-map round shows it (a peer of this site, connected, not banned).
+                if let Some(h) = holder
+                    && h != peer
+                    && h != s.net.local
+                    && s.net.same_site(&h)
+                    && !s.is_banned(&h)
+                {
+                    sched.hint(h, flat);
+                }
+            }
+            (Source::Peer(peer), Err(e)) => {
+                tracing::debug!(%peer, chunk = flat, "chunk request failed: {e}");
+                sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
             }
         }
     }
+    for f in &files {
+        let lib = s.library.clone();
+        let fh = f.hash;
+        tokio::task::spawn_blocking(move || lib.finalize(&fh)).await??;
+    }
+    // The site's holders as this node last saw them: peers that fetched or hold chunks of it
+    // (`views` holds same-site peers only; other sites' have-maps live in `refresh.remote`).
+    let holders: Vec<Vec<u8>> = views
+        .iter()
+        .filter(|(p, v)| (v.downloading || v.have_count > 0) && !s.is_banned(p))
+        .map(|(p, _)| p.to_bytes())
+        .collect();
+    Ok(Outcome::Complete { announce: wan::announces(&hash, &s.net.local.to_bytes(), &holders) })
+}
 
-    /// Every chunk is here: each file is checked whole and moved into blobs/.
-    async fn finish(self) -> Result<Outcome> {
-        for f in &self.layout.files {
-            let (lib, fh) = (self.s.library.clone(), f.hash);
-            tokio::task::spawn_blocking(move || lib.finalize(&fh)).await??;
+/// The same-site peers that take part in the release's origin work as this node sees them
+/// (this node not included). The site's origin fetchers are the best-ranked of them (see wan.rs),
+/// for the origin work and for the have-map rounds alike.
+fn participants(
+    s: &Shared,
+    sched: &Scheduler<PeerId>,
+    views: &HashMap<PeerId, PeerView>,
+    start: Instant,
+    my_progress: Instant,
+) -> Vec<PeerId> {
+    // A connected peer that has not answered a have-map query yet counts (for the first
+    // STALL_ALWAYS of the download, as long as a downloading peer that stopped progressing
+    // would): on a loaded site answers are slow, and a node that counted only the peers that
+    // answered would elect itself a fetcher, so that dozens of nodes would open origin
+    // connections at once.
+    let unknown_counts = start.elapsed() < STALL_ALWAYS;
+    // A peer that said it is not downloading may only not have queued the release yet (on a
+    // loaded site that takes a while): early on it counts too, unless it holds it all.
+    let undecided_counts = start.elapsed() < UNDECIDED;
+    let n = sched.len();
+    s.net
+        .ready_peers()
+        .into_iter()
+        .filter(|p| !sched.is_banned(p) && !s.is_banned(p) && s.net.same_site(p))
+        .filter(|p| match views.get(p) {
+            Some(v) if v.downloading => !stalled(v, my_progress),
+            Some(v) => undecided_counts && v.have_count < n,
+            None => unknown_counts,
+        })
+        .collect()
+}
+
+/// Starts a round of have-map queries (see the module docs for whom it asks) and drops the peers
+/// that disconnected. Answers arrive through `refresh.tx` and go to [`have_answered`].
+fn refresh_peers(
+    s: &Arc<Shared>,
+    manifest: Hash32,
+    sched: &mut Scheduler<PeerId>,
+    views: &mut HashMap<PeerId, PeerView>,
+    refresh: &mut Refresh,
+    want_remote: bool,
+    (start, my_progress): (Instant, Instant),
+) {
+    let ready: Vec<PeerId> = s.net.ready_peers();
+    // Peers that disconnected drop out; their in-flight chunks become free and their share of
+    // origin work moves to the others.
+    let ready_set: HashSet<PeerId> = ready.iter().copied().collect();
+    let gone: Vec<PeerId> = sched
+        .peers()
+        .filter(|p| !ready_set.contains(p))
+        .chain(views.keys().filter(|p| !ready_set.contains(*p)).copied())
+        .collect();
+    for p in gone {
+        sched.remove_peer(&p);
+        views.remove(&p);
+        refresh.last_asked.remove(&p);
+        refresh.first_round_pending.remove(&p);
+    }
+    refresh.remote.retain(|p, _| ready_set.contains(p));
+    let n = sched.len();
+    let candidates: Vec<PeerId> =
+        ready.into_iter().filter(|p| !s.is_banned(p) && !sched.is_banned(p) && !refresh.asking.contains(p)).collect();
+    let ask: Vec<PeerId> = if !refresh.first_round_sent {
+        refresh.first_round_sent = true;
+        refresh.first_round_pending = candidates.iter().copied().collect();
+        candidates
+    } else {
+        // A peer holding every chunk has nothing new to tell (as long as no request to it failed:
+        // a failure clears that chunk from its map until it is asked again).
+        let useful: Vec<PeerId> = candidates
+            .into_iter()
+            .filter(|p| !sched.peer_has_all(p) && !refresh.remote.get(p).is_some_and(|b| b.iter().all(|x| *x)))
+            .collect();
+        // The site's origin fetchers, chosen from the same participants as the origin work: the
+        // new chunks appear there first. Chosen from the peers that said they are downloading
+        // only, a fetcher whose first answer came before it had queued the release (on a loaded
+        // site of 64) was missed until the rotation below reached it again, past UNDECIDED: the
+        // node then saw another fetcher set than the rest and fetched others' chunks again.
+        let parts = participants(s, sched, views, start, my_progress);
+        let mut ids: Vec<Vec<u8>> = parts.iter().map(|p| p.to_bytes()).collect();
+        ids.push(s.net.local.to_bytes());
+        let useful_set: HashSet<PeerId> = useful.iter().copied().collect();
+        let fetchers: HashSet<PeerId> = wan::fetchers(&manifest, &ids, s.cfg.site_origin_fetchers)
+            .into_iter()
+            .filter_map(|i| parts.get(i).copied())
+            .filter(|p| useful_set.contains(p))
+            .collect();
+        let (mut others, mut remote): (Vec<PeerId>, Vec<PeerId>) =
+            useful.into_iter().filter(|p| !fetchers.contains(p)).partition(|p| s.net.same_site(p));
+        // Peers that said they are not downloading (yet) first: whether they are decides who the
+        // site's fetchers are. Then the least recently asked.
+        let undecided = |p: &PeerId| views.get(p).is_some_and(|v| !v.downloading && v.have_count < n);
+        others.sort_by_key(|p| (!undecided(p), refresh.last_asked.get(p).copied()));
+        others.truncate(HAVE_FANOUT);
+        // Peers at other sites are asked only by a fetcher that may take chunks from them, a
+        // few per round and each at most every REMOTE_REFRESH: every query crosses two sites'
+        // links, and a site's nodes asking every other site's every 0.15 s cost more than the
+        // release itself.
+        if want_remote {
+            let now = Instant::now();
+            remote.retain(|p| refresh.last_asked.get(p).is_none_or(|t| now.duration_since(*t) >= REMOTE_REFRESH));
+            remote.sort_by_key(|p| refresh.last_asked.get(p).copied());
+            remote.truncate(REMOTE_FANOUT);
+        } else {
+            remote.clear();
         }
-        let holders = self.maps.holders(&self.s);
-        Ok(Outcome::Complete { announce: wan::announces(&self.hash, &self.s.net.local.to_bytes(), &holders) })
+        fetchers.into_iter().chain(others).chain(remote).collect()
+    };
+    let now = Instant::now();
+    for p in ask {
+        refresh.asking.insert(p);
+        refresh.last_asked.insert(p, now);
+        let (s, tx) = (s.clone(), refresh.tx.clone());
+        tokio::spawn(async move {
+            let answer = timeout(HAVE_TIMEOUT, request_have(&s, p, manifest, n)).await;
+            let _ = tx.send((p, answer)).await;
+        });
+    }
+}
+
+/// Notes what a peer said it holds, whether it is downloading and whether it made progress.
+fn have_answered(
+    sched: &mut Scheduler<PeerId>,
+    views: &mut HashMap<PeerId, PeerView>,
+    refresh: &mut Refresh,
+    peer: PeerId,
+    same_site: bool,
+    answer: HaveResult,
+) {
+    refresh.asking.remove(&peer);
+    refresh.first_round_pending.remove(&peer);
+    // A peer that did not answer keeps its last have-map and view: on a busy site a slow answer
+    // is not a departure, and dropping it would move its share of origin work to others and
+    // fetch those chunks twice.
+    // A peer that does not know the release (`None`) most likely has not received it yet: it stays
+    // unknown, which counts as a participant early in the download (see the origin work above).
+    if let Ok(Ok(Some((bits, downloading)))) = answer {
+        if sched.is_banned(&peer) {
+            return;
+        }
+        if !same_site {
+            refresh.remote.insert(peer, bits);
+            return;
+        }
+        let count = bits.iter().filter(|b| **b).count();
+        let now = Instant::now();
+        let view = views.entry(peer).or_insert(PeerView {
+            downloading,
+            have_count: count,
+            last_progress: now,
+            last_answer: now,
+        });
+        if count > view.have_count || (downloading && !view.downloading) {
+            view.last_progress = now;
+        }
+        view.last_answer = now;
+        view.have_count = count;
+        view.downloading = downloading;
+        sched.set_peer_have(peer, bits);
+    }
+}
+
+async fn request_have(s: &Shared, peer: PeerId, manifest: Hash32, n: usize) -> Result<Option<(Vec<bool>, bool)>> {
+    Ok(match crate::request::ask(&s.net, peer, &Request::Have { manifest }).await? {
+        Response::Have { bits, downloading } => {
+            let have =
+                wire::unpack_bits(&bits, n).ok_or_else(|| anyhow!("peer {peer} sent a have-map of the wrong size"))?;
+            Some((have, downloading))
+        }
+        _ => None,
+    })
+}
+
+/// The metric reason for a chunk that failed its check, if that is why `e` happened.
+fn chunk_refusal(e: &FetchError) -> Option<ChunkRefusal> {
+    match e {
+        FetchError::Bad(_) => Some(ChunkRefusal::HashMismatch),
+        FetchError::BadLength(_) => Some(ChunkRefusal::WrongLength),
+        _ => None,
+    }
+}
+
+async fn fetch_from_origin(s: &Shared, base: &str, file: &FileEntry, idx: u32) -> Result<VerifiedChunk, FetchError> {
+    let Some((_, expected)) = file.chunk_range(idx) else { return Err(FetchError::NotFound) };
+    s.origin_limit.acquire(u64::from(expected)).await;
+    s.metrics.origin_request();
+    let bytes = s.origins.fetch(base, file, idx).await.map_err(|e| match e {
+        crate::origin::OriginError::WrongLength { .. } => FetchError::BadLength(WireError::Malformed(e.to_string())),
+        crate::origin::OriginError::Redirect(why) => FetchError::Redirect(why),
+        other => FetchError::Other(other.to_string()),
+    })?;
+    // Step C1, as for peers.
+    verified(file, idx, bytes)
+}
+
+/// Step C1: the bytes are checked against the signed manifest before anything else touches
+/// them; a refused chunk's buffer goes back to the pool.
+fn verified(file: &FileEntry, idx: u32, bytes: Vec<u8>) -> Result<VerifiedChunk, FetchError> {
+    VerifiedChunk::verify(file, idx, bytes).map_err(|(e, bytes)| {
+        crate::bufpool::give(bytes);
+        FetchError::Bad(e)
+    })
+}
+
+async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Result<VerifiedChunk, FetchError> {
+    let Some((_, expected)) = file.chunk_range(idx) else { return Err(FetchError::NotFound) };
+    s.down_limit.acquire(u64::from(expected)).await;
+    let fut = async {
+        let mut stream = crate::request::open(&s.net, peer).await.map_err(|e| FetchError::Other(e.to_string()))?;
+        let io = |e: WireError| FetchError::Other(e.to_string());
+        wire::write_frame(&mut stream, &Request::Chunk { file: file.hash, index: idx }).await.map_err(io)?;
+        stream.flush().await.map_err(|e| FetchError::Other(e.to_string()))?;
+        let resp: Response = wire::read_frame(&mut stream, wire::MAX_RESPONSE).await.map_err(io)?;
+        let bytes = match resp {
+            Response::Chunk { .. } if s.cfg.fault_injection.drop_downloads == DropDownloads::AfterHeader => {
+                return Err(FetchError::Other("dropped after the header (fault injection)".into()));
+            }
+            Response::Chunk { len } => {
+                wire::read_chunk_body(&mut stream, len, expected).await.map_err(|e| match e {
+                    WireError::WrongLength { .. } => FetchError::BadLength(e),
+                    other => FetchError::Other(other.to_string()),
+                })?
+            }
+            Response::Busy => return Err(FetchError::Busy),
+            Response::Elsewhere => return Err(FetchError::Elsewhere(None)),
+            Response::ElsewhereAt { holder } => {
+                let holder = (holder.len() <= wire::MAX_PEER_ID).then(|| PeerId::from_bytes(&holder).ok()).flatten();
+                return Err(FetchError::Elsewhere(holder));
+            }
+            _ => return Err(FetchError::NotFound),
+        };
+        let _ = stream.close().await;
+        Ok(bytes)
+    };
+    let bytes = timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| FetchError::Timeout)??;
+    verified(file, idx, bytes)
+}
+
+#[cfg(test)]
+mod remote_tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_held_at_other_sites_goes_to_one_unbanned_holder_the_same_each_time_and_spread_by_chunk() {
+        let peers: Vec<PeerId> = (0..4).map(|_| PeerId::random()).collect();
+        let mut remote = HashMap::new();
+        for (i, p) in peers.iter().enumerate() {
+            // Peer i holds the chunks whose index is not i (mod 4).
+            remote.insert(*p, (0..64).map(|c| c % 4 != i).collect::<Vec<bool>>());
+        }
+        let none_banned = |_: &PeerId| false;
+        let mut picked = HashSet::new();
+        for c in 0..64 {
+            let h = remote_holder(&remote, c, 7, none_banned).unwrap();
+            assert!(remote[&h][c], "chunk {c} went to a peer that does not hold it");
+            assert_eq!(remote_holder(&remote, c, 7, none_banned), Some(h), "not stable");
+            picked.insert(h);
+        }
+        assert_eq!(picked.len(), 4, "every holder gets a share");
+        let banned = peers[1];
+        for c in 0..64 {
+            assert_ne!(remote_holder(&remote, c, 7, |p| *p == banned), Some(banned));
+        }
+        assert_eq!(remote_holder(&remote, 64, 7, none_banned), None, "beyond the release");
+        assert_eq!(remote_holder(&HashMap::new(), 3, 7, none_banned), None);
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+
+    fn view(progress_ago: Duration, answer_ago: Duration) -> PeerView {
+        let now = Instant::now();
+        PeerView { downloading: true, have_count: 3, last_progress: now - progress_ago, last_answer: now - answer_ago }
+    }
+
+    #[test]
+    fn a_peer_is_stalled_only_on_a_seen_quiet_or_after_the_hard_limit() {
+        let me_now = Instant::now();
+        // Answered 16 s after its last progress while this node progressed: stalled.
+        assert!(stalled(&view(Duration::from_secs(17), Duration::from_secs(1)), me_now));
+        // Not heard from since its last progress 17 s ago (slow answers, not asked again):
+        // not judged on the old map.
+        assert!(!stalled(&view(Duration::from_secs(17), Duration::from_secs(17)), me_now));
+        // Heard from, but this node did not progress either (the whole site waits): not stalled.
+        assert!(!stalled(&view(Duration::from_secs(17), Duration::from_secs(1)), me_now - Duration::from_secs(10)));
+        // Past STALL_ALWAYS a peer is stalled whatever was seen.
+        assert!(stalled(&view(STALL_ALWAYS, STALL_ALWAYS), me_now));
     }
 }
 
