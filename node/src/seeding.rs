@@ -6,7 +6,7 @@
 //!
 //! A requester cannot capture the seed (make it point everyone at a peer that does not hold the
 //! chunk). The rules, each unit-tested below:
-//! - A chunk counts as sent only once it was fully written ([`Seeding::sent`]); a send that was
+//! - A chunk counts as sent only once it was fully written ([`Sending::finished`]); a send that was
 //!   dropped half way ([`Seeding::abandoned`], also when the [`Sending`] guard is dropped) names
 //!   nobody. While a send runs, other requesters are told plain `Elsewhere` (ask others, come
 //!   back later) for at most [`SEND_GRACE_MS`]; after that they are served. A slow reader keeps
@@ -19,11 +19,11 @@
 //!   costs each chunk at most one wasted request before its hold moves.
 //! - A holder that asks again for its own chunk (its copy did not arrive) is served, and is not
 //!   named for that chunk any more: asking again cannot restart its hold.
-//! - A hold lasts [`HOLD_MS`] from the send that started it, and only while the holder is
+//! - A hold lasts [`HOLD_MS`] from the completed send that started it, and only while the holder is
 //!   connected; then the chunk is served to the next requester, who becomes the holder.
 //!
 //! Plain data, no I/O. Bounded: per chunk one state and at most [`MAX_REDIRECTED`] peers
-//! redirected in its current hold; per file at most [`MAX_DISTRUSTED`] distrusted peers; state
+//! redirected in its current hold; per file strikes for at most [`MAX_DISTRUSTED`] peers; state
 //! only for files this node imported, dropped once every chunk went out once and the last hold
 //! ended (or, for a file nobody asks for any more, when the next file starts).
 
@@ -49,7 +49,7 @@ pub const MAX_STRIKES: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer<P> {
-    /// Send the chunk; report how it went with [`Seeding::sent`] or [`Seeding::abandoned`].
+    /// Send the chunk; report how it went with [`Sending::finished`] (or drop the guard).
     Serve,
     /// The chunk is on its way to another peer: ask others, and this node again later
     /// (`Elsewhere` on the wire).
