@@ -97,8 +97,4 @@ impl Downloads {
     pub fn progress(&self) -> HashMap<Hash32, Progress> {
         self.view.borrow().progress.clone()
     }
-
-    pub fn view(&self) -> View {
-        self.view.borrow().clone()
-    }
 }
