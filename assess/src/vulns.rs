@@ -46,14 +46,15 @@ pub struct Finding {
     pub hosts: Vec<Exposure>,
 }
 
-/// Whether `version` is inside the range.
+/// Whether `version` is inside the range. A bound that is not a Debian version cannot clear a
+/// host: the host counts as exposed.
 pub fn in_range(version: &str, a: &OsvAffected) -> bool {
-    if a.introduced.as_deref().is_some_and(|i| debver::compare(version, i) == Ordering::Less) {
+    if a.introduced.as_deref().is_some_and(|i| debver::compare(version, i) == Some(Ordering::Less)) {
         return false;
     }
     match (&a.fixed, &a.last_affected) {
-        (Some(f), _) => debver::compare(version, f) == Ordering::Less,
-        (None, Some(l)) => debver::compare(version, l) != Ordering::Greater,
+        (Some(f), _) => matches!(debver::compare(version, f), Some(Ordering::Less) | None),
+        (None, Some(l)) => debver::compare(version, l) != Some(Ordering::Greater),
         (None, None) => true,
     }
 }

@@ -7,7 +7,7 @@ use ed25519_dalek::SigningKey;
 use lanpatch_protocol::manifest::FileHasher;
 use lanpatch_protocol::report::{DownloadProgress, InstalledRelease, Package};
 use lanpatch_protocol::{
-    Approval, Command, RolloutRules, Wave, Hash32, Inventory, ProductName, PublicKey, ReleaseManifest, ReleaseState, Report, Role,
+    Approval, Command, Installer, RolloutRules, Wave, Hash32, Inventory, ProductName, PublicKey, ReleaseManifest, ReleaseState, Report, Role,
     RoleKeys, Root, Severity, SeverityLevel, Signed, Targets, Timestamp, Version, WaitReason, Yank, YankAction,
 };
 
@@ -79,9 +79,11 @@ pub fn manifest() -> Signed<ReleaseManifest> {
         created: Timestamp(1_700_000_000),
         expires: Timestamp(4_000_000_000),
         files: vec![file],
-        install: Command { argv: vec!["sh".into(), "install.sh".into()], timeout_secs: 600 },
-        rollback: Some(Command { argv: vec!["sh".into(), "rollback.sh".into()], timeout_secs: 600 }),
-        detect: None,
+        installer: Installer::Commands {
+            install: Command { argv: vec!["sh".into(), "install.sh".into()], timeout_secs: 600 },
+            rollback: Some(Command { argv: vec!["sh".into(), "rollback.sh".into()], timeout_secs: 600 }),
+            detect: None,
+        },
         targets: Targets { os: vec!["debian".into()], ..Targets::default() },
         severity: Severity {
             level: SeverityLevel::Critical,

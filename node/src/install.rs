@@ -23,8 +23,8 @@ use chrono::{Datelike, Timelike};
 use lanpatch_protocol::lifecycle::Effect;
 use lanpatch_protocol::rollout;
 use lanpatch_protocol::{
-    Approval, Command, Event, FailReason, Hash32, ReleaseManifest, ReleaseState, RollbackCause, Signed, WaitReason,
-    YankAction,
+    Approval, Command, DebianPackages, Event, FailReason, Hash32, Installer, ReleaseManifest, ReleaseState,
+    RollbackCause, Signed, WaitReason, YankAction,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::watch;
@@ -32,6 +32,7 @@ use tokio::sync::watch;
 use lanpatch_protocol::statement::statement_allows;
 
 use crate::clock::now;
+use crate::debian::{self, lock::FrontendLock};
 use crate::policy::{Gate, in_windows, install_gate};
 use crate::report::ReleaseRef;
 use crate::shared::{Shared, release_ref};
@@ -353,6 +354,9 @@ fn wait_detail(why: WaitReason, ring: &lanpatch_protocol::RingName) -> String {
         }
         WaitReason::Wave => "approved, waiting for its rollout wave".to_string(),
         WaitReason::TooFewReports => "approved, holding too few reports from its ring to judge the rollout".to_string(),
+        WaitReason::PackageManagerBusy => {
+            "approved and due, waiting for another package manager to release dpkg's lock".to_string()
+        }
     }
 }
 
@@ -416,32 +420,48 @@ async fn resolve_interrupted(s: &Arc<Shared>) -> Result<()> {
                 continue;
             }
         };
-        let env = env_for(s, v, &stage);
         if resume_rollback {
-            roll_back(s, &rel, v, &stage, "the rollback was interrupted by a restart; ran it again", None).await;
+            roll_back(s, &rel, v, &stage, "the rollback was interrupted by a restart; ran it again", None, None).await;
             continue;
         }
         tracing::warn!(product = %v.product, version = %v.version, "install was interrupted; resolving");
-        if let Some(detect) = &v.detect
-            && run_command(detect, &stage, &env).await.ok()
-        {
-            let why = "install was interrupted; the detect command says it is installed";
+        if let Some(why) = interrupted_but_installed(s, v, &stage).await {
             apply(s, &rel, Event::InstallSucceeded, why, Some(0)).await;
             continue;
         }
         let effects = apply(
             s,
             &rel,
-            Event::InstallFailed { cause: RollbackCause::Interrupted, has_rollback: v.rollback.is_some() },
+            Event::InstallFailed { cause: RollbackCause::Interrupted, has_rollback: v.installer.can_roll_back() },
             "install was interrupted (the node stopped during it)",
             None,
         )
         .await;
         if effects.contains(&Effect::RunRollback) {
-            roll_back(s, &rel, v, &stage, "install was interrupted; rolled back", None).await;
+            roll_back(s, &rel, v, &stage, "install was interrupted; rolled back", None, None).await;
         }
     }
     Ok(())
+}
+
+/// After an interrupted install: whether the release is on the host anyway (the detect command
+/// exits 0; every Debian package at or above its version with a clean `dpkg --audit`).
+async fn interrupted_but_installed(s: &Shared, v: &ReleaseManifest, stage: &Path) -> Option<&'static str> {
+    match &v.installer {
+        Installer::Commands { detect: Some(detect), .. } => run_command(detect, stage, &env_for(s, v, stage))
+            .await
+            .ok()
+            .then_some("install was interrupted; the detect command says it is installed"),
+        Installer::Commands { detect: None, .. } => None,
+        Installer::Debian(d) => {
+            let host = debian::host_packages().await.ok()?;
+            let native = debian::native_arch().await.ok()?;
+            let at = matches!(debian::plan(d, &host, &native), debian::Plan::AlreadyAt(_));
+            (at && debian::audit().await.ok()?.is_empty()).then_some(
+                "install was interrupted; every package is at the release's version and dpkg --audit is clean",
+            )
+        }
+    }
 }
 
 /// One look at every trusted release, most severe first. Returns when to look again at the
@@ -470,7 +490,8 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
             continue;
         }
         if let Some((action, reason)) = yank {
-            let event = Event::Yanked { rollback: action == YankAction::RollBack, has_rollback: v.rollback.is_some() };
+            let event =
+                Event::Yanked { rollback: action == YankAction::RollBack, has_rollback: v.installer.can_roll_back() };
             apply(s, &rel, event, format!("release was yanked: {reason}"), None).await;
             continue;
         }
@@ -556,7 +577,9 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
                 wait(WaitReason::OutsideWindow)
             }
             Gate::Go(reason) => {
-                install(s, &rel, v, reason).await?;
+                if let Some(retry) = install(s, &rel, v, reason).await? {
+                    wake_at(now().0 + retry.as_secs());
+                }
                 continue;
             }
         };
@@ -566,7 +589,8 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
     Ok(wake.map(|w| Duration::from_secs(w.saturating_sub(t).max(1))))
 }
 
-async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<()> {
+/// Installs a due release. Returns when to try again if it had to wait (dpkg's lock was held).
+async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<Option<Duration>> {
     let result = install_staged(s, rel, v, reason).await;
     clear_stage(s, &rel.hash);
     // What the outcome made obsolete (the version before the one now installed, beyond
@@ -577,7 +601,115 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
     result
 }
 
-async fn install_staged(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<()> {
+/// How long a Debian install waits before it looks at dpkg's lock again.
+const LOCK_RETRY: Duration = Duration::from_secs(15);
+
+/// What the installer found before a Debian install.
+enum Prepared {
+    /// An outcome was recorded (already at the version, not on this host, refused).
+    Done,
+    /// Another package manager holds dpkg's lock: the state says so; look again later.
+    Busy,
+    /// Go: the lock is held and the packages the install replaces are kept.
+    Go(FrontendLock, Command),
+}
+
+/// Plans a Debian install, takes dpkg's lock, checks dependencies and keeps the packages it
+/// replaces.
+async fn prepare_debian(s: &Arc<Shared>, rel: &ReleaseRef, d: &DebianPackages, stage: &Path) -> Result<Prepared> {
+    let host = match (debian::host_packages().await, debian::native_arch().await) {
+        (Ok(h), Ok(a)) => (h, a),
+        (Err(e), _) | (_, Err(e)) => {
+            apply(
+                s,
+                rel,
+                Event::StageFailed(FailReason::StageError),
+                format!("cannot read dpkg's database: {e:#}"),
+                None,
+            )
+            .await;
+            return Ok(Prepared::Done);
+        }
+    };
+    let (host, native) = host;
+    let install = match debian::plan(d, &host, &native) {
+        debian::Plan::AlreadyAt(at) => {
+            apply(s, rel, Event::AlreadyInstalled, format!("already at {}", at.join(", ")), Some(0)).await;
+            return Ok(Prepared::Done);
+        }
+        debian::Plan::NotHere => {
+            apply(s, rel, Event::NotTargeted, "none of the release's packages is installed here", None).await;
+            return Ok(Prepared::Done);
+        }
+        debian::Plan::Install(i) => i,
+    };
+    let Some(lock) = debian::lock::try_lock(Path::new(debian::lock::ADMIN_DIR))? else {
+        let why = WaitReason::PackageManagerBusy;
+        apply(s, rel, Event::Wait(why), wait_detail(why, &s.cfg.ring), None).await;
+        return Ok(Prepared::Busy);
+    };
+    let missing = match debian::unmet_dependencies(stage, &install, &host).await {
+        Ok(m) => m,
+        Err(e) => vec![format!("cannot read the packages' dependencies: {e:#}")],
+    };
+    if !missing.is_empty() {
+        let detail = format!("refused before dpkg ran: {}", missing.join("; "));
+        apply(s, rel, Event::Refused(FailReason::MissingDependency), detail, None).await;
+        return Ok(Prepared::Done);
+    }
+    if let Err(e) = debian::keep_previous(&kept_dir(s, &rel.hash), &install, &host, &native).await {
+        apply(s, rel, Event::Refused(FailReason::PreviousNotKept), format!("refused before dpkg ran: {e:#}"), None)
+            .await;
+        return Ok(Prepared::Done);
+    }
+    Ok(Prepared::Go(lock, debian::install_command(stage, &install, d.timeout_secs)))
+}
+
+/// Where the packages a Debian release replaced are kept for its rollback.
+fn kept_dir(s: &Shared, manifest: &Hash32) -> PathBuf {
+    s.cfg.data_dir.join("kept").join(manifest.to_hex())
+}
+
+/// The environment of an install or rollback: dpkg's own for Debian releases.
+fn install_env(s: &Shared, v: &ReleaseManifest, stage: &Path) -> Vec<(&'static str, String)> {
+    let mut env = env_for(s, v, stage);
+    if matches!(v.installer, Installer::Debian(_)) {
+        env.extend(debian::dpkg_env().into_iter().filter(|(k, _)| !matches!(*k, "PATH" | "LANG")));
+    }
+    env
+}
+
+/// The metadata must be valid at the moment of use: the manifest, the approval, the statement.
+fn still_valid(s: &Shared, hash: &Hash32, v: &ReleaseManifest) -> bool {
+    let t = now();
+    let approval_valid = s.trust().approvals.get(&(*hash, s.cfg.ring.clone())).is_some_and(|a| a.value().expires > t);
+    if v.expires <= t || !approval_valid || !s.trust().is_current(hash, t) {
+        tracing::warn!(product = %v.product, version = %v.version, "not installing: metadata expired");
+        return false;
+    }
+    let tr = s.trust();
+    let fresh = !tr.has_timestamp_role()
+        || statement_allows(
+            tr.statement.as_ref().map(|st| st.value()),
+            hash,
+            &v.product,
+            &s.cfg.ring,
+            t,
+            s.cfg.max_staleness_secs,
+        )
+        .is_ok();
+    if !fresh {
+        tracing::warn!(product = %v.product, version = %v.version, "not installing: the timestamp statement went stale");
+    }
+    fresh
+}
+
+async fn install_staged(
+    s: &Arc<Shared>,
+    rel: &ReleaseRef,
+    v: &ReleaseManifest,
+    reason: &str,
+) -> Result<Option<Duration>> {
     let hash = rel.hash;
     let stage = match stage(s, &hash, v) {
         Ok(d) => d,
@@ -592,53 +724,76 @@ async fn install_staged(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, 
             };
             let _ = std::fs::remove_dir_all(stage_dir(s, &hash));
             apply(s, rel, Event::StageFailed(why), format!("cannot stage files: {e:#}"), None).await;
-            return Ok(());
+            return Ok(None);
         }
     };
-    let env = env_for(s, v, &stage);
-    if let Some(detect) = &v.detect
-        && run_command(detect, &stage, &env).await.ok()
-    {
-        apply(s, rel, Event::AlreadyInstalled, "already installed (the detect command exited 0)", Some(0)).await;
-        return Ok(());
-    }
-    // Expiry again at the moment of use: the manifest and the approval must be valid now.
-    let t = now();
-    let approval_valid = s.trust().approvals.get(&(hash, s.cfg.ring.clone())).is_some_and(|a| a.value().expires > t);
-    if v.expires <= t || !approval_valid || !s.trust().is_current(&hash, t) {
-        tracing::warn!(product = %v.product, version = %v.version, "not installing: metadata expired");
-        return Ok(());
-    }
-    let fresh = {
-        let tr = s.trust();
-        !tr.has_timestamp_role()
-            || statement_allows(
-                tr.statement.as_ref().map(|st| st.value()),
-                &hash,
-                &v.product,
-                &s.cfg.ring,
-                t,
-                s.cfg.max_staleness_secs,
-            )
-            .is_ok()
+    let env = install_env(s, v, &stage);
+    let (lock, command) = match &v.installer {
+        Installer::Commands { install, detect, .. } => {
+            if let Some(detect) = detect
+                && run_command(detect, &stage, &env).await.ok()
+            {
+                apply(s, rel, Event::AlreadyInstalled, "already installed (the detect command exited 0)", Some(0))
+                    .await;
+                return Ok(None);
+            }
+            (None, install.clone())
+        }
+        Installer::Debian(d) => match prepare_debian(s, rel, d, &stage).await? {
+            Prepared::Done => return Ok(None),
+            Prepared::Busy => return Ok(Some(LOCK_RETRY)),
+            Prepared::Go(lock, command) => (Some(lock), command),
+        },
     };
-    if !fresh {
-        tracing::warn!(product = %v.product, version = %v.version, "not installing: the timestamp statement went stale");
-        return Ok(());
+    if !still_valid(s, &hash, v) {
+        return Ok(None);
     }
     tracing::info!(product = %v.product, version = %v.version, "installing: {reason}");
     // Persisted before the command runs, so a crash mid-install is found at the next start.
     if s.lifecycle.apply(rel, Event::InstallStarted, reason, None).await?.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     let store = s.store.clone();
     let began = std::time::Instant::now();
-    let out = run_command_tracked(&v.install, &stage, &env, Some(stop_of(s)), |pid| async move {
+    let mut out = run_command_tracked(&command, &stage, &env, Some(stop_of(s)), |pid| async move {
         if let Err(e) = store.set_install_pid(hash, pid).await {
             tracing::warn!("cannot record install pid: {e:#}");
         }
     })
     .await;
+    if lock.is_some() && out.ok() {
+        audit_after(&mut out).await;
+    }
+    finish_install(s, rel, v, &stage, out, began, lock.as_ref()).await;
+    Ok(None)
+}
+
+/// A Debian install that dpkg reported as done still fails if `dpkg --audit` finds a package in
+/// a broken state.
+async fn audit_after(out: &mut Outcome) {
+    match debian::audit().await {
+        Ok(report) if report.is_empty() => {}
+        Ok(report) => {
+            out.code = Some(1);
+            out.tail = format!("{}\ndpkg --audit after the install:\n{report}", out.tail);
+        }
+        Err(e) => {
+            out.code = Some(1);
+            out.tail = format!("{}\ncannot run dpkg --audit: {e:#}", out.tail);
+        }
+    }
+}
+
+/// Records an install's outcome, and rolls back a failed one.
+async fn finish_install(
+    s: &Arc<Shared>,
+    rel: &ReleaseRef,
+    v: &ReleaseManifest,
+    stage: &Path,
+    out: Outcome,
+    began: std::time::Instant,
+    lock: Option<&FrontendLock>,
+) {
     let outcome = match () {
         _ if out.interrupted => InstallOutcome::Interrupted,
         _ if out.timed_out => InstallOutcome::TimedOut,
@@ -652,28 +807,27 @@ async fn install_staged(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, 
             tracing::info!(product = %v.product, version = %v.version, "this install replaced lanpatch-node's executable");
             s.restart.notify_one();
         }
-        return Ok(());
+        return;
     }
     let failure = out.describe("install");
     tracing::warn!(product = %v.product, version = %v.version, "{failure}");
     if out.interrupted {
         // Resolved at the next start (detect, else rollback); the node is stopping now.
         apply(s, rel, Event::Interrupted, failure, None).await;
-        return Ok(());
+        return;
     }
     let cause = if out.timed_out { RollbackCause::TimedOut } else { RollbackCause::InstallFailed };
-    let effects =
-        apply(s, rel, Event::InstallFailed { cause, has_rollback: v.rollback.is_some() }, failure.clone(), out.code)
-            .await;
+    let has_rollback = v.installer.can_roll_back();
+    let effects = apply(s, rel, Event::InstallFailed { cause, has_rollback }, failure.clone(), out.code).await;
     // While the node stops, the rollback waits for the next start (the state says RollingBack).
     if effects.contains(&Effect::RunRollback) && !*s.shutdown.borrow() {
-        roll_back(s, rel, v, &stage, &failure, out.code).await;
+        roll_back(s, rel, v, stage, &failure, out.code, lock).await;
     }
-    Ok(())
 }
 
-/// Runs the rollback command of a release whose state is `RollingBack`, and records the result
-/// with `install_code`, the exit code of the install that failed (if one did).
+/// Runs the rollback of a release whose state is `RollingBack`, and records the result with
+/// `install_code`, the exit code of the install that failed (if one did). `lock`: dpkg's lock,
+/// when the caller holds it already.
 async fn roll_back(
     s: &Arc<Shared>,
     rel: &ReleaseRef,
@@ -681,27 +835,99 @@ async fn roll_back(
     stage: &Path,
     why: &str,
     install_code: Option<i32>,
+    lock: Option<&FrontendLock>,
 ) {
-    let Some(rb) = &v.rollback else { return };
-    let out = run_command_tracked(rb, stage, &env_for(s, v, stage), None, |_| async {}).await;
-    if out.ok() {
-        apply(s, rel, Event::RollbackSucceeded, why.to_string(), install_code).await;
-    } else {
-        apply(s, rel, Event::RollbackFailed, format!("{why}\n{}", out.describe("rollback")), install_code).await;
+    let result = match &v.installer {
+        Installer::Commands { rollback: None, .. } => return,
+        Installer::Commands { rollback: Some(rb), .. } => {
+            let out = run_command_tracked(rb, stage, &env_for(s, v, stage), None, |_| async {}).await;
+            if out.ok() { Ok(String::new()) } else { Err(out.describe("rollback")) }
+        }
+        Installer::Debian(d) => roll_back_debian(s, &rel.hash, v, d, stage, lock).await,
+    };
+    match result {
+        Ok(note) => apply(s, rel, Event::RollbackSucceeded, format!("{why}{note}"), install_code).await,
+        Err(e) => apply(s, rel, Event::RollbackFailed, format!("{why}\n{e}"), install_code).await,
+    };
+}
+
+/// Reinstalls the packages a Debian release replaced and purges the ones it added, holding
+/// dpkg's lock (waiting for it up to the release's timeout), then checks `dpkg --audit`. After a
+/// yank, only packages still at the release's version are touched: a host that moved on to a
+/// newer version keeps it.
+async fn roll_back_debian(
+    s: &Arc<Shared>,
+    hash: &Hash32,
+    v: &ReleaseManifest,
+    d: &DebianPackages,
+    stage: &Path,
+    held: Option<&FrontendLock>,
+) -> std::result::Result<String, String> {
+    let dir = kept_dir(s, hash);
+    let mut kept = debian::load_kept(&dir).map_err(|e| format!("nothing to roll back with: {e:#}"))?;
+    let _own = match held {
+        Some(_) => None,
+        None => Some(wait_for_lock(s, d.timeout_secs).await?),
+    };
+    let host = debian::host_packages().await.map_err(|e| format!("{e:#}"))?;
+    let moved_on: Vec<String> = d
+        .packages
+        .iter()
+        .filter_map(|p| {
+            let h = host.iter().find(|h| h.installed && h.name == p.name)?;
+            (lanpatch_protocol::debver::compare(&h.version, &p.version) == Some(std::cmp::Ordering::Greater))
+                .then(|| format!("{} {}", h.name, h.version))
+        })
+        .collect();
+    kept.packages.retain(|k| !moved_on.iter().any(|m| m.split(' ').next() == Some(k.name.as_str())));
+    for cmd in debian::rollback_commands(&dir, &kept, d.timeout_secs) {
+        let out = run_command_tracked(&cmd, stage, &install_env(s, v, stage), None, |_| async {}).await;
+        if !out.ok() {
+            return Err(out.describe("rollback (dpkg)"));
+        }
+    }
+    let report = debian::audit().await.map_err(|e| format!("{e:#}"))?;
+    if !report.is_empty() {
+        return Err(format!("dpkg --audit after the rollback:\n{report}"));
+    }
+    let restored: Vec<String> = kept.packages.iter().map(|k| format!("{} {}", k.name, k.version)).collect();
+    let mut note =
+        format!("; reinstalled {}", if restored.is_empty() { "nothing".into() } else { restored.join(", ") });
+    if !kept.added.is_empty() {
+        note.push_str(&format!("; purged {}", kept.added.join(", ")));
+    }
+    if !moved_on.is_empty() {
+        note.push_str(&format!("; left alone (newer now): {}", moved_on.join(", ")));
+    }
+    Ok(note)
+}
+
+/// Waits for dpkg's lock, looking every 2 s, for at most `timeout_secs`.
+async fn wait_for_lock(s: &Shared, timeout_secs: u32) -> std::result::Result<FrontendLock, String> {
+    let until = std::time::Instant::now() + Duration::from_secs(u64::from(timeout_secs));
+    loop {
+        match debian::lock::try_lock(Path::new(debian::lock::ADMIN_DIR)) {
+            Ok(Some(l)) => return Ok(l),
+            Ok(None) if std::time::Instant::now() < until && !*s.shutdown.borrow() => {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Ok(None) => return Err(format!("another package manager held dpkg's lock for {timeout_secs} s")),
+            Err(e) => return Err(format!("{e:#}")),
+        }
     }
 }
 
 async fn roll_back_yanked(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<()> {
-    let detail = if v.rollback.is_some() {
+    let can = v.installer.can_roll_back();
+    let detail = if can {
         format!("yanked: {reason}")
     } else {
         format!("yanked with rollback ({reason}), but the release has no rollback command")
     };
-    let effects =
-        apply(s, rel, Event::Yanked { rollback: true, has_rollback: v.rollback.is_some() }, detail.clone(), None).await;
+    let effects = apply(s, rel, Event::Yanked { rollback: true, has_rollback: can }, detail.clone(), None).await;
     if effects.contains(&Effect::RunRollback) && !*s.shutdown.borrow() {
         let stage = stage(s, &rel.hash, v)?;
-        roll_back(s, rel, v, &stage, &detail, None).await;
+        roll_back(s, rel, v, &stage, &detail, None, None).await;
         clear_stage(s, &rel.hash);
     }
     Ok(())

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod console;
 pub mod control;
+pub mod debian;
 pub mod demo;
 pub mod disk;
 pub mod door;

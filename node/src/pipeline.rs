@@ -170,13 +170,37 @@ pub async fn consider_download(s: &Arc<Shared>, m: Signed<ReleaseManifest>) {
         return;
     }
     if s.trust().yanks.contains_key(&hash) {
-        apply(Event::Yanked { rollback: false, has_rollback: v.rollback.is_some() }, "release was yanked".into()).await;
+        let has_rollback = v.installer.can_roll_back();
+        apply(Event::Yanked { rollback: false, has_rollback }, "release was yanked".into()).await;
+        return;
+    }
+    if let Some(why) = no_package_here(v).await {
+        tracing::info!(product = %v.product, version = %v.version, "not for this node: {why}");
+        apply(Event::NotTargeted, why).await;
         return;
     }
     // Admission (quota, free disk) and the queue belong to the download owner.
     if let Err(e) = s.downloads.consider(m).await {
         tracing::error!("cannot queue the download: {e:#}");
     }
+}
+
+/// A Debian release that only upgrades packages, on a host that has none of them: not
+/// downloaded. (Looked at again, with the host's packages of that moment, before an install.)
+async fn no_package_here(v: &lanpatch_protocol::ReleaseManifest) -> Option<String> {
+    let lanpatch_protocol::Installer::Debian(d) = &v.installer else { return None };
+    if d.add_new {
+        return None;
+    }
+    let (host, native) = match (crate::debian::host_packages().await, crate::debian::native_arch().await) {
+        (Ok(h), Ok(a)) => (h, a),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!("cannot read dpkg's database; downloading the Debian release anyway: {e:#}");
+            return None;
+        }
+    };
+    (crate::debian::plan(d, &host, &native) == crate::debian::Plan::NotHere)
+        .then(|| "none of the release's Debian packages is installed here".to_string())
 }
 
 /// On the node holding the online timestamp key: signs a statement of the current set every

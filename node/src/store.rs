@@ -104,7 +104,7 @@ const MIGRATIONS: &[&str] = &[
                CASE state WHEN 'installed' THEN '\"Installed\"'
                           WHEN 'installing' THEN '\"Installing\"'
                           WHEN 'rolled-back' THEN '{\"RolledBack\":\"InstallFailed\"}'
-                          WHEN 'skipped' THEN '{\"Skipped\":\"AlreadyInstalled\"}'
+                          WHEN 'skipped' THEN '\"Installed\"'
                           ELSE '{\"Failed\":\"CommandFailed\"}' END,
                detail, exit_code, pid, updated
         FROM installs;

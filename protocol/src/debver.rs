@@ -1,72 +1,39 @@
-//! Debian package version ordering (`[epoch:]upstream[-revision]`, `~` sorts before everything),
-//! as `dpkg --compare-versions` does it, for inventory queries such as "below version V".
+//! Debian package versions (`[epoch:]upstream[-revision]`), ordered as `dpkg --compare-versions`
+//! orders them. Parsing and ordering come from the `debversion` crate; a property test
+//! (`protocol/tests/debver_dpkg.rs`) holds it to dpkg itself on random and real version strings.
 
 use std::cmp::Ordering;
 
-fn order(c: Option<u8>) -> i32 {
-    match c {
-        None => 0,
-        Some(b'~') => -1,
-        Some(c) if c.is_ascii_digit() => 0,
-        Some(c) if c.is_ascii_alphabetic() => i32::from(c),
-        Some(c) => i32::from(c) + 256,
+pub use debversion::Version as DebVersion;
+
+/// A Debian version, or why the string is not one.
+pub fn parse(v: &str) -> Result<DebVersion, String> {
+    if v.is_empty() || v.len() > 256 {
+        return Err(format!("{:?} is not a Debian version (empty or longer than 256 bytes)", trimmed(v)));
     }
+    if let Some((epoch, _)) = v.split_once(':')
+        && (epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(format!("{:?} is not a Debian version (the epoch must be a number)", trimmed(v)));
+    }
+    if v.ends_with('-') {
+        return Err(format!("{:?} is not a Debian version (the revision is empty)", trimmed(v)));
+    }
+    let first = v.split_once(':').map_or(v, |(_, rest)| rest);
+    if !first.starts_with(|c: char| c.is_ascii_digit()) {
+        // dpkg warns about these and refuses them in its database.
+        return Err(format!("{:?} is not a Debian version (the upstream part must start with a digit)", trimmed(v)));
+    }
+    v.parse::<DebVersion>().map_err(|_| format!("{:?} is not a Debian version", trimmed(v)))
 }
 
-/// Compares one upstream or revision part: alternating non-digit and digit runs.
-fn compare_part(a: &str, b: &str) -> Ordering {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < b.len() {
-        // Non-digit run, character by character.
-        while (i < a.len() && !a[i].is_ascii_digit()) || (j < b.len() && !b[j].is_ascii_digit()) {
-            let ca = if i < a.len() && !a[i].is_ascii_digit() { Some(a[i]) } else { None };
-            let cb = if j < b.len() && !b[j].is_ascii_digit() { Some(b[j]) } else { None };
-            let (oa, ob) = (order(ca), order(cb));
-            if oa != ob {
-                return oa.cmp(&ob);
-            }
-            if ca.is_some() {
-                i += 1;
-            }
-            if cb.is_some() {
-                j += 1;
-            }
-        }
-        // Digit run, numerically.
-        let si = i;
-        while i < a.len() && a[i].is_ascii_digit() {
-            i += 1;
-        }
-        let sj = j;
-        while j < b.len() && b[j].is_ascii_digit() {
-            j += 1;
-        }
-        let na = std::str::from_utf8(&a[si..i]).unwrap_or("0").trim_start_matches('0');
-        let nb = std::str::from_utf8(&b[sj..j]).unwrap_or("0").trim_start_matches('0');
-        let c = na.len().cmp(&nb.len()).then_with(|| na.cmp(nb));
-        if c != Ordering::Equal {
-            return c;
-        }
-    }
-    Ordering::Equal
+fn trimmed(v: &str) -> String {
+    v.chars().take(40).collect()
 }
 
-fn split(v: &str) -> (u64, &str, &str) {
-    let (epoch, rest) = match v.split_once(':') {
-        Some((e, r)) if e.bytes().all(|b| b.is_ascii_digit()) && !e.is_empty() => (e.parse().unwrap_or(0), r),
-        _ => (0, v),
-    };
-    match rest.rsplit_once('-') {
-        Some((up, rev)) => (epoch, up, rev),
-        None => (epoch, rest, ""),
-    }
-}
-
-pub fn compare(a: &str, b: &str) -> Ordering {
-    let (ea, ua, ra) = split(a);
-    let (eb, ub, rb) = split(b);
-    ea.cmp(&eb).then_with(|| compare_part(ua, ub)).then_with(|| compare_part(ra, rb))
+/// Orders two version strings as dpkg does, or `None` when either is not a Debian version.
+pub fn compare(a: &str, b: &str) -> Option<Ordering> {
+    Some(parse(a).ok()?.cmp(&parse(b).ok()?))
 }
 
 #[cfg(test)]
@@ -87,8 +54,16 @@ mod tests {
             ("1.2.3a", "1.2.3", Greater),
             ("1.0-1", "1.0-1~bpo", Greater),
             ("3.0.11-1~deb12u2", "3.0.13-1~deb12u1", Less),
+            ("0:1.0", "1.0", Equal),
         ] {
-            assert_eq!(compare(a, b), want, "{a} vs {b}");
+            assert_eq!(compare(a, b), Some(want), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn strings_that_are_not_debian_versions_do_not_compare() {
+        for bad in ["", "abc", "1.0 1", "1:", "x:1.0", "1.0-", "1_0"] {
+            assert_eq!(compare(bad, "1.0"), None, "{bad:?}");
         }
     }
 }

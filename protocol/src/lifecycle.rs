@@ -44,6 +44,8 @@ pub enum WaitReason {
     /// The node holds too few reports from its ring to judge the rollout (partitioned, or too
     /// few peers): it does not guess.
     TooFewReports,
+    /// Another package manager (apt, unattended-upgrades, an admin's dpkg) holds dpkg's lock.
+    PackageManagerBusy,
 }
 
 /// Why a release failed on a node.
@@ -72,6 +74,12 @@ pub enum FailReason {
     NoRollback,
     /// The download would leave less free space on the node's disk than its `min_free_disk`.
     LowDisk,
+    /// A Debian package's dependency is neither installed nor part of the release: refused
+    /// before dpkg ran (the detail names it).
+    MissingDependency,
+    /// The packages a Debian release replaces could not be kept for a rollback (not in apt's
+    /// cache, and dpkg-repack failed or is not installed): refused before dpkg ran.
+    PreviousNotKept,
 }
 
 /// Why a release was rolled back.
@@ -94,8 +102,6 @@ pub enum SkipReason {
     NotTargeted,
     /// The release was yanked before it was installed.
     Yanked,
-    /// The detect command says the release is already installed.
-    AlreadyInstalled,
     /// The manifest expired before the release was installed.
     Expired,
 }
@@ -216,6 +222,7 @@ impl ReleaseState {
                     WaitReason::NotInStatement => "not current in the timestamp statement".to_string(),
                     WaitReason::Wave => "its rollout wave has not opened".to_string(),
                     WaitReason::TooFewReports => "too few reports from its ring".to_string(),
+                    WaitReason::PackageManagerBusy => "another package manager holds dpkg's lock".to_string(),
                 }
             ),
             Halted => "halted (the ring's failure rate crossed the approval's threshold)".into(),
@@ -230,7 +237,6 @@ impl ReleaseState {
                 match s {
                     SkipReason::NotTargeted => "not targeted",
                     SkipReason::Yanked => "yanked",
-                    SkipReason::AlreadyInstalled => "already installed",
                     SkipReason::Expired => "expired",
                 }
             ),
@@ -252,6 +258,8 @@ impl FailReason {
             FailReason::Interrupted => "interrupted",
             FailReason::RollbackFailed => "rollback failed",
             FailReason::NoRollback => "no rollback command",
+            FailReason::MissingDependency => "a package dependency is missing",
+            FailReason::PreviousNotKept => "cannot keep the packages it replaces",
         }
     }
 }
@@ -289,8 +297,13 @@ pub enum Event {
     Wait(WaitReason),
     /// The ring's failure rate crossed the approval's threshold.
     Halt,
-    /// The detect command says it is installed already (before an install was started).
+    /// The host already has the release (its detect command exited 0, or every Debian package
+    /// is at or above the release's version), before an install was started: counts as
+    /// installed.
     AlreadyInstalled,
+    /// The node refused to start the install (a missing dependency, the replaced packages could
+    /// not be kept).
+    Refused(FailReason),
     InstallStarted,
     InstallSucceeded,
     /// The install failed (or an interrupted install was found at start and detect said no).
@@ -338,7 +351,9 @@ pub fn step(state: ReleaseState, event: Event) -> Step {
     let before_install = state.rank() < S::Installing.rank();
     match (state, event) {
         (S::Available, E::Queue) => to(S::Queued),
-        (S::Available, E::NotTargeted) => to(S::Skipped(SkipReason::NotTargeted)),
+        (S::Available | S::Downloaded | S::Waiting(_) | S::Halted, E::NotTargeted) => {
+            to(S::Skipped(SkipReason::NotTargeted))
+        }
         (S::Available | S::Queued, E::DownloadStarted) => to(S::Downloading),
         (S::Available | S::Queued | S::Downloading, E::DownloadFinished) => to(S::Downloaded),
         (S::Available | S::Queued | S::Downloading, E::DownloadFailed(why)) => to(S::Failed(why)),
@@ -346,8 +361,9 @@ pub fn step(state: ReleaseState, event: Event) -> Step {
         (S::Downloaded | S::Waiting(_) | S::Halted, E::Wait(why)) if state != S::Waiting(why) => to(S::Waiting(why)),
         (S::Downloaded | S::Waiting(_), E::Halt) => to(S::Halted),
         (S::Downloaded | S::Waiting(_) | S::Halted, E::AlreadyInstalled) => {
-            to(S::Skipped(SkipReason::AlreadyInstalled))
+            Step::To(S::Installed, vec![Effect::InventoryChanged])
         }
+        (S::Downloaded | S::Waiting(_) | S::Halted, E::Refused(why)) => to(S::Failed(why)),
         (S::Downloaded | S::Waiting(_) | S::Halted, E::InstallStarted) => to(S::Installing),
         (S::Installing | S::Interrupted, E::InstallSucceeded) => Step::To(S::Installed, vec![Effect::InventoryChanged]),
         (S::Installing | S::Interrupted, E::InstallFailed { cause, has_rollback }) => {
@@ -508,6 +524,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_host_already_at_the_release_counts_as_installed_and_a_refusal_is_a_failure() {
+        let waiting = after(&[Event::Queue, Event::DownloadFinished, Event::Wait(WaitReason::PackageManagerBusy)]);
+        assert_eq!(
+            step(waiting, Event::AlreadyInstalled),
+            Step::To(ReleaseState::Installed, vec![Effect::InventoryChanged])
+        );
+        assert!(ReleaseState::Installed.is_installed());
+        let refused = after(&[Event::Queue, Event::DownloadFinished, Event::Refused(FailReason::MissingDependency)]);
+        assert_eq!(refused, ReleaseState::Failed(FailReason::MissingDependency));
+        assert!(refused.is_failure());
+        // A Debian release the host has none of is not targeted, even once downloaded.
+        let downloaded = after(&[Event::Queue, Event::DownloadFinished]);
+        assert_eq!(
+            step(downloaded, Event::NotTargeted),
+            Step::To(ReleaseState::Skipped(SkipReason::NotTargeted), vec![])
+        );
+    }
+
     fn all_events() -> Vec<Event> {
         let mut v = vec![
             Event::Queue,
@@ -515,6 +550,7 @@ mod tests {
             Event::DownloadStarted,
             Event::DownloadFinished,
             Event::AlreadyInstalled,
+            Event::Refused(FailReason::MissingDependency),
             Event::InstallStarted,
             Event::InstallSucceeded,
             Event::Interrupted,

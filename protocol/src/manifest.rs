@@ -19,13 +19,8 @@ pub struct ReleaseManifest {
     pub created: Timestamp,
     pub expires: Timestamp,
     pub files: Vec<FileEntry>,
-    /// Runs in a staging directory holding the release's files.
-    pub install: Command,
-    /// Runs when install fails or times out, and on a yank with rollback.
-    pub rollback: Option<Command>,
-    /// Exit code 0 means "already installed"; lets a node skip a release and resolve an
-    /// interrupted install.
-    pub detect: Option<Command>,
+    /// How a node installs, detects and rolls back the release.
+    pub installer: Installer,
     pub targets: Targets,
     pub severity: Severity,
     /// Install at once, ignoring maintenance windows.
@@ -45,6 +40,63 @@ pub struct FileEntry {
     /// BLAKE3 of each chunk, in order. All chunks are `chunk_size` long except the last.
     pub chunks: Vec<Hash32>,
     pub executable: bool,
+}
+
+/// How a node installs a release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Installer {
+    /// Commands the admin wrote.
+    Commands {
+        /// Runs in a staging directory holding the release's files.
+        install: Command,
+        /// Runs when install fails or times out, and on a yank with rollback.
+        rollback: Option<Command>,
+        /// Exit code 0 means "already installed"; lets a node skip a release and resolve an
+        /// interrupted install.
+        detect: Option<Command>,
+    },
+    /// Debian binary packages, installed by the node itself with dpkg: no command of the admin's.
+    Debian(DebianPackages),
+}
+
+impl Installer {
+    /// Whether a failed or yanked install can be undone. Debian releases always can: the node
+    /// keeps the packages they replace.
+    pub fn can_roll_back(&self) -> bool {
+        match self {
+            Installer::Commands { rollback, .. } => rollback.is_some(),
+            Installer::Debian(_) => true,
+        }
+    }
+}
+
+/// The Debian packages of a release.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebianPackages {
+    pub packages: Vec<DebPackage>,
+    /// Install packages a host does not have yet. Without it a node upgrades only the binary
+    /// packages it has, and a host with none of them is not targeted.
+    pub add_new: bool,
+    /// How long dpkg may run for one install or rollback.
+    pub timeout_secs: u32,
+}
+
+/// One `.deb` of a release, with the fields of its control file that a node acts on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebPackage {
+    /// The release file holding the package.
+    pub file: RelPath,
+    pub name: String,
+    /// The version as dpkg orders it (`[epoch:]upstream[-revision]`).
+    pub version: String,
+    /// `amd64`, `arm64`, ... or `all`.
+    pub architecture: String,
+    /// The source package it was built from, and that source's version: what vulnerability
+    /// feeds name.
+    pub source: String,
+    pub source_version: String,
+    /// SHA-256 of the `.deb`, the digest Debian's archive indexes list.
+    pub sha256: Hash32,
 }
 
 /// A command as an argument vector (no shell unless the admin writes `sh -c`), with a timeout.
@@ -181,6 +233,49 @@ impl Command {
     }
 }
 
+/// A Debian package or architecture name: lower-case letters, digits, `+`, `-` and `.`,
+/// starting with a letter or digit (Debian Policy 5.6.1).
+fn check_deb_name(field: &'static str, name: &str, limits: &Limits) -> Result<(), ValidationError> {
+    check_text(field, name, limits.max_short_bytes)?;
+    let ok = name.len() >= 2
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if !ok {
+        return Err(ValidationError::field(field, "not a Debian package name (a-z, 0-9, +, -, .)"));
+    }
+    Ok(())
+}
+
+impl DebianPackages {
+    fn validate(&self, files: &[FileEntry], limits: &Limits) -> Result<(), ValidationError> {
+        if self.packages.is_empty() {
+            return Err(ValidationError::field("debian packages", "a Debian release needs at least one package"));
+        }
+        check_list("debian packages", &self.packages, limits.max_files)?;
+        if self.timeout_secs == 0 {
+            return Err(ValidationError::field("debian timeout", "timeout must be at least one second"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.packages {
+            check_deb_name("debian package name", &p.name, limits)?;
+            check_deb_name("debian source name", &p.source, limits)?;
+            check_deb_name("debian architecture", &p.architecture, limits)?;
+            for v in [&p.version, &p.source_version] {
+                if crate::debver::parse(v).is_err() {
+                    return Err(ValidationError::field("debian version", "not a Debian version"));
+                }
+            }
+            if !files.iter().any(|f| f.path == p.file) {
+                return Err(ValidationError::field("debian package file", "names no file of the release"));
+            }
+            if !seen.insert((p.name.as_str(), p.architecture.as_str())) {
+                return Err(ValidationError::field("debian packages", "a package appears twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl FileEntry {
     /// Number of chunks a file of `size` bytes has with `chunk_size`.
     pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
@@ -256,12 +351,17 @@ impl Payload for ReleaseManifest {
                 max: limits.max_total_chunks,
             });
         }
-        self.install.validate("install command", limits)?;
-        if let Some(c) = &self.rollback {
-            c.validate("rollback command", limits)?;
-        }
-        if let Some(c) = &self.detect {
-            c.validate("detect command", limits)?;
+        match &self.installer {
+            Installer::Commands { install, rollback, detect } => {
+                install.validate("install command", limits)?;
+                if let Some(c) = rollback {
+                    c.validate("rollback command", limits)?;
+                }
+                if let Some(c) = detect {
+                    c.validate("detect command", limits)?;
+                }
+            }
+            Installer::Debian(d) => d.validate(&self.files, limits)?,
         }
         check_short_strings("target os", &self.targets.os, limits)?;
         check_short_strings("target arch", &self.targets.arch, limits)?;

@@ -69,9 +69,11 @@ fn manifest_value(version: u64) -> ReleaseManifest {
         created: NOW,
         expires: NOW.plus_secs(30 * DAY),
         files: vec![file("pkg/openssl.deb", &vec![7u8; 40_000])],
-        install: Command { argv: vec!["sh".into(), "install.sh".into()], timeout_secs: 60 },
-        rollback: Some(Command { argv: vec!["sh".into(), "rollback.sh".into()], timeout_secs: 60 }),
-        detect: None,
+        installer: Installer::Commands {
+            install: Command { argv: vec!["sh".into(), "install.sh".into()], timeout_secs: 60 },
+            rollback: Some(Command { argv: vec!["sh".into(), "rollback.sh".into()], timeout_secs: 60 }),
+            detect: None,
+        },
         targets: Targets { os: vec!["linux".into()], ..Targets::default() },
         severity: Severity {
             level: SeverityLevel::Critical,

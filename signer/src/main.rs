@@ -1,6 +1,7 @@
 //! `lanpatch-signer`: the admin's tool for keys, trust roots, releases, approvals and yanks.
 
 mod bundle;
+mod deb;
 mod enroll;
 mod exit;
 mod fleet;
@@ -17,8 +18,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use lanpatch_protocol::manifest::{FeedDate, default_chunk_size};
 use lanpatch_protocol::{
-    Approval, Command, CveId, Limits, ProductName, PublicKey, ReleaseManifest, RingName, Role, RoleKeys, Root,
-    Severity, SeverityLevel, Signed, Tag, Targets, Version, Yank, YankAction, fleet_id,
+    Approval, Command, CveId, DebianPackages, Installer, Limits, ProductName, PublicKey, ReleaseManifest, RingName,
+    Role, RoleKeys, Root, Severity, SeverityLevel, Signed, Tag, Targets, Version, Yank, YankAction, fleet_id,
 };
 
 use crate::bundle::Bundle;
@@ -283,8 +284,17 @@ struct CreateArgs {
     #[arg(long = "file")]
     files: Vec<PathBuf>,
     /// Install command, run in a directory holding the release's files, e.g. "sh install.sh".
-    #[arg(long)]
-    install: String,
+    /// Give this or --deb.
+    #[arg(long, required_unless_present = "debs", conflicts_with = "debs")]
+    install: Option<String>,
+    /// A Debian package (.deb), or a directory of them: the node installs them with dpkg itself,
+    /// upgrading only the packages a host has, keeping the ones replaced for a rollback.
+    /// Repeatable. No --install, --rollback or --detect with it.
+    #[arg(long = "deb", conflicts_with_all = ["rollback", "detect"])]
+    debs: Vec<PathBuf>,
+    /// With --deb: also install packages a host does not have yet.
+    #[arg(long, requires = "debs")]
+    add_new: bool,
     /// Rollback command, run when install fails or on a yank with --rollback.
     #[arg(long)]
     rollback: Option<String>,
@@ -868,6 +878,10 @@ fn build_release(a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_proto
         Some(d) => bundle::sources_from_dir(d)?,
         None => Vec::new(),
     };
+    let debs = deb::collect(&a.debs)?.iter().map(|p| deb::read(p)).collect::<Result<Vec<_>>>()?;
+    for d in &debs {
+        sources.push(bundle::source(&d.path, d.package.file.as_str())?);
+    }
     for f in &a.files {
         let name = f
             .file_name()
@@ -876,7 +890,7 @@ fn build_release(a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_proto
         sources.push(bundle::source(f, name)?);
     }
     if sources.is_empty() {
-        bail!("a release needs files: give --dir DIR or --file FILE");
+        bail!("a release needs files: give --dir DIR, --file FILE or --deb FILE.deb");
     }
     let timeout = humantime::parse_duration(&a.timeout).with_context(|| format!("bad --timeout {:?}", a.timeout))?;
     let timeout_secs = u32::try_from(timeout.as_secs()).unwrap_or(u32::MAX).max(1);
@@ -903,9 +917,18 @@ fn build_release(a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_proto
         created: now,
         expires: time::parse_time(&a.expires, now)?,
         files,
-        install: parse_command("install", &a.install, timeout_secs)?,
-        rollback: a.rollback.as_deref().map(|c| parse_command("rollback", c, timeout_secs)).transpose()?,
-        detect: a.detect.as_deref().map(|c| parse_command("detect", c, timeout_secs)).transpose()?,
+        installer: match &a.install {
+            Some(install) => Installer::Commands {
+                install: parse_command("install", install, timeout_secs)?,
+                rollback: a.rollback.as_deref().map(|c| parse_command("rollback", c, timeout_secs)).transpose()?,
+                detect: a.detect.as_deref().map(|c| parse_command("detect", c, timeout_secs)).transpose()?,
+            },
+            None => Installer::Debian(DebianPackages {
+                packages: debs.iter().map(|d| d.package.clone()).collect(),
+                add_new: a.add_new,
+                timeout_secs,
+            }),
+        },
         targets: Targets { os: a.target_os, arch: a.target_arch, tags: a.target_tags, hostnames: a.target_hosts },
         severity: Severity {
             level: a.severity,
@@ -1126,9 +1149,22 @@ fn release_json(signed: &Signed<ReleaseManifest>) -> serde_json::Value {
             "feed_dates": s.feed_dates.iter().map(|f| serde_json::json!({"feed": f.feed, "date": f.date})).collect::<Vec<_>>(),
         },
         "urgent": m.urgent,
-        "install": cmd(&m.install),
-        "rollback": m.rollback.as_ref().map(cmd),
-        "detect": m.detect.as_ref().map(cmd),
+        "installer": match &m.installer {
+            Installer::Commands { install, rollback, detect } => serde_json::json!({
+                "install": cmd(install), "rollback": rollback.as_ref().map(cmd), "detect": detect.as_ref().map(cmd),
+            }),
+            Installer::Debian(d) => serde_json::json!({
+                "debian": {
+                    "add_new": d.add_new,
+                    "timeout_secs": d.timeout_secs,
+                    "packages": d.packages.iter().map(|p| serde_json::json!({
+                        "file": p.file.to_string(), "name": p.name, "version": p.version,
+                        "architecture": p.architecture, "source": p.source, "source_version": p.source_version,
+                        "sha256": p.sha256.to_hex(),
+                    })).collect::<Vec<_>>(),
+                },
+            }),
+        },
         "targets": {
             "os": m.targets.os,
             "arch": m.targets.arch,
@@ -1172,12 +1208,31 @@ fn show_release(b: &Bundle, limits: &Limits, json: bool) -> Result<()> {
         let d: Vec<String> = s.feed_dates.iter().map(|f| format!("{} {}", f.feed, f.date)).collect();
         println!("scores from the feeds: {}", d.join(", "));
     }
-    println!("install: {:?} (timeout {}s)", m.install.argv, m.install.timeout_secs);
-    if let Some(c) = &m.rollback {
-        println!("rollback: {:?}", c.argv);
-    }
-    if let Some(c) = &m.detect {
-        println!("detect: {:?}", c.argv);
+    match &m.installer {
+        Installer::Commands { install, rollback, detect } => {
+            println!("install: {:?} (timeout {}s)", install.argv, install.timeout_secs);
+            if let Some(c) = rollback {
+                println!("rollback: {:?}", c.argv);
+            }
+            if let Some(c) = detect {
+                println!("detect: {:?}", c.argv);
+            }
+        }
+        Installer::Debian(d) => {
+            let how = if d.add_new { "upgrades and adds" } else { "upgrades only what a host has" };
+            println!("Debian packages, installed by the node with dpkg ({how}; timeout {}s):", d.timeout_secs);
+            for p in &d.packages {
+                println!(
+                    "  {} {} {} (source {} {}), sha256 {}",
+                    p.name,
+                    p.version,
+                    p.architecture,
+                    p.source,
+                    p.source_version,
+                    p.sha256.to_hex()
+                );
+            }
+        }
     }
     let t = &m.targets;
     println!(
