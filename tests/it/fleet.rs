@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lanpatch_protocol::ReleaseState;
 use lanpatch_protocol::control::NodeStatus;
 
-use crate::support::{bin, signer};
+use crate::support::{bin, bin_dir, signer};
 
 /// Keys for three admins and a 2-of-3 trust root, in `dir`, with a 1-of-1 enroll role
 /// (`enroll.key`, the admin node's online key): nodes whose root lies beside `enroll.key` are
@@ -289,6 +289,15 @@ impl Node {
 
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // Under a wrapper that stays the parent (systemd-nspawn), the node is its child (a
+            // container's PID 1: killing it ends the container's every process).
+            for pid in children_of(c.id()) {
+                if let Ok(raw) = i32::try_from(pid)
+                    && raw > 1
+                {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
+                }
+            }
             let _ = c.kill(); // SIGKILL
             let _ = c.wait();
         }
@@ -520,4 +529,136 @@ pub fn enrolled_attacker(dir: &Path, admin: &Node) -> Node {
     mallory.start();
     wait_until(Duration::from_secs(30), "mallory connected", || !mallory.status().peers.is_empty());
     mallory
+}
+
+// Debian hosts: systemd-nspawn containers with their own dpkg database (lab/debian-root.sh).
+
+/// The lab's Debian bookworm root, built once by lab/debian-root.sh into target/lab and kept;
+/// `None` (after saying why, failing under CI) where it cannot be built or used.
+pub fn debian_root() -> Option<PathBuf> {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !crate::support::is_root() || Command::new("systemd-nspawn").arg("--version").output().is_err() {
+        crate::support::cannot_run(
+            "Debian host tests need root and systemd-nspawn (apt-get install systemd-container)",
+        );
+        return None;
+    }
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo.join("target/lab/bookworm");
+    if !root.join(".lanpatch-root-complete").exists() {
+        let out = Command::new("sh").arg(repo.join("lab/debian-root.sh")).arg(&root).output().unwrap();
+        if !out.status.success() {
+            crate::support::cannot_run(&format!(
+                "lab/debian-root.sh could not build the Debian root: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+            return None;
+        }
+    }
+    Some(root)
+}
+
+/// A Debian host: an overlay of the lab's root with its own dpkg database, where commands and a
+/// node run in systemd-nspawn containers sharing this machine's loopback. The test's directory
+/// and the binaries are bound at the same paths inside.
+pub struct DebianHost {
+    pub name: String,
+    merged: PathBuf,
+    share: PathBuf,
+}
+
+impl DebianHost {
+    pub fn new(root: &Path, share: &Path, name: &str) -> DebianHost {
+        let base = share.join(format!("{name}-host"));
+        let (up, work, merged) = (base.join("up"), base.join("work"), base.join("root"));
+        for d in [&up, &work, &merged] {
+            fs::create_dir_all(d).unwrap();
+        }
+        let opts = format!("lowerdir={},upperdir={},workdir={}", root.display(), up.display(), work.display());
+        let st = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged).status().unwrap();
+        assert!(st.success(), "cannot mount the overlay for {name}");
+        DebianHost { name: format!("lp{}-{name}", std::process::id()), merged, share: share.to_path_buf() }
+    }
+
+    /// The systemd-nspawn command line up to `--`; SIGTERM to it reaches the command as PID 1.
+    fn nspawn(&self) -> Vec<String> {
+        [
+            "systemd-nspawn".to_string(),
+            "--register=no".into(),
+            "--keep-unit".into(),
+            "-q".into(),
+            "--kill-signal=SIGTERM".into(),
+            format!("--machine={}", self.name),
+            "-D".into(),
+            self.merged.display().to_string(),
+            format!("--bind={}", self.share.display()),
+            format!("--bind-ro={}", bin_dir().display()),
+            "--".into(),
+        ]
+        .to_vec()
+    }
+
+    /// Runs a command on the host and waits for it.
+    pub fn run(&self, argv: &[&str]) -> crate::support::Run {
+        let cmd = self.nspawn();
+        Command::new(&cmd[0]).args(&cmd[1..]).args(argv).output().unwrap().into()
+    }
+
+    /// Runs this machine's dpkg tool on the host's database (`--admindir`): works while the
+    /// host's container runs, when a second container on the same tree cannot start.
+    fn dpkg_here(&self, tool: &str, args: &[&str]) -> crate::support::Run {
+        let admindir = format!("--admindir={}", self.merged.join("var/lib/dpkg").display());
+        Command::new(tool).arg(admindir).args(args).output().unwrap().into()
+    }
+
+    /// The installed version of `package` (`ii` only), as dpkg says.
+    pub fn version(&self, package: &str) -> Option<String> {
+        let r = self.dpkg_here("dpkg-query", &["-W", "-f", "${db:Status-Abbrev}|${Version}", package]);
+        r.stdout.strip_prefix("ii |").map(str::to_string)
+    }
+
+    /// What `dpkg --audit` prints (empty: every package is in a sane state).
+    pub fn audit(&self) -> String {
+        let r = self.dpkg_here("dpkg", &["--audit"]);
+        assert_eq!(r.code, Some(0), "dpkg --audit on {}: {}", self.name, r.all());
+        r.stdout.trim().to_string()
+    }
+
+    /// dpkg's frontend lock file of this host, as this machine sees it.
+    pub fn lock_frontend(&self) -> PathBuf {
+        self.merged.join("var/lib/dpkg/lock-frontend")
+    }
+
+    /// A node on this host, started, connected to `admin`.
+    pub fn node(&self, dir: &Path, admin: &Node, extra: &str) -> Node {
+        let short = self.name.rsplit('-').next().unwrap_or(&self.name).to_string();
+        let mut n = Node::new(dir, &short, &dir.join("root.lpr"), &[admin.port], extra);
+        let mut w = self.nspawn();
+        w.extend(["{node}", "run", "--config", "{config}"].map(String::from));
+        n.wrapper = Some(w);
+        n.start();
+        wait_until(Duration::from_secs(30), "connected", || !n.status().peers.is_empty());
+        n
+    }
+}
+
+impl Drop for DebianHost {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+    }
+}
+
+/// Children of process `pid` (from /proc): a container's PID 1 under its systemd-nspawn.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            let stat = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok()) == Some(pid)
+        })
+        .collect()
 }

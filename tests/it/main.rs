@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod console;
+mod debian;
 mod demo;
 mod feeds;
 mod fleet;

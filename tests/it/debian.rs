@@ -1,0 +1,195 @@
+//! Releases of Debian packages on real Debian hosts: each node runs in a systemd-nspawn
+//! container with its own dpkg database (lab/debian-root.sh), and installs the release's `.deb`
+//! files itself. No install, rollback or detect script anywhere: the packages are built here
+//! with dpkg-deb, with maintainer scripts of their own.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use lanpatch_protocol::{FailReason, ReleaseState, RollbackCause, SkipReason, WaitReason};
+
+use crate::fleet::{DebianHost, Node, admin, blob_name, debian_root, make_fleet_keys, wait_until};
+use crate::rollout::approve;
+use crate::support::signer;
+
+/// Builds `name_version_all.deb` in `dir`: a file under /usr/share/NAME, a postinst that exits
+/// `postinst_exit`, and `depends` if given.
+fn build_deb(dir: &Path, name: &str, version: &str, depends: Option<&str>, postinst_exit: u8) -> PathBuf {
+    let tree = dir.join(format!("{name}-{version}-tree"));
+    fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    fs::create_dir_all(tree.join(format!("usr/share/{name}"))).unwrap();
+    fs::write(tree.join(format!("usr/share/{name}/version")), format!("{version}\n")).unwrap();
+    let mut control = format!(
+        "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: lanpatch tests <tests@lanpatch.invalid>\nDescription: a test package\n"
+    );
+    if let Some(d) = depends {
+        control.push_str(&format!("Depends: {d}\n"));
+    }
+    fs::write(tree.join("DEBIAN/control"), control).unwrap();
+    let postinst = tree.join("DEBIAN/postinst");
+    fs::write(&postinst, format!("#!/bin/sh\necho \"{name} {version} configured\"\nexit {postinst_exit}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&postinst, fs::Permissions::from_mode(0o755)).unwrap();
+    let deb = dir.join(format!("{name}_{version}_all.deb"));
+    let st = Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&tree).arg(&deb).output().unwrap();
+    assert!(st.status.success(), "dpkg-deb: {}", String::from_utf8_lossy(&st.stderr));
+    deb
+}
+
+/// A release of `debs`, signed by the release role's two keys.
+fn deb_release(dir: &Path, out: &str, product: &str, version: u32, debs: &[&Path], extra: &[&str]) -> PathBuf {
+    let mut args: Vec<String> =
+        ["release", "create", "--product", product, "--version", &version.to_string(), "--out", out]
+            .map(String::from)
+            .to_vec();
+    for d in debs {
+        args.extend(["--deb".to_string(), d.display().to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    signer(dir, &args).ok();
+    for k in ["alice.key", "bob.key"] {
+        signer(dir, &["release", "sign", "--key", k, out]).ok();
+    }
+    dir.join(out)
+}
+
+/// The node's state for `product` and the text beside it.
+fn state_of(n: &Node, product: &str) -> Option<(ReleaseState, String)> {
+    n.status().releases.into_iter().find(|r| r.product.as_str() == product).map(|r| (r.state, r.detail))
+}
+
+fn fleet_status(dir: &Path, admin: &Node, bundle: &Path) -> String {
+    signer(dir, &["status".as_ref(), "--node".as_ref(), admin.socket().as_os_str(), bundle.as_os_str()]).stdout
+}
+
+/// Holds dpkg's frontend lock of a host from this process, as apt would, until dropped.
+struct HeldLock(#[allow(dead_code)] fs::File);
+
+fn hold_dpkg_lock(host: &DebianHost) -> HeldLock {
+    let f =
+        fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(host.lock_frontend()).unwrap();
+    let l = libc_flock();
+    nix::fcntl::fcntl(f.as_fd(), nix::fcntl::FcntlArg::F_SETLK(&l)).expect("take dpkg's lock");
+    HeldLock(f)
+}
+
+fn libc_flock() -> nix::libc::flock {
+    nix::libc::flock {
+        l_type: nix::libc::F_WRLCK as i16,
+        l_whence: nix::libc::SEEK_SET as i16,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    }
+}
+
+#[test]
+#[ignore = "Debian host lab: root, systemd-nspawn and a debootstrapped root (CI runs it)"]
+fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waiting_out_a_held_dpkg_lock_and_rolling_back_a_failing_postinst()
+ {
+    let Some(root) = debian_root() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let v1 = build_deb(dir, "lp-hello", "1.0-1", None, 0);
+    let v2 = build_deb(dir, "lp-hello", "1:2.0-1", None, 0);
+    let v3 = build_deb(dir, "lp-hello", "1:3.0-1", None, 1);
+    let needy = build_deb(dir, "lp-needy", "1.0", Some("lp-missing (>= 1)"), 0);
+
+    // c1 (canary), b1..b3 (broad) have lp-hello 1.0-1; b2 is already at 2.0; x1 has none.
+    let hosts: Vec<DebianHost> =
+        ["c1", "b1", "b2", "b3", "x1"].iter().map(|h| DebianHost::new(&root, dir, h)).collect();
+    for h in &hosts[..4] {
+        h.run(&["dpkg", "-i", &v1.display().to_string()]).ok();
+    }
+    hosts[2].run(&["dpkg", "-i", &v2.display().to_string()]).ok();
+    assert_eq!(hosts[2].version("lp-hello").as_deref(), Some("1:2.0-1"));
+
+    let admin = admin(dir, "");
+    let rings = ["canary", "broad", "broad", "broad", "broad"];
+    let nodes: Vec<Node> =
+        hosts.iter().zip(rings).map(|(h, r)| h.node(dir, &admin, &format!("ring = \"{r}\""))).collect();
+    wait_until(Duration::from_secs(60), "mesh", || admin.status().peers.len() == 5);
+
+    let bundle = deb_release(dir, "hello-2", "hello", 1, &[&v2], &[]);
+    let shown = signer(dir, &["release", "show", "hello-2"]);
+    assert!(shown.stdout.contains("lp-hello 1:2.0-1 all (source lp-hello 1:2.0-1), sha256 "), "{}", shown.stdout);
+    approve(dir, &bundle, "canary", &[]).ok();
+    admin.publish(&bundle);
+    wait_until(Duration::from_secs(90), "canary installs", || {
+        state_of(&nodes[0], "hello").is_some_and(|s| s.0 == ReleaseState::Installed)
+    });
+    assert_eq!(
+        hosts[0].version("lp-hello").as_deref(),
+        Some("1:2.0-1"),
+        "{:?} {}",
+        state_of(&nodes[0], "hello"),
+        hosts[0].audit()
+    );
+    wait_until(Duration::from_secs(60), "x1 is not targeted", || {
+        state_of(&nodes[4], "hello").is_some_and(|s| s.0 == ReleaseState::Skipped(SkipReason::NotTargeted))
+    });
+    let deb_blob = blob_name(&fs::read(&v2).unwrap());
+    assert!(nodes[4].blob(&deb_blob).is_none(), "a host with none of the packages downloaded the release");
+    assert!(nodes[0].blob(&deb_blob).is_some());
+
+    // A package manager holds b3's dpkg lock: b3 waits, then installs once it is released.
+    let lock = hold_dpkg_lock(&hosts[3]);
+    let sock = admin.socket().display().to_string();
+    wait_until(Duration::from_secs(30), "canary's report reaches the collector", || {
+        fleet_status(dir, &admin, &bundle).contains("ring canary: installed 1")
+    });
+    approve(dir, &bundle, "broad", &["--node", &sock, "--rings", "canary,broad"]).ok();
+    admin.publish(&bundle);
+    wait_until(Duration::from_secs(90), "b1 installs, b2 counts as installed, b3 waits for the lock", || {
+        state_of(&nodes[1], "hello").is_some_and(|s| s.0 == ReleaseState::Installed)
+            && state_of(&nodes[2], "hello").is_some_and(|s| s.0 == ReleaseState::Installed)
+            && state_of(&nodes[3], "hello")
+                .is_some_and(|s| s.0 == ReleaseState::Waiting(WaitReason::PackageManagerBusy))
+    });
+    let (_, already) = state_of(&nodes[2], "hello").unwrap();
+    assert!(already.contains("already at lp-hello 1:2.0-1"), "{already}");
+    assert_eq!(hosts[3].version("lp-hello").as_deref(), Some("1.0-1"), "b3 installed under a held lock");
+    drop(lock);
+    wait_until(Duration::from_secs(90), "b3 installs once the lock is free", || {
+        state_of(&nodes[3], "hello").is_some_and(|s| s.0 == ReleaseState::Installed)
+    });
+    wait_until(Duration::from_secs(30), "every report at the collector", || {
+        fleet_status(dir, &admin, &bundle).contains("4/4 targeted nodes installed")
+    });
+    for h in &hosts[..4] {
+        assert_eq!(h.version("lp-hello").as_deref(), Some("1:2.0-1"), "{}", h.name);
+    }
+
+    // A failing postinst on canary: rolled back to the version before, dpkg clean.
+    let bad = deb_release(dir, "hello-3", "hello", 2, &[&v3], &[]);
+    approve(dir, &bad, "canary", &[]).ok();
+    admin.publish(&bad);
+    wait_until(Duration::from_secs(120), "canary rolls back", || {
+        nodes[0]
+            .status()
+            .releases
+            .iter()
+            .any(|r| r.version == 2 && r.state == ReleaseState::RolledBack(RollbackCause::InstallFailed))
+    });
+    assert_eq!(hosts[0].version("lp-hello").as_deref(), Some("1:2.0-1"), "not rolled back to the previous version");
+    let detail = nodes[0].status().releases.into_iter().find(|r| r.version == 2).unwrap().detail;
+    assert!(detail.contains("reinstalled lp-hello 1:2.0-1"), "{detail}");
+
+    // A missing dependency is refused before dpkg runs, naming it.
+    let needs = deb_release(dir, "needy-1", "needy", 1, &[&needy], &["--add-new"]);
+    approve(dir, &needs, "canary", &[]).ok();
+    admin.publish(&needs);
+    wait_until(Duration::from_secs(90), "the missing dependency is refused", || {
+        state_of(&nodes[0], "needy").is_some_and(|s| s.0 == ReleaseState::Failed(FailReason::MissingDependency))
+    });
+    let (_, why) = state_of(&nodes[0], "needy").unwrap();
+    assert!(why.contains("lp-needy needs lp-missing (>= 1)"), "{why}");
+    assert_eq!(hosts[0].version("lp-needy"), None);
+    for h in &hosts {
+        assert_eq!(h.audit(), "", "dpkg --audit on {}", h.name);
+    }
+}
