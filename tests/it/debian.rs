@@ -193,3 +193,26 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waiting_out
         assert_eq!(h.audit(), "", "dpkg --audit on {}", h.name);
     }
 }
+
+#[test]
+fn release_create_deb_refuses_a_file_that_is_not_a_package_and_commands_beside_packages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    fs::write(dir.join("fake.deb"), b"not an ar archive").unwrap();
+    let r = signer(dir, &["release", "create", "--product", "p", "--version", "1", "--deb", "fake.deb", "--out", "o"]);
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("fake.deb is not a Debian package"), "{}", r.stderr);
+    assert!(!dir.join("o").exists(), "a refused release left a bundle behind");
+    let deb = build_deb(dir, "lp-hello", "1.0", None, 0);
+    let deb = deb.display().to_string();
+    let mixed = signer(
+        dir,
+        &["release", "create", "--product", "p", "--version", "1", "--deb", &deb, "--install", "sh x", "--out", "o"],
+    );
+    assert_eq!(mixed.code, Some(2), "{}", mixed.all());
+    assert!(mixed.stderr.contains("cannot be used with"), "{}", mixed.stderr);
+    let ok = signer(dir, &["release", "create", "--product", "p", "--version", "1", "--deb", &deb, "--out", "o"]);
+    ok.ok();
+    assert!(ok.stdout.contains("created p version 1"), "{}", ok.stdout);
+}

@@ -289,9 +289,11 @@ impl Node {
 
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // Under a wrapper that stays the parent (systemd-nspawn), the node is its child (a
-            // container's PID 1: killing it ends the container's every process).
-            for pid in children_of(c.id()) {
+            // Under systemd-nspawn the node is the wrapper's child (a container's PID 1: killing
+            // it ends the container's every process). Otherwise the node's own children (a
+            // running install) outlive it, as they would in a crash.
+            let contained = self.wrapper.as_ref().is_some_and(|w| w[0] == "systemd-nspawn");
+            for pid in if contained { children_of(c.id()) } else { Vec::new() } {
                 if let Ok(raw) = i32::try_from(pid)
                     && raw > 1
                 {
