@@ -243,10 +243,16 @@ async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<Contr
             .map_err(|e| fail(ErrorKind::BadRequest, format!("{e:#}")))
     };
     let manifest_bytes = read(bundle.manifest_path())?;
-    let checked = s
-        .trust()
-        .check(&manifest_bytes, now())
-        .map_err(|e| fail(ErrorKind::Refused, format!("manifest refused: {e}")))?;
+    let checked = s.trust().check(&manifest_bytes, now());
+    let checked = match checked {
+        Ok(c) => c,
+        // A yank of a superseded release: the manifest is not taken again (a newer version is
+        // trusted), the yank is.
+        Err(lanpatch_protocol::verify::VerifyError::Rollback { .. }) if bundle.yank_path().exists() => {
+            return publish_superseded_yank(s, &bundle, &manifest_bytes).await;
+        }
+        Err(e) => return Err(fail(ErrorKind::Refused, format!("manifest refused: {e}"))),
+    };
     let Checked::Manifest(m) = checked else {
         let what = format!("{} does not hold a release manifest", bundle.manifest_path().display());
         return Err(fail(ErrorKind::BadRequest, what));
@@ -315,6 +321,37 @@ async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<Contr
         version: v.version.0,
         approvals,
         yanked,
+    })
+}
+
+/// Publishes the yank of a bundle whose release a newer version superseded: the yank must name
+/// the bundle's manifest; it acts where nodes are still at that version.
+async fn publish_superseded_yank(
+    s: &Arc<Shared>,
+    bundle: &BundleLayout,
+    manifest_bytes: &[u8],
+) -> Result<ControlResponse> {
+    let limits = s.trust().limits.clone();
+    let manifest = Signed::<ReleaseManifest>::decode(manifest_bytes, &limits)
+        .map_err(|e| fail(ErrorKind::BadRequest, format!("not a release manifest: {e}")))?;
+    let bytes = std::fs::read(bundle.yank_path())
+        .map_err(|e| fail(ErrorKind::BadRequest, format!("cannot read {}: {e}", bundle.yank_path().display())))?;
+    let yank = Signed::<Yank>::decode(&bytes, &limits)
+        .map_err(|e| fail(ErrorKind::BadRequest, format!("{} is not a yank: {e}", bundle.yank_path().display())))?;
+    if yank.value().manifest != manifest.payload_hash() {
+        return Err(fail(ErrorKind::BadRequest, "the bundle's yank names another manifest"));
+    }
+    pipeline::ingest(s, &bytes, pipeline::Source::LocalPublish)
+        .await
+        .map_err(|e| fail(ErrorKind::Refused, format!("yank refused: {e:#}")))?;
+    s.net.publish(bytes).await?;
+    let v = manifest.value();
+    Ok(ControlResponse::Published {
+        manifest: manifest.payload_hash().to_hex(),
+        product: v.product.to_string(),
+        version: v.version.0,
+        approvals: Vec::new(),
+        yanked: true,
     })
 }
 

@@ -467,6 +467,7 @@ async fn interrupted_but_installed(s: &Shared, v: &ReleaseManifest, stage: &Path
 /// One look at every trusted release, most severe first. Returns when to look again at the
 /// latest (a not-before, a deadline, the next minute while awaiting a maintenance window).
 async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
+    roll_back_superseded_yanks(s).await?;
     let mut releases: Vec<Signed<ReleaseManifest>> = s.trust().current_manifests();
     releases.sort_by_key(|m| Reverse(m.value().severity.priority_key()));
     let mut wake: Option<u64> = None;
@@ -864,7 +865,12 @@ async fn roll_back_debian(
     held: Option<&FrontendLock>,
 ) -> std::result::Result<String, String> {
     let dir = kept_dir(s, hash);
-    let mut kept = debian::load_kept(&dir).map_err(|e| format!("nothing to roll back with: {e:#}"))?;
+    let mut kept = match debian::load_kept(&dir) {
+        Ok(Some(k)) => k,
+        // The host was already at the release when it arrived: this node replaced nothing.
+        Ok(None) => return Ok("; nothing to undo: the packages were already there when the release arrived".into()),
+        Err(e) => return Err(format!("nothing to roll back with: {e:#}")),
+    };
     let _own = match held {
         Some(_) => None,
         None => Some(wait_for_lock(s, d.timeout_secs).await?),
@@ -915,6 +921,41 @@ async fn wait_for_lock(s: &Shared, timeout_secs: u32) -> std::result::Result<Fro
             Err(e) => return Err(format!("{e:#}")),
         }
     }
+}
+
+/// Yanks with `--rollback` of releases that are no longer current (a newer version of the
+/// product is trusted): they act where this node is still at that version, that is where the
+/// release is installed and no newer version of the product is.
+async fn roll_back_superseded_yanks(s: &Arc<Shared>) -> Result<()> {
+    let yanked: Vec<(Signed<ReleaseManifest>, String)> = {
+        let t = s.trust();
+        let current: Vec<Hash32> = t.current_manifests().iter().map(|m| m.payload_hash()).collect();
+        t.yanks
+            .iter()
+            .filter(|(h, y)| y.value().action == YankAction::RollBack && !current.contains(h))
+            .filter_map(|(h, y)| Some((t.manifests.get(h)?.clone(), y.value().reason.clone())))
+            .collect()
+    };
+    let snapshot = s.lifecycle.snapshot();
+    for (m, reason) in yanked {
+        let hash = m.payload_hash();
+        if snapshot.get(&hash).map(|e| e.state) != Some(ReleaseState::Installed) {
+            continue;
+        }
+        let v = m.value();
+        let newer_installed = snapshot.iter().any(|(h, e)| {
+            e.state == ReleaseState::Installed
+                && s.trust()
+                    .manifests
+                    .get(h)
+                    .is_some_and(|o| o.value().product == v.product && o.value().version > v.version)
+        });
+        if newer_installed {
+            continue;
+        }
+        roll_back_yanked(s, &release_ref(&m), v, &reason).await?;
+    }
+    Ok(())
 }
 
 async fn roll_back_yanked(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<()> {

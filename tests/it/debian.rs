@@ -61,6 +61,15 @@ fn state_of(n: &Node, product: &str) -> Option<(ReleaseState, String)> {
     n.status().releases.into_iter().find(|r| r.product.as_str() == product).map(|r| (r.state, r.detail))
 }
 
+/// The node's state for version `version` of product hello, and the text beside it.
+fn release_state(n: &Node, version: u64) -> Option<(ReleaseState, String)> {
+    n.status()
+        .releases
+        .into_iter()
+        .find(|r| r.product.as_str() == "hello" && r.version == version)
+        .map(|r| (r.state, r.detail))
+}
+
 fn fleet_status(dir: &Path, admin: &Node, bundle: &Path) -> String {
     signer(dir, &["status".as_ref(), "--node".as_ref(), admin.socket().as_os_str(), bundle.as_os_str()]).stdout
 }
@@ -88,7 +97,7 @@ fn libc_flock() -> nix::libc::flock {
 
 #[test]
 #[ignore = "Debian host lab: root, systemd-nspawn and a debootstrapped root (CI runs it)"]
-fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waiting_out_a_held_dpkg_lock_and_rolling_back_a_failing_postinst()
+fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a_held_dpkg_lock_and_its_yank_after_it_was_superseded_rolls_back_only_hosts_still_on_it()
  {
     let Some(root) = debian_root() else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -96,8 +105,7 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waiting_out
     make_fleet_keys(dir);
     let v1 = build_deb(dir, "lp-hello", "1.0-1", None, 0);
     let v2 = build_deb(dir, "lp-hello", "1:2.0-1", None, 0);
-    let v3 = build_deb(dir, "lp-hello", "1:3.0-1", None, 1);
-    let needy = build_deb(dir, "lp-needy", "1.0", Some("lp-missing (>= 1)"), 0);
+    let v3 = build_deb(dir, "lp-hello", "1:3.0-1", None, 0);
 
     // c1 (canary), b1..b3 (broad) have lp-hello 1.0-1; b2 is already at 2.0; x1 has none.
     let hosts: Vec<DebianHost> =
@@ -164,34 +172,80 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waiting_out
         assert_eq!(h.version("lp-hello").as_deref(), Some("1:2.0-1"), "{}", h.name);
     }
 
-    // A failing postinst on canary: rolled back to the version before, dpkg clean.
-    let bad = deb_release(dir, "hello-3", "hello", 2, &[&v3], &[]);
+    // Canary moves on to 3.0; then release 1 (2.0) is yanked with --rollback although release 2
+    // superseded it: it acts only where hosts are still at it. b1 and b3 go back to the packages
+    // they kept; b2 had 2.0 before the release and keeps it; c1, at 3.0, is left alone.
+    let third = deb_release(dir, "hello-3", "hello", 2, &[&v3], &[]);
+    approve(dir, &third, "canary", &[]).ok();
+    admin.publish(&third);
+    wait_until(Duration::from_secs(90), "canary moves on to 3.0", || {
+        release_state(&nodes[0], 2).is_some_and(|s| s.0 == ReleaseState::Installed)
+    });
+    signer(dir, &["yank", "--key", "bob.key", "--rollback", "--reason", "breaks greetings", "hello-2"]).ok();
+    signer(dir, &["yank", "--key", "carol.key", "hello-2"]).ok();
+    admin.publish(&bundle);
+    wait_until(Duration::from_secs(90), "the broad hosts still at release 1 roll back", || {
+        nodes[1..4]
+            .iter()
+            .all(|n| release_state(n, 1).is_some_and(|s| s.0 == ReleaseState::RolledBack(RollbackCause::Yanked)))
+    });
+    assert_eq!(hosts[1].version("lp-hello").as_deref(), Some("1.0-1"));
+    assert_eq!(hosts[3].version("lp-hello").as_deref(), Some("1.0-1"));
+    assert_eq!(hosts[2].version("lp-hello").as_deref(), Some("1:2.0-1"), "b2 had 2.0 before the release");
+    assert!(release_state(&nodes[2], 1).unwrap().1.contains("nothing to undo"), "{:?}", release_state(&nodes[2], 1));
+    assert_eq!(release_state(&nodes[0], 1).map(|s| s.0), Some(ReleaseState::Installed), "c1 moved on");
+    assert_eq!(hosts[0].version("lp-hello").as_deref(), Some("1:3.0-1"));
+
+    for h in &hosts {
+        assert_eq!(h.audit(), "", "dpkg --audit on {}", h.name);
+    }
+}
+
+#[test]
+#[ignore = "Debian host lab: root, systemd-nspawn and a debootstrapped root (CI runs it)"]
+fn a_failing_postinst_rolls_back_to_the_package_kept_from_apts_cache_and_a_missing_dependency_is_refused_before_dpkg_runs()
+ {
+    let Some(root) = debian_root() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let old = build_deb(dir, "lp-hello", "1.0-1", None, 0);
+    let broken = build_deb(dir, "lp-hello", "1:4.0-1", None, 1);
+    let needy = build_deb(dir, "lp-needy", "1.0", Some("lp-missing (>= 1), lp-hello"), 0);
+    let host = DebianHost::new(&root, dir, "c1");
+    host.run(&["dpkg", "-i", &old.display().to_string()]).ok();
+    // apt's cache still holds the installed package, as after `apt-get upgrade`.
+    host.run(&["cp", &old.display().to_string(), "/var/cache/apt/archives/"]).ok();
+    let admin = admin(dir, "");
+    let node = host.node(dir, &admin, "ring = \"canary\"");
+
+    let bad = deb_release(dir, "hello-4", "hello", 1, &[&broken], &[]);
     approve(dir, &bad, "canary", &[]).ok();
     admin.publish(&bad);
-    wait_until(Duration::from_secs(120), "canary rolls back", || {
-        nodes[0]
-            .status()
-            .releases
-            .iter()
-            .any(|r| r.version == 2 && r.state == ReleaseState::RolledBack(RollbackCause::InstallFailed))
+    wait_until(Duration::from_secs(120), "the failed install rolls back", || {
+        release_state(&node, 1).is_some_and(|s| s.0 == ReleaseState::RolledBack(RollbackCause::InstallFailed))
     });
-    assert_eq!(hosts[0].version("lp-hello").as_deref(), Some("1:2.0-1"), "not rolled back to the previous version");
-    let detail = nodes[0].status().releases.into_iter().find(|r| r.version == 2).unwrap().detail;
-    assert!(detail.contains("reinstalled lp-hello 1:2.0-1"), "{detail}");
+    assert_eq!(host.version("lp-hello").as_deref(), Some("1.0-1"), "not back at the version before");
+    let detail = release_state(&node, 1).unwrap().1;
+    assert!(
+        detail.contains("lp-hello 1:4.0-1 configured") && detail.contains("reinstalled lp-hello 1.0-1"),
+        "{detail}"
+    );
+    let kept = fs::read_dir(node.dir.join("data/kept")).unwrap().next().unwrap().unwrap().path();
+    let record = fs::read_to_string(kept.join("kept.json")).unwrap();
+    assert!(record.contains("\"AptCache\""), "{record}");
 
-    // A missing dependency is refused before dpkg runs, naming it.
+    // A missing dependency is refused before dpkg runs, naming it; a met one is not named.
     let needs = deb_release(dir, "needy-1", "needy", 1, &[&needy], &["--add-new"]);
     approve(dir, &needs, "canary", &[]).ok();
     admin.publish(&needs);
     wait_until(Duration::from_secs(90), "the missing dependency is refused", || {
-        state_of(&nodes[0], "needy").is_some_and(|s| s.0 == ReleaseState::Failed(FailReason::MissingDependency))
+        state_of(&node, "needy").is_some_and(|s| s.0 == ReleaseState::Failed(FailReason::MissingDependency))
     });
-    let (_, why) = state_of(&nodes[0], "needy").unwrap();
-    assert!(why.contains("lp-needy needs lp-missing (>= 1)"), "{why}");
-    assert_eq!(hosts[0].version("lp-needy"), None);
-    for h in &hosts {
-        assert_eq!(h.audit(), "", "dpkg --audit on {}", h.name);
-    }
+    let (_, why) = state_of(&node, "needy").unwrap();
+    assert!(why.contains("lp-needy needs lp-missing (>= 1)") && !why.contains("needs lp-hello"), "{why}");
+    assert_eq!(host.version("lp-needy"), None);
+    assert_eq!(host.audit(), "");
 }
 
 #[test]

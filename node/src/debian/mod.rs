@@ -279,15 +279,22 @@ fn write_record(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {}", tmp.display()))
 }
 
-/// What [`keep_previous`] recorded in `dir`.
-pub fn load_kept(dir: &Path) -> Result<Kept> {
+/// What [`keep_previous`] recorded in `dir`; `None` when it recorded nothing (this node never
+/// replaced a package for the release).
+pub fn load_kept(dir: &Path) -> Result<Option<Kept>> {
     let path = dir.join(KEPT_FILE);
-    let len = std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?.len();
+    let len = match std::fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
     if len > 1 << 20 {
         bail!("{} is {len} bytes, more than a record of kept packages can be", path.display());
     }
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{} is not a record of kept packages", path.display()))
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .with_context(|| format!("{} is not a record of kept packages", path.display()))
 }
 
 async fn matches_installed(deb: &Path, name: &str, version: &str, arch: &str) -> bool {
