@@ -208,6 +208,7 @@ pub fn inventory(m: &Signed<ReleaseManifest>) -> Signed<Inventory> {
         seq: 1_700_000_400_000,
         agent_version: "0.1.0".into(),
         certificate: Some(certificate().into_envelope()),
+        reboot_required: Some(vec!["libssl3".into()]),
     });
     s.sign(&node);
     s

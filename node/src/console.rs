@@ -549,7 +549,15 @@ async fn fleet_page(State(c): State<Console>) -> Response {
                         td { (r.ring) }
                         td { @if let Some(inv) = r.inv { (inv.tags.join(", ")) } }
                         td { @if let Some(inv) = r.inv { (inv.os) " " (inv.os_version) } }
-                        td { @if let Some(inv) = r.inv { (inv.kernel) " " (inv.arch) } }
+                        td {
+                            @if let Some(inv) = r.inv {
+                                (inv.kernel) " " (inv.arch)
+                                @if let Some(pkgs) = &inv.reboot_required {
+                                    " " span.flag title=(pkgs.join(", ")) { "reboot required" }
+                                    @if !pkgs.is_empty() { " (" (pkgs.join(", ")) ")" }
+                                }
+                            }
+                        }
                         td { @if let Some(inv) = r.inv { (inv.agent_version) } }
                         td { (age(f.now, r.last_seen)) @if is_stale { " " span.flag { "stale" } } }
                         td { @if let Some(inv) = r.inv { (inv.releases.join(", ")) } }

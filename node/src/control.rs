@@ -160,6 +160,7 @@ pub async fn fleet_inventories(s: &Shared) -> Result<Vec<InventoryView>> {
                 at: v.at.0,
                 seq: v.seq,
                 agent_version: v.agent_version.clone(),
+                reboot_required: v.reboot_required.clone(),
             }
         })
         .collect())

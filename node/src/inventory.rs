@@ -86,6 +86,29 @@ pub struct Machine {
     pub kernel: String,
     pub arch: String,
     pub packages: Vec<Package>,
+    pub reboot_required: Option<Vec<String>>,
+}
+
+/// Debian's reboot flag: `/run/reboot-required` exists (written by packages' postinst through
+/// update-notifier-common or by unattended-upgrades), and `/run/reboot-required.pkgs` lists the
+/// packages that asked (one per line). Read at most 64 KiB, 256 names of 128 bytes.
+pub fn reboot_required(run: &Path) -> Option<Vec<String>> {
+    use std::io::Read;
+    std::fs::symlink_metadata(run.join("reboot-required")).ok()?;
+    let mut text = String::new();
+    if let Ok(f) = std::fs::File::open(run.join("reboot-required.pkgs")) {
+        let _ = f.take(64 * 1024).read_to_string(&mut text);
+    }
+    let mut pkgs: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && l.len() <= 128 && !l.chars().any(char::is_control))
+        .map(str::to_string)
+        .collect();
+    pkgs.sort();
+    pkgs.dedup();
+    pkgs.truncate(256);
+    Some(pkgs)
 }
 
 /// Reads the machine's facts. Blocking (reads files, may run rpm).
@@ -97,6 +120,7 @@ pub fn machine() -> Machine {
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default(),
         arch: std::env::consts::ARCH.to_string(),
         packages: packages(),
+        reboot_required: reboot_required(Path::new("/run")),
     }
 }
 
@@ -125,6 +149,19 @@ mod tests {
                     source_version: Some("5.2.15-2".into())
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn reboot_required_is_read_with_the_packages_that_asked_for_it() {
+        let run = tempfile::tempdir().unwrap();
+        assert_eq!(reboot_required(run.path()), None);
+        std::fs::write(run.path().join("reboot-required"), "*** System restart required ***\n").unwrap();
+        assert_eq!(reboot_required(run.path()), Some(vec![]));
+        std::fs::write(run.path().join("reboot-required.pkgs"), "linux-image-6.1.0-30-amd64\nlibc6\nlibc6\n").unwrap();
+        assert_eq!(
+            reboot_required(run.path()),
+            Some(vec!["libc6".to_string(), "linux-image-6.1.0-30-amd64".to_string()])
         );
     }
 

@@ -725,7 +725,8 @@ pub async fn catalog_sync(s: Arc<Shared>, peer: PeerId) {
 /// re-sent on a timer: the digest (sync.rs) tells a collector that lacks it, which pulls it.
 pub async fn inventory_loop(s: Arc<Shared>) {
     let mut shutdown = s.shutdown.clone();
-    let mut last: Option<(Vec<lanpatch_protocol::report::InstalledRelease>, usize)> = None;
+    type Seen = (Vec<lanpatch_protocol::report::InstalledRelease>, blake3::Hash, Option<Vec<String>>);
+    let mut last: Option<Seen> = None;
     let mut pulled = false;
     // Let connections come up first.
     tokio::select! {
@@ -757,7 +758,15 @@ pub async fn inventory_loop(s: Arc<Shared>) {
                 .collect()
         };
         let installed = crate::inventory::sorted_releases(installed);
-        let key = (installed.clone(), machine.packages.len());
+        // Any change of a package's version, of lanpatch's releases or of the reboot flag.
+        let packages_digest = {
+            let mut h = blake3::Hasher::new();
+            for p in &machine.packages {
+                h.update(p.name.as_bytes()).update(b"\0").update(p.version.as_bytes()).update(b"\n");
+            }
+            h.finalize()
+        };
+        let key = (installed.clone(), packages_digest, machine.reboot_required.clone());
         if last.as_ref() != Some(&key) || std::mem::take(&mut pulled) {
             let inv = lanpatch_protocol::Inventory {
                 node: s.node_public(),
@@ -774,6 +783,7 @@ pub async fn inventory_loop(s: Arc<Shared>) {
                 seq: 0,
                 agent_version: crate::VERSION.to_string(),
                 certificate: None,
+                reboot_required: machine.reboot_required,
             };
             match send_inventory(&s, inv).await {
                 Ok(()) => last = Some(key),

@@ -90,6 +90,7 @@ fn main() {
         seq,
         agent_version: "0.1.0".into(),
         certificate: Some(cert.clone()),
+        reboot_required: None,
     };
     let digest = Digest {
         node,

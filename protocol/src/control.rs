@@ -258,6 +258,9 @@ pub struct InventoryView {
     /// The lanpatch-node version the node runs.
     #[serde(default)]
     pub agent_version: String,
+    /// An update waits for a reboot; the packages that asked for it.
+    #[serde(default)]
+    pub reboot_required: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -95,6 +95,9 @@ pub struct Inventory {
     pub agent_version: String,
     /// The author's node certificate (see [`Report::certificate`]).
     pub certificate: Option<Envelope>,
+    /// `/run/reboot-required` exists: an update waits for a reboot. The packages that asked for
+    /// it (`/run/reboot-required.pkgs`; empty when that file is absent).
+    pub reboot_required: Option<Vec<String>>,
 }
 
 /// Most packages in one inventory.
@@ -152,6 +155,18 @@ impl Payload for Inventory {
         for p in &self.packages {
             short("package name", &p.name, limits)?;
             short("package version", &p.version, limits)?;
+        }
+        if let Some(pkgs) = &self.reboot_required {
+            if pkgs.len() > limits.max_list_items {
+                return Err(ValidationError::TooMany {
+                    field: "reboot-required packages",
+                    count: pkgs.len(),
+                    max: limits.max_list_items,
+                });
+            }
+            for p in pkgs {
+                short("reboot-required package", p, limits)?;
+            }
         }
         if self.tags.len() > limits.max_list_items || self.releases.len() > limits.max_list_items {
             return Err(ValidationError::TooMany {

@@ -557,6 +557,7 @@ fn node_reports_and_inventories_round_trip() {
         seq: 1,
         agent_version: "0.1.0".into(),
         certificate: None,
+        reboot_required: Some(vec!["linux-image-6.1.0-30-amd64".into()]),
     });
 }
 

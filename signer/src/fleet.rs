@@ -462,6 +462,7 @@ pub fn inventory(
                     "node": inv.node, "hostname": inv.hostname, "ring": inv.ring, "os": inv.os,
                     "os_version": inv.os_version, "kernel": inv.kernel, "arch": inv.arch, "tags": inv.tags,
                     "packages": inv.packages.len(), "releases": inv.releases, "at": inv.at, "seq": inv.seq,
+                    "reboot_required": inv.reboot_required,
                     "package": package.map(|p| serde_json::json!({ "name": p, "version": v })),
                 })
             })
@@ -484,6 +485,10 @@ pub fn inventory(
                 inv.packages.len(),
                 if inv.releases.is_empty() { "none".to_string() } else { inv.releases.join(", ") }
             ),
+        }
+        if let Some(pkgs) = &inv.reboot_required {
+            let why = if pkgs.is_empty() { String::new() } else { format!(" (for {})", pkgs.join(", ")) };
+            println!("  {}: reboot required{why}", inv.hostname);
         }
     }
     println!("{} of {} node(s)", shown.len(), invs.len());

@@ -15,9 +15,17 @@ use crate::fleet::{DebianHost, Node, admin, blob_name, debian_root, make_fleet_k
 use crate::rollout::approve;
 use crate::support::signer;
 
-/// Builds `name_version_all.deb` in `dir`: a file under /usr/share/NAME, a postinst that exits
-/// `postinst_exit`, and `depends` if given.
-fn build_deb(dir: &Path, name: &str, version: &str, depends: Option<&str>, postinst_exit: u8) -> PathBuf {
+/// A postinst that succeeds.
+const OK: &str = "exit 0";
+/// A postinst that fails.
+const FAILS: &str = "exit 1";
+/// A postinst that asks for a reboot, as Debian's kernel and libc packages do.
+const WANTS_REBOOT: &str =
+    "touch /run/reboot-required\necho \"$DPKG_MAINTSCRIPT_PACKAGE\" >> /run/reboot-required.pkgs";
+
+/// Builds `name_version_all.deb` in `dir`: a file under /usr/share/NAME, a postinst that says
+/// it ran and then runs `postinst`, and `depends` if given.
+fn build_deb(dir: &Path, name: &str, version: &str, depends: Option<&str>, postinst: &str) -> PathBuf {
     let tree = dir.join(format!("{name}-{version}-tree"));
     fs::create_dir_all(tree.join("DEBIAN")).unwrap();
     fs::create_dir_all(tree.join(format!("usr/share/{name}"))).unwrap();
@@ -29,10 +37,10 @@ fn build_deb(dir: &Path, name: &str, version: &str, depends: Option<&str>, posti
         control.push_str(&format!("Depends: {d}\n"));
     }
     fs::write(tree.join("DEBIAN/control"), control).unwrap();
-    let postinst = tree.join("DEBIAN/postinst");
-    fs::write(&postinst, format!("#!/bin/sh\necho \"{name} {version} configured\"\nexit {postinst_exit}\n")).unwrap();
+    let script = tree.join("DEBIAN/postinst");
+    fs::write(&script, format!("#!/bin/sh\necho \"{name} {version} configured\"\n{postinst}\n")).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&postinst, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
     let deb = dir.join(format!("{name}_{version}_all.deb"));
     let st = Command::new("dpkg-deb").args(["--root-owner-group", "--build"]).arg(&tree).arg(&deb).output().unwrap();
     assert!(st.status.success(), "dpkg-deb: {}", String::from_utf8_lossy(&st.stderr));
@@ -103,9 +111,9 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
-    let v1 = build_deb(dir, "lp-hello", "1.0-1", None, 0);
-    let v2 = build_deb(dir, "lp-hello", "1:2.0-1", None, 0);
-    let v3 = build_deb(dir, "lp-hello", "1:3.0-1", None, 0);
+    let v1 = build_deb(dir, "lp-hello", "1.0-1", None, OK);
+    let v2 = build_deb(dir, "lp-hello", "1:2.0-1", None, OK);
+    let v3 = build_deb(dir, "lp-hello", "1:3.0-1", None, WANTS_REBOOT);
 
     // c1 (canary), b1..b3 (broad) have lp-hello 1.0-1; b2 is already at 2.0; x1 has none.
     let hosts: Vec<DebianHost> =
@@ -181,6 +189,12 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
     wait_until(Duration::from_secs(90), "canary moves on to 3.0", || {
         release_state(&nodes[0], 2).is_some_and(|s| s.0 == ReleaseState::Installed)
     });
+    // 3.0 asked for a reboot: the inventory at the collector says so.
+    let sock_path = admin.socket();
+    wait_until(Duration::from_secs(60), "c1's inventory says a reboot is required", || {
+        let inv = signer(dir, &["inventory".as_ref(), "--node".as_ref(), sock_path.as_os_str()]).stdout;
+        inv.contains("c1: reboot required (for lp-hello)")
+    });
     signer(dir, &["yank", "--key", "bob.key", "--rollback", "--reason", "breaks greetings", "hello-2"]).ok();
     signer(dir, &["yank", "--key", "carol.key", "hello-2"]).ok();
     admin.publish(&bundle);
@@ -209,9 +223,9 @@ fn a_failing_postinst_rolls_back_to_the_package_kept_from_apts_cache_and_a_missi
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
-    let old = build_deb(dir, "lp-hello", "1.0-1", None, 0);
-    let broken = build_deb(dir, "lp-hello", "1:4.0-1", None, 1);
-    let needy = build_deb(dir, "lp-needy", "1.0", Some("lp-missing (>= 1), lp-hello"), 0);
+    let old = build_deb(dir, "lp-hello", "1.0-1", None, OK);
+    let broken = build_deb(dir, "lp-hello", "1:4.0-1", None, FAILS);
+    let needy = build_deb(dir, "lp-needy", "1.0", Some("lp-missing (>= 1), lp-hello"), OK);
     let host = DebianHost::new(&root, dir, "c1");
     host.run(&["dpkg", "-i", &old.display().to_string()]).ok();
     // apt's cache still holds the installed package, as after `apt-get upgrade`.
@@ -258,7 +272,7 @@ fn release_create_deb_refuses_a_file_that_is_not_a_package_and_commands_beside_p
     assert_ne!(r.code, Some(0));
     assert!(r.stderr.contains("fake.deb is not a Debian package"), "{}", r.stderr);
     assert!(!dir.join("o").exists(), "a refused release left a bundle behind");
-    let deb = build_deb(dir, "lp-hello", "1.0", None, 0);
+    let deb = build_deb(dir, "lp-hello", "1.0", None, OK);
     let deb = deb.display().to_string();
     let mixed = signer(
         dir,
