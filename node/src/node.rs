@@ -426,7 +426,9 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
     }
     // systemd (Type=notify): ready once every listener is bound and the store is open. Without
     // NOTIFY_SOCKET (not under systemd) these are no-ops.
-    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+    let status = format!("running; control socket {}", shared.cfg.control_socket().display());
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)])
+    {
         tracing::warn!("cannot notify systemd: {e}");
     }
     let mut watchdog_usec = 0;
@@ -487,7 +489,7 @@ async fn reload_on_sighup(s: Arc<Shared>, r: Reload) {
             got = hup.recv() => if got.is_none() { return },
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-        match Config::load(&r.config) {
+        let reloaded = match Config::load(&r.config) {
             Ok(new) => {
                 s.up_limit.set_rate(new.upload_limit);
                 s.down_limit.set_rate(new.download_limit);
@@ -502,9 +504,16 @@ async fn reload_on_sighup(s: Arc<Shared>, r: Reload) {
                 if let Err(e) = (r.set_log_filter)(&new.log) {
                     tracing::warn!("SIGHUP: bad log filter {:?}, the old one stays: {e:#}", new.log);
                 }
+                format!("running; config reloaded at {}", crate::clock::format_time(now().0))
             }
-            Err(e) => tracing::error!("SIGHUP: config not reloaded, nothing changed: {e:#}"),
-        }
+            Err(e) => {
+                tracing::error!("SIGHUP: config not reloaded, nothing changed: {e:#}");
+                format!(
+                    "running; the config reload at {} failed, the old one stays",
+                    crate::clock::format_time(now().0)
+                )
+            }
+        };
         // A renewed certificate (`lanpatch-node join`) is taken at once; one that does not
         // verify, or that moves the node, leaves the one in use.
         if let Some(m) = &s.members {
@@ -515,7 +524,7 @@ async fn reload_on_sighup(s: Arc<Shared>, r: Reload) {
                 Err(e) => tracing::warn!("SIGHUP: node certificate not reloaded, the one in use stays: {e:#}"),
             }
         }
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&reloaded)]);
     }
 }
 

@@ -323,6 +323,14 @@ struct CreateArgs {
     /// not given (default: ~/.local/share/lanpatch/feeds.db, if it exists).
     #[arg(long)]
     feeds_db: Option<PathBuf>,
+    /// With --deb and no --cve: a collector node's control socket; --cve is filled with the
+    /// CVEs the fleet is exposed to (its inventories against the feed database) that these
+    /// packages' versions fix.
+    #[arg(long, requires = "debs", conflicts_with = "inventories")]
+    node: Option<PathBuf>,
+    /// As --node, from a file: a JSON array of inventories as `vulns --inventories` reads.
+    #[arg(long, requires = "debs")]
+    inventories: Option<PathBuf>,
     /// Install at once, ignoring maintenance windows.
     #[arg(long)]
     urgent: bool,
@@ -471,6 +479,58 @@ struct VerifyArgs {
 /// (CVSS, EPSS, known exploited, the feeds' dates) for a new release's manifest.
 type Scores = (Option<f64>, Option<f64>, bool, Vec<FeedDate>);
 
+/// The fleet's inventories: from a collector node, or from a file.
+fn load_inventories(
+    node: Option<&Path>,
+    file: Option<&Path>,
+) -> Result<Vec<lanpatch_protocol::control::InventoryView>> {
+    match (node, file) {
+        (_, Some(file)) => {
+            let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a JSON array of inventories", file.display()))
+        }
+        // A refusal (not a collector: exit 3) is mapped by fleet::request.
+        (Some(node), None) => fleet::inventories(node),
+        (None, None) => bail!("give --node or --inventories"),
+    }
+}
+
+/// The CVEs the fleet is exposed to (inventories against the feed database) that the versions
+/// of these packages fix: each finding for a package's source whose fixed version the
+/// package's source version reaches.
+fn cves_fixed_by(debs: &[deb::Deb], a: &CreateArgs) -> Result<Vec<CveId>> {
+    let store = feedstore::FeedStore::open(&a.feeds_db.clone().unwrap_or_else(feedstore::default_path))?;
+    if !store.feeds()?.iter().any(|f| f.feed == feedstore::Feed::Osv) {
+        return Err(exit::exit(exit::Code::NotFound, "no OSV feed imported (lanpatch-signer feeds import --osv ...)"));
+    }
+    let hosts = load_inventories(a.node.as_deref(), a.inventories.as_deref())?;
+    let findings = vulns::exposures(&hosts, &store.affected_by_package()?);
+    let mut fixed = std::collections::BTreeSet::new();
+    for f in &findings {
+        let reaches = |d: &&deb::Deb| {
+            d.package.source == f.package
+                && f.hosts.iter().any(|e| {
+                    e.fixed.as_deref().is_some_and(|fx| {
+                        lanpatch_protocol::debver::compare(&d.package.source_version, fx)
+                            .is_some_and(|o| o != std::cmp::Ordering::Less)
+                    })
+                })
+        };
+        if debs.iter().any(|d| reaches(&d)) {
+            fixed.insert(f.cve.clone());
+        }
+    }
+    let cves: Vec<CveId> = fixed.iter().filter_map(|c| c.parse().ok()).collect();
+    if cves.is_empty() {
+        println!("--cve: no CVE the fleet is exposed to is fixed by these packages");
+    } else {
+        let names: Vec<&str> = cves.iter().map(|c: &CveId| c.as_str()).collect();
+        println!("--cve from the fleet's exposures these packages fix: {}", names.join(" "));
+    }
+    Ok(cves)
+}
+
 fn fill_from_feeds(a: &CreateArgs) -> Result<Scores> {
     let mut out = (a.cvss, a.epss, a.known_exploited, Vec::new());
     let path = match &a.feeds_db {
@@ -539,16 +599,7 @@ fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
         return Err(exit::exit(exit::Code::NotFound, "no OSV feed imported (lanpatch-signer feeds import --osv ...)"));
     }
     let t0 = std::time::Instant::now();
-    let invs: Vec<InventoryView> = match (&a.node, &a.inventories) {
-        (_, Some(file)) => {
-            let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-            serde_json::from_slice(&text)
-                .with_context(|| format!("{} is not a JSON array of inventories", file.display()))?
-        }
-        // A refusal (not a collector: exit 3) is mapped by fleet::request.
-        (Some(node), None) => fleet::inventories(node)?,
-        (None, None) => bail!("give --node or --inventories"),
-    };
+    let invs: Vec<InventoryView> = load_inventories(a.node.as_deref(), a.inventories.as_deref())?;
     if invs.is_empty() {
         return Err(exit::exit(exit::Code::NotFound, "the collector holds no inventories yet"));
     }
@@ -873,12 +924,15 @@ fn create_release(a: CreateArgs, limits: &Limits, now: lanpatch_protocol::Timest
     Ok(())
 }
 
-fn build_release(a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_protocol::Timestamp) -> Result<()> {
+fn build_release(mut a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_protocol::Timestamp) -> Result<()> {
     let mut sources = match &a.dir {
         Some(d) => bundle::sources_from_dir(d)?,
         None => Vec::new(),
     };
     let debs = deb::collect(&a.debs)?.iter().map(|p| deb::read(p)).collect::<Result<Vec<_>>>()?;
+    if a.cves.is_empty() && (a.node.is_some() || a.inventories.is_some()) {
+        a.cves = cves_fixed_by(&debs, &a)?;
+    }
     for d in &debs {
         sources.push(bundle::source(&d.path, d.package.file.as_str())?);
     }

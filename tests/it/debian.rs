@@ -284,3 +284,68 @@ fn release_create_deb_refuses_a_file_that_is_not_a_package_and_commands_beside_p
     ok.ok();
     assert!(ok.stdout.contains("created p version 1"), "{}", ok.stdout);
 }
+
+/// An OSV record of Debian's export: `cve` in source package `source` (Debian 12), fixed in
+/// `fixed`.
+fn osv_record(cve: &str, source: &str, fixed: &str) -> String {
+    serde_json::json!({
+        "id": format!("DEBIAN-{cve}"),
+        "modified": "2026-11-30T06:20:40Z",
+        "upstream": [cve],
+        "affected": [{
+            "package": {"ecosystem": "Debian:12", "name": source},
+            "ranges": [{"type": "ECOSYSTEM", "events": [{"introduced": "0"}, {"fixed": fixed}]}],
+        }],
+        "severity": [{"type": "CVSS_V3", "score": "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"}],
+        "schema_version": "1.6.0",
+    })
+    .to_string()
+}
+
+#[test]
+fn release_create_deb_fills_cve_with_the_fleets_exposures_that_these_versions_fix_and_no_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let osv = dir.join("osv");
+    fs::create_dir_all(&osv).unwrap();
+    fs::write(osv.join("a.json"), osv_record("CVE-2026-10001", "lp-hello", "1:2.0-1")).unwrap();
+    fs::write(osv.join("b.json"), osv_record("CVE-2026-10002", "lp-hello", "1:5.0-1")).unwrap();
+    fs::write(osv.join("c.json"), osv_record("CVE-2026-10003", "other-source", "9.0")).unwrap();
+    let db = dir.join("feeds.db").display().to_string();
+    crate::feeds::import(dir, Path::new(&db), &["--osv", &osv.display().to_string()]).ok();
+    let host = serde_json::json!([{
+        "node": "00", "hostname": "web-1", "os": "debian", "os_version": "12", "kernel": "6.1", "arch": "x86_64",
+        "ring": "canary", "tags": [], "releases": [], "at": 0, "seq": 1,
+        "packages": [
+            {"name": "lp-hello", "version": "1.0-1", "source": null, "source_version": null},
+            {"name": "other", "version": "1.0", "source": "other-source", "source_version": "1.0"},
+        ],
+    }]);
+    fs::write(dir.join("inv.json"), host.to_string()).unwrap();
+    let deb = build_deb(dir, "lp-hello", "1:2.0-1", None, OK).display().to_string();
+    let r = signer(
+        dir,
+        &[
+            "release",
+            "create",
+            "--product",
+            "hello",
+            "--version",
+            "1",
+            "--deb",
+            &deb,
+            "--inventories",
+            "inv.json",
+            "--feeds-db",
+            &db,
+            "--out",
+            "r",
+        ],
+    );
+    r.ok();
+    assert!(r.stdout.contains("--cve from the fleet's exposures these packages fix: CVE-2026-10001\n"), "{}", r.stdout);
+    let shown = signer(dir, &["release", "show", "r"]).stdout;
+    assert!(shown.contains("CVEs: CVE-2026-10001\n"), "{shown}");
+    assert!(shown.contains("CVSS 9.8"), "scores come from the feeds for the filled CVEs: {shown}");
+}

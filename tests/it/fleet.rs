@@ -568,6 +568,8 @@ pub struct DebianHost {
     pub name: String,
     merged: PathBuf,
     share: PathBuf,
+    /// systemd-nspawn running the host booted (`boot`), systemd its PID 1.
+    booted: Option<Child>,
 }
 
 impl DebianHost {
@@ -580,7 +582,58 @@ impl DebianHost {
         let opts = format!("lowerdir={},upperdir={},workdir={}", root.display(), up.display(), work.display());
         let st = Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged).status().unwrap();
         assert!(st.success(), "cannot mount the overlay for {name}");
-        DebianHost { name: format!("lp{}-{name}", std::process::id()), merged, share: share.to_path_buf() }
+        DebianHost {
+            name: format!("lp{}-{name}", std::process::id()),
+            merged,
+            share: share.to_path_buf(),
+            booted: None,
+        }
+    }
+
+    /// Boots the host with systemd as PID 1 and waits until systemd says the system is running
+    /// with no failed unit. The test's directory is bound at the same path.
+    pub fn boot(&mut self) {
+        let console = fs::File::create(self.share.join(format!("{}-console.log", self.name))).unwrap();
+        let child = Command::new("systemd-nspawn")
+            .args(["--register=no", "--keep-unit", "-q", "-b", &format!("--machine={}", self.name), "-D"])
+            .arg(&self.merged)
+            .arg(format!("--bind={}", self.share.display()))
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console)
+            .spawn()
+            .unwrap();
+        self.booted = Some(child);
+        wait_until(Duration::from_secs(30), "the container's systemd", || self.init_pid().is_some());
+        let state = self.exec(&["systemctl", "is-system-running", "--wait"]);
+        assert_eq!(
+            state.stdout.trim(),
+            "running",
+            "{} did not boot cleanly; failed units:\n{}",
+            self.name,
+            self.exec(&["systemctl", "--failed", "--no-legend"]).stdout
+        );
+    }
+
+    /// The booted host's PID 1 as this machine sees it.
+    fn init_pid(&self) -> Option<u32> {
+        children_of(self.booted.as_ref()?.id()).first().copied()
+    }
+
+    /// Runs a command inside the booted host, in all of its namespaces.
+    pub fn exec(&self, argv: &[&str]) -> crate::support::Run {
+        let pid = self.init_pid().expect("exec needs a booted host").to_string();
+        Command::new("nsenter")
+            .args(["-t", &pid, "-m", "-u", "-i", "-n", "-p", "--"])
+            .args(argv)
+            .output()
+            .unwrap()
+            .into()
+    }
+
+    /// Properties of a unit in the booted host, as `systemctl show -p` prints them.
+    pub fn unit(&self, unit: &str, props: &str) -> String {
+        self.exec(&["systemctl", "show", "-p", props, unit]).stdout
     }
 
     /// The systemd-nspawn command line up to `--`; SIGTERM to it reaches the command as PID 1.
@@ -647,6 +700,27 @@ impl DebianHost {
 
 impl Drop for DebianHost {
     fn drop(&mut self) {
+        if let Some(mut nspawn) = self.booted.take() {
+            // SIGTERM asks systemd-nspawn for an orderly shutdown of the container; after 30 s
+            // its PID 1 (the container with it) and nspawn are killed.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(nspawn.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let stopped = poll(Duration::from_secs(30), || nspawn.try_wait().ok().flatten().is_some());
+            if !stopped {
+                for pid in children_of(nspawn.id()) {
+                    if let Ok(raw) = i32::try_from(pid)
+                        && raw > 1
+                    {
+                        let _ =
+                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+                let _ = nspawn.kill();
+                let _ = nspawn.wait();
+            }
+        }
         let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
     }
 }

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::fleet::{Node, make_fleet_keys, sample, wait_for_node};
+use crate::fleet::{DebianHost, Node, debian_root, free_port, make_fleet_keys, sample, wait_for_node, wait_until};
 
 use crate::support::{Run, cannot_run, is_root, signer};
 
@@ -313,4 +313,152 @@ fn a_release_carrying_a_newer_node_package_upgrades_the_node_which_execs_into_it
     });
     assert_eq!(node.stop(), Some(0));
     purge();
+}
+
+/// A key's value in `systemctl show -p` output (`Key=value` lines).
+fn prop<'a>(show: &'a str, key: &str) -> &'a str {
+    show.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("")
+}
+
+#[test]
+#[ignore = "builds release packages and boots a Debian container with systemd (root); CI runs it"]
+fn the_packaged_node_under_systemd_in_a_debian_container_notifies_reloads_feeds_the_watchdog_restarts_after_sigkill_updates_itself_through_dpkg_and_purges()
+ {
+    if let Some(why) = missing() {
+        return cannot_run(&why);
+    }
+    let Some(root) = debian_root() else { return };
+    let (node_deb, signer_deb) = debs(None);
+    let (upgrade_deb, _) = debs(Some(UPGRADE));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let mut host = DebianHost::new(&root, dir, "svc");
+    host.boot();
+    let (n, s) = (node_deb.display().to_string(), signer_deb.display().to_string());
+    host.exec(&["cp", &n, &s, &dir.display().to_string()]).ok();
+    let local = |p: &Path| dir.join(p.file_name().unwrap()).display().to_string();
+    host.exec(&["dpkg", "-i", &local(&node_deb), &local(&signer_deb)]).ok();
+    // No trust root yet: the unit is skipped by its condition, not restarted in a loop.
+    assert_eq!(prop(&host.unit("lanpatch-node", "ActiveState"), "ActiveState"), "inactive");
+
+    let port = free_port();
+    let toml = format!(
+        "data_dir = \"/var/lib/lanpatch\"\ntrust_root = \"/etc/lanpatch/root.lpr\"\nlisten = [\"/ip4/127.0.0.1/tcp/{port}\"]\nmdns = false\nmetrics_listen = \"127.0.0.1:0\"\ncollector = true\nring = \"canary\"\n"
+    );
+    fs::write(dir.join("node.toml"), toml).unwrap();
+    let d = |name: &str| dir.join(name).display().to_string();
+    host.exec(&["cp", &d("node.toml"), "/etc/lanpatch/node.toml"]).ok();
+    host.exec(&["cp", &d("root.lpr"), "/etc/lanpatch/root.lpr"]).ok();
+    let id = host.exec(&["lanpatch-node", "id", "--json", "--config", "/etc/lanpatch/node.toml"]);
+    let id: serde_json::Value = serde_json::from_str(&id.ok().stdout).unwrap();
+    let key = id["node_key"].as_str().unwrap().to_string();
+    let enroll = [
+        "enroll",
+        "node",
+        "--root",
+        "root.lpr",
+        "--key",
+        "enroll.key",
+        "--node-key",
+        &key,
+        "--hostname",
+        "svc",
+        "--ring",
+        "canary",
+        "--site",
+        "default",
+        "--out",
+        "svc.cert",
+    ];
+    signer(dir, &enroll).ok();
+    host.exec(&["lanpatch-node", "join", &d("svc.cert"), "--config", "/etc/lanpatch/node.toml"]).ok();
+    host.exec(&["systemctl", "start", "lanpatch-node"]).ok();
+
+    // Type=notify: active only once the node said READY, with its status text.
+    let show = host.unit("lanpatch-node", "ActiveState,SubState,StatusText,MainPID,Type,WatchdogUSec");
+    assert_eq!(
+        (prop(&show, "ActiveState"), prop(&show, "SubState"), prop(&show, "Type")),
+        ("active", "running", "notify"),
+        "{show}"
+    );
+    assert!(prop(&show, "StatusText").starts_with("running; control socket /var/lib/lanpatch/control.sock"), "{show}");
+    let pid = prop(&show, "MainPID").to_string();
+
+    // systemctl reload: SIGHUP, the same process, the status text says so.
+    host.exec(&["systemctl", "reload", "lanpatch-node"]).ok();
+    wait_until(Duration::from_secs(30), "the reload in the status text", || {
+        prop(&host.unit("lanpatch-node", "StatusText"), "StatusText").contains("config reloaded at")
+    });
+    assert_eq!(prop(&host.unit("lanpatch-node", "MainPID"), "MainPID"), pid);
+
+    // The watchdog: with a 3 s WatchdogSec the node must ping or be killed; it stays up and
+    // systemd records its pings.
+    host.exec(&["mkdir", "-p", "/etc/systemd/system/lanpatch-node.service.d"]).ok();
+    fs::write(dir.join("watchdog.conf"), "[Service]\nWatchdogSec=3s\n").unwrap();
+    host.exec(&["cp", &d("watchdog.conf"), "/etc/systemd/system/lanpatch-node.service.d/watchdog.conf"]).ok();
+    host.exec(&["systemctl", "daemon-reload"]).ok();
+    host.exec(&["systemctl", "restart", "lanpatch-node"]).ok();
+    let first =
+        prop(&host.unit("lanpatch-node", "WatchdogTimestampMonotonic"), "WatchdogTimestampMonotonic").to_string();
+    let pid = prop(&host.unit("lanpatch-node", "MainPID"), "MainPID").to_string();
+    wait_until(Duration::from_secs(30), "three watchdog periods of pings", || {
+        let w = host.unit("lanpatch-node", "WatchdogTimestampMonotonic");
+        let now: u64 = prop(&w, "WatchdogTimestampMonotonic").parse().unwrap_or(0);
+        now > first.parse::<u64>().unwrap_or(0) + 9_000_000
+    });
+    let show = host.unit("lanpatch-node", "ActiveState,MainPID,NRestarts");
+    assert_eq!(
+        (prop(&show, "ActiveState"), prop(&show, "MainPID")),
+        ("active", pid.as_str()),
+        "killed by the watchdog: {show}"
+    );
+
+    // SIGKILL: systemd restarts it (Restart=on-failure), a new process.
+    host.exec(&["systemctl", "kill", "-s", "KILL", "lanpatch-node"]).ok();
+    wait_until(Duration::from_secs(60), "systemd restarts the killed node", || {
+        let show = host.unit("lanpatch-node", "ActiveState,SubState,MainPID");
+        prop(&show, "ActiveState") == "active" && prop(&show, "SubState") == "running" && prop(&show, "MainPID") != pid
+    });
+    let pid = prop(&host.unit("lanpatch-node", "MainPID"), "MainPID").to_string();
+
+    // Self-update: a Debian release of the newer lanpatch-node package, installed by the node
+    // with dpkg; it re-executes the new binary in the same process, which systemd keeps.
+    let up = local(&upgrade_deb);
+    host.exec(&["cp", &upgrade_deb.display().to_string(), &up]).ok();
+    signer(
+        dir,
+        &["release", "create", "--product", "lanpatch-node", "--version", "2", "--deb", &up, "--out", "upgrade"],
+    )
+    .ok();
+    for k in ["alice.key", "bob.key"] {
+        signer(dir, &["release", "sign", "--key", k, "upgrade"]).ok();
+    }
+    for k in ["bob.key", "carol.key"] {
+        signer(dir, &["approve", "--key", k, "--ring", "canary", "upgrade"]).ok();
+    }
+    host.exec(&["lanpatch-signer", "publish", "--node", "/var/lib/lanpatch/control.sock", &d("upgrade")]).ok();
+    wait_until(Duration::from_secs(180), "the node running the upgraded package", || {
+        let st = host.exec(&["lanpatch-node", "status", "--json", "--config", "/etc/lanpatch/node.toml"]);
+        st.stdout.contains(&format!("\"version\": \"{UPGRADE}\""))
+            || st.stdout.contains(&format!("\"version\":\"{UPGRADE}\""))
+    });
+    let show = host.unit("lanpatch-node", "ActiveState,SubState,MainPID");
+    assert_eq!(
+        (prop(&show, "ActiveState"), prop(&show, "SubState"), prop(&show, "MainPID")),
+        ("active", "running", pid.as_str()),
+        "{show}"
+    );
+    let v = host.exec(&["dpkg-query", "-W", "-f", "${Version}", "lanpatch-node"]);
+    assert_eq!(v.stdout, UPGRADE);
+    assert_eq!(host.exec(&["dpkg", "--audit"]).stdout.trim(), "");
+
+    // Purge: the service stops, and nothing of the package is left.
+    host.exec(&["dpkg", "--purge", "lanpatch-node", "lanpatch-signer"]).ok();
+    assert_eq!(prop(&host.unit("lanpatch-node", "LoadState"), "LoadState"), "not-found");
+    for p in PACKAGE_PATHS {
+        let left = host.exec(&["test", "-e", p]);
+        assert_ne!(left.code, Some(0), "{p} is left after purge");
+    }
+    assert_ne!(host.exec(&["getent", "group", "lanpatch"]).code, Some(0), "the lanpatch group is left after purge");
 }
