@@ -119,6 +119,7 @@ pub fn approval(m: &Signed<ReleaseManifest>) -> Signed<Approval> {
             min_reports: 3,
             waves: vec![Wave { percent: 10, min_soak_secs: 3600, min_success: 1 }, Wave { percent: 100, min_soak_secs: 0, min_success: 0 }],
         }),
+        retry: Some(lanpatch_protocol::Retry { count: 3, spacing_secs: 600 }),
     });
     s.sign(&key(2));
     s
@@ -154,6 +155,7 @@ pub fn report(m: &Signed<ReleaseManifest>) -> Signed<Report> {
         seq: 1_700_000_300_123,
         progress: Some(DownloadProgress { have_chunks: 64, total_chunks: 64, from_peers: 7 << 20, from_origin: 1 << 20 }),
         certificate: Some(certificate().into_envelope()),
+        attempt: 1,
     });
     s.sign(&node);
     s

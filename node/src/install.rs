@@ -487,6 +487,12 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
             }
             continue;
         }
+        if state.retry_kind().is_some() && yank.is_none() {
+            if let Some(at) = retry(s, &m, &rel).await {
+                wake_at(at);
+            }
+            continue;
+        }
         if state.rank() >= ReleaseState::Installing.rank() {
             continue;
         }
@@ -588,6 +594,37 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
     }
     let t = now().0;
     Ok(wake.map(|w| Duration::from_secs(w.saturating_sub(t).max(1))))
+}
+
+/// Starts a new attempt at a failed release when its approval for this ring allows it: a
+/// transient failure inside the approval's retry rule (at most `count` attempts after the first,
+/// each `spacing_secs` after the failure before), or any failure once an approval issued after it
+/// arrives (`approve --replace`). Returns when to look again while the spacing runs.
+async fn retry(s: &Arc<Shared>, m: &Signed<ReleaseManifest>, rel: &ReleaseRef) -> Option<u64> {
+    let entry = s.lifecycle.snapshot().get(&rel.hash).cloned()?;
+    let transient = entry.state.retry_kind()?;
+    let approval = s.trust().approvals.get(&(rel.hash, s.cfg.ring.clone())).map(|a| a.value().clone())?;
+    let t = now().0;
+    if approval.expires.0 <= t || m.value().expires.0 <= t {
+        return None;
+    }
+    let why = if approval.issued.0 > entry.updated {
+        format!("a newer approval tries again after: {}", entry.state.label())
+    } else {
+        let rule = approval.retry.filter(|_| transient)?;
+        if entry.attempt >= u32::from(rule.count) {
+            return None;
+        }
+        let due = entry.updated.saturating_add(u64::from(rule.spacing_secs));
+        if t < due {
+            return Some(due);
+        }
+        format!("retry {} of {} after: {}", entry.attempt + 1, rule.count, entry.state.label())
+    };
+    tracing::info!(product = %rel.product, version = %rel.version, "{why}");
+    apply(s, rel, Event::Retry, why, None).await;
+    crate::pipeline::consider_download(s, m.clone()).await;
+    None
 }
 
 /// Installs a due release. Returns when to try again if it had to wait (dpkg's lock was held).

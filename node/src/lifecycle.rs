@@ -31,6 +31,8 @@ pub struct Entry {
     pub progress: Option<DownloadProgress>,
     /// When its state last changed (seconds since the epoch).
     pub updated: u64,
+    /// Which attempt at the release (0 the first; each retry starts the next).
+    pub attempt: u32,
 }
 
 pub type Snapshot = Arc<HashMap<Hash32, Entry>>;
@@ -172,7 +174,8 @@ pub struct Outlets {
 pub fn start(store: Store, reporter: Arc<Reporter>, outlets: Outlets) -> Result<Lifecycle> {
     let mut states = HashMap::new();
     for r in store.releases()? {
-        states.insert(r.manifest, Entry { state: r.state, detail: r.detail, progress: None, updated: r.updated });
+        let entry = Entry { state: r.state, detail: r.detail, progress: None, updated: r.updated, attempt: r.attempt };
+        states.insert(r.manifest, entry);
     }
     let (view_tx, view) = watch::channel(Arc::new(states.clone()));
     let (tx, mut rx) = mpsc::channel::<Command>(64);
@@ -233,7 +236,10 @@ async fn transition(
             return Ok(None);
         }
     };
-    let (seq, report) = reporter.report(&cmd.release, next, &detail, cmd.exit_code, progress);
+    let attempt = states.get(&hash).map_or(0, |e| e.attempt) + u32::from(cmd.event == Some(Event::Retry));
+    // A new attempt starts without the last one's download progress.
+    let progress = if cmd.event == Some(Event::Retry) { None } else { progress };
+    let (seq, report) = reporter.report(&cmd.release, next, &detail, cmd.exit_code, progress, attempt);
     store
         .commit_transition(Transition {
             manifest: hash,
@@ -245,9 +251,10 @@ async fn transition(
             now: now().0,
             seq,
             report: report.clone(),
+            attempt,
         })
         .await?;
-    states.insert(hash, Entry { state: next, detail, progress, updated: now().0 });
+    states.insert(hash, Entry { state: next, detail, progress, updated: now().0, attempt });
     if cmd.event.is_none() {
         tracing::debug!(manifest = %hash.short(), ?progress, "download progress reported");
     } else {

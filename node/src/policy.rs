@@ -163,6 +163,7 @@ mod tests {
             expires: Timestamp(u64::MAX),
             forced_reason: None,
             rules: None,
+            retry: None,
         }
     }
 

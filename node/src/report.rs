@@ -104,6 +104,7 @@ impl Reporter {
         detail: &str,
         exit_code: Option<i32>,
         progress: Option<DownloadProgress>,
+        attempt: u32,
     ) -> (u64, Vec<u8>) {
         let max = self.limits.max_text_bytes;
         let detail = if detail.len() > max {
@@ -128,6 +129,7 @@ impl Reporter {
             seq,
             progress,
             certificate: self.certificate(),
+            attempt,
         };
         (seq, self.sign(value))
     }
@@ -277,7 +279,7 @@ pub async fn accept_node_envelope(
                             node: v.node().0.to_vec(),
                             manifest: v.manifest,
                             seq: v.seq,
-                            rank: v.state.rank(),
+                            rank: v.order(),
                             ring: v.ring.to_string(),
                             received: now().0,
                             envelope: bytes.to_vec(),

@@ -153,6 +153,8 @@ const MIGRATIONS: &[&str] = &[
         node      BLOB PRIMARY KEY,
         at        INTEGER NOT NULL
      );",
+    // -> next: retries; which attempt at a release a node is on (0 the first).
+    "ALTER TABLE releases ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A node's report as [`Store::put_report`] keeps it.
@@ -160,7 +162,7 @@ pub struct StoredReport {
     pub node: Vec<u8>,
     pub manifest: Hash32,
     pub seq: u64,
-    pub rank: u8,
+    pub rank: u64,
     pub ring: String,
     pub received: u64,
     pub envelope: Vec<u8>,
@@ -184,6 +186,8 @@ pub struct ReleaseRecord {
     pub updated: u64,
     pub state: ReleaseState,
     pub detail: String,
+    /// Which attempt at the release (0 the first; each retry starts the next).
+    pub attempt: u32,
 }
 
 /// One lifecycle transition: the new state, and the signed report that announces it. Both are
@@ -198,6 +202,7 @@ pub struct Transition {
     pub now: u64,
     pub seq: u64,
     pub report: Vec<u8>,
+    pub attempt: u32,
 }
 
 #[derive(Clone)]
@@ -592,10 +597,20 @@ impl Store {
         self.call(move |c| {
             let tx = c.transaction()?;
             tx.execute(
-                "INSERT INTO releases (manifest, product, version, state, detail, exit_code, updated)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (manifest) DO UPDATE SET state = ?4, detail = ?5, exit_code = ?6, updated = ?7",
-                params![t.manifest.0.to_vec(), t.product, t.version as i64, state, t.detail, t.exit_code, t.now as i64],
+                "INSERT INTO releases (manifest, product, version, state, detail, exit_code, updated, attempt)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (manifest) DO UPDATE SET state = ?4, detail = ?5, exit_code = ?6, updated = ?7,
+                     attempt = ?8",
+                params![
+                    t.manifest.0.to_vec(),
+                    t.product,
+                    t.version as i64,
+                    state,
+                    t.detail,
+                    t.exit_code,
+                    t.now as i64,
+                    i64::from(t.attempt)
+                ],
             )?;
             put_seq(&tx, t.seq)?;
             tx.execute(
@@ -669,18 +684,25 @@ impl Store {
     /// Every release's persisted state. Blocking (start-up).
     pub fn releases(&self) -> Result<Vec<ReleaseRecord>> {
         self.call_blocking(|c| {
-            let mut st = c.prepare("SELECT manifest, state, detail, updated FROM releases")?;
+            let mut st = c.prepare("SELECT manifest, state, detail, updated, attempt FROM releases")?;
             let rows = st
                 .query_map([], |r| {
-                    Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let mut out = Vec::with_capacity(rows.len());
-            for (m, state, detail, updated) in rows {
+            for (m, state, detail, updated, attempt) in rows {
                 let manifest = Hash32(m.try_into().map_err(|_| anyhow!("releases: a manifest hash is not 32 bytes"))?);
                 let state: ReleaseState = serde_json::from_str(&state)
                     .with_context(|| format!("releases: unreadable state {state:?} of {}", manifest.short()))?;
-                out.push(ReleaseRecord { manifest, updated: updated.max(0) as u64, state, detail });
+                let attempt = u32::try_from(attempt).unwrap_or(0);
+                out.push(ReleaseRecord { manifest, updated: updated.max(0) as u64, state, detail, attempt });
             }
             Ok(out)
         })
@@ -743,7 +765,15 @@ impl Store {
                  ON CONFLICT (node, manifest) DO UPDATE SET seq = ?3, envelope = ?4, rank = ?5, ring = ?6,
                      received = ?7
                  WHERE ?3 > reports.seq AND ?5 >= reports.rank",
-                params![r.node, r.manifest.0.to_vec(), r.seq as i64, r.envelope, r.rank, r.ring, r.received as i64],
+                params![
+                    r.node,
+                    r.manifest.0.to_vec(),
+                    r.seq as i64,
+                    r.envelope,
+                    r.rank as i64,
+                    r.ring,
+                    r.received as i64
+                ],
             )?;
             Ok(n == 1)
         })
@@ -917,8 +947,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("state.db")).unwrap();
         let m = Hash32([2; 32]);
-        let failed = ReleaseState::Failed(FailReason::CommandFailed).rank();
-        let r = |seq: u64, rank: u8, envelope: u8| StoredReport {
+        let failed = u64::from(ReleaseState::Failed(FailReason::CommandFailed).rank());
+        let r = |seq: u64, rank: u64, envelope: u8| StoredReport {
             node: vec![1],
             manifest: m,
             seq,
@@ -929,12 +959,16 @@ mod tests {
         };
         assert!(s.put_report(r(10, failed, 1)).await.unwrap());
         // A replayed or regressed report: newer sequence number, earlier state.
-        assert!(!s.put_report(r(11, ReleaseState::Available.rank(), 2)).await.unwrap());
+        assert!(!s.put_report(r(11, u64::from(ReleaseState::Available.rank()), 2)).await.unwrap());
         // An older sequence number never wins either.
         assert!(!s.put_report(r(9, failed, 3)).await.unwrap());
         assert_eq!(s.reports().await.unwrap(), vec![vec![1]]);
         assert_eq!(s.ring_reports(m, "canary".into()).await.unwrap(), vec![(vec![1], 10)]);
         assert!(s.ring_reports(m, "broad".into()).await.unwrap().is_empty());
+        // A retry's report (the next attempt) replaces a failure, even at an earlier state.
+        let retried = 16 + u64::from(ReleaseState::Available.rank());
+        assert!(s.put_report(r(12, retried, 4)).await.unwrap());
+        assert_eq!(s.reports().await.unwrap(), vec![vec![4]]);
     }
 
     #[tokio::test]
@@ -966,6 +1000,7 @@ mod tests {
                 now: at,
                 seq: at,
                 report: vec![m.0[0]],
+                attempt: 0,
             })
             .await
             .unwrap();
@@ -1000,6 +1035,7 @@ mod tests {
                 now: 1,
                 seq: 42,
                 report: vec![9],
+                attempt: 2,
             })
             .await
             .unwrap();
@@ -1009,6 +1045,7 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].state, ReleaseState::RolledBack(RollbackCause::Yanked));
         assert_eq!(r[0].detail, "yanked: broken");
+        assert_eq!(r[0].attempt, 2, "the attempt survives a restart");
         assert_eq!(s.last_seq().unwrap(), 42);
         assert_eq!(s.reports_out().await.unwrap(), vec![vec![9]]);
     }

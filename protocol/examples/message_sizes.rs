@@ -61,6 +61,7 @@ fn main() {
             from_origin: 4 << 20,
         }),
         certificate: Some(cert.clone()),
+        attempt: 0,
     };
     let inventory = Inventory {
         node,

@@ -27,7 +27,21 @@ pub struct Approval {
     /// How the ring's nodes pace and stop the rollout themselves (see `rollout::wave_gate`).
     /// `None`: every node installs once its gates pass, and nothing halts the ring.
     pub rules: Option<RolloutRules>,
+    /// How often a node tries again after a transient failure ([`crate::FailReason::is_transient`]).
+    /// `None`: never; only a newer approval tries again.
+    pub retry: Option<Retry>,
 }
+
+/// Retries of transient failures: at most `count` more attempts per node, each at least
+/// `spacing_secs` after the failure before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    pub count: u8,
+    pub spacing_secs: u32,
+}
+
+/// Most retries an approval may ask for.
+pub const MAX_RETRIES: u8 = 20;
 
 /// Signed rollout rules: a failure-rate brake and phased waves inside the ring.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +109,11 @@ impl Payload for Approval {
         }
         if let Some(r) = &self.rules {
             r.validate()?;
+        }
+        if let Some(r) = &self.retry
+            && (r.count == 0 || r.count > MAX_RETRIES || r.spacing_secs == 0 || r.spacing_secs > 7 * 86_400)
+        {
+            return Err(ValidationError::field("retry", "1 to 20 retries, spaced 1 s to 7 days"));
         }
         Ok(())
     }

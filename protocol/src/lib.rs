@@ -31,7 +31,7 @@ pub mod sync;
 pub mod types;
 pub mod verify;
 
-pub use approval::{Approval, RolloutRules, Wave, Yank, YankAction};
+pub use approval::{Approval, Retry, RolloutRules, Wave, Yank, YankAction};
 pub use encoding::DecodeError;
 pub use lifecycle::{Event, FailReason, ReleaseState, RollbackCause, SkipReason, WaitReason};
 pub use limits::Limits;

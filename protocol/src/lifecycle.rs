@@ -173,6 +173,19 @@ impl ReleaseState {
         }
     }
 
+    /// Whether another attempt could end differently: `Some(true)` for a transient failure
+    /// (retried inside the approval's retry rule), `Some(false)` for one only a newer approval
+    /// tries again (the install itself failed), `None` for anything else (not a failure, or a
+    /// rollback asked for by a yank).
+    pub fn retry_kind(self) -> Option<bool> {
+        match self {
+            ReleaseState::Failed(f) => Some(f.is_transient()),
+            ReleaseState::RolledBack(RollbackCause::TimedOut | RollbackCause::Interrupted) => Some(true),
+            ReleaseState::RolledBack(RollbackCause::InstallFailed) => Some(false),
+            _ => None,
+        }
+    }
+
     pub fn is_installed(self) -> bool {
         self == ReleaseState::Installed
     }
@@ -245,6 +258,16 @@ impl ReleaseState {
 }
 
 impl FailReason {
+    /// A cause that may be gone at a later attempt (the disk, the network, the clock, another
+    /// process), as opposed to the release's own content or commands.
+    pub fn is_transient(self) -> bool {
+        use FailReason::*;
+        matches!(
+            self,
+            DiskFull | OverQuota | LowDisk | DownloadError | StageError | TimedOut | Interrupted | PreviousNotKept
+        )
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             FailReason::DiskFull => "disk full",
@@ -323,6 +346,9 @@ pub enum Event {
     },
     /// The manifest expired.
     Expired,
+    /// Try again after a failure (the approval's retry rule, or a newer approval): the release
+    /// starts over as `Available`, in a new attempt.
+    Retry,
 }
 
 /// What the owner must do after a transition, besides persisting and reporting it.
@@ -386,6 +412,7 @@ pub fn step(state: ReleaseState, event: Event) -> Step {
         (S::Installed, E::Yanked { rollback: true, has_rollback: false }) => to(S::Failed(FailReason::NoRollback)),
         (_, E::Yanked { .. }) if before_install => to(S::Skipped(SkipReason::Yanked)),
         (_, E::Expired) if before_install => to(S::Skipped(SkipReason::Expired)),
+        (_, E::Retry) if state.retry_kind().is_some() => to(S::Available),
         _ => Step::Ignored,
     }
 }
@@ -519,6 +546,9 @@ mod tests {
             ReleaseState::Skipped(SkipReason::NotTargeted),
         ] {
             for e in all_events() {
+                if e == Event::Retry && s.retry_kind().is_some() {
+                    continue;
+                }
                 assert_eq!(step(s, e), Step::Ignored, "{s:?} {e:?}");
             }
         }
@@ -543,6 +573,28 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_failure_starts_a_new_attempt_only_through_retry_and_yank_rollbacks_are_not_retried() {
+        let transient = ReleaseState::Failed(FailReason::DownloadError);
+        assert_eq!(transient.retry_kind(), Some(true));
+        assert_eq!(step(transient, Event::Retry), Step::To(ReleaseState::Available, vec![]));
+        let script = ReleaseState::RolledBack(RollbackCause::InstallFailed);
+        assert_eq!(script.retry_kind(), Some(false));
+        assert_eq!(step(script, Event::Retry), Step::To(ReleaseState::Available, vec![]));
+        assert_eq!(ReleaseState::RolledBack(RollbackCause::TimedOut).retry_kind(), Some(true));
+        for s in [
+            ReleaseState::Installed,
+            ReleaseState::RolledBack(RollbackCause::Yanked),
+            ReleaseState::Skipped(SkipReason::NotTargeted),
+            ReleaseState::Waiting(WaitReason::NotApproved),
+        ] {
+            assert_eq!(s.retry_kind(), None);
+            assert_eq!(step(s, Event::Retry), Step::Ignored, "{s:?}");
+        }
+        assert!(!FailReason::CommandFailed.is_transient() && !FailReason::Tampered.is_transient());
+        assert!(FailReason::TimedOut.is_transient() && FailReason::DiskFull.is_transient());
+    }
+
     fn all_events() -> Vec<Event> {
         let mut v = vec![
             Event::Queue,
@@ -551,6 +603,7 @@ mod tests {
             Event::DownloadFinished,
             Event::AlreadyInstalled,
             Event::Refused(FailReason::MissingDependency),
+            Event::Retry,
             Event::InstallStarted,
             Event::InstallSucceeded,
             Event::Interrupted,
@@ -598,7 +651,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn no_sequence_of_events_or_restarts_moves_a_reported_state_backwards(
+        fn no_sequence_of_events_or_restarts_moves_a_reported_state_backwards_within_an_attempt(
             inputs in proptest::collection::vec(
                 prop_oneof![
                     (0usize..32).prop_map(Input::Event),
@@ -610,7 +663,9 @@ mod tests {
             let events = all_events();
             let mut state = ReleaseState::Available;
             let mut history: Vec<Event> = Vec::new();
-            let mut reported = vec![state];
+            // A retry starts the next attempt; listeners order reports by (attempt, rank).
+            let mut attempt = 0u32;
+            let mut reported = vec![(attempt, state.rank())];
             for input in inputs {
                 let batch: Vec<Event> = match input {
                     Input::Event(i) => vec![events[i % events.len()]],
@@ -619,6 +674,13 @@ mod tests {
                 for e in batch {
                     history.push(e);
                     if let Step::To(next, _) = step(state, e) {
+                        if e == Event::Retry {
+                            prop_assert!(state.retry_kind().is_some() && next == ReleaseState::Available);
+                            attempt += 1;
+                            state = next;
+                            reported.push((attempt, state.rank()));
+                            continue;
+                        }
                         prop_assert!(next.rank() >= state.rank(), "{state:?} -> {next:?} on {e:?}");
                         prop_assert!(!state.is_final(), "final {state:?} replaced by {next:?}");
                         if state == ReleaseState::Installed {
@@ -626,12 +688,12 @@ mod tests {
                         }
                         prop_assert_ne!(next, state);
                         state = next;
-                        reported.push(state);
+                        reported.push((attempt, state.rank()));
                     }
                 }
             }
             for w in reported.windows(2) {
-                prop_assert!(w[1].rank() >= w[0].rank());
+                prop_assert!(w[1] >= w[0]);
             }
         }
     }

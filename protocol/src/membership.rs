@@ -416,6 +416,7 @@ mod tests {
             seq: 1,
             progress: None,
             certificate: Some(signed(cert(&n, 500), &[&e])),
+            attempt: 0,
         };
         let check = MemberCheck { root: &r, fleet: &FLEET, revoked: None, now: Timestamp(200) };
         let reason = |m: &Report| check_author(m, &check, &Limits::default()).map(|_| ()).map_err(|e| e.reason());

@@ -36,6 +36,16 @@ pub struct Report {
     /// The author's node certificate: a listener counts the report only for the ring it enrolls
     /// (`None` only in fleets run with `enrollment = "off"`).
     pub certificate: Option<Envelope>,
+    /// Which attempt at the release this is (0 the first; a retry starts the next). States only
+    /// go forward within an attempt: a listener orders reports by (attempt, state rank).
+    pub attempt: u32,
+}
+
+impl Report {
+    /// The order a listener keeps reports in: a later attempt, else a later state.
+    pub fn order(&self) -> u64 {
+        u64::from(self.attempt) * 16 + u64::from(self.state.rank())
+    }
 }
 
 /// A release's download on one node: chunks held, and verified bytes by kind of source, fetched

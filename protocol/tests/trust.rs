@@ -108,6 +108,7 @@ fn approval_value(m: &Signed<ReleaseManifest>, ring: &str) -> Approval {
         expires: NOW.plus_secs(7 * DAY),
         forced_reason: None,
         rules: None,
+        retry: Some(Retry { count: 3, spacing_secs: 600 }),
     }
 }
 
@@ -531,6 +532,7 @@ fn report_value(node: &SigningKey) -> Report {
             from_origin: 1 << 20,
         }),
         certificate: None,
+        attempt: 1,
     }
 }
 

@@ -536,6 +536,7 @@ mod tests {
             seq: 1,
             progress: None,
             certificate,
+            attempt: 0,
         };
         let mut s = Signed::new(report);
         s.sign(node);

@@ -406,6 +406,14 @@ struct ApproveArgs {
     /// Sign no rollout rules: no failure-rate halt, no waves.
     #[arg(long)]
     no_rules: bool,
+    /// How many more attempts a node makes after a transient failure (download, full disk,
+    /// timeout, interruption); 0: none. A failing install command is not retried: a newer
+    /// approval (--replace) tries it again.
+    #[arg(long, default_value_t = 3)]
+    retries: u8,
+    /// How long after a transient failure the next attempt starts.
+    #[arg(long, default_value = "10m")]
+    retry_spacing: String,
     /// Approve although the previous ring's results are below policy. Needs --reason, which is
     /// recorded in the signed approval.
     #[arg(long, requires = "reason")]
@@ -529,6 +537,20 @@ fn cves_fixed_by(debs: &[deb::Deb], a: &CreateArgs) -> Result<Vec<CveId>> {
         println!("--cve from the fleet's exposures these packages fix: {}", names.join(" "));
     }
     Ok(cves)
+}
+
+/// `--retries` and `--retry-spacing` as the approval signs them.
+fn retry_rule(count: u8, spacing: &str) -> Result<Option<lanpatch_protocol::Retry>> {
+    if count == 0 {
+        return Ok(None);
+    }
+    if count > lanpatch_protocol::approval::MAX_RETRIES {
+        bail!("--retries {count}: at most {}", lanpatch_protocol::approval::MAX_RETRIES);
+    }
+    let d = humantime::parse_duration(spacing).with_context(|| format!("bad --retry-spacing {spacing:?}"))?;
+    let spacing_secs = u32::try_from(d.as_secs()).ok().filter(|s| (1..=7 * 86_400).contains(s));
+    let Some(spacing_secs) = spacing_secs else { bail!("--retry-spacing {spacing:?}: between 1s and 7d") };
+    Ok(Some(lanpatch_protocol::Retry { count, spacing_secs }))
 }
 
 fn fill_from_feeds(a: &CreateArgs) -> Result<Scores> {
@@ -1093,6 +1115,7 @@ fn approve(a: ApproveArgs, limits: &Limits, now: lanpatch_protocol::Timestamp, k
             expires,
             forced_reason,
             rules,
+            retry: retry_rule(a.retries, &a.retry_spacing)?,
         };
         check_payload(&value, limits)?;
         Signed::new(value)

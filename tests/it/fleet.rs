@@ -604,10 +604,18 @@ impl DebianHost {
             .spawn()
             .unwrap();
         self.booted = Some(child);
-        wait_until(Duration::from_secs(30), "the container's systemd", || self.init_pid().is_some());
-        let state = self.exec(&["systemctl", "is-system-running", "--wait"]);
+        // nspawn's child becomes systemd once it execs; until then systemctl has nobody to ask.
+        wait_until(Duration::from_secs(30), "the container's systemd", || {
+            self.init_pid()
+                .is_some_and(|p| fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "systemd"))
+        });
+        let mut state = String::new();
+        wait_until(Duration::from_secs(90), "systemd's answer about the boot", || {
+            state = self.exec(&["systemctl", "is-system-running", "--wait"]).stdout.trim().to_string();
+            !state.is_empty()
+        });
         assert_eq!(
-            state.stdout.trim(),
+            state,
             "running",
             "{} did not boot cleanly; failed units:\n{}",
             self.name,

@@ -45,6 +45,7 @@ fn expired_manifest_is_never_installed_even_when_its_approval_comes_due_after_ex
         expires: Timestamp(unix_now() + 3600),
         forced_reason: None,
         rules: None,
+        retry: None,
     });
     a.sign(&secret(dir, "bob.key"));
     a.sign(&secret(dir, "carol.key"));

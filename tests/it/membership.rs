@@ -67,6 +67,7 @@ fn fake_report(
         seq,
         progress: None,
         certificate,
+        attempt: 0,
     });
     r.sign(key);
     r.to_bytes()

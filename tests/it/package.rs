@@ -335,9 +335,12 @@ fn the_packaged_node_under_systemd_in_a_debian_container_notifies_reloads_feeds_
     make_fleet_keys(dir);
     let mut host = DebianHost::new(&root, dir, "svc");
     host.boot();
-    let (n, s) = (node_deb.display().to_string(), signer_deb.display().to_string());
-    host.exec(&["cp", &n, &s, &dir.display().to_string()]).ok();
-    let local = |p: &Path| dir.join(p.file_name().unwrap()).display().to_string();
+    // The test's directory is the one bound into the container.
+    let local = |p: &Path| {
+        let to = dir.join(p.file_name().unwrap());
+        fs::copy(p, &to).unwrap();
+        to.display().to_string()
+    };
     host.exec(&["dpkg", "-i", &local(&node_deb), &local(&signer_deb)]).ok();
     // No trust root yet: the unit is skipped by its condition, not restarted in a loop.
     assert_eq!(prop(&host.unit("lanpatch-node", "ActiveState"), "ActiveState"), "inactive");
@@ -425,7 +428,6 @@ fn the_packaged_node_under_systemd_in_a_debian_container_notifies_reloads_feeds_
     // Self-update: a Debian release of the newer lanpatch-node package, installed by the node
     // with dpkg; it re-executes the new binary in the same process, which systemd keeps.
     let up = local(&upgrade_deb);
-    host.exec(&["cp", &upgrade_deb.display().to_string(), &up]).ok();
     signer(
         dir,
         &["release", "create", "--product", "lanpatch-node", "--version", "2", "--deb", &up, "--out", "upgrade"],

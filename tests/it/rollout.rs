@@ -483,3 +483,85 @@ fn a_collector_that_joins_after_the_install_pulls_the_missed_report_and_inventor
     let st = fleet_status(dir, &collector, &bundle);
     assert!(st.contains("ring canary: installed 1"), "{st}");
 }
+
+/// A release of `product` whose install fails at its first attempt and succeeds at the next:
+/// `first` is what the first attempt does (`exit 1`, or `sleep 30` past a 2 s timeout).
+fn fails_once(dir: &Path, product: &str, first: &str) -> PathBuf {
+    let src = dir.join(format!("{product}-src"));
+    fs::create_dir_all(&src).unwrap();
+    let install = format!(
+        "if [ -f \"$LANPATCH_DATA/tried-{product}\" ]; then touch \"$LANPATCH_DATA/installed-{product}\"; else touch \"$LANPATCH_DATA/tried-{product}\"; {first}; fi\n"
+    );
+    fs::write(src.join("install.sh"), install).unwrap();
+    let args = [
+        "release",
+        "create",
+        "--product",
+        product,
+        "--version",
+        "1",
+        "--dir",
+        &src.to_string_lossy(),
+        "--install",
+        "sh install.sh",
+        "--rollback",
+        "true",
+        "--timeout",
+        "2s",
+        "--out",
+        product,
+    ];
+    signer(dir, &args).ok();
+    for k in ["alice.key", "bob.key"] {
+        signer(dir, &["release", "sign", "--key", k, product]).ok();
+    }
+    dir.join(product)
+}
+
+fn state_of(n: &Node, product: &str) -> Option<ReleaseState> {
+    n.status().releases.into_iter().find(|r| r.product.as_str() == product).map(|r| r.state)
+}
+
+#[test]
+fn a_timed_out_install_is_retried_inside_the_approvals_rule_and_a_failing_install_command_only_after_approve_replace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let admin = admin(dir);
+    let n = endpoint(dir, "n1", &admin, "ring = \"canary\"");
+    wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
+    let rule = ["--retries", "2", "--retry-spacing", "1s"];
+
+    // The install command fails: not transient, not retried by the rule.
+    let broken = fails_once(dir, "broken", "exit 1");
+    approve(dir, &broken, "canary", &rule).ok();
+    admin.publish(&broken);
+    wait_until(Duration::from_secs(60), "the failing install rolls back", || {
+        state_of(&n, "broken") == Some(ReleaseState::RolledBack(RollbackCause::InstallFailed))
+    });
+
+    // The install times out: transient, retried 1 s later, and installed at the second attempt.
+    let flaky = fails_once(dir, "flaky", "sleep 30");
+    approve(dir, &flaky, "canary", &rule).ok();
+    admin.publish(&flaky);
+    wait_until(Duration::from_secs(90), "the timed-out install is retried and installs", || {
+        state_of(&n, "flaky") == Some(ReleaseState::Installed)
+    });
+    assert!(n.dir.join("data/installed-flaky").exists());
+    let log = fs::read_to_string(n.dir.join("node.log")).unwrap();
+    assert!(log.contains("retry 1 of 2 after: rolled back (install timed out)"), "{}", n.log_tail());
+    // Meanwhile the installer looked at the failed one again and again, past its spacing.
+    assert_eq!(state_of(&n, "broken"), Some(ReleaseState::RolledBack(RollbackCause::InstallFailed)));
+    assert!(!n.dir.join("data/installed-broken").exists());
+    wait_until(Duration::from_secs(30), "the collector shows the retried install", || {
+        fleet_status(dir, &admin, &flaky).contains("ring canary: installed 1")
+    });
+
+    // A newer approval (--replace) tries the failed install again.
+    approve(dir, &broken, "canary", &["--replace", "--retries", "2", "--retry-spacing", "1s"]).ok();
+    admin.publish(&broken);
+    wait_until(Duration::from_secs(60), "the replaced approval installs it", || {
+        state_of(&n, "broken") == Some(ReleaseState::Installed)
+    });
+    assert!(n.dir.join("data/installed-broken").exists());
+}
