@@ -330,7 +330,8 @@ fn the_packaged_node_under_systemd_in_a_debian_container_notifies_reloads_feeds_
     let Some(root) = debian_root() else { return };
     let (node_deb, signer_deb) = debs(None);
     let (upgrade_deb, _) = debs(Some(UPGRADE));
-    let tmp = tempfile::tempdir().unwrap();
+    // Not under /tmp: the unit's PrivateTmp hides /tmp from the node, and it reads bundles here.
+    let tmp = tempfile::tempdir_in(repo().join("target")).unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
     let mut host = DebianHost::new(&root, dir, "svc");
