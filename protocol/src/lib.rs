@@ -36,8 +36,8 @@ pub use encoding::DecodeError;
 pub use lifecycle::{Event, FailReason, ReleaseState, RollbackCause, SkipReason, WaitReason};
 pub use limits::Limits;
 pub use manifest::{
-    ChunkError, Command, DebPackage, DebianPackages, FileEntry, FileHasher, Installer, ReleaseManifest, Severity,
-    SeverityLevel, Targets, VerifiedChunk, verify_chunk,
+    ArchiveIndex, ChunkError, Command, DebPackage, DebianPackages, FileEntry, FileHasher, Installer, ReleaseManifest,
+    Severity, SeverityLevel, Targets, VerifiedChunk, verify_chunk,
 };
 pub use membership::{MemberRefusal, NodeCertificate, RefusalReason, Revocations};
 pub use report::{DownloadProgress, Inventory, Report};

@@ -97,6 +97,20 @@ pub struct DebPackage {
     pub source_version: String,
     /// SHA-256 of the `.deb`, the digest Debian's archive indexes list.
     pub sha256: Hash32,
+    /// Where Debian's archive vouches for this exact file (`release create --apt-lists`).
+    pub archive: Option<ArchiveIndex>,
+}
+
+/// A `Packages` index that lists a package with its SHA-256, from a release file (`InRelease`)
+/// that verified with Debian's archive keyring on the signing workstation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveIndex {
+    /// The release file's `Origin` and `Suite` (`Debian bookworm`).
+    pub suite: String,
+    /// The release file's `Date`.
+    pub date: String,
+    /// The index's path in the release (`main/binary-amd64/Packages`).
+    pub index: String,
 }
 
 /// A command as an argument vector (no shell unless the admin writes `sh -c`), with a timeout.
@@ -267,6 +281,15 @@ impl DebianPackages {
             }
             if !files.iter().any(|f| f.path == p.file) {
                 return Err(ValidationError::field("debian package file", "names no file of the release"));
+            }
+            if let Some(a) = &p.archive {
+                for (field, v) in [("archive suite", &a.suite), ("archive date", &a.date), ("archive index", &a.index)]
+                {
+                    check_text(field, v, limits.max_short_bytes)?;
+                    if v.chars().any(char::is_control) {
+                        return Err(ValidationError::field(field, "control characters"));
+                    }
+                }
             }
             if !seen.insert((p.name.as_str(), p.architecture.as_str())) {
                 return Err(ValidationError::field("debian packages", "a package appears twice"));

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use lanpatch_protocol::{DebPackage, Hash32, RelPath, debver};
+use lanpatch_protocol::{ArchiveIndex, DebPackage, Hash32, RelPath, debver};
 use sha2::{Digest, Sha256};
 
 /// A `.deb` to add to a release: where it is, and what the manifest says about it.
@@ -92,6 +92,139 @@ pub fn read(path: &Path) -> Result<Deb> {
     let file_name = format!("{name}_{}_{architecture}.deb", version.replace(':', "%3a"));
     let file: RelPath =
         file_name.parse().with_context(|| format!("{}: bad file name {file_name:?}", path.display()))?;
-    let package = DebPackage { file, name, version, architecture, source, source_version, sha256: sha256(path)? };
+    let package =
+        DebPackage { file, name, version, architecture, source, source_version, sha256: sha256(path)?, archive: None };
     Ok(Deb { path: path.to_path_buf(), package })
+}
+
+/// Debian's archive keyring (package debian-archive-keyring).
+const ARCHIVE_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// A `Packages` index file whose release file verified, and what to record about it.
+pub struct Index {
+    pub record: ArchiveIndex,
+    pub path: PathBuf,
+}
+
+/// The text a release file (`InRelease`) signs, if it verifies with Debian's archive keyring.
+fn verified_release(path: &Path) -> Result<String> {
+    let out = Command::new("gpgv")
+        .args(["--keyring", ARCHIVE_KEYRING, "--output", "-"])
+        .arg(path)
+        .output()
+        .context("cannot run gpgv (apt-get install gpgv debian-archive-keyring)")?;
+    if !out.status.success() {
+        bail!(
+            "{} does not verify with Debian's archive keyring ({ARCHIVE_KEYRING}): {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{}: signed text is not UTF-8", path.display()))
+}
+
+/// Every uncompressed `Packages` index in an apt lists directory (`/var/lib/apt/lists`) whose
+/// `InRelease` verifies with Debian's archive keyring and whose SHA-256 and size are the ones
+/// that release file lists. A release file that does not verify, or an index that does not
+/// match it, is an error naming the file.
+pub fn archive_indexes(dir: &Path) -> Result<Vec<Index>> {
+    let mut out = Vec::new();
+    let entries = fs::read_dir(dir).with_context(|| format!("--apt-lists {}: cannot list it", dir.display()))?;
+    let mut releases: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with("_InRelease")))
+        .collect();
+    releases.sort();
+    for rel in releases {
+        let text = verified_release(&rel)?;
+        let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix(':')).map(str::trim);
+        let suite = format!("{} {}", field("Origin").unwrap_or("?"), field("Suite").unwrap_or("?"));
+        let date = field("Date").unwrap_or("?").to_string();
+        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let prefix = name.trim_end_matches("InRelease");
+        // The SHA256 section: " <hash> <size> <path>" lines.
+        let section = text.lines().skip_while(|l| !l.starts_with("SHA256:")).skip(1).take_while(|l| l.starts_with(' '));
+        for line in section {
+            let mut f = line.split_whitespace();
+            let (Some(hash), Some(size), Some(path)) = (f.next(), f.next(), f.next()) else { continue };
+            if !path.ends_with("/Packages") {
+                continue;
+            }
+            let file = dir.join(format!("{prefix}{}", path.replace('/', "_")));
+            if !file.is_file() {
+                continue;
+            }
+            let len = fs::metadata(&file)?.len();
+            if size.parse::<u64>().ok() != Some(len) || !sha256(&file)?.to_hex().eq_ignore_ascii_case(hash) {
+                bail!("{} does not match the SHA-256 and size that {} lists for {path}", file.display(), rel.display());
+            }
+            let record = ArchiveIndex { suite: suite.clone(), date: date.clone(), index: path.to_string() };
+            out.push(Index { record, path: file });
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "--apt-lists {}: no uncompressed Packages index with a verified InRelease (apt keeps them uncompressed unless Acquire::GzipIndexes is set)",
+            dir.display()
+        );
+    }
+    Ok(out)
+}
+
+/// Records in each package where Debian's archive lists it with the same SHA-256; a package no
+/// verified index lists, or lists with another digest, is an error naming it.
+pub fn vouch(debs: &mut [Deb], indexes: &[Index]) -> Result<()> {
+    use std::io::BufRead;
+    let mut found: Vec<Option<ArchiveIndex>> = vec![None; debs.len()];
+    for idx in indexes {
+        let f = fs::File::open(&idx.path).with_context(|| format!("cannot open {}", idx.path.display()))?;
+        let (mut name, mut version, mut arch, mut sum) = (String::new(), String::new(), String::new(), String::new());
+        for line in std::io::BufReader::new(f).lines().chain(std::iter::once(Ok(String::new()))) {
+            let line = line.with_context(|| format!("cannot read {}", idx.path.display()))?;
+            if line.is_empty() {
+                for (i, d) in debs.iter().enumerate() {
+                    let p = &d.package;
+                    if p.name == name && p.version == version && p.architecture == arch {
+                        if !sum.eq_ignore_ascii_case(&p.sha256.to_hex()) {
+                            bail!(
+                                "{}: Debian's archive ({}, {}) lists {} {} {} with SHA-256 {sum}, this file has {}",
+                                d.path.display(),
+                                idx.record.suite,
+                                idx.record.index,
+                                p.name,
+                                p.version,
+                                p.architecture,
+                                p.sha256.to_hex()
+                            );
+                        }
+                        found[i] = Some(idx.record.clone());
+                    }
+                }
+                (name, version, arch, sum) = (String::new(), String::new(), String::new(), String::new());
+                continue;
+            }
+            if let Some((k, v)) = line.split_once(": ") {
+                match k {
+                    "Package" => name = v.to_string(),
+                    "Version" => version = v.to_string(),
+                    "Architecture" => arch = v.to_string(),
+                    "SHA256" => sum = v.to_string(),
+                    _ => {}
+                }
+            }
+        }
+    }
+    for (d, f) in debs.iter_mut().zip(found) {
+        let Some(record) = f else {
+            bail!(
+                "{}: {} {} {} is in none of the verified Debian archive indexes",
+                d.path.display(),
+                d.package.name,
+                d.package.version,
+                d.package.architecture
+            );
+        };
+        d.package.archive = Some(record);
+    }
+    Ok(())
 }

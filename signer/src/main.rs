@@ -295,6 +295,11 @@ struct CreateArgs {
     /// With --deb: also install packages a host does not have yet.
     #[arg(long, requires = "debs")]
     add_new: bool,
+    /// With --deb: an apt lists directory (e.g. /var/lib/apt/lists). Each package must be listed,
+    /// with its SHA-256, in a Packages index whose InRelease verifies with Debian's archive
+    /// keyring; the manifest records which.
+    #[arg(long, requires = "debs")]
+    apt_lists: Option<PathBuf>,
     /// Rollback command, run when install fails or on a yank with --rollback.
     #[arg(long)]
     rollback: Option<String>,
@@ -951,7 +956,18 @@ fn build_release(mut a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_p
         Some(d) => bundle::sources_from_dir(d)?,
         None => Vec::new(),
     };
-    let debs = deb::collect(&a.debs)?.iter().map(|p| deb::read(p)).collect::<Result<Vec<_>>>()?;
+    let mut debs = deb::collect(&a.debs)?.iter().map(|p| deb::read(p)).collect::<Result<Vec<_>>>()?;
+    if let Some(lists) = &a.apt_lists {
+        deb::vouch(&mut debs, &deb::archive_indexes(lists)?)?;
+        for d in &debs {
+            if let Some(r) = &d.package.archive {
+                println!(
+                    "Debian's archive vouches for {} {}: {} ({}), {}",
+                    d.package.name, d.package.version, r.suite, r.date, r.index
+                );
+            }
+        }
+    }
     if a.cves.is_empty() && (a.node.is_some() || a.inventories.is_some()) {
         a.cves = cves_fixed_by(&debs, &a)?;
     }
@@ -1238,6 +1254,9 @@ fn release_json(signed: &Signed<ReleaseManifest>) -> serde_json::Value {
                         "file": p.file.to_string(), "name": p.name, "version": p.version,
                         "architecture": p.architecture, "source": p.source, "source_version": p.source_version,
                         "sha256": p.sha256.to_hex(),
+                        "archive": p.archive.as_ref().map(|r| serde_json::json!({
+                            "suite": r.suite, "date": r.date, "index": r.index,
+                        })),
                     })).collect::<Vec<_>>(),
                 },
             }),
@@ -1308,6 +1327,10 @@ fn show_release(b: &Bundle, limits: &Limits, json: bool) -> Result<()> {
                     p.source_version,
                     p.sha256.to_hex()
                 );
+                match &p.archive {
+                    Some(r) => println!("    listed by Debian's archive: {} ({}), {}", r.suite, r.date, r.index),
+                    None => println!("    not checked against Debian's archive (no --apt-lists)"),
+                }
             }
         }
     }

@@ -99,6 +99,21 @@ pub fn verify_bundle(
                 Err(e) => f.fail(format_args!("file {}: {e:#}", file.path)),
             }
         }
+        // What Debian's archive said about each package when the release was made.
+        if let lanpatch_protocol::Installer::Debian(d) = &m.value().installer {
+            for p in &d.packages {
+                match &p.archive {
+                    Some(r) => f.ok(format_args!(
+                        "package {} {} {}: listed by Debian's archive, {} ({}), {}",
+                        p.name, p.version, p.architecture, r.suite, r.date, r.index
+                    )),
+                    None => f.ok(format_args!(
+                        "package {} {} {}: not checked against Debian's archive (made without --apt-lists)",
+                        p.name, p.version, p.architecture
+                    )),
+                }
+            }
+        }
     }
     let mut rings_ok = Vec::new();
     if let Ok(entries) = std::fs::read_dir(b.approvals_dir()) {

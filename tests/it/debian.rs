@@ -349,3 +349,94 @@ fn release_create_deb_fills_cve_with_the_fleets_exposures_that_these_versions_fi
     assert!(shown.contains("CVEs: CVE-2026-10001\n"), "{shown}");
     assert!(shown.contains("CVSS 9.8"), "scores come from the feeds for the filled CVEs: {shown}");
 }
+
+#[test]
+#[ignore = "Debian host lab: a debootstrapped root, its apt lists and archive packages (CI runs it)"]
+fn release_create_apt_lists_records_debians_own_signature_and_refuses_what_the_archive_does_not_vouch_for() {
+    let Some(root) = debian_root() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let lists = root.join("var/lib/apt/lists");
+    let cached = root.join("var/cache/apt/archives");
+    let dash = fs::read_dir(&cached)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dash_")))
+        .expect("debootstrap keeps the packages it installed");
+    let create = |lists: &Path, deb: &Path, out: &str| {
+        signer(
+            dir,
+            &[
+                "release".as_ref(),
+                "create".as_ref(),
+                "--product".as_ref(),
+                "dash".as_ref(),
+                "--version".as_ref(),
+                "1".as_ref(),
+                "--deb".as_ref(),
+                deb.as_os_str(),
+                "--apt-lists".as_ref(),
+                lists.as_os_str(),
+                "--out".as_ref(),
+                out.as_ref(),
+            ],
+        )
+    };
+    let ok = create(&lists, &dash, "vouched");
+    ok.ok();
+    assert!(ok.stdout.contains("Debian's archive vouches for dash"), "{}", ok.stdout);
+    let shown = signer(dir, &["release", "show", "vouched"]).stdout;
+    assert!(
+        shown.contains("listed by Debian's archive: Debian ") && shown.contains("main/binary-amd64/Packages"),
+        "{shown}"
+    );
+    crate::fleet::make_fleet_keys(dir);
+    let root_lpr = dir.join("root.lpr");
+    let verified = signer(dir, &["verify".as_ref(), "--root".as_ref(), root_lpr.as_os_str(), "vouched".as_ref()]);
+    assert!(
+        verified.stdout.contains("package dash ")
+            && verified.stdout.contains(" amd64: listed by Debian's archive, Debian "),
+        "{}",
+        verified.all()
+    );
+
+    // A package the archive does not list.
+    let ours = build_deb(dir, "lp-hello", "1.0", None, OK);
+    let r = create(&lists, &ours, "unlisted");
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("lp-hello 1.0 all is in none of the verified Debian archive indexes"), "{}", r.stderr);
+
+    // An index changed after Debian signed its release file.
+    let copy = dir.join("lists");
+    fs::create_dir_all(&copy).unwrap();
+    for e in fs::read_dir(&lists).unwrap().flatten().filter(|e| e.path().is_file()) {
+        fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let packages = fs::read_dir(&copy)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("_Packages"))
+        .unwrap();
+    let mut text = fs::read(&packages).unwrap();
+    text.extend_from_slice(b"\nPackage: evil\nVersion: 1\nArchitecture: all\nSHA256: 00\n");
+    fs::write(&packages, text).unwrap();
+    let r = create(&copy, &dash, "tampered-index");
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("does not match the SHA-256 and size that"), "{}", r.stderr);
+
+    // A release file that Debian did not sign.
+    let release = fs::read_dir(&copy)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("_InRelease"))
+        .unwrap();
+    let forged =
+        String::from_utf8(fs::read(&release).unwrap()).unwrap().replacen("Suite:", "Suite: forged\nX-Suite:", 1);
+    fs::write(&release, forged).unwrap();
+    let r = create(&copy, &dash, "forged-release");
+    assert_ne!(r.code, Some(0));
+    assert!(r.stderr.contains("does not verify with Debian's archive keyring"), "{}", r.stderr);
+    for out in ["unlisted", "tampered-index", "forged-release"] {
+        assert!(!dir.join(out).exists(), "a refused release left {out} behind");
+    }
+}

@@ -379,6 +379,7 @@ mod tests {
             source: name.into(),
             source_version: version.into(),
             sha256: Hash32([0; 32]),
+            archive: None,
         }
     }
 
