@@ -154,6 +154,8 @@ struct VulnsArgs {
     #[arg(long)]
     package: Option<String>,
     /// Only the CVEs this release bundle lists (`release create --cve`): the hosts it would fix.
+    /// With --node, also per CVE the hosts the release fixed, the ones still pending, and the
+    /// ones where it failed (from the collector's reports).
     #[arg(long)]
     fixed_by: Option<PathBuf>,
     /// Print JSON for scripts.
@@ -640,6 +642,7 @@ fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
         found.retain(|f| f.package == *p || f.hosts.iter().any(|h| h.installed == *p));
     }
     let mut release = None;
+    let mut rollout = None;
     if let Some(b) = &a.fixed_by {
         let m = bundle::load::<ReleaseManifest>(&Bundle::new(b).manifest_path(), limits)?;
         let v = m.value();
@@ -649,6 +652,11 @@ fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
         let cves: Vec<&str> = v.severity.cves.iter().map(|c| c.as_str()).collect();
         found.retain(|f| cves.contains(&f.cve.as_str()));
         release = Some(format!("{} {}", v.product, v.version));
+        if let Some(node) = &a.node {
+            let hash = m.payload_hash().to_hex();
+            let reports: Vec<_> = fleet::reports(node)?.into_iter().filter(|r| r.manifest == hash).collect();
+            rollout = Some(report::cve_rollout(&v.severity.cves, &found, &reports));
+        }
     }
     let found = vulns::prioritise(&store, found)?;
     if a.timings {
@@ -663,16 +671,24 @@ fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
         );
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&found)?);
+        match &rollout {
+            Some(r) => {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "findings": found, "rollout": r }))?)
+            }
+            None => println!("{}", serde_json::to_string_pretty(&found)?),
+        }
         return Ok(());
     }
-    if let Some(r) = release {
+    if let Some(r) = &release {
         let mut hosts: Vec<&str> = found.iter().flat_map(|f| f.hosts.iter().map(|h| h.hostname.as_str())).collect();
         hosts.sort();
         hosts.dedup();
         println!("release {r} fixes {} exposure(s) on {} host(s): {}", found.len(), hosts.len(), hosts.join(", "));
     }
     report::print_findings(&found);
+    if let (Some(r), Some(rollout)) = (&release, &rollout) {
+        report::print_rollout(r, rollout);
+    }
     Ok(())
 }
 

@@ -130,7 +130,13 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
         hosts.iter().zip(rings).map(|(h, r)| h.node(dir, &admin, &format!("ring = \"{r}\""))).collect();
     wait_until(Duration::from_secs(60), "mesh", || admin.status().peers.len() == 5);
 
-    let bundle = deb_release(dir, "hello-2", "hello", 1, &[&v2], &[]);
+    // The feeds know a CVE in lp-hello that 2.0 fixes; the release lists it.
+    let osv = dir.join("osv");
+    fs::create_dir_all(&osv).unwrap();
+    fs::write(osv.join("a.json"), osv_record("CVE-2026-10001", "lp-hello", "1:2.0-1")).unwrap();
+    let db = dir.join("feeds.db");
+    crate::feeds::import(dir, &db, &["--osv", &osv.display().to_string()]).ok();
+    let bundle = deb_release(dir, "hello-2", "hello", 1, &[&v2], &["--cve", "CVE-2026-10001"]);
     let shown = signer(dir, &["release", "show", "hello-2"]);
     assert!(shown.stdout.contains("lp-hello 1:2.0-1 all (source lp-hello 1:2.0-1), sha256 "), "{}", shown.stdout);
     approve(dir, &bundle, "canary", &[]).ok();
@@ -151,6 +157,24 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
     let deb_blob = blob_name(&fs::read(&v2).unwrap());
     assert!(nodes[4].blob(&deb_blob).is_none(), "a host with none of the packages downloaded the release");
     assert!(nodes[0].blob(&deb_blob).is_some());
+
+    // Per CVE: fixed where the release installed, pending where hosts are still exposed.
+    let sock = admin.socket();
+    let vulns = || {
+        let args = [
+            "vulns".as_ref(),
+            "--node".as_ref(),
+            sock.as_os_str(),
+            "--db".as_ref(),
+            db.as_os_str(),
+            "--fixed-by".as_ref(),
+            bundle.as_os_str(),
+        ];
+        signer(dir, &args).stdout
+    };
+    wait_until(Duration::from_secs(60), "vulns shows the CVE fixed on canary, pending on broad", || {
+        vulns().contains("CVE-2026-10001 by release hello 1: fixed 1 [c1], pending 2 [b1, b3], failed 0 []")
+    });
 
     // A package manager holds b3's dpkg lock: b3 waits, then installs once it is released.
     let lock = hold_dpkg_lock(&hosts[3]);
@@ -179,6 +203,9 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
     for h in &hosts[..4] {
         assert_eq!(h.version("lp-hello").as_deref(), Some("1:2.0-1"), "{}", h.name);
     }
+    wait_until(Duration::from_secs(60), "vulns shows the CVE fixed everywhere", || {
+        vulns().contains("CVE-2026-10001 by release hello 1: fixed 4 [b1, b2, b3, c1], pending 0 [], failed 0 []")
+    });
 
     // Canary moves on to 3.0; then release 1 (2.0) is yanked with --rollback although release 2
     // superseded it: it acts only where hosts are still at it. b1 and b3 go back to the packages
