@@ -419,7 +419,7 @@ fn the_packaged_node_under_systemd_in_a_debian_container_notifies_reloads_feeds_
     );
 
     // SIGKILL: systemd restarts it (Restart=on-failure), a new process.
-    host.exec(&["systemctl", "kill", "-s", "KILL", "lanpatch-node"]).ok();
+    host.exec(&["systemctl", "--signal=SIGKILL", "kill", "lanpatch-node"]).ok();
     wait_until(Duration::from_secs(60), "systemd restarts the killed node", || {
         let show = host.unit("lanpatch-node", "ActiveState,SubState,MainPID");
         prop(&show, "ActiveState") == "active" && prop(&show, "SubState") == "running" && prop(&show, "MainPID") != pid
