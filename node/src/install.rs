@@ -467,11 +467,14 @@ async fn interrupted_but_installed(s: &Shared, v: &ReleaseManifest, stage: &Path
 /// One look at every trusted release, most severe first. Returns when to look again at the
 /// latest (a not-before, a deadline, the next minute while awaiting a maintenance window).
 async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
-    roll_back_superseded_yanks(s).await?;
+    let superseded_again = roll_back_superseded_yanks(s).await?;
     let mut releases: Vec<Signed<ReleaseManifest>> = s.trust().current_manifests();
     releases.sort_by_key(|m| Reverse(m.value().severity.priority_key()));
     let mut wake: Option<u64> = None;
     let mut wake_at = |t: u64| wake = Some(wake.map_or(t, |w| w.min(t)));
+    if let Some(again) = superseded_again {
+        wake_at(now().0 + again.as_secs());
+    }
     for m in releases {
         if *s.shutdown.borrow() {
             break;
@@ -482,8 +485,10 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
         let state = s.lifecycle.state(&hash);
         let yank = s.trust().yanks.get(&hash).map(|y| (y.value().action, y.value().reason.clone()));
         if state == ReleaseState::Installed {
-            if let Some((YankAction::RollBack, reason)) = yank {
-                roll_back_yanked(s, &rel, v, &reason).await?;
+            if let Some((YankAction::RollBack, reason)) = yank
+                && let Some(again) = roll_back_yanked(s, &rel, v, &reason).await?
+            {
+                wake_at(now().0 + again.as_secs());
             }
             continue;
         }
@@ -603,12 +608,19 @@ async fn pass(s: &Arc<Shared>) -> Result<Option<Duration>> {
 async fn retry(s: &Arc<Shared>, m: &Signed<ReleaseManifest>, rel: &ReleaseRef) -> Option<u64> {
     let entry = s.lifecycle.snapshot().get(&rel.hash).cloned()?;
     let transient = entry.state.retry_kind()?;
-    let approval = s.trust().approvals.get(&(rel.hash, s.cfg.ring.clone())).map(|a| a.value().clone())?;
+    let signed = s.trust().approvals.get(&(rel.hash, s.cfg.ring.clone())).cloned()?;
+    let approval = signed.value();
     let t = now().0;
     if approval.expires.0 <= t || m.value().expires.0 <= t {
         return None;
     }
-    let why = if approval.issued.0 > entry.updated {
+    // The approval's issue time is the signer's clock, the failure's the node's: each approval
+    // starts at most one attempt this way per node process, whatever the two clocks say.
+    let newer = approval.issued.0 > entry.updated && {
+        let mut rearmed = REARMED.lock().unwrap_or_else(|p| p.into_inner());
+        rearmed.insert(rel.hash, signed.payload_hash()) != Some(signed.payload_hash())
+    };
+    let why = if newer {
         format!("a newer approval tries again after: {}", entry.state.label())
     } else {
         let rule = approval.retry.filter(|_| transient)?;
@@ -639,6 +651,11 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
     result
 }
 
+/// Per release, the approval that last started a new attempt because it was newer than the
+/// failure (see [`retry`]).
+static REARMED: std::sync::LazyLock<Mutex<std::collections::HashMap<Hash32, Hash32>>> =
+    std::sync::LazyLock::new(|| Mutex::new(std::collections::HashMap::new()));
+
 /// How long a Debian install waits before it looks at dpkg's lock again.
 const LOCK_RETRY: Duration = Duration::from_secs(15);
 
@@ -646,61 +663,88 @@ const LOCK_RETRY: Duration = Duration::from_secs(15);
 enum Prepared {
     /// An outcome was recorded (already at the version, not on this host, refused).
     Done,
-    /// Another package manager holds dpkg's lock: the state says so; look again later.
-    Busy,
-    /// Go: the lock is held and the packages the install replaces are kept.
-    Go(FrontendLock, Command),
+    /// Go: the packages the install replaces are kept (`kept_now`: by this call, not by an
+    /// earlier attempt whose rollback did not finish).
+    Go { command: Command, kept_now: bool },
 }
 
-/// Plans a Debian install, takes dpkg's lock, checks dependencies and keeps the packages it
-/// replaces.
-async fn prepare_debian(s: &Arc<Shared>, rel: &ReleaseRef, d: &DebianPackages, stage: &Path) -> Result<Prepared> {
-    let host = match (debian::host_packages().await, debian::native_arch().await) {
+/// dpkg's lock for a Debian release, taken before anything else is done for it.
+enum Locked {
+    Held(FrontendLock),
+    /// Another package manager holds it: the state says so; look again later.
+    Busy,
+    /// It could not be tried: recorded as a staging failure.
+    Failed,
+}
+
+async fn lock_dpkg(s: &Arc<Shared>, rel: &ReleaseRef) -> Locked {
+    match debian::lock::try_lock(Path::new(debian::lock::ADMIN_DIR)) {
+        Ok(Some(l)) => Locked::Held(l),
+        Ok(None) => {
+            let why = WaitReason::PackageManagerBusy;
+            apply(s, rel, Event::Wait(why), wait_detail(why, &s.cfg.ring), None).await;
+            Locked::Busy
+        }
+        Err(e) => {
+            let detail = format!("cannot take dpkg's lock: {e:#}");
+            apply(s, rel, Event::StageFailed(FailReason::StageError), detail, None).await;
+            Locked::Failed
+        }
+    }
+}
+
+/// Plans a Debian install (dpkg's lock is held), checks that dpkg reports nothing broken and
+/// that dependencies are met, and keeps the packages it replaces.
+async fn prepare_debian(s: &Arc<Shared>, rel: &ReleaseRef, d: &DebianPackages, stage: &Path) -> Prepared {
+    let refuse = |why: FailReason, detail: String| async move {
+        apply(s, rel, Event::Refused(why), format!("refused before dpkg ran: {detail}"), None).await;
+        Prepared::Done
+    };
+    let (host, native) = match (debian::host_packages().await, debian::native_arch().await) {
         (Ok(h), Ok(a)) => (h, a),
         (Err(e), _) | (_, Err(e)) => {
-            apply(
-                s,
-                rel,
-                Event::StageFailed(FailReason::StageError),
-                format!("cannot read dpkg's database: {e:#}"),
-                None,
-            )
-            .await;
-            return Ok(Prepared::Done);
+            let detail = format!("cannot read dpkg's database: {e:#}");
+            apply(s, rel, Event::StageFailed(FailReason::StageError), detail, None).await;
+            return Prepared::Done;
         }
     };
-    let (host, native) = host;
+    let kept = kept_dir(s, &rel.hash);
     let install = match debian::plan(d, &host, &native) {
         debian::Plan::AlreadyAt(at) => {
+            // Nothing of an earlier attempt is left to undo: the host is where the release goes.
+            let _ = std::fs::remove_dir_all(&kept);
             apply(s, rel, Event::AlreadyInstalled, format!("already at {}", at.join(", ")), Some(0)).await;
-            return Ok(Prepared::Done);
+            return Prepared::Done;
         }
         debian::Plan::NotHere => {
             apply(s, rel, Event::NotTargeted, "none of the release's packages is installed here", None).await;
-            return Ok(Prepared::Done);
+            return Prepared::Done;
         }
         debian::Plan::Install(i) => i,
     };
-    let Some(lock) = debian::lock::try_lock(Path::new(debian::lock::ADMIN_DIR))? else {
-        let why = WaitReason::PackageManagerBusy;
-        apply(s, rel, Event::Wait(why), wait_detail(why, &s.cfg.ring), None).await;
-        return Ok(Prepared::Busy);
-    };
+    match debian::audit().await {
+        Ok(report) if report.is_empty() => {}
+        Ok(report) => return refuse(FailReason::BrokenPackages, format!("dpkg --audit:\n{report}")).await,
+        Err(e) => return refuse(FailReason::BrokenPackages, format!("cannot run dpkg --audit: {e:#}")).await,
+    }
     let missing = match debian::unmet_dependencies(stage, &install, &host).await {
         Ok(m) => m,
         Err(e) => vec![format!("cannot read the packages' dependencies: {e:#}")],
     };
     if !missing.is_empty() {
-        let detail = format!("refused before dpkg ran: {}", missing.join("; "));
-        apply(s, rel, Event::Refused(FailReason::MissingDependency), detail, None).await;
-        return Ok(Prepared::Done);
+        return refuse(FailReason::MissingDependency, missing.join("; ")).await;
     }
-    if let Err(e) = debian::keep_previous(&kept_dir(s, &rel.hash), &install, &host, &native).await {
-        apply(s, rel, Event::Refused(FailReason::PreviousNotKept), format!("refused before dpkg ran: {e:#}"), None)
-            .await;
-        return Ok(Prepared::Done);
-    }
-    Ok(Prepared::Go(lock, debian::install_command(stage, &install, d.timeout_secs)))
+    // An earlier attempt whose rollback did not finish kept the original packages: they stay.
+    let kept_now = match debian::load_kept(&kept) {
+        Ok(Some(_)) => false,
+        _ => {
+            if let Err(e) = debian::keep_previous(&kept, &install, &host, &native).await {
+                return refuse(FailReason::PreviousNotKept, format!("{e:#}")).await;
+            }
+            true
+        }
+    };
+    Prepared::Go { command: debian::install_command(stage, &install, d.timeout_secs), kept_now }
 }
 
 /// Where the packages a Debian release replaced are kept for its rollback.
@@ -749,6 +793,15 @@ async fn install_staged(
     reason: &str,
 ) -> Result<Option<Duration>> {
     let hash = rel.hash;
+    // dpkg's lock first: while another package manager works, nothing is staged.
+    let lock = match &v.installer {
+        Installer::Debian(_) => match lock_dpkg(s, rel).await {
+            Locked::Held(l) => Some(l),
+            Locked::Busy => return Ok(Some(LOCK_RETRY)),
+            Locked::Failed => return Ok(None),
+        },
+        Installer::Commands { .. } => None,
+    };
     let stage = match stage(s, &hash, v) {
         Ok(d) => d,
         Err(e) => {
@@ -766,7 +819,7 @@ async fn install_staged(
         }
     };
     let env = install_env(s, v, &stage);
-    let (lock, command) = match &v.installer {
+    let (command, kept_now) = match &v.installer {
         Installer::Commands { install, detect, .. } => {
             if let Some(detect) = detect
                 && run_command(detect, &stage, &env).await.ok()
@@ -775,15 +828,18 @@ async fn install_staged(
                     .await;
                 return Ok(None);
             }
-            (None, install.clone())
+            (install.clone(), false)
         }
-        Installer::Debian(d) => match prepare_debian(s, rel, d, &stage).await? {
+        Installer::Debian(d) => match prepare_debian(s, rel, d, &stage).await {
             Prepared::Done => return Ok(None),
-            Prepared::Busy => return Ok(Some(LOCK_RETRY)),
-            Prepared::Go(lock, command) => (Some(lock), command),
+            Prepared::Go { command, kept_now } => (command, kept_now),
         },
     };
     if !still_valid(s, &hash, v) {
+        if kept_now {
+            // Kept for an install that did not start: a later one keeps afresh.
+            let _ = std::fs::remove_dir_all(kept_dir(s, &hash));
+        }
         return Ok(None);
     }
     tracing::info!(product = %v.product, version = %v.version, "installing: {reason}");
@@ -922,7 +978,9 @@ async fn roll_back_debian(
                 .then(|| format!("{} {}", h.name, h.version))
         })
         .collect();
-    kept.packages.retain(|k| !moved_on.iter().any(|m| m.split(' ').next() == Some(k.name.as_str())));
+    let newer = |name: &str| moved_on.iter().any(|m| m.split(' ').next() == Some(name));
+    kept.packages.retain(|k| !newer(&k.name));
+    kept.added.retain(|a| !newer(a.split(':').next().unwrap_or(a)));
     for cmd in debian::rollback_commands(&dir, &kept, d.timeout_secs) {
         let out = run_command_tracked(&cmd, stage, &install_env(s, v, stage), None, |_| async {}).await;
         if !out.ok() {
@@ -933,7 +991,21 @@ async fn roll_back_debian(
     if !report.is_empty() {
         return Err(format!("dpkg --audit after the rollback:\n{report}"));
     }
-    let restored: Vec<String> = kept.packages.iter().map(|k| format!("{} {}", k.name, k.version)).collect();
+    // Done: what was kept for this release has served (a new attempt keeps afresh).
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        tracing::warn!("cannot remove {}: {e}", dir.display());
+    }
+    let restored: Vec<String> = kept
+        .packages
+        .iter()
+        .map(|k| {
+            let from = match k.from {
+                debian::KeptFrom::AptCache => "kept from apt's cache",
+                debian::KeptFrom::DpkgRepack => "rebuilt by dpkg-repack",
+            };
+            format!("{} {} ({from})", k.name, k.version)
+        })
+        .collect();
     let mut note =
         format!("; reinstalled {}", if restored.is_empty() { "nothing".into() } else { restored.join(", ") });
     if !kept.added.is_empty() {
@@ -963,7 +1035,7 @@ async fn wait_for_lock(s: &Shared, timeout_secs: u32) -> std::result::Result<Fro
 /// Yanks with `--rollback` of releases that are no longer current (a newer version of the
 /// product is trusted): they act where this node is still at that version, that is where the
 /// release is installed and no newer version of the product is.
-async fn roll_back_superseded_yanks(s: &Arc<Shared>) -> Result<()> {
+async fn roll_back_superseded_yanks(s: &Arc<Shared>) -> Result<Option<Duration>> {
     let yanked: Vec<(Signed<ReleaseManifest>, String)> = {
         let t = s.trust();
         let current: Vec<Hash32> = t.current_manifests().iter().map(|m| m.payload_hash()).collect();
@@ -990,12 +1062,33 @@ async fn roll_back_superseded_yanks(s: &Arc<Shared>) -> Result<()> {
         if newer_installed {
             continue;
         }
-        roll_back_yanked(s, &release_ref(&m), v, &reason).await?;
+        if let Some(again) = roll_back_yanked(s, &release_ref(&m), v, &reason).await? {
+            return Ok(Some(again));
+        }
     }
-    Ok(())
+    Ok(None)
 }
 
-async fn roll_back_yanked(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<()> {
+/// Rolls back an installed release that a yank with `--rollback` names. A Debian release waits
+/// while another package manager holds dpkg's lock (the state stays `Installed`; returns when to
+/// look again), then holds the lock for the whole rollback.
+async fn roll_back_yanked(
+    s: &Arc<Shared>,
+    rel: &ReleaseRef,
+    v: &ReleaseManifest,
+    reason: &str,
+) -> Result<Option<Duration>> {
+    let lock = match &v.installer {
+        Installer::Debian(_) => match debian::lock::try_lock(Path::new(debian::lock::ADMIN_DIR)) {
+            Ok(Some(l)) => Some(l),
+            Ok(None) => return Ok(Some(LOCK_RETRY)),
+            Err(e) => {
+                tracing::warn!(product = %v.product, version = %v.version, "cannot take dpkg's lock for a yank's rollback: {e:#}");
+                return Ok(Some(LOCK_RETRY));
+            }
+        },
+        Installer::Commands { .. } => None,
+    };
     let can = v.installer.can_roll_back();
     let detail = if can {
         format!("yanked: {reason}")
@@ -1005,10 +1098,10 @@ async fn roll_back_yanked(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest
     let effects = apply(s, rel, Event::Yanked { rollback: true, has_rollback: can }, detail.clone(), None).await;
     if effects.contains(&Effect::RunRollback) && !*s.shutdown.borrow() {
         let stage = stage(s, &rel.hash, v)?;
-        roll_back(s, rel, v, &stage, &detail, None, None).await;
+        roll_back(s, rel, v, &stage, &detail, None, lock.as_ref()).await;
         clear_stage(s, &rel.hash);
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -154,7 +154,9 @@ const MIGRATIONS: &[&str] = &[
         at        INTEGER NOT NULL
      );",
     // -> next: retries; which attempt at a release a node is on (0 the first).
-    "ALTER TABLE releases ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;",
+    // A host that already had a release was Skipped(AlreadyInstalled); it is Installed now.
+    "ALTER TABLE releases ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
+     UPDATE releases SET state = '\"Installed\"' WHERE state = '{\"Skipped\":\"AlreadyInstalled\"}';",
 ];
 
 /// A node's report as [`Store::put_report`] keeps it.
@@ -1048,6 +1050,32 @@ mod tests {
         assert_eq!(r[0].attempt, 2, "the attempt survives a restart");
         assert_eq!(s.last_seq().unwrap(), 42);
         assert_eq!(s.reports_out().await.unwrap(), vec![vec![9]]);
+    }
+
+    #[test]
+    fn a_release_recorded_as_skipped_already_installed_opens_as_installed_at_attempt_zero() {
+        use lanpatch_protocol::ReleaseState;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut c = Connection::open(&path).unwrap();
+            let before = MIGRATIONS.len() - 1;
+            for (i, sql) in MIGRATIONS.iter().take(before).enumerate() {
+                let tx = c.transaction().unwrap();
+                tx.execute_batch(sql).unwrap();
+                tx.pragma_update(None, "user_version", (i + 1) as u32).unwrap();
+                tx.commit().unwrap();
+            }
+            c.execute(
+                "INSERT INTO releases (manifest, product, version, state, detail, updated)
+                 VALUES (?1, 'tool', 1, '{\"Skipped\":\"AlreadyInstalled\"}', 'already installed', 5)",
+                params![vec![7u8; 32]],
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let r = s.releases().unwrap();
+        assert_eq!((r[0].state, r[0].attempt), (ReleaseState::Installed, 0));
     }
 
     #[test]

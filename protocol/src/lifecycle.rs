@@ -80,6 +80,9 @@ pub enum FailReason {
     /// The packages a Debian release replaces could not be kept for a rollback (not in apt's
     /// cache, and dpkg-repack failed or is not installed): refused before dpkg ran.
     PreviousNotKept,
+    /// `dpkg --audit` reported packages in a broken state before the install: the node does not
+    /// add to it (the detail holds the report). Fix the host, then approve again.
+    BrokenPackages,
 }
 
 /// Why a release was rolled back.
@@ -283,6 +286,7 @@ impl FailReason {
             FailReason::NoRollback => "no rollback command",
             FailReason::MissingDependency => "a package dependency is missing",
             FailReason::PreviousNotKept => "cannot keep the packages it replaces",
+            FailReason::BrokenPackages => "dpkg reported broken packages before the install",
         }
     }
 }

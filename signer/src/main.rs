@@ -671,12 +671,17 @@ fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
         );
     }
     if a.json {
-        match &rollout {
-            Some(r) => {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "findings": found, "rollout": r }))?)
+        // The findings, each with its CVE's rollout when there is one (`rollout`).
+        let mut v = serde_json::to_value(&found)?;
+        if let (Some(rollout), Some(items)) = (&rollout, v.as_array_mut()) {
+            for item in items {
+                let r = rollout.iter().find(|r| item["cve"] == r.cve.as_str());
+                if let (Some(r), Some(obj)) = (r, item.as_object_mut()) {
+                    obj.insert("rollout".into(), serde_json::to_value(r)?);
+                }
             }
-            None => println!("{}", serde_json::to_string_pretty(&found)?),
         }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     if let Some(r) = &release {

@@ -200,4 +200,12 @@ fn vulns_ranks_real_nodes_exposures_known_exploited_first_and_fixed_by_names_the
     let text =
         signer(dir, &["vulns", "--db", db.to_str().unwrap(), "--node", &sock, "--fixed-by", bundle.to_str().unwrap()]);
     assert!(text.ok().stdout.contains("fixes 1 exposure(s) on 2 host(s): kiosk-1, kiosk-2"), "{}", text.stdout);
+    // Not published: no host reports it; both exposed hosts are pending.
+    assert!(
+        text.stdout.contains("CVE-2024-6387 by release tool 1: fixed 0 [], pending 2 [kiosk-1, kiosk-2], failed 0 []"),
+        "{}",
+        text.stdout
+    );
+    let fixes = vulns(&["--fixed-by", bundle.to_str().unwrap()]);
+    assert_eq!(fixes[0]["rollout"]["pending"], serde_json::json!(["kiosk-1", "kiosk-2"]), "{fixes:#}");
 }

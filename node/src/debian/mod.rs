@@ -292,9 +292,15 @@ pub fn load_kept(dir: &Path) -> Result<Option<Kept>> {
         bail!("{} is {len} bytes, more than a record of kept packages can be", path.display());
     }
     let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .with_context(|| format!("{} is not a record of kept packages", path.display()))
+    let kept: Kept = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a record of kept packages", path.display()))?;
+    // Only plain file names inside `dir` are ever handed to dpkg.
+    if let Some(k) =
+        kept.packages.iter().find(|k| k.file.contains('/') || k.file.starts_with('.') || !k.file.ends_with(".deb"))
+    {
+        bail!("{}: {:?} is not a plain .deb file name", path.display(), k.file);
+    }
+    Ok(Some(kept))
 }
 
 async fn matches_installed(deb: &Path, name: &str, version: &str, arch: &str) -> bool {
