@@ -309,20 +309,29 @@ async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<Contr
     let yank = bundle.yank_path();
     if yank.exists() {
         let bytes = read(yank)?;
-        pipeline::ingest(s, &bytes, pipeline::Source::LocalPublish)
-            .await
-            .map_err(|e| fail(ErrorKind::Refused, format!("yank refused: {e:#}")))?;
         yanked = Signed::<Yank>::decode(&bytes, &limits).is_ok();
-        s.net.publish(bytes).await?;
+        take_yank(s, bytes).await?;
     }
+    Ok(published(&manifest, approvals, yanked))
+}
+
+/// A bundle's yank through the metadata pipeline, as if it came by gossip, then gossiped.
+async fn take_yank(s: &Arc<Shared>, bytes: Vec<u8>) -> Result<()> {
+    pipeline::ingest(s, &bytes, pipeline::Source::LocalPublish)
+        .await
+        .map_err(|e| fail(ErrorKind::Refused, format!("yank refused: {e:#}")))?;
+    s.net.publish(bytes).await
+}
+
+fn published(manifest: &Signed<ReleaseManifest>, approvals: Vec<String>, yanked: bool) -> ControlResponse {
     let v = manifest.value();
-    Ok(ControlResponse::Published {
+    ControlResponse::Published {
         manifest: manifest.payload_hash().to_hex(),
         product: v.product.to_string(),
         version: v.version.0,
         approvals,
         yanked,
-    })
+    }
 }
 
 /// Publishes the yank of a bundle whose release a newer version superseded: the yank must name
@@ -342,18 +351,8 @@ async fn publish_superseded_yank(
     if yank.value().manifest != manifest.payload_hash() {
         return Err(fail(ErrorKind::BadRequest, "the bundle's yank names another manifest"));
     }
-    pipeline::ingest(s, &bytes, pipeline::Source::LocalPublish)
-        .await
-        .map_err(|e| fail(ErrorKind::Refused, format!("yank refused: {e:#}")))?;
-    s.net.publish(bytes).await?;
-    let v = manifest.value();
-    Ok(ControlResponse::Published {
-        manifest: manifest.payload_hash().to_hex(),
-        product: v.product.to_string(),
-        version: v.version.0,
-        approvals: Vec::new(),
-        yanked: true,
-    })
+    take_yank(s, bytes).await?;
+    Ok(published(&manifest, Vec::new(), true))
 }
 
 async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {

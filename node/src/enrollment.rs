@@ -145,7 +145,7 @@ pub async fn join(
         }
     }
     let dest = cfg.certificate_path();
-    crate::membership::write_private(&dest, &bytes)?;
+    crate::fsmode::write_private(&dest, &bytes)?;
     Ok(cert.value().clone())
 }
 

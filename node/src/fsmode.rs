@@ -71,6 +71,26 @@ pub fn secure_data_dir(data: &Path, dir_mode: u32) -> Result<Vec<String>> {
     Ok(fixed)
 }
 
+/// Writes a file of the node's (the revocation list held, its certificate, the record of the
+/// packages a Debian release replaced) atomically: a temporary file, synced, then a rename;
+/// mode 0600 whatever the umask.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(crate::fsmode::FILE)
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

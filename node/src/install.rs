@@ -454,8 +454,7 @@ async fn interrupted_but_installed(s: &Shared, v: &ReleaseManifest, stage: &Path
             .then_some("install was interrupted; the detect command says it is installed"),
         Installer::Commands { detect: None, .. } => None,
         Installer::Debian(d) => {
-            let host = debian::host_packages().await.ok()?;
-            let native = debian::native_arch().await.ok()?;
+            let (host, native) = debian::host().await.ok()?;
             let at = matches!(debian::plan(d, &host, &native), debian::Plan::AlreadyAt(_));
             (at && debian::audit().await.ok()?.is_empty()).then_some(
                 "install was interrupted; every package is at the release's version and dpkg --audit is clean",
@@ -700,9 +699,9 @@ async fn prepare_debian(s: &Arc<Shared>, rel: &ReleaseRef, d: &DebianPackages, s
         apply(s, rel, Event::Refused(why), format!("refused before dpkg ran: {detail}"), None).await;
         Prepared::Done
     };
-    let (host, native) = match (debian::host_packages().await, debian::native_arch().await) {
-        (Ok(h), Ok(a)) => (h, a),
-        (Err(e), _) | (_, Err(e)) => {
+    let (host, native) = match debian::host().await {
+        Ok(h) => h,
+        Err(e) => {
             let detail = format!("cannot read dpkg's database: {e:#}");
             apply(s, rel, Event::StageFailed(FailReason::StageError), detail, None).await;
             return Prepared::Done;

@@ -76,7 +76,7 @@ pub async fn ingest_revocations(
     }
     if let Some(bytes) = m.revocations_bytes() {
         let path = s.cfg.data_dir.join(crate::membership::REVOCATIONS_FILE);
-        if let Err(e) = crate::membership::write_private(&path, &bytes) {
+        if let Err(e) = crate::fsmode::write_private(&path, &bytes) {
             tracing::error!("cannot keep the revocation list: {e:#}");
         }
     }
@@ -192,9 +192,9 @@ async fn no_package_here(v: &lanpatch_protocol::ReleaseManifest) -> Option<Strin
     if d.add_new {
         return None;
     }
-    let (host, native) = match (crate::debian::host_packages().await, crate::debian::native_arch().await) {
-        (Ok(h), Ok(a)) => (h, a),
-        (Err(e), _) | (_, Err(e)) => {
+    let (host, native) = match crate::debian::host().await {
+        Ok(h) => h,
+        Err(e) => {
             tracing::warn!("cannot read dpkg's database; downloading the Debian release anyway: {e:#}");
             return None;
         }

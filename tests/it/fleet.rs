@@ -292,13 +292,8 @@ impl Node {
             // Under systemd-nspawn the node is the wrapper's child (a container's PID 1: killing
             // it ends the container's every process). Otherwise the node's own children (a
             // running install) outlive it, as they would in a crash.
-            let contained = self.wrapper.as_ref().is_some_and(|w| w[0] == "systemd-nspawn");
-            for pid in if contained { children_of(c.id()) } else { Vec::new() } {
-                if let Ok(raw) = i32::try_from(pid)
-                    && raw > 1
-                {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
-                }
+            if self.wrapper.as_ref().is_some_and(|w| w[0] == "systemd-nspawn") {
+                kill_children(c.id());
             }
             let _ = c.kill(); // SIGKILL
             let _ = c.wait();
@@ -717,19 +712,24 @@ impl Drop for DebianHost {
             );
             let stopped = poll(Duration::from_secs(30), || nspawn.try_wait().ok().flatten().is_some());
             if !stopped {
-                for pid in children_of(nspawn.id()) {
-                    if let Ok(raw) = i32::try_from(pid)
-                        && raw > 1
-                    {
-                        let _ =
-                            nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
-                    }
-                }
+                kill_children(nspawn.id());
                 let _ = nspawn.kill();
                 let _ = nspawn.wait();
             }
         }
         let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
+    }
+}
+
+/// SIGKILL to each child of `pid` (by its own positive pid, never 1): a container's PID 1, whose
+/// death ends every process of the container.
+fn kill_children(pid: u32) {
+    for child in children_of(pid) {
+        if let Ok(raw) = i32::try_from(child)
+            && raw > 1
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 

@@ -150,29 +150,8 @@ fn debian_packages_install_with_their_modes_run_under_the_installed_config_and_p
     // Enrolled as an admin enrolls a host: `id` on the host (the packaged config by default),
     // `enroll node` on the workstation, `join` on the host.
     let id = run(Command::new("/usr/bin/lanpatch-node").args(["id", "--json"]));
-    let id: serde_json::Value = serde_json::from_str(&id.ok().stdout).unwrap();
-    let key = id["node_key"].as_str().unwrap().to_string();
-    crate::support::signer(
-        tmp.path(),
-        &[
-            "enroll",
-            "node",
-            "--root",
-            "root.lpr",
-            "--key",
-            "enroll.key",
-            "--node-key",
-            &key,
-            "--hostname",
-            "pkg-host",
-            "--ring",
-            "broad",
-            "--out",
-            "pkg-host.cert",
-        ],
-    )
-    .ok();
-    run(Command::new("/usr/bin/lanpatch-node").arg("join").arg(tmp.path().join("pkg-host.cert"))).ok();
+    let cert = enroll_packaged(tmp.path(), &id, "pkg-host", "broad");
+    run(Command::new("/usr/bin/lanpatch-node").arg("join").arg(&cert)).ok();
     assert_eq!(mode_of("/var/lib/lanpatch/node.cert").0, 0o600);
     let log = fs::File::create(tmp.path().join("installed.log")).unwrap();
     let mut child = Command::new("unshare")
@@ -315,6 +294,33 @@ fn a_release_carrying_a_newer_node_package_upgrades_the_node_which_execs_into_it
     purge();
 }
 
+/// Enrolls a packaged node as an admin enrolls a host: `id` ran on the host (its output given
+/// here), `enroll node` on the workstation (`dir`, holding root.lpr and enroll.key). Returns the
+/// certificate for `join` on the host.
+fn enroll_packaged(dir: &Path, id: &Run, hostname: &str, ring: &str) -> PathBuf {
+    let id: serde_json::Value = serde_json::from_str(&id.ok().stdout).unwrap();
+    let key = id["node_key"].as_str().unwrap().to_string();
+    let cert = format!("{hostname}.cert");
+    let args = [
+        "enroll",
+        "node",
+        "--root",
+        "root.lpr",
+        "--key",
+        "enroll.key",
+        "--node-key",
+        &key,
+        "--hostname",
+        hostname,
+        "--ring",
+        ring,
+        "--out",
+        &cert,
+    ];
+    signer(dir, &args).ok();
+    dir.join(cert)
+}
+
 /// A key's value in `systemctl show -p` output (`Key=value` lines).
 fn prop<'a>(show: &'a str, key: &str) -> &'a str {
     show.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).unwrap_or("")
@@ -355,28 +361,8 @@ fn the_packaged_node_under_systemd_in_a_debian_container_notifies_reloads_feeds_
     host.exec(&["cp", &d("node.toml"), "/etc/lanpatch/node.toml"]).ok();
     host.exec(&["cp", &d("root.lpr"), "/etc/lanpatch/root.lpr"]).ok();
     let id = host.exec(&["lanpatch-node", "id", "--json", "--config", "/etc/lanpatch/node.toml"]);
-    let id: serde_json::Value = serde_json::from_str(&id.ok().stdout).unwrap();
-    let key = id["node_key"].as_str().unwrap().to_string();
-    let enroll = [
-        "enroll",
-        "node",
-        "--root",
-        "root.lpr",
-        "--key",
-        "enroll.key",
-        "--node-key",
-        &key,
-        "--hostname",
-        "svc",
-        "--ring",
-        "canary",
-        "--site",
-        "default",
-        "--out",
-        "svc.cert",
-    ];
-    signer(dir, &enroll).ok();
-    host.exec(&["lanpatch-node", "join", &d("svc.cert"), "--config", "/etc/lanpatch/node.toml"]).ok();
+    let cert = enroll_packaged(dir, &id, "svc", "canary").display().to_string();
+    host.exec(&["lanpatch-node", "join", &cert, "--config", "/etc/lanpatch/node.toml"]).ok();
     host.exec(&["systemctl", "start", "lanpatch-node"]).ok();
 
     // Type=notify: active only once the node said READY, with its status text.

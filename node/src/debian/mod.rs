@@ -96,6 +96,11 @@ pub async fn native_arch() -> Result<String> {
     Ok(query(&["dpkg", "--print-architecture"]).await?.trim().to_string())
 }
 
+/// What [`plan`] needs of this host: its packages and dpkg's native architecture.
+pub async fn host() -> Result<(Vec<HostPackage>, String)> {
+    Ok((host_packages().await?, native_arch().await?))
+}
+
 /// What a Debian release means for this host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
@@ -121,10 +126,14 @@ impl Install {
 }
 
 fn on_host<'a>(p: &DebPackage, host: &'a [HostPackage], native: &str) -> Option<&'a HostPackage> {
-    host.iter().find(|h| {
-        h.installed && h.name == p.name && (h.arch == p.architecture || p.architecture == "all" && h.arch == native)
-            || h.installed && h.name == p.name && h.arch == "all" && p.architecture == native
-    })
+    // The same architecture, or `all` on one side and the native one on the other (a package
+    // that moved between `all` and the native architecture is the same package to dpkg).
+    let arch_matches = |h: &HostPackage| {
+        h.arch == p.architecture
+            || (p.architecture == "all" && h.arch == native)
+            || (h.arch == "all" && p.architecture == native)
+    };
+    host.iter().find(|h| h.installed && h.name == p.name && arch_matches(h))
 }
 
 /// Decides what to do on this host: pure, from the host's packages.
@@ -259,24 +268,8 @@ pub async fn keep_previous(dir: &Path, install: &Install, host: &[HostPackage], 
         kept.packages.push(KeptPackage { name: p.name.clone(), arch, version: old.clone(), file, from });
     }
     let json = serde_json::to_vec_pretty(&kept)?;
-    write_record(&dir.join(KEPT_FILE), &json)?;
+    crate::fsmode::write_private(&dir.join(KEPT_FILE), &json)?;
     Ok(kept)
-}
-
-/// Writes the record through a temporary file (0600) and a rename, synced.
-fn write_record(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(crate::fsmode::FILE)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot rename {}", tmp.display()))
 }
 
 /// What [`keep_previous`] recorded in `dir`; `None` when it recorded nothing (this node never
