@@ -5,7 +5,7 @@
 //! states; the collector and the signer's ring gate read them as typed values, never as text.
 //! Human text (command output, an error's message) travels beside the state, never instead of it.
 //!
-//! The order of states (see [`ReleaseState::rank`]) only goes forward:
+//! Within one attempt the order of states (see [`ReleaseState::rank`]) only goes forward:
 //!
 //! ```text
 //! Available -> Queued -> Downloading -> Downloaded -> Waiting(why) -> Installing
@@ -13,10 +13,13 @@
 //!     -> Interrupted (shutdown killed it) / RollingBack(cause) -> RolledBack(cause) | Failed(why)
 //! Installed -> RollingBack(Yanked) -> RolledBack(Yanked) | Failed(RollbackFailed)
 //! any state before Installing -> Skipped(why) | Failed(why)
+//! Failed(why) | RolledBack(not Yanked) -> Available   (Retry: the next attempt)
 //! ```
 //!
-//! `Failed`, `RolledBack` and `Skipped` are final: nothing replaces them (a fix is a new
-//! version). `Installed` is final except for a yank that asks for a rollback.
+//! `Skipped` and `RolledBack(Yanked)` are final. `Failed` and other `RolledBack`s end an attempt:
+//! only [`Event::Retry`] replaces them, starting the next one (the installer sends it inside the
+//! approval's retry rule, or for a newer approval). `Installed` is final except for a yank that
+//! asks for a rollback.
 
 use serde::{Deserialize, Serialize};
 
@@ -156,7 +159,7 @@ impl ReleaseState {
         }
     }
 
-    /// Nothing replaces this state.
+    /// Nothing but a retry (a new attempt) replaces this state.
     pub fn is_final(self) -> bool {
         self.rank() == 9
     }
