@@ -491,6 +491,7 @@ pub fn approve(dir: &Path, name: &str, ring: &str) {
     }
 }
 
+/// The admin workstation's node: the collector, in ring admin (no test release targets it).
 pub fn admin(dir: &Path, extra: &str) -> Node {
     let mut a =
         Node::new(dir, "admin", &dir.join("root.lpr"), &[], &format!("collector = true\nring = \"admin\"\n{extra}"));
@@ -498,8 +499,12 @@ pub fn admin(dir: &Path, extra: &str) -> Node {
     a
 }
 
+/// An endpoint connected to `admin`, started and connected; in ring canary unless `extra`
+/// names its ring.
 pub fn endpoint(dir: &Path, name: &str, admin: &Node, extra: &str) -> Node {
-    let mut n = Node::new(dir, name, &dir.join("root.lpr"), &[admin.port], &format!("ring = \"canary\"\n{extra}"));
+    let names_ring = extra.lines().any(|l| l.split('=').next().is_some_and(|k| k.trim() == "ring"));
+    let config = if names_ring { extra.to_string() } else { format!("ring = \"canary\"\n{extra}") };
+    let mut n = Node::new(dir, name, &dir.join("root.lpr"), &[admin.port], &config);
     n.start();
     wait_until(Duration::from_secs(30), "connected", || !n.status().peers.is_empty());
     n

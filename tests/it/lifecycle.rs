@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use lanpatch_protocol::{FailReason, ReleaseState, RollbackCause};
 
-use crate::fleet::{Node, make_fleet_keys, make_release, payload, processes_in, wait_for_node, wait_until};
+use crate::fleet::{
+    Node, admin, endpoint, make_fleet_keys, make_release, payload, processes_in, wait_for_node, wait_until,
+};
 use crate::support::{Run, cannot_run, signer};
 
 /// A release of `files` (name, content) with these install / rollback commands, signed by alice
@@ -48,19 +50,6 @@ fn release(dir: &Path, name: &str, version: u32, files: &[(&str, &str)], install
     dir.join(name)
 }
 
-fn admin(dir: &Path) -> Node {
-    let mut a = Node::new(dir, "admin", &dir.join("root.lpr"), &[], "collector = true\nring = \"admin\"");
-    a.start();
-    a
-}
-
-fn canary(dir: &Path, name: &str, admin: &Node, extra: &str) -> Node {
-    let mut n = Node::new(dir, name, &dir.join("root.lpr"), &[admin.port], &format!("ring = \"canary\"\n{extra}"));
-    n.start();
-    wait_until(Duration::from_secs(30), "connected to the admin node", || !n.status().peers.is_empty());
-    n
-}
-
 fn state(n: &Node) -> Option<ReleaseState> {
     n.release_state("tool", 1)
 }
@@ -92,8 +81,8 @@ fn restarted_canary_with_a_failed_install_keeps_the_ring_gate_closed() {
     let dir = tmp.path();
     make_fleet_keys(dir);
     let bundle = release(dir, "bad", 1, &[("install.sh", "echo broken >&2\nexit 4\n")], "sh install.sh", &[]);
-    let admin = admin(dir);
-    let mut c = canary(dir, "c1", &admin, "hostname = \"c1\"");
+    let admin = admin(dir, "");
+    let mut c = endpoint(dir, "c1", &admin, "hostname = \"c1\"");
     admin.publish(&bundle);
     let failed = ReleaseState::Failed(FailReason::CommandFailed);
     wait_until(Duration::from_secs(60), "failure at the collector", || {
@@ -126,8 +115,8 @@ fn yank_rollback_is_its_own_outcome_and_never_listed_as_a_failure() {
     let files =
         [("install.sh", "touch \"$LANPATCH_DATA/installed\"\n"), ("rollback.sh", "rm \"$LANPATCH_DATA/installed\"\n")];
     let bundle = release(dir, "v1", 1, &files, "sh install.sh", &["--rollback", "sh rollback.sh"]);
-    let admin = admin(dir);
-    let n = canary(dir, "n1", &admin, "hostname = \"n1\"");
+    let admin = admin(dir, "");
+    let n = endpoint(dir, "n1", &admin, "hostname = \"n1\"");
     admin.publish(&bundle);
     wait_until(Duration::from_secs(60), "installed", || state(&n) == Some(ReleaseState::Installed));
     signer(dir, &["yank", "--key", "bob.key", "--rollback", "--reason", "breaks printing", "v1"]).ok();
@@ -157,7 +146,7 @@ fn disk_full_during_download_reaches_the_collector_as_failed_disk_full_and_frees
     make_fleet_keys(dir);
     // 4 MiB of release on a 1 MiB partial/ directory.
     let bundle = make_release(dir, "big", 1, &payload(4 * 1024 * 1024, 7), 64 * 1024, &[]);
-    let admin = admin(dir);
+    let admin = admin(dir, "");
     let mut n = Node::new(dir, "small", &dir.join("root.lpr"), &[admin.port], "hostname = \"small\"");
     let partial = n.dir.join("data/partial");
     fs::create_dir_all(&partial).unwrap();
@@ -191,7 +180,7 @@ fn relative_data_dir_gives_installs_absolute_paths_hostname_ring_and_nothing_els
     make_fleet_keys(dir);
     let script = "env > \"$LANPATCH_DATA/install-env\"\npwd > \"$LANPATCH_DATA/install-cwd\"\n";
     let bundle = release(dir, "v1", 1, &[("install.sh", script)], "sh install.sh", &[]);
-    let admin = admin(dir);
+    let admin = admin(dir, "");
     let mut n =
         Node::new(dir, "rel", &dir.join("root.lpr"), &[admin.port], "ring = \"canary\"\nhostname = \"kiosk-7\"");
     n.relative_config = true;
@@ -259,8 +248,8 @@ fn sigterm_during_an_install_kills_its_process_group_and_the_next_start_resolves
     let install = "sleep 300 &\ntouch \"$LANPATCH_DATA/install-started\"\nsleep 300\n";
     let files = [("install.sh", install), ("rollback.sh", "touch \"$LANPATCH_DATA/rolled-back\"\n")];
     let bundle = release(dir, "slow", 1, &files, "sh install.sh", &["--rollback", "sh rollback.sh"]);
-    let admin = admin(dir);
-    let mut n = canary(dir, "n1", &admin, "hostname = \"n1\"\nshutdown_grace_secs = 1");
+    let admin = admin(dir, "");
+    let mut n = endpoint(dir, "n1", &admin, "hostname = \"n1\"\nshutdown_grace_secs = 1");
     admin.publish(&bundle);
     wait_for_node(&n, Duration::from_secs(60), "install starts", || n.dir.join("data/install-started").exists());
     let stage = n.dir.join("data/stage");
@@ -283,8 +272,8 @@ fn signer_queries_speak_json_and_a_missing_release_or_a_non_collector_exits_3() 
     make_fleet_keys(dir);
     let published = release(dir, "v1", 1, &[("install.sh", "true\n")], "sh install.sh", &[]);
     let never = release(dir, "v2", 2, &[("install.sh", "true\n")], "sh install.sh", &[]);
-    let admin = admin(dir);
-    let n = canary(dir, "n1", &admin, "hostname = \"n1\"");
+    let admin = admin(dir, "");
+    let n = endpoint(dir, "n1", &admin, "hostname = \"n1\"");
     admin.publish(&published);
     wait_until(Duration::from_secs(60), "installed", || state(&n) == Some(ReleaseState::Installed));
     let sock = admin.socket();

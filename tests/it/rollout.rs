@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lanpatch_protocol::{ReleaseState, RollbackCause, SkipReason, WaitReason};
 
-use crate::fleet::{Node, make_fleet_keys, wait_for_node, wait_until};
+use crate::fleet::{Node, admin, endpoint, make_fleet_keys, wait_for_node, wait_until};
 use crate::support::{Run, cannot_run, is_root, signer};
 
 /// A release whose install script writes `$LANPATCH_DATA/<marker>`; `extra` adds signer flags.
@@ -79,19 +79,6 @@ pub fn approve(dir: &Path, bundle: &Path, ring: &str, extra: &[&str]) -> Run {
     first
 }
 
-/// The admin workstation: seeds, collects reports. Not targeted by the test releases.
-fn admin(dir: &Path) -> Node {
-    let mut a = Node::new(dir, "admin", &dir.join("root.lpr"), &[], "collector = true\nring = \"admin\"");
-    a.start();
-    a
-}
-
-fn endpoint(dir: &Path, name: &str, admin: &Node, extra: &str) -> Node {
-    let mut n = Node::new(dir, name, &dir.join("root.lpr"), &[admin.port], extra);
-    n.start();
-    n
-}
-
 /// The state of the node's first release and the text beside it.
 pub fn install_state(n: &Node) -> (ReleaseState, String) {
     n.status()
@@ -118,7 +105,7 @@ fn canary_installs_first_broad_is_gated_on_canary_success_then_all_six_install()
     let dir = tmp.path();
     make_fleet_keys(dir);
     let bundle = release(dir, "v1", 1, INSTALL_OK, ROLLBACK, &["--target-tag", "endpoint"]);
-    let admin = admin(dir);
+    let admin = admin(dir, "");
     let canary: Vec<Node> =
         (1..=2).map(|i| endpoint(dir, &format!("c{i}"), &admin, "ring = \"canary\"\ntags = [\"endpoint\"]")).collect();
     let broad: Vec<Node> =
@@ -173,7 +160,7 @@ fn failing_install_is_rolled_back_reported_with_its_output_and_blocks_the_next_r
     make_fleet_keys(dir);
     let failing = "echo step one ok\necho \"cannot write /opt/tool: read-only file system\" >&2\nexit 3\n";
     let bundle = release(dir, "bad", 1, failing, ROLLBACK, &["--target-tag", "endpoint"]);
-    let admin = admin(dir);
+    let admin = admin(dir, "");
     let c = endpoint(dir, "c1", &admin, "ring = \"canary\"\ntags = [\"endpoint\"]");
     wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
     approve(dir, &bundle, "canary", &[]).ok();
@@ -218,7 +205,7 @@ fn untargeted_node_never_installs_and_node_outside_its_window_waits_until_the_de
     let dir = tmp.path();
     make_fleet_keys(dir);
     let bundle = release(dir, "v1", 1, INSTALL_OK, ROLLBACK, &["--target-tag", "kiosk"]);
-    let admin = admin(dir);
+    let admin = admin(dir, "");
     let other = endpoint(dir, "server", &admin, "tags = [\"server\"]");
     // A window two hours from now (UTC), so now is outside it.
     let h = (unix_now() / 3600 + 2) % 24;
@@ -260,7 +247,7 @@ fn node_killed_during_install_resolves_the_attempt_after_restart() {
     let slow = "touch \"$LANPATCH_DATA/install-started\"\nsleep 20\ntouch \"$LANPATCH_DATA/installed-tool\"\n";
     let bundle =
         release(dir, "slow", 1, slow, ROLLBACK, &["--detect", "sh -c 'test -f \"$LANPATCH_DATA/installed-tool\"'"]);
-    let admin = admin(dir);
+    let admin = admin(dir, "");
     let mut n = endpoint(dir, "n1", &admin, "ring = \"canary\"");
     wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
     approve(dir, &bundle, "canary", &[]).ok();
@@ -292,7 +279,7 @@ fn yank_with_rollback_rolls_back_installed_nodes_and_no_stage_copy_outlives_its_
     let dir = tmp.path();
     make_fleet_keys(dir);
     let bundle = release(dir, "v1", 1, INSTALL_OK, ROLLBACK, &[]);
-    let admin = admin(dir);
+    let admin = admin(dir, "");
     let n = endpoint(dir, "n1", &admin, "ring = \"canary\"");
     wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
     approve(dir, &bundle, "canary", &[]).ok();
@@ -329,7 +316,7 @@ fn inventory_of_this_debian_machine_is_collected_and_queried() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
-    let admin = admin(dir);
+    let admin = admin(dir, "");
     let _n = endpoint(dir, "n1", &admin, "tags = [\"kiosk\"]");
     let inv = |args: &[&str]| {
         let mut a: Vec<String> =
@@ -351,7 +338,7 @@ fn a_full_cache_quota_evicts_the_superseded_release_keeps_the_rollback_one_and_t
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
-    let admin = admin(dir);
+    let admin = admin(dir, "");
     // Room for two releases of 1 MB and the database (its WAL bounded to 512 KiB), not three;
     // keep two versions. The quota counts state.db too.
     let n = endpoint(dir, "n1", &admin, "ring = \"canary\"\ncache_quota = 2900000\nkeep_versions = 2");
@@ -415,7 +402,7 @@ fn a_download_that_would_cross_min_free_disk_is_refused_and_the_reason_reaches_t
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
-    let admin = admin(dir);
+    let admin = admin(dir, "");
     // The endpoint's disk: 16 MiB, of which it must keep 12 MiB free.
     let data = dir.join("n1/data");
     fs::create_dir_all(&data).unwrap();
@@ -527,7 +514,7 @@ fn a_timed_out_install_is_retried_inside_the_approvals_rule_and_a_failing_instal
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
-    let admin = admin(dir);
+    let admin = admin(dir, "");
     let n = endpoint(dir, "n1", &admin, "ring = \"canary\"");
     wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
     let rule = ["--retries", "2", "--retry-spacing", "1s"];

@@ -148,6 +148,22 @@ fn the_bundle_layout_is_defined_once_in_protocol() {
 }
 
 #[test]
+fn only_the_fleet_harness_defines_how_an_admin_or_an_endpoint_starts() {
+    let mut found = Vec::new();
+    for (path, text) in sources("tests/it") {
+        if path.file_name().is_some_and(|f| f == "fleet.rs") {
+            continue;
+        }
+        for f in ["admin", "endpoint"].map(|f| format!("fn {f}(")) {
+            if text.contains(&f) {
+                found.push(format!("{}: {f}", name(&path)));
+            }
+        }
+    }
+    assert!(found.is_empty(), "tests start nodes through tests/it/fleet.rs, not their own helpers: {found:?}");
+}
+
+#[test]
 fn nothing_shells_out_to_kill() {
     for (p, text) in sources("node/src").into_iter().chain(sources("signer/src")).chain(sources("tests/it")) {
         if p.ends_with("tidy.rs") {
