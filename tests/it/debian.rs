@@ -11,14 +11,16 @@ use std::time::Duration;
 
 use lanpatch_protocol::{FailReason, ReleaseState, RollbackCause, SkipReason, WaitReason};
 
-use crate::fleet::{DebianHost, Node, admin, blob_name, debian_root, make_fleet_keys, wait_until};
+use crate::fleet::{DebianHost, Node, blob_name, debian_root, make_fleet_keys, wait_until};
 use crate::rollout::approve;
 use crate::support::signer;
 
 /// A postinst that succeeds.
 const OK: &str = "exit 0";
-/// A postinst that fails.
-const FAILS: &str = "exit 1";
+/// A postinst that fails while /etc/lp-hello-fails exists.
+const FAILS_WHILE_MARKED: &str = "[ ! -e /etc/lp-hello-fails ]";
+/// A postinst that hangs once: while /etc/lp-hello-hangs exists, which it removes first.
+const HANGS_ONCE: &str = "if [ -e /etc/lp-hello-hangs ]; then rm /etc/lp-hello-hangs; sleep 300; fi";
 /// A postinst that asks for a reboot, as Debian's kernel and libc packages do.
 const WANTS_REBOOT: &str =
     "touch /run/reboot-required\necho \"$DPKG_MAINTSCRIPT_PACKAGE\" >> /run/reboot-required.pkgs";
@@ -115,7 +117,9 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
     let v2 = build_deb(dir, "lp-hello", "1:2.0-1", None, OK);
     let v3 = build_deb(dir, "lp-hello", "1:3.0-1", None, WANTS_REBOOT);
 
-    // c1 (canary), b1..b3 (broad) have lp-hello 1.0-1; b2 is already at 2.0; x1 has none.
+    // Six Debian hosts: the admin's workstation; c1 (canary), b1..b3 (broad) have lp-hello
+    // 1.0-1; b2 is already at 2.0; x1 has none.
+    let workstation = DebianHost::new(&root, dir, "admin");
     let hosts: Vec<DebianHost> =
         ["c1", "b1", "b2", "b3", "x1"].iter().map(|h| DebianHost::new(&root, dir, h)).collect();
     for h in &hosts[..4] {
@@ -124,7 +128,7 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
     hosts[2].run(&["dpkg", "-i", &v2.display().to_string()]).ok();
     assert_eq!(hosts[2].version("lp-hello").as_deref(), Some("1:2.0-1"));
 
-    let admin = admin(dir, "");
+    let admin = workstation.admin(dir, "");
     let rings = ["canary", "broad", "broad", "broad", "broad"];
     let nodes: Vec<Node> =
         hosts.iter().zip(rings).map(|(h, r)| h.node(dir, &admin, &format!("ring = \"{r}\""))).collect();
@@ -237,31 +241,36 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
     assert_eq!(release_state(&nodes[0], 1).map(|s| s.0), Some(ReleaseState::Installed), "c1 moved on");
     assert_eq!(hosts[0].version("lp-hello").as_deref(), Some("1:3.0-1"));
 
-    for h in &hosts {
+    for h in hosts.iter().chain([&workstation]) {
         assert_eq!(h.audit(), "", "dpkg --audit on {}", h.name);
     }
 }
 
 #[test]
 #[ignore = "Debian host lab: root, systemd-nspawn and a debootstrapped root (CI runs it)"]
-fn a_failing_postinst_rolls_back_to_the_package_kept_from_apts_cache_and_a_missing_dependency_is_refused_before_dpkg_runs()
+fn a_failing_postinst_rolls_back_to_the_package_kept_from_apts_cache_and_stays_failed_until_approve_replace_a_hung_one_retries_inside_the_rule_and_a_missing_dependency_is_refused_before_dpkg_runs()
  {
     let Some(root) = debian_root() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
     let old = build_deb(dir, "lp-hello", "1.0-1", None, OK);
-    let broken = build_deb(dir, "lp-hello", "1:4.0-1", None, FAILS);
+    let fixed = build_deb(dir, "lp-hello", "1:4.0-1", None, FAILS_WHILE_MARKED);
+    let hangs = build_deb(dir, "lp-hello", "1:5.0-1", None, HANGS_ONCE);
     let needy = build_deb(dir, "lp-needy", "1.0", Some("lp-missing (>= 1), lp-hello"), OK);
     let host = DebianHost::new(&root, dir, "c1");
     host.run(&["dpkg", "-i", &old.display().to_string()]).ok();
     // apt's cache still holds the installed package, as after `apt-get upgrade`.
     host.run(&["cp", &old.display().to_string(), "/var/cache/apt/archives/"]).ok();
-    let admin = admin(dir, "");
+    let workstation = DebianHost::new(&root, dir, "admin");
+    let admin = workstation.admin(dir, "");
     let node = host.node(dir, &admin, "ring = \"canary\"");
+    let rule = ["--retries", "2", "--retry-spacing", "1s"];
 
-    let bad = deb_release(dir, "hello-4", "hello", 1, &[&broken], &[]);
-    approve(dir, &bad, "canary", &[]).ok();
+    // 4.0's postinst fails on this host (a local condition the admin will fix).
+    fs::write(host.path("etc/lp-hello-fails"), "").unwrap();
+    let bad = deb_release(dir, "hello-4", "hello", 1, &[&fixed], &[]);
+    approve(dir, &bad, "canary", &rule).ok();
     admin.publish(&bad);
     wait_until(Duration::from_secs(120), "the failed install rolls back", || {
         release_state(&node, 1).is_some_and(|s| s.0 == ReleaseState::RolledBack(RollbackCause::InstallFailed))
@@ -276,6 +285,7 @@ fn a_failing_postinst_rolls_back_to_the_package_kept_from_apts_cache_and_a_missi
     // What was kept has served: nothing of it stays.
     let left = fs::read_dir(node.dir.join("data/kept")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "kept packages left after the rollback");
+    assert_eq!(host.audit(), "");
 
     // A missing dependency is refused before dpkg runs, naming it; a met one is not named.
     let needs = deb_release(dir, "needy-1", "needy", 1, &[&needy], &["--add-new"]);
@@ -287,7 +297,39 @@ fn a_failing_postinst_rolls_back_to_the_package_kept_from_apts_cache_and_a_missi
     let (_, why) = state_of(&node, "needy").unwrap();
     assert!(why.contains("lp-needy needs lp-missing (>= 1)") && !why.contains("needs lp-hello"), "{why}");
     assert_eq!(host.version("lp-needy"), None);
+
+    // Meanwhile the failed postinst was not tried again, retries or not: a maintainer script's
+    // failure waits for the admin.
+    assert_eq!(release_state(&node, 1).map(|s| s.0), Some(ReleaseState::RolledBack(RollbackCause::InstallFailed)));
+    let log = || fs::read_to_string(node.dir.join("node.log")).unwrap_or_default();
+    assert!(!log().contains("retry 1 of 2"), "{}", node.log_tail());
+    assert_eq!(host.version("lp-hello").as_deref(), Some("1.0-1"));
+
+    // The admin fixes the host and replaces the approval: the release installs.
+    fs::remove_file(host.path("etc/lp-hello-fails")).unwrap();
+    approve(dir, &bad, "canary", &["--replace", "--retries", "2", "--retry-spacing", "1s"]).ok();
+    admin.publish(&bad);
+    wait_until(Duration::from_secs(120), "the replaced approval installs 4.0", || {
+        release_state(&node, 1).is_some_and(|s| s.0 == ReleaseState::Installed)
+    });
+    assert_eq!(host.version("lp-hello").as_deref(), Some("1:4.0-1"));
     assert_eq!(host.audit(), "");
+
+    // 5.0's postinst hangs once: dpkg is stopped at the release's timeout, the host goes back to
+    // 4.0, and the rule's retry installs it a second later.
+    fs::write(host.path("etc/lp-hello-hangs"), "").unwrap();
+    let slow = deb_release(dir, "hello-5", "hello", 2, &[&hangs], &["--timeout", "10s"]);
+    approve(dir, &slow, "canary", &rule).ok();
+    admin.publish(&slow);
+    wait_until(Duration::from_secs(180), "the hung install is retried and installs", || {
+        release_state(&node, 2).is_some_and(|s| s.0 == ReleaseState::Installed)
+    });
+    assert!(!host.path("etc/lp-hello-hangs").exists(), "the postinst never ran");
+    assert!(log().contains("retry 1 of 2 after: rolled back (install timed out)"), "{}", node.log_tail());
+    assert_eq!(host.version("lp-hello").as_deref(), Some("1:5.0-1"));
+    for h in [&host, &workstation] {
+        assert_eq!(h.audit(), "", "dpkg --audit on {}", h.name);
+    }
 }
 
 #[test]

@@ -693,15 +693,30 @@ impl DebianHost {
         self.merged.join("var/lib/dpkg/lock-frontend")
     }
 
+    /// A file of the host, as this machine sees it (while a node runs in it, too).
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.merged.join(rel)
+    }
+
     /// A node on this host, started, connected to `admin`.
     pub fn node(&self, dir: &Path, admin: &Node, extra: &str) -> Node {
         let short = self.name.rsplit('-').next().unwrap_or(&self.name).to_string();
-        let mut n = Node::new(dir, &short, &dir.join("root.lpr"), &[admin.port], extra);
+        let n = self.start(Node::new(dir, &short, &dir.join("root.lpr"), &[admin.port], extra));
+        wait_until(Duration::from_secs(30), "connected", || !n.status().peers.is_empty());
+        n
+    }
+
+    /// The admin workstation's node on this host: the collector, in ring admin, as `admin`.
+    pub fn admin(&self, dir: &Path, extra: &str) -> Node {
+        let config = format!("collector = true\nring = \"admin\"\n{extra}");
+        self.start(Node::new(dir, "admin", &dir.join("root.lpr"), &[], &config))
+    }
+
+    fn start(&self, mut n: Node) -> Node {
         let mut w = self.nspawn();
         w.extend(["{node}", "run", "--config", "{config}"].map(String::from));
         n.wrapper = Some(w);
         n.start();
-        wait_until(Duration::from_secs(30), "connected", || !n.status().peers.is_empty());
         n
     }
 }
