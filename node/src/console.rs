@@ -25,7 +25,7 @@ use lanpatch_assess::feedstore::{FeedInfo, FeedStore};
 use lanpatch_assess::vulns::{self, Finding};
 use lanpatch_protocol::control::{InventoryView, ReportView};
 use lanpatch_protocol::rollout::{self, RingCounts};
-use lanpatch_protocol::{Hash32, ReleaseState, RingName, Severity, debver};
+use lanpatch_protocol::{CveId, Hash32, ReleaseState, RingName, Severity, debver};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
@@ -236,6 +236,8 @@ struct ReleaseInfo {
     total_bytes: u64,
     approved: Vec<RingName>,
     yanked: bool,
+    /// The CVEs the release says it fixes.
+    cves: Vec<CveId>,
     /// The approvals' rollout rules and issue times, by ring.
     rules: BTreeMap<String, (lanpatch_protocol::RolloutRules, lanpatch_protocol::Timestamp)>,
 }
@@ -258,6 +260,7 @@ impl Fleet {
                         label: v.label.clone(),
                         severity: Some(v.severity.clone()),
                         total_bytes: v.total_bytes(),
+                        cves: v.severity.cves.clone(),
                         approved: t.approved_rings(hash),
                         rules: t
                             .approvals
@@ -287,6 +290,7 @@ impl Fleet {
                     label: String::new(),
                     severity: None,
                     total_bytes: 0,
+                    cves: Vec::new(),
                     approved: Vec::new(),
                     yanked: false,
                     rules: BTreeMap::new(),
@@ -859,6 +863,19 @@ async fn exposure_page(State(c): State<Console>, Query(q): Query<ExposureQuery>)
         .filter(|x| cve.is_none_or(|c| x.cve == c))
         .filter(|x| node.is_none_or(|n| x.hosts.iter().any(|h| h.node == n)))
         .collect();
+    // Per CVE of each release that lists one: hosts it fixed, still exposed, failed (a CVE
+    // fixed everywhere is no finding any more, but stays here).
+    let rollouts: Vec<(&ReleaseInfo, vulns::CveRollout)> = f
+        .releases
+        .iter()
+        .filter(|rel| !rel.cves.is_empty())
+        .flat_map(|rel| {
+            let cves: Vec<CveId> = rel.cves.iter().filter(|c| cve.is_none_or(|x| c.as_str() == x)).cloned().collect();
+            vulns::cve_rollout(&cves, &assessment.findings, &f.reports_for(&rel.hash))
+                .into_iter()
+                .map(move |r| (rel, r))
+        })
+        .collect();
     let host_name = node.and_then(|n| f.inventories.iter().find(|i| i.node == n)).map(|i| i.hostname.as_str());
     let exposed: BTreeSet<&str> = shown.iter().flat_map(|x| x.hosts.iter().map(|h| h.node.as_str())).collect();
     let body = html! {
@@ -888,6 +905,28 @@ async fn exposure_page(State(c): State<Console>, Query(q): Query<ExposureQuery>)
                         td { @if let Some(e) = x.epss { (format!("{:.3}", e.score)) } }
                         td { @if let Some(k) = &x.kev { span.flag { "KEV" } " due " (k.due_date) @if k.ransomware { ", ransomware" } } }
                         td { @if fixed.is_empty() { "no fix yet" } @else { (fixed.into_iter().collect::<Vec<_>>().join(", ")) } }
+                    }
+                }
+            }
+        }
+        @if !rollouts.is_empty() {
+            h2 { "Releases that fix them" }
+            table #cve-rollout {
+                thead { tr { th { "CVE" } th { "Release" } th { "Fixed" } th { "Pending" } th { "Failed" } } }
+                tbody {
+                    @for (rel, r) in &rollouts {
+                        tr data-cve=(r.cve) {
+                            td { a href=(exposure_link("cve", &r.cve)) { (r.cve) } }
+                            td { (rel.product) " " (rel.version) @if rel.yanked { " (yanked)" } }
+                            td.fixed { (r.fixed.len()) @if !r.fixed.is_empty() { ": " (r.fixed.join(", ")) } }
+                            td.pending { (r.pending.len()) @if !r.pending.is_empty() { ": " (r.pending.join(", ")) } }
+                            td.failed {
+                                (r.failed.len())
+                                @for (i, (host, why)) in r.failed.iter().enumerate() {
+                                    (if i == 0 { ": " } else { "; " }) (host) " (" (why) ")"
+                                }
+                            }
+                        }
                     }
                 }
             }

@@ -655,7 +655,7 @@ fn vulns_cmd(a: VulnsArgs, limits: &Limits) -> Result<()> {
         if let Some(node) = &a.node {
             let hash = m.payload_hash().to_hex();
             let reports: Vec<_> = fleet::reports(node)?.into_iter().filter(|r| r.manifest == hash).collect();
-            rollout = Some(report::cve_rollout(&v.severity.cves, &found, &reports));
+            rollout = Some(vulns::cve_rollout(&v.severity.cves, &found, &reports.iter().collect::<Vec<_>>()));
         }
     }
     let found = vulns::prioritise(&store, found)?;

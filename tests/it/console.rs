@@ -306,7 +306,7 @@ fn console_ranks_exposures_from_the_feed_database_known_exploited_first_and_filt
         dir,
         "kiosk-1",
         &[admin.port],
-        "",
+        "ring = \"canary\"",
         &dpkg_status(&[
             ("libc6", "2.36-9+deb12u1", Some("glibc")),
             ("openssh-server", "1:9.2p1-2+deb12u2", Some("openssh")),
@@ -316,7 +316,7 @@ fn console_ranks_exposures_from_the_feed_database_known_exploited_first_and_filt
         dir,
         "kiosk-2",
         &[admin.port],
-        "",
+        "ring = \"broad\"",
         &dpkg_status(&[
             ("libc6", "2.36-9+deb12u4", Some("glibc")),
             ("openssh-client", "1:9.2p1-2+deb12u2", Some("openssh")),
@@ -355,6 +355,28 @@ fn console_ranks_exposures_from_the_feed_database_known_exploited_first_and_filt
         let one = text_of(&c, "#exposure tbody").await;
         assert!(one.contains("CVE-2024-6387") && !one.contains("CVE-2023-4911"), "{one}");
         assert!(text_of(&c, "#exposed-hosts tbody").await.contains("openssh-client"));
+
+        // A release that says it fixes regreSSHion: per CVE, the hosts it fixed, the hosts
+        // still exposed without an outcome, and the hosts where it failed.
+        let fix = release(dir, "sshfix", 1, FAILS_ON_KIOSK_2, ROLLBACK, &["--cve", "CVE-2024-6387"]);
+        approve(dir, &fix, "canary", &[]).ok();
+        admin.publish(&fix);
+        let cve_page = format!("{base}/exposure?cve=CVE-2024-6387");
+        let row = "#cve-rollout tbody tr[data-cve='CVE-2024-6387']";
+        let text = wait_for_text(&c, &cve_page, row, "kiosk-1 fixed, kiosk-2 pending", |t| {
+            t.contains("1: kiosk-1") && t.contains("1: kiosk-2")
+        })
+        .await;
+        assert_eq!(text, "CVE-2024-6387 tool 1 1: kiosk-1 1: kiosk-2 0", "fixed, pending, failed");
+        let sock = admin.socket().display().to_string();
+        approve(dir, &fix, "broad", &["--node", &sock, "--rings", "canary,broad"]).ok();
+        admin.publish(&fix);
+        let text = wait_for_text(&c, &cve_page, row, "kiosk-2 failed", |t| t.contains("0 1: kiosk-2")).await;
+        assert!(text.starts_with("CVE-2024-6387 tool 1 1: kiosk-1 0 1: kiosk-2 (rolled back"), "{text}");
+        screenshot(&c, "exposure-rollout").await;
         c.close().await.unwrap();
     });
 }
+
+/// Fails on the host named kiosk-2.
+const FAILS_ON_KIOSK_2: &str = "[ \"$LANPATCH_HOSTNAME\" != kiosk-2 ]\n";
