@@ -613,11 +613,16 @@ async fn retry(s: &Arc<Shared>, m: &Signed<ReleaseManifest>, rel: &ReleaseRef) -
     if approval.expires.0 <= t || m.value().expires.0 <= t {
         return None;
     }
-    // The approval's issue time is the signer's clock, the failure's the node's: each approval
-    // starts at most one attempt this way per node process, whatever the two clocks say.
-    let newer = approval.issued.0 > entry.updated && {
-        let mut rearmed = REARMED.lock().unwrap_or_else(|p| p.into_inner());
-        rearmed.insert(rel.hash, signed.payload_hash()) != Some(signed.payload_hash())
+    // An approval other than the one the failed attempt ran under (recorded when it started)
+    // is newer: trust keeps only the latest approval per ring. No clock takes part. Only when no
+    // attempt recorded one (it failed before the install started) do the clocks decide.
+    let newer = match s.store.attempt_approval(rel.hash).await {
+        Ok(Some(ran_under)) => ran_under != signed.payload_hash(),
+        Ok(None) => approval.issued.0 > entry.updated,
+        Err(e) => {
+            tracing::warn!("cannot read the approval of the last attempt: {e:#}");
+            false
+        }
     };
     let why = if newer {
         format!("a newer approval tries again after: {}", entry.state.label())
@@ -634,12 +639,17 @@ async fn retry(s: &Arc<Shared>, m: &Signed<ReleaseManifest>, rel: &ReleaseRef) -
     };
     tracing::info!(product = %rel.product, version = %rel.version, "{why}");
     apply(s, rel, Event::Retry, why, None).await;
+    record_approval(s, rel.hash, signed.payload_hash()).await;
     crate::pipeline::consider_download(s, m.clone()).await;
     None
 }
 
 /// Installs a due release. Returns when to try again if it had to wait (dpkg's lock was held).
 async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<Option<Duration>> {
+    let approval = s.trust().approvals.get(&(rel.hash, s.cfg.ring.clone())).map(|a| a.payload_hash());
+    if let Some(a) = approval {
+        record_approval(s, rel.hash, a).await;
+    }
     let result = install_staged(s, rel, v, reason).await;
     clear_stage(s, &rel.hash);
     // What the outcome made obsolete (the version before the one now installed, beyond
@@ -650,10 +660,12 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
     result
 }
 
-/// Per release, the approval that last started a new attempt because it was newer than the
-/// failure (see [`retry`]).
-static REARMED: std::sync::LazyLock<Mutex<std::collections::HashMap<Hash32, Hash32>>> =
-    std::sync::LazyLock::new(|| Mutex::new(std::collections::HashMap::new()));
+/// Records the approval an attempt at `manifest` runs under (see [`retry`]).
+async fn record_approval(s: &Shared, manifest: Hash32, approval: Hash32) {
+    if let Err(e) = s.store.set_attempt_approval(manifest, approval).await {
+        tracing::warn!("cannot record the approval of an install attempt: {e:#}");
+    }
+}
 
 /// How long a Debian install waits before it looks at dpkg's lock again.
 const LOCK_RETRY: Duration = Duration::from_secs(15);
@@ -726,12 +738,18 @@ async fn prepare_debian(s: &Arc<Shared>, rel: &ReleaseRef, d: &DebianPackages, s
         Ok(report) => return refuse(FailReason::BrokenPackages, format!("dpkg --audit:\n{report}")).await,
         Err(e) => return refuse(FailReason::BrokenPackages, format!("cannot run dpkg --audit: {e:#}")).await,
     }
-    let missing = match debian::unmet_dependencies(stage, &install, &host).await {
-        Ok(m) => m,
-        Err(e) => vec![format!("cannot read the packages' dependencies: {e:#}")],
+    let found = match debian::obstacles(stage, &install, &host).await {
+        Ok(o) => o,
+        Err(e) => debian::Obstacles {
+            missing: vec![format!("cannot read the packages' relations: {e:#}")],
+            conflicts: Vec::new(),
+        },
     };
-    if !missing.is_empty() {
-        return refuse(FailReason::MissingDependency, missing.join("; ")).await;
+    if !found.missing.is_empty() {
+        return refuse(FailReason::MissingDependency, found.missing.join("; ")).await;
+    }
+    if !found.conflicts.is_empty() {
+        return refuse(FailReason::Conflicts, found.conflicts.join("; ")).await;
     }
     // An earlier attempt whose rollback did not finish kept the original packages: they stay.
     let kept_now = match debian::load_kept(&kept) {

@@ -157,6 +157,9 @@ const MIGRATIONS: &[&str] = &[
     // A host that already had a release was Skipped(AlreadyInstalled); it is Installed now.
     "ALTER TABLE releases ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
      UPDATE releases SET state = '\"Installed\"' WHERE state = '{\"Skipped\":\"AlreadyInstalled\"}';",
+    // -> next: the approval (its payload hash) a release's latest install attempt ran under:
+    // a different one tries a failed release again (`approve --replace`), whatever the clocks say.
+    "ALTER TABLE releases ADD COLUMN approval BLOB;",
 ];
 
 /// A node's report as [`Store::put_report`] keeps it.
@@ -683,6 +686,31 @@ impl Store {
         .await
     }
 
+    /// Records the approval (payload hash) under which an install attempt at `manifest` starts.
+    pub async fn set_attempt_approval(&self, manifest: Hash32, approval: Hash32) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE releases SET approval = ?2 WHERE manifest = ?1",
+                params![manifest.0.to_vec(), approval.0.to_vec()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The approval the latest install attempt at `manifest` started under, if one did.
+    pub async fn attempt_approval(&self, manifest: Hash32) -> Result<Option<Hash32>> {
+        self.call(move |c| {
+            let v: Option<Option<Vec<u8>>> = c
+                .query_row("SELECT approval FROM releases WHERE manifest = ?1", params![manifest.0.to_vec()], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            Ok(v.flatten().and_then(|b| <[u8; 32]>::try_from(b).ok()).map(Hash32))
+        })
+        .await
+    }
+
     /// Every release's persisted state. Blocking (start-up).
     pub fn releases(&self) -> Result<Vec<ReleaseRecord>> {
         self.call_blocking(|c| {
@@ -1059,7 +1087,7 @@ mod tests {
         let path = dir.path().join("state.db");
         {
             let mut c = Connection::open(&path).unwrap();
-            let before = MIGRATIONS.len() - 1;
+            let before = MIGRATIONS.iter().position(|m| m.contains("ADD COLUMN attempt")).unwrap();
             for (i, sql) in MIGRATIONS.iter().take(before).enumerate() {
                 let tx = c.transaction().unwrap();
                 tx.execute_batch(sql).unwrap();
@@ -1076,6 +1104,31 @@ mod tests {
         let s = Store::open(&path).unwrap();
         let r = s.releases().unwrap();
         assert_eq!((r[0].state, r[0].attempt), (ReleaseState::Installed, 0));
+    }
+
+    #[tokio::test]
+    async fn the_approval_an_attempt_ran_under_is_kept_per_release_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (m, a, b) = (Hash32([7; 32]), Hash32([1; 32]), Hash32([2; 32]));
+        {
+            let s = Store::open(&path).unwrap();
+            s.call(move |c| {
+                c.execute(
+                    "INSERT INTO releases (manifest, product, version, state, detail, updated) VALUES (?1, 'tool', 1, '\"Queued\"', '', 5)",
+                    params![m.0.to_vec()],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+            assert_eq!(s.attempt_approval(m).await.unwrap(), None, "no attempt started yet");
+            s.set_attempt_approval(m, a).await.unwrap();
+            s.set_attempt_approval(m, b).await.unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.attempt_approval(m).await.unwrap(), Some(b));
+        assert_eq!(s.attempt_approval(Hash32([9; 32])).await.unwrap(), None);
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub enum FailReason {
     /// `dpkg --audit` reported packages in a broken state before the install: the node does not
     /// add to it (the detail holds the report). Fix the host, then approve again.
     BrokenPackages,
+    /// A Debian package of the release conflicts with or breaks a package on the host (or one on
+    /// the host breaks it): refused before dpkg ran (the detail names each relation).
+    Conflicts,
 }
 
 /// Why a release was rolled back.
@@ -290,6 +293,7 @@ impl FailReason {
             FailReason::MissingDependency => "a package dependency is missing",
             FailReason::PreviousNotKept => "cannot keep the packages it replaces",
             FailReason::BrokenPackages => "dpkg reported broken packages before the install",
+            FailReason::Conflicts => "a package conflicts with one on the host",
         }
     }
 }

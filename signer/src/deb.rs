@@ -123,6 +123,35 @@ fn verified_release(path: &Path) -> Result<String> {
     String::from_utf8(out.stdout).with_context(|| format!("{}: signed text is not UTF-8", path.display()))
 }
 
+/// Seconds since the epoch of a release file's date field, in the form the archive writes
+/// (`Sat, 11 Jul 2026 10:16:37 UTC`; the weekday optional, zone UTC, GMT or +0000).
+fn release_date(text: &str) -> Option<u64> {
+    let mut f: Vec<&str> = text.split_whitespace().collect();
+    if f.first().is_some_and(|w| w.ends_with(',')) {
+        f.remove(0);
+    }
+    let [day, month, year, clock, zone] = f[..] else { return None };
+    if !matches!(zone, "UTC" | "GMT" | "UT" | "Z" | "+0000") {
+        return None;
+    }
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let m = MONTHS.iter().position(|x| *x == month)? as i64 + 1;
+    let (d, y): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
+    let hms: Vec<i64> = clock.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let [h, mi, sec] = hms[..] else { return None };
+    if !(1..=31).contains(&d) || !(0..24).contains(&h) || !(0..60).contains(&mi) || !(0..=60).contains(&sec) {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + mi * 60 + sec).ok()
+}
+
 /// Every uncompressed `Packages` index in an apt lists directory (`/var/lib/apt/lists`) whose
 /// `InRelease` verifies with Debian's archive keyring and whose SHA-256 and size are the ones
 /// that release file lists. A release file that does not verify, or an index that does not
@@ -140,6 +169,17 @@ pub fn archive_indexes(dir: &Path) -> Result<Vec<Index>> {
         let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix(':')).map(str::trim);
         let suite = format!("{} {}", field("Origin").unwrap_or("?"), field("Suite").unwrap_or("?"));
         let date = field("Date").unwrap_or("?").to_string();
+        if let Some(until) = field("Valid-Until") {
+            let Some(t) = release_date(until) else {
+                bail!("{}: cannot read its Valid-Until {until:?}", rel.display());
+            };
+            if crate::time::now().0 > t {
+                bail!(
+                    "{}: expired at {until} (Valid-Until): an old release file, as a replay would present; run apt-get update",
+                    rel.display()
+                );
+            }
+        }
         let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let prefix = name.trim_end_matches("InRelease");
         // The SHA256 section: " <hash> <size> <path>" lines.
@@ -227,4 +267,20 @@ pub fn vouch(debs: &mut [Deb], indexes: &[Index]) -> Result<()> {
         d.package.archive = Some(record);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_dates_read_as_the_archive_writes_them_and_anything_else_is_refused() {
+        assert_eq!(release_date("Sat, 11 Jul 2026 10:16:37 UTC"), Some(1_783_764_997));
+        assert_eq!(release_date("Thu, 01 Jan 1970 00:00:00 UTC"), Some(0));
+        assert_eq!(release_date("29 Feb 2024 23:59:59 +0000"), Some(1_709_251_199));
+        assert_eq!(release_date("Sat, 11 Jul 2026 10:16:37 CEST"), None);
+        assert_eq!(release_date("Sat, 11 Juli 2026 10:16:37 UTC"), None);
+        assert_eq!(release_date("Sat, 11 Jul 2026 25:16:37 UTC"), None);
+        assert_eq!(release_date(""), None);
+    }
 }

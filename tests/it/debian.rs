@@ -26,8 +26,8 @@ const WANTS_REBOOT: &str =
     "touch /run/reboot-required\necho \"$DPKG_MAINTSCRIPT_PACKAGE\" >> /run/reboot-required.pkgs";
 
 /// Builds `name_version_all.deb` in `dir`: a file under /usr/share/NAME, a postinst that says
-/// it ran and then runs `postinst`, and `depends` if given.
-fn build_deb(dir: &Path, name: &str, version: &str, depends: Option<&str>, postinst: &str) -> PathBuf {
+/// it ran and then runs `postinst`, and the `relations` control lines ("Depends: ...").
+fn build_deb(dir: &Path, name: &str, version: &str, relations: &[&str], postinst: &str) -> PathBuf {
     let tree = dir.join(format!("{name}-{version}-tree"));
     fs::create_dir_all(tree.join("DEBIAN")).unwrap();
     fs::create_dir_all(tree.join(format!("usr/share/{name}"))).unwrap();
@@ -35,8 +35,8 @@ fn build_deb(dir: &Path, name: &str, version: &str, depends: Option<&str>, posti
     let mut control = format!(
         "Package: {name}\nVersion: {version}\nArchitecture: all\nMaintainer: lanpatch tests <tests@lanpatch.invalid>\nDescription: a test package\n"
     );
-    if let Some(d) = depends {
-        control.push_str(&format!("Depends: {d}\n"));
+    for r in relations {
+        control.push_str(&format!("{r}\n"));
     }
     fs::write(tree.join("DEBIAN/control"), control).unwrap();
     let script = tree.join("DEBIAN/postinst");
@@ -113,9 +113,9 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
-    let v1 = build_deb(dir, "lp-hello", "1.0-1", None, OK);
-    let v2 = build_deb(dir, "lp-hello", "1:2.0-1", None, OK);
-    let v3 = build_deb(dir, "lp-hello", "1:3.0-1", None, WANTS_REBOOT);
+    let v1 = build_deb(dir, "lp-hello", "1.0-1", &[], OK);
+    let v2 = build_deb(dir, "lp-hello", "1:2.0-1", &[], OK);
+    let v3 = build_deb(dir, "lp-hello", "1:3.0-1", &[], WANTS_REBOOT);
 
     // Six Debian hosts: the admin's workstation; c1 (canary), b1..b3 (broad) have lp-hello
     // 1.0-1; b2 is already at 2.0; x1 has none.
@@ -248,18 +248,21 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
 
 #[test]
 #[ignore = "Debian host lab: root, systemd-nspawn and a debootstrapped root (CI runs it)"]
-fn a_failing_postinst_rolls_back_to_the_package_kept_from_apts_cache_and_stays_failed_until_approve_replace_a_hung_one_retries_inside_the_rule_and_a_missing_dependency_is_refused_before_dpkg_runs()
+fn a_failing_postinst_rolls_back_to_the_package_kept_from_apts_cache_and_stays_failed_until_approve_replace_a_hung_one_retries_inside_the_rule_and_missing_dependencies_and_conflicts_are_refused_before_dpkg_runs()
  {
     let Some(root) = debian_root() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
-    let old = build_deb(dir, "lp-hello", "1.0-1", None, OK);
-    let fixed = build_deb(dir, "lp-hello", "1:4.0-1", None, FAILS_WHILE_MARKED);
-    let hangs = build_deb(dir, "lp-hello", "1:5.0-1", None, HANGS_ONCE);
-    let needy = build_deb(dir, "lp-needy", "1.0", Some("lp-missing (>= 1), lp-hello"), OK);
+    let old = build_deb(dir, "lp-hello", "1.0-1", &[], OK);
+    let fixed = build_deb(dir, "lp-hello", "1:4.0-1", &[], FAILS_WHILE_MARKED);
+    let hangs = build_deb(dir, "lp-hello", "1:5.0-1", &[], HANGS_ONCE);
+    let needy = build_deb(dir, "lp-needy", "1.0", &["Depends: lp-missing (>= 1), lp-hello"], OK);
+    let rival = build_deb(dir, "lp-rival", "1.0", &["Conflicts: lp-hello, lp-other"], OK);
+    let plugin = build_deb(dir, "lp-plugin", "1.0", &["Breaks: lp-hello (>= 1:9)"], OK);
+    let nine = build_deb(dir, "lp-hello", "1:9.0-1", &[], OK);
     let host = DebianHost::new(&root, dir, "c1");
-    host.run(&["dpkg", "-i", &old.display().to_string()]).ok();
+    host.run(&["dpkg", "-i", &old.display().to_string(), &plugin.display().to_string()]).ok();
     // apt's cache still holds the installed package, as after `apt-get upgrade`.
     host.run(&["cp", &old.display().to_string(), "/var/cache/apt/archives/"]).ok();
     let workstation = DebianHost::new(&root, dir, "admin");
@@ -298,6 +301,17 @@ fn a_failing_postinst_rolls_back_to_the_package_kept_from_apts_cache_and_stays_f
     assert!(why.contains("lp-needy needs lp-missing (>= 1)") && !why.contains("needs lp-hello"), "{why}");
     assert_eq!(host.version("lp-needy"), None);
 
+    // So is a package that conflicts with one on the host.
+    let rivals = deb_release(dir, "rival-1", "rival", 1, &[&rival], &["--add-new"]);
+    approve(dir, &rivals, "canary", &[]).ok();
+    admin.publish(&rivals);
+    wait_until(Duration::from_secs(90), "the conflict is refused", || {
+        state_of(&node, "rival").is_some_and(|s| s.0 == ReleaseState::Failed(FailReason::Conflicts))
+    });
+    let (_, why) = state_of(&node, "rival").unwrap();
+    assert_eq!(why, "refused before dpkg ran: lp-rival conflicts with lp-hello (lp-hello 1.0-1 here)");
+    assert_eq!(host.version("lp-rival"), None);
+
     // Meanwhile the failed postinst was not tried again, retries or not: a maintainer script's
     // failure waits for the admin.
     assert_eq!(release_state(&node, 1).map(|s| s.0), Some(ReleaseState::RolledBack(RollbackCause::InstallFailed)));
@@ -327,6 +341,17 @@ fn a_failing_postinst_rolls_back_to_the_package_kept_from_apts_cache_and_stays_f
     assert!(!host.path("etc/lp-hello-hangs").exists(), "the postinst never ran");
     assert!(log().contains("retry 1 of 2 after: rolled back (install timed out)"), "{}", node.log_tail());
     assert_eq!(host.version("lp-hello").as_deref(), Some("1:5.0-1"));
+
+    // 9.0 is one that a package staying on the host breaks: refused before dpkg runs.
+    let broken_by_plugin = deb_release(dir, "hello-9", "hello", 3, &[&nine], &[]);
+    approve(dir, &broken_by_plugin, "canary", &[]).ok();
+    admin.publish(&broken_by_plugin);
+    wait_until(Duration::from_secs(90), "the installed package's Breaks is honoured", || {
+        release_state(&node, 3).is_some_and(|s| s.0 == ReleaseState::Failed(FailReason::Conflicts))
+    });
+    let why = release_state(&node, 3).unwrap().1;
+    assert_eq!(why, "refused before dpkg ran: lp-plugin (installed) breaks lp-hello (>= 1:9) (lp-hello 1:9.0-1 here)");
+    assert_eq!(host.version("lp-hello").as_deref(), Some("1:5.0-1"));
     for h in [&host, &workstation] {
         assert_eq!(h.audit(), "", "dpkg --audit on {}", h.name);
     }
@@ -342,7 +367,7 @@ fn release_create_deb_refuses_a_file_that_is_not_a_package_and_commands_beside_p
     assert_ne!(r.code, Some(0));
     assert!(r.stderr.contains("fake.deb is not a Debian package"), "{}", r.stderr);
     assert!(!dir.join("o").exists(), "a refused release left a bundle behind");
-    let deb = build_deb(dir, "lp-hello", "1.0", None, OK);
+    let deb = build_deb(dir, "lp-hello", "1.0", &[], OK);
     let deb = deb.display().to_string();
     let mixed = signer(
         dir,
@@ -393,7 +418,7 @@ fn release_create_deb_fills_cve_with_the_fleets_exposures_that_these_versions_fi
         ],
     }]);
     fs::write(dir.join("inv.json"), host.to_string()).unwrap();
-    let deb = build_deb(dir, "lp-hello", "1:2.0-1", None, OK).display().to_string();
+    let deb = build_deb(dir, "lp-hello", "1:2.0-1", &[], OK).display().to_string();
     let r = signer(
         dir,
         &[
@@ -471,7 +496,7 @@ fn release_create_apt_lists_records_debians_own_signature_and_refuses_what_the_a
     );
 
     // A package the archive does not list.
-    let ours = build_deb(dir, "lp-hello", "1.0", None, OK);
+    let ours = build_deb(dir, "lp-hello", "1.0", &[], OK);
     let r = create(&lists, &ours, "unlisted");
     assert_ne!(r.code, Some(0));
     assert!(r.stderr.contains("lp-hello 1.0 all is in none of the verified Debian archive indexes"), "{}", r.stderr);

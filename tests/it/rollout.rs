@@ -510,7 +510,8 @@ fn state_of(n: &Node, product: &str) -> Option<ReleaseState> {
 }
 
 #[test]
-fn a_timed_out_install_is_retried_inside_the_approvals_rule_and_a_failing_install_command_only_after_approve_replace() {
+fn a_timed_out_install_is_retried_inside_the_approvals_rule_and_a_failing_install_command_only_after_approve_replace_whatever_the_clocks_say()
+ {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     make_fleet_keys(dir);
@@ -522,7 +523,19 @@ fn a_timed_out_install_is_retried_inside_the_approvals_rule_and_a_failing_instal
     // The install command fails: not transient, not retried by the rule.
     let broken = fails_once(dir, "broken", "exit 1");
     approve(dir, &broken, "canary", &rule).ok();
-    admin.publish(&broken);
+    let first = dir.join("broken-first-approval");
+    let cp = std::process::Command::new("cp").arg("-a").arg(&broken).arg(&first).status().unwrap();
+    assert!(cp.success());
+    // The replacement is signed now, before the failure it will answer: as by a signer whose
+    // clock is behind the node's. It still counts as newer than the approval the attempt ran under.
+    approve(dir, &broken, "canary", &["--replace", "--retries", "2", "--retry-spacing", "1s"]).ok();
+    // (Its issue time is at most a second ahead of this clock: let the clock pass it, so the
+    // failure comes after it on any reading.)
+    let signed_by = crate::fleet::unix_now() + 2;
+    wait_until(Duration::from_secs(5), "the clock past the replacement's issue time", || {
+        crate::fleet::unix_now() > signed_by
+    });
+    admin.publish(&first);
     wait_until(Duration::from_secs(60), "the failing install rolls back", || {
         state_of(&n, "broken") == Some(ReleaseState::RolledBack(RollbackCause::InstallFailed))
     });
@@ -545,7 +558,6 @@ fn a_timed_out_install_is_retried_inside_the_approvals_rule_and_a_failing_instal
     });
 
     // A newer approval (--replace) tries the failed install again.
-    approve(dir, &broken, "canary", &["--replace", "--retries", "2", "--retry-spacing", "1s"]).ok();
     admin.publish(&broken);
     wait_until(Duration::from_secs(60), "the replaced approval installs it", || {
         state_of(&n, "broken") == Some(ReleaseState::Installed)

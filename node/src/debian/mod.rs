@@ -36,6 +36,9 @@ pub struct HostPackage {
     /// Fully installed (`ii`), not only unpacked, half-configured or removed with its config.
     pub installed: bool,
     pub provides: Vec<(String, Option<String>)>,
+    /// Its `Conflicts` and `Breaks` fields, as dpkg has them.
+    pub conflicts: String,
+    pub breaks: String,
 }
 
 /// How long a query of dpkg's database may take.
@@ -72,7 +75,7 @@ pub async fn host_packages() -> Result<Vec<HostPackage>> {
         "dpkg-query",
         "-W",
         "-f",
-        "${Package}\t${Architecture}\t${Version}\t${db:Status-Abbrev}\t${Provides}\n",
+        "${Package}\t${Architecture}\t${Version}\t${db:Status-Abbrev}\t${Provides}\t${Conflicts}\t${Breaks}\n",
     ])
     .await?;
     Ok(text
@@ -86,6 +89,8 @@ pub async fn host_packages() -> Result<Vec<HostPackage>> {
                 version: version.to_string(),
                 installed: status.starts_with("ii"),
                 provides: relations::parse_provides(f.next().unwrap_or("")),
+                conflicts: f.next().unwrap_or("").to_string(),
+                breaks: f.next().unwrap_or("").to_string(),
             })
         })
         .collect())
@@ -183,33 +188,65 @@ async fn control_fields(deb: &Path, names: &[&str]) -> Result<Vec<(String, Strin
     Ok(fields)
 }
 
-/// The dependencies of the packages to unpack that nothing on the host (after the install)
-/// satisfies, each named with the package that needs it.
-pub async fn unmet_dependencies(stage: &Path, install: &Install, host: &[HostPackage]) -> Result<Vec<String>> {
+/// What stands in the way of unpacking a release's packages on a host, each named with the
+/// package whose relation it is.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Obstacles {
+    /// `Depends`/`Pre-Depends` that nothing on the host (after the install) satisfies.
+    pub missing: Vec<String>,
+    /// `Conflicts`/`Breaks` of a package to unpack against the host's packages, or of a package
+    /// that stays on the host against the ones to unpack. dpkg would refuse, or remove or
+    /// deconfigure a package the release does not name: lanpatch does neither.
+    pub conflicts: Vec<String>,
+}
+
+/// Checks the relations of the packages to unpack against the host after the install.
+pub async fn obstacles(stage: &Path, install: &Install, host: &[HostPackage]) -> Result<Obstacles> {
     let replaced: Vec<&str> = install.upgrade.iter().map(|(p, _)| p.name.as_str()).collect();
-    let mut after: Vec<Present> = host
+    let staying: Vec<&HostPackage> =
+        host.iter().filter(|h| h.installed && !replaced.contains(&h.name.as_str())).collect();
+    let mut after: Vec<Present> = staying
         .iter()
-        .filter(|h| h.installed && !replaced.contains(&h.name.as_str()))
         .map(|h| Present { name: h.name.clone(), version: h.version.clone(), provides: h.provides.clone() })
         .collect();
-    let mut needs = Vec::new();
+    let mut new = Vec::new();
+    let mut fields_of = Vec::new();
     for p in install.packages() {
         let deb = p.file.components().fold(stage.to_path_buf(), |d, c| d.join(c));
-        let fields = control_fields(&deb, &["Depends", "Pre-Depends", "Provides"]).await?;
+        let fields = control_fields(&deb, &["Depends", "Pre-Depends", "Provides", "Conflicts", "Breaks"]).await?;
         let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()).unwrap_or_default();
-        after.push(Present {
+        let present = Present {
             name: p.name.clone(),
             version: p.version.clone(),
             provides: relations::parse_provides(&get("Provides")),
-        });
-        needs.push((p.name.clone(), format!("{}, {}", get("Pre-Depends"), get("Depends"))));
+        };
+        new.push(present.clone());
+        after.push(present);
+        fields_of.push((
+            p.name.clone(),
+            format!("{}, {}", get("Pre-Depends"), get("Depends")),
+            get("Conflicts"),
+            get("Breaks"),
+        ));
     }
-    let mut missing = Vec::new();
-    for (name, field) in needs {
-        let unmet = relations::unmet(&field, &after).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-        missing.extend(unmet.into_iter().map(|m| format!("{name} needs {m}")));
+    let mut found = Obstacles::default();
+    for (name, needs, conflicts, breaks) in fields_of {
+        let unmet = relations::unmet(&needs, &after).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        found.missing.extend(unmet.into_iter().map(|m| format!("{name} needs {m}")));
+        // A package may conflict with what it provides itself (Debian's rename pattern).
+        let others: Vec<Present> = after.iter().filter(|p| p.name != name).cloned().collect();
+        for (field, verb) in [(&conflicts, "conflicts with"), (&breaks, "breaks")] {
+            let hit = relations::clashes(field, &others).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+            found.conflicts.extend(hit.into_iter().map(|c| format!("{name} {verb} {c}")));
+        }
     }
-    Ok(missing)
+    for h in staying {
+        for (field, verb) in [(&h.conflicts, "conflicts with"), (&h.breaks, "breaks")] {
+            let hit = relations::clashes(field, &new).map_err(|e| anyhow::anyhow!("{}: {e}", h.name))?;
+            found.conflicts.extend(hit.into_iter().map(|c| format!("{} (installed) {verb} {c}", h.name)));
+        }
+    }
+    Ok(found)
 }
 
 /// Where a kept package came from.
@@ -383,7 +420,15 @@ mod tests {
     }
 
     fn host(name: &str, version: &str, arch: &str) -> HostPackage {
-        HostPackage { name: name.into(), arch: arch.into(), version: version.into(), installed: true, provides: vec![] }
+        HostPackage {
+            name: name.into(),
+            arch: arch.into(),
+            version: version.into(),
+            installed: true,
+            provides: vec![],
+            conflicts: String::new(),
+            breaks: String::new(),
+        }
     }
 
     fn release(add_new: bool) -> DebianPackages {

@@ -1,6 +1,6 @@
-//! Debian package relations (`Depends`, `Pre-Depends`), checked against what a host will have
-//! once a release's packages are unpacked: so a release with a missing dependency is refused
-//! before dpkg touches anything, naming what is missing.
+//! Debian package relations (`Depends`, `Pre-Depends`, `Conflicts`, `Breaks`), checked against
+//! what a host will have once a release's packages are unpacked: so a release with a missing
+//! dependency or a conflict is refused before dpkg touches anything, naming the relation.
 //!
 //! The grammar (Debian Policy 7.1): relations separated by `,`, alternatives by `|`, each
 //! `name[:arch] [(op version)] [[arch list]] [<build profiles>]`. Architecture lists and build
@@ -128,6 +128,19 @@ pub fn unmet(field: &str, have: &[Present]) -> Result<Vec<String>, String> {
     Ok(missing)
 }
 
+/// The packages in `have` that a `Conflicts` or `Breaks` value names, each as "RELATION
+/// (NAME VERSION here)", or why the field cannot be read.
+pub fn clashes(field: &str, have: &[Present]) -> Result<Vec<String>, String> {
+    let mut found = Vec::new();
+    for text in field.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        let Some(r) = parse_relation(text)? else { continue };
+        for p in have.iter().filter(|p| satisfied(&r, std::slice::from_ref(p))) {
+            found.push(format!("{text} ({} {} here)", p.name, p.version));
+        }
+    }
+    Ok(found)
+}
+
 /// Reads a `Provides` value (`a, b (= 1.0)`).
 pub fn parse_provides(field: &str) -> Vec<(String, Option<String>)> {
     field
@@ -182,6 +195,20 @@ mod tests {
         assert!(unmet("libc6 (>= 2.0", &host()).is_err());
         assert!(unmet("libc6 (~ 2.0)", &host()).is_err());
         assert!(unmet("libc6 (>= not-a-version)", &host()).is_err());
+    }
+
+    #[test]
+    fn a_conflict_or_break_names_each_package_it_matches_by_name_version_or_what_it_provides() {
+        assert_eq!(
+            clashes("libc6 (<< 2.37), mawk", &host()),
+            Ok(vec![
+                "libc6 (<< 2.37) (libc6 2.36-9+deb12u4 here)".to_string(),
+                "mawk (mawk 1.3.4.20200120-3.1 here)".to_string()
+            ])
+        );
+        assert_eq!(clashes("libc6 (<< 2.36), gawk", &host()), Ok(vec![]));
+        assert_eq!(clashes("awk", &host()), Ok(vec!["awk (mawk 1.3.4.20200120-3.1 here)".to_string()]));
+        assert!(clashes("libc6 (<< nope)", &host()).is_err());
     }
 
     #[test]
