@@ -526,12 +526,13 @@ pub fn print_status(st: &NodeStatus) {
         }
     }
     println!(
-        "disk: {} bytes (blobs {}, partial {}, stage {}, state {})",
+        "disk: {} bytes (blobs {}, partial {}, stage {}, state {}, kept {})",
         st.disk.total(),
         st.disk.blobs,
         st.disk.partial,
         st.disk.stage,
-        st.disk.state
+        st.disk.state,
+        st.disk.kept
     );
     println!("refusals: {}", st.refusals);
     for r in st.recent_refusals.iter().take(5) {

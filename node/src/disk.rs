@@ -31,11 +31,18 @@ pub fn disk_use(data_dir: &std::path::Path) -> lanpatch_protocol::control::DiskU
         partial: tree(&data_dir.join("partial")),
         stage: tree(&data_dir.join("stage")),
         state: state_bytes(data_dir),
+        kept: tree(&data_dir.join("kept")),
     }
 }
 
 /// What `cache_quota` counts besides the release files the library holds: staging copies (a
-/// release whose commands run) and the database with its WAL (blocking, a few `stat`s).
+/// release whose commands run), packages kept for a Debian release's rollback, and the
+/// database with its WAL (blocking, a few `stat`s).
 pub fn written_besides_releases(data_dir: &std::path::Path) -> u64 {
-    tree(&data_dir.join("stage")) + state_bytes(data_dir)
+    tree(&data_dir.join("stage")) + tree(&data_dir.join("kept")) + state_bytes(data_dir)
+}
+
+/// Bytes of the files under `p` (blocking).
+pub fn tree_bytes(p: &std::path::Path) -> u64 {
+    tree(p)
 }

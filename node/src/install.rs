@@ -657,6 +657,9 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
     if let Err(e) = crate::retention::make_room(s, 0, &[]).await {
         tracing::warn!("retention: {e:#}");
     }
+    if let Err(e) = crate::retention::prune_kept(s).await {
+        tracing::warn!("retention of kept packages: {e:#}");
+    }
     result
 }
 

@@ -86,7 +86,7 @@ label_value!(InstallOutcome, Succeeded => "succeeded", Failed => "failed", Timed
 label_value!(ChunkRefusal, HashMismatch => "hash_mismatch", WrongLength => "wrong_length");
 label_value!(Verdict, Accepted => "accepted", Refused => "refused");
 label_value!(OriginFailure, Bad => "bad", Error => "error");
-label_value!(DiskKind, Blobs => "blobs", Partial => "partial", Stage => "stage", State => "state");
+label_value!(DiskKind, Blobs => "blobs", Partial => "partial", Stage => "stage", State => "state", Kept => "kept");
 
 /// A gossip message kind as a label value.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -135,6 +135,7 @@ pub enum DiskKind {
     Partial,
     Stage,
     State,
+    Kept,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -415,6 +416,7 @@ impl Metrics {
             (DiskKind::Partial, d.partial),
             (DiskKind::Stage, d.stage),
             (DiskKind::State, d.state),
+            (DiskKind::Kept, d.kept),
         ] {
             self.disk.get_or_create(&DiskLabels { kind }).set(i64::try_from(bytes).unwrap_or(i64::MAX));
         }

@@ -108,6 +108,66 @@ pub async fn make_room(s: &Shared, need: u64, protect: &[Hash32]) -> Result<u64>
     Ok(freed)
 }
 
+/// Which of the kept-package directories (`data_dir/kept/<manifest>`, the packages a Debian
+/// release replaced, for its rollback) can go: those of releases nothing can roll back any
+/// more, because a newer version of the product is installed here (a yank acts only where its
+/// version is the one installed) or the node no longer trusts the release (a yank of it would
+/// not verify). Pure: `kept` are the directory names, `releases` (manifest, product, version,
+/// state) what trust and the lifecycle know.
+pub fn obsolete_kept(kept: &[String], releases: &[(Hash32, String, u64, ReleaseState)]) -> Vec<String> {
+    let mut installed: HashMap<&str, u64> = HashMap::new();
+    for (_, product, version, _) in releases.iter().filter(|r| r.3.is_installed()) {
+        let v = installed.entry(product).or_insert(*version);
+        *v = (*v).max(*version);
+    }
+    kept.iter()
+        .filter(|name| {
+            let Ok(hash) = name.parse::<Hash32>() else { return false };
+            match releases.iter().find(|r| r.0 == hash) {
+                None => true,
+                Some((_, product, version, state)) => {
+                    let busy = matches!(state, ReleaseState::Installing | ReleaseState::RollingBack(_));
+                    !busy && installed.get(product.as_str()).is_some_and(|newest| newest > version)
+                }
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+/// Removes the kept-package directories [`obsolete_kept`] names. Returns the bytes freed.
+pub async fn prune_kept(s: &Shared) -> Result<u64> {
+    let dir = s.cfg.data_dir.join("kept");
+    let releases: Vec<(Hash32, String, u64, ReleaseState)> = {
+        let states = s.lifecycle.snapshot();
+        let t = s.trust();
+        t.manifests
+            .iter()
+            .map(|(hash, m)| {
+                let v = m.value();
+                let state = states.get(hash).map(|e| e.state).unwrap_or(ReleaseState::Available);
+                (*hash, v.product.to_string(), v.version.0, state)
+            })
+            .collect()
+    };
+    tokio::task::spawn_blocking(move || -> Result<u64> {
+        let names: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(d) => d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let mut freed = 0;
+        for name in obsolete_kept(&names, &releases) {
+            let path = dir.join(&name);
+            freed += crate::disk::tree_bytes(&path);
+            std::fs::remove_dir_all(&path)?;
+            tracing::info!(manifest = %name, "removed the packages kept for a release nothing can roll back");
+        }
+        Ok(freed)
+    })
+    .await?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +201,20 @@ mod tests {
         // An install under way is never evicted.
         let busy = [h(1, ReleaseState::Installing, false), h(2, ReleaseState::Downloaded, false)];
         assert!(evictable(&busy, 0).is_empty());
+    }
+
+    #[test]
+    fn kept_packages_go_once_a_newer_version_is_installed_or_the_release_is_forgotten_and_stay_while_busy() {
+        let (a, b, c, gone) = (Hash32([1; 32]), Hash32([2; 32]), Hash32([3; 32]), Hash32([9; 32]));
+        let releases = vec![
+            (a, "hello".to_string(), 1, ReleaseState::Installed),
+            (b, "hello".to_string(), 2, ReleaseState::Installed),
+            (c, "other".to_string(), 1, ReleaseState::RolledBack(lanpatch_protocol::RollbackCause::InstallFailed)),
+        ];
+        let names: Vec<String> = [a, b, c, gone].iter().map(|h| h.to_hex()).chain(["not-a-hash".to_string()]).collect();
+        let out = obsolete_kept(&names, &releases);
+        assert_eq!(out, vec![a.to_hex(), gone.to_hex()], "superseded and forgotten go; the rest stays");
+        let busy = vec![(a, "hello".to_string(), 1, ReleaseState::Installing), releases[1].clone()];
+        assert_eq!(obsolete_kept(&[a.to_hex()], &busy), Vec::<String>::new());
     }
 }

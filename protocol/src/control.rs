@@ -143,11 +143,14 @@ pub struct DiskUse {
     pub stage: u64,
     /// The node's database (`state.db` and its WAL).
     pub state: u64,
+    /// Packages a Debian release replaced, kept for its rollback (`kept/`).
+    #[serde(default)]
+    pub kept: u64,
 }
 
 impl DiskUse {
     pub fn total(&self) -> u64 {
-        self.blobs + self.partial + self.stage + self.state
+        self.blobs + self.partial + self.stage + self.state + self.kept
     }
 }
 

@@ -220,6 +220,16 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
     wait_until(Duration::from_secs(90), "canary moves on to 3.0", || {
         release_state(&nodes[0], 2).is_some_and(|s| s.0 == ReleaseState::Installed)
     });
+    // What c1 kept for release 1 can roll nothing back any more: only release 2's stays, and the
+    // cache quota counts it.
+    let kept: Vec<String> = fs::read_dir(nodes[0].dir.join("data/kept"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let disk = nodes[0].status().disk;
+    assert!(disk.kept > 0 && disk.total() >= disk.kept, "{disk:?}");
     // 3.0 asked for a reboot: the inventory at the collector says so.
     let sock_path = admin.socket();
     wait_until(Duration::from_secs(60), "c1's inventory says a reboot is required", || {
