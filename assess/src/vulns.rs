@@ -172,22 +172,40 @@ pub struct CveRollout {
 /// Per CVE of a release: from its reports (installed: fixed; a failure: failed) and the
 /// exposures still found (exposed without either: pending).
 pub fn cve_rollout(cves: &[CveId], found: &[Finding], reports: &[&ReportView]) -> Vec<CveRollout> {
-    let fixed: Vec<String> = reports.iter().filter(|r| r.state.is_installed()).map(|r| r.hostname.clone()).collect();
-    let failed: Vec<(String, String)> =
-        reports.iter().filter(|r| r.state.is_failure()).map(|r| (r.hostname.clone(), r.state.label())).collect();
+    // Hosts by node key: two nodes may share a hostname (cloned images).
+    let fixed: Vec<(&str, &str)> =
+        reports.iter().filter(|r| r.state.is_installed()).map(|r| (r.node.as_str(), r.hostname.as_str())).collect();
+    let failed: Vec<(&str, &str, String)> = reports
+        .iter()
+        .filter(|r| r.state.is_failure())
+        .map(|r| (r.node.as_str(), r.hostname.as_str(), r.state.label()))
+        .collect();
+    let decided = |node: &str| fixed.iter().any(|(n, _)| *n == node) || failed.iter().any(|(n, _, _)| *n == node);
+    let mut fixed_names: Vec<String> = fixed.iter().map(|(_, h)| h.to_string()).collect();
+    fixed_names.sort();
+    let mut failed_names: Vec<(String, String)> =
+        failed.iter().map(|(_, h, why)| (h.to_string(), why.clone())).collect();
+    failed_names.sort();
     cves.iter()
         .map(|c| {
-            let mut pending: Vec<String> = found
+            // A host exposed through two packages counts once.
+            let mut hosts: Vec<(&str, &str)> = found
                 .iter()
                 .filter(|f| f.cve == c.as_str())
-                .flat_map(|f| f.hosts.iter().map(|h| h.hostname.clone()))
-                .filter(|h| !fixed.contains(h) && !failed.iter().any(|(f, _)| f == h))
+                .flat_map(|f| f.hosts.iter())
+                .filter(|h| !decided(&h.node))
+                .map(|h| (h.node.as_str(), h.hostname.as_str()))
                 .collect();
+            hosts.sort();
+            hosts.dedup();
+            let mut pending: Vec<String> = hosts.iter().map(|(_, h)| h.to_string()).collect();
             pending.sort();
-            pending.dedup();
-            let mut fixed = fixed.clone();
-            fixed.sort();
-            CveRollout { cve: c.as_str().to_string(), fixed, pending, failed: failed.clone() }
+            CveRollout {
+                cve: c.as_str().to_string(),
+                fixed: fixed_names.clone(),
+                pending,
+                failed: failed_names.clone(),
+            }
         })
         .collect()
 }

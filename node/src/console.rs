@@ -115,13 +115,7 @@ pub async fn serve(s: Arc<Shared>, listener: tokio::net::TcpListener, token: Str
         .fallback(not_found)
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(console);
-    let mut shutdown = s.shutdown.clone();
-    let stop = async move {
-        let _ = shutdown.wait_for(|v| *v).await;
-    };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-        tracing::error!("console stopped: {e}");
-    }
+    crate::listen::serve_http("console", listener, app, crate::listen::HTTP, s.shutdown.clone()).await;
 }
 
 async fn security_headers(req: Request, next: Next) -> Response {

@@ -78,23 +78,34 @@ pub fn group_id(group: &str) -> Result<u32> {
         .ok_or_else(|| anyhow::anyhow!("control_socket_group {group:?} is not a group on this machine"))
 }
 
+/// Requests handled at once; further clients wait in the socket's backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// Time a client has to send its request line, and to take the answer.
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve(s: Arc<Shared>, listener: UnixListener) {
     let mut shutdown = s.shutdown.clone();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            _ = crate::listen::stopped(&mut shutdown) => break,
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
         let conn = tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = crate::listen::stopped(&mut shutdown) => break,
             c = listener.accept() => c,
         };
         match conn {
             Ok((stream, _)) => {
                 let s = s.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = handle(&s, stream).await {
                         tracing::debug!("control connection: {e:#}");
                     }
                 });
             }
-            Err(e) => tracing::warn!("control socket accept: {e}"),
+            Err(e) => crate::listen::accept_failed("control socket", &e).await,
         }
     }
 }
@@ -102,7 +113,9 @@ pub async fn serve(s: Arc<Shared>, listener: UnixListener) {
 async fn handle(s: &Arc<Shared>, stream: UnixStream) -> Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
-    BufReader::new(r).take(MAX_LINE).read_line(&mut line).await?;
+    tokio::time::timeout(IO_TIMEOUT, BufReader::new(r).take(MAX_LINE).read_line(&mut line))
+        .await
+        .context("no request line within 10 s")??;
     let resp = match serde_json::from_str::<ControlRequest>(&line) {
         Ok(req) => match respond(s, req).await {
             Ok(r) => r,
@@ -115,8 +128,12 @@ async fn handle(s: &Arc<Shared>, stream: UnixStream) -> Result<()> {
     };
     let mut out = serde_json::to_vec(&resp)?;
     out.push(b'\n');
-    w.write_all(&out).await?;
-    w.shutdown().await?;
+    tokio::time::timeout(IO_TIMEOUT, async {
+        w.write_all(&out).await?;
+        w.shutdown().await
+    })
+    .await
+    .context("the client did not take the answer within 10 s")??;
     Ok(())
 }
 
@@ -238,12 +255,8 @@ async fn publish_metadata(s: &Arc<Shared>, hex_text: &str) -> Result<ControlResp
 /// same pipeline as gossip.
 async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<ControlResponse> {
     let bundle = BundleLayout::new(dir);
-    let read = |p: std::path::PathBuf| {
-        std::fs::read(&p)
-            .with_context(|| format!("cannot read {}", p.display()))
-            .map_err(|e| fail(ErrorKind::BadRequest, format!("{e:#}")))
-    };
-    let manifest_bytes = read(bundle.manifest_path())?;
+    let cap = s.trust().limits.max_envelope_bytes as u64;
+    let manifest_bytes = read_bundle_file(bundle.manifest_path(), cap).await?;
     let checked = s.trust().check(&manifest_bytes, now());
     let checked = match checked {
         Ok(c) => c,
@@ -286,12 +299,13 @@ async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<Contr
     let limits = s.trust().limits.clone();
     let mut approvals = Vec::new();
     if let Ok(entries) = std::fs::read_dir(bundle.approvals_dir()) {
-        for e in entries.flatten() {
+        // One approval per ring: a directory of thousands is not a bundle.
+        for e in entries.flatten().take(MAX_BUNDLE_APPROVALS) {
             let path = e.path();
             if path.extension().and_then(|x| x.to_str()) != Some(BundleLayout::APPROVAL_EXT) {
                 continue;
             }
-            let bytes = read(path.clone())?;
+            let bytes = read_bundle_file(path.clone(), cap).await?;
             match pipeline::ingest(s, &bytes, pipeline::Source::LocalPublish).await {
                 Ok(_) => {
                     if let Ok(a) = Signed::<Approval>::decode(&bytes, &limits) {
@@ -308,11 +322,23 @@ async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<Contr
     let mut yanked = false;
     let yank = bundle.yank_path();
     if yank.exists() {
-        let bytes = read(yank)?;
+        let bytes = read_bundle_file(yank, cap).await?;
         yanked = Signed::<Yank>::decode(&bytes, &limits).is_ok();
         take_yank(s, bytes).await?;
     }
     Ok(published(&manifest, approvals, yanked))
+}
+
+/// Approvals read from one bundle at most.
+const MAX_BUNDLE_APPROVALS: usize = 256;
+
+/// Reads a file of a bundle a client named, off the async runtime: a regular file, not
+/// through a symbolic link, at most `cap` bytes ([`crate::fsmode::read_capped`]).
+async fn read_bundle_file(path: std::path::PathBuf, cap: u64) -> Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || crate::fsmode::read_capped(&path, cap))
+        .await
+        .context("the bundle reader stopped")?
+        .map_err(|e| fail(ErrorKind::BadRequest, format!("{e:#}")))
 }
 
 /// A bundle's yank through the metadata pipeline, as if it came by gossip, then gossiped.
@@ -344,8 +370,7 @@ async fn publish_superseded_yank(
     let limits = s.trust().limits.clone();
     let manifest = Signed::<ReleaseManifest>::decode(manifest_bytes, &limits)
         .map_err(|e| fail(ErrorKind::BadRequest, format!("not a release manifest: {e}")))?;
-    let bytes = std::fs::read(bundle.yank_path())
-        .map_err(|e| fail(ErrorKind::BadRequest, format!("cannot read {}: {e}", bundle.yank_path().display())))?;
+    let bytes = read_bundle_file(bundle.yank_path(), limits.max_envelope_bytes as u64).await?;
     let yank = Signed::<Yank>::decode(&bytes, &limits)
         .map_err(|e| fail(ErrorKind::BadRequest, format!("{} is not a yank: {e}", bundle.yank_path().display())))?;
     if yank.value().manifest != manifest.payload_hash() {

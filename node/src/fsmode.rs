@@ -91,6 +91,41 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Opens a file someone else named (a bundle a control-socket client points at) for reading,
+/// as root may not: the last component must not be a symbolic link, and it must be a regular
+/// file (a FIFO would block the reader forever, `/dev/zero` never ends). Opened non-blocking,
+/// so even a FIFO's open returns at once. Blocking otherwise (call off the async runtime).
+pub fn open_regular(path: &Path) -> Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot open {} (a symbolic link is not followed)", path.display()))?;
+    let meta = f.metadata().with_context(|| format!("cannot stat {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{} is not a regular file", path.display());
+    }
+    Ok(f)
+}
+
+/// Reads a whole file with [`open_regular`], refusing one larger than `cap` bytes (checked
+/// before and while reading: the file may grow). Blocking.
+pub fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = open_regular(path)?;
+    let len = f.metadata()?.len();
+    if len > cap {
+        anyhow::bail!("{} is {len} bytes, more than the {cap} allowed", path.display());
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    f.take(cap + 1).read_to_end(&mut out).with_context(|| format!("cannot read {}", path.display()))?;
+    if out.len() as u64 > cap {
+        anyhow::bail!("{} grew past the {cap} bytes allowed while it was read", path.display());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +153,25 @@ mod tests {
         assert_eq!(mode(&data.join("blobs/abc")), 0o600);
         assert_eq!(mode(&data.join("state.db")), 0o600);
         assert!(secure_data_dir(&data, DIR).unwrap().is_empty(), "a second pass changes nothing");
+    }
+
+    #[test]
+    fn a_named_file_is_read_only_when_regular_unlinked_and_under_its_cap_and_a_fifo_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("ok");
+        fs::write(&ok, b"hello").unwrap();
+        assert_eq!(read_capped(&ok, 5).unwrap(), b"hello");
+        assert!(format!("{:#}", read_capped(&ok, 4).unwrap_err()).contains("more than the 4 allowed"));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&ok, &link).unwrap();
+        assert!(read_capped(&link, 100).is_err(), "a symbolic link was followed");
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert!(read_capped(&zero, 100).is_err());
+        assert!(format!("{:#}", read_capped(Path::new("/dev/zero"), 100).unwrap_err()).contains("not a regular file"));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // No writer: a blocking open would never return.
+        assert!(format!("{:#}", read_capped(&fifo, 100).unwrap_err()).contains("not a regular file"));
     }
 }

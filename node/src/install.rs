@@ -613,11 +613,12 @@ async fn retry(s: &Arc<Shared>, m: &Signed<ReleaseManifest>, rel: &ReleaseRef) -
     if approval.expires.0 <= t || m.value().expires.0 <= t {
         return None;
     }
-    // An approval other than the one the failed attempt ran under (recorded when it started)
-    // is newer: trust keeps only the latest approval per ring. No clock takes part. Only when no
-    // attempt recorded one (it failed before the install started) do the clocks decide.
+    // An approval issued after the one the failed attempt ran under (recorded when it started;
+    // both times are the signer's, and `approve --replace` issues at least a second later) is
+    // newer. Only when no attempt recorded one (it failed before the install started) does the
+    // failure's time, the node's clock, decide.
     let newer = match s.store.attempt_approval(rel.hash).await {
-        Ok(Some(ran_under)) => ran_under != signed.payload_hash(),
+        Ok(Some(ran_under)) => approval.issued.0 > ran_under,
         Ok(None) => approval.issued.0 > entry.updated,
         Err(e) => {
             tracing::warn!("cannot read the approval of the last attempt: {e:#}");
@@ -639,14 +640,14 @@ async fn retry(s: &Arc<Shared>, m: &Signed<ReleaseManifest>, rel: &ReleaseRef) -
     };
     tracing::info!(product = %rel.product, version = %rel.version, "{why}");
     apply(s, rel, Event::Retry, why, None).await;
-    record_approval(s, rel.hash, signed.payload_hash()).await;
+    record_approval(s, rel.hash, approval.issued.0).await;
     crate::pipeline::consider_download(s, m.clone()).await;
     None
 }
 
 /// Installs a due release. Returns when to try again if it had to wait (dpkg's lock was held).
 async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason: &str) -> Result<Option<Duration>> {
-    let approval = s.trust().approvals.get(&(rel.hash, s.cfg.ring.clone())).map(|a| a.payload_hash());
+    let approval = s.trust().approvals.get(&(rel.hash, s.cfg.ring.clone())).map(|a| a.value().issued.0);
     if let Some(a) = approval {
         record_approval(s, rel.hash, a).await;
     }
@@ -663,9 +664,9 @@ async fn install(s: &Arc<Shared>, rel: &ReleaseRef, v: &ReleaseManifest, reason:
     result
 }
 
-/// Records the approval an attempt at `manifest` runs under (see [`retry`]).
-async fn record_approval(s: &Shared, manifest: Hash32, approval: Hash32) {
-    if let Err(e) = s.store.set_attempt_approval(manifest, approval).await {
+/// Records the issue time of the approval an attempt at `manifest` runs under (see [`retry`]).
+async fn record_approval(s: &Shared, manifest: Hash32, issued: u64) {
+    if let Err(e) = s.store.set_attempt_approval(manifest, issued).await {
         tracing::warn!("cannot record the approval of an install attempt: {e:#}");
     }
 }
@@ -981,6 +982,12 @@ async fn roll_back_debian(
     let mut kept = match debian::load_kept(&dir) {
         Ok(Some(k)) => k,
         // The host was already at the release when it arrived: this node replaced nothing.
+        Ok(None) if crate::retention::pruned_marker(&dir).exists() => {
+            return Err(format!(
+                "the packages it replaced were removed (keep_versions = {}: only the newest installed versions keep theirs); install the version wanted with a new release",
+                s.cfg.keep_versions
+            ));
+        }
         Ok(None) => return Ok("; nothing to undo: the packages were already there when the release arrived".into()),
         Err(e) => return Err(format!("nothing to roll back with: {e:#}")),
     };

@@ -25,6 +25,7 @@ pub mod inventory;
 pub mod ipguard;
 pub mod library;
 pub mod lifecycle;
+pub mod listen;
 pub mod membership;
 pub mod metrics;
 pub mod net;

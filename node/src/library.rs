@@ -282,7 +282,7 @@ impl Library {
         if self.file(&entry.hash).is_some_and(|s| s.complete) {
             return Ok(());
         }
-        let f = File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+        let f = crate::fsmode::open_regular(src)?;
         let len = f.metadata()?.len();
         if len != entry.size {
             bail!("{} is {len} bytes, the manifest says {}", src.display(), entry.size);

@@ -479,7 +479,7 @@ pub fn classic_text(openmetrics: &str) -> String {
 pub async fn serve(
     render: impl Fn() -> Result<String> + Clone + Send + Sync + 'static,
     listener: tokio::net::TcpListener,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
@@ -493,7 +493,10 @@ pub async fn serve(
                 .iter()
                 .any(|v| v.to_str().is_ok_and(|v| v.contains("application/openmetrics-text")));
             async move {
-                match render() {
+                // The gauges read the data directory: off the async runtime.
+                let rendered = tokio::task::spawn_blocking(render).await;
+                let rendered = rendered.unwrap_or_else(|e| Err(anyhow::anyhow!("metrics render: {e}")));
+                match rendered {
                     Ok(text) if openmetrics => (
                         StatusCode::OK,
                         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
@@ -511,12 +514,7 @@ pub async fn serve(
             }
         }),
     );
-    let stop = async move {
-        let _ = shutdown.wait_for(|v| *v).await;
-    };
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
-        tracing::error!("metrics endpoint stopped: {e}");
-    }
+    crate::listen::serve_http("metrics", listener, app, crate::listen::HTTP, shutdown).await;
 }
 
 #[cfg(test)]

@@ -226,6 +226,9 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
     let dir_mode = if group.is_some() { 0o710 } else { crate::fsmode::DIR };
     crate::fsmode::create_dir(&cfg.data_dir, dir_mode)?;
     let _lock = lock_data_dir(&cfg.data_dir)?;
+    if let Some(n) = crate::listen::raise_descriptor_limit() {
+        tracing::debug!("descriptor limit {n}");
+    }
     // Whatever the umask or an earlier version left: the data directory is private.
     for fixed in crate::fsmode::secure_data_dir(&cfg.data_dir, dir_mode)? {
         tracing::warn!("file mode fixed: {fixed}");

@@ -108,26 +108,46 @@ pub async fn make_room(s: &Shared, need: u64, protect: &[Hash32]) -> Result<u64>
     Ok(freed)
 }
 
+/// A release as [`obsolete_kept`] sees it: what trust knows of it (product, version; `None`
+/// once the node no longer trusts it) and its lifecycle state.
+pub struct KeptOwner {
+    pub manifest: Hash32,
+    pub release: Option<(String, u64)>,
+    pub state: ReleaseState,
+}
+
 /// Which of the kept-package directories (`data_dir/kept/<manifest>`, the packages a Debian
-/// release replaced, for its rollback) can go: those of releases nothing can roll back any
-/// more, because a newer version of the product is installed here (a yank acts only where its
-/// version is the one installed) or the node no longer trusts the release (a yank of it would
-/// not verify). Pure: `kept` are the directory names, `releases` (manifest, product, version,
-/// state) what trust and the lifecycle know.
-pub fn obsolete_kept(kept: &[String], releases: &[(Hash32, String, u64, ReleaseState)]) -> Vec<String> {
-    let mut installed: HashMap<&str, u64> = HashMap::new();
-    for (_, product, version, _) in releases.iter().filter(|r| r.3.is_installed()) {
-        let v = installed.entry(product).or_insert(*version);
-        *v = (*v).max(*version);
+/// release replaced, for its rollback) can go. Kept: those of the newest `keep_versions`
+/// installed versions of each product (a yank of the newest puts the one before back, and a
+/// yank of that one needs its own kept packages), and of any release whose install, rollback or
+/// recovery is not finished (installing, interrupted, rolling back, failed). Gone: those of
+/// older installed versions, and of releases the node no longer trusts that ended installed,
+/// rolled back or skipped (a yank of them would not verify). Pure.
+pub fn obsolete_kept(kept: &[String], owners: &[KeptOwner], keep_versions: usize) -> Vec<String> {
+    let mut installed: HashMap<&str, Vec<u64>> = HashMap::new();
+    for o in owners.iter().filter(|o| o.state.is_installed()) {
+        if let Some((product, version)) = &o.release {
+            installed.entry(product).or_default().push(*version);
+        }
     }
+    for versions in installed.values_mut() {
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+    }
+    let keep_versions = keep_versions.max(1);
     kept.iter()
         .filter(|name| {
             let Ok(hash) = name.parse::<Hash32>() else { return false };
-            match releases.iter().find(|r| r.0 == hash) {
+            let Some(o) = owners.iter().find(|o| o.manifest == hash) else { return true };
+            let settled =
+                matches!(o.state, ReleaseState::Installed | ReleaseState::RolledBack(_) | ReleaseState::Skipped(_));
+            match &o.release {
+                _ if !settled => false,
                 None => true,
-                Some((_, product, version, state)) => {
-                    let busy = matches!(state, ReleaseState::Installing | ReleaseState::RollingBack(_));
-                    !busy && installed.get(product.as_str()).is_some_and(|newest| newest > version)
+                Some((product, version)) => {
+                    o.state.is_installed()
+                        && installed
+                            .get(product.as_str())
+                            .is_some_and(|v| v.iter().take(keep_versions).all(|newer| newer != version))
                 }
             }
         })
@@ -135,33 +155,56 @@ pub fn obsolete_kept(kept: &[String], releases: &[(Hash32, String, u64, ReleaseS
         .collect()
 }
 
-/// Removes the kept-package directories [`obsolete_kept`] names. Returns the bytes freed.
+/// The file beside a kept-package directory that says its packages were removed by retention:
+/// a rollback of that release then fails, naming why, instead of finding "nothing to undo".
+pub fn pruned_marker(kept_dir: &std::path::Path) -> std::path::PathBuf {
+    kept_dir.with_extension("pruned")
+}
+
+/// Removes the kept-package directories [`obsolete_kept`] names, leaving each a
+/// [`pruned_marker`]. Returns the bytes freed.
 pub async fn prune_kept(s: &Shared) -> Result<u64> {
     let dir = s.cfg.data_dir.join("kept");
-    let releases: Vec<(Hash32, String, u64, ReleaseState)> = {
+    let keep_versions = s.cfg.keep_versions;
+    let owners: Vec<KeptOwner> = {
         let states = s.lifecycle.snapshot();
         let t = s.trust();
-        t.manifests
+        states
             .iter()
-            .map(|(hash, m)| {
-                let v = m.value();
-                let state = states.get(hash).map(|e| e.state).unwrap_or(ReleaseState::Available);
-                (*hash, v.product.to_string(), v.version.0, state)
+            .map(|(hash, e)| KeptOwner {
+                manifest: *hash,
+                release: t.manifests.get(hash).map(|m| (m.value().product.to_string(), m.value().version.0)),
+                state: e.state,
             })
             .collect()
     };
     tokio::task::spawn_blocking(move || -> Result<u64> {
         let names: Vec<String> = match std::fs::read_dir(&dir) {
-            Ok(d) => d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect(),
+            Ok(d) => d
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(e.into()),
         };
+        // Markers of releases the node forgot entirely go too.
+        if let Ok(d) = std::fs::read_dir(&dir) {
+            for e in d.flatten() {
+                let name = e.file_name();
+                let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".pruned")) else { continue };
+                if hex.parse::<Hash32>().is_ok_and(|h| !owners.iter().any(|o| o.manifest == h)) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let mut freed = 0;
-        for name in obsolete_kept(&names, &releases) {
+        for name in obsolete_kept(&names, &owners, keep_versions) {
             let path = dir.join(&name);
             freed += crate::disk::tree_bytes(&path);
+            crate::fsmode::write_private(&pruned_marker(&path), b"removed by retention (keep_versions)\n")?;
             std::fs::remove_dir_all(&path)?;
-            tracing::info!(manifest = %name, "removed the packages kept for a release nothing can roll back");
+            tracing::info!(manifest = %name, "removed the packages kept for an older release's rollback");
         }
         Ok(freed)
     })
@@ -204,17 +247,31 @@ mod tests {
     }
 
     #[test]
-    fn kept_packages_go_once_a_newer_version_is_installed_or_the_release_is_forgotten_and_stay_while_busy() {
-        let (a, b, c, gone) = (Hash32([1; 32]), Hash32([2; 32]), Hash32([3; 32]), Hash32([9; 32]));
-        let releases = vec![
-            (a, "hello".to_string(), 1, ReleaseState::Installed),
-            (b, "hello".to_string(), 2, ReleaseState::Installed),
-            (c, "other".to_string(), 1, ReleaseState::RolledBack(lanpatch_protocol::RollbackCause::InstallFailed)),
+    fn kept_packages_stay_for_the_newest_installed_versions_and_unfinished_releases_and_go_otherwise() {
+        use lanpatch_protocol::{FailReason, RollbackCause};
+        let h = |n: u8| Hash32([n; 32]);
+        let owner = |n: u8, release: Option<(&str, u64)>, state| KeptOwner {
+            manifest: h(n),
+            release: release.map(|(p, v)| (p.to_string(), v)),
+            state,
+        };
+        let owners = vec![
+            owner(1, Some(("hello", 1)), ReleaseState::Installed),
+            owner(2, Some(("hello", 2)), ReleaseState::Installed),
+            owner(3, Some(("hello", 3)), ReleaseState::Installed),
+            owner(4, Some(("other", 1)), ReleaseState::Failed(FailReason::RollbackFailed)),
+            owner(5, None, ReleaseState::Interrupted),
+            owner(6, None, ReleaseState::Installed),
+            owner(7, Some(("other", 2)), ReleaseState::RolledBack(RollbackCause::InstallFailed)),
         ];
-        let names: Vec<String> = [a, b, c, gone].iter().map(|h| h.to_hex()).chain(["not-a-hash".to_string()]).collect();
-        let out = obsolete_kept(&names, &releases);
-        assert_eq!(out, vec![a.to_hex(), gone.to_hex()], "superseded and forgotten go; the rest stays");
-        let busy = vec![(a, "hello".to_string(), 1, ReleaseState::Installing), releases[1].clone()];
-        assert_eq!(obsolete_kept(&[a.to_hex()], &busy), Vec::<String>::new());
+        let names: Vec<String> = (1..=8).map(|n| h(n).to_hex()).chain(["not-a-hash".to_string()]).collect();
+        // keep_versions 2: hello 3 and 2 stay (a yank of 3 puts 2 back; a yank of 2 needs its own).
+        assert_eq!(obsolete_kept(&names, &owners, 2), vec![h(1).to_hex(), h(6).to_hex(), h(8).to_hex()]);
+        assert_eq!(obsolete_kept(&names, &owners, 3), vec![h(6).to_hex(), h(8).to_hex()]);
+        let busy = vec![
+            owner(1, Some(("hello", 1)), ReleaseState::Installing),
+            owner(2, Some(("hello", 2)), ReleaseState::Installed),
+        ];
+        assert_eq!(obsolete_kept(&[h(1).to_hex()], &busy, 1), Vec::<String>::new());
     }
 }

@@ -157,9 +157,9 @@ const MIGRATIONS: &[&str] = &[
     // A host that already had a release was Skipped(AlreadyInstalled); it is Installed now.
     "ALTER TABLE releases ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0;
      UPDATE releases SET state = '\"Installed\"' WHERE state = '{\"Skipped\":\"AlreadyInstalled\"}';",
-    // -> next: the approval (its payload hash) a release's latest install attempt ran under:
-    // a different one tries a failed release again (`approve --replace`), whatever the clocks say.
-    "ALTER TABLE releases ADD COLUMN approval BLOB;",
+    // -> next: the issue time of the approval a release's latest install attempt ran under: a
+    // later one tries a failed release again (`approve --replace`); both times are the signer's.
+    "ALTER TABLE releases ADD COLUMN approval_issued INTEGER;",
 ];
 
 /// A node's report as [`Store::put_report`] keeps it.
@@ -686,27 +686,31 @@ impl Store {
         .await
     }
 
-    /// Records the approval (payload hash) under which an install attempt at `manifest` starts.
-    pub async fn set_attempt_approval(&self, manifest: Hash32, approval: Hash32) -> Result<()> {
+    /// Records the issue time of the approval under which an install attempt at `manifest`
+    /// starts.
+    pub async fn set_attempt_approval(&self, manifest: Hash32, issued: u64) -> Result<()> {
         self.call(move |c| {
             c.execute(
-                "UPDATE releases SET approval = ?2 WHERE manifest = ?1",
-                params![manifest.0.to_vec(), approval.0.to_vec()],
+                "UPDATE releases SET approval_issued = ?2 WHERE manifest = ?1",
+                params![manifest.0.to_vec(), i64::try_from(issued).unwrap_or(i64::MAX)],
             )?;
             Ok(())
         })
         .await
     }
 
-    /// The approval the latest install attempt at `manifest` started under, if one did.
-    pub async fn attempt_approval(&self, manifest: Hash32) -> Result<Option<Hash32>> {
+    /// The issue time of the approval the latest install attempt at `manifest` started under,
+    /// if one did.
+    pub async fn attempt_approval(&self, manifest: Hash32) -> Result<Option<u64>> {
         self.call(move |c| {
-            let v: Option<Option<Vec<u8>>> = c
-                .query_row("SELECT approval FROM releases WHERE manifest = ?1", params![manifest.0.to_vec()], |r| {
-                    r.get(0)
-                })
+            let v: Option<Option<i64>> = c
+                .query_row(
+                    "SELECT approval_issued FROM releases WHERE manifest = ?1",
+                    params![manifest.0.to_vec()],
+                    |r| r.get(0),
+                )
                 .optional()?;
-            Ok(v.flatten().and_then(|b| <[u8; 32]>::try_from(b).ok()).map(Hash32))
+            Ok(v.flatten().map(|t| t.max(0) as u64))
         })
         .await
     }
@@ -1110,7 +1114,7 @@ mod tests {
     async fn the_approval_an_attempt_ran_under_is_kept_per_release_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        let (m, a, b) = (Hash32([7; 32]), Hash32([1; 32]), Hash32([2; 32]));
+        let (m, a, b) = (Hash32([7; 32]), 1_790_000_000, 1_790_000_001);
         {
             let s = Store::open(&path).unwrap();
             s.call(move |c| {

@@ -130,8 +130,11 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
 
     let admin = workstation.admin(dir, "");
     let rings = ["canary", "broad", "broad", "broad", "broad"];
-    let nodes: Vec<Node> =
-        hosts.iter().zip(rings).map(|(h, r)| h.node(dir, &admin, &format!("ring = \"{r}\""))).collect();
+    let nodes: Vec<Node> = hosts
+        .iter()
+        .zip(rings)
+        .map(|(h, r)| h.node(dir, &admin, &format!("ring = \"{r}\"\nkeep_versions = 1")))
+        .collect();
     wait_until(Duration::from_secs(60), "mesh", || admin.status().peers.len() == 5);
 
     // The feeds know a CVE in lp-hello that 2.0 fixes; the release lists it.
@@ -220,14 +223,17 @@ fn a_deb_release_goes_canary_then_broad_counting_hosts_already_at_it_waits_out_a
     wait_until(Duration::from_secs(90), "canary moves on to 3.0", || {
         release_state(&nodes[0], 2).is_some_and(|s| s.0 == ReleaseState::Installed)
     });
-    // What c1 kept for release 1 can roll nothing back any more: only release 2's stays, and the
-    // cache quota counts it.
-    let kept: Vec<String> = fs::read_dir(nodes[0].dir.join("data/kept"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(kept.len(), 1, "{kept:?}");
+    // What c1 kept for release 1 is beyond keep_versions once release 2 is installed.
+    // With keep_versions = 1 here, only release 2's stays, and the cache quota counts it.
+    let kept = || -> Vec<String> {
+        fs::read_dir(nodes[0].dir.join("data/kept"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    wait_until(Duration::from_secs(30), "release 1's kept packages removed", || kept().len() == 1);
     let disk = nodes[0].status().disk;
     assert!(disk.kept > 0 && disk.total() >= disk.kept, "{disk:?}");
     // 3.0 asked for a reboot: the inventory at the collector says so.
@@ -342,7 +348,7 @@ fn a_failing_postinst_rolls_back_to_the_package_kept_from_apts_cache_and_stays_f
     // 5.0's postinst hangs once: dpkg is stopped at the release's timeout, the host goes back to
     // 4.0, and the rule's retry installs it a second later.
     fs::write(host.path("etc/lp-hello-hangs"), "").unwrap();
-    let slow = deb_release(dir, "hello-5", "hello", 2, &[&hangs], &["--timeout", "10s"]);
+    let slow = deb_release(dir, "hello-5", "hello", 2, &[&hangs], &["--timeout", "20s"]);
     approve(dir, &slow, "canary", &rule).ok();
     admin.publish(&slow);
     wait_until(Duration::from_secs(180), "the hung install is retried and installs", || {

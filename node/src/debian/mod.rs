@@ -242,8 +242,14 @@ pub async fn obstacles(stage: &Path, install: &Install, host: &[HostPackage]) ->
     }
     for h in staying {
         for (field, verb) in [(&h.conflicts, "conflicts with"), (&h.breaks, "breaks")] {
-            let hit = relations::clashes(field, &new).map_err(|e| anyhow::anyhow!("{}: {e}", h.name))?;
-            found.conflicts.extend(hit.into_iter().map(|c| format!("{} (installed) {verb} {c}", h.name)));
+            // dpkg accepts (with a warning) relations it cannot fully read in installed
+            // packages; one of them must not block every release: skipped, said.
+            match relations::clashes(field, &new) {
+                Ok(hit) => {
+                    found.conflicts.extend(hit.into_iter().map(|c| format!("{} (installed) {verb} {c}", h.name)))
+                }
+                Err(e) => tracing::warn!("ignoring an unreadable relation of installed {}: {e}", h.name),
+            }
         }
     }
     Ok(found)
