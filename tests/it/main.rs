@@ -8,6 +8,7 @@ mod demo;
 mod feeds;
 mod fleet;
 mod hardening;
+mod hostile;
 mod lab;
 mod lifecycle;
 mod membership;

@@ -1,0 +1,147 @@
+//! Hostile local input: clients on this machine that connect and never finish a request, and
+//! members of the control socket's group that point the root node at files that never end.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lanpatch_protocol::control::{ControlRequest, ControlResponse, PublishMode};
+
+use crate::fleet::{Node, wait_until};
+use crate::support::bin;
+
+/// `lanpatch-node status` of `n`, if it answers within `limit` (the command is killed, by its
+/// own PID, otherwise).
+fn status_within(n: &Node, limit: Duration) -> bool {
+    let mut child = Command::new(bin("lanpatch-node"))
+        .args(["status", "--json", "--socket"])
+        .arg(n.socket())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st.success();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `count` connections to `addr`, each sending a request's first header line and no more.
+fn half_sent(addr: &str, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            write!(c, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n").unwrap();
+            c
+        })
+        .collect()
+}
+
+/// Whether the server closed `c` (end of stream, or a reset) before `limit`.
+fn closed_by_server(c: &mut TcpStream, limit: Duration) -> bool {
+    c.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            // An answer (408 or 400) before the close is fine: keep reading to the end.
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn clients_that_never_finish_their_headers_are_cut_and_the_control_socket_answers_meanwhile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::fleet::make_fleet_keys(dir);
+    let mut n = Node::new(dir, "n1", &dir.join("root.lpr"), &[], "collector = true\nconsole_listen = \"127.0.0.1:0\"");
+    n.start();
+    let st = n.status();
+    let (metrics, console) = (st.metrics.unwrap(), st.console.unwrap());
+    // 100 to each listener: more than either serves at once.
+    let mut slow = half_sent(&metrics, 100);
+    slow.extend(half_sent(&console, 100));
+    for _ in 0..5 {
+        assert!(status_within(&n, Duration::from_secs(10)), "the control socket stopped answering");
+    }
+    // Every one of them is cut: served ones at the header deadline, the rest once they are.
+    for (i, c) in slow.iter_mut().enumerate() {
+        assert!(closed_by_server(c, Duration::from_secs(60)), "slow client {i} still open after 60 s");
+    }
+    // And the listeners serve again.
+    assert!(n.scrape().contains("lanpatch_peers"));
+    assert!(status_within(&n, Duration::from_secs(10)));
+}
+
+/// Sends one request to the control socket and waits up to `limit` for the answer.
+fn control(n: &Node, req: &ControlRequest, limit: Duration) -> Option<ControlResponse> {
+    let mut s = UnixStream::connect(n.socket()).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut line = serde_json::to_vec(req).unwrap();
+    line.push(b'\n');
+    s.write_all(&line).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    serde_json::from_str(&out).ok()
+}
+
+fn refusal(resp: Option<ControlResponse>) -> String {
+    match resp {
+        Some(ControlResponse::Error { message, .. }) => message,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn publish_of_a_bundle_whose_manifest_is_a_fifo_or_a_link_to_dev_zero_is_refused_at_once_and_the_node_keeps_answering()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::fleet::make_fleet_keys(dir);
+    let mut n = Node::new(dir, "n1", &dir.join("root.lpr"), &[], "");
+    n.start();
+    let publish =
+        |bundle: &Path| ControlRequest::Publish { bundle: bundle.display().to_string(), mode: PublishMode::Seed };
+
+    // A FIFO nobody writes: opening it to read would block for ever.
+    let fifo_bundle = dir.join("fifo-bundle");
+    std::fs::create_dir_all(&fifo_bundle).unwrap();
+    nix::unistd::mkfifo(&fifo_bundle.join("manifest.lpm"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    for _ in 0..3 {
+        let why = refusal(control(&n, &publish(&fifo_bundle), Duration::from_secs(10)));
+        assert!(why.contains("manifest.lpm is not a regular file"), "{why}");
+    }
+    assert!(status_within(&n, Duration::from_secs(10)), "the node froze");
+
+    // A link to /dev/zero: reading it would never end.
+    let zero_bundle = dir.join("zero-bundle");
+    std::fs::create_dir_all(&zero_bundle).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", zero_bundle.join("manifest.lpm")).unwrap();
+    let why = refusal(control(&n, &publish(&zero_bundle), Duration::from_secs(10)));
+    assert!(why.contains("a symbolic link is not followed"), "{why}");
+
+    // A regular file far larger than any signed envelope: refused by its size, not read.
+    let big_bundle = dir.join("big-bundle");
+    std::fs::create_dir_all(&big_bundle).unwrap();
+    let f = std::fs::File::create(big_bundle.join("manifest.lpm")).unwrap();
+    f.set_len(8 << 30).unwrap();
+    let why = refusal(control(&n, &publish(&big_bundle), Duration::from_secs(10)));
+    assert!(why.contains("more than the"), "{why}");
+    wait_until(Duration::from_secs(10), "the node answers", || status_within(&n, Duration::from_secs(5)));
+}
