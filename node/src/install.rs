@@ -918,9 +918,18 @@ async fn finish_install(
     s.metrics.installed(outcome, began.elapsed());
     if out.ok() {
         apply(s, rel, Event::InstallSucceeded, out.tail, Some(0)).await;
-        if s.exe.as_ref().is_some_and(|e| e.replaced()) {
-            tracing::info!(product = %v.product, version = %v.version, "this install replaced lanpatch-node's executable");
-            s.restart.notify_one();
+        if let Some(exe) = s.exe.as_ref().filter(|e| e.replaced()) {
+            match crate::selfupdate::executable(&exe.path) {
+                Ok(()) => {
+                    tracing::info!(product = %v.product, version = %v.version, "this install replaced lanpatch-node's executable");
+                    s.restart.notify_one();
+                }
+                // The running node keeps patching; an admin must fix the package.
+                Err(why) => tracing::error!(
+                    product = %v.product, version = %v.version,
+                    "this install replaced lanpatch-node's executable with one that cannot run ({why}): the running node stays"
+                ),
+            }
         }
         return;
     }

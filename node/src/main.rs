@@ -124,12 +124,14 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             // Exit codes (docs/OPERATIONS.md): 3 another process holds what the node needs (its
             // data directory or a listen address), 4 not enrolled (no certificate, or one that is
-            // refused: expired, revoked, another node's or fleet's), 2 anything else (bad config,
-            // I/O).
+            // refused: expired, revoked, another node's or fleet's), 5 the exec of an upgraded
+            // binary failed (systemd restarts), 2 anything else (bad config, I/O).
             if e.downcast_ref::<node::StartError>().is_some() {
                 std::process::ExitCode::from(3)
             } else if e.downcast_ref::<lanpatch_node::membership::CertificateError>().is_some() {
                 std::process::ExitCode::from(4)
+            } else if e.downcast_ref::<node::ExecFailed>().is_some() {
+                std::process::ExitCode::from(5)
             } else {
                 std::process::ExitCode::from(2)
             }
@@ -168,9 +170,13 @@ async fn run(cli: Cli) -> Result<()> {
                 node::Exit::Stopped => Ok(()),
                 node::Exit::Upgraded(exe) => {
                     use std::os::unix::process::CommandExt;
-                    // Only returns on failure; the old image then exits 2 and systemd restarts it.
+                    // Only returns on failure (the file was checked to be an executable ELF):
+                    // exit 5, which the unit restarts (2 and 4 it does not).
                     let e = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
-                    Err(anyhow::anyhow!("cannot exec the upgraded {}: {e}", exe.display()))
+                    Err(anyhow::Error::new(node::ExecFailed(format!(
+                        "cannot exec the upgraded {}: {e}",
+                        exe.display()
+                    ))))
                 }
             }
         }

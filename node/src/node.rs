@@ -212,6 +212,18 @@ pub struct Reload {
 /// Replaces the log filter with the one parsed from the given directives.
 pub type SetLogFilter = Box<dyn Fn(&str) -> Result<()> + Send + Sync>;
 
+/// The exec of the upgraded executable failed (exit 5: the unit restarts the node).
+#[derive(Debug)]
+pub struct ExecFailed(pub String);
+
+impl std::fmt::Display for ExecFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ExecFailed {}
+
 /// How [`run`] ended.
 #[derive(Debug)]
 pub enum Exit {

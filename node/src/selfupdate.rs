@@ -36,6 +36,24 @@ impl Exe {
     }
 }
 
+/// Whether the file at `path` can replace the running node: an ELF executable (glibc's exec
+/// would hand any other file to `/bin/sh`) with its owner's execute bit. `Err` says why not.
+pub fn executable(path: &Path) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let f = crate::fsmode::open_regular(path).map_err(|e| format!("{e:#}"))?;
+    let mode = f.metadata().map_err(|e| format!("cannot stat {}: {e}", path.display()))?.permissions().mode();
+    if mode & 0o100 == 0 {
+        return Err(format!("{} is not executable (mode {:o})", path.display(), mode & 0o7777));
+    }
+    let mut magic = [0u8; 4];
+    f.take(4).read_exact(&mut magic).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if &magic != b"\x7fELF" {
+        return Err(format!("{} is not an ELF executable", path.display()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +71,21 @@ mod tests {
         assert!(exe.replaced());
         std::fs::remove_file(&path).unwrap();
         assert!(!exe.replaced());
+    }
+
+    #[test]
+    fn only_an_executable_elf_file_may_replace_the_node() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script");
+        std::fs::write(&script, b"#!/bin/sh\necho pwned\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(executable(&script).unwrap_err().contains("not an ELF executable"));
+        let elf = dir.path().join("elf");
+        std::fs::copy(std::env::current_exe().unwrap(), &elf).unwrap();
+        std::fs::set_permissions(&elf, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(executable(&elf).unwrap_err().contains("is not executable"));
+        std::fs::set_permissions(&elf, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(executable(&elf), Ok(()));
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 
 use crate::fleet::{Node, free_port, make_fleet_keys, wait_until};
-use crate::rollout::{ROLLBACK, approve, release};
+use crate::rollout::{INSTALL_OK, ROLLBACK, approve, release};
 use crate::support::{bin, cannot_run};
 
 /// Fails on the host named kiosk-3, with output that tries to run a script in the console.
@@ -27,7 +27,6 @@ esac
 echo "tool $LANPATCH_VERSION" > "$LANPATCH_DATA/installed-tool"
 echo installed fine
 "#;
-const INSTALL_OK: &str = "echo \"tool $LANPATCH_VERSION\" > \"$LANPATCH_DATA/installed-tool\"\necho installed fine\n";
 
 /// chromedriver, stopped (by its PID) when dropped; the browser ends with the session.
 struct Driver {

@@ -145,3 +145,47 @@ fn publish_of_a_bundle_whose_manifest_is_a_fifo_or_a_link_to_dev_zero_is_refused
     assert!(why.contains("more than the"), "{why}");
     wait_until(Duration::from_secs(10), "the node answers", || status_within(&n, Duration::from_secs(5)));
 }
+
+#[test]
+fn an_install_that_replaces_the_node_binary_with_something_that_cannot_run_leaves_the_running_node_patching() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::fleet::make_fleet_keys(dir);
+    let admin = crate::fleet::admin(dir, "");
+    // The node runs from its own copy of the binary, which the release replaces.
+    let exe = dir.join("bin/lanpatch-node");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    std::fs::copy(bin("lanpatch-node"), &exe).unwrap();
+    let mut n = Node::new(dir, "n1", &dir.join("root.lpr"), &[admin.port], "ring = \"canary\"");
+    n.wrapper = Some(vec![exe.display().to_string(), "run".into(), "--config".into(), "{config}".into()]);
+    n.start();
+    wait_until(Duration::from_secs(30), "connected", || !n.status().peers.is_empty());
+    let pid = std::fs::read_to_string(n.dir.join("data/lock")).unwrap_or_default();
+
+    // A script where the binary was (renamed over it, as dpkg does): glibc's exec would hand it
+    // to /bin/sh.
+    let marker = dir.join("script-ran");
+    let install = format!(
+        "printf '#!/bin/sh\\ntouch {m}\\n' > {e}.new && chmod 755 {e}.new && mv {e}.new {e}\n",
+        m = marker.display(),
+        e = exe.display()
+    );
+    let bad = crate::rollout::release(dir, "bad-update", 1, &install, crate::rollout::ROLLBACK, &[]);
+    crate::rollout::approve(dir, &bad, "canary", &[]).ok();
+    admin.publish(&bad);
+    wait_until(Duration::from_secs(60), "the install succeeds", || {
+        n.release_state("tool", 1) == Some(lanpatch_protocol::ReleaseState::Installed)
+    });
+    wait_until(Duration::from_secs(30), "the node says it stays", || {
+        std::fs::read_to_string(n.dir.join("node.log")).unwrap_or_default().contains("the running node stays")
+    });
+    // The same process, still patching: the next release installs.
+    assert_eq!(std::fs::read_to_string(n.dir.join("data/lock")).unwrap_or_default(), pid);
+    let next = crate::rollout::release(dir, "next", 2, crate::rollout::INSTALL_OK, crate::rollout::ROLLBACK, &[]);
+    crate::rollout::approve(dir, &next, "canary", &[]).ok();
+    admin.publish(&next);
+    wait_until(Duration::from_secs(60), "the next release installs", || {
+        n.release_state("tool", 2) == Some(lanpatch_protocol::ReleaseState::Installed)
+    });
+    assert!(!marker.exists(), "the script that replaced the binary ran");
+}

@@ -96,7 +96,8 @@ fn fleet_status(dir: &Path, admin: &Node, bundle: &Path) -> String {
         .clone()
 }
 
-const INSTALL_OK: &str = "echo \"tool $LANPATCH_VERSION\" > \"$LANPATCH_DATA/installed-tool\"\necho installed fine\n";
+pub const INSTALL_OK: &str =
+    "echo \"tool $LANPATCH_VERSION\" > \"$LANPATCH_DATA/installed-tool\"\necho installed fine\n";
 pub const ROLLBACK: &str = "rm -f \"$LANPATCH_DATA/installed-tool\"\necho rolled > \"$LANPATCH_DATA/rolled-back\"\n";
 
 #[test]
