@@ -19,7 +19,11 @@ use serde::Deserialize;
 /// Bytes read from one feed file (or one zip entry, decompressed) at most.
 pub const MAX_FILE: u64 = 512 * 1024 * 1024;
 /// Records in an OSV zip at most.
-pub const MAX_ZIP_ENTRIES: usize = 1_000_000;
+pub const MAX_ZIP_ENTRIES: usize = 200_000;
+/// Largest OSV record (a file of a directory, an entry of the zip) once decompressed.
+pub const MAX_RECORD: u64 = 8 * 1024 * 1024;
+/// Bytes of a record each row it expands to must be paid with (beyond 64 rows).
+pub const ROW_BYTES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}{}: {what}", at.as_ref().map(|a| format!(", {a}")).unwrap_or_default())]
@@ -93,6 +97,8 @@ pub struct OsvAffected {
 #[derive(Debug, Default)]
 pub struct OsvFeed {
     pub records: usize,
+    /// Of those, withdrawn ones (no rows).
+    pub withdrawn: usize,
     pub affected: Vec<OsvAffected>,
     /// The newest `modified` time among the records: the feed's date.
     pub date: String,
@@ -111,6 +117,9 @@ struct OsvRecord {
     affected: Vec<OsvAffectedJson>,
     #[serde(default)]
     severity: Vec<OsvSeverity>,
+    /// Set when the record was withdrawn: it no longer says anything is affected.
+    #[serde(default)]
+    withdrawn: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -170,6 +179,32 @@ fn parse_osv_record(file: &Path, entry: Option<&str>, bytes: &[u8], feed: &mut O
         return Err(err(file, place(None), "the record has no usable id"));
     }
     let at = place(Some(&rec.id));
+    if rec.withdrawn.as_deref().is_some_and(|w| !w.trim().is_empty()) {
+        feed.records += 1;
+        feed.withdrawn += 1;
+        return Ok(());
+    }
+    // Rows are CVEs x range events: a small record naming many of both would expand to more
+    // rows than a real one ever has. Each row must be paid for by bytes of the record.
+    let events: usize = rec
+        .affected
+        .iter()
+        .flat_map(|a| a.ranges.iter())
+        .filter(|r| r.kind == "ECOSYSTEM")
+        .map(|r| r.events.len())
+        .sum();
+    let ids = 1 + rec.aliases.len() + rec.upstream.len();
+    let allowed = 64 + bytes.len() / ROW_BYTES;
+    if events.saturating_mul(ids) > allowed {
+        return Err(err(
+            file,
+            at,
+            format!(
+                "{ids} identifiers x {events} range events would expand to more than the {allowed} rows a record of {} bytes may (one per {ROW_BYTES} bytes)",
+                bytes.len()
+            ),
+        ));
+    }
     let mut cves: Vec<String> = std::iter::once(rec.id.strip_prefix("DEBIAN-").unwrap_or(&rec.id).to_string())
         .chain(rec.aliases.iter().cloned())
         .chain(rec.upstream.iter().cloned())
@@ -249,6 +284,40 @@ fn parse_osv_record(file: &Path, entry: Option<&str>, bytes: &[u8], feed: &mut O
     Ok(())
 }
 
+/// One OSV record, at most [`MAX_RECORD`] bytes.
+fn read_record(file: &Path, r: impl Read) -> Result<Vec<u8>, FeedError> {
+    let mut buf = Vec::new();
+    r.take(MAX_RECORD + 1).read_to_end(&mut buf).map_err(|e| err(file, None, format!("cannot read: {e}")))?;
+    if buf.len() as u64 > MAX_RECORD {
+        return Err(err(file, None, format!("an OSV record larger than {MAX_RECORD} bytes")));
+    }
+    Ok(buf)
+}
+
+/// The number of entries a zip's end-of-central-directory record declares (its Zip64 record's
+/// when the classic one says 0xFFFF), `None` when there is none.
+fn zip_entry_count(bytes: &[u8]) -> Option<u64> {
+    const EOCD: [u8; 4] = [0x50, 0x4b, 0x05, 0x06];
+    const ZIP64_LOCATOR: [u8; 4] = [0x50, 0x4b, 0x06, 0x07];
+    const ZIP64_EOCD: [u8; 4] = [0x50, 0x4b, 0x06, 0x06];
+    let from = bytes.len().saturating_sub(22 + 65_535);
+    let at = (from..=bytes.len().checked_sub(22)?).rev().find(|&i| bytes[i..i + 4] == EOCD)?;
+    let count = u16::from_le_bytes([bytes[at + 10], bytes[at + 11]]);
+    if count != 0xFFFF {
+        return Some(u64::from(count));
+    }
+    let loc = at.checked_sub(20)?;
+    if bytes[loc..loc + 4] != ZIP64_LOCATOR {
+        return Some(u64::from(count));
+    }
+    let offset = usize::try_from(u64::from_le_bytes(bytes[loc + 8..loc + 16].try_into().ok()?)).ok()?;
+    let rec = bytes.get(offset..offset.checked_add(40)?)?;
+    if rec[..4] != ZIP64_EOCD {
+        return None;
+    }
+    Some(u64::from_le_bytes(rec[32..40].try_into().ok()?))
+}
+
 /// An OSV feed from `path`: a record file, a directory of `*.json` records, or the zip export.
 pub fn parse_osv(path: &Path) -> Result<OsvFeed, FeedError> {
     let mut feed = OsvFeed::default();
@@ -260,11 +329,19 @@ pub fn parse_osv(path: &Path) -> Result<OsvFeed, FeedError> {
             .collect();
         files.sort();
         for f in files {
-            parse_osv_record(&f, None, &read_file(&f)?, &mut feed)?;
+            let file = std::fs::File::open(&f).map_err(|e| err(&f, None, format!("cannot open: {e}")))?;
+            parse_osv_record(&f, None, &read_record(&f, file)?, &mut feed)?;
         }
     } else {
         let bytes = read_file(path)?;
         if bytes.starts_with(b"PK\x03\x04") {
+            // The entry count from the end-of-central-directory record, before the zip crate
+            // parses (and allocates for) every entry.
+            let declared = zip_entry_count(&bytes)
+                .ok_or_else(|| err(path, None, "not a readable zip: no end of central directory"))?;
+            if declared > MAX_ZIP_ENTRIES as u64 {
+                return Err(err(path, None, format!("{declared} entries, the limit is {MAX_ZIP_ENTRIES}")));
+            }
             let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes))
                 .map_err(|e| err(path, None, format!("not a readable zip: {e}")))?;
             if zip.len() > MAX_ZIP_ENTRIES {
@@ -277,7 +354,7 @@ pub fn parse_osv(path: &Path) -> Result<OsvFeed, FeedError> {
                     continue;
                 }
                 let data =
-                    read_capped(path, entry).map_err(|e| err(path, Some(format!("zip entry {name}")), e.what))?;
+                    read_record(path, entry).map_err(|e| err(path, Some(format!("zip entry {name}")), e.what))?;
                 parse_osv_record(path, Some(&name), &data, &mut feed)?;
             }
         } else {
@@ -461,5 +538,67 @@ mod tests {
         assert_eq!(cvss_score("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:C/C:H/I:H/A:H").unwrap(), 10.0);
         assert_eq!(cvss_score("CVSS:3.1/AV:N/AC:H/PR:N/UI:N/S:U/C:H/I:H/A:H").unwrap(), 8.1);
         assert!(cvss_score("CVSS:3.1/AV:X/AC:L").is_err());
+    }
+
+    fn parse_one(json: &str) -> Result<OsvFeed, FeedError> {
+        let mut feed = OsvFeed::default();
+        parse_osv_record(Path::new("t.json"), None, json.as_bytes(), &mut feed)?;
+        Ok(feed)
+    }
+
+    #[test]
+    fn a_small_record_naming_many_cves_and_events_is_refused_before_it_expands() {
+        // 400 identifiers x 4000 events: 1.6 million rows from 70 KB.
+        let aliases: Vec<String> = (0..400).map(|i| format!("\"CVE-2024-{:05}\"", 10000 + i)).collect();
+        let events: Vec<&str> = (0..4000).map(|_| "{\"fixed\":\"1\"}").collect();
+        let json = format!(
+            "{{\"id\":\"DSA-1\",\"aliases\":[{}],\"affected\":[{{\"package\":{{\"ecosystem\":\"Debian:12\",\"name\":\"glibc\"}},\"ranges\":[{{\"type\":\"ECOSYSTEM\",\"events\":[{}]}}]}}]}}",
+            aliases.join(","),
+            events.join(",")
+        );
+        assert!(json.len() < 100_000);
+        let e = parse_one(&json).unwrap_err();
+        assert!(e.what.contains("would expand to more than"), "{}", e.what);
+        // A real-sized one passes: 3 CVEs, two ranges.
+        let ok = "{\"id\":\"DSA-2\",\"aliases\":[\"CVE-2024-0001\",\"CVE-2024-0002\",\"CVE-2024-0003\"],\"affected\":[{\"package\":{\"ecosystem\":\"Debian:12\",\"name\":\"glibc\"},\"ranges\":[{\"type\":\"ECOSYSTEM\",\"events\":[{\"introduced\":\"0\"},{\"fixed\":\"2.36-9+deb12u4\"}]}]}]}";
+        assert_eq!(parse_one(ok).unwrap().affected.len(), 3);
+    }
+
+    #[test]
+    fn a_withdrawn_record_says_nothing_is_affected() {
+        let json = "{\"id\":\"DEBIAN-CVE-2024-12345\",\"withdrawn\":\"2024-12-01T00:00:00Z\",\"affected\":[{\"package\":{\"ecosystem\":\"Debian:12\",\"name\":\"glibc\"},\"ranges\":[{\"type\":\"ECOSYSTEM\",\"events\":[{\"introduced\":\"0\"},{\"fixed\":\"2.36-9+deb12u4\"}]}]}]}";
+        let feed = parse_one(json).unwrap();
+        assert_eq!((feed.records, feed.withdrawn, feed.affected.len()), (1, 1, 0));
+        let live = json.replace("\"withdrawn\":\"2024-12-01T00:00:00Z\",", "");
+        assert_eq!(parse_one(&live).unwrap().affected.len(), 1);
+    }
+
+    #[test]
+    fn a_zip_declaring_more_entries_than_allowed_is_refused_before_its_directory_is_read() {
+        // A local-file signature, then a Zip64 end record declaring 10 million entries, its
+        // locator and the classic end record saying 0xFFFF.
+        let mut z = b"PK\x03\x04".to_vec();
+        z.extend([0u8; 26]);
+        let zip64_at = z.len() as u64;
+        z.extend([0x50, 0x4b, 0x06, 0x06]);
+        z.extend(44u64.to_le_bytes()); // size of the rest of the record
+        z.extend([45, 0, 45, 0]); // versions
+        z.extend([0u8; 8]); // disk numbers
+        z.extend(10_000_000u64.to_le_bytes()); // entries on this disk
+        z.extend(10_000_000u64.to_le_bytes()); // entries in all
+        z.extend([0u8; 16]); // directory size and offset
+        z.extend([0x50, 0x4b, 0x06, 0x07, 0, 0, 0, 0]);
+        z.extend(zip64_at.to_le_bytes());
+        z.extend(1u32.to_le_bytes());
+        z.extend([0x50, 0x4b, 0x05, 0x06, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+        z.extend([0xff; 8]);
+        z.extend([0, 0]);
+        assert_eq!(zip_entry_count(&z), Some(10_000_000));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("all.zip");
+        std::fs::write(&path, &z).unwrap();
+        let e = parse_osv(&path).unwrap_err();
+        assert!(e.what.contains("10000000 entries, the limit is"), "{}", e.what);
+        assert_eq!(zip_entry_count(b"PK\x03\x04 no end record"), None);
     }
 }

@@ -47,6 +47,16 @@ pub struct Finding {
     pub hosts: Vec<Exposure>,
 }
 
+impl Finding {
+    /// Hosts exposed (one host may be listed once per binary package of the source).
+    pub fn host_count(&self) -> usize {
+        let mut nodes: Vec<&str> = self.hosts.iter().map(|h| h.node.as_str()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes.len()
+    }
+}
+
 /// Whether `version` is inside the range. A bound that is not a Debian version cannot clear a
 /// host: the host counts as exposed.
 pub fn in_range(version: &str, a: &OsvAffected) -> bool {
@@ -153,7 +163,7 @@ pub fn priority(a: &Finding, b: &Finding) -> Ordering {
     kb.0.cmp(&ka.0)
         .then(kb.1.total_cmp(&ka.1))
         .then(kb.2.total_cmp(&ka.2))
-        .then(b.hosts.len().cmp(&a.hosts.len()))
+        .then(b.host_count().cmp(&a.host_count()))
         .then_with(|| a.cve.cmp(&b.cve))
         .then_with(|| a.package.cmp(&b.package))
 }
@@ -253,6 +263,28 @@ mod tests {
             kev: kev.then(|| Kev { date_added: "2023-11-21".into(), due_date: "2023-12-12".into(), ransomware: false }),
             hosts: vec![],
         }
+    }
+
+    #[test]
+    fn a_host_exposed_through_several_binary_packages_of_one_source_counts_once() {
+        let e = |node: &str, pkg: &str| Exposure {
+            hostname: node.into(),
+            node: node.into(),
+            installed: pkg.into(),
+            version: "2.36-9".into(),
+            fixed: None,
+        };
+        let f = Finding {
+            cve: "CVE-2023-4911".into(),
+            package: "glibc".into(),
+            advisories: vec![],
+            cvss: None,
+            cvss_vector: None,
+            epss: None,
+            kev: None,
+            hosts: vec![e("web-1", "libc6"), e("web-1", "libc-bin"), e("web-1", "locales"), e("web-2", "libc6")],
+        };
+        assert_eq!(f.host_count(), 2);
     }
 
     #[test]

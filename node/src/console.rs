@@ -894,7 +894,7 @@ async fn exposure_page(State(c): State<Console>, Query(q): Query<ExposureQuery>)
                         td { (i + 1) }
                         td { a href=(exposure_link("cve", &x.cve)) { (x.cve) } }
                         td { (x.package) }
-                        td { (x.hosts.len()) }
+                        td { (x.host_count()) }
                         td { @if let Some(s) = x.cvss { (format!("{s:.1}")) } }
                         td { @if let Some(e) = x.epss { (format!("{:.3}", e.score)) } }
                         td { @if let Some(k) = &x.kev { span.flag { "KEV" } " due " (k.due_date) @if k.ransomware { ", ransomware" } } }

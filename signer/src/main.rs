@@ -607,7 +607,13 @@ fn feeds_import(db: Option<PathBuf>, osv: Option<PathBuf>, epss: Option<PathBuf>
     let mut store = feedstore::FeedStore::open(&path)?;
     if let Some((p, f)) = &osv {
         store.replace_osv(f, p)?;
-        println!("osv: {} records, {} affected ranges, dated {}", f.records, f.affected.len(), f.date);
+        println!(
+            "osv: {} records ({} withdrawn, ignored), {} affected ranges, dated {}",
+            f.records,
+            f.withdrawn,
+            f.affected.len(),
+            f.date
+        );
     }
     if let Some((p, f)) = &epss {
         store.replace_epss(f, p)?;

@@ -35,7 +35,7 @@ pub fn print_findings(findings: &[Finding]) {
             }
             None => String::new(),
         };
-        println!("{:>3}. {} {} on {} host(s): CVSS {cvss}, EPSS {epss} {kev}", i + 1, f.cve, f.package, f.hosts.len());
+        println!("{:>3}. {} {} on {} host(s): CVSS {cvss}, EPSS {epss} {kev}", i + 1, f.cve, f.package, f.host_count());
         for h in &f.hosts {
             let fixed = h.fixed.as_deref().map(|v| format!("fixed in {v}")).unwrap_or_else(|| "no fix yet".into());
             println!("       {} {} {} ({fixed})", h.hostname, h.installed, h.version);
