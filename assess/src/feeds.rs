@@ -333,38 +333,60 @@ pub fn parse_osv(path: &Path) -> Result<OsvFeed, FeedError> {
             parse_osv_record(&f, None, &read_record(&f, file)?, &mut feed)?;
         }
     } else {
-        let bytes = read_file(path)?;
-        if bytes.starts_with(b"PK\x03\x04") {
-            // The entry count from the end-of-central-directory record, before the zip crate
-            // parses (and allocates for) every entry.
-            let declared = zip_entry_count(&bytes)
-                .ok_or_else(|| err(path, None, "not a readable zip: no end of central directory"))?;
-            if declared > MAX_ZIP_ENTRIES as u64 {
-                return Err(err(path, None, format!("{declared} entries, the limit is {MAX_ZIP_ENTRIES}")));
-            }
-            let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes))
-                .map_err(|e| err(path, None, format!("not a readable zip: {e}")))?;
-            if zip.len() > MAX_ZIP_ENTRIES {
-                return Err(err(path, None, format!("{} entries, the limit is {MAX_ZIP_ENTRIES}", zip.len())));
-            }
-            for i in 0..zip.len() {
-                let entry = zip.by_index(i).map_err(|e| err(path, Some(format!("zip entry {i}")), e.to_string()))?;
-                let name = entry.name().map(|n| n.to_string()).unwrap_or_else(|_| format!("#{i}"));
-                if !name.ends_with(".json") {
-                    continue;
-                }
-                let data =
-                    read_record(path, entry).map_err(|e| err(path, Some(format!("zip entry {name}")), e.what))?;
-                parse_osv_record(path, Some(&name), &data, &mut feed)?;
-            }
-        } else {
-            parse_osv_record(path, None, &bytes, &mut feed)?;
-        }
+        feed = parse_osv_bytes(path, &read_file(path)?)?;
     }
     if feed.records == 0 {
         return Err(err(path, None, "no OSV records"));
     }
     Ok(feed)
+}
+
+/// The OSV records of one file's bytes: a record, or the zip export (`path` names it in
+/// errors). The zip's records together may expand to at most [`EXPANSION`] times the file.
+pub fn parse_osv_bytes(path: &Path, bytes: &[u8]) -> Result<OsvFeed, FeedError> {
+    let mut feed = OsvFeed::default();
+    if !bytes.starts_with(b"PK\x03\x04") {
+        parse_osv_record(path, None, bytes, &mut feed)?;
+        return Ok(feed);
+    }
+    // The entry count from the end-of-central-directory record, before the zip crate parses
+    // (and allocates for) every entry.
+    let declared =
+        zip_entry_count(bytes).ok_or_else(|| err(path, None, "not a readable zip: no end of central directory"))?;
+    if declared > MAX_ZIP_ENTRIES as u64 {
+        return Err(err(path, None, format!("{declared} entries, the limit is {MAX_ZIP_ENTRIES}")));
+    }
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| err(path, None, format!("not a readable zip: {e}")))?;
+    if zip.len() > MAX_ZIP_ENTRIES {
+        return Err(err(path, None, format!("{} entries, the limit is {MAX_ZIP_ENTRIES}", zip.len())));
+    }
+    // Entries may share compressed bytes: what they expand to is counted together.
+    let cap = expansion_cap(bytes.len());
+    let mut expanded = 0u64;
+    for i in 0..zip.len() {
+        let entry = zip.by_index(i).map_err(|e| err(path, Some(format!("zip entry {i}")), e.to_string()))?;
+        let name = entry.name().map(|n| n.to_string()).unwrap_or_else(|_| format!("#{i}"));
+        if !name.ends_with(".json") {
+            continue;
+        }
+        let data = read_record(path, entry).map_err(|e| err(path, Some(format!("zip entry {name}")), e.what))?;
+        expanded += data.len() as u64;
+        if expanded > cap {
+            let what = format!("the records expand to more than {cap} bytes ({EXPANSION}x the file)");
+            return Err(err(path, Some(format!("zip entry {name}")), what));
+        }
+        parse_osv_record(path, Some(&name), &data, &mut feed)?;
+    }
+    Ok(feed)
+}
+
+/// How many times its size a compressed feed file may expand to (real ones: under 15).
+pub const EXPANSION: u64 = 64;
+
+/// What a compressed file of `len` bytes may expand to.
+fn expansion_cap(len: usize) -> u64 {
+    (len as u64).saturating_mul(EXPANSION).saturating_add(1 << 20).min(MAX_FILE)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -389,10 +411,22 @@ pub struct EpssFeed {
 
 /// The EPSS daily CSV, plain or gzip.
 pub fn parse_epss(path: &Path) -> Result<EpssFeed, FeedError> {
-    let raw = read_file(path)?;
+    parse_epss_bytes(path, read_file(path)?)
+}
+
+/// [`parse_epss`] of a file's bytes (`path` names it in errors).
+pub fn parse_epss_bytes(path: &Path, raw: Vec<u8>) -> Result<EpssFeed, FeedError> {
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        read_capped(path, flate2::read::GzDecoder::new(&raw[..]))
-            .map_err(|e| err(path, None, format!("gzip: {}", e.what)))?
+        let cap = expansion_cap(raw.len());
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..])
+            .take(cap + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| err(path, None, format!("gzip: cannot read: {e}")))?;
+        if out.len() as u64 > cap {
+            return Err(err(path, None, format!("gzip: expands to more than {cap} bytes ({EXPANSION}x the file)")));
+        }
+        out
     } else {
         raw
     };
@@ -491,7 +525,11 @@ struct KevJsonEntry {
 
 /// The CISA KEV catalogue JSON.
 pub fn parse_kev(path: &Path) -> Result<KevFeed, FeedError> {
-    let bytes = read_file(path)?;
+    parse_kev_bytes(path, &read_file(path)?)
+}
+
+/// [`parse_kev`] of a file's bytes (`path` names it in errors).
+pub fn parse_kev_bytes(path: &Path, bytes: &[u8]) -> Result<KevFeed, FeedError> {
     let k: KevJson = serde_json::from_slice(&bytes).map_err(|e| {
         err(path, Some(format!("line {}", e.line())), format!("not the KEV catalogue: column {}: {e}", e.column()))
     })?;

@@ -213,7 +213,8 @@ fn debian_packages_install_with_their_modes_run_under_the_installed_config_and_p
     for p in PACKAGE_PATHS {
         assert!(fs::symlink_metadata(p).is_err(), "{p} is left after purge");
     }
-    assert_ne!(run(Command::new("getent").args(["group", "lanpatch"])).code, Some(0), "the group is left");
+    // The system group stays, so its gid is never handed to another group.
+    assert_eq!(run(Command::new("getent").args(["group", "lanpatch"])).code, Some(0), "purge deleted the group");
     assert_eq!(installed_version("lanpatch-node"), None);
 }
 
@@ -449,5 +450,8 @@ fn the_packaged_node_under_systemd_in_a_debian_container_notifies_reloads_feeds_
         let left = host.exec(&["test", "-e", p]);
         assert_ne!(left.code, Some(0), "{p} is left after purge");
     }
-    assert_ne!(host.exec(&["getent", "group", "lanpatch"]).code, Some(0), "the lanpatch group is left after purge");
+    // The system group stays (its gid must not go to another group), owning nothing any more.
+    assert_eq!(host.exec(&["getent", "group", "lanpatch"]).code, Some(0), "purge deleted the lanpatch group");
+    let owned = host.exec(&["find", "/", "-xdev", "-group", "lanpatch"]);
+    assert_eq!(owned.stdout.trim(), "", "files still carry the lanpatch group after purge");
 }
