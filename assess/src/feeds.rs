@@ -530,7 +530,7 @@ pub fn parse_kev(path: &Path) -> Result<KevFeed, FeedError> {
 
 /// [`parse_kev`] of a file's bytes (`path` names it in errors).
 pub fn parse_kev_bytes(path: &Path, bytes: &[u8]) -> Result<KevFeed, FeedError> {
-    let k: KevJson = serde_json::from_slice(&bytes).map_err(|e| {
+    let k: KevJson = serde_json::from_slice(bytes).map_err(|e| {
         err(path, Some(format!("line {}", e.line())), format!("not the KEV catalogue: column {}: {e}", e.column()))
     })?;
     if k.count != k.vulnerabilities.len() {

@@ -6,8 +6,10 @@
 //! escapes every interpolated value, no value from a node becomes a link target (links are built
 //! from typed, validated values: manifest hashes), and the Content-Security-Policy allows no
 //! script at all. Access needs the token in `<data_dir>/console.token` (0600, created at the
-//! first start): `GET /login?token=...` sets it as an HttpOnly, SameSite=Strict cookie;
-//! scripts may send `Authorization: Bearer <token>` instead.
+//! first start): `GET /login?token=...` exchanges it for a random session (an HttpOnly,
+//! SameSite=Strict cookie that expires; `/logout` ends it); scripts may send `Authorization:
+//! Bearer <token>` instead. A new token (`console-url --rotate`, or the file deleted) ends
+//! every session.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
@@ -32,8 +34,12 @@ use serde::Deserialize;
 use crate::clock::now;
 use crate::shared::Shared;
 
-/// The cookie that carries the token after `/login`.
-const COOKIE: &str = "lanpatch_console";
+/// The cookie that carries the session after `/login`.
+const COOKIE: &str = "lanpatch_session";
+/// How long a session lasts.
+const SESSION_SECS: u64 = 12 * 3600;
+/// Sessions kept at once (the oldest goes first).
+const MAX_SESSIONS: usize = 256;
 /// Lines of a failing node's output shown on the release page.
 const TAIL_LINES: usize = 20;
 
@@ -75,13 +81,57 @@ pub fn load_or_create_token(path: &Path) -> Result<String> {
     Ok(token)
 }
 
+/// `lanpatch-node console-url`: the running console's login link, after a new token when
+/// `rotate` (the console notices the new file at its next request and ends every session).
+pub async fn print_url(cfg: &crate::config::Config, rotate: bool) -> Result<()> {
+    use lanpatch_protocol::control::{ControlRequest, ControlResponse};
+    if cfg.console_listen.is_none() {
+        bail!("the console is off: set console_listen in node.toml (e.g. \"127.0.0.1:9718\")");
+    }
+    let addr = match crate::control::request(&cfg.control_socket(), &ControlRequest::Status).await? {
+        ControlResponse::Status(st) => st.console,
+        other => bail!("unexpected response {other:?}"),
+    };
+    let Some(addr) = addr else {
+        bail!("the running node does not serve the console (restart it after setting console_listen)")
+    };
+    let path = cfg.console_token();
+    let token = if rotate {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+        let token = hex::encode(bytes);
+        // Renamed over the old one: the node never sees the file missing.
+        crate::fsmode::write_private(&path, format!("{token}\n").as_bytes())
+            .with_context(|| "run as the node's user or root".to_string())?;
+        token
+    } else {
+        fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e} (run as the node's user or root)", path.display()))?
+    };
+    println!("http://{addr}/login?token={}", token.trim());
+    Ok(())
+}
+
 #[derive(Clone)]
 struct Console {
     s: Arc<Shared>,
-    /// BLAKE3 of the token: `blake3::Hash` compares in constant time.
-    token: blake3::Hash,
+    /// The token file, its BLAKE3 (`blake3::Hash` compares in constant time) and what it was
+    /// read from (length, modification time): a changed file is read again.
+    token: Arc<std::sync::Mutex<Token>>,
+    /// Sessions by the BLAKE3 of their id, with their expiry (seconds since the epoch).
+    sessions: Arc<std::sync::Mutex<HashMap<blake3::Hash, u64>>>,
     /// The last exposure assessment and what it was computed from.
     assessed: Arc<std::sync::Mutex<Option<Assessed>>>,
+}
+
+struct Token {
+    path: std::path::PathBuf,
+    hash: blake3::Hash,
+    seen: (u64, Option<std::time::SystemTime>),
+}
+
+fn file_stamp(path: &Path) -> (u64, Option<std::time::SystemTime>) {
+    fs::metadata(path).map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None))
 }
 
 /// An assessment and the hash of what it was computed from (feed database, inventories).
@@ -94,15 +144,74 @@ struct Assessment {
 }
 
 impl Console {
+    /// The token's hash now: a token file that changed (rotated, or deleted and so created
+    /// again) is read again, and every session ends with the old token.
+    fn current_token(&self) -> blake3::Hash {
+        let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        let stamp = file_stamp(&t.path);
+        if stamp != t.seen {
+            match load_or_create_token(&t.path) {
+                Ok(token) => {
+                    let hash = blake3::hash(token.as_bytes());
+                    if hash != t.hash {
+                        tracing::info!("console token changed: every session ends");
+                        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                    }
+                    t.hash = hash;
+                    t.seen = file_stamp(&t.path);
+                }
+                Err(e) => tracing::warn!("console token: {e:#}"),
+            }
+        }
+        t.hash
+    }
+
     fn accepts(&self, presented: &str) -> bool {
-        blake3::hash(presented.trim().as_bytes()) == self.token
+        blake3::hash(presented.trim().as_bytes()) == self.current_token()
+    }
+
+    /// A new session: its id, for the cookie.
+    fn open_session(&self) -> Result<String> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+        let id = hex::encode(bytes);
+        let t = now().0;
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.retain(|_, expires| *expires > t);
+        while sessions.len() >= MAX_SESSIONS {
+            let Some(oldest) = sessions.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) else { break };
+            sessions.remove(&oldest);
+        }
+        sessions.insert(blake3::hash(id.as_bytes()), t + SESSION_SECS);
+        Ok(id)
+    }
+
+    fn session_valid(&self, id: &str) -> bool {
+        let _ = self.current_token();
+        let t = now().0;
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&blake3::hash(id.trim().as_bytes()))
+            .is_some_and(|e| *e > t)
+    }
+
+    fn close_session(&self, id: &str) {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&blake3::hash(id.trim().as_bytes()));
     }
 }
 
 /// Serves the console on `listener` until the node stops.
 pub async fn serve(s: Arc<Shared>, listener: tokio::net::TcpListener, token: String) {
     use axum::routing::get;
-    let console = Console { s: s.clone(), token: blake3::hash(token.as_bytes()), assessed: Arc::default() };
+    let path = s.cfg.console_token();
+    let token = Token { hash: blake3::hash(token.as_bytes()), seen: file_stamp(&path), path };
+    let console = Console {
+        s: s.clone(),
+        token: Arc::new(std::sync::Mutex::new(token)),
+        sessions: Arc::default(),
+        assessed: Arc::default(),
+    };
     let app = axum::Router::new()
         .route("/", get(fleet_page))
         .route("/rollouts", get(rollouts_page))
@@ -110,6 +219,7 @@ pub async fn serve(s: Arc<Shared>, listener: tokio::net::TcpListener, token: Str
         .route("/inventory", get(inventory_page))
         .route("/exposure", get(exposure_page))
         .route("/console.css", get(css))
+        .route("/logout", get(logout))
         .route_layer(axum::middleware::from_fn_with_state(console.clone(), require_token))
         .route("/login", get(login))
         .fallback(not_found)
@@ -136,32 +246,38 @@ async fn security_headers(req: Request, next: Next) -> Response {
     resp
 }
 
-/// The token from the cookie or an `Authorization: Bearer` header.
-fn presented_token(headers: &HeaderMap) -> Option<String> {
+/// What a request presents: the token (`Authorization: Bearer`) or a session (the cookie).
+enum Presented {
+    Token(String),
+    Session(String),
+}
+
+fn presented(headers: &HeaderMap) -> Option<Presented> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
-    bearer.or_else(|| {
-        headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(
-            |pair| {
-                let (name, value) = pair.trim().split_once('=')?;
-                (name == COOKIE).then(|| value.to_string())
-            },
-        )
+        .map(|t| Presented::Token(t.to_string()));
+    bearer.or_else(|| session_cookie(headers).map(Presented::Session))
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        (name == COOKIE).then(|| value.to_string())
     })
 }
 
 async fn require_token(State(c): State<Console>, req: Request, next: Next) -> Response {
-    match presented_token(req.headers()) {
-        Some(t) if c.accepts(&t) => next.run(req).await,
-        presented => {
-            let why = if presented.is_some() { "the token is wrong" } else { "this page needs the console token" };
-            tracing::debug!(path = %req.uri().path(), "console request refused: {why}");
-            (StatusCode::UNAUTHORIZED, refused_page(why)).into_response()
-        }
-    }
+    let why = match presented(req.headers()) {
+        Some(Presented::Token(t)) if c.accepts(&t) => return next.run(req).await,
+        Some(Presented::Session(id)) if c.session_valid(&id) => return next.run(req).await,
+        Some(Presented::Token(_)) => "the token is wrong",
+        Some(Presented::Session(_)) => "the session expired or ended (logged out, or a new console token)",
+        None => "this page needs a session",
+    };
+    tracing::debug!(path = %req.uri().path(), "console request refused: {why}");
+    (StatusCode::UNAUTHORIZED, refused_page(why)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -169,22 +285,46 @@ struct LoginQuery {
     token: Option<String>,
 }
 
-async fn login(State(c): State<Console>, Query(q): Query<LoginQuery>) -> Response {
+/// The session cookie; `Secure` when a TLS proxy in front says the browser came over HTTPS.
+fn session_cookie_header(headers: &HeaderMap, value: &str, max_age: u64) -> Option<HeaderValue> {
+    let https =
+        headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    let secure = if https { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}"))
+        .ok()
+}
+
+async fn login(State(c): State<Console>, headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
     match q.token {
         Some(t) if c.accepts(&t) => {
-            let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", t.trim());
-            match HeaderValue::from_str(&cookie) {
-                Ok(v) => {
+            let cookie = c.open_session().ok().and_then(|id| session_cookie_header(&headers, &id, SESSION_SECS));
+            match cookie {
+                Some(v) => {
                     let mut resp = Redirect::to("/").into_response();
                     resp.headers_mut().insert(header::SET_COOKIE, v);
                     resp
                 }
-                Err(_) => (StatusCode::BAD_REQUEST, refused_page("the token is malformed")).into_response(),
+                None => (StatusCode::INTERNAL_SERVER_ERROR, refused_page("no session could be made")).into_response(),
             }
         }
         Some(_) => (StatusCode::UNAUTHORIZED, refused_page("the token is wrong")).into_response(),
         None => (StatusCode::UNAUTHORIZED, refused_page("this page needs the console token")).into_response(),
     }
+}
+
+async fn logout(State(c): State<Console>, headers: HeaderMap) -> Response {
+    if let Some(id) = session_cookie(&headers) {
+        c.close_session(&id);
+    }
+    let body = html! {
+        p { "Logged out: this browser's session has ended." }
+        p { "For a new one, run " code { "lanpatch-node console-url" } " on the collector." }
+    };
+    let mut resp = page("Logged out", None, body).into_response();
+    if let Some(v) = session_cookie_header(&headers, "", 0) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
 }
 
 async fn not_found() -> Response {
@@ -197,7 +337,7 @@ fn refused_page(why: &str) -> Html<String> {
         None,
         html! {
             p.refused { "Refused: " (why) "." }
-            p { "Run " code { "lanpatch-node console-url" } " on the collector for a link with the token." }
+            p { "Run " code { "lanpatch-node console-url" } " on the collector (as root or the node's user) for a login link; a session lasts 12 hours." }
         },
     )
 }
@@ -446,6 +586,7 @@ fn page_markup(title: &str, nav: Option<&str>, refresh: u32, body: Markup) -> Ma
                             @for (href, name) in [("/", "Fleet"), ("/rollouts", "Rollouts"), ("/inventory", "Inventory"), ("/exposure", "Exposure")] {
                                 a href=(href) class=@if name == current { "current" } { (name) }
                             }
+                            a.logout href="/logout" { "Log out" }
                         }
                     }
                 }

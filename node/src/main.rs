@@ -46,6 +46,9 @@ enum Cmd {
         /// The node's config; default /etc/lanpatch/node.toml (the package's).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Make a new console token first: every session and every link printed before ends.
+        #[arg(long)]
+        rotate: bool,
     },
     /// Print this node's key (created on first use) for an admin to enroll: `lanpatch-signer
     /// enroll node --node-key KEY ...`.
@@ -196,25 +199,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::ConsoleUrl { config } => {
-            let path = config.unwrap_or_else(|| PathBuf::from(PACKAGED_CONFIG));
-            let cfg = config::Config::load(&path)?;
-            if cfg.console_listen.is_none() {
-                bail!("the console is off: set console_listen in {} (e.g. \"127.0.0.1:9718\")", path.display());
-            }
-            let addr = match control::request(&cfg.control_socket(), &ControlRequest::Status).await? {
-                ControlResponse::Status(st) => st.console,
-                other => bail!("unexpected response {other:?}"),
-            };
-            let Some(addr) = addr else {
-                bail!("the running node does not serve the console (restart it after setting console_listen)")
-            };
-            let token_path = cfg.console_token();
-            let token = std::fs::read_to_string(&token_path).map_err(|e| {
-                anyhow::anyhow!("cannot read {}: {e} (run as the node's user or root)", token_path.display())
-            })?;
-            println!("http://{addr}/login?token={}", token.trim());
-            Ok(())
+        Cmd::ConsoleUrl { config, rotate } => {
+            let cfg = config::Config::load(&config.unwrap_or_else(|| PathBuf::from(PACKAGED_CONFIG)))?;
+            lanpatch_node::console::print_url(&cfg, rotate).await
         }
         Cmd::Id { config, json } => {
             let cfg = config::Config::load(&config.unwrap_or_else(|| PathBuf::from(PACKAGED_CONFIG)))?;

@@ -180,7 +180,7 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
     let plain = raw_get(&addr, "/rollouts", "");
     assert!(plain.starts_with("HTTP/1.1 401"), "{plain}");
     assert!(plain.to_ascii_lowercase().contains("content-security-policy: default-src 'none'"), "{plain}");
-    let wrong = raw_get(&addr, "/", &format!("Cookie: lanpatch_console={}\r\n", "0".repeat(64)));
+    let wrong = raw_get(&addr, "/", &format!("Cookie: lanpatch_session={}\r\n", "0".repeat(64)));
     assert!(wrong.starts_with("HTTP/1.1 401"), "{wrong}");
     let token = url.rsplit('=').next().unwrap();
     let bearer = raw_get(&addr, "/", &format!("Authorization: Bearer {token}\r\n"));
@@ -192,7 +192,7 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         let base = format!("http://{addr}");
         c.goto(&format!("{base}/rollouts")).await.unwrap();
         let refused = text_of(&c, "body").await;
-        assert!(refused.contains("Refused: this page needs the console token"), "{refused}");
+        assert!(refused.contains("Refused: this page needs a session"), "{refused}");
         c.goto(&format!("{base}/login?token={}", "f".repeat(64))).await.unwrap();
         assert!(text_of(&c, "body").await.contains("Refused: the token is wrong"));
 
@@ -206,7 +206,7 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         .await;
         assert!(fleet.contains("4 node(s)"), "{fleet}");
         let cookie_visible: bool =
-            c.execute("return document.cookie.includes('lanpatch_console')", vec![]).await.unwrap().as_bool().unwrap();
+            c.execute("return document.cookie.includes('lanpatch_session')", vec![]).await.unwrap().as_bool().unwrap();
         assert!(!cookie_visible, "the session cookie must be HttpOnly");
 
         approve(dir, &v1, "canary", &[]).ok();
@@ -275,6 +275,73 @@ async fn release_hash(c: &Client) -> String {
     let link = c.find(Locator::Css("section.release h2 a")).await.unwrap();
     let href = link.attr("href").await.unwrap().unwrap();
     href.trim_start_matches("/release/").to_string()
+}
+
+/// The `Set-Cookie` value of a response, without the name.
+fn set_cookie(resp: &str) -> String {
+    resp.lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .unwrap_or_else(|| panic!("no Set-Cookie in {resp}"))
+        .to_string()
+}
+
+#[test]
+fn the_token_buys_an_expiring_session_that_logout_and_a_rotated_token_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let mut admin = Node::new(
+        dir,
+        "admin",
+        &dir.join("root.lpr"),
+        &[],
+        "collector = true\nring = \"admin\"\nconsole_listen = \"127.0.0.1:0\"",
+    );
+    admin.start();
+    let addr = admin.status().console.unwrap();
+    let url = console_url(&admin);
+    let token = url.rsplit('=').next().unwrap().to_string();
+    let path = url.split_once(&addr).unwrap().1.to_string();
+
+    // The cookie is a session, not the token: HttpOnly, SameSite=Strict, with an expiry.
+    let login = raw_get(&addr, &path, "");
+    assert!(login.starts_with("HTTP/1.1 303"), "{login}");
+    let cookie = set_cookie(&login);
+    assert!(!cookie.contains(&token), "the cookie holds the token: {cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && cookie.contains("Max-Age=43200"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_string();
+    let with = |s: &str| format!("Cookie: {s}\r\n");
+    assert!(raw_get(&addr, "/", &with(&session)).starts_with("HTTP/1.1 200"));
+    // Behind a TLS proxy the cookie is Secure.
+    let proxied = raw_get(&addr, &path, "X-Forwarded-Proto: https\r\n");
+    assert!(set_cookie(&proxied).contains("; Secure"), "{proxied}");
+
+    // Logout ends the session (and tells the browser to drop the cookie).
+    let out = raw_get(&addr, "/logout", &with(&session));
+    assert!(out.starts_with("HTTP/1.1 200") && set_cookie(&out).contains("Max-Age=0"), "{out}");
+    let after = raw_get(&addr, "/", &with(&session));
+    assert!(after.starts_with("HTTP/1.1 401") && after.contains("the session expired or ended"), "{after}");
+
+    // A rotated token ends every session and the old token; the new link works.
+    let second = set_cookie(&raw_get(&addr, &path, "")).split(';').next().unwrap().to_string();
+    assert!(raw_get(&addr, "/", &with(&second)).starts_with("HTTP/1.1 200"));
+    let out = Command::new(bin("lanpatch-node"))
+        .args(["console-url", "--rotate", "--config"])
+        .arg(&admin.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rotated = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_ne!(rotated, url);
+    assert!(raw_get(&addr, "/", &with(&second)).starts_with("HTTP/1.1 401"), "a session outlived the token");
+    let bearer = |t: &str| format!("Authorization: Bearer {t}\r\n");
+    assert!(raw_get(&addr, "/", &bearer(&token)).starts_with("HTTP/1.1 401"), "the old token still opens");
+    let new_token = rotated.rsplit('=').next().unwrap();
+    assert!(raw_get(&addr, "/", &bearer(new_token)).starts_with("HTTP/1.1 200"));
 }
 
 #[test]
