@@ -1164,12 +1164,12 @@ mod tests {
     }
 
     #[test]
-    fn the_cookie_or_bearer_header_carries_the_token() {
+    fn the_cookie_carries_a_session_and_the_bearer_header_the_token() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=b; lanpatch_console=abc; c=d"));
-        assert_eq!(presented_token(&h).as_deref(), Some("abc"));
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b; lanpatch_session=abc; c=d"));
+        assert!(matches!(presented(&h), Some(Presented::Session(s)) if s == "abc"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer xyz"));
-        assert_eq!(presented_token(&h).as_deref(), Some("xyz"));
-        assert_eq!(presented_token(&HeaderMap::new()), None);
+        assert!(matches!(presented(&h), Some(Presented::Token(t)) if t == "xyz"));
+        assert!(presented(&HeaderMap::new()).is_none());
     }
 }
