@@ -164,6 +164,20 @@ fn only_the_fleet_harness_defines_how_an_admin_or_an_endpoint_starts() {
 }
 
 #[test]
+fn files_a_client_names_are_opened_only_through_fsmode() {
+    // control.rs reads bundles a local client points at; Library::import reads their files.
+    let control = fs::read_to_string(repo().join("node/src/control.rs")).unwrap();
+    let library = fs::read_to_string(repo().join("node/src/library.rs")).unwrap();
+    let import = library.split("pub fn import(").nth(1).and_then(|t| t.split("\n    }\n").next()).unwrap();
+    assert!(import.contains("fsmode::open_regular"), "Library::import must open through fsmode::open_regular");
+    for (file, code) in [("node/src/control.rs", non_test(&control)), ("Library::import", import)] {
+        for opener in ["fs::read(", "File::open(", "OpenOptions::new()"] {
+            assert!(!code.contains(opener), "{file} opens a file with {opener}: use fsmode::open_regular / read_capped");
+        }
+    }
+}
+
+#[test]
 fn nothing_shells_out_to_kill() {
     for (p, text) in sources("node/src").into_iter().chain(sources("signer/src")).chain(sources("tests/it")) {
         if p.ends_with("tidy.rs") {
