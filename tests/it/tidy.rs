@@ -172,7 +172,10 @@ fn files_a_client_names_are_opened_only_through_fsmode() {
     assert!(import.contains("fsmode::open_regular"), "Library::import must open through fsmode::open_regular");
     for (file, code) in [("node/src/control.rs", non_test(&control)), ("Library::import", import)] {
         for opener in ["fs::read(", "File::open(", "OpenOptions::new()"] {
-            assert!(!code.contains(opener), "{file} opens a file with {opener}: use fsmode::open_regular / read_capped");
+            assert!(
+                !code.contains(opener),
+                "{file} opens a file with {opener}: use fsmode::open_regular / read_capped"
+            );
         }
     }
 }
