@@ -2,6 +2,12 @@
 //! that changed identities) and more than `max_per_ip` established connections from one IP.
 //! Denied before the handshake completes for inbound connections, so a new identity from a
 //! banned IP gets nowhere.
+//!
+//! [`PunchPolicy`] holds the dial policy of hole punching (DCUtR): the remote peer names the
+//! addresses, so a member must not be able to point the fleet's nodes at this machine's or the
+//! LAN's own services. Hole punching exists to cross NATs, whose outside addresses are public;
+//! peers on one LAN or site connect directly (mDNS, site peers). A hole-punch dial with any
+//! address that is not a public unicast IP is denied before it starts.
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -43,6 +49,40 @@ pub enum Denied {
     Banned(IpAddr),
     #[error("{ip} already has {count} connections (max_connections_per_ip)")]
     TooMany { ip: IpAddr, count: usize },
+    #[error("hole punching to {0} refused: only public unicast addresses are punched to")]
+    NotPublic(Multiaddr),
+}
+
+/// Whether a hole-punch dial may go to `addr`: an IP address that is public unicast (not
+/// loopback, private, shared (CGNAT), link-local, unique-local, multicast, broadcast,
+/// unspecified or documentation).
+pub fn punchable(addr: &Multiaddr) -> bool {
+    match ip_of(addr) {
+        Some(IpAddr::V4(a)) => {
+            let [b0, b1, ..] = a.octets();
+            !(a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || a.is_unspecified()
+                || a.is_documentation()
+                || b0 == 0
+                || (b0 == 100 && (64..128).contains(&b1))
+                || b0 >= 240)
+        }
+        Some(IpAddr::V6(a)) => {
+            let first = a.segments()[0];
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && a.segments()[1] == 0x0db8
+                || a.to_ipv4_mapped().is_some())
+        }
+        None => false,
+    }
 }
 
 pub struct IpGuard {
@@ -144,5 +184,120 @@ impl NetworkBehaviour for IpGuard {
 
     fn poll(&mut self, _cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         Poll::Pending
+    }
+}
+
+/// DCUtR with a dial policy: every dial it asks for is remembered by its connection id, and
+/// denied at `handle_pending_outbound_connection` unless every address is [`punchable`].
+pub struct PunchPolicy {
+    inner: libp2p::dcutr::Behaviour,
+    punches: HashSet<ConnectionId>,
+}
+
+impl PunchPolicy {
+    pub fn new(inner: libp2p::dcutr::Behaviour) -> Self {
+        PunchPolicy { inner, punches: HashSet::new() }
+    }
+}
+
+impl NetworkBehaviour for PunchPolicy {
+    type ConnectionHandler = <libp2p::dcutr::Behaviour as NetworkBehaviour>::ConnectionHandler;
+    type ToSwarm = libp2p::dcutr::Event;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner.handle_pending_inbound_connection(id, local, remote)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_inbound_connection(id, peer, local, remote)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        if self.punches.remove(&id)
+            && let Some(bad) = addresses.iter().find(|a| !punchable(a))
+        {
+            tracing::info!(peer = ?peer, "{}", Denied::NotPublic(bad.clone()));
+            return Err(ConnectionDenied::new(Denied::NotPublic(bad.clone())));
+        }
+        self.inner.handle_pending_outbound_connection(id, peer, addresses, role)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_outbound_connection(id, peer, addr, role, port_use)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        if let FromSwarm::DialFailure(f) = &event {
+            self.punches.remove(&f.connection_id);
+        }
+        self.inner.on_swarm_event(event)
+    }
+
+    fn on_connection_handler_event(&mut self, peer: PeerId, id: ConnectionId, event: THandlerOutEvent<Self>) {
+        self.inner.on_connection_handler_event(peer, id, event)
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        let out = self.inner.poll(cx);
+        if let Poll::Ready(ToSwarm::Dial { opts }) = &out {
+            self.punches.insert(opts.connection_id());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_unicast_addresses_are_punched_to() {
+        let ok = |a: &str| punchable(&a.parse().unwrap());
+        for public in ["/ip4/203.0.114.7/tcp/4001", "/ip4/8.8.8.8/udp/4001/quic-v1", "/ip6/2a01:4f8::1/tcp/4001"] {
+            assert!(ok(public), "{public}");
+        }
+        for inside in [
+            "/ip4/127.0.0.1/tcp/22",
+            "/ip4/10.1.2.3/tcp/4001",
+            "/ip4/192.168.1.1/tcp/80",
+            "/ip4/172.16.0.1/tcp/80",
+            "/ip4/100.64.0.1/tcp/80",
+            "/ip4/169.254.169.254/tcp/80",
+            "/ip4/0.0.0.0/tcp/80",
+            "/ip4/224.0.0.251/udp/5353",
+            "/ip4/255.255.255.255/udp/9",
+            "/ip4/192.0.2.1/tcp/80",
+            "/ip6/::1/tcp/22",
+            "/ip6/fe80::1/tcp/22",
+            "/ip6/fd00::1/tcp/22",
+            "/ip6/::ffff:127.0.0.1/tcp/22",
+            "/dns4/localhost/tcp/22",
+        ] {
+            assert!(!ok(inside), "{inside}");
+        }
     }
 }

@@ -59,7 +59,7 @@ pub struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
     relay_client: relay::client::Behaviour,
     relay: Toggle<relay::Behaviour>,
-    dcutr: dcutr::Behaviour,
+    dcutr: crate::ipguard::PunchPolicy,
     autonat: autonat::Behaviour,
 }
 
@@ -374,7 +374,7 @@ pub fn start(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>, Swa
                 kad: kad::Behaviour::with_config(me, store, kad_cfg),
                 relay_client,
                 relay: Toggle::from(relay),
-                dcutr: dcutr::Behaviour::new(me),
+                dcutr: crate::ipguard::PunchPolicy::new(dcutr::Behaviour::new(me)),
                 autonat,
             })
         })
