@@ -485,8 +485,8 @@ async fn status(s: &Arc<Shared>) -> Result<NodeStatus> {
         version: crate::VERSION.to_string(),
         console: s.console_addr.clone(),
         disk: {
-            let dir = s.cfg.data_dir.clone();
-            tokio::task::spawn_blocking(move || crate::disk::disk_use(&dir)).await?
+            let (dir, held) = (s.cfg.data_dir.clone(), s.library.held_by_kind());
+            tokio::task::spawn_blocking(move || crate::disk::disk_use(&dir, held)).await?
         },
     })
 }

@@ -23,12 +23,13 @@ fn state_bytes(data_dir: &std::path::Path) -> u64 {
     ["state.db", "state.db-wal", "state.db-shm"].iter().map(|f| tree(&data_dir.join(f))).sum()
 }
 
-/// What the data directory holds, by kind (a directory walk; blocking, cheap: a node holds few
-/// files).
-pub fn disk_use(data_dir: &std::path::Path) -> lanpatch_protocol::control::DiskUse {
+/// What the data directory holds, by kind: release files as the library's map counts them
+/// (`held`: complete, partial), the rest by a walk of small directories (staging copies, kept
+/// packages) and the database's files (blocking).
+pub fn disk_use(data_dir: &std::path::Path, held: (u64, u64)) -> lanpatch_protocol::control::DiskUse {
     lanpatch_protocol::control::DiskUse {
-        blobs: tree(&data_dir.join("blobs")),
-        partial: tree(&data_dir.join("partial")),
+        blobs: held.0,
+        partial: held.1,
         stage: tree(&data_dir.join("stage")),
         state: state_bytes(data_dir),
         kept: tree(&data_dir.join("kept")),

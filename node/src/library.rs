@@ -330,6 +330,15 @@ impl Library {
         Ok(state.entry.size)
     }
 
+    /// Bytes held in complete files and in partial ones, from the in-memory map (no
+    /// directory walk).
+    pub fn held_by_kind(&self) -> (u64, u64) {
+        let inner = self.read_inner();
+        let complete = inner.files.values().filter(|f| f.complete).map(FileState::held_bytes).sum();
+        let partial = inner.files.values().filter(|f| !f.complete).map(FileState::held_bytes).sum();
+        (complete, partial)
+    }
+
     /// Bytes held in complete and partial files.
     pub fn used_bytes(&self) -> u64 {
         self.read_inner().files.values().map(FileState::held_bytes).sum()

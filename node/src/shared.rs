@@ -93,7 +93,7 @@ impl Shared {
         crate::metrics::Gauges {
             peers: self.net.ready_peers().len(),
             door_refusals: self.members.as_ref().map(|m| m.refusals()).unwrap_or_default(),
-            disk: crate::disk::disk_use(&self.cfg.data_dir),
+            disk: crate::disk::disk_use(&self.cfg.data_dir, self.library.held_by_kind()),
             releases,
         }
     }
