@@ -189,3 +189,41 @@ fn an_install_that_replaces_the_node_binary_with_something_that_cannot_run_leave
     });
     assert!(!marker.exists(), "the script that replaced the binary ran");
 }
+
+#[test]
+fn at_the_descriptor_limit_the_node_backs_off_instead_of_spinning_and_answers_again_once_clients_are_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::fleet::make_fleet_keys(dir);
+    let mut n = Node::new(dir, "n1", &dir.join("root.lpr"), &[], "collector = true\nconsole_listen = \"127.0.0.1:0\"");
+    // 128 descriptors, soft and hard: the node cannot raise it, and the two HTTP listeners' 128
+    // connections alone exhaust it.
+    n.wrapper =
+        Some(["prlimit", "--nofile=128:128", "--", "{node}", "run", "--config", "{config}"].map(String::from).to_vec());
+    n.start();
+    let st = n.status();
+    let (metrics, console) = (st.metrics.unwrap(), st.console.unwrap());
+    let log = || std::fs::metadata(n.dir.join("node.log")).map(|m| m.len()).unwrap_or(0);
+    let before = log();
+    let mut slow = half_sent(&metrics, 100);
+    slow.extend(half_sent(&console, 100));
+    // Held for the header deadline: at the limit, accept fails at once, again and again.
+    let started = Instant::now();
+    let mut control_slow = Vec::new();
+    while started.elapsed() < Duration::from_secs(5) {
+        if let Ok(s) = UnixStream::connect(n.socket()) {
+            control_slow.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let grew = log() - before;
+    assert!(grew < 1 << 20, "the log grew {grew} bytes in 5 s: the accept loop spins");
+    // Once the slow clients are cut, the control socket answers again.
+    drop(control_slow);
+    wait_until(Duration::from_secs(60), "the control socket answers again", || {
+        status_within(&n, Duration::from_secs(5))
+    });
+    for c in slow.iter_mut() {
+        assert!(closed_by_server(c, Duration::from_secs(60)));
+    }
+}
