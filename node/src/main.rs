@@ -142,6 +142,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Replaces this process with `exe`, given this process's arguments; returns only the reason
+/// it could not.
+fn exec_upgraded(exe: &std::path::Path) -> String {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |s: &std::ffi::OsStr| CString::new(s.as_bytes()).map_err(|_| "an argument holds a NUL byte".to_string());
+    let run = || -> Result<std::convert::Infallible, String> {
+        let path = cstr(exe.as_os_str())?;
+        let mut argv = vec![path.clone()];
+        for a in std::env::args_os().skip(1) {
+            argv.push(cstr(&a)?);
+        }
+        nix::unistd::execv(&path, &argv).map_err(|e| e.to_string())
+    };
+    match run() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Run { config } => {
@@ -172,13 +192,13 @@ async fn run(cli: Cli) -> Result<()> {
             match node::run(cfg, shutdown_signal(), Some(reload)).await? {
                 node::Exit::Stopped => Ok(()),
                 node::Exit::Upgraded(exe) => {
-                    use std::os::unix::process::CommandExt;
-                    // Only returns on failure (the file was checked to be an executable ELF):
+                    // execv, not Command::exec: glibc's execvp hands a file the kernel cannot run
+                    // (ENOEXEC: another architecture's ELF) to /bin/sh. Only returns on failure:
                     // exit 5, which the unit restarts (2 and 4 it does not).
-                    let e = std::process::Command::new(&exe).args(std::env::args_os().skip(1)).exec();
                     Err(anyhow::Error::new(node::ExecFailed(format!(
-                        "cannot exec the upgraded {}: {e}",
-                        exe.display()
+                        "cannot exec the upgraded {}: {}",
+                        exe.display(),
+                        exec_upgraded(&exe)
                     ))))
                 }
             }
