@@ -22,8 +22,10 @@ pub const MAX_FILE: u64 = 512 * 1024 * 1024;
 pub const MAX_ZIP_ENTRIES: usize = 200_000;
 /// Largest OSV record (a file of a directory, an entry of the zip) once decompressed.
 pub const MAX_RECORD: u64 = 8 * 1024 * 1024;
-/// Bytes of a record each row it expands to must be paid with (beyond 64 rows).
-pub const ROW_BYTES: usize = 16;
+/// Bytes of the input each row of the OSV feed must be paid with (beyond 64 rows per file).
+pub const ROW_BYTES: usize = 32;
+/// Longest version, CVSS vector or other string an OSV row copies.
+pub const MAX_FIELD: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{file}{}: {what}", at.as_ref().map(|a| format!(", {a}")).unwrap_or_default())]
@@ -99,6 +101,8 @@ pub struct OsvFeed {
     pub records: usize,
     /// Of those, withdrawn ones (no rows).
     pub withdrawn: usize,
+    /// Rows the input paid for so far (64 per file plus one per [`ROW_BYTES`]).
+    budget: usize,
     pub affected: Vec<OsvAffected>,
     /// The newest `modified` time among the records: the feed's date.
     pub date: String,
@@ -184,27 +188,6 @@ fn parse_osv_record(file: &Path, entry: Option<&str>, bytes: &[u8], feed: &mut O
         feed.withdrawn += 1;
         return Ok(());
     }
-    // Rows are CVEs x range events: a small record naming many of both would expand to more
-    // rows than a real one ever has. Each row must be paid for by bytes of the record.
-    let events: usize = rec
-        .affected
-        .iter()
-        .flat_map(|a| a.ranges.iter())
-        .filter(|r| r.kind == "ECOSYSTEM")
-        .map(|r| r.events.len())
-        .sum();
-    let ids = 1 + rec.aliases.len() + rec.upstream.len();
-    let allowed = 64 + bytes.len() / ROW_BYTES;
-    if events.saturating_mul(ids) > allowed {
-        return Err(err(
-            file,
-            at,
-            format!(
-                "{ids} identifiers x {events} range events would expand to more than the {allowed} rows a record of {} bytes may (one per {ROW_BYTES} bytes)",
-                bytes.len()
-            ),
-        ));
-    }
     let mut cves: Vec<String> = std::iter::once(rec.id.strip_prefix("DEBIAN-").unwrap_or(&rec.id).to_string())
         .chain(rec.aliases.iter().cloned())
         .chain(rec.upstream.iter().cloned())
@@ -212,10 +195,35 @@ fn parse_osv_record(file: &Path, entry: Option<&str>, bytes: &[u8], feed: &mut O
         .collect();
     cves.sort();
     cves.dedup();
+    // Rows are CVEs x range events: a small input naming many of both would expand to more
+    // rows than a real feed ever has. Each row is paid for by ROW_BYTES of the input as given
+    // (compressed, for the zip), and every string a row copies is bounded.
+    let events: usize = rec
+        .affected
+        .iter()
+        .flat_map(|a| a.ranges.iter())
+        .filter(|r| r.kind == "ECOSYSTEM")
+        .map(|r| r.events.len())
+        .sum();
+    let rows = feed.affected.len().saturating_add(events.saturating_mul(cves.len()));
+    if rows > feed.budget {
+        let what = format!(
+            "{} CVEs x {events} range events would take the feed past {} rows (one per {ROW_BYTES} bytes of the file)",
+            cves.len(),
+            feed.budget
+        );
+        return Err(err(file, at, what));
+    }
     let record_vector = vector(&rec.severity);
+    if record_vector.is_some_and(|v| v.len() > MAX_FIELD) {
+        return Err(err(file, at, format!("a CVSS vector longer than {MAX_FIELD} bytes")));
+    }
     for a in &rec.affected {
         let Some(pkg) = &a.package else { continue };
         let (eco, release) = match pkg.ecosystem.split_once(':') {
+            Some((_, r)) if r.len() > 32 => {
+                return Err(err(file, at, "an ecosystem's release is longer than 32 bytes"));
+            }
             Some((e, r)) => (e, Some(r.to_string())),
             None => (pkg.ecosystem.as_str(), None),
         };
@@ -226,6 +234,9 @@ fn parse_osv_record(file: &Path, entry: Option<&str>, bytes: &[u8], feed: &mut O
             return Err(err(file, at.clone(), "an affected package has no usable name"));
         }
         let vec = vector(&a.severity).or(record_vector);
+        if vec.is_some_and(|v| v.len() > MAX_FIELD) {
+            return Err(err(file, at, format!("a CVSS vector longer than {MAX_FIELD} bytes")));
+        }
         let cvss = vec.map(cvss_score).transpose().map_err(|e| err(file, at.clone(), e))?;
         for r in a.ranges.iter().filter(|r| r.kind == "ECOSYSTEM") {
             let mut introduced: Option<String> = None;
@@ -234,6 +245,9 @@ fn parse_osv_record(file: &Path, entry: Option<&str>, bytes: &[u8], feed: &mut O
                     ev.iter().next().and_then(|(k, v)| v.as_str().map(|v| (k.as_str(), v.to_string()))).ok_or_else(
                         || err(file, at.clone(), "a range event is not {\"introduced\"|\"fixed\": \"version\"}"),
                     )?;
+                if value.len() > MAX_FIELD {
+                    return Err(err(file, at, format!("a range event's version is longer than {MAX_FIELD} bytes")));
+                }
                 let limit = match key {
                     "introduced" => {
                         introduced = Some(value);
@@ -330,7 +344,9 @@ pub fn parse_osv(path: &Path) -> Result<OsvFeed, FeedError> {
         files.sort();
         for f in files {
             let file = std::fs::File::open(&f).map_err(|e| err(&f, None, format!("cannot open: {e}")))?;
-            parse_osv_record(&f, None, &read_record(&f, file)?, &mut feed)?;
+            let bytes = read_record(&f, file)?;
+            feed.budget += 64 + bytes.len() / ROW_BYTES;
+            parse_osv_record(&f, None, &bytes, &mut feed)?;
         }
     } else {
         feed = parse_osv_bytes(path, &read_file(path)?)?;
@@ -344,7 +360,7 @@ pub fn parse_osv(path: &Path) -> Result<OsvFeed, FeedError> {
 /// The OSV records of one file's bytes: a record, or the zip export (`path` names it in
 /// errors). The zip's records together may expand to at most [`EXPANSION`] times the file.
 pub fn parse_osv_bytes(path: &Path, bytes: &[u8]) -> Result<OsvFeed, FeedError> {
-    let mut feed = OsvFeed::default();
+    let mut feed = OsvFeed { budget: 64 + bytes.len() / ROW_BYTES, ..OsvFeed::default() };
     if !bytes.starts_with(b"PK\x03\x04") {
         parse_osv_record(path, None, bytes, &mut feed)?;
         return Ok(feed);
@@ -416,6 +432,8 @@ pub fn parse_epss(path: &Path) -> Result<EpssFeed, FeedError> {
 
 /// [`parse_epss`] of a file's bytes (`path` names it in errors).
 pub fn parse_epss_bytes(path: &Path, raw: Vec<u8>) -> Result<EpssFeed, FeedError> {
+    // Rows paid for by the input as given (the real gzip holds about one row per 8 bytes).
+    let max_rows = 64 + raw.len() / 4;
     let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
         let cap = expansion_cap(raw.len());
         let mut out = Vec::new();
@@ -475,6 +493,9 @@ pub fn parse_epss_bytes(path: &Path, raw: Vec<u8>) -> Result<EpssFeed, FeedError
                 .filter(|v| (0.0..=1.0).contains(v))
                 .ok_or_else(|| err(path, at(), format!("{what} {s:?} is not a number from 0 to 1")))
         };
+        if rows.len() >= max_rows {
+            return Err(err(path, at(), format!("more than {max_rows} rows (one per 4 bytes of the file)")));
+        }
         rows.push(EpssRow { cve: cve.to_string(), epss: prob(e, "epss")?, percentile: prob(p, "percentile")? });
     }
     if rows.is_empty() {
@@ -579,9 +600,7 @@ mod tests {
     }
 
     fn parse_one(json: &str) -> Result<OsvFeed, FeedError> {
-        let mut feed = OsvFeed::default();
-        parse_osv_record(Path::new("t.json"), None, json.as_bytes(), &mut feed)?;
-        Ok(feed)
+        parse_osv_bytes(Path::new("t.json"), json.as_bytes())
     }
 
     #[test]
@@ -596,10 +615,13 @@ mod tests {
         );
         assert!(json.len() < 100_000);
         let e = parse_one(&json).unwrap_err();
-        assert!(e.what.contains("would expand to more than"), "{}", e.what);
+        assert!(e.what.contains("would take the feed past"), "{}", e.what);
         // A real-sized one passes: 3 CVEs, two ranges.
         let ok = "{\"id\":\"DSA-2\",\"aliases\":[\"CVE-2024-0001\",\"CVE-2024-0002\",\"CVE-2024-0003\"],\"affected\":[{\"package\":{\"ecosystem\":\"Debian:12\",\"name\":\"glibc\"},\"ranges\":[{\"type\":\"ECOSYSTEM\",\"events\":[{\"introduced\":\"0\"},{\"fixed\":\"2.36-9+deb12u4\"}]}]}]}";
         assert_eq!(parse_one(ok).unwrap().affected.len(), 3);
+        // Strings a row copies are bounded.
+        let long = ok.replace("2.36-9+deb12u4", &"9".repeat(300));
+        assert!(parse_one(&long).unwrap_err().what.contains("longer than 256 bytes"));
     }
 
     #[test]
@@ -638,5 +660,27 @@ mod tests {
         let e = parse_osv(&path).unwrap_err();
         assert!(e.what.contains("10000000 entries, the limit is"), "{}", e.what);
         assert_eq!(zip_entry_count(b"PK\x03\x04 no end record"), None);
+    }
+
+    #[test]
+    fn a_gzip_of_repeated_epss_rows_is_refused_before_it_fills_memory() {
+        use std::io::Write;
+        let mut text =
+            b"#model_version:v2025.03.14,score_date:2026-01-01T00:00:00+0000\ncve,epss,percentile\n".to_vec();
+        for _ in 0..2_000_000 {
+            text.extend_from_slice(b"CVE-2024-0001,0,0\n");
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&text).unwrap();
+        let raw = gz.finish().unwrap();
+        assert!(raw.len() < 200_000, "{}", raw.len());
+        let e = parse_epss_bytes(Path::new("epss.csv.gz"), raw.clone()).unwrap_err();
+        assert!(e.what.contains("expands to more than"), "{}", e.what);
+        // Uncompressed, the same rows are refused by their count against the file's size.
+        let mut short = text[..text.len() / 40].to_vec();
+        short.truncate(short.iter().rposition(|b| *b == b'\n').unwrap() + 1);
+        let rows_allowed = 64 + short.len() / 4;
+        assert!(short.len() / 18 > rows_allowed / 10, "the sample must be sizeable");
+        assert!(parse_epss_bytes(Path::new("epss.csv"), short).is_ok(), "a plain CSV pays for its rows");
     }
 }

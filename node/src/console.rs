@@ -118,8 +118,9 @@ struct Console {
     /// The token file, its BLAKE3 (`blake3::Hash` compares in constant time) and what it was
     /// read from (length, modification time): a changed file is read again.
     token: Arc<std::sync::Mutex<Token>>,
-    /// Sessions by the BLAKE3 of their id, with their expiry (seconds since the epoch).
-    sessions: Arc<std::sync::Mutex<HashMap<blake3::Hash, u64>>>,
+    /// Sessions by the BLAKE3 of their id: their expiry (seconds since the epoch) and the
+    /// token they were opened with (a session lives only as long as its token).
+    sessions: Arc<std::sync::Mutex<HashMap<blake3::Hash, (u64, blake3::Hash)>>>,
     /// The last exposure assessment and what it was computed from.
     assessed: Arc<std::sync::Mutex<Option<Assessed>>>,
 }
@@ -127,11 +128,15 @@ struct Console {
 struct Token {
     path: std::path::PathBuf,
     hash: blake3::Hash,
-    seen: (u64, Option<std::time::SystemTime>),
+    seen: Stamp,
 }
 
-fn file_stamp(path: &Path) -> (u64, Option<std::time::SystemTime>) {
-    fs::metadata(path).map(|m| (m.len(), m.modified().ok())).unwrap_or((0, None))
+/// What identifies a version of the token file: inode, length, modification time.
+type Stamp = (u64, u64, Option<std::time::SystemTime>);
+
+fn file_stamp(path: &Path) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).map(|m| (m.ino(), m.len(), m.modified().ok())).unwrap_or((0, 0, None))
 }
 
 /// An assessment and the hash of what it was computed from (feed database, inventories).
@@ -148,6 +153,7 @@ impl Console {
     /// again) is read again, and every session ends with the old token.
     fn current_token(&self) -> blake3::Hash {
         let mut t = self.token.lock().unwrap_or_else(|p| p.into_inner());
+        // The stamp before the read: a change after it is seen at the next request.
         let stamp = file_stamp(&t.path);
         if stamp != t.seen {
             match load_or_create_token(&t.path) {
@@ -155,10 +161,10 @@ impl Console {
                     let hash = blake3::hash(token.as_bytes());
                     if hash != t.hash {
                         tracing::info!("console token changed: every session ends");
-                        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, (_, of)| *of == hash);
                     }
                     t.hash = hash;
-                    t.seen = file_stamp(&t.path);
+                    t.seen = if stamp.0 == 0 { file_stamp(&t.path) } else { stamp };
                 }
                 Err(e) => tracing::warn!("console token: {e:#}"),
             }
@@ -170,30 +176,28 @@ impl Console {
         blake3::hash(presented.trim().as_bytes()) == self.current_token()
     }
 
-    /// A new session: its id, for the cookie.
-    fn open_session(&self) -> Result<String> {
+    /// A new session, for `token` (the hash of the token presented): its id, for the cookie.
+    fn open_session(&self, token: blake3::Hash) -> Result<String> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
         let id = hex::encode(bytes);
         let t = now().0;
         let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        sessions.retain(|_, expires| *expires > t);
+        sessions.retain(|_, (expires, _)| *expires > t);
         while sessions.len() >= MAX_SESSIONS {
-            let Some(oldest) = sessions.iter().min_by_key(|(_, e)| **e).map(|(k, _)| *k) else { break };
+            let Some(oldest) = sessions.iter().min_by_key(|(_, (e, _))| *e).map(|(k, _)| *k) else { break };
             sessions.remove(&oldest);
         }
-        sessions.insert(blake3::hash(id.as_bytes()), t + SESSION_SECS);
+        sessions.insert(blake3::hash(id.as_bytes()), (t + SESSION_SECS, token));
         Ok(id)
     }
 
+    /// A session is valid while it has not expired and its token is the current one.
     fn session_valid(&self, id: &str) -> bool {
-        let _ = self.current_token();
+        let token = self.current_token();
         let t = now().0;
-        self.sessions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&blake3::hash(id.trim().as_bytes()))
-            .is_some_and(|e| *e > t)
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.get(&blake3::hash(id.trim().as_bytes())).is_some_and(|(expires, of)| *expires > t && *of == token)
     }
 
     fn close_session(&self, id: &str) {
@@ -297,7 +301,8 @@ fn session_cookie_header(headers: &HeaderMap, value: &str, max_age: u64) -> Opti
 async fn login(State(c): State<Console>, headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
     match q.token {
         Some(t) if c.accepts(&t) => {
-            let cookie = c.open_session().ok().and_then(|id| session_cookie_header(&headers, &id, SESSION_SECS));
+            let token = blake3::hash(t.trim().as_bytes());
+            let cookie = c.open_session(token).ok().and_then(|id| session_cookie_header(&headers, &id, SESSION_SECS));
             match cookie {
                 Some(v) => {
                     let mut resp = Redirect::to("/").into_response();

@@ -58,28 +58,21 @@ pub enum Denied {
 /// unspecified or documentation).
 pub fn punchable(addr: &Multiaddr) -> bool {
     match ip_of(addr) {
-        Some(IpAddr::V4(a)) => {
-            let [b0, b1, ..] = a.octets();
-            !(a.is_loopback()
-                || a.is_private()
-                || a.is_link_local()
-                || a.is_multicast()
-                || a.is_broadcast()
-                || a.is_unspecified()
-                || a.is_documentation()
-                || b0 == 0
-                || (b0 == 100 && (64..128).contains(&b1))
-                || b0 >= 240)
-        }
+        Some(IpAddr::V4(a)) => v4_punchable(a),
         Some(IpAddr::V6(a)) => {
-            let first = a.segments()[0];
-            !(a.is_loopback()
+            let seg = a.segments();
+            let reserved = a.is_loopback()
                 || a.is_unspecified()
                 || a.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || first == 0x2001 && a.segments()[1] == 0x0db8
-                || a.to_ipv4_mapped().is_some())
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local
+                || (seg[0] & 0xffc0) == 0xfe80 // link-local
+                || (seg[0] & 0xffc0) == 0xfec0 // site-local
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8) // documentation
+                || (seg[0] & 0xfff0) == 0x3ff0 // documentation (3fff::/20)
+                || seg[0] == 0x2002 // 6to4: an IPv4 address inside
+                || (seg[0] == 0x0064 && seg[1] == 0xff9b) // NAT64
+                || seg[..6] == [0; 6]; // IPv4-compatible and -mapped (::/96, ::ffff:0:0/96)
+            !reserved && a.to_ipv4_mapped().is_none()
         }
         None => false,
     }
@@ -185,6 +178,22 @@ impl NetworkBehaviour for IpGuard {
     fn poll(&mut self, _cx: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
         Poll::Pending
     }
+}
+
+fn v4_punchable(a: std::net::Ipv4Addr) -> bool {
+    let [b0, b1, b2, _] = a.octets();
+    !(a.is_loopback()
+        || a.is_private()
+        || a.is_link_local()
+        || a.is_multicast()
+        || a.is_broadcast()
+        || a.is_unspecified()
+        || a.is_documentation()
+        || b0 == 0
+        || (b0 == 100 && (64..128).contains(&b1)) // shared (CGNAT)
+        || (b0 == 198 && (18..20).contains(&b1)) // benchmarking
+        || (b0 == 192 && b1 == 0 && b2 == 0) // IETF protocol assignments
+        || b0 >= 240)
 }
 
 /// DCUtR with a dial policy: every dial it asks for is remembered by its connection id, and
@@ -295,6 +304,12 @@ mod tests {
             "/ip6/fe80::1/tcp/22",
             "/ip6/fd00::1/tcp/22",
             "/ip6/::ffff:127.0.0.1/tcp/22",
+            "/ip6/::ffff:8.8.8.8/tcp/22",
+            "/ip6/64:ff9b::a00:1/tcp/22",
+            "/ip6/2002:a00:1::1/tcp/22",
+            "/ip6/fec0::1/tcp/22",
+            "/ip4/198.18.0.1/tcp/80",
+            "/ip4/192.0.0.8/tcp/80",
             "/dns4/localhost/tcp/22",
         ] {
             assert!(!ok(inside), "{inside}");

@@ -85,7 +85,8 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 pub async fn accept_failed(what: &str, e: &std::io::Error) {
     static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    if LAST_WARNED.swap(now, Ordering::Relaxed) + 10 <= now {
+    let last = LAST_WARNED.load(Ordering::Relaxed);
+    if last + 10 <= now && LAST_WARNED.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
         tracing::warn!("{what}: accept failed: {e} (pausing; further failures in the next 10 s are not logged)");
     }
     let out_of_descriptors = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));

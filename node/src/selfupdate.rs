@@ -46,10 +46,18 @@ pub fn executable(path: &Path) -> Result<(), String> {
     if mode & 0o100 == 0 {
         return Err(format!("{} is not executable (mode {:o})", path.display(), mode & 0o7777));
     }
-    let mut magic = [0u8; 4];
-    f.take(4).read_exact(&mut magic).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if &magic != b"\x7fELF" {
+    let mut head = [0u8; 20];
+    f.take(20).read_exact(&mut head).map_err(|_| format!("{} is not an ELF executable", path.display()))?;
+    if &head[..4] != b"\x7fELF" {
         return Err(format!("{} is not an ELF executable", path.display()));
+    }
+    // The kernel refuses another class, byte order or machine (ENOEXEC): compared with the
+    // running executable's header.
+    let mut mine = [0u8; 20];
+    if std::fs::File::open("/proc/self/exe").and_then(|f| f.take(20).read_exact(&mut mine)).is_ok()
+        && (head[4], head[5], &head[18..20]) != (mine[4], mine[5], &mine[18..20])
+    {
+        return Err(format!("{} is an ELF executable for another machine", path.display()));
     }
     Ok(())
 }
@@ -87,5 +95,12 @@ mod tests {
         assert!(executable(&elf).unwrap_err().contains("is not executable"));
         std::fs::set_permissions(&elf, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert_eq!(executable(&elf), Ok(()));
+        // The same file for another machine (e_machine at offset 18).
+        let mut bytes = std::fs::read(&elf).unwrap();
+        bytes[18] ^= 0xff;
+        let other = dir.path().join("other");
+        std::fs::write(&other, &bytes).unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(executable(&other).unwrap_err().contains("for another machine"));
     }
 }
