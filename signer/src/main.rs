@@ -721,7 +721,23 @@ fn write_man_pages(cmd: clap::Command, out: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// `lanpatch-signer ... | head`: when the reader closes stdout, the command ends quietly with exit 0
+/// (Rust ignores SIGPIPE, so `println!` would panic with "failed printing to stdout").
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg =
+            payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+        if msg.is_some_and(|m| m.starts_with("failed printing to stdout") && m.contains("Broken pipe")) {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
+}
+
 fn main() -> std::process::ExitCode {
+    quiet_on_closed_stdout();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

@@ -218,3 +218,37 @@ fn every_subcommand_has_help() {
         assert!(out.stdout.contains("Usage:"), "{cmd:?}: {}", out.stdout);
     }
 }
+
+/// Runs `bin args` with its stdout a pipe whose reader is already gone (`... | head` after
+/// `head` exited): the exit code and stderr.
+fn with_closed_stdout(bin: &str, dir: &Path, args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(crate::support::bin(bin))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_closed_stdout_ends_signer_and_node_commands_quietly_with_exit_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let bundle = crate::fleet::release(dir, "rel", 1, &[]);
+    let (code, err) =
+        with_closed_stdout("lanpatch-signer", dir, &["release".as_ref(), "show".as_ref(), bundle.as_os_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let mut n = crate::fleet::Node::new(dir, "n1", &dir.join("root.lpr"), &[], "");
+    n.start();
+    let sock = n.socket();
+    let (code, err) =
+        with_closed_stdout("lanpatch-node", dir, &["status".as_ref(), "--socket".as_ref(), sock.as_os_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
+}
