@@ -391,7 +391,9 @@ fn default_grace() -> u64 {
     30
 }
 fn default_log() -> String {
-    "info,libp2p_gossipsub=warn,libp2p_mdns=warn".into()
+    // libp2p_kad warns at every start of a node without peers yet ("Failed to trigger
+    // bootstrap: No known peers") and when DHT replication finds nobody: nothing to act on.
+    "info,libp2p_gossipsub=warn,libp2p_mdns=warn,libp2p_kad=error".into()
 }
 
 /// Whether the fleet checks membership (see [`Config::enrollment`]). An enum, not a bool: turning

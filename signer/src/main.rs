@@ -754,7 +754,10 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
     match cli.cmd {
         Cmd::Keygen { out } => {
             let public = keys::generate(&out)?;
-            println!("secret key: {} (mode 0600, keep it offline)", out.display());
+            println!(
+                "secret key: {} (mode 0600; a root, release, approve or enroll key stays on an offline workstation; the online timestamp key goes to the admin node (`timestamp_key` in node.toml))",
+                out.display()
+            );
             println!("public key: {} = {}", keys::public_path(&out).display(), public);
         }
         Cmd::Root(RootCmd::Init { roles, out }) => {
