@@ -390,6 +390,17 @@ fn default_origin_failures() -> u32 {
 fn default_grace() -> u64 {
     30
 }
+/// A TOML error naming an unknown field, with the known field closest to it when one is near
+/// ("unknown field `rign`, expected one of ..." gains "did you mean `ring`?").
+fn did_you_mean(message: &str) -> String {
+    let Some(rest) = message.split("unknown field `").nth(1) else { return message.to_string() };
+    let Some((unknown, expected)) = rest.split_once('`') else { return message.to_string() };
+    match lanpatch_protocol::suggest::nearest(unknown, expected.split('`').skip(1).step_by(2)) {
+        Some(known) => format!("{}\ndid you mean `{known}`?", message.trim_end()),
+        None => message.to_string(),
+    }
+}
+
 fn default_log() -> String {
     // libp2p_kad warns at every start of a node without peers yet ("Failed to trigger
     // bootstrap: No known peers") and when DHT replication finds nobody: nothing to act on.
@@ -425,7 +436,7 @@ impl Config {
     /// Parses and checks a node.toml; relative paths are taken relative to `base`. Pure (the
     /// fuzz target `node_config` drives it with arbitrary text).
     pub fn parse(text: &str, base: &Path) -> Result<Config> {
-        let mut c: Config = toml::from_str(text)?;
+        let mut c: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", did_you_mean(&e.to_string())))?;
         c.data_dir = base.join(&c.data_dir);
         c.trust_root = base.join(&c.trust_root);
         c.timestamp_key = c.timestamp_key.map(|k| base.join(k));

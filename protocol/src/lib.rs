@@ -27,6 +27,7 @@ pub mod rollout;
 pub mod root;
 pub mod signed;
 pub mod statement;
+pub mod suggest;
 pub mod sync;
 pub mod types;
 pub mod verify;

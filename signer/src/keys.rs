@@ -63,6 +63,19 @@ pub enum KeyMode {
 pub fn load_secret(path: &Path, mode: KeyMode) -> Result<SigningKey> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    // A public key file given where the secret goes: say so, not that its mode is too open.
+    if meta.len() < 4096
+        && let Ok(text) = std::fs::read_to_string(path)
+        && !text.trim_start().starts_with(SECRET_PREFIX)
+        && text.trim().parse::<PublicKey>().is_ok()
+    {
+        let secret = path.to_string_lossy().strip_suffix(".pub").map(str::to_string);
+        bail!(
+            "{} is a public key; --key takes the secret key file{}",
+            path.display(),
+            secret.map(|s| format!(" ({s})")).unwrap_or_default()
+        );
+    }
     let bits = meta.permissions().mode() & 0o777;
     if bits & 0o077 != 0 {
         match mode {

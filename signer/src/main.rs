@@ -256,6 +256,9 @@ enum ReleaseCmd {
         key: PathBuf,
         /// The bundle directory.
         bundle: PathBuf,
+        /// The trust root whose release role the key must be in (default: root.lpr here).
+        #[arg(long)]
+        root: Option<PathBuf>,
     },
     /// Print a bundle's manifest, severity data, approvals and signatures.
     Show {
@@ -826,10 +829,35 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             }
         }
         Cmd::Release(ReleaseCmd::Create(args)) => create_release(*args, &limits, now)?,
-        Cmd::Release(ReleaseCmd::Sign { key, bundle }) => {
+        Cmd::Release(ReleaseCmd::Sign { key, bundle, root }) => {
             let sk = keys::load_secret(&key, key_mode)?;
             let b = Bundle::new(&bundle);
             let mut m = bundle::load::<ReleaseManifest>(&b.manifest_path(), &limits)?;
+            // A key outside the release role would add a signature no node counts.
+            let root_path = root.unwrap_or_else(|| PathBuf::from("root.lpr"));
+            match bundle::load::<Root>(&root_path, &limits) {
+                Ok(r) => {
+                    let me = PublicKey(sk.verifying_key().to_bytes());
+                    let role = r.value().roles.get(&Role::Release);
+                    if !role.is_some_and(|k| k.keys.contains(&me)) {
+                        return Err(exit::exit(
+                            exit::Code::Refused,
+                            format!(
+                                "{} ({}) is not a key of the release role in {} (release keys: {}); sign with one of those",
+                                key.display(),
+                                me.short(),
+                                root_path.display(),
+                                role.map(|k| k.keys.iter().map(|k| k.short()).collect::<Vec<_>>().join(", "))
+                                    .unwrap_or_default()
+                            ),
+                        ));
+                    }
+                }
+                Err(_) => eprintln!(
+                    "warning: no root at {} to check the key against (give --root): a key outside the release role signs in vain",
+                    root_path.display()
+                ),
+            }
             m.sign(&sk);
             bundle::save(&b.manifest_path(), &m)?;
             println!(
@@ -968,6 +996,48 @@ fn parse_command(what: &str, s: &str, timeout_secs: u32) -> Result<Command> {
     Ok(Command { argv, timeout_secs })
 }
 
+/// Interpreters whose first argument that is not an option is the script they run.
+const INTERPRETERS: &[&str] = &["sh", "bash", "dash", "python3", "python", "perl"];
+
+/// The file of the release a command runs (`./install.sh`, or `sh install.sh`), if it names
+/// one: relative to the staging directory, where the node runs it.
+fn script_of(argv: &[String]) -> Option<&str> {
+    let program = argv.first()?;
+    if program.starts_with("./") {
+        return Some(program.trim_start_matches("./"));
+    }
+    let name = program.rsplit('/').next().unwrap_or(program);
+    if !INTERPRETERS.contains(&name) {
+        return None;
+    }
+    // `sh -c '...'` runs inline text: no file.
+    for a in &argv[1..] {
+        if a == "-c" {
+            return None;
+        }
+        if !a.starts_with('-') {
+            // An absolute path or one built from the environment is not checked here.
+            return (!a.starts_with('/') && !a.contains('$')).then_some(a.trim_start_matches("./"));
+        }
+    }
+    None
+}
+
+/// Refuses a command that runs a file the release does not carry (`sh instal.sh`): it would
+/// fail on every node.
+fn check_command_files(what: &str, cmd: &Command, names: &[String]) -> Result<()> {
+    if let Some(script) = script_of(&cmd.argv)
+        && !names.iter().any(|n| n == script)
+    {
+        let hint = match lanpatch_protocol::suggest::nearest(script, names.iter().map(String::as_str)) {
+            Some(n) => format!("did you mean {n}?"),
+            None => format!("the release's files: {}", names.join(", ")),
+        };
+        bail!("the {what} command runs {script}, which the release does not carry; {hint}");
+    }
+    Ok(())
+}
+
 /// Builds the bundle in a temporary directory beside `--out` and renames it into place at the
 /// end, so a refused flag or a failure half-way leaves nothing behind.
 fn create_release(a: CreateArgs, limits: &Limits, now: lanpatch_protocol::Timestamp) -> Result<()> {
@@ -1056,11 +1126,19 @@ fn build_release(mut a: CreateArgs, tmp: &Path, limits: &Limits, now: lanpatch_p
         expires: time::parse_time(&a.expires, now)?,
         files,
         installer: match &a.install {
-            Some(install) => Installer::Commands {
-                install: parse_command("install", install, timeout_secs)?,
-                rollback: a.rollback.as_deref().map(|c| parse_command("rollback", c, timeout_secs)).transpose()?,
-                detect: a.detect.as_deref().map(|c| parse_command("detect", c, timeout_secs)).transpose()?,
-            },
+            Some(install) => {
+                let names: Vec<String> = sources.iter().map(|s| s.name.to_string()).collect();
+                let cmd = |what: &str, text: &str| -> Result<Command> {
+                    let c = parse_command(what, text, timeout_secs)?;
+                    check_command_files(what, &c, &names)?;
+                    Ok(c)
+                };
+                Installer::Commands {
+                    install: cmd("install", install)?,
+                    rollback: a.rollback.as_deref().map(|c| cmd("rollback", c)).transpose()?,
+                    detect: a.detect.as_deref().map(|c| cmd("detect", c)).transpose()?,
+                }
+            }
             None => Installer::Debian(DebianPackages {
                 packages: debs.iter().map(|d| d.package.clone()).collect(),
                 add_new: a.add_new,

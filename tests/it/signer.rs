@@ -252,3 +252,72 @@ fn a_closed_stdout_ends_signer_and_node_commands_quietly_with_exit_0() {
     assert_eq!(code, Some(0), "{err}");
     assert!(!err.contains("panicked") && !err.contains("backtrace"), "{err}");
 }
+
+#[test]
+fn mistakes_are_refused_when_made_naming_the_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let bundle = crate::fleet::release(dir, "rel", 1, &[]);
+
+    // A key outside the release role (the enroll key): its signature would count nowhere.
+    let r = signer(dir, &["release", "sign", "--key", "enroll.key", "rel"]);
+    assert_eq!(r.code, Some(1), "{}", r.all());
+    assert!(
+        r.stderr.contains("is not a key of the release role in root.lpr")
+            && r.stderr.contains("sign with one of those"),
+        "{}",
+        r.stderr
+    );
+
+    // A public key file where the secret goes: named as such, not as a file-mode problem.
+    let r = signer(dir, &["release", "sign", "--key", "alice.key.pub", "rel"]);
+    assert_eq!(r.code, Some(2), "{}", r.all());
+    assert!(
+        r.stderr.contains("alice.key.pub is a public key; --key takes the secret key file (alice.key)"),
+        "{}",
+        r.stderr
+    );
+
+    // An install command running a file the release does not carry.
+    let src = dir.join("rel-src");
+    assert!(src.join("install.sh").exists());
+    let r = signer(
+        dir,
+        &[
+            "release",
+            "create",
+            "--product",
+            "tool",
+            "--version",
+            "2",
+            "--dir",
+            &src.to_string_lossy(),
+            "--install",
+            "sh instal.sh",
+            "--out",
+            "typo",
+        ],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.all());
+    assert!(
+        r.stderr
+            .contains("the install command runs instal.sh, which the release does not carry; did you mean install.sh?"),
+        "{}",
+        r.stderr
+    );
+    assert!(!dir.join("typo").exists(), "a bundle was written");
+
+    // A mistyped node.toml key.
+    let config = dir.join("node.toml");
+    fs::write(&config, "data_dir = \"data\"\ntrust_root = \"root.lpr\"\nrign = \"canary\"\n").unwrap();
+    let out = std::process::Command::new(crate::support::bin("lanpatch-node"))
+        .args(["id", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("unknown field `rign`") && err.contains("did you mean `ring`?"), "{err}");
+    assert!(bundle.exists());
+}
