@@ -424,6 +424,17 @@ fn print_rules(s: &ReleaseSummary, ring: &str, a: &Approval, rules: &RolloutRule
 }
 
 /// `lanpatch-signer inventory`.
+/// How `lanpatch-signer inventory` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InventoryOutput {
+    Text,
+    /// A summary per node, for scripts.
+    Json,
+    /// Every inventory whole (packages included), a JSON array as `vulns --inventories` and
+    /// `release create --inventories` read: for an offline workstation.
+    Export,
+}
+
 pub fn inventory(
     socket: &Path,
     package: Option<&str>,
@@ -431,7 +442,7 @@ pub fn inventory(
     tag: Option<&str>,
     os: Option<&str>,
     ring: Option<&str>,
-    json: bool,
+    output: InventoryOutput,
 ) -> Result<()> {
     let invs = inventories(socket)?;
     if invs.is_empty() {
@@ -454,7 +465,12 @@ pub fn inventory(
         }
         shown.push((inv, pkg_version));
     }
-    if json {
+    if output == InventoryOutput::Export {
+        let all: Vec<&InventoryView> = shown.iter().map(|(inv, _)| *inv).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    if output == InventoryOutput::Json {
         let nodes: Vec<serde_json::Value> = shown
             .iter()
             .map(|(inv, v)| {

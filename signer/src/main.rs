@@ -460,8 +460,12 @@ struct InventoryArgs {
     #[arg(long)]
     ring: Option<String>,
     /// Print JSON for scripts.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "export")]
     json: bool,
+    /// Print the inventories whole (every package), a JSON array as `vulns --inventories` and
+    /// `release create --inventories` read, for an offline workstation.
+    #[arg(long)]
+    export: bool,
 }
 
 #[derive(Args)]
@@ -879,7 +883,11 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
             a.tag.as_deref(),
             a.os.as_deref(),
             a.ring.as_deref(),
-            a.json,
+            match (a.json, a.export) {
+                (_, true) => fleet::InventoryOutput::Export,
+                (true, false) => fleet::InventoryOutput::Json,
+                (false, false) => fleet::InventoryOutput::Text,
+            },
         )?,
         Cmd::Publish { node, metadata: Some(file), .. } => revoke::publish_metadata(&node, &file, &limits)?,
         Cmd::Publish { node, metadata_only, bundle: Some(bundle), metadata: None } => {

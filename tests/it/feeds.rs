@@ -208,4 +208,13 @@ fn vulns_ranks_real_nodes_exposures_known_exploited_first_and_fixed_by_names_the
     );
     let fixes = vulns(&["--fixed-by", bundle.to_str().unwrap()]);
     assert_eq!(fixes[0]["rollout"]["pending"], serde_json::json!(["kiosk-1", "kiosk-2"]), "{fixes:#}");
+
+    // inventory --export writes what an offline workstation's vulns --inventories reads: the
+    // same findings as from the collector.
+    let exported = signer(dir, &["inventory", "--node", &sock, "--export"]);
+    fs::write(dir.join("inventories.json"), &exported.ok().stdout).unwrap();
+    let online = signer(dir, &["vulns", "--db", db.to_str().unwrap(), "--node", &sock]);
+    let offline = signer(dir, &["vulns", "--db", db.to_str().unwrap(), "--inventories", "inventories.json"]);
+    assert_eq!(offline.ok().stdout, online.ok().stdout);
+    assert!(online.stdout.contains("CVE-2024-6387"), "{}", online.stdout);
 }

@@ -190,7 +190,8 @@ fn gossip_signed_outside_the_root_or_replaying_an_older_release_is_refused_and_n
     let v1 = make_release(dir, "v1", 1, &payload(100_000, 4), 16 * 1024, &[]);
     let v2 = make_release(dir, "v2", 2, &payload(100_000, 5), 16 * 1024, &[]);
     let v3 = make_release(dir, "v3", 3, &payload(100_000, 6), 16 * 1024, &[]);
-    // A manifest signed by two keys the root does not know.
+    // A manifest signed by two keys the root does not know (the signer checks a signing key
+    // against a root when it has one; an attacker's tooling does not).
     for k in ["mallory", "trudy"] {
         crate::support::signer(dir, &["keygen", "--out", &format!("{k}.key")]).ok();
     }
@@ -215,8 +216,16 @@ fn gossip_signed_outside_the_root_or_replaying_an_older_release_is_refused_and_n
         ],
     )
     .ok();
-    crate::support::signer(dir, &["release", "sign", "--key", "mallory.key", "evil"]).ok();
-    crate::support::signer(dir, &["release", "sign", "--key", "trudy.key", "evil"]).ok();
+    crate::support::signer(
+        dir,
+        &["release", "sign", "--key", "mallory.key", "--root", "attackers-have-none.lpr", "evil"],
+    )
+    .ok();
+    crate::support::signer(
+        dir,
+        &["release", "sign", "--key", "trudy.key", "--root", "attackers-have-none.lpr", "evil"],
+    )
+    .ok();
 
     // A line: attacker - b - c. No peer exchange, so c only ever hears what b forwards.
     let line = "peer_exchange = false";
