@@ -913,7 +913,7 @@ fn run(cli: Cli) -> Result<std::process::ExitCode> {
                         f.date,
                         f.rows,
                         f.source,
-                        f.imported_at
+                        time::show(lanpatch_protocol::Timestamp(f.imported_at))
                     );
                 }
             }

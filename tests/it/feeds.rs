@@ -110,6 +110,10 @@ fn vulns_ranks_real_nodes_exposures_known_exploited_first_and_fixed_by_names_the
     let d = data();
     let f = |n: &str| d.join(n).display().to_string();
     import(dir, &db, &["--osv", &f("osv"), "--epss", &f("epss.csv"), "--kev", &f("kev.json")]).ok();
+    // feeds show prints dates a person reads (RFC 3339), not epoch seconds.
+    let shown = signer(dir, &["feeds", "show", "--db", &db.display().to_string()]);
+    let year = format!("(imported at {}-", 1970 + crate::fleet::unix_now() / 31_557_600);
+    assert!(shown.ok().stdout.contains(&year), "{}", shown.stdout);
 
     let admin = node_with_packages(
         dir,
