@@ -96,9 +96,10 @@ pub struct Config {
     #[serde(default = "default_quota")]
     pub cache_quota: u64,
     /// Free bytes a download never takes from the disk that holds `data_dir`: a release that
-    /// would leave less is not downloaded (`Failed(LowDisk)`, reported).
-    #[serde(default = "default_min_free_disk")]
-    pub min_free_disk: u64,
+    /// would leave less is not downloaded (`Failed(LowDisk)`, reported). Unset: 256 MiB, or 5 %
+    /// of that filesystem's size when that is less (a 64 MiB disk keeps 3.2 MiB).
+    #[serde(default)]
+    pub min_free_disk: Option<u64>,
     /// Chunk requests in flight to one peer at a time.
     #[serde(default = "default_inflight")]
     pub max_inflight_per_peer: usize,
@@ -324,9 +325,6 @@ fn default_quota() -> u64 {
 fn default_inflight() -> usize {
     4
 }
-fn default_min_free_disk() -> u64 {
-    256 * 1024 * 1024
-}
 fn default_inventory_interval() -> u64 {
     3600
 }
@@ -423,6 +421,13 @@ impl Config {
         self.certificate.clone().unwrap_or_else(|| self.data_dir.join("node.cert"))
     }
 
+    /// The free bytes downloads leave on the filesystem holding `data_dir` (see
+    /// `min_free_disk`); `size` is that filesystem's size, when known.
+    pub fn disk_reserve(&self, size: Option<u64>) -> u64 {
+        const DEFAULT: u64 = 256 * 1024 * 1024;
+        self.min_free_disk.unwrap_or_else(|| size.map_or(DEFAULT, |s| DEFAULT.min(s / 20)))
+    }
+
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
         // Made absolute here, so install commands (which run in their staging directory) and
@@ -500,6 +505,17 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_disk_reserve_is_256_mib_or_5_percent_of_a_smaller_disk_and_a_set_one_wins() {
+        let mut c =
+            Config::parse("data_dir = \"d\"\ntrust_root = \"r\"\nenrollment = \"off\"", Path::new("/x")).unwrap();
+        assert_eq!(c.disk_reserve(Some(64 << 20)), (64 << 20) / 20, "a 64 MiB disk keeps 3.2 MiB");
+        assert_eq!(c.disk_reserve(Some(100 << 30)), 256 << 20);
+        assert_eq!(c.disk_reserve(None), 256 << 20);
+        c.min_free_disk = Some(12 << 20);
+        assert_eq!(c.disk_reserve(Some(64 << 20)), 12 << 20);
+    }
 
     fn parse(extra: &str) -> Result<Config> {
         Config::parse(&format!("data_dir = \"d\"\ntrust_root = \"r\"\n{extra}"), Path::new("/base"))

@@ -7,6 +7,12 @@ pub fn free_disk(dir: &std::path::Path) -> Option<u64> {
     Some((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }
 
+/// The size of the filesystem holding `dir` (`None`: cannot tell).
+pub fn disk_size(dir: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some((st.blocks() as u64).saturating_mul(st.fragment_size() as u64))
+}
+
 /// Bytes of the files under `p` (symbolic links and special files count nothing).
 fn tree(p: &std::path::Path) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };

@@ -437,6 +437,36 @@ fn a_download_that_would_cross_min_free_disk_is_refused_and_the_reason_reaches_t
     assert_eq!(n.status().disk.partial, 0);
 }
 
+#[test]
+fn on_a_64_mib_disk_the_default_reserve_lets_a_small_release_install() {
+    if !is_root() {
+        return cannot_run("needs root (mounts a small tmpfs as an endpoint's data directory)");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let admin = admin(dir, "");
+    let data = dir.join("n1/data");
+    fs::create_dir_all(&data).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cannot mount a tmpfs on {}", data.display());
+    let _mount = Tmpfs(data.clone());
+    // No min_free_disk: the default (256 MiB, more than this whole disk) scales down to 5 %.
+    let n = endpoint(dir, "n1", &admin, "ring = \"canary\"");
+    wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
+    let small = crate::fleet::make_release(dir, "v1", 1, &crate::fleet::payload(53_000, 1), 65536, &[]);
+    approve(dir, &small, "canary", &[]).ok();
+    admin.publish(&small);
+    wait_until(Duration::from_secs(60), "the 53 KB release installs", || {
+        n.release_state("tool", 1) == Some(ReleaseState::Installed)
+    });
+}
+
 /// Reports and inventories go out once, when they are made; a collector that was not running then
 /// learns what it missed from the nodes' digests and pulls it (nothing is re-sent on a timer, so
 /// without the pull it would never see the install).

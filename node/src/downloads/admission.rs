@@ -44,10 +44,10 @@ pub async fn admit(s: &Shared, v: &ReleaseManifest) -> Result<(), Refused> {
         // What is already downloaded of it takes no more room.
         let have = s.library.release_bytes_held(&v.files);
         let need = v.total_bytes().saturating_sub(have);
-        if free < need.saturating_add(s.cfg.min_free_disk) {
+        let reserve = s.cfg.disk_reserve(crate::disk::disk_size(&s.cfg.data_dir));
+        if free < need.saturating_add(reserve) {
             let why = format!(
-                "needs {need} more bytes, the disk holding the data directory has {free} free and min_free_disk keeps {}",
-                s.cfg.min_free_disk
+                "needs {need} more bytes, the disk holding the data directory has {free} free and min_free_disk keeps {reserve}"
             );
             return Err(Refused { reason: FailReason::LowDisk, why });
         }
