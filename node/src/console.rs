@@ -361,6 +361,8 @@ struct Fleet {
     releases: Vec<ReleaseInfo>,
     order: Vec<RingName>,
     min_success: usize,
+    /// Signatures an approval needs (the root's approve threshold).
+    approve_threshold: u32,
     socket: String,
     stale_after: u64,
 }
@@ -445,6 +447,7 @@ impl Fleet {
             releases,
             order: s.cfg.rollout_rings.clone(),
             min_success: s.cfg.gate_min_success,
+            approve_threshold: s.trust().root.value().keys(lanpatch_protocol::Role::Approve).threshold,
             socket: s.cfg.control_socket().display().to_string(),
             stale_after: 2 * s.cfg.inventory_interval_secs + 300,
         })
@@ -507,23 +510,30 @@ fn verdict(f: &Fleet, rel: &ReleaseInfo, reports: &[&ReportView]) -> Verdict {
     }
 }
 
+/// The commands that approve `ring` and publish the approval, one per line: as many approve
+/// keys as the root's approve threshold asks for (the first checks the gate, the others co-sign),
+/// then the publish.
 fn approve_command(f: &Fleet, rel: &ReleaseInfo, ring: &RingName, gated: bool) -> String {
     let rings: Vec<&str> = f.order.iter().map(|r| r.as_str()).collect();
     let bundle = format!("<bundle of {} {}>", rel.product, rel.version);
-    if gated {
+    let n = f.approve_threshold.max(1);
+    let key = |i: u32| if n == 1 { "<approve key>".to_string() } else { format!("<approve key {i} of {n}>") };
+    let mut lines = vec![if gated {
         format!(
-            "lanpatch-signer approve --key <approve key> --ring {ring} --rings {} --min-success {} --node {} {bundle} && lanpatch-signer publish --node {} {bundle}",
+            "lanpatch-signer approve --key {} --ring {ring} --rings {} --min-success {} --node {} {bundle}",
+            key(1),
             rings.join(","),
             f.min_success,
-            f.socket,
             f.socket
         )
     } else {
-        format!(
-            "lanpatch-signer approve --key <approve key> --ring {ring} {bundle} && lanpatch-signer publish --node {} {bundle}",
-            f.socket
-        )
+        format!("lanpatch-signer approve --key {} --ring {ring} {bundle}", key(1))
+    }];
+    for i in 2..=n {
+        lines.push(format!("lanpatch-signer approve --key {} --ring {ring} {bundle}", key(i)));
     }
+    lines.push(format!("lanpatch-signer publish --node {} {bundle}", f.socket));
+    lines.join("\n")
 }
 
 fn verdict_markup(f: &Fleet, rel: &ReleaseInfo, v: &Verdict) -> Markup {

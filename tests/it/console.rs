@@ -248,14 +248,24 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         wait_for_page(&c, &rollouts, "v2's canary results", |t| t.contains("Gate for broad: would pass")).await;
         let command = text_of(&c, ".verdict.pass + pre.command").await;
         assert!(
-            command.contains("lanpatch-signer approve --key <approve key> --ring broad --rings canary,broad"),
+            command.contains("lanpatch-signer approve --key <approve key 1 of 2> --ring broad --rings canary,broad"),
             "{command}"
         );
         assert!(command.contains(&format!("--node {}", admin.socket().display())), "{command}");
         screenshot(&c, "rollouts").await;
-        let sock = admin.socket().to_string_lossy().into_owned();
-        approve(dir, &v2, "broad", &["--node", &sock, "--rings", "canary,broad"]).ok();
-        admin.publish(&v2);
+        // The approve threshold is 2: the printed commands are two approvals, then the publish.
+        // Run exactly them, Bob's and Carol's keys in the placeholders.
+        let lines: Vec<&str> = command.lines().collect();
+        assert_eq!(lines.len(), 3, "{command}");
+        for line in lines {
+            let line = line
+                .replace("<approve key 1 of 2>", "bob.key")
+                .replace("<approve key 2 of 2>", "carol.key")
+                .replace("<bundle of tool 2>", &v2.display().to_string());
+            let argv: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(argv[0], "lanpatch-signer", "{line}");
+            crate::support::signer(dir, &argv[1..]).ok();
+        }
         wait_until(Duration::from_secs(90), "broad installs v2", || {
             broad.release_state("tool", 2) == Some(lanpatch_protocol::ReleaseState::Installed)
         });
