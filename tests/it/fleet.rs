@@ -83,8 +83,32 @@ pub fn make_release(
     dir.join(bundle_name)
 }
 
+/// A loopback port for a node to listen on, below the kernel's ephemeral range: a port the
+/// kernel hands out for `bind(0)` can be taken again by any outgoing connection (the hostile
+/// tests open hundreds) before the node binds it. Each is handed out once per test process
+/// (starting at an offset by pid) and checked free.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (first, span) = (10_000u32, low.saturating_sub(10_000));
+    if span < 1000 {
+        return TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    }
+    let offset = std::process::id() * 97 % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = first + (offset + n) % span;
+        if let Ok(port) = u16::try_from(port)
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {first} and {low}");
 }
 
 pub struct Node {
