@@ -296,6 +296,16 @@ pub mod peak {
         PEAK.load(Relaxed).saturating_sub(base)
     }
 
+    /// Runs a feed parser on `data` (inputs up to 1 MiB) and asserts its peak heap stays under
+    /// [`feed_bound`]: the body of every `feed_*` target.
+    pub fn check_feed(data: &[u8], parse: impl FnOnce(&[u8])) {
+        if data.len() > 1 << 20 {
+            return;
+        }
+        let used = during(|| parse(data));
+        assert!(used <= feed_bound(data.len()), "{} bytes of input held {used} bytes at once", data.len());
+    }
+
     /// The bound a feed parser's peak must stay under for an input of `len` bytes (inputs up
     /// to 1 MiB): 64 MiB plus 128 bytes per input byte. Before the bounds, a 151 KB OSV record
     /// asked 1.7 GB.

@@ -389,6 +389,22 @@ fn a_full_cache_quota_evicts_the_superseded_release_keeps_the_rollback_one_and_t
 /// Unmounts a tmpfs the test mounted, whatever the test's outcome.
 struct Tmpfs(PathBuf);
 
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (as mount's `size=` takes it) at `dir`, created first: an
+    /// endpoint's small disk. Unmounted when dropped.
+    fn mount(dir: PathBuf, size: &str) -> Tmpfs {
+        fs::create_dir_all(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs on {}", dir.display());
+        Tmpfs(dir)
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
@@ -405,16 +421,7 @@ fn a_download_that_would_cross_min_free_disk_is_refused_and_the_reason_reaches_t
     make_fleet_keys(dir);
     let admin = admin(dir, "");
     // The endpoint's disk: 16 MiB, of which it must keep 12 MiB free.
-    let data = dir.join("n1/data");
-    fs::create_dir_all(&data).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "cannot mount a tmpfs on {}", data.display());
-    let _mount = Tmpfs(data.clone());
+    let _mount = Tmpfs::mount(dir.join("n1/data"), "16m");
     let n = endpoint(dir, "n1", &admin, &format!("ring = \"canary\"\nmin_free_disk = {}", 12 << 20));
     wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
     // 1 MiB fits above the reserve; 6 MiB would cross it.
@@ -446,16 +453,7 @@ fn on_a_64_mib_disk_the_default_reserve_lets_a_small_release_install() {
     let dir = tmp.path();
     make_fleet_keys(dir);
     let admin = admin(dir, "");
-    let data = dir.join("n1/data");
-    fs::create_dir_all(&data).unwrap();
-    let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
-        .arg(&data)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "cannot mount a tmpfs on {}", data.display());
-    let _mount = Tmpfs(data.clone());
+    let _mount = Tmpfs::mount(dir.join("n1/data"), "64m");
     // No min_free_disk: the default (256 MiB, more than this whole disk) scales down to 5 %.
     let n = endpoint(dir, "n1", &admin, "ring = \"canary\"");
     wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 1);
