@@ -497,7 +497,11 @@ fn verdict(f: &Fleet, rel: &ReleaseInfo, reports: &[&ReportView]) -> Verdict {
                 Ok(()) => {
                     let mut counts = RingCounts::default();
                     mine.iter().for_each(|r| counts.add(r.state));
-                    Verdict::Pass { prev: prev.clone(), next: next.clone(), waiting: counts.in_progress }
+                    Verdict::Pass {
+                        prev: prev.clone(),
+                        next: next.clone(),
+                        waiting: counts.in_progress + counts.waiting,
+                    }
                 }
                 Err(why) => Verdict::Refused { next: next.clone(), why: why.explain(prev) },
             }
@@ -746,7 +750,7 @@ async fn rollouts_page(State(c): State<Console>, Query(live): Query<Live>) -> Re
                     " · manifest " span.mono { (rel.hash.short()) }
                 }
                 table.rings {
-                    thead { tr { th { "Ring" } th { "Installed" } th { "Failed" } th { "Halted" } th { "In progress" } th { "Skipped" } th { "Rolled back (yank)" } } }
+                    thead { tr { th { "Ring" } th { "Installed" } th { "Failed" } th { "Halted" } th { "In progress" } th { "Waiting" } th { "Waiting for approval" } th { "Rolled back (yank)" } th { "Skipped" } th { "Not targeted" } } }
                     tbody {
                         @for ring in f.rings_of(&reports) {
                             @let n = counts.get(&ring).cloned().unwrap_or_default();
@@ -756,8 +760,11 @@ async fn rollouts_page(State(c): State<Console>, Query(live): Query<Live>) -> Re
                                 td.failed { (n.failed) }
                                 td { (n.halted) }
                                 td { (n.in_progress) }
-                                td { (n.skipped) }
+                                td { (n.waiting) }
+                                td { (n.waiting_for_approval) }
                                 td { (n.rolled_back_by_yank) }
+                                td { (n.skipped) }
+                                td { (n.not_targeted) }
                             }
                         }
                     }

@@ -225,6 +225,82 @@ impl ReleaseState {
         }
     }
 
+    /// Every state a node can report, each reason once: for the docs' state table (a test checks
+    /// that OPERATIONS.md explains each) and for exhaustive tests.
+    pub fn every() -> Vec<ReleaseState> {
+        use ReleaseState::*;
+        let mut all = vec![Available, Queued, Downloading, Downloaded];
+        all.extend(WaitReason::ALL.iter().map(|w| Waiting(*w)));
+        all.extend([Installing, Halted, Interrupted, Installed]);
+        for c in RollbackCause::ALL {
+            all.push(RollingBack(*c));
+            all.push(RolledBack(*c));
+        }
+        all.extend(FailReason::ALL.iter().map(|f| Failed(*f)));
+        all.extend(SkipReason::ALL.iter().map(|s| Skipped(*s)));
+        all
+    }
+
+    /// What the admin does about a node in this state, for status, the console and alerts;
+    /// `None` when nothing is needed (on its way, or done).
+    pub fn next_step(self) -> Option<&'static str> {
+        use ReleaseState::*;
+        Some(match self {
+            Available | Queued | Downloading | Downloaded | Installing | Installed => return None,
+            RollingBack(_) | RolledBack(RollbackCause::Yanked) | Skipped(_) => return None,
+            Waiting(w) => match w {
+                WaitReason::NotApproved => {
+                    "approve the release for this node's ring (lanpatch-signer pending shows the command)"
+                }
+                WaitReason::NotBefore(_) => "nothing: it installs once the approval's not-before time has passed",
+                WaitReason::OutsideWindow => {
+                    "nothing: it installs in the node's next maintenance window (an approval --deadline or an urgent release overrides windows)"
+                }
+                WaitReason::ApprovalExpired => "approve the ring again (lanpatch-signer approve --replace)",
+                WaitReason::Stale => {
+                    "check the admin node (its timestamp_key) is running and this node reaches a peer: it installs nothing without a fresh statement"
+                }
+                WaitReason::NotInStatement => {
+                    "nothing, usually: a newer statement is on its way; if it lasts, check that the node reaches its peers"
+                }
+                WaitReason::Wave => "nothing: it installs when its rollout wave opens",
+                WaitReason::TooFewReports => {
+                    "check that the node reaches its ring's peers: it does not install past the first wave blind"
+                }
+                WaitReason::PackageManagerBusy => {
+                    "let apt or unattended-upgrades finish (or find who holds dpkg's lock); the node tries again"
+                }
+            },
+            Halted => "read the failing nodes' output, fix the cause, then approve --replace (counts afresh) or yank",
+            Interrupted => "nothing: the node resolves it (detect, else rollback) when it starts again",
+            RolledBack(RollbackCause::TimedOut | RollbackCause::Interrupted) => {
+                "retried inside the approval's retry rule; once spent, fix the cause and approve --replace"
+            }
+            RolledBack(_) | Failed(FailReason::CommandFailed) | Failed(FailReason::NoRollback) => {
+                "read the output tail, fix the release or the host, then approve --replace to try again (or yank)"
+            }
+            Failed(f) if f.is_transient() => {
+                "retried inside the approval's retry rule; once spent, fix the cause and approve --replace"
+            }
+            Failed(FailReason::RollbackFailed) => {
+                "the host needs hands-on repair: read the output tail of the rollback"
+            }
+            Failed(FailReason::Tampered) => {
+                "a stored file changed on the node's disk: check the disk, then approve --replace to fetch it again"
+            }
+            Failed(FailReason::BrokenPackages) => {
+                "repair the host's packages (dpkg --audit, dpkg --configure -a), then approve --replace"
+            }
+            Failed(FailReason::MissingDependency) => {
+                "install the missing dependency on the host or add it to a new release (the output names it)"
+            }
+            Failed(FailReason::Conflicts) => {
+                "remove the conflicting package from the host or make a new release without the clash"
+            }
+            Failed(_) => "read the output tail, fix the cause, then approve --replace",
+        })
+    }
+
     /// A short, stable label for people (status tables). Never parsed back.
     pub fn label(self) -> String {
         use ReleaseState::*;
@@ -237,7 +313,7 @@ impl ReleaseState {
                 "waiting ({})",
                 match w {
                     WaitReason::NotApproved => "not approved for this ring".to_string(),
-                    WaitReason::NotBefore(t) => format!("not before {}", t.0),
+                    WaitReason::NotBefore(t) => format!("not before {}", t.rfc3339()),
                     WaitReason::OutsideWindow => "outside the maintenance window".to_string(),
                     WaitReason::ApprovalExpired => "the approval expired".to_string(),
                     WaitReason::Stale => "no fresh timestamp statement".to_string(),
@@ -266,7 +342,44 @@ impl ReleaseState {
     }
 }
 
+impl WaitReason {
+    /// Every reason, `NotBefore` with a placeholder time.
+    pub const ALL: &'static [WaitReason] = &[
+        WaitReason::NotApproved,
+        WaitReason::NotBefore(Timestamp(0)),
+        WaitReason::OutsideWindow,
+        WaitReason::ApprovalExpired,
+        WaitReason::Stale,
+        WaitReason::NotInStatement,
+        WaitReason::Wave,
+        WaitReason::TooFewReports,
+        WaitReason::PackageManagerBusy,
+    ];
+}
+
+impl SkipReason {
+    pub const ALL: &'static [SkipReason] = &[SkipReason::NotTargeted, SkipReason::Yanked, SkipReason::Expired];
+}
+
 impl FailReason {
+    pub const ALL: &'static [FailReason] = &[
+        FailReason::DiskFull,
+        FailReason::OverQuota,
+        FailReason::DownloadError,
+        FailReason::StageError,
+        FailReason::Tampered,
+        FailReason::CommandFailed,
+        FailReason::TimedOut,
+        FailReason::Interrupted,
+        FailReason::RollbackFailed,
+        FailReason::NoRollback,
+        FailReason::LowDisk,
+        FailReason::MissingDependency,
+        FailReason::PreviousNotKept,
+        FailReason::BrokenPackages,
+        FailReason::Conflicts,
+    ];
+
     /// A cause that may be gone at a later attempt (the disk, the network, the clock, another
     /// process), as opposed to the release's own content or commands.
     pub fn is_transient(self) -> bool {
@@ -299,6 +412,9 @@ impl FailReason {
 }
 
 impl RollbackCause {
+    pub const ALL: &'static [RollbackCause] =
+        &[RollbackCause::InstallFailed, RollbackCause::TimedOut, RollbackCause::Interrupted, RollbackCause::Yanked];
+
     pub fn label(self) -> &'static str {
         match self {
             RollbackCause::InstallFailed => "install failed",
@@ -425,6 +541,91 @@ pub fn step(state: ReleaseState, event: Event) -> Step {
         (_, E::Expired) if before_install => to(S::Skipped(SkipReason::Expired)),
         (_, E::Retry) if state.retry_kind().is_some() => to(S::Available),
         _ => Step::Ignored,
+    }
+}
+
+#[cfg(test)]
+mod every_tests {
+    use super::*;
+
+    /// A new variant or reason breaks this match until it is added to `every()` and given its
+    /// next step (and the docs' table: tidy::every_node_state_is_explained_in_operations).
+    #[test]
+    fn every_lists_each_state_and_reason_once() {
+        let all = ReleaseState::every();
+        let mut seen = std::collections::BTreeSet::new();
+        for s in &all {
+            let key = match s {
+                ReleaseState::Waiting(WaitReason::NotBefore(_)) => "waiting not before".to_string(),
+                ReleaseState::Available
+                | ReleaseState::Queued
+                | ReleaseState::Downloading
+                | ReleaseState::Downloaded
+                | ReleaseState::Waiting(_)
+                | ReleaseState::Installing
+                | ReleaseState::Halted
+                | ReleaseState::Interrupted
+                | ReleaseState::RollingBack(_)
+                | ReleaseState::Installed
+                | ReleaseState::Failed(_)
+                | ReleaseState::RolledBack(_)
+                | ReleaseState::Skipped(_) => format!("{s:?}"),
+            };
+            assert!(seen.insert(key), "{s:?} listed twice");
+        }
+        assert_eq!(
+            all.len(),
+            4 + WaitReason::ALL.len()
+                + 4
+                + 2 * RollbackCause::ALL.len()
+                + FailReason::ALL.len()
+                + SkipReason::ALL.len()
+        );
+        for w in WaitReason::ALL {
+            match w {
+                WaitReason::NotApproved
+                | WaitReason::NotBefore(_)
+                | WaitReason::OutsideWindow
+                | WaitReason::ApprovalExpired
+                | WaitReason::Stale
+                | WaitReason::NotInStatement
+                | WaitReason::Wave
+                | WaitReason::TooFewReports
+                | WaitReason::PackageManagerBusy => {}
+            }
+        }
+        for f in FailReason::ALL {
+            match f {
+                FailReason::DiskFull
+                | FailReason::OverQuota
+                | FailReason::DownloadError
+                | FailReason::StageError
+                | FailReason::Tampered
+                | FailReason::CommandFailed
+                | FailReason::TimedOut
+                | FailReason::Interrupted
+                | FailReason::RollbackFailed
+                | FailReason::NoRollback
+                | FailReason::LowDisk
+                | FailReason::MissingDependency
+                | FailReason::PreviousNotKept
+                | FailReason::BrokenPackages
+                | FailReason::Conflicts => {}
+            }
+        }
+        assert_eq!(WaitReason::ALL.len(), 9, "a new WaitReason goes into WaitReason::ALL");
+        assert_eq!(FailReason::ALL.len(), 15, "a new FailReason goes into FailReason::ALL");
+        assert_eq!(RollbackCause::ALL.len(), 4);
+        assert_eq!(SkipReason::ALL.len(), 3);
+    }
+
+    #[test]
+    fn every_failure_and_every_wait_names_what_the_admin_does() {
+        for s in ReleaseState::every() {
+            let needs = s.is_failure()
+                || matches!(s, ReleaseState::Waiting(_) | ReleaseState::Halted | ReleaseState::Interrupted);
+            assert_eq!(s.next_step().is_some(), needs, "{s:?}");
+        }
     }
 }
 

@@ -9,10 +9,10 @@ use serde::Serialize;
 
 use crate::approval::{RolloutRules, Wave};
 use crate::control::ReportView;
-use crate::lifecycle::{ReleaseState, RollbackCause};
+use crate::lifecycle::{ReleaseState, RollbackCause, SkipReason, WaitReason};
 use crate::types::{Hash32, PublicKey, RingName, Timestamp};
 
-/// A ring's results for one release, from typed states.
+/// A ring's results for one release, from typed states. Each node counts in exactly one field.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct RingCounts {
     pub installed: usize,
@@ -20,29 +20,52 @@ pub struct RingCounts {
     pub failed: usize,
     /// Rolled back because the release was yanked (not a failure).
     pub rolled_back_by_yank: usize,
-    /// Skipped: not targeted, yanked before install, or already installed.
+    /// The release does not target these nodes: not part of the rollout.
+    pub not_targeted: usize,
+    /// Skipped: yanked or expired before the install.
     pub skipped: usize,
     /// Halted by the approval's failure-rate rule.
     pub halted: usize,
-    /// Still on its way (queued, downloading, waiting, installing).
+    /// Downloaded (or on the way) and waiting for an approval of their ring.
+    pub waiting_for_approval: usize,
+    /// Approved, and waiting for something else: a window, a wave, a not-before time, a fresh
+    /// timestamp statement, reports, dpkg's lock (the nodes' states say which).
+    pub waiting: usize,
+    /// On its way: queued, downloading, installing, rolling back, interrupted.
     pub in_progress: usize,
 }
 
 impl RingCounts {
     pub fn add(&mut self, state: ReleaseState) {
-        if state.is_installed() {
-            self.installed += 1;
-        } else if state.is_failure() {
-            self.failed += 1;
-        } else if state == ReleaseState::RolledBack(RollbackCause::Yanked) {
-            self.rolled_back_by_yank += 1;
-        } else if matches!(state, ReleaseState::Skipped(_)) {
-            self.skipped += 1;
-        } else if state == ReleaseState::Halted {
-            self.halted += 1;
-        } else {
-            self.in_progress += 1;
+        match state {
+            ReleaseState::Installed => self.installed += 1,
+            s if s.is_failure() => self.failed += 1,
+            ReleaseState::RolledBack(RollbackCause::Yanked) => self.rolled_back_by_yank += 1,
+            ReleaseState::Skipped(SkipReason::NotTargeted) => self.not_targeted += 1,
+            ReleaseState::Skipped(_) => self.skipped += 1,
+            ReleaseState::Halted => self.halted += 1,
+            ReleaseState::Waiting(WaitReason::NotApproved) => self.waiting_for_approval += 1,
+            ReleaseState::Waiting(_) => self.waiting += 1,
+            _ => self.in_progress += 1,
         }
+    }
+
+    /// The counts for people, non-zero ones only, in a fixed order: "installed 3, waiting for
+    /// approval 1".
+    pub fn describe(&self) -> String {
+        let parts = [
+            (self.installed, "installed"),
+            (self.failed, "failed"),
+            (self.halted, "halted"),
+            (self.in_progress, "in progress"),
+            (self.waiting, "waiting"),
+            (self.waiting_for_approval, "waiting for approval"),
+            (self.rolled_back_by_yank, "rolled back by yank"),
+            (self.skipped, "skipped (yanked or expired)"),
+            (self.not_targeted, "not targeted"),
+        ];
+        let shown: Vec<String> = parts.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{what} {n}")).collect();
+        if shown.is_empty() { "no reports".to_string() } else { shown.join(", ") }
     }
 
     /// Counts per ring name of `reports`.

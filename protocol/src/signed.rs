@@ -154,6 +154,25 @@ impl Envelope {
         count
     }
 
+    /// The distinct keys of `keys` whose signature verifies, in signing order: who has signed so
+    /// far (for the co-signing flow, `lanpatch-signer pending`).
+    pub fn valid_signers(&self, keys: &RoleKeys) -> Vec<PublicKey> {
+        let message = signing_message(self.kind, &self.payload);
+        let mut out: Vec<PublicKey> = Vec::new();
+        for entry in &self.signatures {
+            if !keys.keys.contains(&entry.key) || out.contains(&entry.key) {
+                continue;
+            }
+            let ok = VerifyingKey::from_bytes(&entry.key.0)
+                .and_then(|vk| vk.verify_strict(&message, &Signature::from_bytes(&entry.sig)))
+                .is_ok();
+            if ok {
+                out.push(entry.key);
+            }
+        }
+        out
+    }
+
     /// Checks that `kind` is expected and that a threshold of `role`'s keys signed.
     pub fn check_threshold(
         &self,

@@ -160,6 +160,25 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(secs))
     }
 }
+impl Timestamp {
+    /// The time as RFC 3339 in UTC (`2026-12-07T20:28:00Z`), for people.
+    pub fn rfc3339(self) -> String {
+        let secs = self.0;
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm, proleptic Gregorian).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3_600, rem % 3_600 / 60, rem % 60)
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "@{}", self.0)
@@ -395,6 +414,15 @@ impl fmt::Display for CveId {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn timestamps_print_as_rfc3339_utc() {
+        assert_eq!(Timestamp(0).rfc3339(), "1970-01-01T00:00:00Z");
+        assert_eq!(Timestamp(951_782_400).rfc3339(), "2000-02-29T00:00:00Z");
+        assert_eq!(Timestamp(1_796_675_280).rfc3339(), "2026-12-07T20:28:00Z");
+        assert_eq!(Timestamp(4_102_444_799).rfc3339(), "2099-12-31T23:59:59Z");
+    }
+
     use super::*;
 
     #[test]

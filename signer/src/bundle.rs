@@ -99,6 +99,19 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     done
 }
 
+/// Refuses to overwrite a file or directory a command would create.
+pub fn refuse_existing(path: &Path) -> Result<()> {
+    if path.exists() {
+        anyhow::bail!("{} already exists; refusing to overwrite it", path.display());
+    }
+    Ok(())
+}
+
+/// The protocol's own checks of a payload (sizes, names, ranges) before it is signed and saved.
+pub fn check_payload<T: Payload>(value: &T, limits: &Limits) -> Result<()> {
+    value.validate(limits).map_err(|e| anyhow::anyhow!("{} is not valid: {e}", T::NAME))
+}
+
 pub fn save<T: Payload>(path: &Path, signed: &Signed<T>) -> Result<()> {
     write_atomic(path, &signed.to_bytes())
 }

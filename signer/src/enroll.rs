@@ -405,7 +405,7 @@ fn node(a: NodeArgs, limits: &Limits, now: Timestamp, key_mode: KeyMode) -> Resu
     let signed = certificate(&er, &host, now, expires, &signers, limits)?;
     bundle::write_new(&a.out, &signed.to_bytes(), PUBLIC_MODE)?;
     if a.json {
-        return crate::print_json(&cert_json(&er, &a.out, signed.value(), signed.envelope()));
+        return crate::report::print_json(&cert_json(&er, &a.out, signed.value(), signed.envelope()));
     }
     println!("wrote node certificate {}: {}", a.out.display(), describe(signed.value()));
     println!("{}", er.progress(signed.envelope(), &a.out));
@@ -462,7 +462,7 @@ fn batch(a: BatchArgs, limits: &Limits, now: Timestamp, key_mode: KeyMode) -> Re
     if a.json {
         let list: Vec<serde_json::Value> =
             out.iter().zip(&certs).map(|((p, _), c)| cert_json(&er, p, c.value(), c.envelope())).collect();
-        return crate::print_json(&serde_json::Value::Array(list));
+        return crate::report::print_json(&serde_json::Value::Array(list));
     }
     for ((path, host), cert) in out.iter().zip(&certs) {
         println!("wrote {}: {}", path.display(), describe(cert.value()));
@@ -560,7 +560,7 @@ fn show(a: ShowArgs, limits: &Limits, now: Timestamp) -> Result<()> {
     };
     let sigs: Vec<&PublicKey> = signed.envelope().signatures.iter().map(|s| &s.key).collect();
     if a.json {
-        crate::print_json(&serde_json::json!({
+        crate::report::print_json(&serde_json::json!({
             "file": a.file.display().to_string(),
             "fleet": c.fleet.to_hex(),
             "node_key": c.node.to_hex(),

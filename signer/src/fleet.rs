@@ -356,10 +356,7 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
         let short = s.manifest.get(..16).unwrap_or(s.manifest);
         println!("{} {} (manifest {short}): {installed}/{} targeted nodes installed", s.product, s.version, s.targeted);
         for (ring, c) in &s.rings {
-            println!(
-                "  ring {ring}: installed {}, failed {}, halted {}, in progress {}, skipped {}, rolled back by yank {}",
-                c.installed, c.failed, c.halted, c.in_progress, c.skipped, c.rolled_back_by_yank
-            );
+            println!("  ring {ring}: {}", c.describe());
             if let (Some(a), Some(b)) = (approvals.as_ref().and_then(|ap| ap.get(ring)), bundle)
                 && let Some(rules) = &a.rules
             {
@@ -380,11 +377,21 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
                 for l in r.detail.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev() {
                     println!("      | {l}");
                 }
+                if let Some(step) = r.state.next_step() {
+                    println!("      next: {step}");
+                }
             }
         }
-        for r in s.nodes.iter().filter(|r| !r.state.is_failure() && !r.state.is_installed()) {
+        // Everyone else but the installed and the nodes the release does not target, each with
+        // what the admin does about it, if anything.
+        let others =
+            s.nodes.iter().filter(|r| !r.state.is_failure() && !r.state.is_installed() && !r.state.is_not_targeted());
+        for r in others {
             let wave = s.waves.get(r.node.as_str()).map(|w| format!(" wave {w}")).unwrap_or_default();
-            println!("  {} [{}{wave}]: {}", r.hostname, r.ring, r.state);
+            match r.state.next_step() {
+                Some(step) => println!("  {} [{}{wave}]: {} (next: {step})", r.hostname, r.ring, r.state),
+                None => println!("  {} [{}{wave}]: {}", r.hostname, r.ring, r.state),
+            }
         }
     }
     Ok(())

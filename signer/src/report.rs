@@ -1,4 +1,4 @@
-//! Printing exposure findings for a terminal (`lanpatch-signer vulns`).
+//! Printing for a terminal: exposure findings (`lanpatch-signer vulns`) and JSON for scripts.
 
 use lanpatch_assess::vulns::{CveRollout, Finding};
 
@@ -41,4 +41,10 @@ pub fn print_findings(findings: &[Finding]) {
             println!("       {} {} {} ({fixed})", h.hostname, h.installed, h.version);
         }
     }
+}
+
+/// Pretty JSON on stdout, for every subcommand's `--json`.
+pub fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }

@@ -125,7 +125,7 @@ pub fn run(a: RevokeArgs, limits: &Limits, now: Timestamp, key_mode: KeyMode) ->
     let l = signed.value();
     let hexes = |keys: &[PublicKey]| keys.iter().map(|k| k.to_hex()).collect::<Vec<_>>();
     if a.json {
-        return crate::print_json(&serde_json::json!({
+        return crate::report::print_json(&serde_json::json!({
             "file": a.out.display().to_string(),
             "issued": l.issued.0,
             "nodes": hexes(&l.nodes),

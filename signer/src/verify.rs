@@ -10,7 +10,28 @@ use lanpatch_protocol::verify::{
 use lanpatch_protocol::{FileEntry, Limits, RingName, Root, Signed, Timestamp, verify_chunk};
 
 use crate::bundle::Bundle;
+use crate::ctx::Ctx;
 use crate::time;
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// The trust root. Repeat to give a rotation chain, oldest (version 1) first.
+    #[arg(long = "root", required = true)]
+    pub roots: Vec<PathBuf>,
+    /// Also require a valid approval for this ring.
+    #[arg(long)]
+    pub ring: Option<RingName>,
+    /// Print JSON for scripts.
+    #[arg(long)]
+    pub json: bool,
+    pub bundle: PathBuf,
+}
+
+/// Exit 0 when the bundle is valid, 1 when a check failed.
+pub fn run(a: VerifyArgs, ctx: &Ctx) -> Result<std::process::ExitCode> {
+    let ok = verify_bundle(&a.roots, &Bundle::new(&a.bundle), a.ring.as_ref(), &ctx.limits, ctx.now, a.json)?;
+    Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
+}
 
 /// Every check made, in order; printed as lines (`ok` / `FAIL`) or as JSON at the end.
 struct Findings {

@@ -195,6 +195,41 @@ fn nothing_shells_out_to_kill() {
 }
 
 #[test]
+fn every_node_state_is_explained_in_operations() {
+    let ops = fs::read_to_string(repo().join("docs/OPERATIONS.md")).unwrap();
+    for state in lanpatch_protocol::ReleaseState::every() {
+        let label = match state {
+            lanpatch_protocol::ReleaseState::Waiting(lanpatch_protocol::WaitReason::NotBefore(_)) => {
+                "waiting (not before T)".to_string()
+            }
+            s => s.label(),
+        };
+        let row = format!("| `{label}` | {} |", state.next_step().unwrap_or("nothing"));
+        assert!(ops.contains(&row), "docs/OPERATIONS.md's state table lacks (or disagrees with the code on) {row}");
+    }
+}
+
+#[test]
+fn the_signers_main_only_dispatches_each_subcommand_to_its_module() {
+    let main = fs::read_to_string(repo().join("signer/src/main.rs")).unwrap();
+    // main.rs may print only the error of a failed command (eprintln! in main()).
+    assert_eq!(main.matches("println!").count(), main.matches("eprintln!").count(), "signer/src/main.rs prints");
+    for banned in ["print!", "bundle::", "fleet::", "std::fs::", "keys::load_secret", "serde_json"] {
+        assert!(
+            !main.contains(banned),
+            "signer/src/main.rs uses {banned}: move that flow into the subcommand's module"
+        );
+    }
+    let lines = main.lines().count();
+    assert!(lines < 200, "signer/src/main.rs has {lines} lines: it should only parse and dispatch");
+    // Every subcommand variant dispatches to a module's run (or its named entry point).
+    let dispatch = main.split("match cli.cmd {").nth(1).expect("run() matches cli.cmd");
+    for arm in dispatch.lines().filter(|l| l.trim_start().starts_with("Cmd::")) {
+        assert!(arm.contains("::run(") || arm.contains("::write_man_pages("), "not a dispatch to a module: {arm}");
+    }
+}
+
+#[test]
 fn every_node_and_signer_module_is_in_the_architecture_code_map() {
     let arch = fs::read_to_string(repo().join("docs/ARCHITECTURE.md")).unwrap();
     for (p, _) in sources("node/src")
