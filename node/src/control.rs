@@ -326,6 +326,12 @@ async fn publish(s: &Arc<Shared>, dir: &Path, mode: PublishMode) -> Result<Contr
         yanked = Signed::<Yank>::decode(&bytes, &limits).is_ok();
         take_yank(s, bytes).await?;
     }
+    // The publishing node never installs, so nothing else retires what it published: each
+    // publish applies keep_versions to it, as an install does on the other nodes.
+    let protect: Vec<_> = manifest.value().files.iter().map(|f| f.hash).collect();
+    if let Err(e) = crate::retention::make_room(s, 0, &protect).await {
+        tracing::warn!("retention after a publish: {e:#}");
+    }
     Ok(published(&manifest, approvals, yanked))
 }
 

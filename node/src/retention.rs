@@ -50,6 +50,16 @@ pub fn evictable(held: &[Held], keep_versions: usize) -> Vec<Hash32> {
     out.into_iter().map(|h| h.manifest).collect()
 }
 
+/// The releases (manifest hashes, hex) some node reports it is still getting: queued or
+/// downloading. Pure.
+pub fn still_fetched<'a>(reports: impl IntoIterator<Item = (&'a str, ReleaseState)>) -> HashSet<String> {
+    reports
+        .into_iter()
+        .filter(|(_, st)| matches!(st, ReleaseState::Queued | ReleaseState::Downloading))
+        .map(|(m, _)| m.to_string())
+        .collect()
+}
+
 /// Every release whose files this node holds, as retention sees it.
 fn held(s: &Shared) -> Vec<Held> {
     let states = s.lifecycle.snapshot();
@@ -76,7 +86,14 @@ fn held(s: &Shared) -> Vec<Held> {
 /// about to download). Returns the bytes freed.
 pub async fn make_room(s: &Shared, need: u64, protect: &[Hash32]) -> Result<u64> {
     let all = held(s);
-    let order = evictable(&all, s.cfg.keep_versions);
+    let mut order = evictable(&all, s.cfg.keep_versions);
+    // A collector (usually the node that publishes) keeps what some node is still fetching:
+    // the fleet does not hold it yet, and this node may hold the only copy.
+    if s.cfg.collector && !order.is_empty() {
+        let reports = crate::control::fleet_reports(s).await?;
+        let wanted = still_fetched(reports.iter().map(|r| (r.manifest.as_str(), r.state)));
+        order.retain(|m| !wanted.contains(&m.to_hex()));
+    }
     let kept: HashSet<Hash32> = all
         .iter()
         .filter(|h| !order.contains(&h.manifest))
@@ -215,6 +232,17 @@ pub async fn prune_kept(s: &Shared) -> Result<u64> {
 mod tests {
     use super::*;
     use lanpatch_protocol::FailReason;
+
+    #[test]
+    fn a_release_some_node_still_downloads_is_still_fetched_and_finished_ones_are_not() {
+        let wanted = still_fetched([
+            ("aa", ReleaseState::Downloading),
+            ("bb", ReleaseState::Installed),
+            ("cc", ReleaseState::Queued),
+            ("bb", ReleaseState::Waiting(lanpatch_protocol::WaitReason::NotApproved)),
+        ]);
+        assert_eq!(wanted, HashSet::from(["aa".to_string(), "cc".to_string()]));
+    }
 
     fn h(version: u64, state: ReleaseState, yanked: bool) -> Held {
         Held {

@@ -593,3 +593,33 @@ fn a_timed_out_install_is_retried_inside_the_approvals_rule_and_a_failing_instal
     });
     assert!(n.dir.join("data/installed-broken").exists());
 }
+
+/// The publishing node never installs, so installs never ran its retention: it kept every
+/// release it published. Each publish now applies keep_versions to it too.
+#[test]
+fn the_publishing_node_retires_what_it_published_beyond_keep_versions_once_the_fleet_holds_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_fleet_keys(dir);
+    let size = 1_000_000u64;
+    let admin = admin(dir, "keep_versions = 2");
+    let node = endpoint(dir, "c1", &admin, "tags = [\"endpoint\"]\nkeep_versions = 2");
+    for v in 1..=4u32 {
+        let b =
+            release_sized(dir, &format!("v{v}"), v, size as usize, INSTALL_OK, ROLLBACK, &["--target-tag", "endpoint"]);
+        approve(dir, &b, "canary", &[]).ok();
+        admin.publish(&b);
+        wait_until(Duration::from_secs(60), "the endpoint installs it", || {
+            node.release_state("tool", u64::from(v)) == Some(ReleaseState::Installed)
+        });
+    }
+    // Versions 3 and 4 stay on the publisher (keep_versions = 2); 1 and 2 are gone, as on the
+    // endpoint. Each release is its payload plus two small scripts.
+    let blobs = |n: &Node| n.status().disk.blobs;
+    wait_until(Duration::from_secs(30), "the endpoint keeps two versions", || blobs(&node) < 3 * size);
+    let held = blobs(&admin);
+    assert!(
+        (2 * size..3 * size).contains(&held),
+        "the publisher holds {held} bytes of release files after 4 releases of {size}"
+    );
+}
