@@ -210,7 +210,7 @@ pub fn print_next(dir: &Path, item: &Item, root: Option<&Path>, node: Option<&Pa
     } else if *item == Item::Manifest && state.items.len() == 1 {
         let approvers = root.value().keys(Role::Approve).keys;
         println!(
-            "next, by an approve key holder: lanpatch-signer approve --key {} --ring <first ring, e.g. canary> {}",
+            "next, by an approve key holder: lanpatch-signer approve --key {} --ring canary {} (canary: the first ring of the default rollout order)",
             names.key_arg(Role::Approve, &approvers),
             sh(dir)
         );

@@ -321,3 +321,124 @@ fn mistakes_are_refused_when_made_naming_the_fix() {
     assert!(err.contains("unknown field `rign`") && err.contains("did you mean `ring`?"), "{err}");
     assert!(bundle.exists());
 }
+
+/// Runs the signer and requires exit 0.
+fn ran<S: AsRef<std::ffi::OsStr>>(dir: &Path, args: &[S]) -> Run {
+    let r = signer(dir, args);
+    r.ok();
+    r
+}
+
+/// The command after "next...: " in a signer's output: the first line that starts with `prefix`,
+/// with the key placeholder (`<approve key: bob.key or carol.key>`) filled by the admin running it.
+fn printed_next(out: &str, prefix: &str, key: &str) -> Vec<String> {
+    let line = out
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{out}"));
+    let command =
+        line.split_once(": lanpatch-signer ").map(|(_, c)| c).unwrap_or_else(|| panic!("no command in {line:?}"));
+    let command = command.split(" (").next().unwrap();
+    let filled = match (command.find('<'), command.find('>')) {
+        (Some(a), Some(b)) => format!("{}{key}{}", &command[..a], &command[b + 1..]),
+        _ => command.to_string(),
+    };
+    filled.split_whitespace().map(String::from).collect()
+}
+
+#[test]
+fn pending_names_who_signed_how_many_more_and_the_next_admins_exact_command_and_each_signature_prints_its_next_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    setup(dir);
+    let created = ran(
+        dir,
+        &[
+            "release",
+            "create",
+            "--product",
+            "tool",
+            "--version",
+            "3",
+            "--dir",
+            "release",
+            "--install",
+            "sh install.sh",
+            "--out",
+            "tool-3",
+        ],
+    );
+    assert!(
+        created.stdout.contains("next: lanpatch-signer release sign --key <release key> tool-3"),
+        "{}",
+        created.stdout
+    );
+    let signed = ran(dir, &["release", "sign", "--key", "alice.key", "tool-3"]);
+    assert!(
+        signed
+            .stdout
+            .contains("release manifest: signed by alice.key (1 of 2): waiting for 1 more release signature(s)"),
+        "{}",
+        signed.stdout
+    );
+
+    // Pending, from the bundle directory's parent: the manifest waits for Bob or Carol.
+    let p = ran(dir, &["pending"]);
+    assert!(p.stdout.contains("tool 3 (tool-3, manifest "), "{}", p.stdout);
+    assert!(
+        p.stdout.contains("next: lanpatch-signer release sign --key <release key: bob.key or carol.key> tool-3"),
+        "{}",
+        p.stdout
+    );
+    // Carol runs exactly that; the manifest is complete and the next step is an approval.
+    let carol = ran(dir, &printed_next(&p.stdout, "next: ", "carol.key"));
+    assert!(carol.stdout.contains("signed by alice.key, carol.key (2 of 2): complete"), "{}", carol.stdout);
+    assert!(carol.stdout.contains("next, by an approve key holder: lanpatch-signer approve --key <approve key: alice.key or bob.key or carol.key>"), "{}", carol.stdout);
+
+    // Alice approves canary; her output tells Bob or Carol the co-signing command.
+    let alice = ran(dir, &["approve", "--key", "alice.key", "--ring", "canary", "tool-3"]);
+    assert!(
+        alice.stdout.contains(
+            "approval for ring canary: signed by alice.key (1 of 2): waiting for 1 more approve signature(s)"
+        ),
+        "{}",
+        alice.stdout
+    );
+    let p = ran(dir, &["pending", "tool-3"]);
+    assert!(p.stdout.contains("approval for ring canary: signed by alice.key (1 of 2)"), "{}", p.stdout);
+    let bob = ran(dir, &printed_next(&alice.stdout, "next, by another approve key holder", "bob.key"));
+    assert!(bob.stdout.contains("signed by alice.key, bob.key (2 of 2): complete"), "{}", bob.stdout);
+    assert!(
+        bob.stdout.contains("next: lanpatch-signer publish --node <admin node's control.sock> tool-3"),
+        "{}",
+        bob.stdout
+    );
+    assert!(ran(dir, &["pending"]).stdout.contains("nothing waits for a signature or a publish"));
+
+    // A yank needs two approve signatures as well.
+    let y = ran(dir, &["yank", "--key", "carol.key", "--reason", "breaks the till", "tool-3"]);
+    assert!(
+        y.stdout.contains("yank: signed by carol.key (1 of 2): waiting for 1 more approve signature(s)"),
+        "{}",
+        y.stdout
+    );
+    let p = ran(dir, &["pending"]);
+    assert!(
+        p.stdout.contains("next: lanpatch-signer yank --key <approve key: alice.key or bob.key> tool-3"),
+        "{}",
+        p.stdout
+    );
+    let done = ran(dir, &printed_next(&p.stdout, "next: ", "alice.key"));
+    assert!(done.stdout.contains("yank: signed by carol.key, alice.key (2 of 2): complete"), "{}", done.stdout);
+
+    // Without a root nothing can be counted: pending says which file it needs.
+    fs::rename(dir.join("root.lpr"), dir.join("root-elsewhere.lpr")).unwrap();
+    let no_root = signer(dir, &["pending"]);
+    assert_eq!(no_root.code, Some(2), "{}", no_root.all());
+    assert!(
+        no_root.stderr.contains("the trust root root.lpr tells who signs what (give --root)"),
+        "{}",
+        no_root.stderr
+    );
+}
