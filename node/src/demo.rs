@@ -510,7 +510,7 @@ pub fn print_status(st: &NodeStatus) {
     println!("releases:");
     for r in &st.releases {
         println!(
-            "  {} {} ({}) [{}]{} {}/{} chunks, {} bytes, approved for {:?}",
+            "  {} {} ({}) [{}]{} {}/{} chunks, {} bytes, approved for {}",
             r.product,
             r.version,
             r.severity,
@@ -519,10 +519,13 @@ pub fn print_status(st: &NodeStatus) {
             r.have_chunks,
             r.total_chunks,
             r.total_bytes,
-            r.approved_rings,
+            if r.approved_rings.is_empty() { "no ring".to_string() } else { r.approved_rings.join(", ") },
         );
         if let Some(last) = r.detail.lines().rev().find(|l| !l.trim().is_empty()) {
             println!("      {last}");
+        }
+        if let Some(step) = r.state.next_step() {
+            println!("      next: {step}");
         }
     }
     println!(
@@ -536,6 +539,6 @@ pub fn print_status(st: &NodeStatus) {
     );
     println!("refusals: {}", st.refusals);
     for r in st.recent_refusals.iter().take(5) {
-        println!("  [{}] {} from {}: {}", r.at, r.kind.as_str(), r.source, r.reason);
+        println!("  [{}] {} from {}: {}", crate::clock::format_time(r.at), r.kind.as_str(), r.source, r.reason);
     }
 }
