@@ -220,6 +220,14 @@ pub struct Config {
     /// passing (as `lanpatch-signer approve --min-success`).
     #[serde(default = "default_one")]
     pub gate_min_success: usize,
+    /// Where a collector POSTs a JSON notification of each halt, failure and passing ring gate
+    /// (docs/OPERATIONS.md "Notifications"): an `http://` or `https://` URL, such as a chat
+    /// tool's incoming webhook. Off unless set; refused on a node that is not a collector.
+    #[serde(default, deserialize_with = "empty_is_none")]
+    pub webhook_url: Option<String>,
+    /// Which events `webhook_url` receives (default all): `halt`, `failure`, `gate_ready`.
+    #[serde(default = "default_webhook_events")]
+    pub webhook_events: Vec<WebhookEvent>,
     /// On SIGTERM, how long a running install may go on before its whole process group is
     /// killed and the install is recorded as interrupted (resolved at the next start).
     #[serde(default = "default_grace")]
@@ -298,6 +306,35 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// What a collector notifies `webhook_url` of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookEvent {
+    /// A release's ring crossed its approval's failure-rate threshold.
+    Halt,
+    /// A node reported a failed install or download (once per node, release and attempt).
+    Failure,
+    /// The ring gate for the next ring in `rollout_rings` passes (once per release and ring).
+    GateReady,
+}
+
+impl WebhookEvent {
+    pub const ALL: [WebhookEvent; 3] = [WebhookEvent::Halt, WebhookEvent::Failure, WebhookEvent::GateReady];
+
+    /// The name in node.toml and in a notification's `event` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookEvent::Halt => "halt",
+            WebhookEvent::Failure => "failure",
+            WebhookEvent::GateReady => "gate_ready",
+        }
+    }
+}
+
+fn default_webhook_events() -> Vec<WebhookEvent> {
+    WebhookEvent::ALL.to_vec()
 }
 
 fn default_rollout_rings() -> Vec<RingName> {
@@ -399,6 +436,19 @@ fn did_you_mean(message: &str) -> String {
     }
 }
 
+/// A `webhook_url` the collector can POST to: `http` or `https` (reqwest, already in the node
+/// for origins, speaks TLS through rustls), with a host.
+fn check_webhook_url(url: &str) -> Result<()> {
+    let u = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("bad webhook_url {url:?}: {e}"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        anyhow::bail!("webhook_url {url:?}: the scheme must be http or https, not {:?}", u.scheme());
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        anyhow::bail!("webhook_url {url:?} names no host");
+    }
+    Ok(())
+}
+
 fn default_log() -> String {
     // libp2p_kad warns at every start of a node without peers yet ("Failed to trigger
     // bootstrap: No known peers") and when DHT replication finds nobody: nothing to act on.
@@ -482,6 +532,12 @@ impl Config {
                 );
             }
         }
+        if let Some(url) = &c.webhook_url {
+            check_webhook_url(url)?;
+            if !c.collector {
+                anyhow::bail!("webhook_url is set but this node is not a collector (collector = true)");
+            }
+        }
         Ok(c)
     }
 
@@ -548,6 +604,30 @@ mod tests {
             .collect();
         let c = Config::parse(&examples, Path::new("/")).unwrap_or_else(|e| panic!("{e:#}\n{examples}"));
         assert!(c.collector && c.console_listen.is_some() && c.windows.len() == 1);
+    }
+
+    #[test]
+    fn webhooks_are_http_or_https_on_a_collector_only_with_typed_events() {
+        let c = parse("").unwrap();
+        assert_eq!(c.webhook_url, None);
+        assert_eq!(c.webhook_events, WebhookEvent::ALL);
+        let ok = parse("collector = true\nwebhook_url = \"http://127.0.0.1:8065/hooks/x\"\nwebhook_events = [\"halt\", \"gate_ready\"]")
+            .unwrap();
+        assert_eq!(ok.webhook_events, [WebhookEvent::Halt, WebhookEvent::GateReady]);
+        assert!(parse("collector = true\nwebhook_url = \"https://chat.example/hooks/x\"").is_ok());
+        assert_eq!(parse("webhook_url = \"\"").unwrap().webhook_url, None, "empty is off");
+        for (toml, says) in [
+            ("collector = true\nwebhook_url = \"ftp://host/x\"", "scheme must be http or https"),
+            ("collector = true\nwebhook_url = \"file:///etc/passwd\"", "scheme must be http or https"),
+            ("collector = true\nwebhook_url = \"host:8065/x\"", "scheme must be http or https"),
+            ("collector = true\nwebhook_url = \"not a url\"", "bad webhook_url"),
+            ("webhook_url = \"http://127.0.0.1:1/x\"", "not a collector"),
+            ("collector = true\nwebhook_events = [\"halted\"]", "unknown variant"),
+            ("collector = true\nwebhok_url = \"http://h/\"", "did you mean `webhook_url`?"),
+        ] {
+            let e = format!("{:#}", parse(toml).unwrap_err());
+            assert!(e.contains(says), "{toml}: {e}");
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod membership;
 pub mod metrics;
 pub mod net;
 pub mod node;
+pub mod notify;
 pub mod origin;
 pub mod pipeline;
 pub mod policy;

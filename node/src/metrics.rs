@@ -242,6 +242,10 @@ pub struct Metrics {
     peers: Gauge,
     releases: Family<StateLabels, Gauge>,
     door_refusals: Family<ReasonLabels, Counter>,
+    webhook_delivered: Counter,
+    webhook_failed: Counter,
+    webhook_dropped: Counter,
+    webhook_queue: Gauge,
 }
 
 impl Default for Metrics {
@@ -280,6 +284,10 @@ impl Metrics {
             peers: Gauge::default(),
             releases: Family::default(),
             door_refusals: Family::default(),
+            webhook_delivered: Counter::default(),
+            webhook_failed: Counter::default(),
+            webhook_dropped: Counter::default(),
+            webhook_queue: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register_with_unit(
@@ -352,6 +360,26 @@ impl Metrics {
             m.door_refusals.clone(),
         );
         registry.register("releases", "Releases known to this node, by state", m.releases.clone());
+        registry.register(
+            "webhook_delivered",
+            "Notifications the webhook receiver accepted with a 2xx answer (a collector with webhook_url)",
+            m.webhook_delivered.clone(),
+        );
+        registry.register(
+            "webhook_failed_attempts",
+            "Notification deliveries that failed (no connection, timeout, a non-2xx answer); each is retried",
+            m.webhook_failed.clone(),
+        );
+        registry.register(
+            "webhook_dropped",
+            "Notifications dropped undelivered because the outbox was full (the oldest go first)",
+            m.webhook_dropped.clone(),
+        );
+        registry.register(
+            "webhook_queue_depth",
+            "Notifications in the outbox waiting for delivery",
+            m.webhook_queue.clone(),
+        );
         let build: Family<VersionLabels, Gauge> = Family::default();
         build.get_or_create(&VersionLabels { version: crate::VERSION }).set(1);
         registry.register("build_info", "The running lanpatch-node version", build);
@@ -400,6 +428,19 @@ impl Metrics {
     }
     pub fn origin_failed(&self, reason: OriginFailure) {
         self.origin_failures.get_or_create(&FailureLabels { reason }).inc();
+    }
+    pub fn webhook_delivered(&self) {
+        self.webhook_delivered.inc();
+    }
+    pub fn webhook_failed(&self) {
+        self.webhook_failed.inc();
+    }
+    pub fn webhook_dropped(&self, n: u64) {
+        self.webhook_dropped.inc_by(n);
+    }
+    /// The outbox's depth, as the store counted it in the transaction that changed it.
+    pub fn webhook_queue(&self, depth: u64) {
+        self.webhook_queue.set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// The text exposition, with the state gauges set from `g`, read by the caller now.

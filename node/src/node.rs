@@ -392,6 +392,9 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
         }
         tasks.spawn(crate::console::serve(shared.clone(), l, token));
     }
+    if shared.cfg.collector && shared.cfg.webhook_url.is_some() {
+        tasks.spawn(crate::notify::run(shared.clone()));
+    }
     tasks.spawn(crate::install::run(shared.clone()));
     tasks.spawn(inventory_loop(shared.clone()));
     tasks.spawn(crate::sync::digest_loop(shared.clone()));

@@ -160,7 +160,41 @@ const MIGRATIONS: &[&str] = &[
     // -> next: the issue time of the approval a release's latest install attempt ran under: a
     // later one tries a failed release again (`approve --replace`); both times are the signer's.
     "ALTER TABLE releases ADD COLUMN approval_issued INTEGER;",
+    // -> next: a collector's webhook notifications (notify.rs): the outbox, delivered oldest
+    // first and bounded, and the id of every event ever queued (an event is queued once).
+    "CREATE TABLE notify_outbox (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        id        TEXT NOT NULL UNIQUE,
+        body      TEXT NOT NULL,
+        queued    INTEGER NOT NULL
+     );
+     CREATE TABLE notify_seen (
+        id        TEXT PRIMARY KEY,
+        at        INTEGER NOT NULL
+     ) WITHOUT ROWID;",
 ];
+
+/// A notification waiting in the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Its place in the outbox (delivered in this order).
+    pub seq: i64,
+    /// The event's id (the dedupe key the body carries too).
+    pub id: String,
+    /// The JSON body, as POSTed.
+    pub body: String,
+}
+
+/// What [`Store::enqueue_notifications`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Enqueued {
+    /// Events new to the store, now in the outbox.
+    pub queued: usize,
+    /// Ids of the oldest entries dropped to keep the outbox within its bound.
+    pub dropped: Vec<String>,
+    /// Entries in the outbox now.
+    pub depth: u64,
+}
 
 /// A node's report as [`Store::put_report`] keeps it.
 pub struct StoredReport {
@@ -213,6 +247,9 @@ pub struct Transition {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// Notified when a report, an approval or a yank was stored: what a collector's
+    /// notifications are computed from changed (notify.rs looks again).
+    news: Arc<tokio::sync::Notify>,
 }
 
 impl Store {
@@ -238,7 +275,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
-        Ok(Store { conn: Arc::new(Mutex::new(conn)) })
+        Ok(Store { conn: Arc::new(Mutex::new(conn)), news: Arc::new(tokio::sync::Notify::new()) })
     }
 
     /// Runs `f` with the connection on the blocking pool.
@@ -358,6 +395,18 @@ impl Store {
             Ok(store)
         })
         .await
+        .inspect(|stored| self.told(*stored))
+    }
+
+    /// Notified (one permit) after a report, an approval or a yank was stored.
+    pub fn news(&self) -> Arc<tokio::sync::Notify> {
+        self.news.clone()
+    }
+
+    fn told(&self, stored: bool) {
+        if stored {
+            self.news.notify_one();
+        }
     }
 
     pub fn approvals(&self) -> Result<Vec<Vec<u8>>> {
@@ -373,6 +422,7 @@ impl Store {
             Ok(n == 1)
         })
         .await
+        .inspect(|stored| self.told(*stored))
     }
 
     pub fn yanks(&self) -> Result<Vec<Vec<u8>>> {
@@ -812,6 +862,7 @@ impl Store {
             Ok(n == 1)
         })
         .await
+        .inspect(|stored| self.told(*stored))
     }
 
     /// The stored reports about one release from nodes of one ring, with when each arrived.
@@ -915,6 +966,94 @@ impl Store {
             Ok(rows)
         })
         .await
+    }
+}
+
+impl Store {
+    /// The id of every notification event ever queued.
+    pub async fn notification_ids(&self) -> Result<Vec<String>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT id FROM notify_seen")?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Queues each (id, body) whose id was never queued before, in order, in one transaction;
+    /// then drops the oldest entries beyond `max` (at least one is kept).
+    pub async fn enqueue_notifications(&self, events: Vec<(String, String)>, now: u64, max: u64) -> Result<Enqueued> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let mut out = Enqueued::default();
+            for (id, body) in events {
+                let new =
+                    tx.execute("INSERT OR IGNORE INTO notify_seen (id, at) VALUES (?1, ?2)", params![id, now as i64])?;
+                if new == 1 {
+                    tx.execute(
+                        "INSERT INTO notify_outbox (id, body, queued) VALUES (?1, ?2, ?3)",
+                        params![id, body, now as i64],
+                    )?;
+                    out.queued += 1;
+                }
+            }
+            let depth: i64 = tx.query_row("SELECT count(*) FROM notify_outbox", [], |r| r.get(0))?;
+            let over = (depth as u64).saturating_sub(max.max(1));
+            if over > 0 {
+                let mut st = tx.prepare("SELECT seq, id FROM notify_outbox ORDER BY seq LIMIT ?1")?;
+                let oldest = st
+                    .query_map(params![over as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                drop(st);
+                for (seq, id) in oldest {
+                    tx.execute("DELETE FROM notify_outbox WHERE seq = ?1", params![seq])?;
+                    out.dropped.push(id);
+                }
+            }
+            out.depth = (depth as u64).saturating_sub(out.dropped.len() as u64);
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Records ids as queued without queueing them (events true before notifications were on).
+    pub async fn mark_notifications_seen(&self, ids: Vec<String>, now: u64) -> Result<()> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            for id in ids {
+                tx.execute("INSERT OR IGNORE INTO notify_seen (id, at) VALUES (?1, ?2)", params![id, now as i64])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The oldest notification in the outbox.
+    pub async fn next_notification(&self) -> Result<Option<Outgoing>> {
+        self.call(|c| {
+            Ok(c.query_row("SELECT seq, id, body FROM notify_outbox ORDER BY seq LIMIT 1", [], |r| {
+                Ok(Outgoing { seq: r.get(0)?, id: r.get(1)?, body: r.get(2)? })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Removes a delivered notification; returns the entries left.
+    pub async fn delivered_notification(&self, seq: i64) -> Result<u64> {
+        self.call(move |c| {
+            c.execute("DELETE FROM notify_outbox WHERE seq = ?1", params![seq])?;
+            let depth: i64 = c.query_row("SELECT count(*) FROM notify_outbox", [], |r| r.get(0))?;
+            Ok(depth as u64)
+        })
+        .await
+    }
+
+    /// Entries in the outbox.
+    pub async fn notification_depth(&self) -> Result<u64> {
+        self.call(|c| Ok(c.query_row("SELECT count(*) FROM notify_outbox", [], |r| r.get::<_, i64>(0))? as u64)).await
     }
 }
 
@@ -1216,5 +1355,28 @@ mod tests {
         assert!(!s.put_approval(m, "pilot".into(), 50, vec![2]).await.unwrap());
         assert!(s.put_approval(m, "pilot".into(), 150, vec![3]).await.unwrap());
         assert_eq!(s.approvals().unwrap(), vec![vec![3]]);
+    }
+
+    #[tokio::test]
+    async fn the_notification_outbox_queues_an_event_once_keeps_order_and_bound_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let s = Store::open(&path).unwrap();
+        let ev = |i: u32| (format!("id{i}"), format!("{{\"n\":{i}}}"));
+        let q = s.enqueue_notifications(vec![ev(1), ev(2)], 10, 3).await.unwrap();
+        assert_eq!(q, Enqueued { queued: 2, dropped: vec![], depth: 2 });
+        // Queued once: the same ids again (a re-report) add nothing, even after delivery.
+        let first = s.next_notification().await.unwrap().unwrap();
+        assert_eq!((first.id.as_str(), first.body.as_str()), ("id1", "{\"n\":1}"));
+        assert_eq!(s.delivered_notification(first.seq).await.unwrap(), 1);
+        let q = s.enqueue_notifications(vec![ev(1), ev(2), ev(3), ev(4), ev(5)], 11, 3).await.unwrap();
+        assert_eq!(q, Enqueued { queued: 3, dropped: vec!["id2".into()], depth: 3 }, "the oldest is dropped");
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.notification_depth().await.unwrap(), 3);
+        assert_eq!(s.next_notification().await.unwrap().unwrap().id, "id3");
+        let mut seen = s.notification_ids().await.unwrap();
+        seen.sort();
+        assert_eq!(seen, ["id1", "id2", "id3", "id4", "id5"]);
     }
 }

@@ -13,6 +13,7 @@ mod lab;
 mod lifecycle;
 mod membership;
 mod metrics;
+mod notify;
 mod origin_server;
 mod package;
 mod rollout;

@@ -8,7 +8,7 @@ use crate::fleet::{Node, make_fleet_keys, make_release, payload, sample, wait_un
 use crate::support::cannot_run;
 
 /// `promtool check metrics` on an exposition: its complaints, or None when it accepts it.
-fn promtool_complaints(exposition: &str) -> Option<String> {
+pub fn promtool_complaints(exposition: &str) -> Option<String> {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
