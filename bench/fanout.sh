@@ -22,7 +22,9 @@
 #        NODE_TOML_EXTRA='key = value' appends lines to every node's node.toml, NODE_LOG sets
 #        the nodes' log filter, ENROLLMENT=off runs the nodes without membership certificates
 #        (as before enrollment existed: the before/after of the door's cost), PAYLOAD=FILE
-#        distributes FILE (a real package, say) instead of S_MIB random bytes)
+#        distributes FILE (a real package, say) instead of S_MIB random bytes, IDLE_SECS=T
+#        measures the connected nodes' CPU over T seconds with no release before publishing:
+#        the idle cost, per node as a share of one core)
 set -euo pipefail
 N=${1:-8}
 S_MIB=${2:-32}
@@ -178,6 +180,21 @@ ticks=$(getconf CLK_TCK)
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 sys() { awk '{print $15}' "/proc/$1/stat"; }
 rss() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
+if [ "${IDLE_SECS:-0}" -gt 0 ]; then
+  # Idle: connected, no release. CPU ticks of each node over IDLE_SECS.
+  I0=(); for p in "${NODE_PIDS[@]}"; do I0+=("$(cpu "$p")"); done
+  sleep "$IDLE_SECS"
+  I1=(); for p in "${NODE_PIDS[@]}"; do I1+=("$(cpu "$p")"); done
+  python3 - "$IDLE_SECS" "$ticks" "${I0[*]}" "${I1[*]}" <<'PY'
+import sys
+secs, ticks = float(sys.argv[1]), float(sys.argv[2])
+a = [float(x) for x in sys.argv[3].split()]
+b = [float(x) for x in sys.argv[4].split()]
+share = sorted((y - x) / ticks / secs * 100 for x, y in zip(a, b))
+print(f"  idle: {len(share)} nodes for {secs:.0f} s: CPU per node mean {sum(share)/len(share):.3f} %, "
+      f"median {share[len(share)//2]:.3f} %, max {share[-1]:.3f} % of one core")
+PY
+fi
 IDLE_RSS=(); CPU0=(); SYS0=()
 for p in "${NODE_PIDS[@]}"; do IDLE_RSS+=("$(rss "$p" VmRSS)"); CPU0+=("$(cpu "$p")"); SYS0+=("$(sys "$p")"); done
 e0=$(egress); t0=$(now)

@@ -19,6 +19,7 @@ pub mod disk;
 pub mod door;
 pub mod downloads;
 pub mod enrollment;
+pub mod fleetview;
 pub mod fsmode;
 pub mod install;
 pub mod inventory;

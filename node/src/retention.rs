@@ -90,7 +90,7 @@ pub async fn make_room(s: &Shared, need: u64, protect: &[Hash32]) -> Result<u64>
     // A collector (usually the node that publishes) keeps what some node is still fetching:
     // the fleet does not hold it yet, and this node may hold the only copy.
     if s.cfg.collector && !order.is_empty() {
-        let reports = crate::control::fleet_reports(s).await?;
+        let reports = crate::fleetview::fleet_reports(s).await?;
         let wanted = still_fetched(reports.iter().map(|r| (r.manifest.as_str(), r.state)));
         order.retain(|m| !wanted.contains(&m.to_hex()));
     }

@@ -117,7 +117,8 @@ fn debian_packages_install_with_their_modes_run_under_the_installed_config_and_p
     assert_eq!(mode_of("/usr/bin/lanpatch-node"), (0o755, 0, "root".into()));
     assert_eq!(mode_of("/usr/bin/lanpatch-signer"), (0o755, 0, "root".into()));
     assert_eq!(mode_of("/lib/systemd/system/lanpatch-node.service"), (0o644, 0, "root".into()));
-    assert_eq!(mode_of("/etc/lanpatch/node.toml"), (0o644, 0, "root".into()));
+    // node.toml may hold a secret (webhook_url): root and the lanpatch group only.
+    assert_eq!(mode_of("/etc/lanpatch/node.toml"), (0o640, 0, "lanpatch".into()));
     assert_eq!(mode_of("/var/lib/lanpatch"), (0o710, 0, "lanpatch".into()));
     for p in PACKAGE_PATHS {
         assert!(fs::symlink_metadata(p).is_ok(), "{p} is missing after install");
