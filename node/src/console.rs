@@ -389,6 +389,9 @@ struct Fleet {
     approve_threshold: u32,
     socket: String,
     stale_after: u64,
+    /// This collector's node key (hex): its own reports say whether it downloaded a release
+    /// (then it is no seed of it).
+    own_key: String,
 }
 
 /// A release as the collector's trusted metadata knows it (or, once expired, as reports name it).
@@ -495,6 +498,7 @@ impl Fleet {
             approve_threshold: s.trust().root.value().keys(lanpatch_protocol::Role::Approve).threshold,
             socket: s.cfg.control_socket().display().to_string(),
             stale_after: 2 * s.cfg.inventory_interval_secs + 300,
+            own_key: s.node_public().to_hex(),
         })
     }
 
@@ -695,16 +699,12 @@ fn page_markup(title: &str, nav: Option<&str>, refresh: u32, body: Markup) -> Ma
     }
 }
 
-/// `?refresh=N` (seconds; 0 stops): the live pages reload themselves without JavaScript.
-#[derive(Deserialize)]
-struct Live {
-    refresh: Option<u32>,
-}
-
-impl Live {
-    fn seconds(&self, default: u32) -> u32 {
-        self.refresh.unwrap_or(default).min(600)
-    }
+/// `?refresh=N` (seconds, at most 600; 0 stops): the live pages reload themselves without
+/// JavaScript. `Err`: the problem, for a 400 page.
+fn refresh_param(q: &HashMap<String, String>) -> Result<Option<u32>, String> {
+    q.get("refresh")
+        .map(|r| r.parse::<u32>().map(|n| n.min(600)).map_err(|_| format!("refresh {r:?} is not a number of seconds")))
+        .transpose()
 }
 
 fn live_page(title: &str, nav: &str, refresh: u32, body: Markup) -> Html<String> {
@@ -907,11 +907,9 @@ impl RolloutsFilter {
                 _ => bad.push(format!("page {p:?} is not a page number (1, 2, ...)")),
             }
         }
-        if let Some(r) = q.get("refresh") {
-            match r.parse::<u32>() {
-                Ok(n) => f.refresh = Some(n.min(600)),
-                Err(_) => bad.push(format!("refresh {r:?} is not a number of seconds")),
-            }
+        match refresh_param(&q) {
+            Ok(r) => f.refresh = r,
+            Err(e) => bad.push(e),
         }
         if bad.is_empty() { Ok(f) } else { Err(bad) }
     }
@@ -1082,19 +1080,26 @@ async fn rollouts_page(State(c): State<Console>, RawQuery(raw): RawQuery) -> Res
 async fn release_page(
     State(c): State<Console>,
     UrlPath(manifest): UrlPath<String>,
-    Query(live): Query<Live>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let Ok(hash) = manifest.parse::<Hash32>() else {
-        return (StatusCode::BAD_REQUEST, page("Bad request", Some(""), html! { p { "Not a manifest hash." } }))
-            .into_response();
+        let why = "not a manifest hash: 64 hex digits (the rollouts page links each release)".to_string();
+        return bad_request("Rollouts", &[why], ("/rollouts", "All rollouts"));
+    };
+    let refresh = match query_params(raw.as_deref()).and_then(|q| refresh_param(&q)) {
+        Ok(r) => r.unwrap_or(3),
+        Err(e) => return bad_request("Rollouts", &[e], ("/rollouts", "All rollouts")),
     };
     let f = match Fleet::load(&c.s).await {
         Ok(f) => f,
         Err(e) => return internal_error(e),
     };
     let Some(rel) = f.releases.iter().find(|r| r.hash == hash) else {
-        return (StatusCode::NOT_FOUND, page("Unknown release", Some(""), html! { p { "No such release." } }))
-            .into_response();
+        let body = html! {
+            p.verdict.refused { "This collector knows no release with the manifest " span.mono { (hash.to_hex()) } "." }
+            p { a href="/rollouts" { "The rollouts" } " list every release it knows." }
+        };
+        return (StatusCode::NOT_FOUND, page("Unknown release", Some("Rollouts"), body)).into_response();
     };
     let reports = f.reports_for(&hash);
     let from_peers: u64 = reports.iter().filter_map(|r| r.progress).map(|p| p.from_peers).sum();
@@ -1104,13 +1109,18 @@ async fn release_page(
     let title = format!("{} {}", rel.product, rel.version);
     // The seed's upload: what this collector served of the release's files (where the admin
     // runs `lanpatch-signer publish`, it seeds), against the hosts that downloaded it.
-    let uploaded: u64 = rel.files.iter().filter_map(|h| f.served.get(h)).sum();
+    // A collector that downloaded the release itself passed it on as one more peer: no seed.
+    let downloaded_here = reports.iter().any(|r| r.node == f.own_key && r.progress.is_some());
+    let uploaded: u64 = if downloaded_here { 0 } else { rel.files.iter().filter_map(|h| f.served.get(h)).sum() };
     let hosts = reports.iter().filter(|r| r.progress.is_some()).count();
     let by_peers = from_peers.saturating_sub(uploaded);
     let body = html! {
         p #headline {
             @if total == 0 && uploaded == 0 {
                 "No host has downloaded this release yet."
+            } @else if downloaded_here {
+                "This collector downloaded the release like a host (it was published elsewhere): the hosts fetched "
+                (mib(from_peers)) " from peers and " (mib(from_origin)) " from origins."
             } @else if uploaded == 0 {
                 "This collector uploaded none of it: the hosts fetched " (mib(from_peers)) " from peers and "
                 (mib(from_origin)) " from origins."
@@ -1168,7 +1178,9 @@ async fn release_page(
             @if total == 0 {
                 "No node has reported downloaded bytes yet."
             } @else {
-                (mib(from_peers)) " from peers (" (mib(uploaded.min(from_peers))) " of it from this collector, the seed), "
+                (mib(from_peers)) " from peers"
+                @if uploaded > 0 { " (" (mib(uploaded.min(from_peers))) " of it from this collector, the seed)" }
+                ", "
                 (mib(from_origin)) " from origins: peers carried "
                 (format!("{:.0}", from_peers as f64 * 100.0 / total as f64)) " % of what the nodes fetched."
             }
@@ -1211,7 +1223,7 @@ async fn release_page(
             }
         }
     };
-    live_page(&title, "Rollouts", live.seconds(3), body).into_response()
+    live_page(&title, "Rollouts", refresh, body).into_response()
 }
 
 /// One node: its inventory (OS, tags, reboot flag, packages) and every release's state there.

@@ -289,7 +289,8 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
             .and_then(|t| t.split(" copies").next())
             .and_then(|n| n.parse().ok())
             .unwrap_or_else(|| panic!("{headline}"));
-        assert!((1.0..=3.0).contains(&copies), "every byte left the seed once, at most once per host: {headline}");
+        // No origin: every byte a host holds left the seed at least once.
+        assert!(copies >= 1.0, "{headline}");
         assert!(headline.contains("MiB) for 3 host(s); peers carried") && headline.ends_with(" %."), "{headline}");
         // The yank lines: one per approve key the threshold (2) asks for, the first with the
         // reason, then the publish.
@@ -321,10 +322,10 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         admin.publish(&v2);
         wait_for_page(&c, &rollouts, "v2's canary results", |t| t.contains("Gate for broad: would pass")).await;
         // The status filter: v1 failed, v2 is on its way (broad waits for its approval).
-        assert_eq!(release_titles(&c, &format!("{rollouts}&status=failed")).await, ["tool 1"]);
-        assert_eq!(release_titles(&c, &format!("{rollouts}&status=active")).await, ["tool 2"]);
-        assert_eq!(release_titles(&c, &format!("{rollouts}&status=done")).await, Vec::<String>::new());
-        assert_eq!(release_titles(&c, &format!("{rollouts}&ring=broad")).await, ["tool 2", "tool 1"]);
+        wait_for_titles(&c, &format!("{rollouts}&status=failed"), &["tool 1"]).await;
+        wait_for_titles(&c, &format!("{rollouts}&status=active"), &["tool 2"]).await;
+        wait_for_titles(&c, &format!("{rollouts}&status=done"), &[]).await;
+        wait_for_titles(&c, &format!("{rollouts}&ring=broad"), &["tool 2", "tool 1"]).await;
         c.goto(&rollouts).await.unwrap();
         let command = text_of(&c, ".verdict.pass + pre.command").await;
         assert!(
@@ -350,7 +351,7 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
             broad.release_state("tool", 2) == Some(lanpatch_protocol::ReleaseState::Installed)
         });
         wait_for_page(&c, &rollouts, "every ring approved", |t| t.contains("Approved for every ring")).await;
-        assert_eq!(release_titles(&c, &format!("{rollouts}&status=done")).await, ["tool 2"]);
+        wait_for_titles(&c, &format!("{rollouts}&status=done"), &["tool 2"]).await;
 
         // Withdraw v1 with exactly the printed yank lines (Bob's and Carol's keys): the console
         // shows it yanked, done, and prints no yank lines for it any more.
@@ -364,10 +365,7 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
             assert_eq!(argv[0], "lanpatch-signer", "{line}");
             crate::support::signer(dir, &argv[1..]).ok();
         }
-        let done = format!("{rollouts}&status=done");
-        wait_for_text(&c, &done, "#rollouts-summary", "v1 yanked and done", |t| t.starts_with("Releases 1–2 of 2"))
-            .await;
-        assert_eq!(release_titles(&c, &done).await, ["tool 2", "tool 1"]);
+        wait_for_titles(&c, &format!("{rollouts}&status=done"), &["tool 2", "tool 1"]).await;
         assert!(text_of(&c, &format!("section#release-{v1_hash} h2")).await.contains("yanked"));
         c.goto(&format!("{base}/release/{v1_hash}?refresh=0")).await.unwrap();
         assert!(c.find_all(Locator::Css("#yank")).await.unwrap().is_empty(), "yank lines for a yanked release");
@@ -419,6 +417,15 @@ fn the_rollouts_page_lists_twenty_releases_a_page_newest_first_keeps_its_filters
         assert!(resp.starts_with("HTTP/1.1 400"), "{query}: {resp}");
         assert!(resp.contains(says), "{query}: {resp}");
         assert!(!resp.contains("<b>x"), "{query}: {resp}");
+    }
+    let zero = "00".repeat(32);
+    for (path, code, says) in [
+        ("/release/zz".to_string(), "400", "not a manifest hash"),
+        (format!("/release/{zero}?refresh=soon"), "400", "refresh &quot;soon&quot; is not a number of seconds"),
+        (format!("/release/{zero}"), "404", "knows no release with the manifest"),
+    ] {
+        let resp = raw_get(&addr, &path, &bearer);
+        assert!(resp.starts_with(&format!("HTTP/1.1 {code}")) && resp.contains(says), "{path}: {resp}");
     }
     let both = raw_get(&addr, "/rollouts?ring=a%20b&refresh=soon", &bearer);
     assert!(both.contains("refresh &quot;soon&quot; is not a number of seconds"), "every problem is named: {both}");
@@ -502,6 +509,20 @@ fn small_release(dir: &Path, product: &str, version: u32) -> PathBuf {
 async fn release_titles(c: &Client, url: &str) -> Vec<String> {
     c.goto(url).await.expect("load page");
     texts_of(c, "section.release h2 a").await
+}
+
+/// Loads `url` until the releases it lists are `expected` (the collector's reports arrive by
+/// gossip).
+async fn wait_for_titles(c: &Client, url: &str, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let titles = release_titles(c, url).await;
+        if titles == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {expected:?} at {url}; listed {titles:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// The text of every element `css` selects, in order.
