@@ -1034,9 +1034,11 @@ async fn rollouts_page(State(c): State<Console>, RawQuery(raw): RawQuery) -> Res
             }
         }
         @if pages > 1 { (pager) }
-        @for (rel, reports) in on_page {
+        @for (rel, on) in on_page {
+            // (The same names as the release page's: `reports`, a Vec of this release's.)
+            @let reports = on.clone();
             @let counts = RingCounts::by_ring(reports.iter().copied());
-            @let status = RolloutStatus::of(&f, rel, reports);
+            @let status = RolloutStatus::of(&f, rel, &reports);
             section.release id={ "release-" (rel.hash.to_hex()) } data-status=(status.name()) {
                 h2 {
                     a href={ "/release/" (rel.hash.to_hex()) } { (rel.product) " " (rel.version) }
@@ -1052,7 +1054,7 @@ async fn rollouts_page(State(c): State<Console>, RawQuery(raw): RawQuery) -> Res
                 table.rings {
                     thead { tr { th { "Ring" } th { "Installed" } th { "Failed" } th { "Halted" } th { "In progress" } th { "Skipped" } th { "Rolled back (yank)" } } }
                     tbody {
-                        @for ring in f.rings_of(reports) {
+                        @for ring in f.rings_of(&reports) {
                             @let n = counts.get(&ring).cloned().unwrap_or_default();
                             tr data-ring=(ring) {
                                 td { (ring) }
@@ -1066,9 +1068,9 @@ async fn rollouts_page(State(c): State<Console>, RawQuery(raw): RawQuery) -> Res
                         }
                     }
                 }
-                (rules_markup(rel, reports))
+                (rules_markup(rel, &reports))
                 @if !rel.yanked {
-                    (verdict_markup(&f, rel, &verdict(&f, rel, reports)))
+                    (verdict_markup(&f, rel, &verdict(&f, rel, &reports)))
                 }
             }
         }
