@@ -1,10 +1,13 @@
-//! The collector's web console: fleet, rollouts, one release, inventory search. Read-only: it
-//! shows and explains what the collector's signed reports say, and prints the `lanpatch-signer`
-//! command to run next; it never signs and changes nothing.
+//! The collector's web console: fleet, one host, rollouts (filtered, paged), one release,
+//! inventory search, exposure. Read-only: it shows and explains what the collector's signed
+//! reports say, and prints the `lanpatch-signer` commands to run next (approve, yank); it never
+//! signs and changes nothing.
 //!
 //! Everything a node sent (hostnames, install output, package names) is untrusted text: maud
 //! escapes every interpolated value, no value from a node becomes a link target (links are built
-//! from typed, validated values: manifest hashes), and the Content-Security-Policy allows no
+//! from typed, validated values: manifest hashes, node keys that parse, checked filter values,
+//! percent-encoded), query values are parsed into types and refused with a 400 page when they
+//! do not parse, and the Content-Security-Policy allows no
 //! script at all. Access needs the token in `<data_dir>/console.token` (0600, created at the
 //! first start): `GET /login?token=...` exchanges it for a random session (an HttpOnly,
 //! SameSite=Strict cookie that expires; `/logout` ends it); scripts may send `Authorization:
@@ -19,7 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{Path as UrlPath, Query, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -27,7 +30,7 @@ use lanpatch_assess::feedstore::{FeedInfo, FeedStore};
 use lanpatch_assess::vulns::{self, Finding};
 use lanpatch_protocol::control::{InventoryView, ReportView};
 use lanpatch_protocol::rollout::{self, RingCounts};
-use lanpatch_protocol::{CveId, Hash32, ReleaseState, RingName, Severity, debver};
+use lanpatch_protocol::{CveId, Hash32, ProductName, PublicKey, ReleaseState, RingName, Severity, debver};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
@@ -42,6 +45,8 @@ const SESSION_SECS: u64 = 12 * 3600;
 const MAX_SESSIONS: usize = 256;
 /// Lines of a failing node's output shown on the release page.
 const TAIL_LINES: usize = 20;
+/// Releases per page of the rollouts page.
+const PAGE_SIZE: usize = 20;
 
 /// Reads the console token, creating it (32 random bytes, hex, mode 0600) if there is none. A
 /// token file that is not 64 hex digits is replaced.
@@ -220,12 +225,14 @@ pub async fn serve(s: Arc<Shared>, listener: tokio::net::TcpListener, token: Str
         .route("/", get(fleet_page))
         .route("/rollouts", get(rollouts_page))
         .route("/release/{manifest}", get(release_page))
+        .route("/hosts/{node}", get(host_page))
         .route("/inventory", get(inventory_page))
         .route("/exposure", get(exposure_page))
-        .route("/console.css", get(css))
         .route("/logout", get(logout))
         .route_layer(axum::middleware::from_fn_with_state(console.clone(), require_token))
         .route("/login", get(login))
+        // The stylesheet is no secret: the refusal page is styled too.
+        .route("/console.css", get(css))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(console);
@@ -336,13 +343,27 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, page("Not found", None, html! { p { "No such page." } })).into_response()
 }
 
+/// The 401 page: why, and how to get a new link (the stylesheet is served without a session).
 fn refused_page(why: &str) -> Html<String> {
     page(
         "Access refused",
         None,
         html! {
-            p.refused { "Refused: " (why) "." }
-            p { "Run " code { "lanpatch-node console-url" } " on the collector (as root or the node's user) for a login link; a session lasts 12 hours." }
+            p.verdict.refused #why { "Refused: " (why) "." }
+            section #new-link {
+                h2 { "Get a new link" }
+                p { "On the collector host, as root (or the node's user: the token file is 0600), run:" }
+                pre.command { "sudo lanpatch-node console-url" }
+                p.meta {
+                    "It prints " code { "http://ADDRESS/login?token=..." } ": open that link in this browser. "
+                    "Add " code { "--config PATH" } " when the node's config is not " code { "/etc/lanpatch/node.toml" } ". "
+                    "A session lasts 12 hours and ends at " b { "Log out" } "."
+                }
+                p.meta {
+                    "A link may have leaked? " code { "sudo lanpatch-node console-url --rotate" }
+                    " makes a new token: every link printed before and every open session end at once."
+                }
+            }
         },
     )
 }
@@ -358,13 +379,19 @@ struct Fleet {
     inventories: Vec<InventoryView>,
     /// When each node (by hex key) last sent a digest: its heartbeat (sync.rs).
     heard: HashMap<String, u64>,
+    /// Newest first (the manifest's creation time; releases only reports name go last).
     releases: Vec<ReleaseInfo>,
+    /// Bytes this collector served of each file (its seed upload; store counters).
+    served: HashMap<Hash32, u64>,
     order: Vec<RingName>,
     min_success: usize,
     /// Signatures an approval needs (the root's approve threshold).
     approve_threshold: u32,
     socket: String,
     stale_after: u64,
+    /// This collector's node key (hex): its own reports say whether it downloaded a release
+    /// (then it is no seed of it).
+    own_key: String,
 }
 
 /// A release as the collector's trusted metadata knows it (or, once expired, as reports name it).
@@ -375,6 +402,13 @@ struct ReleaseInfo {
     label: String,
     severity: Option<Severity>,
     total_bytes: u64,
+    /// The manifest's files (by hash): what this collector served of them is its upload.
+    files: Vec<Hash32>,
+    /// When the release was created (the manifest's time; for one only reports name, the
+    /// earliest report).
+    created: u64,
+    /// Whether the collector holds its manifest (not expired).
+    trusted: bool,
     approved: Vec<RingName>,
     yanked: bool,
     /// The CVEs the release says it fixes.
@@ -401,6 +435,9 @@ impl Fleet {
                         label: v.label.clone(),
                         severity: Some(v.severity.clone()),
                         total_bytes: v.total_bytes(),
+                        files: v.files.iter().map(|f| f.hash).collect(),
+                        created: v.created.0,
+                        trusted: true,
                         cves: v.severity.cves.clone(),
                         approved: t.approved_rings(hash),
                         rules: t
@@ -418,11 +455,12 @@ impl Fleet {
         };
         // Releases only the reports still name (expired, or from before this collector's time).
         let known: BTreeSet<String> = releases.iter().map(|r| r.hash.to_hex()).collect();
-        let mut extra: BTreeMap<String, (String, u64)> = BTreeMap::new();
+        let mut extra: BTreeMap<String, (String, u64, u64)> = BTreeMap::new();
         for r in reports.iter().filter(|r| !known.contains(&r.manifest)) {
-            extra.insert(r.manifest.clone(), (r.product.clone(), r.version));
+            let e = extra.entry(r.manifest.clone()).or_insert((r.product.clone(), r.version, r.at));
+            e.2 = e.2.min(r.at);
         }
-        for (hex, (product, version)) in extra {
+        for (hex, (product, version, first)) in extra {
             if let Ok(hash) = hex.parse::<Hash32>() {
                 releases.push(ReleaseInfo {
                     hash,
@@ -431,6 +469,9 @@ impl Fleet {
                     label: String::new(),
                     severity: None,
                     total_bytes: 0,
+                    files: Vec::new(),
+                    created: first,
+                    trusted: false,
                     cves: Vec::new(),
                     approved: Vec::new(),
                     yanked: false,
@@ -438,18 +479,26 @@ impl Fleet {
                 });
             }
         }
-        releases.sort_by(|a, b| a.product.cmp(&b.product).then(b.version.cmp(&a.version)));
+        releases.sort_by(|a, b| {
+            (b.trusted, b.created)
+                .cmp(&(a.trusted, a.created))
+                .then(a.product.cmp(&b.product))
+                .then(b.version.cmp(&a.version))
+        });
+        let served = s.store.served_files().await?;
         Ok(Fleet {
             now: now().0,
             reports,
             inventories,
             heard,
             releases,
+            served,
             order: s.cfg.rollout_rings.clone(),
             min_success: s.cfg.gate_min_success,
             approve_threshold: s.trust().root.value().keys(lanpatch_protocol::Role::Approve).threshold,
             socket: s.cfg.control_socket().display().to_string(),
             stale_after: 2 * s.cfg.inventory_interval_secs + 300,
+            own_key: s.node_public().to_hex(),
         })
     }
 
@@ -519,9 +568,9 @@ fn verdict(f: &Fleet, rel: &ReleaseInfo, reports: &[&ReportView]) -> Verdict {
 /// then the publish.
 fn approve_command(f: &Fleet, rel: &ReleaseInfo, ring: &RingName, gated: bool) -> String {
     let rings: Vec<&str> = f.order.iter().map(|r| r.as_str()).collect();
-    let bundle = format!("<bundle of {} {}>", rel.product, rel.version);
+    let bundle = bundle_placeholder(rel);
     let n = f.approve_threshold.max(1);
-    let key = |i: u32| if n == 1 { "<approve key>".to_string() } else { format!("<approve key {i} of {n}>") };
+    let key = |i: u32| approve_key(i, n);
     let mut lines = vec![if gated {
         format!(
             "lanpatch-signer approve --key {} --ring {ring} --rings {} --min-success {} --node {} {bundle}",
@@ -538,6 +587,42 @@ fn approve_command(f: &Fleet, rel: &ReleaseInfo, ring: &RingName, gated: bool) -
     }
     lines.push(format!("lanpatch-signer publish --node {} {bundle}", f.socket));
     lines.join("\n")
+}
+
+fn bundle_placeholder(rel: &ReleaseInfo) -> String {
+    format!("<bundle of {} {}>", rel.product, rel.version)
+}
+
+/// The placeholder of the `i`th of the `n` approve keys a signature needs.
+fn approve_key(i: u32, n: u32) -> String {
+    if n == 1 { "<approve key>".to_string() } else { format!("<approve key {i} of {n}>") }
+}
+
+/// The commands that yank the release, one per line: the first approve key creates the yank
+/// file with the reason (`lanpatch-signer yank` asks for `--reason` only when there is no yank
+/// file yet), each further key the root's approve threshold asks for signs the same file, then
+/// the publish.
+fn yank_command(f: &Fleet, rel: &ReleaseInfo) -> String {
+    let bundle = bundle_placeholder(rel);
+    let n = f.approve_threshold.max(1);
+    let mut lines = vec![format!("lanpatch-signer yank --key {} --reason \"<why>\" {bundle}", approve_key(1, n))];
+    for i in 2..=n {
+        lines.push(format!("lanpatch-signer yank --key {} {bundle}", approve_key(i, n)));
+    }
+    lines.push(format!("lanpatch-signer publish --node {} {bundle}", f.socket));
+    lines.join("\n")
+}
+
+/// The link to a node's page, for a key that parses (a key a report or inventory names).
+fn host_link(node: &str) -> Option<String> {
+    node.parse::<PublicKey>().ok().map(|k| format!("/hosts/{}", k.to_hex()))
+}
+
+/// A host name, linked to its page when its key parses.
+fn host_cell(node: &str, hostname: &str) -> Markup {
+    html! {
+        @if let Some(href) = host_link(node) { a.host href=(href) { (hostname) } } @else { (hostname) }
+    }
 }
 
 fn verdict_markup(f: &Fleet, rel: &ReleaseInfo, v: &Verdict) -> Markup {
@@ -618,16 +703,12 @@ fn page_markup(title: &str, nav: Option<&str>, refresh: u32, body: Markup) -> Ma
     }
 }
 
-/// `?refresh=N` (seconds; 0 stops): the live pages reload themselves without JavaScript.
-#[derive(Deserialize)]
-struct Live {
-    refresh: Option<u32>,
-}
-
-impl Live {
-    fn seconds(&self, default: u32) -> u32 {
-        self.refresh.unwrap_or(default).min(600)
-    }
+/// `?refresh=N` (seconds, at most 600; 0 stops): the live pages reload themselves without
+/// JavaScript. `Err`: the problem, for a 400 page.
+fn refresh_param(q: &HashMap<String, String>) -> Result<Option<u32>, String> {
+    q.get("refresh")
+        .map(|r| r.parse::<u32>().map(|n| n.min(600)).map_err(|_| format!("refresh {r:?} is not a number of seconds")))
+        .transpose()
 }
 
 fn live_page(title: &str, nav: &str, refresh: u32, body: Markup) -> Html<String> {
@@ -702,8 +783,8 @@ async fn fleet_page(State(c): State<Console>) -> Response {
             tbody {
                 @for (id, r) in &rows {
                     @let is_stale = f.now.saturating_sub(r.last_seen) > f.stale_after;
-                    tr class=@if is_stale { "stale" } {
-                        td { (r.hostname) }
+                    tr class=@if is_stale { "stale" } data-host=(r.hostname) {
+                        td { (host_cell(id, r.hostname)) }
                         td { (r.ring) }
                         td { @if let Some(inv) = r.inv { (inv.tags.join(", ")) } }
                         td { @if let Some(inv) = r.inv { (inv.os) " " (inv.os_version) } }
@@ -728,20 +809,245 @@ async fn fleet_page(State(c): State<Console>) -> Response {
     page("Fleet", Some("Fleet"), body).into_response()
 }
 
-async fn rollouts_page(State(c): State<Console>, Query(live): Query<Live>) -> Response {
+/// What a release's rollout is doing, derived from its nodes' typed states and its approvals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RolloutStatus {
+    /// Nodes are still on their way, or rings of the rollout order wait for an approval.
+    Active,
+    /// A node halted: the ring's failure rate crossed the approval's threshold.
+    Halted,
+    /// A node failed (and none halted).
+    Failed,
+    /// Every node has an outcome and nothing is left to approve; or the release is yanked, or
+    /// expired.
+    Done,
+}
+
+impl RolloutStatus {
+    const ALL: [RolloutStatus; 4] =
+        [RolloutStatus::Active, RolloutStatus::Halted, RolloutStatus::Failed, RolloutStatus::Done];
+
+    /// The query value and CSS class; never parsed back except through [`RolloutStatus::ALL`].
+    fn name(self) -> &'static str {
+        match self {
+            RolloutStatus::Active => "active",
+            RolloutStatus::Halted => "halted",
+            RolloutStatus::Failed => "failed",
+            RolloutStatus::Done => "done",
+        }
+    }
+
+    /// A yanked release is done (the yank ends its rollout, failures and all); otherwise a
+    /// halt outranks a failure, a failure outranks nodes still on their way.
+    fn of(f: &Fleet, rel: &ReleaseInfo, reports: &[&ReportView]) -> RolloutStatus {
+        if rel.yanked {
+            RolloutStatus::Done
+        } else if reports.iter().any(|r| r.state == ReleaseState::Halted) {
+            RolloutStatus::Halted
+        } else if reports.iter().any(|r| r.state.is_failure()) {
+            RolloutStatus::Failed
+        } else if reports.iter().any(|r| !r.state.is_outcome()) {
+            RolloutStatus::Active
+        } else if !rel.trusted {
+            RolloutStatus::Done
+        } else {
+            match verdict(f, rel, reports) {
+                Verdict::Done => RolloutStatus::Done,
+                Verdict::FirstRing(_) | Verdict::Pass { .. } | Verdict::Refused { .. } => RolloutStatus::Active,
+            }
+        }
+    }
+}
+
+/// The query's parameters, last value of each name (unknown names are ignored). `Err`: the
+/// query is not `application/x-www-form-urlencoded`.
+fn query_params(raw: Option<&str>) -> Result<HashMap<String, String>, String> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| format!("the query string cannot be read: {e}"))?;
+    Ok(pairs.into_iter().map(|(k, v)| (k, v.trim().to_string())).filter(|(_, v)| !v.is_empty()).collect())
+}
+
+/// The rollouts page's filters and page, each value checked.
+#[derive(Default)]
+struct RolloutsFilter {
+    product: Option<ProductName>,
+    status: Option<RolloutStatus>,
+    ring: Option<RingName>,
+    /// 1 the first.
+    page: usize,
+    refresh: Option<u32>,
+}
+
+impl RolloutsFilter {
+    /// Every problem of the query, or the filter.
+    fn parse(raw: Option<&str>) -> Result<RolloutsFilter, Vec<String>> {
+        let q = query_params(raw).map_err(|e| vec![e])?;
+        let mut bad = Vec::new();
+        let mut f = RolloutsFilter { page: 1, ..RolloutsFilter::default() };
+        if let Some(p) = q.get("product") {
+            match p.parse::<ProductName>() {
+                Ok(p) => f.product = Some(p),
+                Err(e) => bad.push(format!("product: {e}")),
+            }
+        }
+        if let Some(st) = q.get("status") {
+            match RolloutStatus::ALL.into_iter().find(|x| x.name() == st) {
+                Some(x) => f.status = Some(x),
+                None => bad.push(format!(
+                    "status {st:?} is none of {}",
+                    RolloutStatus::ALL.map(RolloutStatus::name).join(", ")
+                )),
+            }
+        }
+        if let Some(r) = q.get("ring") {
+            match r.parse::<RingName>() {
+                Ok(r) => f.ring = Some(r),
+                Err(e) => bad.push(format!("ring: {e}")),
+            }
+        }
+        if let Some(p) = q.get("page") {
+            match p.parse::<usize>() {
+                Ok(n) if n >= 1 => f.page = n,
+                _ => bad.push(format!("page {p:?} is not a page number (1, 2, ...)")),
+            }
+        }
+        match refresh_param(&q) {
+            Ok(r) => f.refresh = r,
+            Err(e) => bad.push(e),
+        }
+        if bad.is_empty() { Ok(f) } else { Err(bad) }
+    }
+
+    fn any(&self) -> bool {
+        self.product.is_some() || self.status.is_some() || self.ring.is_some()
+    }
+
+    /// This filter's page `page` (percent-encoded: a product or ring is checked, but the
+    /// link is built the same way as every other query link).
+    fn link(&self, page: usize) -> String {
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        if let Some(p) = &self.product {
+            pairs.push(("product", p.to_string()));
+        }
+        if let Some(st) = self.status {
+            pairs.push(("status", st.name().to_string()));
+        }
+        if let Some(r) = &self.ring {
+            pairs.push(("ring", r.to_string()));
+        }
+        if page > 1 {
+            pairs.push(("page", page.to_string()));
+        }
+        if let Some(r) = self.refresh {
+            pairs.push(("refresh", r.to_string()));
+        }
+        if pairs.is_empty() {
+            return "/rollouts".into();
+        }
+        format!("/rollouts?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default())
+    }
+
+    fn keeps(&self, f: &Fleet, rel: &ReleaseInfo, reports: &[&ReportView]) -> bool {
+        self.product.as_ref().is_none_or(|p| rel.product == p.as_str())
+            && self
+                .ring
+                .as_ref()
+                .is_none_or(|r| rel.approved.contains(r) || reports.iter().any(|x| x.ring == r.as_str()))
+            && self.status.is_none_or(|st| RolloutStatus::of(f, rel, reports) == st)
+    }
+}
+
+/// A 400 page that lists what is wrong with the request, and a way back.
+fn bad_request(nav: &str, problems: &[String], back: (&str, &str)) -> Response {
+    let body = html! {
+        p.verdict.refused { "The request cannot be answered:" }
+        ul #problems { @for p in problems { li { (p) } } }
+        p { a href=(back.0) { (back.1) } }
+    };
+    (StatusCode::BAD_REQUEST, page("Bad request", Some(nav), body)).into_response()
+}
+
+async fn rollouts_page(State(c): State<Console>, RawQuery(raw): RawQuery) -> Response {
+    let filter = match RolloutsFilter::parse(raw.as_deref()) {
+        Ok(filter) => filter,
+        Err(problems) => return bad_request("Rollouts", &problems, ("/rollouts", "All rollouts")),
+    };
     let f = match Fleet::load(&c.s).await {
         Ok(f) => f,
         Err(e) => return internal_error(e),
     };
+    let shown: Vec<(&ReleaseInfo, Vec<&ReportView>)> = f
+        .releases
+        .iter()
+        .map(|rel| (rel, f.reports_for(&rel.hash)))
+        .filter(|(rel, reports)| filter.keeps(&f, rel, reports))
+        .collect();
+    let pages = shown.len().div_ceil(PAGE_SIZE).max(1);
+    if filter.page > pages {
+        let why = format!("page {} is past the last page ({pages}) of these releases", filter.page);
+        return bad_request("Rollouts", &[why], (&filter.link(pages), "The last page"));
+    }
+    let first = (filter.page - 1) * PAGE_SIZE;
+    let on_page = &shown[first..shown.len().min(first + PAGE_SIZE)];
+    let products: BTreeSet<&str> = f.releases.iter().map(|r| r.product.as_str()).collect();
+    let all_reports: Vec<&ReportView> = f.reports.iter().collect();
+    let mut rings = f.rings_of(&all_reports);
+    for r in f.releases.iter().flat_map(|r| r.approved.iter()) {
+        if !rings.iter().any(|x| x == r.as_str()) {
+            rings.push(r.to_string());
+        }
+    }
+    let pager = html! {
+        nav.pager {
+            @if filter.page > 1 { a.prev rel="prev" href=(filter.link(filter.page - 1)) { "← Newer" } }
+            " Page " (filter.page) " of " (pages) " "
+            @if filter.page < pages { a.next rel="next" href=(filter.link(filter.page + 1)) { "Older →" } }
+        }
+    };
     let body = html! {
-        @if f.releases.is_empty() { p { "No release is known yet." } }
-        @for rel in &f.releases {
-            @let reports = f.reports_for(&rel.hash);
+        form #filters method="get" action="/rollouts" {
+            label { "Product "
+                select name="product" {
+                    option value="" { "any" }
+                    @for p in &products { option value=(p) selected[filter.product.as_ref().is_some_and(|x| x.as_str() == *p)] { (p) } }
+                }
+            }
+            label { "Status "
+                select name="status" {
+                    option value="" { "any" }
+                    @for st in RolloutStatus::ALL { option value=(st.name()) selected[filter.status == Some(st)] { (st.name()) } }
+                }
+            }
+            label { "Ring "
+                select name="ring" {
+                    option value="" { "any" }
+                    @for r in &rings { option value=(r) selected[filter.ring.as_ref().is_some_and(|x| x.as_str() == r)] { (r) } }
+                }
+            }
+            @if let Some(r) = filter.refresh { input type="hidden" name="refresh" value=(r); }
+            button type="submit" { "Filter" }
+            @if filter.any() { " " a href="/rollouts" { "clear" } }
+        }
+        p #rollouts-summary {
+            @if shown.is_empty() {
+                @if f.releases.is_empty() { "No release is known yet." } @else { "No release matches these filters." }
+            } @else {
+                "Releases " (first + 1) "–" (first + on_page.len()) " of " (shown.len())
+                @if filter.any() { " matching (" (f.releases.len()) " known)" }
+                ", newest first."
+            }
+        }
+        @if pages > 1 { (pager) }
+        @for (rel, on) in on_page {
+            // (The same names as the release page's: `reports`, a Vec of this release's.)
+            @let reports = on.clone();
             @let counts = RingCounts::by_ring(reports.iter().copied());
-            section.release id={ "release-" (rel.hash.to_hex()) } {
+            @let status = RolloutStatus::of(&f, rel, &reports);
+            section.release id={ "release-" (rel.hash.to_hex()) } data-status=(status.name()) {
                 h2 {
                     a href={ "/release/" (rel.hash.to_hex()) } { (rel.product) " " (rel.version) }
                     @if !rel.label.is_empty() { " " span.label { (rel.label) } }
+                    " " span class={ "status " (status.name()) } { (status.name()) }
                     @if rel.yanked { " " span.flag { "yanked" } }
                 }
                 p.meta {
@@ -775,26 +1081,34 @@ async fn rollouts_page(State(c): State<Console>, Query(live): Query<Live>) -> Re
                 }
             }
         }
+        @if pages > 1 { (pager) }
     };
-    live_page("Rollouts", "Rollouts", live.seconds(5), body).into_response()
+    live_page("Rollouts", "Rollouts", filter.refresh.unwrap_or(5), body).into_response()
 }
 
 async fn release_page(
     State(c): State<Console>,
     UrlPath(manifest): UrlPath<String>,
-    Query(live): Query<Live>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let Ok(hash) = manifest.parse::<Hash32>() else {
-        return (StatusCode::BAD_REQUEST, page("Bad request", Some(""), html! { p { "Not a manifest hash." } }))
-            .into_response();
+        let why = "not a manifest hash: 64 hex digits (the rollouts page links each release)".to_string();
+        return bad_request("Rollouts", &[why], ("/rollouts", "All rollouts"));
+    };
+    let refresh = match query_params(raw.as_deref()).and_then(|q| refresh_param(&q)) {
+        Ok(r) => r.unwrap_or(3),
+        Err(e) => return bad_request("Rollouts", &[e], ("/rollouts", "All rollouts")),
     };
     let f = match Fleet::load(&c.s).await {
         Ok(f) => f,
         Err(e) => return internal_error(e),
     };
     let Some(rel) = f.releases.iter().find(|r| r.hash == hash) else {
-        return (StatusCode::NOT_FOUND, page("Unknown release", Some(""), html! { p { "No such release." } }))
-            .into_response();
+        let body = html! {
+            p.verdict.refused { "This collector knows no release with the manifest " span.mono { (hash.to_hex()) } "." }
+            p { a href="/rollouts" { "The rollouts" } " list every release it knows." }
+        };
+        return (StatusCode::NOT_FOUND, page("Unknown release", Some("Rollouts"), body)).into_response();
     };
     let reports = f.reports_for(&hash);
     let from_peers: u64 = reports.iter().filter_map(|r| r.progress).map(|p| p.from_peers).sum();
@@ -802,7 +1116,37 @@ async fn release_page(
     let total = from_peers + from_origin;
     let failing: Vec<&&ReportView> = reports.iter().filter(|r| r.state.is_failure()).collect();
     let title = format!("{} {}", rel.product, rel.version);
+    // The seed's upload: what this collector served of the release's files (where the admin
+    // runs `lanpatch-signer publish`, it seeds), against the hosts that downloaded it.
+    // A collector that downloaded the release itself passed it on as one more peer: no seed.
+    let downloaded_here = reports.iter().any(|r| r.node == f.own_key && r.progress.is_some());
+    let uploaded: u64 = if downloaded_here { 0 } else { rel.files.iter().filter_map(|h| f.served.get(h)).sum() };
+    let hosts = reports.iter().filter(|r| r.progress.is_some()).count();
+    let by_peers = from_peers.saturating_sub(uploaded);
     let body = html! {
+        p #headline {
+            @if total == 0 && uploaded == 0 {
+                "No host has downloaded this release yet."
+            } @else if downloaded_here {
+                "This collector downloaded the release like a host (it was published elsewhere): the hosts fetched "
+                (mib(from_peers)) " from peers and " (mib(from_origin)) " from origins."
+            } @else if uploaded == 0 {
+                "This collector uploaded none of it: the hosts fetched " (mib(from_peers)) " from peers and "
+                (mib(from_origin)) " from origins."
+            } @else {
+                "The admin uploaded "
+                b { @if rel.total_bytes > 0 { (format!("{:.2}", uploaded as f64 / rel.total_bytes as f64)) } @else { "?" } " copies" }
+                " (" (mib(uploaded)) ") for " b { (hosts) " host(s)" } "; peers carried "
+                b { (format!("{:.0}", by_peers as f64 * 100.0 / total.max(1) as f64)) " %" } "."
+            }
+        }
+        @if uploaded > 0 {
+            p.meta {
+                "Uploaded: what this collector, the seed, sent of the release's " (mib(rel.total_bytes))
+                " (a copy is one release's bytes). Peers carried: the part of the " (mib(total))
+                " the hosts fetched that came from other hosts, not from the seed or an origin."
+            }
+        }
         p.meta {
             @if !rel.label.is_empty() { (rel.label) " · " }
             "manifest " span.mono { (hash.to_hex()) }
@@ -824,12 +1168,29 @@ async fn release_page(
         }
         (rules_markup(rel, &reports))
         @if !rel.yanked { (verdict_markup(&f, rel, &verdict(&f, rel, &reports))) }
+        @if rel.trusted && !rel.yanked {
+            section #withdraw {
+                h2 { "Withdraw it (yank)" }
+                p.meta {
+                    "A yank stops installs of this release. Add " code { "--rollback" } " to the first line to also run its rollback "
+                    "command where it is installed. The first approve key writes the yank with the reason; "
+                    @if f.approve_threshold > 1 {
+                        "the root's approve threshold is " (f.approve_threshold) ", so the next line(s) co-sign the same yank file; "
+                    }
+                    "then publish it."
+                }
+                pre.command #yank { (yank_command(&f, rel)) }
+            }
+        }
         h2 { "Fan-out" }
         p #fanout {
             @if total == 0 {
                 "No node has reported downloaded bytes yet."
             } @else {
-                (mib(from_peers)) " from peers, " (mib(from_origin)) " from origins: peers carried "
+                (mib(from_peers)) " from peers"
+                @if uploaded > 0 { " (" (mib(uploaded.min(from_peers))) " of it from this collector, the seed)" }
+                ", "
+                (mib(from_origin)) " from origins: peers carried "
                 (format!("{:.0}", from_peers as f64 * 100.0 / total as f64)) " % of what the nodes fetched."
             }
         }
@@ -839,7 +1200,7 @@ async fn release_page(
             tbody {
                 @for r in &reports {
                     tr data-host=(r.hostname) {
-                        td { (r.hostname) }
+                        td { (host_cell(&r.node, &r.hostname)) }
                         td { (r.ring) }
                         td {
                             @if let (Some((rules, _)), Ok(node)) = (rel.rules.get(&r.ring), r.node.parse::<lanpatch_protocol::PublicKey>()) {
@@ -865,13 +1226,141 @@ async fn release_page(
             h2 { "Failing nodes" }
             @for r in &failing {
                 section.failure data-host=(r.hostname) {
-                    h3 { (r.hostname) " (" (r.ring) "): " (r.state) @if let Some(code) = r.exit_code { ", exit " (code) } }
+                    h3 { (host_cell(&r.node, &r.hostname)) " (" (r.ring) "): " (r.state) @if let Some(code) = r.exit_code { ", exit " (code) } }
                     pre.output { (tail(&r.detail, TAIL_LINES)) }
                 }
             }
         }
     };
-    live_page(&title, "Rollouts", live.seconds(3), body).into_response()
+    live_page(&title, "Rollouts", refresh, body).into_response()
+}
+
+/// One node: its inventory (OS, tags, reboot flag, packages) and every release's state there.
+async fn host_page(State(c): State<Console>, UrlPath(node): UrlPath<String>, RawQuery(raw): RawQuery) -> Response {
+    let Ok(key) = node.parse::<PublicKey>() else {
+        let why = "not a node key: 64 hex digits (the fleet page links each host)".to_string();
+        return bad_request("Fleet", &[why], ("/", "The fleet"));
+    };
+    let q = match query_params(raw.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return bad_request("Fleet", &[e], ("/", "The fleet")),
+    };
+    let package = q.get("package").map(|p| p.to_lowercase());
+    let f = match Fleet::load(&c.s).await {
+        Ok(f) => f,
+        Err(e) => return internal_error(e),
+    };
+    let hex = key.to_hex();
+    let inv = f.inventories.iter().find(|i| i.node == hex);
+    let mut reports: Vec<&ReportView> = f.reports.iter().filter(|r| r.node == hex).collect();
+    let heard = f.heard.get(&hex).copied();
+    if inv.is_none() && reports.is_empty() && heard.is_none() {
+        let body = html! {
+            p.verdict.refused { "No node with the key " span.mono { (hex) } " has reported to this collector." }
+            p { a href="/" { "The fleet" } " lists every node it heard from." }
+        };
+        return (StatusCode::NOT_FOUND, page("Unknown host", Some("Fleet"), body)).into_response();
+    }
+    reports.sort_by(|a, b| b.at.cmp(&a.at).then(b.version.cmp(&a.version)));
+    let names: HashMap<String, &ReleaseInfo> = f.releases.iter().map(|r| (r.hash.to_hex(), r)).collect();
+    let hostname = inv.map(|i| i.hostname.as_str()).or(reports.first().map(|r| r.hostname.as_str())).unwrap_or("?");
+    let ring = inv.map(|i| i.ring.as_str()).or(reports.first().map(|r| r.ring.as_str())).unwrap_or("?");
+    let last_seen = inv.map(|i| i.at).into_iter().chain(reports.iter().map(|r| r.at)).chain(heard).max().unwrap_or(0);
+    let stale = f.now.saturating_sub(last_seen) > f.stale_after;
+    let packages: Vec<&lanpatch_protocol::report::Package> = inv
+        .map(|i| {
+            let mut list: Vec<_> = i
+                .packages
+                .iter()
+                .filter(|p| package.as_ref().is_none_or(|q| p.name.to_lowercase().contains(q)))
+                .collect();
+            list.sort_by(|a, b| a.name.cmp(&b.name));
+            list
+        })
+        .unwrap_or_default();
+    let failing: Vec<&&ReportView> = reports.iter().filter(|r| r.state.is_failure()).collect();
+    let body = html! {
+        table #host.facts {
+            tbody {
+                tr { th { "Ring" } td { (ring) } }
+                @if let Some(i) = inv {
+                    tr { th { "Tags" } td { (i.tags.join(", ")) } }
+                    tr { th { "OS" } td { (i.os) " " (i.os_version) } }
+                    tr { th { "Kernel" } td { (i.kernel) " " (i.arch) } }
+                    tr { th { "lanpatch" } td { (i.agent_version) } }
+                }
+                tr { th { "Last seen" } td { (age(f.now, last_seen)) @if stale { " " span.flag { "stale" } } } }
+                tr #reboot {
+                    th { "Reboot" }
+                    td {
+                        @match inv.map(|i| &i.reboot_required) {
+                            None => "no inventory yet",
+                            Some(None) => "not required",
+                            Some(Some(pkgs)) => {
+                                span.flag { "reboot required" }
+                                @if !pkgs.is_empty() { " for " (pkgs.join(", ")) }
+                                " (lanpatch does not reboot hosts)"
+                            }
+                        }
+                    }
+                }
+                tr { th { "Node key" } td.mono { (hex) } }
+            }
+        }
+        h2 { "Release history" }
+        @if reports.is_empty() {
+            p { "No release report from this host." }
+        } @else {
+            table #history {
+                thead { tr { th { "Release" } th { "State" } th { "Exit" } th { "Updated" } } }
+                tbody {
+                    @for r in &reports {
+                        tr data-release={ (r.product) " " (r.version) } {
+                            td {
+                                @if let Ok(h) = r.manifest.parse::<Hash32>() {
+                                    a href={ "/release/" (h.to_hex()) } { (r.product) " " (r.version) }
+                                } @else { (r.product) " " (r.version) }
+                                @if names.get(&r.manifest).is_some_and(|rel| rel.yanked) { " " span.flag { "yanked" } }
+                            }
+                            td { (state_cell(r.state)) }
+                            td { @if let Some(code) = r.exit_code { (code) } }
+                            td { (age(f.now, r.at)) }
+                        }
+                    }
+                }
+            }
+        }
+        @for r in &failing {
+            section.failure data-release={ (r.product) " " (r.version) } {
+                h3 { (r.product) " " (r.version) ": " (r.state) @if let Some(code) = r.exit_code { ", exit " (code) } ", " (age(f.now, r.at)) }
+                pre.output { (tail(&r.detail, TAIL_LINES)) }
+            }
+        }
+        h2 { "Installed packages" }
+        @if let Some(i) = inv {
+            form #package-filter method="get" action={ "/hosts/" (hex) } {
+                label { "Name contains " input name="package" value=(q.get("package").map(String::as_str).unwrap_or("")); }
+                button type="submit" { "Filter" }
+                @if package.is_some() { " " a href={ "/hosts/" (hex) } { "all" } }
+            }
+            p #package-count { (packages.len()) " of " (i.packages.len()) " package(s), by name." }
+            table #packages {
+                thead { tr { th { "Package" } th { "Version" } th { "Source" } } }
+                tbody {
+                    @for p in &packages {
+                        tr {
+                            td { (p.name) }
+                            td.mono { (p.version) }
+                            td { @if let Some(src) = &p.source { (src) @if let Some(v) = &p.source_version { " " (v) } } }
+                        }
+                    }
+                }
+            }
+        } @else {
+            p { "No inventory from this host yet." }
+        }
+    };
+    page(hostname, Some("Fleet"), body).into_response()
 }
 
 fn tail(s: &str, n: usize) -> String {
@@ -1147,6 +1636,17 @@ td.installed, .state.installed { color: #1f7a45; font-weight: 600; }
 section.failure h3 { font-size: 1em; margin: 1em 0 .2em; }
 form label { margin-right: 1em; }
 form input { width: 9em; }
+form select { min-width: 7em; }
+#headline { font-size: 1.2em; background: #fff; border-left: 4px solid #6aa3ff; padding: .5em .8em; margin: .2em 0 .4em; }
+.status { padding: 0 .45em; border-radius: 3px; font-size: .75em; font-weight: 600; vertical-align: middle; text-transform: uppercase; letter-spacing: .04em; }
+.status.active { background: #dbe8ff; color: #1e4a9a; }
+.status.halted { background: #ffe2a8; color: #5e4200; }
+.status.failed { background: #ffd9d9; color: #8f1c1c; }
+.status.done { background: #d8f1e2; color: #1f5f3a; }
+nav.pager { margin: .6em 0; color: #5c6577; }
+nav.pager a { margin: 0 .6em; }
+table.facts th { width: 9em; }
+a.host { color: inherit; }
 "#;
 
 #[cfg(test)]
@@ -1183,6 +1683,43 @@ mod tests {
             page_markup("x", None, 0, html! { pre { (tail("ok\n<script>alert(1)</script>", 5)) } }).into_string();
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{html}");
         assert!(!html.contains("<script>"), "{html}");
+    }
+
+    #[test]
+    fn rollouts_filters_are_checked_and_every_bad_value_is_named() {
+        let f = RolloutsFilter::parse(Some("product=tool&status=failed&ring=canary&page=2&refresh=0&other=x")).unwrap();
+        assert_eq!(f.product.as_ref().map(ProductName::as_str), Some("tool"));
+        assert_eq!(
+            (f.status, f.ring.as_ref().map(RingName::as_str), f.page, f.refresh),
+            (Some(RolloutStatus::Failed), Some("canary"), 2, Some(0))
+        );
+        // Empty values are no filter (the form sends them); the default page is the first.
+        let f = RolloutsFilter::parse(Some("product=&status=&ring=")).unwrap();
+        assert!(!f.any() && f.page == 1);
+        assert_eq!(RolloutsFilter::parse(None).map(|f| f.page).ok(), Some(1));
+        let bad =
+            RolloutsFilter::parse(Some("status=Failed&page=0&product=a%20b&ring=%3Cb%3E&refresh=-1")).err().unwrap();
+        assert_eq!(bad.len(), 5, "{bad:?}");
+        assert!(bad[0].starts_with("product: "), "{bad:?}");
+        assert!(bad[1].contains("none of active, halted, failed, done"), "{bad:?}");
+        assert!(RolloutsFilter::parse(Some("page=99999999999999999999999")).is_err());
+    }
+
+    #[test]
+    fn page_links_keep_the_filters_and_percent_encode_them() {
+        let f = RolloutsFilter::parse(Some("product=tool&status=active&ring=canary&refresh=5")).unwrap();
+        assert_eq!(f.link(1), "/rollouts?product=tool&status=active&ring=canary&refresh=5");
+        assert_eq!(f.link(3), "/rollouts?product=tool&status=active&ring=canary&page=3&refresh=5");
+        assert_eq!(RolloutsFilter::default().link(1), "/rollouts");
+        assert_eq!(RolloutsFilter::default().link(2), "/rollouts?page=2");
+    }
+
+    #[test]
+    fn host_links_are_built_only_from_keys_that_parse() {
+        let key = "AB".repeat(32);
+        assert_eq!(host_link(&key), Some(format!("/hosts/{}", "ab".repeat(32))));
+        assert_eq!(host_link("../../etc/passwd"), None);
+        assert_eq!(host_link(&format!("{}\"><script>", "ab".repeat(32))), None);
     }
 
     #[test]

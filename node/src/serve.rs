@@ -173,6 +173,6 @@ async fn serve_chunk(
     let len = data.len() as u64;
     crate::bufpool::give(data);
     s.metrics.served(len);
-    let _ = s.store.add_transfer(peer.to_string(), 0, len).await;
+    let _ = s.store.add_upload(peer.to_string(), file, len).await;
     Ok(())
 }

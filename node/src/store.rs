@@ -633,6 +633,43 @@ impl Store {
         .await
     }
 
+    /// Counts `bytes` of `file` sent to `peer`: the peer's transfer total and the file's
+    /// served total (a counter `served:<file hex>`: the console's seed upload per release), in
+    /// one transaction.
+    pub async fn add_upload(&self, peer: String, file: Hash32, bytes: u64) -> Result<()> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            tx.prepare_cached(
+                "INSERT INTO transfer (peer, bytes_down, bytes_up) VALUES (?1, 0, ?2)
+                 ON CONFLICT (peer) DO UPDATE SET bytes_up = bytes_up + ?2",
+            )?
+            .execute(params![peer, bytes as i64])?;
+            tx.prepare_cached(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = value + ?2",
+            )?
+            .execute(params![format!("served:{}", file.to_hex()), bytes as i64])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Bytes this node served of each file, over its lifetime (see [`Store::add_upload`]).
+    pub async fn served_files(&self) -> Result<std::collections::HashMap<Hash32, u64>> {
+        self.call(|c| {
+            let mut st = c.prepare("SELECT name, value FROM counters WHERE name LIKE 'served:%'")?;
+            let rows = st
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|(name, v)| Some((name.strip_prefix("served:")?.parse::<Hash32>().ok()?, v.max(0) as u64)))
+                .collect())
+        })
+        .await
+    }
+
     pub async fn transfers(&self) -> Result<Vec<(String, u64, u64)>> {
         self.call(|c| {
             let mut st = c.prepare("SELECT peer, bytes_down, bytes_up FROM transfer ORDER BY peer")?;
@@ -1247,6 +1284,25 @@ mod tests {
         let s = Store::open(&path).unwrap();
         let r = s.releases().unwrap();
         assert_eq!((r[0].state, r[0].attempt), (ReleaseState::Installed, 0));
+    }
+
+    #[tokio::test]
+    async fn uploads_count_per_peer_and_per_file_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (a, b) = (Hash32([1; 32]), Hash32([2; 32]));
+        {
+            let s = Store::open(&path).unwrap();
+            s.add_upload("peer-1".into(), a, 100).await.unwrap();
+            s.add_upload("peer-2".into(), a, 50).await.unwrap();
+            s.add_upload("peer-1".into(), b, 7).await.unwrap();
+            s.add_transfer("peer-1".into(), 9, 0).await.unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let served = s.served_files().await.unwrap();
+        assert_eq!((served.get(&a), served.get(&b), served.len()), (Some(&150), Some(&7), 2));
+        let t = s.transfers().await.unwrap();
+        assert_eq!(t, vec![("peer-1".to_string(), 9, 107), ("peer-2".to_string(), 0, 50)]);
     }
 
     #[tokio::test]

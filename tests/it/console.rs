@@ -95,8 +95,9 @@ async fn wait_for_text(c: &Client, url: &str, css: &str, what: &str, cond: impl 
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         c.goto(url).await.expect("load page");
+        // Not there yet, or gone stale under a reload: read again on the next round.
         let text = match c.find(Locator::Css(css)).await {
-            Ok(e) => e.text().await.expect("text").split_whitespace().collect::<Vec<_>>().join(" "),
+            Ok(e) => e.text().await.map(|t| t.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap_or_default(),
             Err(_) => String::new(),
         };
         if cond(&text) {
@@ -107,8 +108,22 @@ async fn wait_for_text(c: &Client, url: &str, css: &str, what: &str, cond: impl 
     }
 }
 
+/// The text of the element `css` selects. Live pages reload themselves (`refresh`): an element
+/// found just before a reload is stale by the time its text is read, so that is tried again.
 async fn text_of(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).text().await.expect("text")
+    let mut tries = 0;
+    loop {
+        let e = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+        match e.text().await {
+            Ok(t) => return t,
+            Err(err) if tries < 10 => {
+                tries += 1;
+                eprintln!("{css}: {err}; reading it again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("{css}: {err}"),
+        }
+    }
 }
 
 async fn screenshot(c: &Client, name: &str) -> PathBuf {
@@ -156,7 +171,7 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         "collector = true\nring = \"admin\"\nhostname = \"admin-ws\"\nconsole_listen = \"127.0.0.1:0\"\nrollout_rings = [\"canary\", \"broad\"]",
     );
     admin.start();
-    let endpoint = |name: &str, ring: &str, tags: &str| {
+    let endpoint = |name: &str, ring: &str, tags: &str, wrapper: Option<Vec<String>>| {
         let mut n = Node::new(
             dir,
             name,
@@ -164,12 +179,17 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
             &[admin.port],
             &format!("ring = \"{ring}\"\nhostname = \"{name}\"\ntags = [{tags}]"),
         );
+        n.wrapper = wrapper;
         n.start();
         n
     };
-    let till = endpoint("till-1", "canary", "\"endpoint\"");
-    let kiosk = endpoint("kiosk-3", "canary", "\"endpoint\", \"kiosk\"");
-    let broad = endpoint("office-7", "broad", "\"endpoint\"");
+    // kiosk-3 waits for a reboot and holds three packages: as root, its inventory reads a
+    // directory of ours as /run and a status file of ours as dpkg's (a private mount namespace).
+    let fake_host = crate::support::is_root() && Path::new("/var/lib/dpkg/status").exists();
+    let kiosk_wrapper = fake_host.then(|| fake_run_and_packages(dir, "kiosk-3"));
+    let till = endpoint("till-1", "canary", "\"endpoint\"", None);
+    let kiosk = endpoint("kiosk-3", "canary", "\"endpoint\", \"kiosk\"", kiosk_wrapper);
+    let broad = endpoint("office-7", "broad", "\"endpoint\"", None);
     wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 3);
 
     let addr = admin.status().console.expect("the console address in status");
@@ -193,6 +213,13 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         c.goto(&format!("{base}/rollouts")).await.unwrap();
         let refused = text_of(&c, "body").await;
         assert!(refused.contains("Refused: this page needs a session"), "{refused}");
+        // The refusal is styled like every page and says how to get a new link.
+        assert!(
+            refused.contains("sudo lanpatch-node console-url") && refused.contains("console-url --rotate"),
+            "{refused}"
+        );
+        assert_eq!(header_colour(&c).await, "rgb(29, 35, 48)", "the refusal page has no stylesheet");
+        screenshot(&c, "refused").await;
         c.goto(&format!("{base}/login?token={}", "f".repeat(64))).await.unwrap();
         assert!(text_of(&c, "body").await.contains("Refused: the token is wrong"));
 
@@ -209,11 +236,38 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
             c.execute("return document.cookie.includes('lanpatch_session')", vec![]).await.unwrap().as_bool().unwrap();
         assert!(!cookie_visible, "the session cookie must be HttpOnly");
 
+        // The fleet links each host to its page: facts, reboot flag, packages by name.
+        c.find(Locator::LinkText("kiosk-3")).await.unwrap().click().await.unwrap();
+        let kiosk_page = format!("/hosts/{}", kiosk.node_key());
+        assert_eq!(c.current_url().await.unwrap().path(), kiosk_page);
+        let host = text_of(&c, "#host").await;
+        assert!(
+            host.contains("canary") && host.contains("endpoint, kiosk") && host.contains(env!("CARGO_PKG_VERSION")),
+            "{host}"
+        );
+        if fake_host {
+            let reboot = text_of(&c, "#reboot").await;
+            assert!(reboot.contains("reboot required for libc6, linux-image-6.1.0-30-amd64"), "{reboot}");
+            let names = texts_of(&c, "#packages tbody tr td:first-child").await;
+            assert_eq!(names, ["libc6", "openssh-client", "zlib1g"], "packages by name");
+            c.goto(&format!("{base}{kiosk_page}?package=SSH")).await.unwrap();
+            assert_eq!(texts_of(&c, "#packages tbody tr td:first-child").await, ["openssh-client"]);
+            assert_eq!(text_of(&c, "#package-count").await, "1 of 3 package(s), by name.");
+        }
+        // An unknown key: a styled 404; not a key at all: a 400.
+        c.goto(&format!("{base}/hosts/{}", "ab".repeat(32))).await.unwrap();
+        assert!(text_of(&c, "main").await.contains("has reported to this collector"));
+        assert_eq!(header_colour(&c).await, "rgb(29, 35, 48)");
+        let bearer_h = format!("Authorization: Bearer {token}\r\n");
+        assert!(raw_get(&addr, &format!("/hosts/{}", "ab".repeat(32)), &bearer_h).starts_with("HTTP/1.1 404"));
+        assert!(raw_get(&addr, "/hosts/kiosk-3", &bearer_h).starts_with("HTTP/1.1 400"));
+
         approve(dir, &v1, "canary", &[]).ok();
         admin.publish(&v1);
         let rollouts = format!("{base}/rollouts?refresh=0");
         // The canary row: one installed, one failed; the verdict names the failing host.
-        wait_for_text(&c, &rollouts, "tr[data-ring='canary']", "canary results", |t| t == "canary 1 1 0 0 0 0").await;
+        wait_for_text(&c, &rollouts, "tr[data-ring='canary']", "canary results", |t| t == "canary 1 1 0 0 0 0 0 0 0")
+            .await;
         let verdict = text_of(&c, ".verdict.refused").await;
         assert!(verdict.contains("ring canary has 1 failed install(s): kiosk-3"), "{verdict}");
         assert!(verdict.contains("payment terminal busy"), "{verdict}");
@@ -238,7 +292,44 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         assert!(fanout.contains("from peers") && fanout.contains("% of what the nodes fetched"), "{fanout}");
         let progress = c.find(Locator::Css("#nodes tr[data-host='till-1'] progress")).await.unwrap();
         assert_eq!(progress.attr("value").await.unwrap(), progress.attr("max").await.unwrap());
+        // The headline, first on the page: what the seed (this collector, where v1 was
+        // published) uploaded, in copies of the release, and what the peers carried.
+        let release_url = format!("{base}/release/{v1_hash}?refresh=0");
+        let headline =
+            wait_for_text(&c, &release_url, "#headline", "three hosts downloaded v1", |t| t.contains("for 3 host(s)"))
+                .await;
+        let first = c.find(Locator::Css("main > h1 + *")).await.unwrap();
+        assert_eq!(first.attr("id").await.unwrap().as_deref(), Some("headline"), "the headline comes first");
+        let copies: f64 = headline
+            .strip_prefix("The admin uploaded ")
+            .and_then(|t| t.split(" copies").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{headline}"));
+        // No origin: every byte a host holds left the seed at least once.
+        assert!(copies >= 1.0, "{headline}");
+        assert!(headline.contains("MiB) for 3 host(s); peers carried") && headline.ends_with(" %."), "{headline}");
+        // The yank lines: one per approve key the threshold (2) asks for, the first with the
+        // reason, then the publish.
+        let yank = text_of(&c, "#yank").await;
+        let v1_yank: Vec<String> = yank.lines().map(str::to_string).collect();
+        assert_eq!(
+            v1_yank,
+            [
+                "lanpatch-signer yank --key <approve key 1 of 2> --reason \"<why>\" <bundle of tool 1>".to_string(),
+                "lanpatch-signer yank --key <approve key 2 of 2> <bundle of tool 1>".to_string(),
+                format!("lanpatch-signer publish --node {} <bundle of tool 1>", admin.socket().display()),
+            ]
+        );
         screenshot(&c, "release-failing").await;
+
+        // kiosk-3's page: v1 failed there, with its output (as text) and the time.
+        c.goto(&format!("{base}{kiosk_page}")).await.unwrap();
+        let row = text_of(&c, "#history tr[data-release='tool 1']").await;
+        assert!(row.contains("rolled back (install failed) 3") && row.contains("ago"), "{row}");
+        let out = text_of(&c, "section.failure[data-release='tool 1'] pre.output").await;
+        assert!(out.contains("<script>window.pwned = 1</script>") && out.contains("payment terminal busy"), "{out}");
+        assert_eq!(c.execute("return typeof window.pwned", vec![]).await.unwrap().as_str(), Some("undefined"));
+        screenshot(&c, "host").await;
 
         // A fixed release: both canaries install, the gate for broad would pass, and the console
         // prints the command; running it installs broad, and the console says every ring is done.
@@ -246,6 +337,12 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         approve(dir, &v2, "canary", &[]).ok();
         admin.publish(&v2);
         wait_for_page(&c, &rollouts, "v2's canary results", |t| t.contains("Gate for broad: would pass")).await;
+        // The status filter: v1 failed, v2 is on its way (broad waits for its approval).
+        wait_for_titles(&c, &format!("{rollouts}&status=failed"), &["tool 1"]).await;
+        wait_for_titles(&c, &format!("{rollouts}&status=active"), &["tool 2"]).await;
+        wait_for_titles(&c, &format!("{rollouts}&status=done"), &[]).await;
+        wait_for_titles(&c, &format!("{rollouts}&ring=broad"), &["tool 2", "tool 1"]).await;
+        c.goto(&rollouts).await.unwrap();
         let command = text_of(&c, ".verdict.pass + pre.command").await;
         assert!(
             command.contains("lanpatch-signer approve --key <approve key 1 of 2> --ring broad --rings canary,broad"),
@@ -270,6 +367,24 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
             broad.release_state("tool", 2) == Some(lanpatch_protocol::ReleaseState::Installed)
         });
         wait_for_page(&c, &rollouts, "every ring approved", |t| t.contains("Approved for every ring")).await;
+        wait_for_titles(&c, &format!("{rollouts}&status=done"), &["tool 2"]).await;
+
+        // Withdraw v1 with exactly the printed yank lines (Bob's and Carol's keys): the console
+        // shows it yanked, done, and prints no yank lines for it any more.
+        for line in &v1_yank {
+            let line = line
+                .replace("<approve key 1 of 2>", "bob.key")
+                .replace("<approve key 2 of 2>", "carol.key")
+                .replace("\"<why>\"", "fails-on-kiosks")
+                .replace("<bundle of tool 1>", &v1.display().to_string());
+            let argv: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(argv[0], "lanpatch-signer", "{line}");
+            crate::support::signer(dir, &argv[1..]).ok();
+        }
+        wait_for_titles(&c, &format!("{rollouts}&status=done"), &["tool 2", "tool 1"]).await;
+        assert!(text_of(&c, &format!("section#release-{v1_hash} h2")).await.contains("yanked"));
+        c.goto(&format!("{base}/release/{v1_hash}?refresh=0")).await.unwrap();
+        assert!(c.find_all(Locator::Css("#yank")).await.unwrap().is_empty(), "yank lines for a yanked release");
 
         // Inventory search: the tag filter.
         c.goto(&format!("{base}/inventory?tag=kiosk")).await.unwrap();
@@ -278,6 +393,192 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         c.close().await.unwrap();
     });
     drop((till, kiosk, broad));
+}
+
+#[test]
+fn the_rollouts_page_lists_twenty_releases_a_page_newest_first_keeps_its_filters_across_pages_and_answers_bad_filters_with_a_400_page()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(driver) = start_driver(dir) else { return };
+    make_fleet_keys(dir);
+    let admin = crate::fleet::admin(dir, "console_listen = \"127.0.0.1:0\"\nrollout_rings = [\"canary\", \"broad\"]");
+    // 22 versions of tool, then 3 of agent: 25 releases, two pages.
+    let mut bundles = Vec::new();
+    for v in 1..=22 {
+        bundles.push(small_release(dir, "tool", v));
+    }
+    for v in 1..=3 {
+        bundles.push(small_release(dir, "agent", v));
+    }
+    for b in &bundles {
+        admin.publish(b);
+    }
+    let url = console_url(&admin);
+    let base = url.split("/login").next().unwrap().to_string();
+    let token = url.rsplit('=').next().unwrap().to_string();
+    let addr = base.trim_start_matches("http://").to_string();
+
+    // Bad values: a 400 page that names each problem, its text escaped.
+    let bearer = format!("Authorization: Bearer {token}\r\n");
+    for (query, says) in [
+        ("status=bogus", "status &quot;bogus&quot; is none of active, halted, failed, done"),
+        ("page=0", "page &quot;0&quot; is not a page number"),
+        ("page=two", "page &quot;two&quot; is not a page number"),
+        ("product=%3Cb%3Ex%3C%2Fb%3E", "product: product name &quot;&lt;b&gt;x&lt;/b&gt;&quot; contains"),
+        ("ring=a%20b&refresh=soon", "ring: ring name &quot;a b&quot;"),
+        ("page=3", "page 3 is past the last page (2)"),
+    ] {
+        let resp = raw_get(&addr, &format!("/rollouts?{query}"), &bearer);
+        assert!(resp.starts_with("HTTP/1.1 400"), "{query}: {resp}");
+        assert!(resp.contains(says), "{query}: {resp}");
+        assert!(!resp.contains("<b>x"), "{query}: {resp}");
+    }
+    let zero = "00".repeat(32);
+    for (path, code, says) in [
+        ("/release/zz".to_string(), "400", "not a manifest hash"),
+        (format!("/release/{zero}?refresh=soon"), "400", "refresh &quot;soon&quot; is not a number of seconds"),
+        (format!("/release/{zero}"), "404", "knows no release with the manifest"),
+    ] {
+        let resp = raw_get(&addr, &path, &bearer);
+        assert!(resp.starts_with(&format!("HTTP/1.1 {code}")) && resp.contains(says), "{path}: {resp}");
+    }
+    let both = raw_get(&addr, "/rollouts?ring=a%20b&refresh=soon", &bearer);
+    assert!(both.contains("refresh &quot;soon&quot; is not a number of seconds"), "every problem is named: {both}");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = browser(&driver, &dir.join("chromium-profile")).await;
+        c.goto(&url).await.unwrap();
+        let all = format!("{base}/rollouts?refresh=0");
+        wait_for_text(&c, &all, "#rollouts-summary", "25 releases", |t| t == "Releases 1–20 of 25, newest first.")
+            .await;
+        let page1 = release_titles(&c, &all).await;
+        let newest: Vec<String> = ["agent 3", "agent 2", "agent 1"]
+            .into_iter()
+            .map(String::from)
+            .chain((6..=22).rev().map(|v| format!("tool {v}")))
+            .collect();
+        assert_eq!(page1, newest);
+        // Older: the five oldest; no further page.
+        c.find(Locator::Css("nav.pager a.next")).await.unwrap().click().await.unwrap();
+        assert_eq!(texts_of(&c, "section.release h2 a").await, ["tool 5", "tool 4", "tool 3", "tool 2", "tool 1"]);
+        assert!(c.find_all(Locator::Css("a.next")).await.unwrap().is_empty());
+
+        // The product filter, chosen in the form, is kept by the page links both ways.
+        c.goto(&all).await.unwrap();
+        c.find(Locator::Css("select[name='product'] option[value='tool']")).await.unwrap().click().await.unwrap();
+        c.find(Locator::Css("#filters button")).await.unwrap().click().await.unwrap();
+        assert_eq!(text_of(&c, "#rollouts-summary").await, "Releases 1–20 of 22 matching (25 known), newest first.");
+        assert_eq!(texts_of(&c, "section.release h2 a").await.first().map(String::as_str), Some("tool 22"));
+        screenshot(&c, "rollouts-filtered").await;
+        c.find(Locator::Css("nav.pager a.next")).await.unwrap().click().await.unwrap();
+        let at = c.current_url().await.unwrap();
+        assert!(at.query().is_some_and(|q| q.contains("product=tool") && q.contains("page=2")), "{at}");
+        assert_eq!(texts_of(&c, "section.release h2 a").await, ["tool 2", "tool 1"]);
+        c.find(Locator::Css("nav.pager a.prev")).await.unwrap().click().await.unwrap();
+        assert_eq!(text_of(&c, "#rollouts-summary").await, "Releases 1–20 of 22 matching (25 known), newest first.");
+        // Nothing has halted; agent alone is one page.
+        let halted = format!("{base}/rollouts?refresh=0&status=halted");
+        c.goto(&halted).await.unwrap();
+        assert_eq!(text_of(&c, "#rollouts-summary").await, "No release matches these filters.");
+        assert_eq!(release_titles(&c, &format!("{all}&product=agent")).await, ["agent 3", "agent 2", "agent 1"]);
+        assert!(c.find_all(Locator::Css("nav.pager")).await.unwrap().is_empty());
+        // A bad value in the browser: the styled 400 page.
+        c.goto(&format!("{base}/rollouts?status=bogus")).await.unwrap();
+        assert!(text_of(&c, "#problems").await.contains("status \"bogus\" is none of active, halted, failed, done"));
+        assert_eq!(header_colour(&c).await, "rgb(29, 35, 48)");
+        c.close().await.unwrap();
+    });
+}
+
+/// A release of `product` with a small payload, signed by alice and bob.
+fn small_release(dir: &Path, product: &str, version: u32) -> PathBuf {
+    let name = format!("{product}-{version}");
+    let src = dir.join(format!("{name}-src"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("payload.bin"), crate::fleet::payload(4096, u64::from(version))).unwrap();
+    let v = version.to_string();
+    let s = src.display().to_string();
+    let create = [
+        "release",
+        "create",
+        "--product",
+        product,
+        "--version",
+        &v,
+        "--dir",
+        &s,
+        "--install",
+        "sh -c true",
+        "--out",
+        &name,
+    ];
+    crate::support::signer(dir, &create).ok();
+    for k in ["alice.key", "bob.key"] {
+        crate::support::signer(dir, &["release", "sign", "--key", k, &name]).ok();
+    }
+    dir.join(name)
+}
+
+/// The titles ("product version") of the releases `url` lists, in order.
+async fn release_titles(c: &Client, url: &str) -> Vec<String> {
+    c.goto(url).await.expect("load page");
+    texts_of(c, "section.release h2 a").await
+}
+
+/// Loads `url` until the releases it lists are `expected` (the collector's reports arrive by
+/// gossip).
+async fn wait_for_titles(c: &Client, url: &str, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let titles = release_titles(c, url).await;
+        if titles == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {expected:?} at {url}; listed {titles:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The text of every element `css` selects, in order.
+async fn texts_of(c: &Client, css: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in c.find_all(Locator::Css(css)).await.unwrap_or_default() {
+        out.push(e.text().await.expect("text"));
+    }
+    out
+}
+
+/// The page header's computed background: the console's stylesheet applied.
+async fn header_colour(c: &Client) -> String {
+    let v = c.execute("return getComputedStyle(document.querySelector('header')).backgroundColor", vec![]).await;
+    v.expect("computed style").as_str().unwrap_or_default().to_string()
+}
+
+/// A wrapper that runs a node with `<dir>/<name>-run` as /run (it asks for a reboot, for two
+/// packages) and a dpkg status of three packages (root only: a private mount namespace).
+fn fake_run_and_packages(dir: &Path, name: &str) -> Vec<String> {
+    let run = dir.join(format!("{name}-run"));
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("reboot-required"), "*** System restart required ***\n").unwrap();
+    std::fs::write(run.join("reboot-required.pkgs"), "linux-image-6.1.0-30-amd64\nlibc6\n").unwrap();
+    let status = dir.join(format!("{name}.dpkg-status"));
+    std::fs::write(
+        &status,
+        crate::feeds::dpkg_status(&[
+            ("zlib1g", "1:1.2.13.dfsg-1", Some("zlib")),
+            ("libc6", "2.36-9+deb12u4", Some("glibc")),
+            ("openssh-client", "1:9.2p1-2+deb12u2", Some("openssh")),
+        ]),
+    )
+    .unwrap();
+    let script = format!(
+        "mount --bind {} /run && mount --bind {} /var/lib/dpkg/status && exec {{node}} run --config {{config}}",
+        run.display(),
+        status.display()
+    );
+    ["unshare", "--mount", "sh", "-c", &script].map(String::from).to_vec()
 }
 
 /// The manifest hash of the first release on the rollouts page (from its link).
