@@ -439,12 +439,14 @@ fn did_you_mean(message: &str) -> String {
 /// A `webhook_url` the collector can POST to: `http` or `https` (reqwest, already in the node
 /// for origins, speaks TLS through rustls), with a host.
 fn check_webhook_url(url: &str) -> Result<()> {
-    let u = reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("bad webhook_url {url:?}: {e}"))?;
+    // The URL is a secret (a chat tool's token is in its path): errors show its scheme only.
+    let u = reqwest::Url::parse(url)
+        .map_err(|e| anyhow::anyhow!("bad webhook_url (not shown: it may hold a secret): {e}"))?;
     if !matches!(u.scheme(), "http" | "https") {
-        anyhow::bail!("webhook_url {url:?}: the scheme must be http or https, not {:?}", u.scheme());
+        anyhow::bail!("webhook_url: the scheme must be http or https, not {:?}", u.scheme());
     }
     if u.host_str().is_none_or(str::is_empty) {
-        anyhow::bail!("webhook_url {url:?} names no host");
+        anyhow::bail!("webhook_url names no host");
     }
     Ok(())
 }

@@ -28,6 +28,7 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use lanpatch_assess::feedstore::{FeedInfo, FeedStore};
 use lanpatch_assess::vulns::{self, Finding};
+use lanpatch_protocol::commands;
 use lanpatch_protocol::control::{InventoryView, ReportView};
 use lanpatch_protocol::rollout::{self, RingCounts};
 use lanpatch_protocol::{CveId, Hash32, ProductName, PublicKey, ReleaseState, RingName, Severity, debver};
@@ -566,51 +567,24 @@ fn verdict(f: &Fleet, rel: &ReleaseInfo, reports: &[&ReportView]) -> Verdict {
 /// The commands that approve `ring` and publish the approval, one per line: as many approve
 /// keys as the root's approve threshold asks for (the first checks the gate, the others co-sign),
 /// then the publish.
+fn next_commands<'a>(f: &'a Fleet, bundle: &'a str) -> commands::Next<'a> {
+    commands::Next { bundle, node: &f.socket, approve_threshold: f.approve_threshold }
+}
+
 fn approve_command(f: &Fleet, rel: &ReleaseInfo, ring: &RingName, gated: bool) -> String {
-    let rings: Vec<&str> = f.order.iter().map(|r| r.as_str()).collect();
-    let bundle = bundle_placeholder(rel);
-    let n = f.approve_threshold.max(1);
-    let key = |i: u32| approve_key(i, n);
-    let mut lines = vec![if gated {
-        format!(
-            "lanpatch-signer approve --key {} --ring {ring} --rings {} --min-success {} --node {} {bundle}",
-            key(1),
-            rings.join(","),
-            f.min_success,
-            f.socket
-        )
+    let bundle = commands::bundle_placeholder(&rel.product, rel.version);
+    let how = if gated {
+        commands::Approve::Gated { order: &f.order, min_success: f.min_success }
     } else {
-        format!("lanpatch-signer approve --key {} --ring {ring} {bundle}", key(1))
-    }];
-    for i in 2..=n {
-        lines.push(format!("lanpatch-signer approve --key {} --ring {ring} {bundle}", key(i)));
-    }
-    lines.push(format!("lanpatch-signer publish --node {} {bundle}", f.socket));
-    lines.join("\n")
+        commands::Approve::First
+    };
+    commands::approve(&next_commands(f, &bundle), ring, how).join("\n")
 }
 
-fn bundle_placeholder(rel: &ReleaseInfo) -> String {
-    format!("<bundle of {} {}>", rel.product, rel.version)
-}
-
-/// The placeholder of the `i`th of the `n` approve keys a signature needs.
-fn approve_key(i: u32, n: u32) -> String {
-    if n == 1 { "<approve key>".to_string() } else { format!("<approve key {i} of {n}>") }
-}
-
-/// The commands that yank the release, one per line: the first approve key creates the yank
-/// file with the reason (`lanpatch-signer yank` asks for `--reason` only when there is no yank
-/// file yet), each further key the root's approve threshold asks for signs the same file, then
-/// the publish.
+/// The lines that yank a release, one per approve signature the threshold needs, then publish.
 fn yank_command(f: &Fleet, rel: &ReleaseInfo) -> String {
-    let bundle = bundle_placeholder(rel);
-    let n = f.approve_threshold.max(1);
-    let mut lines = vec![format!("lanpatch-signer yank --key {} --reason \"<why>\" {bundle}", approve_key(1, n))];
-    for i in 2..=n {
-        lines.push(format!("lanpatch-signer yank --key {} {bundle}", approve_key(i, n)));
-    }
-    lines.push(format!("lanpatch-signer publish --node {} {bundle}", f.socket));
-    lines.join("\n")
+    let bundle = commands::bundle_placeholder(&rel.product, rel.version);
+    commands::yank(&next_commands(f, &bundle), false).join("\n")
 }
 
 /// The link to a node's page, for a key that parses (a key a report or inventory names).

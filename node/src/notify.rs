@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lanpatch_protocol::commands;
 use lanpatch_protocol::control::ReportView;
 use lanpatch_protocol::rollout::{self, FailureFigures, RingReport};
 use lanpatch_protocol::{Hash32, ReleaseState, Report, RingName, RolloutRules, Signed, Timestamp};
@@ -156,15 +157,6 @@ impl Counted {
     }
 }
 
-fn bundle(product: &str, version: u64) -> String {
-    format!("<bundle of {product} {version}>")
-}
-
-/// `key(i)` as the console names the approve keys of a threshold of `n`.
-fn approve_key(i: u32, n: u32) -> String {
-    if n <= 1 { "<approve key>".to_string() } else { format!("<approve key {i} of {n}>") }
-}
-
 /// The last lines of a node's output on one line, cut to [`OUTPUT_BYTES`] (its end kept).
 fn output_tail(detail: &str) -> String {
     let tail = rollout::last_lines(detail, OUTPUT_LINES);
@@ -175,12 +167,23 @@ fn output_tail(detail: &str) -> String {
     format!("…{}", &tail[start..])
 }
 
+/// Failure events per node and release: one per attempt, for this many attempts (the retry rule
+/// allows at most `approval::MAX_RETRIES` + 1 per approval; replacements add more).
+const MAX_FAILURE_ATTEMPTS: u32 = 32;
+
 /// Every event true of `reports` and `releases` now (each carries its id), in a stable order:
 /// failures, then halts, then passing gates.
 pub fn events(ctx: &Context, releases: &[Release], reports: &[Counted], wanted: &[WebhookEvent]) -> Vec<Body> {
     let mut out = Vec::new();
     if wanted.contains(&WebhookEvent::Failure) {
-        let mut failing: Vec<&Counted> = reports.iter().filter(|r| r.view.state.is_failure()).collect();
+        // Only releases this collector trusts, and only the first attempts of each: a member
+        // cannot mint events (and fill the outbox) by reporting made-up manifests or attempts.
+        let trusted: std::collections::HashSet<String> = releases.iter().map(|r| r.hash.to_hex()).collect();
+        let mut failing: Vec<&Counted> = reports
+            .iter()
+            .filter(|r| r.view.state.is_failure() && r.attempt < MAX_FAILURE_ATTEMPTS)
+            .filter(|r| trusted.contains(&r.view.manifest))
+            .collect();
         failing.sort_by_key(|r| r.view.at);
         out.extend(failing.into_iter().map(|r| failure(ctx, r)));
     }
@@ -207,15 +210,21 @@ pub fn events(ctx: &Context, releases: &[Release], reports: &[Counted], wanted: 
     out
 }
 
+/// A name a node chose, for a chat message: in a code span (no mention, no link), with the
+/// characters chat tools treat as markup (`<`, `>`, `&`, backticks) escaped or replaced.
+fn chat_safe(name: &str) -> String {
+    name.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('`', "'")
+}
+
 fn failure(ctx: &Context, r: &Counted) -> Body {
     let v = &r.view;
     let output = output_tail(&v.detail);
     let exit = v.exit_code.map(|c| format!(", exit {c}")).unwrap_or_default();
     let mut text = format!(
-        "lanpatch: {} {} failed on {} (ring {}, attempt {}): {}{exit}",
+        "lanpatch: {} {} failed on `{}` (ring {}, attempt {}): {}{exit}",
         v.product,
         v.version,
-        v.hostname,
+        chat_safe(&v.hostname),
         v.ring,
         r.attempt + 1,
         v.state
@@ -248,20 +257,18 @@ fn failure(ctx: &Context, r: &Counted) -> Body {
 }
 
 fn halt(ctx: &Context, rel: &Release, ring: &str, issued: Timestamp, figures: FailureFigures) -> Body {
-    let b = bundle(&rel.product, rel.version);
-    let n = ctx.approve_threshold.max(1);
-    // As `lanpatch-signer status` prints them (print_rules), with one approve per required key.
-    let mut resume = vec![format!("lanpatch-signer approve --key {} --ring {ring} --replace {b}", approve_key(1, n))];
-    for i in 2..=n {
-        resume.push(format!("lanpatch-signer approve --key {} --ring {ring} {b}", approve_key(i, n)));
-    }
-    resume.push(format!("lanpatch-signer publish --node {} {b}", ctx.socket));
-    let yank = format!(
-        "lanpatch-signer yank --key <approve key> --reason \"...\" [--rollback] {b} && lanpatch-signer publish --node {} {b}",
-        ctx.socket
-    );
+    let b = commands::bundle_placeholder(&rel.product, rel.version);
+    let next = commands::Next { bundle: &b, node: &ctx.socket, approve_threshold: ctx.approve_threshold };
+    let ring_name: Option<lanpatch_protocol::RingName> = ring.parse().ok();
+    let resume = match &ring_name {
+        Some(r) => {
+            commands::approve(&next, r, commands::Approve::Replace { order: &ctx.order, min_success: ctx.min_success })
+        }
+        None => Vec::new(),
+    };
+    let yank = commands::yank(&next, false).join("\n");
     let command = format!(
-        "# resume (fix first; a new approval counts outcomes afresh):\n{}\n# or yank:\n{yank}",
+        "# resume (fix first; a new approval counts outcomes afresh):\n{}\n# or yank (add --rollback to the first line to roll it back where installed):\n{yank}",
         resume.join("\n")
     );
     let text = format!(
@@ -300,20 +307,10 @@ fn gate_ready(ctx: &Context, rel: &Release, reports: &[&Counted]) -> Option<Body
     let mine: Vec<&ReportView> = reports.iter().map(|r| &r.view).filter(|r| r.ring == prev.as_str()).collect();
     rollout::gate(&mine, ctx.min_success).ok()?;
     let installed = mine.iter().filter(|r| r.state.is_installed()).count();
-    let b = bundle(&rel.product, rel.version);
-    let n = ctx.approve_threshold.max(1);
-    let rings: Vec<&str> = ctx.order.iter().map(|r| r.as_str()).collect();
-    let mut lines = vec![format!(
-        "lanpatch-signer approve --key {} --ring {next} --rings {} --min-success {} --node {} {b}",
-        approve_key(1, n),
-        rings.join(","),
-        ctx.min_success,
-        ctx.socket
-    )];
-    for i in 2..=n {
-        lines.push(format!("lanpatch-signer approve --key {} --ring {next} {b}", approve_key(i, n)));
-    }
-    lines.push(format!("lanpatch-signer publish --node {} {b}", ctx.socket));
+    let b = commands::bundle_placeholder(&rel.product, rel.version);
+    let n = commands::Next { bundle: &b, node: &ctx.socket, approve_threshold: ctx.approve_threshold };
+    let lines =
+        commands::approve(&n, next, commands::Approve::Gated { order: &ctx.order, min_success: ctx.min_success });
     let command = lines.join("\n");
     let text = format!(
         "lanpatch: {} {}: ring {prev} passed the gate ({installed} installed, no failures); ring {next} can be approved:\n```\n{command}\n```",
@@ -488,6 +485,9 @@ async fn watch_fleet(s: &Shared, queued: &Notify) {
 }
 
 /// Why a delivery failed.
+/// Failed attempts after which an entry is dropped (about four hours at the capped backoff).
+const MAX_ATTEMPTS: u32 = 50;
+
 #[derive(Debug, thiserror::Error)]
 enum Refused {
     #[error("{0}")]
@@ -514,6 +514,10 @@ async fn deliver(s: &Shared, url: &reqwest::Url, queued: &Notify) {
     };
     let to = receiver(url);
     let mut backoff = FIRST_BACKOFF;
+    // An entry delivered whose removal from the store failed: removed again, never re-sent.
+    let mut delivered: Option<i64> = None;
+    // Failed attempts at the oldest entry (in memory: a restart gives it a fresh count).
+    let mut attempts: (i64, u32) = (0, 0);
     loop {
         let next = match s.store.next_notification().await {
             Ok(n) => n,
@@ -533,6 +537,23 @@ async fn deliver(s: &Shared, url: &reqwest::Url, queued: &Notify) {
                 _ = queued.notified() => continue,
             }
         };
+        if delivered == Some(entry.seq) {
+            match s.store.delivered_notification(entry.seq).await {
+                Ok(depth) => {
+                    s.metrics.webhook_queue(depth);
+                    delivered = None;
+                }
+                Err(e) => {
+                    tracing::error!(id = %entry.id, "cannot remove a delivered notification: {e:#}");
+                    tokio::select! {
+                        _ = crate::listen::stopped(&mut shutdown) => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+            continue;
+        }
         let sent = tokio::select! {
             _ = crate::listen::stopped(&mut shutdown) => return,
             r = post(&client, url, &entry.body) => r,
@@ -544,11 +565,30 @@ async fn deliver(s: &Shared, url: &reqwest::Url, queued: &Notify) {
                 tracing::debug!(id = %entry.id, receiver = %to, "webhook: delivered");
                 match s.store.delivered_notification(entry.seq).await {
                     Ok(depth) => s.metrics.webhook_queue(depth),
-                    Err(e) => tracing::error!(id = %entry.id, "cannot remove a delivered notification: {e:#}"),
+                    Err(e) => {
+                        tracing::error!(id = %entry.id, "cannot remove a delivered notification: {e:#}");
+                        delivered = Some(entry.seq);
+                    }
                 }
             }
             Err(e) => {
                 s.metrics.webhook_failed();
+                attempts = if attempts.0 == entry.seq { (entry.seq, attempts.1 + 1) } else { (entry.seq, 1) };
+                // A refusal that will not change (a 4xx but timeout and rate limit), or an entry
+                // that failed MAX_ATTEMPTS times, must not hold up everything queued behind it.
+                let permanent = matches!(e, Refused::Status { status, .. } if (400..500).contains(&status) && status != 408 && status != 429);
+                if permanent || attempts.1 >= MAX_ATTEMPTS {
+                    tracing::error!(id = %entry.id, receiver = %to, attempts = attempts.1, "webhook: dropped after: {e}");
+                    s.metrics.webhook_dropped(1);
+                    match s.store.delivered_notification(entry.seq).await {
+                        Ok(depth) => s.metrics.webhook_queue(depth),
+                        Err(e) => {
+                            tracing::error!(id = %entry.id, "cannot remove a dropped notification: {e:#}");
+                            delivered = Some(entry.seq);
+                        }
+                    }
+                    continue;
+                }
                 tracing::warn!(id = %entry.id, receiver = %to, retry_in = ?backoff, "webhook: delivery failed: {e}");
                 tokio::select! {
                     _ = crate::listen::stopped(&mut shutdown) => return,
@@ -569,7 +609,9 @@ async fn post(client: &reqwest::Client, url: &reqwest::Url, body: &str) -> Resul
         .body(body.to_string())
         .send()
         .await
-        .map_err(|e| Refused::Request(chain(&e)))?;
+        // Without the URL: a chat tool's webhook URL is its secret, and reqwest's errors end
+        // with it.
+        .map_err(|e| Refused::Request(chain(&e.without_url())))?;
     let status = resp.status();
     if status.is_success() {
         return Ok(());
@@ -600,6 +642,36 @@ fn chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use lanpatch_protocol::lifecycle::FailReason;
+
+    #[test]
+    fn a_host_name_cannot_mention_or_link_in_a_chat_message() {
+        assert_eq!(chat_safe("<!channel> & <http://x|y> `z`"), "&lt;!channel&gt; &amp; &lt;http://x|y&gt; 'z'");
+    }
+
+    #[test]
+    fn a_refused_connection_is_logged_without_the_webhook_url() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        // A port nothing listens on: the error reqwest gives names the URL unless stripped.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url: reqwest::Url = format!("http://127.0.0.1:{port}/hooks/SECRET-TOKEN").parse().unwrap();
+        let client = reqwest::Client::new();
+        let err = rt.block_on(post(&client, &url, "{}")).unwrap_err().to_string();
+        assert!(!err.contains("SECRET-TOKEN") && !err.contains("/hooks"), "{err}");
+    }
+
+    #[test]
+    fn failures_of_releases_the_collector_does_not_trust_or_past_the_attempt_cap_give_no_event() {
+        let m = Hash32::of(b"trusted");
+        let rel = release(&m, &["canary"], 2000, 100);
+        let made_up =
+            report("n1", "canary", &Hash32::of(b"made up"), ReleaseState::Failed(FailReason::CommandFailed), 0);
+        let past_cap =
+            report("n2", "canary", &m, ReleaseState::Failed(FailReason::CommandFailed), MAX_FAILURE_ATTEMPTS);
+        let real = report("n3", "canary", &m, ReleaseState::Failed(FailReason::CommandFailed), 1);
+        let ev = events(&ctx(), &[rel], &[made_up, past_cap, real], &[WebhookEvent::Failure]);
+        let hosts: Vec<_> = ev.iter().filter_map(|b| b.host.clone()).collect();
+        assert_eq!(hosts, ["n3"]);
+    }
 
     fn report(host: &str, ring: &str, manifest: &Hash32, state: ReleaseState, attempt: u32) -> Counted {
         Counted {
@@ -652,7 +724,7 @@ mod tests {
         assert_eq!(kinds, [WebhookEvent::Failure, WebhookEvent::Halt], "{all:#?}");
         let f = &all[0];
         assert_eq!((f.host.as_deref(), f.attempt, f.state), (Some("n1"), Some(0), Some(failed)));
-        assert!(f.text.contains("tool 3 failed on n1 (ring canary, attempt 1)"), "{}", f.text);
+        assert!(f.text.contains("tool 3 failed on `n1` (ring canary, attempt 1)"), "{}", f.text);
         assert!(!f.text.contains("```@"), "the output cannot close the code span: {}", f.text);
         let h = &all[1];
         assert_eq!(h.failure_rate, Some(Rate { failed: 1, counted: 2, max_failure_bp: 2000, min_reports: 2 }));
@@ -663,13 +735,13 @@ mod tests {
             )
         );
         assert!(cmd.contains("lanpatch-signer approve --key <approve key 2 of 2> --ring canary <bundle of tool 3>"));
-        assert!(cmd.contains("lanpatch-signer yank --key <approve key>"), "{cmd}");
+        assert!(cmd.contains("lanpatch-signer yank --key <approve key 1 of 2> --reason \"<why>\" <bundle of tool 3>\nlanpatch-signer yank --key <approve key 2 of 2> <bundle of tool 3>"), "{cmd}");
         // The same state again is the same ids; the next attempt's failure is a new event.
         let again = events(&ctx(), std::slice::from_ref(&rel), &reports, &WebhookEvent::ALL);
         assert_eq!(again.iter().map(|b| &b.id).collect::<Vec<_>>(), all.iter().map(|b| &b.id).collect::<Vec<_>>());
         let retried =
             [report("n1", "canary", &m, ReleaseState::RolledBack(lanpatch_protocol::RollbackCause::InstallFailed), 1)];
-        let next = events(&ctx(), &[], &retried, &[WebhookEvent::Failure]);
+        let next = events(&ctx(), std::slice::from_ref(&rel), &retried, &[WebhookEvent::Failure]);
         assert_ne!(next[0].id, f.id);
         // Only the events asked for.
         assert!(events(&ctx(), &[rel], &reports, &[WebhookEvent::GateReady]).is_empty(), "a failure shuts the gate");

@@ -50,13 +50,23 @@ pub fn evictable(held: &[Held], keep_versions: usize) -> Vec<Hash32> {
     out.into_iter().map(|h| h.manifest).collect()
 }
 
-/// The releases (manifest hashes, hex) some node reports it is still getting: queued or
-/// downloading. Pure.
-pub fn still_fetched<'a>(reports: impl IntoIterator<Item = (&'a str, ReleaseState)>) -> HashSet<String> {
+/// How long a report of a node still fetching a release keeps it on the collector: a node gone
+/// for longer (offline mid-download, or lying) no longer pins it.
+pub const FETCH_REPORT_FRESH_SECS: u64 = 86_400;
+
+/// The releases (manifest hashes, hex) some node's recent report says it still needs to fetch:
+/// known but not started, queued, downloading, or failed for a cause a retry may clear.
+/// Reports are (manifest, state, time); `now` in the same seconds. Pure.
+pub fn still_fetched<'a>(reports: impl IntoIterator<Item = (&'a str, ReleaseState, u64)>, now: u64) -> HashSet<String> {
     reports
         .into_iter()
-        .filter(|(_, st)| matches!(st, ReleaseState::Queued | ReleaseState::Downloading))
-        .map(|(m, _)| m.to_string())
+        .filter(|(_, _, at)| now.saturating_sub(*at) < FETCH_REPORT_FRESH_SECS)
+        .filter(|(_, st, _)| match st {
+            ReleaseState::Available | ReleaseState::Queued | ReleaseState::Downloading => true,
+            ReleaseState::Failed(f) => f.is_transient(),
+            _ => false,
+        })
+        .map(|(m, _, _)| m.to_string())
         .collect()
 }
 
@@ -91,7 +101,8 @@ pub async fn make_room(s: &Shared, need: u64, protect: &[Hash32]) -> Result<u64>
     // the fleet does not hold it yet, and this node may hold the only copy.
     if s.cfg.collector && !order.is_empty() {
         let reports = crate::fleetview::fleet_reports(s).await?;
-        let wanted = still_fetched(reports.iter().map(|r| (r.manifest.as_str(), r.state)));
+        let now = crate::clock::now().0;
+        let wanted = still_fetched(reports.iter().map(|r| (r.manifest.as_str(), r.state, r.at)), now);
         order.retain(|m| !wanted.contains(&m.to_hex()));
     }
     let kept: HashSet<Hash32> = all
@@ -234,14 +245,24 @@ mod tests {
     use lanpatch_protocol::FailReason;
 
     #[test]
-    fn a_release_some_node_still_downloads_is_still_fetched_and_finished_ones_are_not() {
-        let wanted = still_fetched([
-            ("aa", ReleaseState::Downloading),
-            ("bb", ReleaseState::Installed),
-            ("cc", ReleaseState::Queued),
-            ("bb", ReleaseState::Waiting(lanpatch_protocol::WaitReason::NotApproved)),
-        ]);
-        assert_eq!(wanted, HashSet::from(["aa".to_string(), "cc".to_string()]));
+    fn a_release_some_node_still_needs_is_still_fetched_and_finished_or_stale_ones_are_not() {
+        let now = 1_000_000;
+        let wanted = still_fetched(
+            [
+                ("aa", ReleaseState::Downloading, now - 10),
+                ("bb", ReleaseState::Installed, now),
+                ("cc", ReleaseState::Queued, now),
+                ("bb", ReleaseState::Waiting(lanpatch_protocol::WaitReason::NotApproved), now),
+                ("dd", ReleaseState::Failed(FailReason::DownloadError), now),
+                ("ee", ReleaseState::Failed(FailReason::CommandFailed), now),
+                ("ff", ReleaseState::Available, now),
+                // Gone for more than a day mid-download: no longer pins the release.
+                ("gg", ReleaseState::Downloading, now - FETCH_REPORT_FRESH_SECS),
+            ],
+            now,
+        );
+        let want: HashSet<String> = ["aa", "cc", "dd", "ff"].map(String::from).into();
+        assert_eq!(wanted, want);
     }
 
     fn h(version: u64, state: ReleaseState, yanked: bool) -> Held {

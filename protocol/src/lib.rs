@@ -14,6 +14,7 @@
 
 pub mod approval;
 pub mod bundle;
+pub mod commands;
 pub mod control;
 pub mod debver;
 pub mod encoding;

@@ -325,6 +325,41 @@ pub fn last_lines(s: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_state_counts_in_exactly_one_field_and_waiting_not_targeted_and_skipped_stay_apart() {
+        use crate::lifecycle::{FailReason, SkipReason, WaitReason};
+        let mut c = RingCounts::default();
+        for s in ReleaseState::every() {
+            c.add(s);
+        }
+        let total = c.installed
+            + c.failed
+            + c.rolled_back_by_yank
+            + c.not_targeted
+            + c.skipped
+            + c.halted
+            + c.waiting_for_approval
+            + c.waiting
+            + c.in_progress;
+        assert_eq!(total, ReleaseState::every().len());
+        let one = |s: ReleaseState| {
+            let mut c = RingCounts::default();
+            c.add(s);
+            c
+        };
+        assert_eq!(one(ReleaseState::Waiting(WaitReason::NotApproved)).waiting_for_approval, 1);
+        assert_eq!(one(ReleaseState::Waiting(WaitReason::OutsideWindow)).waiting, 1);
+        assert_eq!(one(ReleaseState::Skipped(SkipReason::NotTargeted)).not_targeted, 1);
+        assert_eq!(one(ReleaseState::Skipped(SkipReason::Yanked)).skipped, 1);
+        assert_eq!(one(ReleaseState::Failed(FailReason::DiskFull)).failed, 1);
+        assert_eq!(one(ReleaseState::Queued).in_progress, 1);
+        let mut c = RingCounts::default();
+        c.add(ReleaseState::Installed);
+        c.add(ReleaseState::Waiting(WaitReason::NotApproved));
+        assert_eq!(c.describe(), "installed 1, waiting for approval 1");
+        assert_eq!(RingCounts::default().describe(), "no reports");
+    }
     use crate::lifecycle::FailReason;
 
     /// Over 64 releases (fixed, so the test is deterministic: the partition is a hash, and a

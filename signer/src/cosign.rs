@@ -89,7 +89,8 @@ pub fn bundle_state(dir: &Path, root: &Root, limits: &Limits) -> Result<BundleSt
     rings.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
     for (ring, path) in rings {
         let a = bundle::load::<Approval>(&path, limits)?;
-        if a.value().manifest == manifest.payload_hash() {
+        // The ring is the signed one; a file named after another ring is not that ring's approval.
+        if a.value().manifest == manifest.payload_hash() && a.value().ring == ring {
             items.push(Standing::of(Item::Approval(ring), Role::Approve, a.envelope(), root));
         }
     }
@@ -113,7 +114,10 @@ impl KeyNames {
         let mut names = BTreeMap::new();
         for dir in dirs {
             let Ok(entries) = std::fs::read_dir(dir) else { continue };
-            for e in entries.flatten() {
+            // In name order, the root's directory first: the same key always gets the same name.
+            let mut entries: Vec<std::fs::DirEntry> = entries.flatten().collect();
+            entries.sort_by_key(|e| e.file_name());
+            for e in entries {
                 let path = e.path();
                 let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".pub")) else {
                     continue;
@@ -131,8 +135,12 @@ impl KeyNames {
         KeyNames(names)
     }
 
+    /// A key's name, quoted for a shell when it needs it (it is a file name someone chose).
     pub fn name(&self, k: &PublicKey) -> String {
-        self.0.get(k).cloned().unwrap_or_else(|| k.short())
+        match self.0.get(k) {
+            Some(n) => shlex::try_quote(n).map(|q| q.into_owned()).unwrap_or_else(|_| k.short()),
+            None => k.short(),
+        }
     }
 
     /// What goes after `--key` for one of `candidates`: the key file when there is one choice
@@ -177,7 +185,9 @@ pub fn sign_command(s: &Standing, names: &KeyNames, dir: &Path) -> String {
 pub fn describe(s: &Standing, names: &KeyNames) -> String {
     let who: Vec<String> = s.signed_by.iter().map(|k| names.name(k)).collect();
     let by = if who.is_empty() { "nobody".to_string() } else { who.join(", ") };
-    if s.complete() {
+    if s.threshold == 0 {
+        format!("{}: the trust root has no {} role: nodes will not accept it", s.item, s.role)
+    } else if s.complete() {
         format!("{}: signed by {by} ({} of {}): complete", s.item, s.signed_by.len(), s.threshold)
     } else {
         format!(

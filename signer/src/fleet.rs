@@ -283,7 +283,13 @@ pub struct ReleaseSummary<'a> {
 }
 
 /// `lanpatch-signer status`.
-pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool) -> Result<()> {
+/// The rollout order and gate policy `status` prints resume commands for.
+pub struct Order<'a> {
+    pub rings: &'a [RingName],
+    pub min_success: usize,
+}
+
+pub fn status(socket: &Path, bundle: Option<&Path>, order: &Order<'_>, limits: &Limits, json: bool) -> Result<()> {
     let filter = match bundle {
         Some(b) => {
             Some(bundle::load::<ReleaseManifest>(&Bundle::new(b).manifest_path(), limits)?.payload_hash().to_hex())
@@ -360,7 +366,11 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
             if let (Some(a), Some(b)) = (approvals.as_ref().and_then(|ap| ap.get(ring)), bundle)
                 && let Some(rules) = &a.rules
             {
-                print_rules(s, ring, a, rules, socket, b);
+                // The approve threshold from ./root.lpr when there is one, for one line per key.
+                let threshold = crate::cosign::load_root(None, limits)
+                    .map(|(_, r)| r.value().keys(Role::Approve).threshold)
+                    .unwrap_or(1);
+                print_rules(s, ring, a, rules, (socket, b), order, threshold);
             }
         }
         let failing: Vec<&&ReportView> = s.nodes.iter().filter(|r| r.state.is_failure()).collect();
@@ -386,11 +396,18 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
         // what the admin does about it, if anything.
         let others =
             s.nodes.iter().filter(|r| !r.state.is_failure() && !r.state.is_installed() && !r.state.is_not_targeted());
+        // Grouped by state, so a halted ring of 200 nodes is one line and one next step.
+        let mut by_state: BTreeMap<String, (Vec<String>, Option<&str>)> = BTreeMap::new();
         for r in others {
             let wave = s.waves.get(r.node.as_str()).map(|w| format!(" wave {w}")).unwrap_or_default();
-            match r.state.next_step() {
-                Some(step) => println!("  {} [{}{wave}]: {} (next: {step})", r.hostname, r.ring, r.state),
-                None => println!("  {} [{}{wave}]: {}", r.hostname, r.ring, r.state),
+            let e = by_state.entry(r.state.label()).or_insert_with(|| (Vec::new(), r.state.next_step()));
+            e.0.push(format!("{} [{}{wave}]", r.hostname, r.ring));
+        }
+        for (state, (mut hosts, step)) in by_state {
+            hosts.sort();
+            println!("  {state}: {}", hosts.join(", "));
+            if let Some(step) = step {
+                println!("    next: {step}");
             }
         }
     }
@@ -399,7 +416,16 @@ pub fn status(socket: &Path, bundle: Option<&Path>, limits: &Limits, json: bool)
 
 /// A ring's rollout rules against its reports: the failure rate and the threshold, the waves,
 /// and the commands that resume (a new approval counts afresh) or yank.
-fn print_rules(s: &ReleaseSummary, ring: &str, a: &Approval, rules: &RolloutRules, socket: &Path, bundle: &Path) {
+fn print_rules(
+    s: &ReleaseSummary,
+    ring: &str,
+    a: &Approval,
+    rules: &RolloutRules,
+    (socket, bundle): (&Path, &Path),
+    order: &Order<'_>,
+    approve_threshold: u32,
+) {
+    let (order, min_success) = (order.rings, order.min_success);
     let reports: Vec<rollout::RingReport> =
         s.nodes.iter().filter(|r| r.ring == ring).filter_map(|r| rollout::RingReport::from_view(r)).collect();
     let f = rollout::failure_figures(rules, a.issued, &reports);
@@ -418,15 +444,19 @@ fn print_rules(s: &ReleaseSummary, ring: &str, a: &Approval, rules: &RolloutRule
     let verdict = if f.halts() { "HALTED" } else { "below the threshold" };
     println!("    failure rate: {} ({verdict})", f.explain());
     if f.halts() {
-        let b = bundle.display();
-        println!(
-            "    resume (fix first; a new approval counts outcomes afresh): lanpatch-signer approve --key <approve key> --ring {ring} --replace {b} && lanpatch-signer publish --node {} {b}",
-            socket.display()
-        );
-        println!(
-            "    or yank: lanpatch-signer yank --key <approve key> --reason \"...\" [--rollback] {b} && lanpatch-signer publish --node {} {b}",
-            socket.display()
-        );
+        let (b, node) = (bundle.display().to_string(), socket.display().to_string());
+        let next = lanpatch_protocol::commands::Next { bundle: &b, node: &node, approve_threshold };
+        println!("    resume (fix first; a new approval counts outcomes afresh):");
+        if let Ok(r) = ring.parse::<RingName>() {
+            let how = lanpatch_protocol::commands::Approve::Replace { order, min_success };
+            for l in lanpatch_protocol::commands::approve(&next, &r, how) {
+                println!("      {l}");
+            }
+        }
+        println!("    or yank (add --rollback to its first line to roll it back where it is installed):");
+        for l in lanpatch_protocol::commands::yank(&next, false) {
+            println!("      {l}");
+        }
     }
 }
 

@@ -153,7 +153,13 @@ fn print_bundle(
                 Ok(_) if !has_file => {
                     let key = names.key_arg(Role::Approve, approve_keys);
                     lines.push(format!("ring {ring}: the gate is open (ring {prev} passed); its approval waits"));
-                    next.push(format!("lanpatch-signer approve --key {key} --ring {ring} --node {node} {}", sh(dir)));
+                    let order: Vec<&str> = a.rings.iter().map(|r| r.as_str()).collect();
+                    next.push(format!(
+                        "lanpatch-signer approve --key {key} --ring {ring} --rings {} --min-success {} --node {node} {}",
+                        order.join(","),
+                        a.min_success,
+                        sh(dir)
+                    ));
                 }
                 Ok(_) => {}
                 Err(why) => lines.push(format!("ring {ring}: gate closed: {why:#}")),

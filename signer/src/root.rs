@@ -220,7 +220,7 @@ fn sign(key: &Path, file: &Path, ctx: &Ctx) -> Result<()> {
         println!("next, by another root key holder: lanpatch-signer root sign --key <root key> {}", file.display());
     } else if root.value().version.0 == 1 {
         println!(
-            "next: install {} on every node as /etc/lanpatch/root.lpr (node.toml `root`), mode 0644",
+            "next: install {} on every node as /etc/lanpatch/root.lpr (node.toml `trust_root`), mode 0644",
             file.display()
         );
     } else {

@@ -16,10 +16,17 @@ pub struct StatusArgs {
     /// Print JSON for scripts.
     #[arg(long)]
     pub json: bool,
+    /// The rollout order (as `approve --rings`), for the resume commands of a halted ring.
+    #[arg(long, value_delimiter = ',', default_value = "canary,pilot,broad")]
+    pub rings: Vec<lanpatch_protocol::RingName>,
+    /// As `approve --min-success`, for the resume commands of a halted ring.
+    #[arg(long, default_value_t = 1)]
+    pub min_success: usize,
     /// Only this release (a bundle directory).
     pub bundle: Option<PathBuf>,
 }
 
 pub fn run(a: StatusArgs, ctx: &Ctx) -> Result<()> {
-    fleet::status(&a.node, a.bundle.as_deref(), &ctx.limits, a.json)
+    let order = fleet::Order { rings: &a.rings, min_success: a.min_success };
+    fleet::status(&a.node, a.bundle.as_deref(), &order, &ctx.limits, a.json)
 }

@@ -403,13 +403,19 @@ fn the_rollouts_page_lists_twenty_releases_a_page_newest_first_keeps_its_filters
     let Some(driver) = start_driver(dir) else { return };
     make_fleet_keys(dir);
     let admin = crate::fleet::admin(dir, "console_listen = \"127.0.0.1:0\"\nrollout_rings = [\"canary\", \"broad\"]");
-    // 22 versions of tool, then 3 of agent: 25 releases, two pages.
+    // 3 versions of agent, then (a second later, so no creation time ties) 22 of tool: 25
+    // releases, two pages. Newest first puts tool before agent, against the alphabet.
     let mut bundles = Vec::new();
-    for v in 1..=22 {
-        bundles.push(small_release(dir, "tool", v));
-    }
     for v in 1..=3 {
         bundles.push(small_release(dir, "agent", v));
+    }
+    let secs = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let agents_done = secs();
+    while secs() == agents_done {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for v in 1..=22 {
+        bundles.push(small_release(dir, "tool", v));
     }
     for b in &bundles {
         admin.publish(b);
@@ -454,15 +460,11 @@ fn the_rollouts_page_lists_twenty_releases_a_page_newest_first_keeps_its_filters
         wait_for_text(&c, &all, "#rollouts-summary", "25 releases", |t| t == "Releases 1–20 of 25, newest first.")
             .await;
         let page1 = release_titles(&c, &all).await;
-        let newest: Vec<String> = ["agent 3", "agent 2", "agent 1"]
-            .into_iter()
-            .map(String::from)
-            .chain((6..=22).rev().map(|v| format!("tool {v}")))
-            .collect();
+        let newest: Vec<String> = (3..=22).rev().map(|v| format!("tool {v}")).collect();
         assert_eq!(page1, newest);
         // Older: the five oldest; no further page.
         c.find(Locator::Css("nav.pager a.next")).await.unwrap().click().await.unwrap();
-        assert_eq!(texts_of(&c, "section.release h2 a").await, ["tool 5", "tool 4", "tool 3", "tool 2", "tool 1"]);
+        assert_eq!(texts_of(&c, "section.release h2 a").await, ["tool 2", "tool 1", "agent 3", "agent 2", "agent 1"]);
         assert!(c.find_all(Locator::Css("a.next")).await.unwrap().is_empty());
 
         // The product filter, chosen in the form, is kept by the page links both ways.

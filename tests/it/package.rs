@@ -214,6 +214,8 @@ fn debian_packages_install_with_their_modes_run_under_the_installed_config_and_p
     for p in PACKAGE_PATHS {
         assert!(fs::symlink_metadata(p).is_err(), "{p} is left after purge");
     }
+    let overrides = run(Command::new("dpkg-statoverride").args(["--list", "/etc/lanpatch/node.toml"]));
+    assert_ne!(overrides.code, Some(0), "purge left node.toml's stat override: {}", overrides.stdout);
     // The system group stays, so its gid is never handed to another group.
     assert_eq!(run(Command::new("getent").args(["group", "lanpatch"])).code, Some(0), "purge deleted the group");
     assert_eq!(installed_version("lanpatch-node"), None);
@@ -284,6 +286,8 @@ fn a_release_carrying_a_newer_node_package_upgrades_the_node_which_execs_into_it
     assert!(node.release_state("lanpatch-node", 2).is_some_and(|s| s.is_installed()));
     let log = fs::read_to_string(node.dir.join("node.log")).unwrap();
     assert!(log.contains("restarting into the upgraded /usr/bin/lanpatch-node"), "{log}");
+    // The upgrade kept node.toml's owner and mode (its stat override).
+    assert_eq!(mode_of("/etc/lanpatch/node.toml"), (0o640, 0, "lanpatch".into()));
     // Reported: the inventory on the collector shows the new package version.
     wait_for_node(&node, Duration::from_secs(60), "the inventory with the new version", || {
         let inv = signer(

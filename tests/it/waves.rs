@@ -197,7 +197,7 @@ fn failures_in_the_first_wave_halt_the_rest_of_the_ring_before_it_installs_and_a
     let text = signer(dir, &["status", "--node", &sock, v1.to_str().unwrap()]).stdout;
     assert!(text.contains("failure rate:") && text.contains("(HALTED)"), "{text}");
     assert!(
-        text.contains("resume (fix first; a new approval counts outcomes afresh): lanpatch-signer approve"),
+        text.contains("resume (fix first; a new approval counts outcomes afresh):\n      lanpatch-signer approve --key <approve key 1 of 2> --ring broad --replace"),
         "{text}"
     );
 
