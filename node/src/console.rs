@@ -225,6 +225,7 @@ pub async fn serve(s: Arc<Shared>, listener: tokio::net::TcpListener, token: Str
     let app = axum::Router::new()
         .route("/", get(fleet_page))
         .route("/rollouts", get(rollouts_page))
+        .route("/pending", get(pending_page))
         .route("/release/{manifest}", get(release_page))
         .route("/hosts/{node}", get(host_page))
         .route("/inventory", get(inventory_page))
@@ -661,7 +662,7 @@ fn page_markup(title: &str, nav: Option<&str>, refresh: u32, body: Markup) -> Ma
                     span.brand { "lanpatch" }
                     @if let Some(current) = nav {
                         nav {
-                            @for (href, name) in [("/", "Fleet"), ("/rollouts", "Rollouts"), ("/inventory", "Inventory"), ("/exposure", "Exposure")] {
+                            @for (href, name) in [("/", "Fleet"), ("/pending", "Waiting for you"), ("/rollouts", "Rollouts"), ("/inventory", "Inventory"), ("/exposure", "Exposure")] {
                                 a href=(href) class=@if name == current { "current" } { (name) }
                             }
                             a.logout href="/logout" { "Log out" }
@@ -716,8 +717,12 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
+/// A node's state, and beside a waiting or failed one what the admin does about it.
 fn state_cell(state: ReleaseState) -> Markup {
-    html! { span class={ "state " (state.kind_name()) } { (state) } }
+    html! {
+        span class={ "state " (state.kind_name()) } { (state) }
+        @if let Some(step) = state.next_step() { br; span.next { "Next: " (step) } }
+    }
 }
 
 /// One row of the fleet page: a node as its inventory and reports describe it.
@@ -941,6 +946,72 @@ fn bad_request(nav: &str, problems: &[String], back: (&str, &str)) -> Response {
     (StatusCode::BAD_REQUEST, page("Bad request", Some(nav), body)).into_response()
 }
 
+/// What waits for an admin, newest release first: a first ring to approve, a gate that passes
+/// (and its approve lines), a halted ring (resume or yank), failed nodes (each with its next
+/// step). The console's side of `lanpatch-signer pending`, which also sees signatures that
+/// have not reached this node yet.
+async fn pending_page(State(c): State<Console>, RawQuery(raw): RawQuery) -> Response {
+    let refresh = match query_params(raw.as_deref()).and_then(|q| refresh_param(&q)) {
+        Ok(r) => r.unwrap_or(10),
+        Err(e) => return bad_request("Waiting for you", &[e], ("/pending", "Waiting for you")),
+    };
+    let f = match Fleet::load(&c.s).await {
+        Ok(f) => f,
+        Err(e) => return internal_error(e),
+    };
+    let mut items: Vec<Markup> = Vec::new();
+    for rel in f.releases.iter().filter(|r| r.trusted && !r.yanked) {
+        let reports = f.reports_for(&rel.hash);
+        let verdict = verdict(&f, rel, &reports);
+        let halted: Vec<&String> = rel
+            .rules
+            .iter()
+            .filter(|(ring, (rules, issued))| {
+                let rr: Vec<rollout::RingReport> = reports
+                    .iter()
+                    .filter(|r| r.ring == **ring)
+                    .filter_map(|r| rollout::RingReport::from_view(r))
+                    .collect();
+                rollout::failure_figures(rules, *issued, &rr).halts()
+            })
+            .map(|(ring, _)| ring)
+            .collect();
+        let failed: Vec<&&ReportView> = reports.iter().filter(|r| r.state.is_failure()).collect();
+        let gate_waits = matches!(verdict, Verdict::FirstRing(_) | Verdict::Pass { .. });
+        if !gate_waits && halted.is_empty() && failed.is_empty() {
+            continue;
+        }
+        let bundle = commands::bundle_placeholder(&rel.product, rel.version);
+        let next = next_commands(&f, &bundle);
+        items.push(html! {
+            section.release.pending data-release=(format!("{} {}", rel.product, rel.version)) {
+                h2 { a href={ "/release/" (rel.hash.to_hex()) } { (rel.product) " " (rel.version) } }
+                @if gate_waits { (verdict_markup(&f, rel, &verdict)) }
+                @for ring in &halted {
+                    @let how = ring.parse::<RingName>().ok().map(|r| commands::approve(&next, &r, commands::Approve::Replace { order: &f.order, min_success: f.min_success }));
+                    p.verdict.refused data-halted=(ring) { "Ring " b { (ring) } " is halted: its failure rate crossed the approval's threshold. Fix the cause, then approve again (counts afresh), or yank." }
+                    @if let Some(lines) = how { pre.command.resume { (lines.join("\n")) } }
+                    pre.command.yank { (commands::yank(&next, false).join("\n")) }
+                }
+                @if !failed.is_empty() {
+                    p { (failed.len()) " failed node(s):" }
+                    ul.failed {
+                        @for r in &failed {
+                            li { (host_cell(&r.node, &r.hostname)) " [" (r.ring) "]: " (state_cell(r.state)) }
+                        }
+                    }
+                }
+            }
+        });
+    }
+    let body = html! {
+        p.meta { "Signatures that have not reached this node yet (a co-signer's) show in " code { "lanpatch-signer pending" } " on the signing workstation." }
+        @if items.is_empty() { p id="nothing" { "Nothing waits for you: no gate to open, no halted ring, no failed node." } }
+        @for item in items { (item) }
+    };
+    live_page("Waiting for you", "Waiting for you", refresh, body).into_response()
+}
+
 async fn rollouts_page(State(c): State<Console>, RawQuery(raw): RawQuery) -> Response {
     let filter = match RolloutsFilter::parse(raw.as_deref()) {
         Ok(filter) => filter,
@@ -1161,10 +1232,9 @@ async fn release_page(
             @if total == 0 {
                 "No node has reported downloaded bytes yet."
             } @else {
-                (mib(from_peers)) " from peers"
-                @if uploaded > 0 { " (" (mib(uploaded.min(from_peers))) " of it from this collector, the seed)" }
-                ", "
-                (mib(from_origin)) " from origins: peers carried "
+                @let seed = uploaded.min(from_peers);
+                "The nodes fetched " (mib(total)) ": " (mib(seed)) " from this collector (the seed), "
+                (mib(from_peers - seed)) " from other hosts, " (mib(from_origin)) " from origins. The LAN (seed and hosts) carried "
                 (format!("{:.0}", from_peers as f64 * 100.0 / total as f64)) " % of what the nodes fetched."
             }
         }
@@ -1605,6 +1675,7 @@ pre.command { background: #1d2330; color: #e8ecf3; }
 .verdict.pending { border-color: #6aa3ff; }
 td.failed, .state.failed, .state.rolled_back { color: #b42323; font-weight: 600; }
 td.installed, .state.installed { color: #1f7a45; font-weight: 600; }
+.next { color: #4a5366; font-size: .86em; }
 .refused { color: #b42323; }
 .live { color: #8a93a5; font-size: .85em; }
 section.failure h3 { font-size: 1em; margin: 1em 0 .2em; }

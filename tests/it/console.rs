@@ -289,7 +289,7 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         let till_row = text_of(&c, "#nodes tr[data-host='till-1']").await;
         assert!(till_row.contains("installed"), "{till_row}");
         let fanout = text_of(&c, "#fanout").await;
-        assert!(fanout.contains("from peers") && fanout.contains("% of what the nodes fetched"), "{fanout}");
+        assert!(fanout.contains("from other hosts") && fanout.contains("% of what the nodes fetched"), "{fanout}");
         let progress = c.find(Locator::Css("#nodes tr[data-host='till-1'] progress")).await.unwrap();
         assert_eq!(progress.attr("value").await.unwrap(), progress.attr("max").await.unwrap());
         // The headline, first on the page: what the seed (this collector, where v1 was
@@ -325,7 +325,9 @@ fn console_shows_a_live_rollout_the_gate_verdicts_and_failing_output_as_text_and
         // kiosk-3's page: v1 failed there, with its output (as text) and the time.
         c.goto(&format!("{base}{kiosk_page}")).await.unwrap();
         let row = text_of(&c, "#history tr[data-release='tool 1']").await;
-        assert!(row.contains("rolled back (install failed) 3") && row.contains("ago"), "{row}");
+        // The state, what the admin does about it, the exit code, when.
+        assert!(row.contains("rolled back (install failed)\nNext: read the output tail"), "{row}");
+        assert!(row.contains("(or yank) 3") && row.contains("ago"), "{row}");
         let out = text_of(&c, "section.failure[data-release='tool 1'] pre.output").await;
         assert!(out.contains("<script>window.pwned = 1</script>") && out.contains("payment terminal busy"), "{out}");
         assert_eq!(c.execute("return typeof window.pwned", vec![]).await.unwrap().as_str(), Some("undefined"));
@@ -759,3 +761,161 @@ fn console_ranks_exposures_from_the_feed_database_known_exploited_first_and_filt
 
 /// Fails on the host named kiosk-2.
 const FAILS_ON_KIOSK_2: &str = "[ \"$LANPATCH_HOSTNAME\" != kiosk-2 ]\n";
+
+/// The command in a signer's output line that starts with `prefix` (after its "...: "), or a
+/// line the console printed, as an argv: the admin running it fills in only their own key file,
+/// a reason, the admin node's socket and where the bundle is (the console cannot know those).
+fn as_run(line: &str, key: &str, sock: &Path, bundle: &str) -> Vec<String> {
+    let command = match line.split_once(": lanpatch-signer ") {
+        Some((_, c)) => format!("lanpatch-signer {c}"),
+        None => line.trim().to_string(),
+    };
+    // A trailing "(...)" is a comment for people, not part of the command.
+    let mut command = command.split(" (").next().unwrap().to_string();
+    // Each `<...>` placeholder, by what it asks for.
+    while let Some(start) = command.find('<') {
+        let end = start + command[start..].find('>').unwrap_or_else(|| panic!("unclosed < in {command:?}"));
+        let inner = &command[start + 1..end];
+        let fill = if inner.contains("key") {
+            key.to_string()
+        } else if inner.contains("control.sock") {
+            sock.display().to_string()
+        } else if inner == "why" {
+            "breaks the till's printer".to_string()
+        } else if inner.starts_with("bundle of ") {
+            bundle.to_string()
+        } else {
+            panic!("a placeholder an admin could not fill: <{inner}> in {command:?}")
+        };
+        command.replace_range(start..=end, &fill);
+    }
+    let mut argv = shlex::split(&command).unwrap_or_else(|| panic!("unbalanced quotes in {command:?}"));
+    assert_eq!(argv.remove(0), "lanpatch-signer", "{line}");
+    argv
+}
+
+/// The first line of `out` that starts with `prefix`.
+fn printed<'a>(out: &'a str, prefix: &str) -> &'a str {
+    out.lines().map(str::trim).find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix:?} in:\n{out}"))
+}
+
+/// Runs the signer as an admin would, exit 0 required; returns its output.
+fn admin_runs(dir: &Path, argv: &[String]) -> String {
+    let r = crate::support::signer(dir, argv);
+    r.ok();
+    r.stdout
+}
+
+#[test]
+fn two_admins_run_a_two_of_two_rollout_canary_then_broad_and_a_yank_using_only_commands_the_cli_and_the_console_printed()
+ {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let Some(driver) = start_driver(dir) else { return };
+    // Alice and Bob: every role needs both of them.
+    crate::fleet::make_keys(dir, &["alice", "bob"], 2);
+    let admin = crate::fleet::admin(
+        dir,
+        "hostname = \"admin-ws\"\nconsole_listen = \"127.0.0.1:0\"\nrollout_rings = [\"canary\", \"broad\"]",
+    );
+    let c1 =
+        crate::fleet::endpoint(dir, "c1", &admin, "ring = \"canary\"\nhostname = \"till-1\"\ntags = [\"endpoint\"]");
+    let b1 =
+        crate::fleet::endpoint(dir, "b1", &admin, "ring = \"broad\"\nhostname = \"office-7\"\ntags = [\"endpoint\"]");
+    wait_until(Duration::from_secs(30), "mesh", || admin.status().peers.len() == 2);
+    let sock = admin.socket();
+    let src = dir.join("tool-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("install.sh"), INSTALL_OK).unwrap();
+    std::fs::write(src.join("rollback.sh"), ROLLBACK).unwrap();
+    std::fs::write(src.join("payload.bin"), crate::fleet::payload(300_000, 7)).unwrap();
+
+    // Alice packages the release: the one command nobody printed for her.
+    let mut out = admin_runs(
+        dir,
+        &[
+            "release",
+            "create",
+            "--product",
+            "tool",
+            "--version",
+            "1",
+            "--dir",
+            "tool-src",
+            "--install",
+            "sh install.sh",
+            "--rollback",
+            "sh rollback.sh",
+            "--target-tag",
+            "endpoint",
+            "--out",
+            "tool-1",
+        ]
+        .map(String::from),
+    );
+    // From here on each step is the line the previous one printed.
+    out = admin_runs(dir, &as_run(printed(&out, "next: "), "alice.key", &sock, "tool-1"));
+    let to_bob = printed(&out, "next, by another release key holder: ");
+    assert!(to_bob.ends_with("lanpatch-signer release sign --key bob.key tool-1"), "{to_bob}");
+    out = admin_runs(dir, &as_run(to_bob, "", &sock, "tool-1"));
+    out = admin_runs(dir, &as_run(printed(&out, "next, by an approve key holder: "), "alice.key", &sock, "tool-1"));
+    let to_bob = printed(&out, "next, by another approve key holder: ");
+    assert!(to_bob.ends_with("lanpatch-signer approve --key bob.key --ring canary tool-1"), "{to_bob}");
+    out = admin_runs(dir, &as_run(to_bob, "", &sock, "tool-1"));
+    out = admin_runs(dir, &as_run(printed(&out, "next: lanpatch-signer publish"), "", &sock, "tool-1"));
+    assert!(out.contains("published tool 1") && out.contains("approved for: canary"), "{out}");
+    wait_until(Duration::from_secs(90), "canary installs", || {
+        c1.release_state("tool", 1) == Some(lanpatch_protocol::ReleaseState::Installed)
+    });
+
+    let url = console_url(&admin);
+    let base = url.split("/login").next().unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let c = browser(&driver, &dir.join("chromium-profile")).await;
+        c.goto(&url).await.unwrap();
+        // "Waiting for you": the gate for broad passes; one approve line per admin, then publish.
+        let pending = format!("{base}/pending?refresh=0");
+        let gate = "section.pending[data-release='tool 1'] pre.command";
+        wait_for_text(&c, &pending, gate, "the gate for broad", |t| t.contains("--ring broad")).await;
+        screenshot(&c, "pending-gate").await;
+        let lines = text_of(&c, gate).await;
+        let lines: Vec<&str> = lines.lines().collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        admin_runs(dir, &as_run(lines[0], "alice.key", &sock, "tool-1"));
+        admin_runs(dir, &as_run(lines[1], "bob.key", &sock, "tool-1"));
+        admin_runs(dir, &as_run(lines[2], "", &sock, "tool-1"));
+        wait_until(Duration::from_secs(90), "broad installs", || {
+            b1.release_state("tool", 1) == Some(lanpatch_protocol::ReleaseState::Installed)
+        });
+        wait_for_text(&c, &pending, "#nothing", "nothing waits", |t| t.starts_with("Nothing waits for you")).await;
+        let cli = admin_runs(
+            dir,
+            &["pending", "--node", &sock.display().to_string(), "--rings", "canary,broad"].map(String::from),
+        );
+        assert!(cli.contains("nothing waits for a signature or a publish"), "{cli}");
+
+        // The yank, from the release page: Alice's line with a reason, Bob's, the publish.
+        c.goto(&format!("{base}/rollouts?refresh=0")).await.unwrap();
+        let hash = release_hash(&c).await;
+        c.goto(&format!("{base}/release/{hash}?refresh=0")).await.unwrap();
+        let yank = text_of(&c, "pre.command#yank").await;
+        let lines: Vec<&str> = yank.lines().collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        screenshot(&c, "release-yank-lines").await;
+        let first = admin_runs(dir, &as_run(lines[0], "alice.key", &sock, "tool-1"));
+        assert!(
+            first.contains("yank: signed by alice.key (1 of 2): waiting for 1 more approve signature(s)"),
+            "{first}"
+        );
+        admin_runs(dir, &as_run(lines[1], "bob.key", &sock, "tool-1"));
+        admin_runs(dir, &as_run(lines[2], "", &sock, "tool-1"));
+        wait_until(Duration::from_secs(60), "every node holds the yank", || {
+            [&admin, &c1, &b1].iter().all(|n| n.status().releases.iter().any(|r| r.version == 1 && r.yanked))
+        });
+        wait_for_titles(&c, &format!("{base}/rollouts?refresh=0&status=done"), &["tool 1"]).await;
+        assert!(text_of(&c, "section.release h2").await.contains("yanked"));
+        c.close().await.unwrap();
+    });
+    drop((c1, b1));
+}

@@ -17,21 +17,29 @@ use crate::support::{bin, bin_dir, signer};
 /// (`enroll.key`, the admin node's online key): nodes whose root lies beside `enroll.key` are
 /// enrolled by [`Node::start`] as their node.toml describes them.
 pub fn make_fleet_keys(dir: &Path) {
-    for admin in ["alice", "bob", "carol"] {
+    make_keys(dir, &["alice", "bob", "carol"], 2);
+}
+
+/// Keys for `admins` (`NAME.key`, `NAME.key.pub`) and an enroll key; a trust root (`root.lpr`)
+/// whose root, release and approve roles are those admins with `threshold`, the enroll role the
+/// enroll key alone; signed by the first `threshold` admins.
+pub fn make_keys(dir: &Path, admins: &[&str], threshold: u32) {
+    for admin in admins {
         signer(dir, &["keygen", "--out", &format!("{admin}.key")]).ok();
     }
     signer(dir, &["keygen", "--out", "enroll.key"]).ok();
     let mut args: Vec<String> = ["root", "init", "--out", "root.lpr"].map(String::from).to_vec();
     for role in ["root", "release", "approve"] {
-        for admin in ["alice", "bob", "carol"] {
+        for admin in admins {
             args.extend([format!("--{role}-key"), format!("{admin}.key.pub")]);
         }
-        args.extend([format!("--{role}-threshold"), "2".into()]);
+        args.extend([format!("--{role}-threshold"), threshold.to_string()]);
     }
     args.extend(["--enroll-key".into(), "enroll.key.pub".into(), "--enroll-threshold".into(), "1".into()]);
     signer(dir, &args).ok();
-    signer(dir, &["root", "sign", "--key", "alice.key", "root.lpr"]).ok();
-    signer(dir, &["root", "sign", "--key", "bob.key", "root.lpr"]).ok();
+    for admin in admins.iter().take(threshold as usize) {
+        signer(dir, &["root", "sign", "--key", &format!("{admin}.key"), "root.lpr"]).ok();
+    }
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so content is incompressible but reproducible.
