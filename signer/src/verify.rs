@@ -30,6 +30,19 @@ pub struct VerifyArgs {
 /// Exit 0 when the bundle is valid, 1 when a check failed.
 pub fn run(a: VerifyArgs, ctx: &Ctx) -> Result<std::process::ExitCode> {
     let ok = verify_bundle(&a.roots, &Bundle::new(&a.bundle), a.ring.as_ref(), &ctx.limits, ctx.now, a.json)?;
+    if !a.json {
+        if ok {
+            println!(
+                "next: lanpatch-signer publish --node <admin node's control.sock> {}",
+                crate::cosign::sh(&a.bundle)
+            );
+        } else {
+            println!(
+                "next: lanpatch-signer pending {} shows which signatures are missing",
+                crate::cosign::sh(&a.bundle)
+            );
+        }
+    }
     Ok(if ok { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
 }
 

@@ -63,7 +63,13 @@ fn two_of_three_admins_sign_and_approve_then_verify_succeeds_and_fails_below_thr
 
     let good = verify(dir, "canary");
     good.ok();
-    assert!(good.stdout.lines().last() == Some("valid"), "{}", good.stdout);
+    let verdict: Vec<&str> = good.stdout.lines().rev().take(2).collect();
+    assert_eq!(
+        verdict,
+        ["next: lanpatch-signer publish --node <admin node's control.sock> bundle", "valid"],
+        "{}",
+        good.stdout
+    );
 
     // Drop carol's signature from the manifest: one release signature left, threshold is 2.
     let limits = lanpatch_protocol::Limits::default();
