@@ -134,7 +134,7 @@ fn halt_failure_and_gate_ready_webhooks_are_retried_survive_a_collector_restart_
     assert!(state.is_failure(), "{failure}");
     assert_eq!(failure["attempt"], 0);
     let text = failure["text"].as_str().unwrap();
-    assert!(text.contains("tool 1 failed on n1") && text.contains("disk on fire"), "{text}");
+    assert!(text.contains("tool 1 failed on `n1`") && text.contains("disk on fire"), "{text}");
     let halt = &receiver.of("halt")[0];
     assert_eq!((halt["ring"].as_str(), &halt["failure_rate"]["failed"]), (Some("canary"), &serde_json::json!(1)));
     let command = halt["command"].as_str().unwrap();
