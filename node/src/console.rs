@@ -442,14 +442,7 @@ impl Fleet {
                         trusted: true,
                         cves: v.severity.cves.clone(),
                         approved: t.approved_rings(hash),
-                        rules: t
-                            .approvals
-                            .iter()
-                            .filter(|((m, _), _)| m == hash)
-                            .filter_map(|((_, ring), a)| {
-                                a.value().rules.clone().map(|r| (ring.to_string(), (r, a.value().issued)))
-                            })
-                            .collect(),
+                        rules: t.ring_rules(hash),
                         yanked: t.yanks.contains_key(hash),
                     }
                 })

@@ -384,14 +384,7 @@ async fn look(s: &Shared) -> anyhow::Result<(Context, Vec<Release>, Vec<Counted>
                 version: m.value().version.0,
                 approved: t.approved_rings(hash),
                 yanked: t.yanks.contains_key(hash),
-                rules: t
-                    .approvals
-                    .iter()
-                    .filter(|((m, _), _)| m == hash)
-                    .filter_map(|((_, ring), a)| {
-                        a.value().rules.clone().map(|r| (ring.to_string(), (r, a.value().issued)))
-                    })
-                    .collect(),
+                rules: t.ring_rules(hash),
             })
             .collect::<Vec<_>>();
         (releases, t.root.value().keys(lanpatch_protocol::Role::Approve).threshold)

@@ -282,6 +282,19 @@ impl Trust {
         rings
     }
 
+    /// The rollout rules each ring's approval of `manifest` signed, with that approval's issue
+    /// time (the failure rate counts outcomes from then): read by the console and the webhook.
+    pub fn ring_rules(
+        &self,
+        manifest: &Hash32,
+    ) -> std::collections::BTreeMap<String, (lanpatch_protocol::RolloutRules, lanpatch_protocol::Timestamp)> {
+        self.approvals
+            .iter()
+            .filter(|((m, _), _)| m == manifest)
+            .filter_map(|((_, ring), a)| a.value().rules.clone().map(|r| (ring.to_string(), (r, a.value().issued))))
+            .collect()
+    }
+
     /// The highest trusted manifest of every product.
     pub fn current_manifests(&self) -> Vec<Signed<ReleaseManifest>> {
         self.latest.values().filter_map(|t| self.manifests.get(&t.manifest).cloned()).collect()
