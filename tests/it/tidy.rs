@@ -454,3 +454,46 @@ fn no_import_cycle_among_the_node_modules() {
         visit(m, &graph, &mut Vec::new(), &mut done);
     }
 }
+
+/// The lines of each function in `text` (test modules left out): (name, lines from `fn` to its
+/// closing brace at the same indentation).
+fn function_lengths(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = non_test(text).lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let body = line.trim_start();
+        let indent = line.len() - body.len();
+        let head = ["pub ", "pub(crate) ", "pub(super) ", "async ", "const "]
+            .iter()
+            .fold(body, |b, p| b.strip_prefix(p).unwrap_or(b));
+        let head = head.strip_prefix("async ").unwrap_or(head);
+        let Some(rest) = head.strip_prefix("fn ") else { continue };
+        if line.trim_end().ends_with(';') {
+            continue;
+        }
+        let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let close = format!("{}}}", " ".repeat(indent));
+        let end = lines[i + 1..].iter().position(|l| l.trim_end() == close).map(|e| i + 1 + e);
+        out.push((name, end.map_or(usize::MAX, |e| e - i + 1)));
+    }
+    out
+}
+
+#[test]
+fn no_function_in_the_download_code_is_over_80_lines() {
+    let mut long = Vec::new();
+    let mut seen = 0;
+    for (path, text) in sources("node/src/downloads") {
+        for (f, n) in function_lengths(&text) {
+            seen += 1;
+            if n > 80 {
+                long.push(format!("{}: fn {f} is {n} lines", name(&path)));
+            }
+        }
+    }
+    assert!(seen > 20, "found only {seen} functions: the scan is broken");
+    assert!(long.is_empty(), "functions too long to read whole (split them by event or step):\n{}", long.join("\n"));
+    // The scan itself: a 90-line function is caught.
+    let sample = format!("fn big() {{\n{}}}\n", "    x();\n".repeat(88));
+    assert_eq!(function_lengths(&sample), vec![("big".to_string(), 90)]);
+}

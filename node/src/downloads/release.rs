@@ -27,10 +27,10 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 
 use super::handle::Progress;
+use super::origins::{self, Origins, Verdict};
 use crate::config::DropDownloads;
 use crate::sched::Scheduler;
 use crate::shared::Shared;
-use crate::site::Upstream;
 use crate::wan;
 use crate::wire::{self, Request, Response, WireError};
 
@@ -59,9 +59,8 @@ const STALL_ALWAYS: Duration = Duration::from_secs(60);
 const UNDECIDED: Duration = Duration::from_secs(5);
 /// Have-map queries per refresh round besides the origin fetchers.
 const HAVE_FANOUT: usize = 8;
+/// The first wait before a chunk is asked of a peer again after a failed request.
 const BACKOFF_MS: u64 = 1500;
-/// An origin that delivered a chunk this recently is alive: a failed request is congestion.
-const ORIGIN_ALIVE: Duration = Duration::from_secs(30);
 /// A peer that answered `Busy` is asked again this soon: it holds the chunk, and at the end of a
 /// transfer every node asks the few holders of the last chunks at once.
 const BUSY_BACKOFF_MS: u64 = 150;
@@ -206,6 +205,19 @@ struct Refresh {
     remote: HashMap<PeerId, Vec<bool>>,
 }
 
+impl Refresh {
+    fn new(tx: mpsc::Sender<HaveAnswer>) -> Self {
+        Refresh {
+            tx,
+            asking: HashSet::new(),
+            last_asked: HashMap::new(),
+            first_round_sent: false,
+            first_round_pending: HashSet::new(),
+            remote: HashMap::new(),
+        }
+    }
+}
+
 /// Download progress goes to the fleet (a report of the `Downloading` state) at every tenth of
 /// the chunks, at most once per [`PROGRESS_REPORT_INTERVAL`], and always at the last chunk: a
 /// handful of reports per node and release, enough for the console to show a rollout moving.
@@ -253,204 +265,291 @@ enum Source {
     Remote(PeerId),
 }
 
+/// What a request task sends back: where the chunk came from, which chunk, and what happened.
+type Fetched = (Source, usize, Result<VerifiedChunk, FetchError>);
+
+/// The chunk channels of a download: finished chunk requests and have-map answers.
+struct Inbox {
+    chunks: mpsc::Receiver<Fetched>,
+    haves: mpsc::Receiver<HaveAnswer>,
+}
+
+/// Which of the site's nodes fetch from upstream, as this node last saw it, and who owns which
+/// chunk among them (`wan::assign`).
+#[derive(Default)]
+struct Upstream {
+    /// Whether this node is one of the fetchers.
+    fetcher: bool,
+    set: Vec<Vec<u8>>,
+    owners: Vec<usize>,
+}
+
+/// Bytes stored since the last background sync of the partial files, and whether one runs.
+#[derive(Default)]
+struct Syncs {
+    unsynced: u64,
+    running: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// One release being downloaded: everything the loop keeps between events. [`download`] runs it:
+/// each round it [`Download::plan`]s requests, then waits for one event and hands it to the
+/// method for that event.
+struct Download {
+    s: Arc<Shared>,
+    hash: Hash32,
+    release: crate::report::ReleaseRef,
+    files: Vec<FileEntry>,
+    layout: Layout,
+    /// Spreads this node's choices (chunk order, jitter) from other nodes'.
+    seed: u64,
+    sched: Scheduler<PeerId>,
+    progress: Progress,
+    progress_reports: ProgressReports,
+    chunks: mpsc::Sender<Fetched>,
+    refresh: Refresh,
+    views: HashMap<PeerId, PeerView>,
+    origins: Origins,
+    upstream: Upstream,
+    syncs: Syncs,
+    start: Instant,
+    last_refresh: Option<Instant>,
+    /// Nodes holding the release at other sites (or beyond this node's peers) are found in
+    /// Kademlia and dialed, and asked again while the download runs for holders that appear
+    /// later, but only while this node may take chunks from other sites (see
+    /// [`Download::remote_needed`]): a lookup crosses every site's link, and at a site that pulls
+    /// from its origin lookups from every node cost more of the link than the release's gossip
+    /// and reports.
+    last_provider_lookup: Option<Instant>,
+    /// When this node last got a chunk it did not have (the site's progress, as seen from here).
+    last_new_chunk: Instant,
+}
+
 pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outcome> {
-    let hash = m.payload_hash();
-    let files = m.value().files.clone();
-    let origins = m.value().origins.clone();
-    let lib = s.library.clone();
-    let files2 = files.clone();
-    let resumed = tokio::task::spawn_blocking(move || -> Result<usize> {
-        let mut resumed = 0;
-        for f in &files2 {
-            resumed += lib.register(f)?.resumed_chunks;
-        }
-        Ok(resumed)
-    })
-    .await??;
-    let file_hashes: Vec<Hash32> = files.iter().map(|f| f.hash).collect();
-    let have = s.library.have_flat(&file_hashes).ok_or_else(|| anyhow!("files not registered"))?;
-    let layout = Layout::new(&files);
-    let seed = u64::from_le_bytes(blake3::hash(&s.net.local.to_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]));
-    let mut sched = Scheduler::<PeerId>::new(have, s.cfg.max_inflight_per_peer, seed);
-    // This download's progress, owned here and sent to the download owner as it changes.
-    let mut progress = Progress {
-        total_chunks: sched.len(),
-        have_chunks: sched.len() - sched.missing(),
-        resumed_chunks: resumed,
-        ..Progress::default()
-    };
-    s.downloads.report(hash, progress.clone()).await;
-    if resumed > 0 {
-        tracing::info!(manifest = %hash.short(), resumed, missing = sched.missing(), "resuming download");
-    }
-    let release = crate::shared::release_ref(&m);
-    let mut progress_reports = ProgressReports::new();
-    let (tx, mut rx) = mpsc::channel::<(Source, usize, Result<VerifiedChunk, FetchError>)>(64);
-    let (have_tx, mut have_rx) = mpsc::channel::<HaveAnswer>(64);
-    let mut refresh = Refresh {
-        tx: have_tx,
-        asking: HashSet::new(),
-        last_asked: HashMap::new(),
-        first_round_sent: false,
-        first_round_pending: HashSet::new(),
-        remote: HashMap::new(),
-    };
-    // Nodes holding the release at other sites (or beyond this node's peers) are found in
-    // Kademlia and dialed, and asked again while the download runs for holders that appear
-    // later, but only while this node may take chunks from other sites (see `remote_needed`
-    // below): a lookup crosses every site's link, and at a site that pulls from its origin
-    // lookups from every node cost more of the link than the release's gossip and reports.
-    let mut last_provider_lookup: Option<Instant> = None;
-    let start = Instant::now();
-    let mut last_refresh: Option<Instant> = None;
-    let mut views: HashMap<PeerId, PeerView> = HashMap::new();
-    let mut bad_origins: HashSet<usize> = HashSet::new();
-    let mut origin_backoff = Instant::now();
-    // Consecutive failures per origin; reset by a success.
-    let mut origin_failures: HashMap<usize, u32> = HashMap::new();
-    // When each origin last delivered a chunk: a failure soon after is congestion on the way to a
-    // live origin (a shaped WAN link dropping handshakes), not a dead origin.
-    let mut origin_ok: HashMap<usize, Instant> = HashMap::new();
-    // When this node last got a chunk it did not have (the site's progress, as seen from here).
-    let mut last_new_chunk = start;
-    let mut was_fetcher = false;
-    // The fetcher set last seen, and each chunk's owner among it (`wan::assign`).
-    let mut fetcher_set: Vec<Vec<u8>> = Vec::new();
-    let mut owners: Vec<usize> = Vec::new();
-    // Bytes stored since the last background sync was started, and whether one is running.
-    let mut unsynced: u64 = 0;
-    let syncing = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut shutdown = s.shutdown.clone();
-    while !sched.is_done() {
-        let stop = {
-            let t = s.trust();
-            t.yanks.contains_key(&hash) || !t.is_current(&hash, crate::clock::now())
-        };
-        if stop {
+    let (mut d, mut inbox) = Download::open(s, &m).await?;
+    let mut shutdown = d.s.shutdown.clone();
+    while !d.sched.is_done() {
+        if d.stopped() {
             return Ok(Outcome::Stopped);
         }
-        // Other sites come first (for provider lookups, their have-maps and upstream work) when
-        // configured so, when no origin is usable, or while the origin keeps failing (a remote
-        // endpoint that cannot reach it).
-        let usable_origin = (0..origins.len()).find(|i| !bad_origins.contains(i));
-        let origin_failing = usable_origin.is_some_and(|oi| origin_failures.get(&oi).is_some_and(|f| *f > 0));
-        let remote_needed = s.cfg.site_upstream == Upstream::Peers || usable_origin.is_none() || origin_failing;
-        if remote_needed && last_provider_lookup.is_none_or(|t| t.elapsed() >= PROVIDER_LOOKUP) {
-            s.net.find_providers(hash).await;
-            last_provider_lookup = Some(Instant::now());
+        d.plan().await;
+        tokio::select! {
+            _ = shutdown.changed() => return Ok(Outcome::Stopped),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            Some((source, flat, result)) = inbox.chunks.recv() => d.fetched(source, flat, result).await?,
+            Some((peer, answer)) = inbox.haves.recv() => d.have_answer(peer, answer),
         }
-        let idle = sched.inflight_total() == 0 && sched.origin_inflight() == 0;
+    }
+    d.finish().await
+}
+
+impl Download {
+    /// Registers the release's files (resuming what is on disk) and reports the starting progress.
+    async fn open(s: Arc<Shared>, m: &Signed<ReleaseManifest>) -> Result<(Download, Inbox)> {
+        let hash = m.payload_hash();
+        let files = m.value().files.clone();
+        let (lib, files2) = (s.library.clone(), files.clone());
+        let resumed = tokio::task::spawn_blocking(move || -> Result<usize> {
+            let mut resumed = 0;
+            for f in &files2 {
+                resumed += lib.register(f)?.resumed_chunks;
+            }
+            Ok(resumed)
+        })
+        .await??;
+        let file_hashes: Vec<Hash32> = files.iter().map(|f| f.hash).collect();
+        let have = s.library.have_flat(&file_hashes).ok_or_else(|| anyhow!("files not registered"))?;
+        let id = blake3::hash(&s.net.local.to_bytes());
+        let seed = u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        let sched = Scheduler::<PeerId>::new(have, s.cfg.max_inflight_per_peer, seed);
+        let progress = Progress {
+            total_chunks: sched.len(),
+            have_chunks: sched.len() - sched.missing(),
+            resumed_chunks: resumed,
+            ..Progress::default()
+        };
+        s.downloads.report(hash, progress.clone()).await;
+        if resumed > 0 {
+            tracing::info!(manifest = %hash.short(), resumed, missing = sched.missing(), "resuming download");
+        }
+        let (chunks, chunks_rx) = mpsc::channel(64);
+        let (have_tx, haves_rx) = mpsc::channel(64);
+        let start = Instant::now();
+        let d = Download {
+            hash,
+            release: crate::shared::release_ref(m),
+            layout: Layout::new(&files),
+            files,
+            seed,
+            sched,
+            progress,
+            progress_reports: ProgressReports::new(),
+            chunks,
+            refresh: Refresh::new(have_tx),
+            views: HashMap::new(),
+            origins: Origins::new(m.value().origins.clone(), start),
+            upstream: Upstream::default(),
+            syncs: Syncs::default(),
+            start,
+            last_refresh: None,
+            last_provider_lookup: None,
+            last_new_chunk: start,
+            s,
+        };
+        Ok((d, Inbox { chunks: chunks_rx, haves: haves_rx }))
+    }
+
+    /// Yanked, or no longer current (expired, replaced): checked before every round, so a
+    /// download stops as soon as the metadata says so.
+    fn stopped(&self) -> bool {
+        let t = self.s.trust();
+        t.yanks.contains_key(&self.hash) || !t.is_current(&self.hash, crate::clock::now())
+    }
+
+    /// Other sites come first (for provider lookups, their have-maps and upstream work) when
+    /// configured so, when no origin is usable, or while the origin keeps failing (a remote
+    /// endpoint that cannot reach it).
+    fn remote_needed(&self) -> bool {
+        self.s.cfg.site_upstream == crate::site::Upstream::Peers
+            || self.origins.usable().is_none()
+            || self.origins.failing()
+    }
+
+    /// One round: a provider lookup and a have-map round when due, chunk requests to peers, and
+    /// this node's share of the upstream work.
+    async fn plan(&mut self) {
+        let remote_needed = self.remote_needed();
+        if remote_needed && self.last_provider_lookup.is_none_or(|t| t.elapsed() >= PROVIDER_LOOKUP) {
+            self.s.net.find_providers(self.hash).await;
+            self.last_provider_lookup = Some(Instant::now());
+        }
+        let idle = self.sched.inflight_total() == 0 && self.sched.origin_inflight() == 0;
         let due = if idle { IDLE_REFRESH } else { REFRESH };
-        if last_refresh.is_none_or(|t| t.elapsed() >= due) {
+        if self.last_refresh.is_none_or(|t| t.elapsed() >= due) {
             // Other sites' have-maps matter only to a fetcher that would take chunks from them.
-            let want_remote = was_fetcher && remote_needed;
-            refresh_peers(&s, hash, &mut sched, &mut views, &mut refresh, want_remote, (start, last_new_chunk));
-            last_refresh = Some(Instant::now());
+            let want_remote = self.upstream.fetcher && remote_needed;
+            self.refresh_round(want_remote);
+            self.last_refresh = Some(Instant::now());
         }
-        for (peer, flat) in sched.next_requests(elapsed_ms(start)) {
-            let Some((file, idx)) = layout.locate(flat) else { continue };
-            let (s2, tx2, file) = (s.clone(), tx.clone(), file.clone());
-            tokio::spawn(async move {
-                let r = fetch_chunk(&s2, peer, &file, idx).await;
-                let _ = tx2.send((Source::Peer(peer), flat, r)).await;
-            });
+        for (peer, flat) in self.sched.next_requests(elapsed_ms(self.start)) {
+            self.spawn_fetch(Source::Peer(peer), flat);
         }
-        // Upstream work: chunks nobody at this site holds, split among the site's nodes that want
-        // the release, fetched from an origin or from a peer at another site.
-        let origin_ready = usable_origin.is_some() && Instant::now() >= origin_backoff;
+        self.upstream_work(remote_needed);
+    }
+
+    /// Starts one chunk request in its own task; its result comes back through the inbox.
+    fn spawn_fetch(&self, source: Source, flat: usize) {
+        let Some((file, idx)) = self.layout.locate(flat) else { return };
+        let (s, tx, file) = (self.s.clone(), self.chunks.clone(), file.clone());
+        let base = match source {
+            Source::Origin(oi) => match self.origins.url(oi) {
+                Some(u) => Some(u.to_string()),
+                None => return,
+            },
+            Source::Peer(_) | Source::Remote(_) => None,
+        };
+        tokio::spawn(async move {
+            let r = match (&source, base) {
+                (Source::Origin(_), Some(base)) => fetch_from_origin(&s, &base, &file, idx).await,
+                (Source::Peer(p) | Source::Remote(p), _) => fetch_chunk(&s, *p, &file, idx).await,
+                (Source::Origin(_), None) => Err(FetchError::NotFound),
+            };
+            let _ = tx.send((source, flat, r)).await;
+        });
+    }
+
+    /// Upstream work: chunks nobody at this site holds, split among the site's nodes that want
+    /// the release, fetched from an origin or from a peer at another site. Only a handful of the
+    /// site's nodes fetch (see wan.rs); the others have no upstream work and spend nothing on it.
+    fn upstream_work(&mut self, remote_needed: bool) {
+        let origin_ready = self.origins.ready(Instant::now());
         // Origin work starts when the first round is answered, at ORIGIN_SETTLE at the latest
         // whether or not every peer has answered (those that have not count as participants).
-        let settled =
-            start.elapsed() >= ORIGIN_SETTLE || (refresh.first_round_sent && refresh.first_round_pending.is_empty());
-        if (origin_ready || !refresh.remote.is_empty()) && settled {
-            let me = s.net.local;
-            let mut participants = participants(&s, &sched, &views, start, last_new_chunk);
-            participants.push(me);
-            let ids: Vec<Vec<u8>> = participants.iter().map(|p| p.to_bytes()).collect();
-            // Only a handful of the site's nodes fetch from the origin (see wan.rs); the others
-            // have no origin work at all and spend nothing on it.
-            let fetchers: Vec<&Vec<u8>> =
-                wan::fetchers(&hash, &ids, s.cfg.site_origin_fetchers).into_iter().map(|i| &ids[i]).collect();
-            let my_id = me.to_bytes();
-            let me_at = fetchers.iter().position(|f| **f == my_id);
-            if me_at.is_some() != was_fetcher {
-                was_fetcher = me_at.is_some();
-                tracing::debug!(manifest = %hash.short(), participants = participants.len(), fetcher = was_fetcher, views = views.len(), "origin fetcher role changed");
+        let settled = self.start.elapsed() >= ORIGIN_SETTLE
+            || (self.refresh.first_round_sent && self.refresh.first_round_pending.is_empty());
+        if !((origin_ready || !self.refresh.remote.is_empty()) && settled) {
+            return;
+        }
+        let Some(me_at) = self.fetcher_role() else { return };
+        if self.sched.origin_inflight() >= self.s.cfg.max_origin_inflight {
+            return;
+        }
+        let seed = self.seed;
+        let mut mine: Vec<usize> = self
+            .sched
+            .origin_candidates()
+            .into_iter()
+            .filter(|c| self.upstream.owners.get(*c) == Some(&me_at))
+            .collect();
+        mine.sort_by_key(|c| (*c as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let usable_origin = self.origins.usable();
+        for flat in mine {
+            if self.sched.origin_inflight() >= self.s.cfg.max_origin_inflight {
+                break;
             }
-            // Who owns which chunk, recomputed only when the fetcher set changes. A fetcher whose
-            // set changes hands chunks to or takes them from others: logged, as a changed set on a
-            // site that did not change is how ranges get fetched twice.
-            if fetchers.iter().map(|f| f.as_slice()).ne(fetcher_set.iter().map(Vec::as_slice)) {
-                fetcher_set = fetchers.iter().map(|f| (*f).clone()).collect();
-                owners = wan::assign(&hash, sched.len(), &fetchers);
-                if was_fetcher {
-                    let set: Vec<String> = fetchers
-                        .iter()
-                        .filter_map(|f| PeerId::from_bytes(f).ok())
-                        .map(|p| p.to_base58().chars().rev().take(6).collect())
-                        .collect();
-                    tracing::debug!(manifest = %hash.short(), participants = participants.len(), fetchers = ?set, "origin fetcher set");
-                }
+            if self.layout.locate(flat).is_none() {
+                continue;
             }
-            if s.cfg.site_origin_limit > 0 {
-                let share = s.cfg.site_origin_limit / fetchers.len().max(1) as u64;
-                let rate = if s.cfg.origin_limit > 0 { share.min(s.cfg.origin_limit) } else { share };
-                s.origin_limit.set_rate(rate.max(1));
-            }
-            let mut mine: Vec<usize> = match me_at {
-                Some(at) if sched.origin_inflight() < s.cfg.max_origin_inflight => {
-                    sched.origin_candidates().into_iter().filter(|c| owners.get(*c) == Some(&at)).collect()
-                }
-                _ => Vec::new(),
+            let holder =
+                remote_holder(&self.refresh.remote, flat, seed, |p| self.sched.is_banned(p) || self.s.is_banned(p));
+            let source = match (remote_needed, holder, usable_origin) {
+                (true, Some(p), _) => Source::Remote(p),
+                (_, _, Some(oi)) if origin_ready => Source::Origin(oi),
+                (false, Some(p), None) => Source::Remote(p),
+                _ => continue,
             };
-            mine.sort_by_key(|c| (*c as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-            for flat in mine {
-                if sched.origin_inflight() >= s.cfg.max_origin_inflight {
-                    break;
-                }
-                let Some((file, idx)) = layout.locate(flat) else { continue };
-                let holder = remote_holder(&refresh.remote, flat, seed, |p| sched.is_banned(p) || s.is_banned(p));
-                let source = match (remote_needed, holder, usable_origin) {
-                    (true, Some(p), _) => Source::Remote(p),
-                    (_, _, Some(oi)) if origin_ready => Source::Origin(oi),
-                    (false, Some(p), None) => Source::Remote(p),
-                    _ => continue,
-                };
-                sched.start_origin(flat);
-                let (s2, tx2, file) = (s.clone(), tx.clone(), file.clone());
-                match source {
-                    Source::Origin(oi) => {
-                        let base = origins[oi].clone();
-                        tokio::spawn(async move {
-                            let r = fetch_from_origin(&s2, &base, &file, idx).await;
-                            let _ = tx2.send((Source::Origin(oi), flat, r)).await;
-                        });
-                    }
-                    Source::Remote(p) | Source::Peer(p) => {
-                        tracing::debug!(peer = %p, chunk = flat, "fetching a chunk from another site");
-                        tokio::spawn(async move {
-                            let r = fetch_chunk(&s2, p, &file, idx).await;
-                            let _ = tx2.send((Source::Remote(p), flat, r)).await;
-                        });
-                    }
-                }
+            if let Source::Remote(p) = &source {
+                tracing::debug!(peer = %p, chunk = flat, "fetching a chunk from another site");
+            }
+            self.sched.start_origin(flat);
+            self.spawn_fetch(source, flat);
+        }
+    }
+
+    /// Who fetches upstream for the site as this node sees it: this node's place among the
+    /// fetchers, `None` when it is not one. The owners of the chunks are recomputed only when the
+    /// fetcher set changes; a fetcher whose set changes hands chunks to or takes them from
+    /// others, which is logged: a changed set on a site that did not change is how ranges get
+    /// fetched twice.
+    fn fetcher_role(&mut self) -> Option<usize> {
+        let me = self.s.net.local;
+        let mut participants = self.participants();
+        participants.push(me);
+        let ids: Vec<Vec<u8>> = participants.iter().map(|p| p.to_bytes()).collect();
+        let fetchers: Vec<&Vec<u8>> =
+            wan::fetchers(&self.hash, &ids, self.s.cfg.site_origin_fetchers).into_iter().map(|i| &ids[i]).collect();
+        let my_id = me.to_bytes();
+        let me_at = fetchers.iter().position(|f| **f == my_id);
+        let (manifest, n) = (self.hash.short(), participants.len());
+        if me_at.is_some() != self.upstream.fetcher {
+            self.upstream.fetcher = me_at.is_some();
+            tracing::debug!(%manifest, participants = n, fetcher = self.upstream.fetcher, views = self.views.len(), "origin fetcher role changed");
+        }
+        if fetchers.iter().map(|f| f.as_slice()).ne(self.upstream.set.iter().map(Vec::as_slice)) {
+            self.upstream.set = fetchers.iter().map(|f| (*f).clone()).collect();
+            self.upstream.owners = wan::assign(&self.hash, self.sched.len(), &fetchers);
+            if self.upstream.fetcher {
+                let set: Vec<String> = fetchers
+                    .iter()
+                    .filter_map(|f| PeerId::from_bytes(f).ok())
+                    .map(|p| p.to_base58().chars().rev().take(6).collect())
+                    .collect();
+                tracing::debug!(%manifest, participants = n, fetchers = ?set, "origin fetcher set");
             }
         }
-        let msg = tokio::select! {
-            _ = shutdown.changed() => return Ok(Outcome::Stopped),
-            _ = tokio::time::sleep(Duration::from_millis(100)) => None,
-            m = rx.recv() => m,
-            Some((peer, answer)) = have_rx.recv() => {
-                let same_site = s.net.same_site(&peer);
-                have_answered(&mut sched, &mut views, &mut refresh, peer, same_site, answer);
-                None
-            }
-        };
-        let Some((source, flat, result)) = msg else { continue };
-        let Some((file, idx)) = layout.locate(flat) else { continue };
+        if self.s.cfg.site_origin_limit > 0 {
+            let share = self.s.cfg.site_origin_limit / fetchers.len().max(1) as u64;
+            let cfg = &self.s.cfg;
+            let rate = if cfg.origin_limit > 0 { share.min(cfg.origin_limit) } else { share };
+            self.s.origin_limit.set_rate(rate.max(1));
+        }
+        me_at
+    }
+
+    /// A finished chunk request, from wherever it went.
+    async fn fetched(&mut self, source: Source, flat: usize, result: Result<VerifiedChunk, FetchError>) -> Result<()> {
         let from = match &source {
             Source::Peer(p) | Source::Remote(p) => p.to_string(),
-            Source::Origin(i) => format!("origin {}", origins.get(*i).map(String::as_str).unwrap_or("?")),
+            Source::Origin(i) => format!("origin {}", self.origins.url(*i).unwrap_or("?")),
         };
         let byte_source = match source {
             Source::Peer(_) | Source::Remote(_) => ByteSource::Peer,
@@ -460,246 +559,274 @@ pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outc
         if let Err(e) = &result
             && let Some(reason) = chunk_refusal(e)
         {
-            s.metrics.chunk_refused(byte_source, reason);
+            self.s.metrics.chunk_refused(byte_source, reason);
         }
         match (source, result) {
-            (source, Ok(chunk)) => {
-                let len = chunk.len() as u64;
-                let lib = s.library.clone();
-                let fh = file.hash;
-                tokio::task::spawn_blocking(move || lib.write_chunk(&fh, chunk))
-                    .await?
-                    .with_context(|| format!("storing chunk {idx} of {}", file.path))?;
-                unsynced += len;
-                if unsynced >= SYNC_STEP && !syncing.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                    unsynced = 0;
-                    let (lib, syncing) = (s.library.clone(), syncing.clone());
-                    tokio::task::spawn_blocking(move || {
-                        // A failure here is not the download's: finalize syncs again and fails then.
-                        if let Err(e) = lib.sync_partial(&fh) {
-                            tracing::debug!("background sync: {e:#}");
-                        }
-                        syncing.store(false, std::sync::atomic::Ordering::Release);
-                    });
-                }
-                let new = match source {
-                    Source::Peer(peer) => sched.completed(&peer, flat),
-                    Source::Origin(oi) => {
-                        origin_failures.remove(&oi);
-                        origin_ok.insert(oi, Instant::now());
-                        sched.origin_finished(flat, true)
-                    }
-                    Source::Remote(_) => sched.origin_finished(flat, true),
-                };
-                s.metrics.received(byte_source, len, new);
-                if new {
-                    last_new_chunk = Instant::now();
-                    progress.have_chunks += 1;
-                    progress.fetched_chunks += 1;
-                    *progress.bytes_from.entry(from.clone()).or_default() += len;
-                    match byte_source {
-                        ByteSource::Peer => progress.from_peers += len,
-                        ByteSource::Origin => progress.from_origin += len,
-                    }
-                    s.downloads.report(hash, progress.clone()).await;
-                    let due = progress_reports.due(&progress);
-                    if let Some(p) = due
-                        && let Err(e) = s.lifecycle.progress(&release, p).await
-                    {
-                        tracing::warn!(manifest = %hash.short(), "cannot report download progress: {e:#}");
-                    }
-                }
-                let _ = s.store.add_transfer(from, len, 0).await;
+            (source, Ok(chunk)) => self.stored(source, flat, chunk, from, byte_source).await?,
+            (Source::Origin(oi), Err(e)) => self.origin_failed(oi, flat, e, from).await,
+            (Source::Remote(peer), Err(e)) => self.remote_failed(peer, flat, e).await,
+            (Source::Peer(peer), Err(e)) => self.peer_failed(peer, flat, e).await,
+        }
+        Ok(())
+    }
+
+    /// A verified chunk: stored, counted, and reported when it was new.
+    async fn stored(
+        &mut self,
+        source: Source,
+        flat: usize,
+        chunk: VerifiedChunk,
+        from: String,
+        byte_source: ByteSource,
+    ) -> Result<()> {
+        let Some((file, idx)) = self.layout.locate(flat) else { return Ok(()) };
+        let (len, lib, fh, path) = (chunk.len() as u64, self.s.library.clone(), file.hash, file.path.clone());
+        tokio::task::spawn_blocking(move || lib.write_chunk(&fh, chunk))
+            .await?
+            .with_context(|| format!("storing chunk {idx} of {path}"))?;
+        self.sync_in_background(fh, len);
+        let new = match source {
+            Source::Peer(peer) => self.sched.completed(&peer, flat),
+            Source::Origin(oi) => {
+                self.origins.delivered(oi, Instant::now());
+                self.sched.origin_finished(flat, true)
             }
-            (Source::Origin(oi), Err(e)) => {
-                sched.origin_finished(flat, false);
-                // Wrong bytes or a refused redirect: this origin is not used again for the release.
-                let bad = matches!(e, FetchError::Bad(_) | FetchError::BadLength(_) | FetchError::Redirect(_));
-                s.metrics.origin_failed(if bad { OriginFailure::Bad } else { OriginFailure::Error });
-                let alive = origin_ok.get(&oi).is_some_and(|t| t.elapsed() < ORIGIN_ALIVE);
-                if bad {
-                    bad_origins.insert(oi);
-                    s.refuse(
-                        from,
-                        RefusalKind::OriginChunk,
-                        format!("{e}; not using this origin for the rest of the release"),
-                    )
-                    .await;
-                } else if alive {
-                    // Congestion: try again soon, and do not count it towards dropping the origin.
-                    tracing::info!(origin = %from, chunk = flat, "origin request failed: {e}; the origin is alive (congestion?), next try in {BACKOFF_MS} ms");
-                    origin_backoff = Instant::now() + Duration::from_millis(BACKOFF_MS);
-                } else {
-                    let failures = origin_failures.entry(oi).or_default();
-                    *failures += 1;
-                    // The last usable origin is not dropped for failures that may be transient:
-                    // this node owns a share of the site's origin work, and without an origin it
-                    // would hold that share until the others see it stall.
-                    let another = (0..origins.len()).any(|i| i != oi && !bad_origins.contains(&i));
-                    if *failures >= s.cfg.origin_max_failures && another {
-                        bad_origins.insert(oi);
-                        let why = format!(
-                            "{e}; {failures} failures in a row, not using this origin for the rest of the release"
-                        );
-                        s.refuse(from, RefusalKind::OriginFailing, why).await;
-                    } else {
-                        // Exponential backoff: 1.5 s, 3 s, 6 s ... at most 60 s (12 s for the
-                        // last usable origin).
-                        let cap = if another { 60_000 } else { 12_000 };
-                        let wait = (BACKOFF_MS << (*failures - 1).min(6)).min(cap);
-                        tracing::warn!(origin = %from, chunk = flat, failures = *failures, "origin request failed: {e}; next try in {wait} ms");
-                        origin_backoff = Instant::now() + Duration::from_millis(wait);
-                    }
-                }
+            Source::Remote(_) => self.sched.origin_finished(flat, true),
+        };
+        self.s.metrics.received(byte_source, len, new);
+        if new {
+            self.last_new_chunk = Instant::now();
+            let p = &mut self.progress;
+            p.have_chunks += 1;
+            p.fetched_chunks += 1;
+            *p.bytes_from.entry(from.clone()).or_default() += len;
+            match byte_source {
+                ByteSource::Peer => p.from_peers += len,
+                ByteSource::Origin => p.from_origin += len,
             }
-            (Source::Remote(peer), Err(e)) => {
-                sched.origin_finished(flat, false);
-                if let Some(bits) = refresh.remote.get_mut(&peer)
-                    && let Some(b) = bits.get_mut(flat)
-                {
-                    // Not asked for this chunk again until its next have-map says it holds it.
-                    *b = false;
-                }
-                if matches!(e, FetchError::Bad(_) | FetchError::BadLength(_)) {
-                    refresh.remote.remove(&peer);
-                    sched.ban(&peer);
-                    s.ban(peer, format!("sent a corrupt chunk: {e}")).await;
-                } else {
-                    tracing::debug!(%peer, chunk = flat, "chunk request to another site failed: {e}");
-                }
+            self.s.downloads.report(self.hash, self.progress.clone()).await;
+            if let Some(p) = self.progress_reports.due(&self.progress)
+                && let Err(e) = self.s.lifecycle.progress(&self.release, p).await
+            {
+                tracing::warn!(manifest = %self.hash.short(), "cannot report download progress: {e:#}");
             }
-            (Source::Peer(peer), Err(FetchError::Bad(e))) => {
-                sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
-                sched.ban(&peer);
-                s.ban(peer, format!("sent a corrupt chunk: {e}")).await;
+        }
+        let _ = self.s.store.add_transfer(from, len, 0).await;
+        Ok(())
+    }
+
+    /// Every [`SYNC_STEP`] bytes stored, the partial file's writes so far go to disk in the
+    /// background, one sync at a time.
+    fn sync_in_background(&mut self, file: Hash32, len: u64) {
+        use std::sync::atomic::Ordering;
+        self.syncs.unsynced += len;
+        if self.syncs.unsynced < SYNC_STEP || self.syncs.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.syncs.unsynced = 0;
+        let (lib, running) = (self.s.library.clone(), self.syncs.running.clone());
+        tokio::task::spawn_blocking(move || {
+            // A failure here is not the download's: finalize syncs again and fails then.
+            if let Err(e) = lib.sync_partial(&file) {
+                tracing::debug!("background sync: {e:#}");
             }
-            (Source::Peer(peer), Err(FetchError::BadLength(e))) => {
-                sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
-                sched.ban(&peer);
-                s.ban(peer, format!("sent a malformed chunk: {e}")).await;
+            running.store(false, Ordering::Release);
+        });
+    }
+
+    async fn origin_failed(&mut self, oi: usize, flat: usize, e: FetchError, from: String) {
+        self.sched.origin_finished(flat, false);
+        // Wrong bytes or a refused redirect: this origin is not used again for the release.
+        let refused = matches!(e, FetchError::Bad(_) | FetchError::BadLength(_) | FetchError::Redirect(_));
+        self.s.metrics.origin_failed(if refused { OriginFailure::Bad } else { OriginFailure::Error });
+        match self.origins.failed(oi, refused, self.s.cfg.origin_max_failures, Instant::now()) {
+            Verdict::Refused => {
+                let why = format!("{e}; not using this origin for the rest of the release");
+                self.s.refuse(from, RefusalKind::OriginChunk, why).await;
             }
-            (Source::Peer(peer), Err(FetchError::Busy)) => {
+            Verdict::Failing { failures } => {
+                let why =
+                    format!("{e}; {failures} failures in a row, not using this origin for the rest of the release");
+                self.s.refuse(from, RefusalKind::OriginFailing, why).await;
+            }
+            Verdict::Congested => {
+                let wait = origins::BACKOFF.as_millis();
+                tracing::info!(origin = %from, chunk = flat, "origin request failed: {e}; the origin is alive (congestion?), next try in {wait} ms");
+            }
+            Verdict::Retry { failures, wait } => {
+                let wait = wait.as_millis();
+                tracing::warn!(origin = %from, chunk = flat, failures, "origin request failed: {e}; next try in {wait} ms");
+            }
+        }
+    }
+
+    async fn remote_failed(&mut self, peer: PeerId, flat: usize, e: FetchError) {
+        self.sched.origin_finished(flat, false);
+        if let Some(bits) = self.refresh.remote.get_mut(&peer)
+            && let Some(b) = bits.get_mut(flat)
+        {
+            // Not asked for this chunk again until its next have-map says it holds it.
+            *b = false;
+        }
+        if matches!(e, FetchError::Bad(_) | FetchError::BadLength(_)) {
+            self.refresh.remote.remove(&peer);
+            self.sched.ban(&peer);
+            self.s.ban(peer, format!("sent a corrupt chunk: {e}")).await;
+        } else {
+            tracing::debug!(%peer, chunk = flat, "chunk request to another site failed: {e}");
+        }
+    }
+
+    async fn peer_failed(&mut self, peer: PeerId, flat: usize, e: FetchError) {
+        let now_ms = elapsed_ms(self.start);
+        match e {
+            FetchError::Bad(e) => {
+                self.sched.failed(&peer, flat, now_ms, BACKOFF_MS);
+                self.sched.ban(&peer);
+                self.s.ban(peer, format!("sent a corrupt chunk: {e}")).await;
+            }
+            FetchError::BadLength(e) => {
+                self.sched.failed(&peer, flat, now_ms, BACKOFF_MS);
+                self.sched.ban(&peer);
+                self.s.ban(peer, format!("sent a malformed chunk: {e}")).await;
+            }
+            FetchError::Busy => {
                 // Jitter, so the nodes turned away together do not come back together.
-                let jitter = (seed ^ flat as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57;
-                sched.busy(&peer, flat, elapsed_ms(start), BUSY_BACKOFF_MS + jitter);
+                let jitter = (self.seed ^ flat as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57;
+                self.sched.busy(&peer, flat, now_ms, BUSY_BACKOFF_MS + jitter);
             }
-            (Source::Peer(peer), Err(FetchError::Elsewhere(holder))) => {
-                sched.elsewhere(&peer, flat);
+            FetchError::Elsewhere(holder) => {
+                self.sched.elsewhere(&peer, flat);
                 // The seed named the peer it sent the chunk to: ask that peer now rather than
                 // after a have-map round shows it (a peer of this site, connected, not banned).
                 if let Some(h) = holder
                     && h != peer
-                    && h != s.net.local
-                    && s.net.same_site(&h)
-                    && !s.is_banned(&h)
+                    && h != self.s.net.local
+                    && self.s.net.same_site(&h)
+                    && !self.s.is_banned(&h)
                 {
-                    sched.hint(h, flat);
+                    self.sched.hint(h, flat);
                 }
             }
-            (Source::Peer(peer), Err(e)) => {
+            e => {
                 tracing::debug!(%peer, chunk = flat, "chunk request failed: {e}");
-                sched.failed(&peer, flat, elapsed_ms(start), BACKOFF_MS);
+                self.sched.failed(&peer, flat, now_ms, BACKOFF_MS);
             }
         }
     }
-    for f in &files {
-        let lib = s.library.clone();
-        let fh = f.hash;
-        tokio::task::spawn_blocking(move || lib.finalize(&fh)).await??;
+
+    /// Every chunk is in: the files are finalized (synced, moved into place), and this node says
+    /// whether it is one of its site's announcers of the release in Kademlia.
+    async fn finish(self) -> Result<Outcome> {
+        for f in &self.files {
+            let (lib, fh) = (self.s.library.clone(), f.hash);
+            tokio::task::spawn_blocking(move || lib.finalize(&fh)).await??;
+        }
+        // The site's holders as this node last saw them: peers that fetched or hold chunks of it
+        // (`views` holds same-site peers only; other sites' have-maps live in `refresh.remote`).
+        let holders: Vec<Vec<u8>> = self
+            .views
+            .iter()
+            .filter(|(p, v)| (v.downloading || v.have_count > 0) && !self.s.is_banned(p))
+            .map(|(p, _)| p.to_bytes())
+            .collect();
+        Ok(Outcome::Complete { announce: wan::announces(&self.hash, &self.s.net.local.to_bytes(), &holders) })
     }
-    // The site's holders as this node last saw them: peers that fetched or hold chunks of it
-    // (`views` holds same-site peers only; other sites' have-maps live in `refresh.remote`).
-    let holders: Vec<Vec<u8>> = views
-        .iter()
-        .filter(|(p, v)| (v.downloading || v.have_count > 0) && !s.is_banned(p))
-        .map(|(p, _)| p.to_bytes())
-        .collect();
-    Ok(Outcome::Complete { announce: wan::announces(&hash, &s.net.local.to_bytes(), &holders) })
 }
 
-/// The same-site peers that take part in the release's origin work as this node sees them
-/// (this node not included). The site's origin fetchers are the best-ranked of them (see wan.rs),
-/// for the origin work and for the have-map rounds alike.
-fn participants(
-    s: &Shared,
-    sched: &Scheduler<PeerId>,
-    views: &HashMap<PeerId, PeerView>,
-    start: Instant,
-    my_progress: Instant,
-) -> Vec<PeerId> {
-    // A connected peer that has not answered a have-map query yet counts (for the first
-    // STALL_ALWAYS of the download, as long as a downloading peer that stopped progressing
-    // would): on a loaded site answers are slow, and a node that counted only the peers that
-    // answered would elect itself a fetcher, so that dozens of nodes would open origin
-    // connections at once.
-    let unknown_counts = start.elapsed() < STALL_ALWAYS;
-    // A peer that said it is not downloading may only not have queued the release yet (on a
-    // loaded site that takes a while): early on it counts too, unless it holds it all.
-    let undecided_counts = start.elapsed() < UNDECIDED;
-    let n = sched.len();
-    s.net
-        .ready_peers()
-        .into_iter()
-        .filter(|p| !sched.is_banned(p) && !s.is_banned(p) && s.net.same_site(p))
-        .filter(|p| match views.get(p) {
-            Some(v) if v.downloading => !stalled(v, my_progress),
-            Some(v) => undecided_counts && v.have_count < n,
-            None => unknown_counts,
-        })
-        .collect()
-}
-
-/// Starts a round of have-map queries (see the module docs for whom it asks) and drops the peers
-/// that disconnected. Answers arrive through `refresh.tx` and go to [`have_answered`].
-fn refresh_peers(
-    s: &Arc<Shared>,
-    manifest: Hash32,
-    sched: &mut Scheduler<PeerId>,
-    views: &mut HashMap<PeerId, PeerView>,
-    refresh: &mut Refresh,
-    want_remote: bool,
-    (start, my_progress): (Instant, Instant),
-) {
-    let ready: Vec<PeerId> = s.net.ready_peers();
-    // Peers that disconnected drop out; their in-flight chunks become free and their share of
-    // origin work moves to the others.
-    let ready_set: HashSet<PeerId> = ready.iter().copied().collect();
-    let gone: Vec<PeerId> = sched
-        .peers()
-        .filter(|p| !ready_set.contains(p))
-        .chain(views.keys().filter(|p| !ready_set.contains(*p)).copied())
-        .collect();
-    for p in gone {
-        sched.remove_peer(&p);
-        views.remove(&p);
-        refresh.last_asked.remove(&p);
-        refresh.first_round_pending.remove(&p);
+impl Download {
+    /// The same-site peers that take part in the release's origin work as this node sees them
+    /// (this node not included). The site's origin fetchers are the best-ranked of them (see
+    /// wan.rs), for the origin work and for the have-map rounds alike.
+    fn participants(&self) -> Vec<PeerId> {
+        // A connected peer that has not answered a have-map query yet counts (for the first
+        // STALL_ALWAYS of the download, as long as a downloading peer that stopped progressing
+        // would): on a loaded site answers are slow, and a node that counted only the peers that
+        // answered would elect itself a fetcher, so that dozens of nodes would open origin
+        // connections at once.
+        let unknown_counts = self.start.elapsed() < STALL_ALWAYS;
+        // A peer that said it is not downloading may only not have queued the release yet (on a
+        // loaded site that takes a while): early on it counts too, unless it holds it all.
+        let undecided_counts = self.start.elapsed() < UNDECIDED;
+        let n = self.sched.len();
+        let s = &self.s;
+        s.net
+            .ready_peers()
+            .into_iter()
+            .filter(|p| !self.sched.is_banned(p) && !s.is_banned(p) && s.net.same_site(p))
+            .filter(|p| match self.views.get(p) {
+                Some(v) if v.downloading => !stalled(v, self.last_new_chunk),
+                Some(v) => undecided_counts && v.have_count < n,
+                None => unknown_counts,
+            })
+            .collect()
     }
-    refresh.remote.retain(|p, _| ready_set.contains(p));
-    let n = sched.len();
-    let candidates: Vec<PeerId> =
-        ready.into_iter().filter(|p| !s.is_banned(p) && !sched.is_banned(p) && !refresh.asking.contains(p)).collect();
-    let ask: Vec<PeerId> = if !refresh.first_round_sent {
-        refresh.first_round_sent = true;
-        refresh.first_round_pending = candidates.iter().copied().collect();
-        candidates
-    } else {
+
+    /// Starts a round of have-map queries (see the module docs for whom it asks) and drops the
+    /// peers that disconnected. Answers arrive through the inbox and go to
+    /// [`Download::have_answer`].
+    fn refresh_round(&mut self, want_remote: bool) {
+        let ready: Vec<PeerId> = self.s.net.ready_peers();
+        // Peers that disconnected drop out; their in-flight chunks become free and their share
+        // of origin work moves to the others.
+        let ready_set: HashSet<PeerId> = ready.iter().copied().collect();
+        let gone: Vec<PeerId> = self
+            .sched
+            .peers()
+            .filter(|p| !ready_set.contains(p))
+            .chain(self.views.keys().filter(|p| !ready_set.contains(*p)).copied())
+            .collect();
+        for p in gone {
+            self.sched.remove_peer(&p);
+            self.views.remove(&p);
+            self.refresh.last_asked.remove(&p);
+            self.refresh.first_round_pending.remove(&p);
+        }
+        self.refresh.remote.retain(|p, _| ready_set.contains(p));
+        let candidates: Vec<PeerId> = ready
+            .into_iter()
+            .filter(|p| !self.s.is_banned(p) && !self.sched.is_banned(p) && !self.refresh.asking.contains(p))
+            .collect();
+        let ask: Vec<PeerId> = if !self.refresh.first_round_sent {
+            self.refresh.first_round_sent = true;
+            self.refresh.first_round_pending = candidates.iter().copied().collect();
+            candidates
+        } else {
+            self.later_round(candidates, want_remote)
+        };
+        let (now, n, manifest) = (Instant::now(), self.sched.len(), self.hash);
+        for p in ask {
+            self.refresh.asking.insert(p);
+            self.refresh.last_asked.insert(p, now);
+            let (s, tx) = (self.s.clone(), self.refresh.tx.clone());
+            tokio::spawn(async move {
+                let answer = timeout(HAVE_TIMEOUT, request_have(&s, p, manifest, n)).await;
+                let _ = tx.send((p, answer)).await;
+            });
+        }
+    }
+
+    /// Whom a round after the first asks, of `candidates` (connected, not banned, not being
+    /// asked): the site's origin fetchers, then at most [`HAVE_FANOUT`] others, then a few peers
+    /// at other sites when `want_remote`.
+    fn later_round(&self, candidates: Vec<PeerId>, want_remote: bool) -> Vec<PeerId> {
+        let (s, refresh, n) = (&self.s, &self.refresh, self.sched.len());
         // A peer holding every chunk has nothing new to tell (as long as no request to it failed:
         // a failure clears that chunk from its map until it is asked again).
         let useful: Vec<PeerId> = candidates
             .into_iter()
-            .filter(|p| !sched.peer_has_all(p) && !refresh.remote.get(p).is_some_and(|b| b.iter().all(|x| *x)))
+            .filter(|p| !self.sched.peer_has_all(p) && !refresh.remote.get(p).is_some_and(|b| b.iter().all(|x| *x)))
             .collect();
         // The site's origin fetchers, chosen from the same participants as the origin work: the
         // new chunks appear there first. Chosen from the peers that said they are downloading
         // only, a fetcher whose first answer came before it had queued the release (on a loaded
         // site of 64) was missed until the rotation below reached it again, past UNDECIDED: the
         // node then saw another fetcher set than the rest and fetched others' chunks again.
-        let parts = participants(s, sched, views, start, my_progress);
+        let parts = self.participants();
         let mut ids: Vec<Vec<u8>> = parts.iter().map(|p| p.to_bytes()).collect();
         ids.push(s.net.local.to_bytes());
         let useful_set: HashSet<PeerId> = useful.iter().copied().collect();
-        let fetchers: HashSet<PeerId> = wan::fetchers(&manifest, &ids, s.cfg.site_origin_fetchers)
+        let fetchers: HashSet<PeerId> = wan::fetchers(&self.hash, &ids, s.cfg.site_origin_fetchers)
             .into_iter()
             .filter_map(|i| parts.get(i).copied())
             .filter(|p| useful_set.contains(p))
@@ -708,7 +835,7 @@ fn refresh_peers(
             useful.into_iter().filter(|p| !fetchers.contains(p)).partition(|p| s.net.same_site(p));
         // Peers that said they are not downloading (yet) first: whether they are decides who the
         // site's fetchers are. Then the least recently asked.
-        let undecided = |p: &PeerId| views.get(p).is_some_and(|v| !v.downloading && v.have_count < n);
+        let undecided = |p: &PeerId| self.views.get(p).is_some_and(|v| !v.downloading && v.have_count < n);
         others.sort_by_key(|p| (!undecided(p), refresh.last_asked.get(p).copied()));
         others.truncate(HAVE_FANOUT);
         // Peers at other sites are asked only by a fetcher that may take chunks from them, a
@@ -724,46 +851,30 @@ fn refresh_peers(
             remote.clear();
         }
         fetchers.into_iter().chain(others).chain(remote).collect()
-    };
-    let now = Instant::now();
-    for p in ask {
-        refresh.asking.insert(p);
-        refresh.last_asked.insert(p, now);
-        let (s, tx) = (s.clone(), refresh.tx.clone());
-        tokio::spawn(async move {
-            let answer = timeout(HAVE_TIMEOUT, request_have(&s, p, manifest, n)).await;
-            let _ = tx.send((p, answer)).await;
-        });
     }
-}
 
-/// Notes what a peer said it holds, whether it is downloading and whether it made progress.
-fn have_answered(
-    sched: &mut Scheduler<PeerId>,
-    views: &mut HashMap<PeerId, PeerView>,
-    refresh: &mut Refresh,
-    peer: PeerId,
-    same_site: bool,
-    answer: HaveResult,
-) {
-    refresh.asking.remove(&peer);
-    refresh.first_round_pending.remove(&peer);
-    // A peer that did not answer keeps its last have-map and view: on a busy site a slow answer
-    // is not a departure, and dropping it would move its share of origin work to others and
-    // fetch those chunks twice.
-    // A peer that does not know the release (`None`) most likely has not received it yet: it stays
-    // unknown, which counts as a participant early in the download (see the origin work above).
-    if let Ok(Ok(Some((bits, downloading)))) = answer {
-        if sched.is_banned(&peer) {
+    /// A peer's have-map answer: what it holds, whether it is downloading, whether it made
+    /// progress.
+    fn have_answer(&mut self, peer: PeerId, answer: HaveResult) {
+        self.refresh.asking.remove(&peer);
+        self.refresh.first_round_pending.remove(&peer);
+        // A peer that did not answer keeps its last have-map and view: on a busy site a slow
+        // answer is not a departure, and dropping it would move its share of origin work to
+        // others and fetch those chunks twice.
+        // A peer that does not know the release (`None`) most likely has not received it yet: it
+        // stays unknown, which counts as a participant early in the download (see the origin
+        // work).
+        let Ok(Ok(Some((bits, downloading)))) = answer else { return };
+        if self.sched.is_banned(&peer) {
             return;
         }
-        if !same_site {
-            refresh.remote.insert(peer, bits);
+        if !self.s.net.same_site(&peer) {
+            self.refresh.remote.insert(peer, bits);
             return;
         }
         let count = bits.iter().filter(|b| **b).count();
         let now = Instant::now();
-        let view = views.entry(peer).or_insert(PeerView {
+        let view = self.views.entry(peer).or_insert(PeerView {
             downloading,
             have_count: count,
             last_progress: now,
@@ -775,7 +886,7 @@ fn have_answered(
         view.last_answer = now;
         view.have_count = count;
         view.downloading = downloading;
-        sched.set_peer_have(peer, bits);
+        self.sched.set_peer_have(peer, bits);
     }
 }
 
