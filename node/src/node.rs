@@ -361,6 +361,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, reload: Op
         banned: Mutex::default(),
         banned_ips,
         refusal_rate: Mutex::default(),
+        refusal_lines: Mutex::default(),
         refusals: AtomicU64::new(refusals),
         metrics: crate::metrics::Metrics::with_published(published),
         exe: crate::selfupdate::Exe::current(),

@@ -53,6 +53,8 @@ pub struct Shared {
     pub banned_ips: crate::ipguard::BannedIps,
     /// Refusals per peer in the current minute (start of the window, count).
     pub refusal_rate: Mutex<HashMap<PeerId, (u64, u32)>>,
+    /// Which refusals get a WARN line (see [`RefusalLines`]).
+    pub refusal_lines: Mutex<RefusalLines>,
     pub up_limit: RateLimiter,
     pub down_limit: RateLimiter,
     pub origin_limit: RateLimiter,
@@ -120,7 +122,13 @@ impl Shared {
 
     /// Logs, counts and stores a refusal. Every refused message or chunk goes through here.
     pub async fn refuse(&self, source: String, kind: RefusalKind, reason: String) {
-        tracing::warn!(%source, kind = kind.as_str(), %reason, "refused");
+        let line = self.refusal_lines.lock().unwrap_or_else(|p| p.into_inner()).warn(&source, kind, now().0);
+        match line {
+            Some(0) => tracing::warn!(%source, kind = kind.as_str(), %reason, "refused"),
+            Some(unlogged) => tracing::warn!(%source, kind = kind.as_str(), %reason, unlogged,
+                "refused ({unlogged} more of this kind from this source in the last minute were not logged)"),
+            None => tracing::debug!(%source, kind = kind.as_str(), %reason, "refused"),
+        }
         self.metrics.refused(kind);
         self.refusals.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.store.add_refusal(now().0, source, kind, reason, self.cfg.refusal_log_max).await {
@@ -239,4 +247,69 @@ impl Shared {
 pub fn release_ref(m: &Signed<ReleaseManifest>) -> ReleaseRef {
     let v = m.value();
     ReleaseRef { hash: m.payload_hash(), product: v.product.clone(), version: v.version }
+}
+
+/// Sources with a refusal line on record at once; past it, old entries are dropped first.
+const REFUSAL_LINE_SOURCES: usize = 4096;
+
+/// At most one WARN line per source and kind of refusal a minute. A member over its message
+/// budget, or a hostile peer, otherwise wrote one line per message (650 lines in a minute of the
+/// loopback soak). Every refusal is still counted (metrics) and kept in the refusal log; the
+/// others are logged at debug, and the next WARN line says how many were not logged.
+#[derive(Default)]
+pub struct RefusalLines {
+    by_source: HashMap<(String, RefusalKind), (u64, u32)>,
+}
+
+impl RefusalLines {
+    /// Whether a refusal at `t` (seconds) gets a WARN line: `Some(n)`, `n` the refusals of that
+    /// source and kind not logged since the last line; `None` when it does not.
+    pub fn warn(&mut self, source: &str, kind: RefusalKind, t: u64) -> Option<u32> {
+        if self.by_source.len() >= REFUSAL_LINE_SOURCES {
+            self.by_source.retain(|_, (at, _)| t < at.saturating_add(60));
+        }
+        let key = (source.to_string(), kind);
+        match self.by_source.get_mut(&key) {
+            Some((at, quiet)) if t < at.saturating_add(60) => {
+                *quiet += 1;
+                None
+            }
+            Some(entry) => {
+                let unlogged = entry.1;
+                *entry = (t, 0);
+                Some(unlogged)
+            }
+            None => {
+                if self.by_source.len() < REFUSAL_LINE_SOURCES {
+                    self.by_source.insert(key, (t, 0));
+                }
+                Some(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod refusal_line_tests {
+    use super::*;
+
+    #[test]
+    fn one_warn_line_per_source_and_kind_a_minute_and_the_next_says_how_many_were_not_logged() {
+        let mut l = RefusalLines::default();
+        assert_eq!(l.warn("peer a", RefusalKind::MemberFlood, 100), Some(0));
+        for t in 101..150 {
+            assert_eq!(l.warn("peer a", RefusalKind::MemberFlood, t), None);
+        }
+        // Another kind or another source gets its own line.
+        assert_eq!(l.warn("peer a", RefusalKind::Metadata, 120), Some(0));
+        assert_eq!(l.warn("peer b", RefusalKind::MemberFlood, 120), Some(0));
+        // A minute later: a line again, with the count of the quiet ones.
+        assert_eq!(l.warn("peer a", RefusalKind::MemberFlood, 160), Some(49));
+        assert_eq!(l.warn("peer a", RefusalKind::MemberFlood, 161), None);
+        // Many sources: the table stays bounded and a new source still gets its line.
+        for i in 0..(2 * REFUSAL_LINE_SOURCES) {
+            assert_eq!(l.warn(&format!("peer {i}"), RefusalKind::MemberFlood, 1000), Some(0));
+        }
+        assert!(l.by_source.len() <= REFUSAL_LINE_SOURCES);
+    }
 }

@@ -115,6 +115,11 @@ enum FetchError {
     NotFound,
     #[error("peer is busy")]
     Busy,
+    /// The stream closed before the peer answered: it never took the request. libp2p-stream
+    /// hands a node's inbound streams to its serving task through a one-slot channel and drops a
+    /// stream that finds the slot taken, so a burst of requests to a loaded node loses some.
+    #[error("peer dropped the request unanswered: {0}")]
+    Dropped(WireError),
     /// The peer (a seed) sent that chunk to another peer already, named if it said which.
     #[error("peer sent that chunk to another peer already")]
     Elsewhere(Option<PeerId>),
@@ -125,6 +130,23 @@ enum FetchError {
     Redirect(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl FetchError {
+    /// The peer still holds the chunk and is asked again soon: it was busy, or never took the
+    /// request.
+    fn retry_soon(&self) -> bool {
+        matches!(self, FetchError::Busy | FetchError::Dropped(_))
+    }
+}
+
+/// An error before the response header is in: an I/O error means the peer never took the
+/// request (see [`FetchError::Dropped`]); anything else is a failure.
+fn unanswered(e: WireError) -> FetchError {
+    match e {
+        WireError::Io(_) => FetchError::Dropped(e),
+        other => FetchError::Other(other.to_string()),
+    }
 }
 
 /// Maps a flat chunk number of a release to (file, chunk index).
@@ -690,7 +712,12 @@ impl Download {
                 self.sched.ban(&peer);
                 self.s.ban(peer, format!("sent a malformed chunk: {e}")).await;
             }
-            FetchError::Busy => {
+            // A request the peer never took (see `FetchError::Dropped`) is a busy peer, not a
+            // failed one: it still holds the chunk. Counted as a failure, it cleared the chunk
+            // from the peer's map and backed off for 1.5 s; when that peer was the only holder
+            // (the seed, early in a release), the whole node waited: the 1.5-s steps of the
+            // loopback soak's fan-out times.
+            e if e.retry_soon() => {
                 // Jitter, so the nodes turned away together do not come back together.
                 let jitter = (self.seed ^ flat as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57;
                 self.sched.busy(&peer, flat, now_ms, BUSY_BACKOFF_MS + jitter);
@@ -937,10 +964,9 @@ async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Re
     s.down_limit.acquire(u64::from(expected)).await;
     let fut = async {
         let mut stream = crate::request::open(&s.net, peer).await.map_err(|e| FetchError::Other(e.to_string()))?;
-        let io = |e: WireError| FetchError::Other(e.to_string());
-        wire::write_frame(&mut stream, &Request::Chunk { file: file.hash, index: idx }).await.map_err(io)?;
-        stream.flush().await.map_err(|e| FetchError::Other(e.to_string()))?;
-        let resp: Response = wire::read_frame(&mut stream, wire::MAX_RESPONSE).await.map_err(io)?;
+        wire::write_frame(&mut stream, &Request::Chunk { file: file.hash, index: idx }).await.map_err(unanswered)?;
+        stream.flush().await.map_err(|e| FetchError::Dropped(WireError::Io(e)))?;
+        let resp: Response = wire::read_frame(&mut stream, wire::MAX_RESPONSE).await.map_err(unanswered)?;
         let bytes = match resp {
             Response::Chunk { .. } if s.cfg.fault_injection.drop_downloads == DropDownloads::AfterHeader => {
                 return Err(FetchError::Other("dropped after the header (fault injection)".into()));
@@ -993,6 +1019,24 @@ mod remote_tests {
         }
         assert_eq!(remote_holder(&remote, 64, 7, none_banned), None, "beyond the release");
         assert_eq!(remote_holder(&HashMap::new(), 3, 7, none_banned), None);
+    }
+}
+
+#[cfg(test)]
+mod fetch_error_tests {
+    use super::*;
+
+    #[test]
+    fn a_request_dropped_before_the_answer_is_retried_soon_like_busy_and_a_malformed_answer_is_a_failure() {
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "unexpected end of file");
+        assert!(unanswered(WireError::Io(eof)).retry_soon());
+        let reset = std::io::Error::new(std::io::ErrorKind::WriteZero, "connection is closed");
+        assert!(unanswered(WireError::Io(reset)).retry_soon());
+        assert!(FetchError::Busy.retry_soon());
+        assert!(!unanswered(WireError::Malformed("x".into())).retry_soon());
+        assert!(!unanswered(WireError::TooLarge { len: 9, max: 1 }).retry_soon());
+        assert!(!FetchError::Timeout.retry_soon());
+        assert!(!FetchError::NotFound.retry_soon());
     }
 }
 
