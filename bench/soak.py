@@ -154,7 +154,7 @@ def main():
                         f'listen = ["/ip4/127.0.0.1/tcp/{port}"]\nstatic_peers = [{peers}]\nmdns = false\n'
                         f'metrics_listen = "127.0.0.1:0"\n{extra}')
                 if os.environ.get("NODE_LOG"):
-                    f.write(f'log = "{os.environ["NODE_LOG"]}"\n')
+                    f.write(f'log = {json.dumps(os.environ["NODE_LOG"])}\n')
             # Enrolled as an admin enrolls a host (lanpatch-node id, enroll node, join).
             cfg = os.path.join(d, "node.toml")
             key = json.loads(subprocess.run([node_bin, "id", "--json", "--config", cfg], check=True,

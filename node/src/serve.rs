@@ -154,7 +154,20 @@ async fn serve_chunk(
         }
     }
     let lib = s.library.clone();
-    let data = tokio::task::spawn_blocking(move || lib.read_chunk(&file, index)).await??;
+    // A chunk this node cannot read (a disk error, no descriptors left) is answered `NotFound`,
+    // never by closing the stream unanswered: a requester takes a stream closed before any
+    // answer for one the node never took (see `FetchError::Dropped`) and asks again soon.
+    let data = match tokio::task::spawn_blocking(move || lib.read_chunk(&file, index)).await {
+        Ok(Ok(data)) => data,
+        Ok(Err(e)) => {
+            tracing::warn!(file = %file.short(), index, "cannot read a chunk to serve: {e:#}");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(file = %file.short(), index, "chunk read task failed: {e}");
+            None
+        }
+    };
     let Some(mut data) = data else {
         wire::write_frame(stream, &Response::NotFound).await?;
         return Ok(());

@@ -249,8 +249,11 @@ pub fn release_ref(m: &Signed<ReleaseManifest>) -> ReleaseRef {
     ReleaseRef { hash: m.payload_hash(), product: v.product.clone(), version: v.version }
 }
 
-/// Sources with a refusal line on record at once; past it, old entries are dropped first.
+/// Sources with a refusal line on record at once. Past it (entries a minute old are dropped
+/// first), refusals from sources not on record share one line per kind a minute.
 const REFUSAL_LINE_SOURCES: usize = 4096;
+/// The source the refusals of sources not on record are logged under when the table is full.
+const OTHER_SOURCES: &str = "(more sources)";
 
 /// At most one WARN line per source and kind of refusal a minute. A member over its message
 /// budget, or a hostile peer, otherwise wrote one line per message (650 lines in a minute of the
@@ -265,12 +268,17 @@ impl RefusalLines {
     /// Whether a refusal at `t` (seconds) gets a WARN line: `Some(n)`, `n` the refusals of that
     /// source and kind not logged since the last line; `None` when it does not.
     pub fn warn(&mut self, source: &str, kind: RefusalKind, t: u64) -> Option<u32> {
-        if self.by_source.len() >= REFUSAL_LINE_SOURCES {
-            self.by_source.retain(|_, (at, _)| t < at.saturating_add(60));
+        // Within the minute of the entry's line; a clock stepped back starts a new minute.
+        let recent = |at: u64| t >= at && t < at.saturating_add(60);
+        let mut key = (source.to_string(), kind);
+        if !self.by_source.contains_key(&key) && self.by_source.len() >= REFUSAL_LINE_SOURCES {
+            self.by_source.retain(|_, (at, _)| recent(*at));
+            if self.by_source.len() >= REFUSAL_LINE_SOURCES {
+                key = (OTHER_SOURCES.to_string(), kind);
+            }
         }
-        let key = (source.to_string(), kind);
         match self.by_source.get_mut(&key) {
-            Some((at, quiet)) if t < at.saturating_add(60) => {
+            Some((at, quiet)) if recent(*at) => {
                 *quiet += 1;
                 None
             }
@@ -280,9 +288,7 @@ impl RefusalLines {
                 Some(unlogged)
             }
             None => {
-                if self.by_source.len() < REFUSAL_LINE_SOURCES {
-                    self.by_source.insert(key, (t, 0));
-                }
+                self.by_source.insert(key, (t, 0));
                 Some(0)
             }
         }
@@ -306,10 +312,19 @@ mod refusal_line_tests {
         // A minute later: a line again, with the count of the quiet ones.
         assert_eq!(l.warn("peer a", RefusalKind::MemberFlood, 160), Some(49));
         assert_eq!(l.warn("peer a", RefusalKind::MemberFlood, 161), None);
-        // Many sources: the table stays bounded and a new source still gets its line.
-        for i in 0..(2 * REFUSAL_LINE_SOURCES) {
-            assert_eq!(l.warn(&format!("peer {i}"), RefusalKind::MemberFlood, 1000), Some(0));
+        // A clock stepped back does not silence a source.
+        assert_eq!(l.warn("peer a", RefusalKind::MemberFlood, 10), Some(1));
+        // Many sources within a minute: the table stays bounded, and the sources past it share
+        // one line per kind a minute.
+        let mut l = RefusalLines::default();
+        let mut lines = 0;
+        for i in 0..(3 * REFUSAL_LINE_SOURCES) {
+            lines += usize::from(l.warn(&format!("peer {i}"), RefusalKind::MemberFlood, 1000).is_some());
         }
-        assert!(l.by_source.len() <= REFUSAL_LINE_SOURCES);
+        assert_eq!(lines, REFUSAL_LINE_SOURCES + 1);
+        assert!(l.by_source.len() <= REFUSAL_LINE_SOURCES + 1);
+        // A minute later the old entries make room again.
+        assert_eq!(l.warn("peer new", RefusalKind::MemberFlood, 1060), Some(0));
+        assert!(l.by_source.contains_key(&("peer new".to_string(), RefusalKind::MemberFlood)));
     }
 }

@@ -57,6 +57,12 @@ const STALL_ALWAYS: Duration = Duration::from_secs(60);
 /// For this long after a download starts, a peer that said it is not downloading the release (and
 /// does not hold all of it) still counts as a participant in the origin work.
 const UNDECIDED: Duration = Duration::from_secs(5);
+/// A request the peer never took is sent again after this (plus up to 31 ms of jitter).
+const DROPPED_BACKOFF_MS: u64 = 20;
+/// Requests a peer may leave unanswered in a row (see `FetchError::Dropped`) before the next one
+/// counts as a failure: a peer that drops every request, whatever the reason, does not hold its
+/// chunks hostage (a failure clears the chunk from its map, so the origin or another peer gets it).
+const DROPPED_STREAK: u32 = 4;
 /// Have-map queries per refresh round besides the origin fetchers.
 const HAVE_FANOUT: usize = 8;
 /// The first wait before a chunk is asked of a peer again after a failed request.
@@ -344,6 +350,8 @@ struct Download {
     last_provider_lookup: Option<Instant>,
     /// When this node last got a chunk it did not have (the site's progress, as seen from here).
     last_new_chunk: Instant,
+    /// Requests each peer left unanswered in a row (see [`DROPPED_STREAK`]).
+    dropped: HashMap<PeerId, u32>,
 }
 
 pub async fn download(s: Arc<Shared>, m: Signed<ReleaseManifest>) -> Result<Outcome> {
@@ -415,6 +423,7 @@ impl Download {
             last_refresh: None,
             last_provider_lookup: None,
             last_new_chunk: start,
+            dropped: HashMap::new(),
             s,
         };
         Ok((d, Inbox { chunks: chunks_rx, haves: haves_rx }))
@@ -453,19 +462,22 @@ impl Download {
             self.last_refresh = Some(Instant::now());
         }
         for (peer, flat) in self.sched.next_requests(elapsed_ms(self.start)) {
-            self.spawn_fetch(Source::Peer(peer), flat);
+            if !self.spawn_fetch(Source::Peer(peer), flat) {
+                self.sched.failed(&peer, flat, elapsed_ms(self.start), BACKOFF_MS);
+            }
         }
         self.upstream_work(remote_needed);
     }
 
     /// Starts one chunk request in its own task; its result comes back through the inbox.
-    fn spawn_fetch(&self, source: Source, flat: usize) {
-        let Some((file, idx)) = self.layout.locate(flat) else { return };
+    /// False when there is nothing to start (a chunk or an origin out of range).
+    fn spawn_fetch(&self, source: Source, flat: usize) -> bool {
+        let Some((file, idx)) = self.layout.locate(flat) else { return false };
         let (s, tx, file) = (self.s.clone(), self.chunks.clone(), file.clone());
         let base = match source {
             Source::Origin(oi) => match self.origins.url(oi) {
                 Some(u) => Some(u.to_string()),
-                None => return,
+                None => return false,
             },
             Source::Peer(_) | Source::Remote(_) => None,
         };
@@ -477,6 +489,7 @@ impl Download {
             };
             let _ = tx.send((source, flat, r)).await;
         });
+        true
     }
 
     /// Upstream work: chunks nobody at this site holds, split among the site's nodes that want
@@ -508,9 +521,6 @@ impl Download {
             if self.sched.origin_inflight() >= self.s.cfg.max_origin_inflight {
                 break;
             }
-            if self.layout.locate(flat).is_none() {
-                continue;
-            }
             let holder =
                 remote_holder(&self.refresh.remote, flat, seed, |p| self.sched.is_banned(p) || self.s.is_banned(p));
             let source = match (remote_needed, holder, usable_origin) {
@@ -522,8 +532,9 @@ impl Download {
             if let Source::Remote(p) = &source {
                 tracing::debug!(peer = %p, chunk = flat, "fetching a chunk from another site");
             }
-            self.sched.start_origin(flat);
-            self.spawn_fetch(source, flat);
+            if self.spawn_fetch(source, flat) {
+                self.sched.start_origin(flat);
+            }
         }
     }
 
@@ -582,6 +593,12 @@ impl Download {
             && let Some(reason) = chunk_refusal(e)
         {
             self.s.metrics.chunk_refused(byte_source, reason);
+        }
+        if let (Source::Peer(p), r) = (&source, &result)
+            && matches!(r, Ok(_) | Err(FetchError::Busy | FetchError::NotFound | FetchError::Elsewhere(_)))
+        {
+            // It answered: its streak of unanswered requests ends.
+            self.dropped.remove(p);
         }
         match (source, result) {
             (source, Ok(chunk)) => self.stored(source, flat, chunk, from, byte_source).await?,
@@ -701,6 +718,14 @@ impl Download {
 
     async fn peer_failed(&mut self, peer: PeerId, flat: usize, e: FetchError) {
         let now_ms = elapsed_ms(self.start);
+        let streak = match &e {
+            FetchError::Dropped(_) => {
+                let n = self.dropped.entry(peer).or_default();
+                *n += 1;
+                *n
+            }
+            _ => 0,
+        };
         match e {
             FetchError::Bad(e) => {
                 self.sched.failed(&peer, flat, now_ms, BACKOFF_MS);
@@ -717,10 +742,17 @@ impl Download {
             // from the peer's map and backed off for 1.5 s; when that peer was the only holder
             // (the seed, early in a release), the whole node waited: the 1.5-s steps of the
             // loopback soak's fan-out times.
-            e if e.retry_soon() => {
-                // Jitter, so the nodes turned away together do not come back together.
-                let jitter = (self.seed ^ flat as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57;
-                self.sched.busy(&peer, flat, now_ms, BUSY_BACKOFF_MS + jitter);
+            e if e.retry_soon() && streak <= DROPPED_STREAK => {
+                tracing::debug!(%peer, chunk = flat, "chunk request: {e}; asking again soon");
+                // Jitter, so the nodes turned away together do not come back together. A dropped
+                // request found the peer's serving task a moment behind, not its uploads full: it
+                // is asked again almost at once.
+                let mix = (self.seed ^ flat as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let wait = match e {
+                    FetchError::Dropped(_) => DROPPED_BACKOFF_MS + (mix >> 59),
+                    _ => BUSY_BACKOFF_MS + (mix >> 57),
+                };
+                self.sched.busy(&peer, flat, now_ms, wait);
             }
             FetchError::Elsewhere(holder) => {
                 self.sched.elsewhere(&peer, flat);
