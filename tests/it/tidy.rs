@@ -466,7 +466,6 @@ fn function_lengths(text: &str) -> Vec<(String, usize)> {
         let head = ["pub ", "pub(crate) ", "pub(super) ", "const ", "async ", "unsafe "]
             .iter()
             .fold(body, |b, p| b.strip_prefix(p).unwrap_or(b));
-        let head = head.strip_prefix("async ").unwrap_or(head);
         let Some(rest) = head.strip_prefix("fn ") else { continue };
         if line.trim_end().ends_with(';') {
             continue;

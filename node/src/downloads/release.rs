@@ -41,7 +41,7 @@ const REFRESH: Duration = Duration::from_millis(700);
 /// failed), so that chunks a site peer already holds are not fetched across the WAN, and at the
 /// latest this long after the download started, so that a peer slow to answer on a loaded site
 /// does not hold up the site's origin work. Who fetches does not wait on answers: a connected
-/// peer that has not answered counts as a participant (see the upstream work in [`download`]).
+/// peer that has not answered counts as a participant (see [`Download::upstream_work`]).
 /// On an idle LAN the answers are in within tens of milliseconds; a fixed 0.8 s wait was 6 % of
 /// the physical limit of a 32 MiB release over a 20 Mbit/s link.
 const ORIGIN_SETTLE: Duration = Duration::from_millis(800);
@@ -229,7 +229,7 @@ struct Refresh {
     first_round_pending: HashSet<PeerId>,
     /// Have-maps of peers at other sites. They never enter the scheduler: a chunk crosses to
     /// this site from another one like from an origin, fetched once by its owner among the
-    /// site's fetchers (see the upstream work in [`download`]).
+    /// site's fetchers (see [`Download::upstream_work`]).
     remote: HashMap<PeerId, Vec<bool>>,
 }
 
@@ -997,7 +997,7 @@ async fn fetch_chunk(s: &Shared, peer: PeerId, file: &FileEntry, idx: u32) -> Re
     let fut = async {
         let mut stream = crate::request::open(&s.net, peer).await.map_err(|e| FetchError::Other(e.to_string()))?;
         wire::write_frame(&mut stream, &Request::Chunk { file: file.hash, index: idx }).await.map_err(unanswered)?;
-        stream.flush().await.map_err(|e| FetchError::Dropped(WireError::Io(e)))?;
+        stream.flush().await.map_err(|e| unanswered(e.into()))?;
         let resp: Response = wire::read_frame(&mut stream, wire::MAX_RESPONSE).await.map_err(unanswered)?;
         let bytes = match resp {
             Response::Chunk { .. } if s.cfg.fault_injection.drop_downloads == DropDownloads::AfterHeader => {
